@@ -1,0 +1,244 @@
+"""`microworldbench aggregate`: benchmark scores from results files, in two modes.
+
+Per dimension: raw = Σ sign·w over criteria judged 1, max = Σ w over positive criteria,
+score = max(0, raw / max) · 100 (0 when max <= 0). The task score pools the three dimensions:
+max(0, Σ raw / Σ max) · 100. Model, category and dimension scores are means over tasks.
+
+`official` reproduces calculate_scores.py of the official repository, defects included: score i is
+matched to criterion i+1 by position, so short lists shrink the denominator, extra scores and blocks
+numbered d11..d55 are ignored (such a block scores 0), and tasks with a dimension missing or
+unparsed are dropped. `strict` matches the K scores to the K criteria of each dimension in rubric
+order, requires exactly K values in {0, 1}, and reports tasks without three valid dimensions as
+incomplete instead of averaging them in.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from microworldbench.judge import ReplyError, check_scores
+from microworldbench.results import EVAL_KEY, load_results, write_json_atomic
+from microworldbench.rubrics import CATEGORIES, DIMENSIONS, RubricSet, Task, load_rubrics
+
+MODES = ("official", "strict")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskScore:
+  index: int
+  category: str | None
+  total: float
+  dimensions: tuple[float, float, float]  # scientific, visual, instruction
+
+
+@dataclasses.dataclass
+class ModelScores:
+  name: str
+  mode: str
+  tasks: list[TaskScore]
+  incomplete: dict[int, str]  # index -> why (strict) or why dropped (official)
+  missing: list[int]  # rubric tasks with no entry in the results
+
+
+def _normalise(raw: float, max_possible: float) -> float:
+  if max_possible <= 0:
+    return 0.0
+  return max(0.0, raw / max_possible * 100)
+
+
+def _official_dimension(scores: Any, block: Any) -> tuple[float, float]:
+  """(raw, max) of one dimension as the official scorer computes it from the raw rubric block."""
+  if not block or not scores:
+    return 0.0, 0.0
+  numbers = {int(k[1:]) for k in block if k.startswith("s") and k[1:].isdigit()}
+  raw = max_possible = 0.0
+  for i, score in enumerate(scores):
+    n = i + 1
+    if n not in numbers:
+      continue
+    sign_text = str(block.get(f"s{n}", "0"))
+    weight = float(block.get(f"w{n}", 0))
+    sign = 1 if sign_text == "+1" else -1 if sign_text == "-1" else int(sign_text)
+    if score == 1:
+      raw += sign * weight
+    if sign > 0:
+      max_possible += weight
+  return raw, max_possible
+
+
+def _official_task(item: dict[str, Any], task: Task) -> TaskScore | str:
+  """The task's official scores, or why the official scorer drops it."""
+  raw_sum = max_sum = 0.0
+  dims = []
+  for dim in DIMENSIONS:
+    evaluation = item.get(EVAL_KEY[dim], {})
+    if evaluation and not isinstance(evaluation, dict):
+      return f"{dim}: evaluation is not an object"
+    parsed = evaluation.get("parsed_result") if evaluation else None
+    if not parsed:
+      return f"{dim}: no parsed result"
+    if not isinstance(parsed, dict):
+      return f"{dim}: parsed result is not an object"
+    scores = parsed.get("scores", [])
+    if not scores:
+      return f"{dim}: empty score list"
+    if not isinstance(scores, (list, str, dict)):
+      return f"{dim}: scores is not a list"
+    raw, mx = _official_dimension(scores, task.raw[dim])
+    dims.append(_normalise(raw, mx))
+    raw_sum += raw
+    max_sum += mx
+  return TaskScore(task.index, task.category, _normalise(raw_sum, max_sum), tuple(dims))
+
+
+def _strict_task(item: dict[str, Any], task: Task) -> TaskScore | str:
+  """The task's scores over every criterion, or why it is incomplete."""
+  raw_sum = max_sum = 0.0
+  dims = []
+  for dim in DIMENSIONS:
+    criteria = task.criteria[dim]
+    status = (item.get("status") or {}).get(dim)
+    if status is not None and status.get("state") != "scored":
+      return f"{dim}: {status.get('state')} ({status.get('reason')})"
+    if status is not None and status.get("criteria") not in (None, [c.number for c in criteria]):
+      return f"{dim}: judged against criteria {status.get('criteria')}, rubric has {[c.number for c in criteria]}"
+    evaluation = item.get(EVAL_KEY[dim])
+    parsed = evaluation.get("parsed_result") if isinstance(evaluation, dict) else None
+    if not isinstance(parsed, dict):
+      return f"{dim}: no parsed result"
+    try:
+      scores = check_scores(parsed.get("scores"), len(criteria))
+    except ReplyError as e:
+      return f"{dim}: {e}"
+    raw = sum(c.sign * c.weight for c, s in zip(criteria, scores) if s == 1)
+    mx = sum(c.weight for c in criteria if c.sign > 0)
+    dims.append(_normalise(raw, mx))
+    raw_sum += raw
+    max_sum += mx
+  return TaskScore(task.index, task.category, _normalise(raw_sum, max_sum), tuple(dims))
+
+
+def score_model(name: str, results: list[dict[str, Any]], rubrics: RubricSet, mode: str) -> ModelScores:
+  """Per-task scores of one model's results in `mode` ('official' or 'strict')."""
+  if mode not in MODES:
+    raise ValueError(f"--mode {mode!r}: expected one of {MODES}")
+  seen = {item.get("index") for item in results}
+  missing = sorted(i for i in rubrics.tasks if i not in seen)
+  tasks: list[TaskScore] = []
+  incomplete: dict[int, str] = {}
+  if mode == "official":  # Every entry in file order, duplicates included, as the official loop.
+    entries = [item for item in results if item.get("index") in rubrics.tasks]
+  else:  # One entry per task, the last one.
+    entries = list({item["index"]: item for item in results if item.get("index") in rubrics.tasks}.values())
+  for item in entries:
+    task = rubrics.tasks[item["index"]]
+    scored = (_official_task if mode == "official" else _strict_task)(item, task)
+    if isinstance(scored, str):
+      incomplete[task.index] = scored
+    else:
+      tasks.append(scored)
+  return ModelScores(name, mode, tasks, incomplete, missing)
+
+
+def _mean(values: list[float]) -> float | None:
+  return sum(values) / len(values) if values else None  # Python sum: the official's arithmetic.
+
+
+def bootstrap_ci(values: list[float], resamples: int, rng: np.random.Generator) -> list[float] | None:
+  """Percentile 95% interval of the mean, resampling the values (tasks) with replacement."""
+  if not values:
+    return None
+  x = np.asarray(values, dtype=np.float64)
+  means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
+  return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def summarize(scores: ModelScores, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+  """The JSON summary of one model (means, counts, bootstrap CIs, incomplete tasks)."""
+  empty = 0.0 if scores.mode == "official" else None  # The official report prints 0.0.
+  rng = np.random.default_rng(seed)
+  by_cat = {c: [t.total for t in scores.tasks if t.category == c] for c in CATEGORIES}
+  by_dim = {d: [t.dimensions[i] for t in scores.tasks] for i, d in enumerate(DIMENSIONS)}
+  totals = [t.total for t in scores.tasks]
+
+  def mean(v):
+    m = _mean(v)
+    return empty if m is None else m
+
+  return {
+      "mode": scores.mode,
+      "valid_tasks": len(scores.tasks),
+      "overall": mean(totals),
+      "categories": {c: mean(v) for c, v in by_cat.items()},
+      "dimensions": {d: mean(v) for d, v in by_dim.items()},
+      "category_tasks": {c: len(v) for c, v in by_cat.items()},
+      "ci95": {
+          "overall": bootstrap_ci(totals, resamples, rng),
+          "categories": {c: bootstrap_ci(v, resamples, rng) for c, v in by_cat.items()},
+          "dimensions": {d: bootstrap_ci(v, resamples, rng) for d, v in by_dim.items()},
+      },
+      "incomplete_tasks": {str(i): r for i, r in sorted(scores.incomplete.items())},
+      "missing_tasks": scores.missing,
+  }
+
+
+def model_name(path: str, given: str | None) -> str:
+  if given:
+    return given
+  base = os.path.basename(path)
+  if base.endswith("_result.json"):
+    return base[:-len("_result.json")]
+  return os.path.splitext(base)[0]
+
+
+def aggregate(result_paths: list[str], rubrics: RubricSet, mode: str, names: list[str] | None = None,
+              resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+  """{"mode", "rubrics", "models": {name: summary}} for several results files."""
+  if names and len(names) != len(result_paths):
+    raise ValueError(f"--name: {len(names)} names for {len(result_paths)} results files")
+  models: dict[str, Any] = {}
+  for i, path in enumerate(result_paths):
+    name = model_name(path, names[i] if names else None)
+    if name in models:
+      raise ValueError(f"{path}: model name {name!r} used twice; pass --name")
+    models[name] = summarize(score_model(name, load_results(path), rubrics, mode), resamples, seed)
+  return {"mode": mode, "rubrics": rubrics.path, "models": models}
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+  p = subparsers.add_parser("aggregate", help="scores, CIs, report and plots from results files",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--results", nargs="+", required=True, help="<Model>_result.json files, one per model")
+  p.add_argument("--rubrics", required=True, help="MWBenchRubrics_norm.json (the scoring weights)")
+  p.add_argument("--tasks", required=True, help="finaltasks.json (categories)")
+  p.add_argument("--mode", choices=MODES, default="strict")
+  p.add_argument("--name", nargs="+", help="model names, one per results file")
+  p.add_argument("--json", help="write the summary JSON here")
+  p.add_argument("--markdown", help="write a Markdown report here")
+  p.add_argument("--plots", help="folder for PNG plots (needs matplotlib: pip install microworldbench[plots])")
+  p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% CIs")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--strict-rubrics", action="store_true", help="fail on any rubric anomaly")
+  p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+  from microworldbench import report
+
+  rubrics = load_rubrics(args.rubrics, args.tasks, strict=args.strict_rubrics)
+  summary = aggregate(args.results, rubrics, args.mode, args.name, args.bootstrap, args.seed)
+  plots = report.write_plots(summary, args.plots) if args.plots else []
+  if args.json:
+    write_json_atomic(args.json, summary)
+  if args.markdown:
+    report.write_markdown(summary, args.markdown, plots, rubrics)
+  print(report.markdown_tables(summary))
+  if rubrics.anomalies:
+    print(f"({len(rubrics.anomalies)} rubric anomalies: {rubrics.anomaly_counts()})", file=sys.stderr)
+  return 0
+

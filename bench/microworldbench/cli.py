@@ -1,0 +1,35 @@
+"""The `microworldbench` command. Each subcommand lives in its own module and registers itself
+here with one line: a `register_cli(subparsers)` that adds its parser and sets `func`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from microworldbench import aggregate, agreement, evaluate
+
+SUBCOMMANDS = (
+    evaluate.register_cli,
+    aggregate.register_cli,
+    agreement.register_cli,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="microworldbench", description="MicroWorldBench scorer: judge videos against the rubrics, aggregate scores (no JAX).")
+  subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  for register in SUBCOMMANDS:
+    register(subparsers)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    return args.func(args)
+  except ValueError as e:  # Bad input: a clear message, no traceback.
+    print(f"microworldbench {args.command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

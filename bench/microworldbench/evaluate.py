@@ -1,0 +1,291 @@
+"""`microworldbench evaluate`: judge every (task, dimension) of a folder of videos.
+
+Videos are `<index>.<ext>` in one folder. Each video is decoded once; its three dimensions are
+judged concurrently with the other items (`--concurrency` requests in flight). Re-running with the
+same `--out` judges only the items that are missing or failed.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures as cf
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from microworldbench import frames as frames_lib
+from microworldbench.judge import (API_KEY_ENV, Judge, JudgeFatalError, JudgeInterrupted,
+                                   JudgeSettings, ReplyError, Verdict, build_prompt, check_scores)
+from microworldbench.progress import Progress
+from microworldbench.results import EVAL_KEY, ResultStore
+from microworldbench.rubrics import DIMENSIONS, RubricSet, Task, load_rubrics
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".flv", ".wmv")
+
+
+def find_videos(videos_dir: str) -> tuple[dict[int, str], list[str]]:
+  """-> ({task index: path}, [files whose name is not an index]) for `<index>.<ext>` files."""
+  if not os.path.isdir(videos_dir):
+    raise ValueError(f"--videos {videos_dir!r} is not a directory")
+  found: dict[int, str] = {}
+  ignored = []
+  for p in sorted(Path(videos_dir).iterdir()):
+    if not p.is_file() or p.suffix.lower() not in VIDEO_EXTENSIONS:
+      continue
+    if not p.stem.isdigit():
+      ignored.append(str(p))
+      continue
+    index = int(p.stem)
+    if index in found:
+      raise ValueError(f"{videos_dir}: two videos for task {index}: {found[index]} and {p}")
+    found[index] = str(p)
+  return found, ignored
+
+
+def item_done(item: dict[str, Any] | None, task: Task, dimension: str) -> bool:
+  """True when the stored result for this dimension is a valid score over the current criteria."""
+  if not item:
+    return False
+  status = item.get("status", {}).get(dimension)
+  numbers = [c.number for c in task.criteria[dimension]]
+  if status is not None and (status.get("state") != "scored" or status.get("criteria") != numbers):
+    return False
+  evaluation = item.get(EVAL_KEY[dimension]) or {}
+  parsed = evaluation.get("parsed_result")
+  if not isinstance(parsed, dict):
+    return False
+  try:
+    check_scores(parsed.get("scores"), len(numbers))
+  except ReplyError:
+    return False
+  return True
+
+
+class _FrameCache:
+  """Decodes each video once, shares its frames among its dimensions, frees them after the last.
+
+  Encoded data URLs are cached per encoding level (level 0 normally; more only after a 413).
+  """
+
+  def __init__(self, num_frames: int, users: dict[int, int]):
+    self.num_frames = num_frames
+    self._users = dict(users)
+    self._entries: dict[int, dict[str, Any]] = {}
+    self._locks: dict[int, threading.Lock] = collections.defaultdict(threading.Lock)
+    self._guard = threading.Lock()
+
+  def urls(self, index: int, path: str):
+    """-> a function level -> data URLs; raises VideoError (remembered for the other dimensions)."""
+    with self._guard:
+      lock = self._locks[index]
+    with lock:
+      entry = self._entries.get(index)
+      if entry is None:
+        try:
+          entry = {"frames": frames_lib.read_frames(path, self.num_frames), "urls": {}}
+        except frames_lib.VideoError as e:
+          entry = {"error": e}
+        self._entries[index] = entry
+    if "error" in entry:
+      raise entry["error"]
+
+    def at_level(level: int) -> list[str]:
+      with lock:
+        if level not in entry["urls"]:
+          quality, side = frames_lib.ENCODING_LADDER[level]
+          entry["urls"][level] = frames_lib.jpeg_data_urls(entry["frames"], quality, side)
+        return entry["urls"][level]
+    return at_level
+
+  def release(self, index: int) -> None:
+    with self._guard:
+      self._users[index] -= 1
+      if self._users[index] == 0:
+        self._entries.pop(index, None)
+        self._locks.pop(index, None)
+
+
+@dataclasses.dataclass
+class Summary:
+  scored: int = 0
+  failed: int = 0
+  already_done: int = 0
+  failures: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
+  missing_videos: list[int] = dataclasses.field(default_factory=list)
+  unmatched_videos: list[str] = dataclasses.field(default_factory=list)
+  fatal: str | None = None
+  interrupted: bool = False
+
+  def report(self) -> str:
+    lines = [f"scored {self.scored}, failed {self.failed}, already done {self.already_done}"]
+    if self.missing_videos:
+      lines.append(f"{len(self.missing_videos)} tasks have no video: {_short(self.missing_videos)}")
+    if self.unmatched_videos:
+      lines.append(f"{len(self.unmatched_videos)} videos match no task: {_short(self.unmatched_videos)}")
+    for index, dim, reason in sorted(self.failures):
+      lines.append(f"  failed: task {index} {dim}: {reason}")
+    if self.fatal:
+      lines.append(f"stopped: {self.fatal}")
+    if self.interrupted:
+      lines.append("interrupted: re-run the same command to finish")
+    return "\n".join(lines)
+
+
+def _short(items: list, n: int = 10) -> str:
+  return ", ".join(map(str, items[:n])) + (f" ... (+{len(items) - n})" if len(items) > n else "")
+
+
+def evaluate(rubrics: RubricSet, videos_dir: str, out: str, settings: JudgeSettings,
+             num_frames: int = 8, concurrency: int = 8, indices: set[int] | None = None,
+             save_interval: float = 30.0, progress: bool | None = None) -> Summary:
+  """Judges every (task, dimension) whose video is in `videos_dir` and is not done in `out`."""
+  videos, ignored = find_videos(videos_dir)
+  summary = Summary(unmatched_videos=ignored + [p for i, p in sorted(videos.items())
+                                                if i not in rubrics.tasks])
+  wanted = sorted(i for i in rubrics.tasks if indices is None or i in indices)
+  summary.missing_videos = [i for i in wanted if i not in videos]
+  store = ResultStore(out)
+  units = []
+  for index in wanted:
+    if index not in videos:
+      continue
+    for dim in DIMENSIONS:
+      if item_done(store.items.get(index), rubrics.tasks[index], dim):
+        summary.already_done += 1
+      else:
+        units.append((index, dim))
+  stop = threading.Event()
+  judge = Judge(settings, stop=stop)
+  cache = _FrameCache(num_frames, collections.Counter(i for i, _ in units))
+  bar = Progress(len(units), desc="judging ", enabled=progress)
+  lock = threading.Lock()
+
+  def run_unit(index: int, dim: str) -> None:
+    task = rubrics.tasks[index]
+    try:
+      if stop.is_set():
+        return
+      try:
+        images = cache.urls(index, videos[index])
+      except frames_lib.VideoError as e:
+        verdict = Verdict(False, None, None, f"unreadable video: {e}", 0)
+      else:
+        verdict = judge.judge(build_prompt(task, dim, num_frames), images, len(task.criteria[dim]),
+                              levels=len(frames_lib.ENCODING_LADDER))
+    finally:
+      cache.release(index)
+    status = {"state": "scored" if verdict.ok else "failed", "reason": verdict.reason,
+              "requests": verdict.requests, "criteria": [c.number for c in task.criteria[dim]]}
+    store.record(index, videos[index], dim, {"raw_response": verdict.raw, "parsed_result": verdict.parsed},
+                 status, settings.model)
+    with lock:
+      if verdict.ok:
+        summary.scored += 1
+      else:
+        summary.failed += 1
+        summary.failures.append((index, dim, verdict.reason or ""))
+    bar.update("scored" if verdict.ok else "failed")
+
+  pool = cf.ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="judge")
+  try:
+    pending = {pool.submit(run_unit, i, d) for i, d in units}
+    last_save = time.monotonic()
+    while pending:
+      done, pending = cf.wait(pending, timeout=1.0, return_when=cf.FIRST_COMPLETED)
+      for fut in done:
+        err = fut.exception()
+        if isinstance(err, JudgeFatalError):
+          summary.fatal = str(err)
+          stop.set()
+        elif err is not None and not isinstance(err, JudgeInterrupted):
+          stop.set()
+          raise err
+      if time.monotonic() - last_save >= save_interval:
+        store.save()
+        last_save = time.monotonic()
+  except KeyboardInterrupt:
+    summary.interrupted = True
+    stop.set()
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+    bar.close()
+    store.close()
+  return summary
+
+
+def _parse_indices(spec: str | None) -> set[int] | None:
+  if not spec:
+    return None
+  out: set[int] = set()
+  for part in spec.split(","):
+    lo, _, hi = part.strip().partition("-")
+    try:
+      out.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+      raise ValueError(f"--indices: {part!r} is not N or N-M") from None
+  return out
+
+
+def api_key_from_env() -> str | None:
+  for name in API_KEY_ENV:
+    if os.environ.get(name):
+      return os.environ[name]
+  return None
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+  p = subparsers.add_parser("evaluate", help="judge a folder of <index>.mp4 videos",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--videos", required=True, help="folder of <index>.mp4 videos")
+  p.add_argument("--rubrics", required=True, help="MWBenchRubrics.json or MWBenchRubrics_norm.json")
+  p.add_argument("--tasks", help="finaltasks.json (categories; optional here)")
+  p.add_argument("--out", required=True, help="results JSON (resumed when it exists)")
+  p.add_argument("--judge-url", required=True, help="OpenAI-compatible base URL or /v1/chat/completions URL")
+  p.add_argument("--judge-model", required=True)
+  p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+  p.add_argument("--num-frames", type=int, default=8)
+  p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+  p.add_argument("--retries", type=int, default=4, help="extra requests per item after errors or invalid replies")
+  p.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
+  p.add_argument("--max-wait", type=float, default=120.0, help="cap on one wait, Retry-After included")
+  p.add_argument("--max-tokens", type=int, default=None)
+  p.add_argument("--no-json-mode", action="store_true", help="do not send response_format=json_object")
+  p.add_argument("--indices", help="only these tasks, e.g. 1-20,33")
+  p.add_argument("--save-interval", type=float, default=30.0, help="seconds between full rewrites of --out")
+  p.add_argument("--strict-rubrics", action="store_true", help="fail on any rubric anomaly")
+  p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                 help="progress bar (default: when stderr is a terminal)")
+  p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+  rubrics = load_rubrics(args.rubrics, args.tasks, strict=args.strict_rubrics)
+  if rubrics.anomalies:
+    print(rubrics.summary(), file=sys.stderr)
+  settings = JudgeSettings(url=args.judge_url, model=args.judge_model, api_key=api_key_from_env(),
+                           timeout=args.timeout, retries=args.retries, backoff=args.backoff,
+                           max_wait=args.max_wait, json_mode=not args.no_json_mode,
+                           max_tokens=args.max_tokens)
+  previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+  try:
+    summary = evaluate(rubrics, args.videos, args.out, settings, num_frames=args.num_frames,
+                       concurrency=args.concurrency, indices=_parse_indices(args.indices),
+                       save_interval=args.save_interval, progress=args.progress)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  print(summary.report(), file=sys.stderr)
+  print(f"results: {args.out}", file=sys.stderr)
+  if summary.fatal:
+    return 2
+  if summary.interrupted:
+    return 130
+  return 3 if summary.failed else 0
+
+
+def _raise_interrupt(signum, frame):
+  raise KeyboardInterrupt
