@@ -1,17 +1,102 @@
 """One entry point for attention; implementations are selected by name.
 
 q: (B, Tq, N, D); k, v: (B, Tk, N, D); kv_mask: (B, Tk) bool (True = attend). Returns (B, Tq, N, D).
+
+  xla         pure jnp (reference.py); any backend
+  cudnn       jax.nn.dot_product_attention(implementation="cudnn"); NVIDIA GPUs, bf16/fp16
+  pallas_tpu  our flash attention, Pallas Mosaic (flash_tpu.py)
+  pallas_gpu  our flash attention, Pallas Triton (flash_gpu.py)
+  splash      JAX's splash attention (Pallas TPU), for comparison (splash.py)
+  auto        TPU -> pallas_tpu, GPU -> cudnn for bf16/fp16 (else pallas_gpu), CPU -> xla;
+              sequences shorter than one block (128) -> xla.
+`interpret=True` runs the Pallas kernels in interpret mode (TPU interpret mode for Mosaic kernels),
+so every kernel runs on CPU.
+
+Under a mesh context (`jax.set_mesh(mesh)` with axes data, fsdp, tensor, context) the call is
+wrapped in a shard_map: batch over (data, fsdp), heads over tensor, and Ulysses sequence parallelism
+over context (context_parallel.py). Callers need no changes.
+Rows whose keys are all masked return zeros in every implementation.
 """
 from __future__ import annotations
 
-import jax
+import functools
 
+import jax
+import jax.numpy as jnp
+
+from microverse_jax.kernels.attention import context_parallel
 from microverse_jax.kernels.attention.reference import attention_reference
 
-IMPLS = ("xla",)
+IMPLS = ("xla", "cudnn", "pallas_tpu", "pallas_gpu", "splash")
+MIN_KERNEL_LENGTH = 128
 
 
-def attention(q, k, v, *, kv_mask=None, impl: str = "auto", interpret: bool = False):
+def resolve_impl(impl: str, q, k) -> str:
+  """The implementation `impl` names; for "auto", the one that suits the backend and lengths."""
   if impl not in IMPLS + ("auto",):
     raise ValueError(f"attention impl={impl!r}; expected one of {IMPLS + ('auto',)}")
-  return attention_reference(q, k, v, kv_mask)
+  if impl != "auto":
+    return impl
+  backend = jax.default_backend()
+  if min(q.shape[1], k.shape[1]) < MIN_KERNEL_LENGTH or backend == "cpu":
+    return "xla"
+  if backend == "tpu":
+    return "pallas_tpu"
+  if backend in ("gpu", "cuda"):
+    half = q.dtype in (jnp.bfloat16, jnp.float16)
+    return "cudnn" if half and q.shape[-1] <= 128 else "pallas_gpu"
+  return "xla"
+
+
+def _check_inputs(q, k, v, kv_mask):
+  if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+    raise ValueError(f"attention: q, k, v must be (B, T, N, D); got {q.shape}, {k.shape}, {v.shape}")
+  if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+    raise ValueError(f"attention: expected q (B, Tq, N, D) and k, v (B, Tk, N, D) with equal B, N, D; "
+                     f"got q {q.shape}, k {k.shape}, v {v.shape}")
+  if kv_mask is not None and (kv_mask.shape != k.shape[:2] or kv_mask.dtype != jnp.bool_):
+    raise ValueError(f"attention: kv_mask must be bool (B, Tk) = {k.shape[:2]}; "
+                     f"got {kv_mask.dtype} {kv_mask.shape}")
+
+
+def _cudnn(q, k, v, kv_mask):
+  mask = None if kv_mask is None else kv_mask[:, None, None, :]
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+  if kv_mask is None:
+    return out
+  return jnp.where(jnp.any(kv_mask, axis=1)[:, None, None, None], out, 0).astype(q.dtype)
+
+
+def _local_attention(q, k, v, kv_mask, *, impl: str, interpret: bool, block_sizes):
+  """Attention on the arrays as given (no mesh handling)."""
+  if impl == "xla":
+    return attention_reference(q, k, v, kv_mask)
+  if impl == "cudnn":
+    return _cudnn(q, k, v, kv_mask)
+  if impl == "pallas_tpu":
+    from microverse_jax.kernels.attention.flash_tpu import flash_attention_tpu
+    return flash_attention_tpu(q, k, v, kv_mask, block_sizes=block_sizes, interpret=interpret)
+  if impl == "pallas_gpu":
+    from microverse_jax.kernels.attention.flash_gpu import flash_attention_gpu
+    return flash_attention_gpu(q, k, v, kv_mask, block_sizes=block_sizes, interpret=interpret)
+  if impl == "splash":
+    from microverse_jax.kernels.attention.splash import splash_attention
+    return splash_attention(q, k, v, kv_mask, block_sizes=block_sizes, interpret=interpret)
+  raise ValueError(f"attention impl={impl!r}; expected one of {IMPLS}")
+
+
+def attention(q, k, v, *, kv_mask=None, impl: str = "auto", interpret: bool = False,
+              block_sizes=None):
+  """Multi-head attention. q: (B, Tq, N, D); k, v: (B, Tk, N, D); kv_mask: (B, Tk) bool.
+
+  `block_sizes` (optional) is the chosen kernel's BlockSizes (flash_tpu, flash_gpu or splash);
+  by default each kernel picks sizes for the local chip. Returns (B, Tq, N, D) in q's dtype.
+  """
+  _check_inputs(q, k, v, kv_mask)
+  impl = resolve_impl(impl, q, k)
+  local = functools.partial(_local_attention, impl=impl, interpret=interpret,
+                            block_sizes=block_sizes)
+  mesh = jax.sharding.get_abstract_mesh()
+  if context_parallel.should_shard(mesh):
+    return context_parallel.sharded_attention(local, q, k, v, kv_mask, mesh)
+  return local(q, k, v, kv_mask)

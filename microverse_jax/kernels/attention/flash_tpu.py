@@ -186,7 +186,7 @@ def _params(interpret: bool):
   return dict(
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
-      interpret=interpret)
+      interpret=pltpu.InterpretParams() if interpret else False)
 
 
 def _forward(q, k, v, mask, *, scale, bq, bk, interpret):
@@ -297,10 +297,8 @@ def flash_attention_tpu(q, k, v, kv_mask=None, *, block_sizes: BlockSizes | None
                         interpret: bool = False):
   """Pallas Mosaic flash attention. q: (B, Tq, N, D); k, v: (B, Tk, N, D); kv_mask: (B, Tk) bool.
 
-  Differentiable in q, k, v. `interpret=True` only marks the intent; run it on CPU under
-  `pltpu.force_tpu_interpret_mode()` (api.attention does that for you).
+  Differentiable in q, k, v. `interpret=True` runs the kernels in TPU interpret mode (on any backend).
   """
-  del interpret  # TPU interpret mode is a context (force_tpu_interpret_mode), not a flag
   sizes = block_sizes or default_block_sizes()
   _, tq, _, d = q.shape
   tk = k.shape[1]
@@ -321,5 +319,5 @@ def flash_attention_tpu(q, k, v, kv_mask=None, *, block_sizes: BlockSizes | None
     mask = _pad_axis(kv_mask.astype(jnp.int32), 1, tk_pad)[:, None, :]  # (B, 1, Tk)
   to_bntd = lambda x, t: _pad_axis(jnp.swapaxes(x, 1, 2), 2, t)
   out = _flash(to_bntd(q, tq_pad), to_bntd(k, tk_pad), to_bntd(v, tk_pad), mask,
-               (d ** -0.5, bq_f, bk_f, bq_b, bk_b), False)
+               (d ** -0.5, bq_f, bk_f, bq_b, bk_b), interpret)
   return jnp.swapaxes(out[:, :, :tq], 1, 2)
