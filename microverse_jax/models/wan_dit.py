@@ -1,0 +1,206 @@
+"""Wan2.1 text-to-video diffusion transformer (DiT) in Flax NNX.
+
+Axis letters: B batch, F H W C latent frames/height/width/channels (channels-last), T video tokens,
+N heads, D head dim, L text tokens, E model width (N * D).
+
+  latents (B, F, H, W, C) --patchify--> (B, T, E), T = F/pt * H/ph * W/pw (f-major order)
+  each block: adaLN-modulated self-attention (RMSNorm on q, k across heads; 3-D RoPE),
+              cross-attention to the projected text context, adaLN-modulated GELU FFN
+  head: adaLN-modulated LayerNorm, projection, unpatchify --> velocity (B, F, H, W, C_out)
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from microverse_jax import sharding
+from microverse_jax.kernels.attention.api import attention
+from microverse_jax.models.layers import (Dense, LayerNorm, RMSNorm, apply_rope, param, rope_3d,
+                                          timestep_embedding)
+
+LORA_TARGETS = ("q", "k", "v", "o", "ffn_in", "ffn_out")
+
+
+@dataclasses.dataclass(frozen=True)
+class WanDiTConfig:
+  patch_size: tuple[int, int, int] = (1, 2, 2)
+  num_heads: int = 12
+  head_dim: int = 128
+  in_channels: int = 16
+  out_channels: int = 16
+  text_dim: int = 4096
+  freq_dim: int = 256
+  ffn_dim: int = 8960
+  num_layers: int = 30
+  eps: float = 1e-6
+  rope_max_seq_len: int = 1024
+  qk_norm: str | None = "rms_norm_across_heads"
+  cross_attn_norm: bool = True
+  # Beyond the architecture: how to run it.
+  dtype: str = "float32"              # compute dtype; parameters stay fp32
+  attention_impl: str = "auto"        # see microverse_jax.kernels.attention.api
+  remat_policy: str = "none"          # "none" or a name in jax.checkpoint_policies
+  lora_rank: int = 0                  # 0 = no LoRA parameters
+  lora_alpha: float = 32.0
+  lora_targets: tuple[str, ...] = LORA_TARGETS
+
+  @property
+  def dim(self) -> int:
+    return self.num_heads * self.head_dim
+
+  @classmethod
+  def preset(cls, name: str, **overrides) -> "WanDiTConfig":
+    """Named sizes: "1.3B" and "14B" (Wan2.1 T2V), or "tiny" for CPU tests."""
+    presets = {
+        "1.3B": dict(num_heads=12, ffn_dim=8960, num_layers=30),
+        "14B": dict(num_heads=40, ffn_dim=13824, num_layers=40),
+        "tiny": dict(num_heads=2, head_dim=16, in_channels=4, out_channels=4, text_dim=32,
+                     freq_dim=32, ffn_dim=64, num_layers=2, rope_max_seq_len=32),
+    }
+    key = name.upper() if name.upper() in presets else name.lower()
+    if key not in presets:
+      raise ValueError(f"unknown WanDiT preset {name!r}; expected one of {sorted(presets)}")
+    return cls(**{**presets[key], **overrides})
+
+
+def _remat(fn, policy: str):
+  if policy == "none":
+    return fn
+  if not hasattr(jax.checkpoint_policies, policy):
+    raise ValueError(f"remat_policy={policy!r}: expected 'none' or a jax.checkpoint_policies name")
+  return jax.checkpoint(fn, policy=getattr(jax.checkpoint_policies, policy), prevent_cse=False)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention with RMSNorm on q and k across heads; self (with RoPE) or cross."""
+
+  def __init__(self, cfg: WanDiTConfig, *, rngs: nnx.Rngs):
+    e, dt = cfg.dim, jnp.dtype(cfg.dtype)
+
+    def dense(name, axes):
+      rank = cfg.lora_rank if name in cfg.lora_targets else 0
+      return Dense(e, e, axes, rngs=rngs, dtype=dt, lora_rank=rank, lora_alpha=cfg.lora_alpha)
+
+    self.q, self.k, self.v = (dense(n, ("embed", "heads")) for n in "qkv")
+    self.o = dense("o", ("heads", "embed"))
+    self.norm_q = RMSNorm(e, ("heads",), rngs=rngs, eps=cfg.eps)
+    self.norm_k = RMSNorm(e, ("heads",), rngs=rngs, eps=cfg.eps)
+    self.num_heads, self.impl = cfg.num_heads, cfg.attention_impl
+
+  def __call__(self, x, context=None, rope=None, kv_mask=None):
+    """x: (B, T, E); context: (B, L, E) or None (self-attention); returns (B, T, E)."""
+    src = x if context is None else context
+    q, k, v = self.norm_q(self.q(x)), self.norm_k(self.k(src)), self.v(src)
+    split = lambda t: t.reshape(*t.shape[:2], self.num_heads, -1)
+    q, k, v = split(q), split(k), split(v)
+    if rope is not None:
+      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    out = attention(q, k, v, kv_mask=kv_mask, impl=self.impl)
+    return self.o(out.reshape(*x.shape[:2], -1))
+
+
+class WanBlock(nnx.Module):
+  """One DiT block; `modulation` (6, E) is added to the per-sample timestep projection."""
+
+  def __init__(self, cfg: WanDiTConfig, *, rngs: nnx.Rngs):
+    e, dt = cfg.dim, jnp.dtype(cfg.dtype)
+    self.norm1 = LayerNorm(e, ("embed",), rngs=rngs, eps=cfg.eps)
+    self.self_attn = Attention(cfg, rngs=rngs)
+    self.norm2 = LayerNorm(e, ("embed",), rngs=rngs, eps=cfg.eps, affine=True) if cfg.cross_attn_norm else None
+    self.cross_attn = Attention(cfg, rngs=rngs)
+    self.norm3 = LayerNorm(e, ("embed",), rngs=rngs, eps=cfg.eps)
+    lora = lambda n: dict(lora_rank=cfg.lora_rank if n in cfg.lora_targets else 0, lora_alpha=cfg.lora_alpha)
+    self.ffn_in = Dense(e, cfg.ffn_dim, ("embed", "mlp"), rngs=rngs, dtype=dt, **lora("ffn_in"))
+    self.ffn_out = Dense(cfg.ffn_dim, e, ("mlp", "embed"), rngs=rngs, dtype=dt, **lora("ffn_out"))
+    self.modulation = param(rngs, nnx.initializers.normal(e ** -0.5), (6, e), (None, "embed"))
+    self.dtype = dt
+
+  def __call__(self, h, context, time_mod, rope, context_mask):
+    """h: (B, T, E); context: (B, L, E); time_mod: (B, 6, E) fp32; returns (B, T, E)."""
+    mod = self.modulation[...][None] + time_mod
+    shift, scale, gate, c_shift, c_scale, c_gate = jnp.split(mod, 6, axis=1)
+    x = (self.norm1(h) * (1 + scale) + shift).astype(self.dtype)
+    h = (h.astype(jnp.float32) + self.self_attn(x, rope=rope).astype(jnp.float32) * gate).astype(h.dtype)
+    x = h if self.norm2 is None else self.norm2(h).astype(self.dtype)
+    h = h + self.cross_attn(x, context, kv_mask=context_mask).astype(h.dtype)
+    x = (self.norm3(h) * (1 + c_scale) + c_shift).astype(self.dtype)
+    ff = self.ffn_out(jax.nn.gelu(self.ffn_in(x), approximate=True))
+    h = (h.astype(jnp.float32) + ff.astype(jnp.float32) * c_gate).astype(h.dtype)
+    return sharding.constrain(h, ("batch", "tokens", "embed"))
+
+
+class WanDiT(nnx.Module):
+  """model(latents (B,F,H,W,C), timesteps (B,) in [0, 1000], context (B,L,text_dim)) -> (B,F,H,W,C_out) fp32."""
+
+  def __init__(self, cfg: WanDiTConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    e, f32 = cfg.dim, jnp.float32
+    with nnx.use_eager_sharding(False):  # sharding is applied by jit out_shardings (see train.py)
+      self.patch_embed = Dense(math.prod(cfg.patch_size) * cfg.in_channels, e, (None, "embed"),
+                               rngs=rngs, dtype=jnp.dtype(cfg.dtype))
+      self.time_embed_1 = Dense(cfg.freq_dim, e, (None, "embed"), rngs=rngs, dtype=f32)
+      self.time_embed_2 = Dense(e, e, ("mlp", "embed"), rngs=rngs, dtype=f32)
+      self.time_proj = Dense(e, 6 * e, ("embed", "mlp"), rngs=rngs, dtype=f32)
+      self.text_embed_1 = Dense(cfg.text_dim, e, ("text_embed", "embed"), rngs=rngs, dtype=jnp.dtype(cfg.dtype))
+      self.text_embed_2 = Dense(e, e, ("mlp", "embed"), rngs=rngs, dtype=jnp.dtype(cfg.dtype))
+
+      @nnx.split_rngs(splits=cfg.num_layers)
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      def make_blocks(rngs):
+        return WanBlock(cfg, rngs=rngs)
+
+      self.blocks = make_blocks(rngs)
+      self.head_norm = LayerNorm(e, ("embed",), rngs=rngs, eps=cfg.eps)
+      self.head = Dense(e, math.prod(cfg.patch_size) * cfg.out_channels, ("embed", None), rngs=rngs,
+                        dtype=jnp.dtype(cfg.dtype))
+      self.head_modulation = param(rngs, nnx.initializers.normal(e ** -0.5), (2, e), (None, "embed"))
+
+  def _check(self, latents, timesteps, context, context_mask):
+    cfg = self.cfg
+    if latents.ndim != 5 or latents.shape[-1] != cfg.in_channels:
+      raise ValueError(f"latents: expected (B, F, H, W, {cfg.in_channels}) channels-last, got {latents.shape}")
+    for n, size, p in zip("FHW", latents.shape[1:4], cfg.patch_size):
+      if size % p:
+        raise ValueError(f"latents: {n}={size} is not divisible by the patch size {p} (patch_size={cfg.patch_size})")
+    grid = [s // p for s, p in zip(latents.shape[1:4], cfg.patch_size)]
+    if max(grid) > cfg.rope_max_seq_len:
+      raise ValueError(f"latents: token grid {grid} exceeds rope_max_seq_len={cfg.rope_max_seq_len}")
+    if context.ndim != 3 or context.shape[-1] != cfg.text_dim:
+      raise ValueError(f"context: expected (B, L, {cfg.text_dim}), got {context.shape}")
+    if timesteps.shape != latents.shape[:1]:
+      raise ValueError(f"timesteps: expected shape ({latents.shape[0]},), got {timesteps.shape}")
+    if context.shape[0] != latents.shape[0]:
+      raise ValueError(f"context batch {context.shape[0]} != latents batch {latents.shape[0]}")
+    if context_mask is not None and context_mask.shape != context.shape[:2]:
+      raise ValueError(f"context_mask: expected {context.shape[:2]}, got {context_mask.shape}")
+
+  def __call__(self, latents, timesteps, context, context_mask=None):
+    self._check(latents, timesteps, context, context_mask)
+    cfg = self.cfg
+    (pt, ph, pw), (b, f, h, w, c) = cfg.patch_size, latents.shape
+    grid = (f // pt, h // ph, w // pw)
+    x = latents.reshape(b, grid[0], pt, grid[1], ph, grid[2], pw, c)
+    x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, math.prod(grid), pt * ph * pw * c)
+    hidden = sharding.constrain(self.patch_embed(x), ("batch", "tokens", "embed"))
+
+    temb = self.time_embed_2(jax.nn.silu(self.time_embed_1(timestep_embedding(timesteps, cfg.freq_dim))))
+    time_mod = self.time_proj(jax.nn.silu(temb)).reshape(b, 6, cfg.dim)
+    ctx = self.text_embed_2(jax.nn.gelu(self.text_embed_1(context), approximate=True))
+    rope = rope_3d(grid, cfg.head_dim)
+
+    graphdef, block_state = nnx.split(self.blocks)
+
+    def body(carry, layer_state):
+      block = nnx.merge(graphdef, layer_state)
+      return block(carry, ctx, time_mod, rope, context_mask), None
+
+    hidden, _ = jax.lax.scan(_remat(body, cfg.remat_policy), hidden, block_state)
+
+    shift, scale = jnp.split(self.head_modulation[...][None] + temb[:, None], 2, axis=1)
+    out = self.head((self.head_norm(hidden) * (1 + scale) + shift).astype(hidden.dtype))
+    out = out.reshape(b, *grid, pt, ph, pw, cfg.out_channels).transpose(0, 1, 4, 2, 5, 3, 6, 7)
+    return out.reshape(b, f, h, w, cfg.out_channels).astype(jnp.float32)
