@@ -175,8 +175,12 @@ def evaluate(rubrics: RubricSet, videos_dir: str, out: str, settings: JudgeSetti
       except frames_lib.VideoError as e:
         verdict = Verdict(False, None, None, f"unreadable video: {e}", 0)
       else:
-        verdict = judge.judge(build_prompt(task, dim, num_frames), images, len(task.criteria[dim]),
-                              levels=len(frames_lib.ENCODING_LADDER))
+        try:
+          verdict = judge.judge(build_prompt(task, dim, num_frames), images, len(task.criteria[dim]),
+                                levels=len(frames_lib.ENCODING_LADDER))
+        except JudgeFatalError:
+          stop.set()  # At once, so that no other worker starts a request.
+          raise
     finally:
       cache.release(index)
     status = {"state": "scored" if verdict.ok else "failed", "reason": verdict.reason,
