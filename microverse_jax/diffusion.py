@@ -1,0 +1,147 @@
+"""Flow matching as Wan2.1 / MicroVerse train it, and the samplers that invert it.
+
+Noise level sigma in [0, 1]: x_sigma = (1 - sigma) * x0 + sigma * noise; the model predicts the
+velocity v = noise - x0 at timestep t = 1000 * sigma. Sigmas are shifted towards noise:
+sigma' = s * sigma / (1 + (s - 1) * sigma).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def shift_sigmas(sigmas, shift: float):
+  return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowMatching:
+  """The training grid: sigma = shift(linspace(1, 0, 1001)[:-1]), t = 1000 sigma, loss weights w(t)."""
+  shift: float = 5.0
+
+  @property
+  def sigmas(self) -> np.ndarray:
+    return shift_sigmas(np.linspace(1.0, 0.0, NUM_TRAIN_TIMESTEPS + 1)[:-1], self.shift).astype(np.float32)
+
+  @property
+  def timesteps(self) -> np.ndarray:
+    return self.sigmas * NUM_TRAIN_TIMESTEPS
+
+  @property
+  def loss_weights(self) -> np.ndarray:
+    """w(t) = exp(-2 ((t - 500) / 1000)^2), minus its minimum, normalised to mean 1 over the grid."""
+    t = self.timesteps.astype(np.float64)
+    y = np.exp(-2 * ((t - NUM_TRAIN_TIMESTEPS / 2) / NUM_TRAIN_TIMESTEPS) ** 2)
+    y = y - y.min()
+    return (y * (len(y) / y.sum())).astype(np.float32)
+
+  def training_inputs(self, x0: jax.Array, noise: jax.Array, index: jax.Array):
+    """Noisy input, timestep, velocity target and loss weight for grid indices `index` (B,).
+
+    x0, noise: (B, ...). Returns x_t (like x0), t (B,), target (like x0, fp32), weight (B,).
+    """
+    sigma = jnp.asarray(self.sigmas)[index]
+    s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
+    x_t = (1 - s) * x0 + s * noise
+    return x_t, sigma * NUM_TRAIN_TIMESTEPS, (noise - x0).astype(jnp.float32), jnp.asarray(self.loss_weights)[index]
+
+  def sample_index(self, key, batch: int) -> jax.Array:
+    """One uniform grid index per sample: (B,) int32 in [0, 1000)."""
+    return jax.random.randint(key, (batch,), 0, NUM_TRAIN_TIMESTEPS)
+
+
+def inference_sigmas(num_steps: int, shift: float = 5.0) -> np.ndarray:
+  """num_steps + 1 shifted sigmas from 1 down to 0 (the last is exactly 0)."""
+  return shift_sigmas(np.linspace(1.0, 0.0, num_steps + 1), shift).astype(np.float64)
+
+
+VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x, t (B,)) -> v
+
+
+def guided(velocity: Callable, guidance: float) -> Callable:
+  """Classifier-free guidance for a model run on [cond; uncond] stacked on the batch axis.
+
+  velocity(x2 (2B, ...), t2 (2B,)) -> v2; returns v_uncond + guidance * (v_cond - v_uncond).
+  """
+  def fn(x, t):
+    v = velocity(jnp.concatenate([x, x]), jnp.concatenate([t, t]))
+    v_cond, v_uncond = jnp.split(v, 2)
+    return v_uncond + guidance * (v_cond - v_uncond)
+  return fn
+
+
+def sample(velocity: VelocityFn, noise: jax.Array, num_steps: int, *, shift: float = 5.0,
+           sampler: str = "euler", callback: Callable[[int], None] | None = None) -> jax.Array:
+  """Integrates dx/dsigma = v from sigma = 1 (noise) to 0 and returns x0.
+
+  velocity(x, t) is called once per step with t = 1000 sigma broadcast to (B,).
+  sampler: "euler" (x += v (sigma_next - sigma)) or "unipc" (UniPC, order 2, bh2, data prediction).
+  """
+  if sampler not in ("euler", "unipc"):
+    raise ValueError(f"sampler={sampler!r}: expected 'euler' or 'unipc'")
+  sigmas = inference_sigmas(num_steps, shift)
+  x = noise.astype(jnp.float32)
+  batch = x.shape[0]
+  history: list[tuple[float, jax.Array]] = []  # (lambda, x0 prediction) of past steps
+  last_x = None
+  for i in range(num_steps):
+    s, s_next = sigmas[i], sigmas[i + 1]
+    v = velocity(x, jnp.full((batch,), s * NUM_TRAIN_TIMESTEPS, jnp.float32)).astype(jnp.float32)
+    if sampler == "euler":
+      x = x + v * (s_next - s)
+    else:
+      x0 = x - s * v
+      if history:  # UniC corrector for the step just taken, using the fresh prediction at x
+        x = _unipc_update(last_x, sigmas[i - 1], s, history, x0_new=x0)
+      history = (history + [(_lam(s), x0)])[-2:]
+      last_x = x
+      x = x0 if s_next == 0 else _unipc_update(x, s, s_next, history)
+    if callback is not None:
+      callback(i)
+  return x
+
+
+def _lam(sigma: float) -> float:
+  return float(np.log(1 - sigma) - np.log(sigma)) if 0 < sigma < 1 else (np.inf if sigma == 0 else -np.inf)
+
+
+def _unipc_update(x, s, t, history, x0_new=None):
+  """One UniPC (bh2) step from noise level s to t in data prediction form.
+
+  history: [(lambda, x0_pred)], the last entry at s. Predictor when `x0_new` is None, otherwise the
+  corrector that also uses x0_new, the prediction at t.
+  """
+  lam_s, m0 = history[-1]
+  alpha_t, sigma_t = 1 - t, t
+  h = _lam(t) - lam_s
+  hh = -h
+  h_phi_1 = np.expm1(hh)
+  b_h = np.expm1(hh)
+  x_t = (sigma_t / s) * x - alpha_t * h_phi_1 * m0
+  prev = history[:-1]
+  if x0_new is None:
+    if prev:  # order 2 predictor, rho = 1/2
+      lam_p, m_p = prev[-1]
+      r1 = (lam_p - lam_s) / h
+      x_t = x_t - alpha_t * b_h * 0.5 * (m_p - m0) / r1
+    return x_t
+  d1_t = x0_new - m0
+  if not prev:  # order 1 corrector
+    return x_t - alpha_t * b_h * 0.5 * d1_t
+  lam_p, m_p = prev[-1]
+  r1 = (lam_p - lam_s) / h
+  rks = np.array([r1, 1.0])
+  h_phi_k, fact, rhs, rows = h_phi_1 / hh - 1, 1, [], []
+  for k in (1, 2):
+    rows.append(rks ** (k - 1))
+    rhs.append(h_phi_k * fact / b_h)
+    fact *= k + 1
+    h_phi_k = h_phi_k / hh - 1 / fact
+  rho = np.linalg.solve(np.stack(rows), np.array(rhs))
+  return x_t - alpha_t * b_h * (rho[0] * (m_p - m0) / r1 + rho[1] * d1_t)

@@ -1,0 +1,64 @@
+"""Flow-matching schedule facts and samplers against the exact flow of Gaussian data."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from microverse_jax import diffusion
+
+
+def test_training_grid_matches_the_recipe():
+  fm = diffusion.FlowMatching(shift=5.0)
+  sig = np.linspace(1, 0, 1001)[:-1]
+  np.testing.assert_allclose(fm.sigmas, 5 * sig / (1 + 4 * sig), rtol=1e-6)
+  assert fm.sigmas[0] == 1.0 and fm.sigmas.shape == (1000,)
+  np.testing.assert_allclose(fm.timesteps, 1000 * fm.sigmas, rtol=1e-6)
+  w = fm.loss_weights
+  assert abs(w.mean() - 1) < 1e-5 and w.min() == 0.0
+  assert np.argmax(w) == np.argmin(np.abs(fm.timesteps - 500))
+
+
+def test_training_inputs_interpolate_and_target_velocity():
+  fm = diffusion.FlowMatching()
+  x0, noise = jnp.ones((2, 3)), jnp.full((2, 3), 3.0)
+  x_t, t, target, w = fm.training_inputs(x0, noise, jnp.array([0, 999]))
+  s = fm.sigmas[[0, 999]]
+  np.testing.assert_allclose(x_t[:, 0], (1 - s) * 1 + s * 3, rtol=1e-6)
+  np.testing.assert_allclose(t, 1000 * s, rtol=1e-6)
+  np.testing.assert_allclose(target, 2.0)
+  np.testing.assert_allclose(w, fm.loss_weights[[0, 999]])
+
+
+MU, STD = 2.0, 0.5
+
+
+def exact_velocity(x, t):
+  """E[noise - x0 | x_sigma] for x0 ~ N(MU, STD^2), noise ~ N(0, 1)."""
+  s = (t / 1000.0)[:, None]
+  var = (1 - s) ** 2 * STD ** 2 + s ** 2
+  centred = x - (1 - s) * MU
+  e_x0 = MU + (1 - s) * STD ** 2 / var * centred
+  e_noise = s / var * centred
+  return e_noise - e_x0
+
+
+def endpoint_error(sampler, steps, shift=1.0):
+  noise = jax.random.normal(jax.random.key(0), (256, 1))
+  x0 = diffusion.sample(exact_velocity, noise, steps, shift=shift, sampler=sampler)
+  return float(jnp.abs(x0 - (MU + STD * noise)).max())  # the exact flow maps noise e to MU + STD e
+
+
+@pytest.mark.parametrize("sampler,steps,shift,tol", [
+    ("euler", 100, 1.0, 0.03), ("unipc", 20, 1.0, 0.02), ("unipc", 50, 5.0, 0.01)])
+def test_samplers_reach_the_exact_endpoint(sampler, steps, shift, tol):
+  assert endpoint_error(sampler, steps, shift) < tol
+
+
+def test_unipc_needs_fewer_steps_than_euler():
+  assert endpoint_error("unipc", 10) < endpoint_error("euler", 50)
+  assert endpoint_error("unipc", 50, shift=5.0) < endpoint_error("euler", 100, shift=5.0)
+
+
+def test_guidance_combines_cond_and_uncond():
+  fn = diffusion.guided(lambda x, t: jnp.concatenate([jnp.ones_like(x[:1]), jnp.zeros_like(x[:1])]), 5.0)
+  np.testing.assert_allclose(fn(jnp.zeros((1, 2)), jnp.zeros((1,))), 5.0)
