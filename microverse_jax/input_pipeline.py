@@ -1,0 +1,347 @@
+"""Grain input pipelines over TFDS ArrayRecord data sources: raw video and cached latents.
+
+Both pipelines run the same index plan, then load and batch:
+
+  records 0..n-1 --shard by JAX process (p::P)--> --shuffle per epoch (seed)--> --repeat-->
+  --load (decode / deserialize; a bad record becomes a skip marker)--> --batch, skipping markers-->
+  --worker processes (optional)--> --count skips--> numpy batches
+
+Every process gets the same number of records per epoch: with `drop_remainder=True` the last
+n mod P records are dropped from the plan and the last partial batch is dropped; with
+`drop_remainder=False` short shards and the last batch of each worker are padded with rows whose
+`index` is -1 (all-zero inputs, all-False masks). Records that fail to load are skipped and counted
+(`iterator.skip_counts`), never raised. The iterator's state (`get_state`/`set_state`, or Orbax via
+`grain.checkpoint.CheckpointSave/Restore`) replays exactly, skip counts included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Protocol, Sequence
+
+from absl import flags
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from microverse_jax import video
+
+SKIP_REASONS = ("corrupt", "too_short")
+_MAX_CONSECUTIVE_SKIPS = 1000
+
+
+class Tokenizer(Protocol):
+  """Text -> token ids. `__call__(texts)` returns ids int32 (n, L) and mask bool (n, L), L = max_length."""
+  max_length: int
+
+  def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    ...
+
+
+class ByteTokenizer:
+  """UTF-8 bytes + 3 (0 = pad, 1 = eos, 2 unused): the tiny offline tokenizer of the CPU configs.
+
+  Texts are truncated to max_length - 1 bytes, then eos is appended and the rest padded.
+  """
+
+  def __init__(self, max_length: int, vocab_size: int = 259):
+    if max_length < 1:
+      raise ValueError(f"ByteTokenizer max_length must be >= 1, got {max_length}")
+    if vocab_size < 259:
+      raise ValueError(f"ByteTokenizer needs vocab_size >= 259 (256 bytes + 3 specials), got {vocab_size}")
+    self.max_length, self.vocab_size = max_length, vocab_size
+
+  def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.zeros((len(texts), self.max_length), np.int32)
+    for row, text in enumerate(texts):
+      data = np.frombuffer(text.encode("utf-8")[:self.max_length - 1], np.uint8).astype(np.int32) + 3
+      ids[row, :len(data)] = data
+      ids[row, len(data)] = 1
+    return ids, ids > 0
+
+
+def load_source(name: str, split: str, data_dir: str) -> Any:
+  """Random-access TFDS source for DATA_DIR/name/<newest version>/ (ArrayRecord), feeding Grain.
+
+  Works for every dataset this repo writes (microsim10k, microsim_synth, latent caches) without
+  importing its builder. Raises ValueError naming the directory when the dataset or split is missing.
+  """
+  root = epath.Path(data_dir) / name
+  versions = []
+  if root.is_dir():
+    for child in root.iterdir():
+      if (child / "dataset_info.json").exists():
+        try:
+          versions.append((tfds.core.Version(child.name), child))
+        except ValueError:
+          continue
+  if not versions:
+    raise ValueError(f"dataset {name!r} not found in {data_dir} (no {root}/<version>/dataset_info.json); "
+                     f"build it with `python -m microverse_jax.build_dataset {name} --data_dir={data_dir}`")
+  path = max(versions, key=lambda v: v[0])[1]
+  builder = tfds.builder_from_directory(str(path))
+  if split not in builder.info.splits:
+    raise ValueError(f"dataset {name!r} at {path} has no split {split!r}; "
+                     f"splits: {sorted(builder.info.splits.keys())}")
+  return builder.as_data_source(split=split)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Skip:
+  reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShardRecord:
+  """Position i of shard `shard_index` of `shard_count` -> source record index."""
+  shard_index: int
+  shard_count: int
+
+  def __call__(self, i: int) -> int:
+    return self.shard_index + i * self.shard_count
+
+
+def _padding_index(_: int) -> int:
+  return -1
+
+
+def _index_plan(num_records: int, *, seed: int, shuffle: bool, num_epochs: int | None,
+                drop_remainder: bool, shard_index: int | None, shard_count: int | None) -> grain.MapDataset:
+  """Source record indices this process reads, in order (-1 = padding row)."""
+  if shard_index is None or shard_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    shard_index, shard_count = jax.process_index(), jax.process_count()
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
+  own = len(range(shard_index, num_records, shard_count))
+  per_process = num_records // shard_count if drop_remainder else math.ceil(num_records / shard_count)
+  if per_process == 0:
+    raise ValueError(f"{num_records} records cannot give every one of {shard_count} processes a record")
+  ds = grain.MapDataset.range(min(own, per_process)).map(_ShardRecord(shard_index, shard_count))
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  if per_process > own:
+    ds = grain.MapDataset.concatenate([ds, grain.MapDataset.range(per_process - own).map(_padding_index)])
+  return ds.repeat(num_epochs)
+
+
+class _LoadClip:
+  """Source index -> {video uint8 (F, H, W, 3), text_ids, text_mask, index}, or a _Skip marker."""
+
+  def __init__(self, source, *, num_frames: int, height: int, width: int, frame_stride: int,
+               tokenizer: Tokenizer):
+    self.source, self.tokenizer = source, tokenizer
+    self.num_frames, self.height, self.width, self.frame_stride = num_frames, height, width, frame_stride
+
+  def __call__(self, index: int) -> dict | _Skip:
+    if index < 0:
+      ids = np.zeros((self.tokenizer.max_length,), np.int32)
+      return {"video": np.zeros((self.num_frames, self.height, self.width, 3), np.uint8),
+              "text_ids": ids, "text_mask": ids > 0, "index": np.int64(-1)}
+    try:
+      record = self.source[index]
+      available = video.usable_frames(int(record["num_frames"]), self.frame_stride)
+      if video.recipe_num_frames(available, self.num_frames) < self.num_frames:
+        return _Skip("too_short")
+      frames = video.decode_frames(record["video"], self.num_frames, stride=self.frame_stride,
+                                   height=self.height, width=self.width)
+      caption = record["caption"]
+      caption = caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
+    except Exception:  # pylint: disable=broad-except  # any bad record is skipped and counted
+      return _Skip("corrupt")
+    ids, mask = self.tokenizer([caption])
+    return {"video": frames, "text_ids": ids[0], "text_mask": mask[0], "index": np.int64(index)}
+
+
+def _finalize_video(batch: dict) -> dict:
+  batch["video"] = video.to_model_range(batch["video"])
+  return batch
+
+
+class _BatchSkippingIterDataset(grain.IterDataset):
+  """Stacks `batch_size` loaded elements into one batch, dropping skip markers and counting them.
+
+  Each batch carries `_skipped` int64 (len(SKIP_REASONS),): markers dropped while building it.
+  """
+
+  def __init__(self, parent: grain.IterDataset, *, batch_size: int, drop_remainder: bool,
+               finalize: Callable[[dict], dict]):
+    super().__init__(parent)
+    self.batch_size, self.drop_remainder, self.finalize = batch_size, drop_remainder, finalize
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _BatchSkippingIterator(self._parent.__iter__(), self)
+
+  def __str__(self) -> str:
+    return f"BatchSkippingIterDataset(batch_size={self.batch_size})"
+
+
+class _BatchSkippingIterator(grain.DatasetIterator):
+
+  def __init__(self, parent: grain.DatasetIterator, config: _BatchSkippingIterDataset):
+    super().__init__(parent)
+    self._config = config
+
+  def __next__(self) -> dict:
+    elements, skipped, consecutive = [], np.zeros(len(SKIP_REASONS), np.int64), 0
+    while len(elements) < self._config.batch_size:
+      try:
+        element = next(self._parent)
+      except StopIteration:
+        break
+      if isinstance(element, _Skip):
+        skipped[SKIP_REASONS.index(element.reason)] += 1
+        consecutive += 1
+        if consecutive >= _MAX_CONSECUTIVE_SKIPS:
+          raise ValueError(f"{consecutive} records in a row failed to load "
+                           f"({dict(zip(SKIP_REASONS, skipped.tolist()))}); check the dataset, "
+                           f"num_frames and frame_stride")
+        continue
+      consecutive = 0
+      elements.append(element)
+    if not elements or (self._config.drop_remainder and len(elements) < self._config.batch_size):
+      raise StopIteration
+    while len(elements) < self._config.batch_size:  # explicit padding, marked by index -1
+      pad = {k: np.zeros_like(v) for k, v in elements[0].items()}
+      pad["index"] = np.int64(-1)
+      elements.append(pad)
+    batch = {k: np.stack([e[k] for e in elements]) for k in elements[0]}
+    batch = self._config.finalize(batch)
+    batch["_skipped"] = skipped
+    return batch
+
+  def get_state(self) -> dict:
+    return self._parent.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self._parent.set_state(state)
+
+
+class _SkipCountingIterDataset(grain.IterDataset):
+  """Outermost stage (main process): pops `_skipped` from batches into `iterator.skip_counts`."""
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return PipelineIterator(self._parent.__iter__())
+
+
+class PipelineIterator(grain.DatasetIterator):
+  """The iterator both pipelines return. `skip_counts`: records skipped so far, by reason."""
+
+  def __init__(self, parent: grain.DatasetIterator):
+    super().__init__(parent)
+    self._skipped = np.zeros(len(SKIP_REASONS), np.int64)
+
+  @property
+  def skip_counts(self) -> dict[str, int]:
+    return dict(zip(SKIP_REASONS, self._skipped.tolist()))
+
+  def __next__(self) -> dict:
+    batch = next(self._parent)
+    self._skipped += batch.pop("_skipped")
+    return batch
+
+  def get_state(self) -> dict:
+    return {"pipeline": self._parent.get_state(), "skipped": self._skipped.tolist()}
+
+  def set_state(self, state: dict) -> None:
+    self._parent.set_state(state["pipeline"])
+    self._skipped = np.asarray(state["skipped"], np.int64)
+
+
+def _build(source, loader, finalize, *, batch_size: int, seed: int, shuffle: bool,
+           num_epochs: int | None, worker_count: int, drop_remainder: bool,
+           shard_index: int | None, shard_count: int | None, read_threads: int) -> PipelineIterator:
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  plan = _index_plan(len(source), seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                     drop_remainder=drop_remainder, shard_index=shard_index, shard_count=shard_count)
+  ds = plan.map(loader).to_iter_dataset(grain.ReadOptions(
+      num_threads=read_threads, prefetch_buffer_size=max(2 * batch_size, read_threads)))
+  ds = _BatchSkippingIterDataset(ds, batch_size=batch_size, drop_remainder=drop_remainder, finalize=finalize)
+  if worker_count > 0:
+    if not flags.FLAGS.is_parsed():  # Grain reads its absl flags when it starts workers.
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=2))
+  return iter(_SkipCountingIterDataset(ds))
+
+
+def make_video_iterator(source, *, batch_size: int, num_frames: int, height: int, width: int,
+                        tokenizer: Tokenizer, seed: int, shuffle: bool = True,
+                        num_epochs: int | None = None, worker_count: int = 0, frame_stride: int = 1,
+                        drop_remainder: bool = True, shard_index: int | None = None,
+                        shard_count: int | None = None, read_threads: int = 2) -> PipelineIterator:
+  """Raw-video batches for this process from a clip source (`load_source`), decoded with PyAV.
+
+  Each clip gives its first `num_frames` frames (every `frame_stride`-th), resized bilinearly to cover
+  height x width and centre-cropped, scaled to [-1, 1]; the caption is tokenised. num_frames must be
+  4k + 1 (the Wan-VAE rule). The recipe takes the largest 4k + 1 frames a shorter clip has; a batch
+  has one static shape, so clips shorter than num_frames are skipped instead (counted 'too_short').
+
+  Yields dicts of numpy arrays (B = batch_size, the per-process batch):
+    video      float32 (B, F, H, W, 3) in [-1, 1]
+    text_ids   int32   (B, L)   L = tokenizer.max_length
+    text_mask  bool    (B, L)
+    index      int64   (B,)     source record index; -1 marks a padding row
+  The shard is this JAX process's unless shard_index/shard_count are given. worker_count > 0 decodes
+  in that many worker processes (spawned: call from under `if __name__ == "__main__":`).
+  """
+  if num_frames < 1 or num_frames % 4 != 1:
+    raise ValueError(f"num_frames must be 4k + 1 (1, 5, 9, ..., 81), got {num_frames}")
+  if frame_stride < 1:
+    raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
+  loader = _LoadClip(source, num_frames=num_frames, height=height, width=width,
+                     frame_stride=frame_stride, tokenizer=tokenizer)
+  return _build(source, loader, _finalize_video, batch_size=batch_size, seed=seed, shuffle=shuffle,
+                num_epochs=num_epochs, worker_count=worker_count, drop_remainder=drop_remainder,
+                shard_index=shard_index, shard_count=shard_count, read_threads=read_threads)
+
+
+class _LoadLatents:
+  """Source index -> {latents, context (L, D) zero-padded, context_mask, index}, or a _Skip marker."""
+
+  def __init__(self, source, *, text_length: int):
+    self.source, self.text_length = source, text_length
+
+  def __call__(self, index: int) -> dict | _Skip:
+    try:
+      if index < 0:
+        record = self.source[0]
+        latents, tokens = np.zeros_like(record["latents"]), np.zeros((0, record["context"].shape[-1]))
+      else:
+        record = self.source[index]
+        latents, tokens = record["latents"], record["context"]
+      if tokens.shape[0] > self.text_length:
+        return _Skip("corrupt")
+      context = np.zeros((self.text_length, tokens.shape[-1]), np.float32)
+      context[:tokens.shape[0]] = tokens
+    except Exception:  # pylint: disable=broad-except  # any bad record is skipped and counted
+      return _Skip("corrupt")
+    return {"latents": np.asarray(latents, np.float32), "context": context,
+            "context_mask": np.arange(self.text_length) < tokens.shape[0], "index": np.int64(index)}
+
+
+def _identity(batch: dict) -> dict:
+  return batch
+
+
+def make_latent_iterator(source, *, batch_size: int, seed: int, text_length: int | None = None,
+                         shuffle: bool = True, num_epochs: int | None = None, worker_count: int = 0,
+                         drop_remainder: bool = True, shard_index: int | None = None,
+                         shard_count: int | None = None, read_threads: int = 2) -> PipelineIterator:
+  """Batches from a latent cache written by `microverse_jax.encode` (the fast path at scale).
+
+  Yields dicts of numpy arrays (B = per-process batch):
+    latents       float32 (B, F', H', W', C)   Wan-VAE latents (stored bf16)
+    context       float32 (B, L, D)            text-encoder states, zero past each caption's tokens
+    context_mask  bool    (B, L)
+    index         int64   (B,)                 source record index; -1 marks a padding row
+  L = text_length, by default the cache's own (its metadata `text_length`).
+  """
+  if text_length is None:
+    text_length = int(source.dataset_info.metadata["text_length"])
+  return _build(source, _LoadLatents(source, text_length=text_length), _identity, batch_size=batch_size,
+                seed=seed, shuffle=shuffle, num_epochs=num_epochs, worker_count=worker_count,
+                drop_remainder=drop_remainder, shard_index=shard_index, shard_count=shard_count,
+                read_threads=read_threads)
