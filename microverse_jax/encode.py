@@ -1,0 +1,234 @@
+"""Builds the latent cache: Wan-VAE latents and text-encoder states for every clip of a TFDS dataset.
+
+  python -m microverse_jax.encode --dataset=microsim10k --data_dir=DIR --split=train --out_dir=DIR \
+      --num_frames=81 --height=480 --width=832 --vae=PATH --text_encoder=PATH
+
+The cache is a TFDS ArrayRecord dataset OUT_DIR/<dataset>_latents/1.0.0/ whose records hold
+  id, caption (str); latents bf16 (F', H', W', C); context bf16 (n, D), the n = number of caption
+  tokens (eos included) rows of the text-encoder output; source_index int64.
+`input_pipeline.make_latent_iterator` reads it back, zero-padding context to the cache's
+`text_length` (what the recipe's padded-and-zeroed umT5 states are).
+
+Output shard s holds source records [s * shard_size, (s + 1) * shard_size). Process p of P writes
+shards s = p (mod P), each batch sharded over its local devices, so every device of every host works
+and no host waits on another. A shard is written under a temporary name and renamed when complete:
+rerunning the same command skips finished shards (resume after preemption). Process 0 writes the
+TFDS metadata once every shard of the split exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import re
+import sys
+import tempfile
+from typing import Callable
+
+import ml_dtypes
+import numpy as np
+import tensorflow_datasets as tfds
+from array_record.python import array_record_module
+from etils import epath
+
+from microverse_jax import input_pipeline
+
+VERSION = "1.0.0"
+VideoEncoder = Callable[[np.ndarray], np.ndarray]  # float32 (B, F, H, W, 3) in [-1, 1] -> (B, F', H', W', C)
+TextEncoder = Callable[[np.ndarray, np.ndarray], np.ndarray]  # ids int32 (B, L), mask bool (B, L) -> (B, L, D)
+
+
+def cache_features() -> tfds.features.FeaturesDict:
+  """Features of a latent-cache record (dynamic shapes: one feature spec serves every resolution)."""
+  bf16 = ml_dtypes.bfloat16
+  return tfds.features.FeaturesDict({
+      "id": tfds.features.Text(),
+      "caption": tfds.features.Text(),
+      "latents": tfds.features.Tensor(shape=(None, None, None, None), dtype=bf16,
+                                      encoding=tfds.features.Encoding.BYTES, doc="(F', H', W', C)"),
+      "context": tfds.features.Tensor(shape=(None, None), dtype=bf16,
+                                      encoding=tfds.features.Encoding.BYTES, doc="(n tokens, D)"),
+      "source_index": tfds.features.Scalar(dtype=np.int64),
+  })
+
+
+@dataclasses.dataclass(frozen=True)
+class _SourceRange:
+  """Records [start, stop) of a random-access source, as a source of its own."""
+  source: object
+  start: int
+  stop: int
+
+  def __len__(self) -> int:
+    return self.stop - self.start
+
+  def __getitem__(self, i: int):
+    return self.source[self.start + i]
+
+
+def shard_path(split_dir: epath.Path, name: str, split: str, shard: int, num_shards: int) -> epath.Path:
+  """TFDS's file name for shard `shard` of `num_shards` of `split`."""
+  return split_dir / f"{name}-{split}.array_record-{shard:05d}-of-{num_shards:05d}"
+
+
+def _write_array_record(path: epath.Path, records: list[bytes]) -> None:
+  """Writes records so that `path` appears only when complete (temp file + rename / atomic upload)."""
+  local = "://" not in os.fspath(path)
+  directory = os.fspath(path.parent) if local else None
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+  os.close(fd)
+  try:
+    writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+    for record in records:
+      writer.write(record)
+    writer.close()
+    if local:
+      os.replace(tmp, os.fspath(path))
+    else:
+      epath.Path(tmp).copy(path, overwrite=True)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def encode_split(source, out_dir: str, *, dataset: str, split: str, video_encoder: VideoEncoder,
+                 text_encoder: TextEncoder, tokenizer: input_pipeline.Tokenizer, num_frames: int,
+                 height: int, width: int, frame_stride: int = 1, batch_size: int = 8,
+                 shard_size: int = 256, worker_count: int = 0, process_index: int | None = None,
+                 process_count: int | None = None) -> dict:
+  """Encodes `source` (a clip source from `load_source`) into OUT_DIR/<dataset>_latents/1.0.0/.
+
+  Returns {"path", "shards_written", "shards_skipped" (already complete), "records", "skipped"
+  (clips the pipeline could not load, by reason), "finalized" (metadata written)}.
+  """
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index, process_count = jax.process_index(), jax.process_count()
+  name = f"{dataset}_latents"
+  split_dir = epath.Path(out_dir) / name / VERSION
+  split_dir.mkdir(parents=True, exist_ok=True)
+  features = cache_features()
+  num_shards = max(1, math.ceil(len(source) / shard_size))
+  stats = {"path": str(split_dir), "shards_written": 0, "shards_skipped": 0, "records": 0,
+           "skipped": dict.fromkeys(input_pipeline.SKIP_REASONS, 0), "finalized": False}
+  for shard in range(process_index, num_shards, process_count):
+    path = shard_path(split_dir, name, split, shard, num_shards)
+    if path.exists():
+      stats["shards_skipped"] += 1
+      continue
+    start, stop = shard * shard_size, min(len(source), (shard + 1) * shard_size)
+    batches = input_pipeline.make_video_iterator(
+        _SourceRange(source, start, stop), batch_size=batch_size, num_frames=num_frames, height=height,
+        width=width, tokenizer=tokenizer, seed=0, shuffle=False, num_epochs=1,
+        worker_count=worker_count, frame_stride=frame_stride, drop_remainder=False,
+        shard_index=0, shard_count=1)
+    records = []
+    for batch in batches:
+      latents = np.asarray(video_encoder(batch["video"])).astype(ml_dtypes.bfloat16)
+      context = np.asarray(text_encoder(batch["text_ids"], batch["text_mask"])).astype(ml_dtypes.bfloat16)
+      for row, local_index in enumerate(batch["index"]):
+        if local_index < 0:
+          continue
+        record = source[start + int(local_index)]
+        records.append(features.serialize_example({
+            "id": record["id"], "caption": record["caption"], "latents": latents[row],
+            "context": context[row, :int(batch["text_mask"][row].sum())],
+            "source_index": start + int(local_index)}))
+    for reason, count in batches.skip_counts.items():
+      stats["skipped"][reason] += count
+    _write_array_record(path, records)
+    stats["shards_written"] += 1
+    stats["records"] += len(records)
+  if process_index == 0:
+    stats["finalized"] = finalize(out_dir, dataset=dataset, text_length=tokenizer.max_length,
+                                  num_frames=num_frames, height=height, width=width,
+                                  frame_stride=frame_stride)
+  return stats
+
+
+_SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<split>[^-.]+)\.array_record-(?P<shard>\d{5})-of-(?P<total>\d{5})$")
+
+
+def finalize(out_dir: str, *, dataset: str, text_length: int, num_frames: int, height: int,
+             width: int, frame_stride: int) -> bool:
+  """Writes TFDS metadata for every split whose shards are all present; False if none is complete."""
+  name = f"{dataset}_latents"
+  split_dir = epath.Path(out_dir) / name / VERSION
+  shards: dict[str, dict[int, epath.Path]] = {}
+  totals: dict[str, int] = {}
+  for path in split_dir.iterdir():
+    match = _SHARD_RE.match(path.name)
+    if match and match["name"] == name:
+      shards.setdefault(match["split"], {})[int(match["shard"])] = path
+      totals[match["split"]] = int(match["total"])
+  complete = {s: files for s, files in shards.items() if len(files) == totals[s]}
+  if not complete:
+    return False
+  template = tfds.core.ShardedFileTemplate(data_dir=split_dir, dataset_name=name,
+                                           filetype_suffix="array_record")
+  split_infos = []
+  for split, files in sorted(complete.items()):
+    lengths = []
+    for i in range(totals[split]):
+      reader = array_record_module.ArrayRecordReader(os.fspath(files[i]))
+      lengths.append(reader.num_records())
+      reader.close()
+    split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=0,
+                                           filename_template=template))
+  tfds.folder_dataset.write_metadata(
+      data_dir=split_dir, features=cache_features(), split_infos=split_infos, version=VERSION,
+      filename_template=template, check_data=False,
+      description=f"Wan-VAE latents and text-encoder states of {dataset}.",
+      metadata=tfds.core.MetadataDict(text_length=text_length, num_frames=num_frames, height=height,
+                                      width=width, frame_stride=frame_stride, source_dataset=dataset))
+  return True
+
+
+def _real_encoders(args) -> tuple[VideoEncoder, TextEncoder, input_pipeline.Tokenizer]:
+  """Loads the Wan-VAE and umT5 encoders, jit-compiled with the batch sharded over local devices."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from microverse_jax.models import umt5, wan_vae  # pylint: disable=g-import-not-at-top
+
+  vae = wan_vae.load_pretrained(args.vae)
+  text_model = umt5.load_pretrained(args.text_encoder)
+  tokenizer = umt5.load_tokenizer(args.text_encoder, max_length=args.text_length)
+  mesh = jax.make_mesh((len(jax.local_devices()),), ("data",), devices=jax.local_devices(),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  encode_video = jax.jit(vae.encode, in_shardings=batch, out_shardings=batch)
+  encode_text = jax.jit(text_model, in_shardings=(batch, batch), out_shardings=batch)
+  return (lambda v: np.asarray(encode_video(v), np.float32),
+          lambda ids, mask: np.asarray(encode_text(ids, mask), np.float32), tokenizer)
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--dataset", required=True, help="source dataset name, e.g. microsim10k")
+  parser.add_argument("--data_dir", required=True)
+  parser.add_argument("--split", default="train")
+  parser.add_argument("--out_dir", required=True, help="cache root (local or gs://)")
+  parser.add_argument("--vae", required=True, help="Wan-VAE weights")
+  parser.add_argument("--text_encoder", required=True, help="umT5 encoder weights and tokenizer")
+  parser.add_argument("--text_length", type=int, default=512)
+  parser.add_argument("--num_frames", type=int, default=81)
+  parser.add_argument("--height", type=int, default=480)
+  parser.add_argument("--width", type=int, default=832)
+  parser.add_argument("--frame_stride", type=int, default=1)
+  parser.add_argument("--batch_size", type=int, default=8, help="per process; a multiple of local devices")
+  parser.add_argument("--shard_size", type=int, default=256, help="records per output shard")
+  parser.add_argument("--worker_count", type=int, default=0)
+  args = parser.parse_args(argv)
+  video_encoder, text_encoder, tokenizer = _real_encoders(args)
+  source = input_pipeline.load_source(args.dataset, args.split, args.data_dir)
+  stats = encode_split(source, args.out_dir, dataset=args.dataset, split=args.split,
+                       video_encoder=video_encoder, text_encoder=text_encoder, tokenizer=tokenizer,
+                       num_frames=args.num_frames, height=args.height, width=args.width,
+                       frame_stride=args.frame_stride, batch_size=args.batch_size,
+                       shard_size=args.shard_size, worker_count=args.worker_count)
+  print(stats)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
