@@ -1,0 +1,94 @@
+"""Attention on a mesh of 8 simulated CPU devices equals unsharded attention (values and gradients).
+
+The checks run in a subprocess (this file as a script) because the device count is fixed when JAX
+starts. Meshes are (data, fsdp, tensor, context) with automatic axes, entered with jax.set_mesh;
+`attention` then shards itself (batch over data/fsdp, heads over tensor, Ulysses over context).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TOL = 2e-5  # fp32; the sharded program does the same arithmetic in another order
+
+
+def _run_checks():
+  import jax
+  import jax.numpy as jnp
+
+  from microverse_jax.kernels.attention import attention
+  from microverse_jax.sharding import make_mesh
+
+  results = {}
+
+  def inputs(b, tq, tk, n, d, masked):
+    keys = jax.random.split(jax.random.PRNGKey(tq + tk), 5)
+    q = jax.random.normal(keys[0], (b, tq, n, d))
+    k = jax.random.normal(keys[1], (b, tk, n, d))
+    v = jax.random.normal(keys[2], (b, tk, n, d))
+    do = jax.random.normal(keys[3], (b, tq, n, d))
+    mask = jax.random.uniform(keys[4], (b, tk)) > 0.25 if masked else None
+    return q, k, v, do, mask
+
+  def value_and_grads(impl, q, k, v, do, mask):
+    def run(q, k, v):
+      out, vjp = jax.vjp(lambda q, k, v: attention(q, k, v, kv_mask=mask, impl=impl,
+                                                   interpret=True), q, k, v)
+      return out, vjp(do)
+    return jax.jit(run)(q, k, v)
+
+  def compare(name, mesh_shape, impl, *shape):
+    q, k, v, do, mask = inputs(*shape)
+    ref = value_and_grads("xla", q, k, v, do, mask)  # unsharded
+    mesh = make_mesh(mesh_shape)
+    with jax.set_mesh(mesh):
+      got = value_and_grads(impl, q, k, v, do, mask)
+      hlo = jax.jit(lambda q, k, v: attention(q, k, v, kv_mask=mask, impl=impl, interpret=True)
+                    ).lower(q, k, v).as_text()
+    errs = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref))]
+    results[name] = {"max_err": max(errs), "all_to_all": "all_to_all" in hlo,
+                     "shard_map": "sdy.manual_computation" in hlo}
+
+  # Pure Ulysses: 8-way context, 8 heads; T=100 is padded to 104 inside.
+  compare("ulysses_context8", {"context": 8}, "xla", 1, 100, 100, 8, 16, True)
+  # Mixed mesh, our Pallas GPU kernel (interpret mode) inside the shard_map.
+  compare("mixed_pallas_gpu", {"data": 2, "tensor": 2, "context": 2}, "pallas_gpu",
+          2, 64, 64, 4, 16, False)
+  # Cross-attention: queries sequence-sharded, text keys replicated over context, no all-to-all.
+  compare("cross_context4", {"fsdp": 2, "context": 4}, "xla", 2, 64, 24, 4, 16, True)
+
+  try:
+    with jax.set_mesh(make_mesh({"context": 8})):
+      q, k, v, _, _ = inputs(1, 64, 64, 4, 16, False)
+      attention(q, k, v, impl="xla")
+    results["bad_heads_error"] = ""
+  except ValueError as e:
+    results["bad_heads_error"] = str(e)
+  print("RESULTS " + json.dumps(results))
+
+
+def test_sharded_attention_equals_unsharded():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=repo,
+                        capture_output=True, text=True, timeout=600)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULTS ")]
+  assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+  results = json.loads(lines[-1][len("RESULTS "):])
+  for name in ("ulysses_context8", "mixed_pallas_gpu", "cross_context4"):
+    assert results[name]["max_err"] < TOL, (name, results[name])
+    assert results[name]["shard_map"], name
+  assert results["ulysses_context8"]["all_to_all"]
+  assert results["mixed_pallas_gpu"]["all_to_all"]
+  assert not results["cross_context4"]["all_to_all"]
+  assert "divisible by mesh axis context=8" in results["bad_heads_error"]
+
+
+if __name__ == "__main__":
+  _run_checks()
