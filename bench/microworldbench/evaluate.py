@@ -66,48 +66,59 @@ def item_done(item: dict[str, Any] | None, task: Task, dimension: str) -> bool:
   return True
 
 
-class _FrameCache:
-  """Decodes each video once, shares its frames among its dimensions, frees them after the last.
+class _FramePrefetcher:
+  """Decodes each video once, in a small pool of its own, ahead of the judge requests.
 
-  Encoded data URLs are cached per encoding level (level 0 normally; more only after a 413).
+  At most `ahead` videos are held (as level-0 JPEG data URLs) at a time; a video is freed when the
+  last of its dimensions is judged. Smaller encodings (after a 413) are made from the level-0
+  JPEGs on demand.
   """
 
-  def __init__(self, num_frames: int, users: dict[int, int]):
-    self.num_frames = num_frames
-    self._users = dict(users)
-    self._entries: dict[int, dict[str, Any]] = {}
-    self._locks: dict[int, threading.Lock] = collections.defaultdict(threading.Lock)
-    self._guard = threading.Lock()
+  def __init__(self, videos: dict[int, str], units: list[tuple[int, str]], num_frames: int,
+               ahead: int, stop: threading.Event, workers: int = 2):
+    self._videos, self._num_frames, self._stop = videos, num_frames, stop
+    self._users = collections.Counter(i for i, _ in units)
+    self._slots = threading.Semaphore(max(1, ahead))
+    self._lock = threading.Lock()
+    self._smaller: dict[tuple[int, int], list[str]] = {}
+    self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="frames")
+    order = list(dict.fromkeys(i for i, _ in units))
+    self._futures = {i: self._pool.submit(self._load, i) for i in order}
 
-  def urls(self, index: int, path: str):
-    """-> a function level -> data URLs; raises VideoError (remembered for the other dimensions)."""
-    with self._guard:
-      lock = self._locks[index]
-    with lock:
-      entry = self._entries.get(index)
-      if entry is None:
-        try:
-          entry = {"frames": frames_lib.read_frames(path, self.num_frames), "urls": {}}
-        except frames_lib.VideoError as e:
-          entry = {"error": e}
-        self._entries[index] = entry
-    if "error" in entry:
-      raise entry["error"]
+  def _load(self, index: int) -> list[str]:
+    while not self._slots.acquire(timeout=0.1):
+      if self._stop.is_set():
+        raise JudgeInterrupted("stopping")
+    quality, side = frames_lib.ENCODING_LADDER[0]
+    frames = frames_lib.read_frames(self._videos[index], self._num_frames)
+    return frames_lib.jpeg_data_urls(frames, quality, side)
+
+  def urls(self, index: int):
+    """-> a function level -> data URLs; raises VideoError for an unreadable video."""
+    base = self._futures[index].result()
 
     def at_level(level: int) -> list[str]:
-      with lock:
-        if level not in entry["urls"]:
+      if level == 0:
+        return base
+      with self._lock:
+        if (index, level) not in self._smaller:
           quality, side = frames_lib.ENCODING_LADDER[level]
-          entry["urls"][level] = frames_lib.jpeg_data_urls(entry["frames"], quality, side)
-        return entry["urls"][level]
+          self._smaller[(index, level)] = frames_lib.reencode_data_urls(base, quality, side)
+        return self._smaller[(index, level)]
     return at_level
 
   def release(self, index: int) -> None:
-    with self._guard:
+    with self._lock:
       self._users[index] -= 1
       if self._users[index] == 0:
-        self._entries.pop(index, None)
-        self._locks.pop(index, None)
+        future = self._futures.pop(index)
+        for level in range(1, len(frames_lib.ENCODING_LADDER)):
+          self._smaller.pop((index, level), None)
+        if future.done() and not future.cancelled():
+          self._slots.release()
+
+  def close(self) -> None:
+    self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclasses.dataclass
@@ -161,7 +172,7 @@ def evaluate(rubrics: RubricSet, videos_dir: str, out: str, settings: JudgeSetti
         units.append((index, dim))
   stop = threading.Event()
   judge = Judge(settings, stop=stop)
-  cache = _FrameCache(num_frames, collections.Counter(i for i, _ in units))
+  frames = _FramePrefetcher(videos, units, num_frames, ahead=concurrency + 4, stop=stop)
   bar = Progress(len(units), desc="judging ", enabled=progress)
   lock = threading.Lock()
 
@@ -171,7 +182,7 @@ def evaluate(rubrics: RubricSet, videos_dir: str, out: str, settings: JudgeSetti
       if stop.is_set():
         return
       try:
-        images = cache.urls(index, videos[index])
+        images = frames.urls(index)
       except frames_lib.VideoError as e:
         verdict = Verdict(False, None, None, f"unreadable video: {e}", 0)
       else:
@@ -182,7 +193,7 @@ def evaluate(rubrics: RubricSet, videos_dir: str, out: str, settings: JudgeSetti
           stop.set()  # At once, so that no other worker starts a request.
           raise
     finally:
-      cache.release(index)
+      frames.release(index)
     status = {"state": "scored" if verdict.ok else "failed", "reason": verdict.reason,
               "requests": verdict.requests, "criteria": [c.number for c in task.criteria[dim]]}
     store.record(index, videos[index], dim, {"raw_response": verdict.raw, "parsed_result": verdict.parsed},
@@ -206,7 +217,7 @@ def evaluate(rubrics: RubricSet, videos_dir: str, out: str, settings: JudgeSetti
         if isinstance(err, JudgeFatalError):
           summary.fatal = str(err)
           stop.set()
-        elif err is not None and not isinstance(err, JudgeInterrupted):
+        elif err is not None and not isinstance(err, (JudgeInterrupted, cf.CancelledError)):
           stop.set()
           raise err
       if time.monotonic() - last_save >= save_interval:
@@ -217,6 +228,7 @@ def evaluate(rubrics: RubricSet, videos_dir: str, out: str, settings: JudgeSetti
     stop.set()
   finally:
     pool.shutdown(wait=True, cancel_futures=True)
+    frames.close()
     bar.close()
     store.close()
   return summary

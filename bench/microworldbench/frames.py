@@ -95,3 +95,12 @@ def jpeg_data_urls(frames: np.ndarray, quality: int, max_side: int | None) -> li
     image.save(buf, format="JPEG", quality=quality)
     urls.append("data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"))
   return urls
+
+
+def reencode_data_urls(urls: list[str], quality: int, max_side: int | None) -> list[str]:
+  """JPEG data URLs -> the same frames re-encoded at `quality`, downscaled to `max_side`."""
+  from PIL import Image
+
+  frames = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))).convert("RGB"))
+                     for u in urls])
+  return jpeg_data_urls(frames, quality, max_side)
