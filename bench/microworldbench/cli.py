@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from microworldbench import aggregate, agreement, evaluate
+from microworldbench import aggregate, agreement, evaluate, rubrics
 
 SUBCOMMANDS = (
+    rubrics.register_cli,
     evaluate.register_cli,
     aggregate.register_cli,
     agreement.register_cli,
@@ -15,7 +16,9 @@ SUBCOMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="microworldbench", description="MicroWorldBench scorer: judge videos against the rubrics, aggregate scores (no JAX).")
+  parser = argparse.ArgumentParser(
+      prog="microworldbench",
+      description="MicroWorldBench scorer: judge videos against the rubrics, aggregate the scores (no JAX).")
   subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   for register in SUBCOMMANDS:
     register(subparsers)

@@ -51,7 +51,7 @@ def item_done(item: dict[str, Any] | None, task: Task, dimension: str) -> bool:
   """True when the stored result for this dimension is a valid score over the current criteria."""
   if not item:
     return False
-  status = item.get("status", {}).get(dimension)
+  status = (item.get("status") or {}).get(dimension)
   numbers = [c.number for c in task.criteria[dimension]]
   if status is not None and (status.get("state") != "scored" or status.get("criteria") != numbers):
     return False

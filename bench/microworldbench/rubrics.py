@@ -11,6 +11,7 @@ reads, since the official formula depends on the raw keys).
 """
 from __future__ import annotations
 
+import argparse
 import collections
 import dataclasses
 import json
@@ -128,7 +129,7 @@ def _parse_block(index: int, dim: str, block: Any, path: str,
       anomalies.append(Anomaly(index, dim, "odd_sign", f"s{n}={p['s']!r} read as {sign:+d}"))
     weight = _parse_weight(p["w"], f"{where} w{n}")
     if isinstance(p["w"], str):
-      anomalies.append(Anomaly(index, dim, "string_weight", f"w{n}={p['w']!r}"))
+      anomalies.append(Anomaly(index, dim, "string_weight", f"w{n}={p['w']!r}"))  # Kept if types mix.
       if not _CANONICAL_WEIGHT_RE.fullmatch(p["w"]):
         anomalies.append(Anomaly(index, dim, "odd_weight_format", f"w{n}={p['w']!r} read as {weight}"))
     if weight == 0.0:
@@ -206,7 +207,27 @@ def load_rubrics(path: str, tasks_path: str | None = None, strict: bool = False)
         if len(t.criteria[dim]) != usual:
           anomalies.append(Anomaly(t.index, dim, "criteria_count",
                                    f"{len(t.criteria[dim])} criteria, most blocks have {usual}"))
+  string_weights = sum(a.code == "string_weight" for a in anomalies)
+  if string_weights == sum(len(t.criteria[d]) for t in tasks.values() for d in DIMENSIONS):
+    anomalies = [a for a in anomalies if a.code != "string_weight"]  # All strings: the file's convention.
   result = RubricSet(path=path, tasks=tasks, anomalies=anomalies)
   if strict and anomalies:
     raise RubricError(f"--strict-rubrics: anomalies found\n{result.summary()}")
   return result
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+  p = subparsers.add_parser("rubrics", help="validate a rubric file and list its anomalies")
+  p.add_argument("--rubrics", required=True, help="MWBenchRubrics.json or MWBenchRubrics_norm.json")
+  p.add_argument("--tasks", help="finaltasks.json (checks categories)")
+  p.add_argument("--examples", type=int, default=3, help="examples shown per anomaly kind")
+  p.add_argument("--strict-rubrics", action="store_true", help="exit non-zero on any anomaly")
+  p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+  rubrics = load_rubrics(args.rubrics, args.tasks, strict=args.strict_rubrics)
+  criteria = [c for t in rubrics.tasks.values() for d in t.criteria.values() for c in d]
+  print(f"{len(criteria)} criteria, {sum(c.sign < 0 for c in criteria)} penalties")
+  print(rubrics.summary(args.examples))
+  return 0

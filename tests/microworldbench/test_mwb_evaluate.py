@@ -175,3 +175,19 @@ def test_progress_bar_draws_counts():
     bar.update(outcome)
   bar.close()
   assert "3/3 failed 1 scored 2" in stream.getvalue()
+
+
+def test_evaluate_cli_bad_input_is_a_clear_error(bench_dir, tmp_path, capsys):
+  from microworldbench.cli import main
+
+  paths = bench_dir(n=2)
+  args = ["evaluate", "--rubrics", paths["rubrics"], "--out", paths["out"], "--judge-url", "http://127.0.0.1:9",
+          "--judge-model", "m"]
+  assert main(args + ["--videos", str(tmp_path / "nope")]) == 2
+  assert "is not a directory" in capsys.readouterr().err
+  with open(paths["out"], "w") as f:
+    f.write("[{broken")
+  assert main(args + ["--videos", paths["videos"]]) == 2
+  assert "not valid JSON" in capsys.readouterr().err
+  with open(paths["out"]) as f:
+    assert f.read() == "[{broken"  # Left untouched.

@@ -25,8 +25,8 @@ def test_both_text_key_variants_and_weight_types(tmp_path):
   assert [c.weight for c in sci] == [1.0, 0.5, 0.2, 0.0, 1.0]
   assert [c.sign for c in sci] == [1, 1, 1, 1, -1]
   counts = rs.anomaly_counts()
-  # "0.5" and "1." are strings (x3 dims), "1." is oddly formatted, weight 0 appears once per dim;
-  # task 1 has string weights "1.0" everywhere (15).
+  # Weights mix numbers and strings, so strings are reported: "0.5" and "1." (x3 dims) and task 1's
+  # "1.0" everywhere (15); "1." is oddly formatted; weight 0 appears once per dim.
   assert counts["string_weight"] == 15 + 6
   assert counts["odd_weight_format"] == 3
   assert counts["zero_weight"] == 3
@@ -107,6 +107,18 @@ def test_official_files_facts():
   norm_crit = [c for t in norm.tasks.values() for d in t.criteria.values() for c in d]
   assert {c.weight for c in norm_crit} == {0.0, 0.2, 0.5, 1.0}
   assert sum(c.weight == 0 for c in norm_crit) == 884
-  assert norm.anomaly_counts()["string_weight"] == 556
+  assert norm.anomaly_counts()["string_weight"] == 556  # Strings among floats.
+  assert "string_weight" not in orig.anomaly_counts()  # All strings: the file's convention.
   with pytest.raises(RubricError):
     load_rubrics(official_file("MWBenchRubrics_norm.json"), strict=True)
+
+
+def test_rubrics_cli_reports_and_strict_fails(tmp_path, capsys):
+  from microworldbench.cli import main
+
+  path = _write(tmp_path, [make_task(1, numbering="double"), make_task(2)])
+  assert main(["rubrics", "--rubrics", path]) == 0
+  out = capsys.readouterr().out
+  assert "30 criteria, 6 penalties" in out and "renumbered x3" in out
+  assert main(["rubrics", "--rubrics", path, "--strict-rubrics"]) == 2
+  assert "--strict-rubrics: anomalies found" in capsys.readouterr().err
