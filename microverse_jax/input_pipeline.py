@@ -163,7 +163,8 @@ def _finalize_video(batch: dict) -> dict:
 class _BatchSkippingIterDataset(grain.IterDataset):
   """Stacks `batch_size` loaded elements into one batch, dropping skip markers and counting them.
 
-  Each batch carries `_skipped` int64 (len(SKIP_REASONS),): markers dropped while building it.
+  Each batch carries `_skipped` int64 (len(SKIP_REASONS),): markers dropped while building it. At
+  the end of finite data, skips not followed by a full batch come in a batch holding only `_skipped`.
   """
 
   def __init__(self, parent: grain.IterDataset, *, batch_size: int, drop_remainder: bool,
@@ -202,6 +203,8 @@ class _BatchSkippingIterator(grain.DatasetIterator):
       consecutive = 0
       elements.append(element)
     if not elements or (self._config.drop_remainder and len(elements) < self._config.batch_size):
+      if skipped.any():  # end of data: still report the skips, in a batch of counts only
+        return {"_skipped": skipped}
       raise StopIteration
     while len(elements) < self._config.batch_size:  # explicit padding, marked by index -1
       pad = {k: np.zeros_like(v) for k, v in elements[0].items()}
@@ -240,6 +243,9 @@ class PipelineIterator(grain.DatasetIterator):
   def __next__(self) -> dict:
     batch = next(self._parent)
     self._skipped += batch.pop("_skipped")
+    while not batch:  # counts-only batch at the end of the data
+      batch = next(self._parent)
+      self._skipped += batch.pop("_skipped")
     return batch
 
   def get_state(self) -> dict:
