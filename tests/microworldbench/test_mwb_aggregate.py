@@ -167,8 +167,9 @@ def test_official_mode_equals_official_formula_on_official_files():
   assert s["categories"] == pytest.approx(cats, abs=1e-9)
   assert s["dimensions"] == pytest.approx(dims, abs=1e-9)
   # The 55 blocks numbered d11..d55 score 0 in official mode and count in strict mode.
-  full = [{"index": t["index"], **{f"{d}_eval": {"parsed_result": {"scores": [1] * len(rubrics.tasks[t["index"]].criteria[d])}}
-                                   for d in DIMENSIONS}} for t in norm]
+  def all_met(index, d):
+    return {"parsed_result": {"scores": [1] * len(rubrics.tasks[index].criteria[d])}}
+  full = [{"index": t["index"], **{f"{d}_eval": all_met(t["index"], d) for d in DIMENSIONS}} for t in norm]
   official = {t.index: t for t in score_model("m", full, rubrics, "official").tasks}
   strict = {t.index: t for t in score_model("m", full, rubrics, "strict").tasks}
   assert len(official) == len(strict) == 459
