@@ -1,0 +1,123 @@
+"""Latent cache: writer/reader round trip with fake encoders, shard-by-shard resume, multi-process."""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from microverse_jax import encode, input_pipeline, video
+
+F, H, W, L, D = 9, 16, 24, 40, 8
+
+
+def fake_video_encoder(v: np.ndarray) -> np.ndarray:
+  """(B, F, H, W, 3) -> (B, 1 + (F - 1) / 4, H / 8, W / 8, 4): every 4th frame, 8x8 means, + a ones channel."""
+  b, f, h, w, _ = v.shape
+  pooled = v[:, ::4].reshape(b, (f - 1) // 4 + 1, h // 8, 8, w // 8, 8, 3).mean(axis=(3, 5))
+  return np.concatenate([pooled, np.ones(pooled.shape[:-1] + (1,))], axis=-1)
+
+
+def fake_text_encoder(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """(B, L) -> (B, L, D): token id / 256 on every channel, garbage (not zero) at padded positions."""
+  return np.where(mask[..., None], ids[..., None] / 256.0, 7.0) * np.ones(D)
+
+
+class CountingEncoder:
+  """Wraps the fake video encoder, counting calls; raises after `fail_after` calls (a preemption)."""
+
+  def __init__(self, fail_after: int | None = None):
+    self.calls, self.fail_after = 0, fail_after
+
+  def __call__(self, v):
+    if self.fail_after is not None and self.calls >= self.fail_after:
+      raise RuntimeError("preempted")
+    self.calls += 1
+    return fake_video_encoder(v)
+
+
+def _encode(source, out_dir, *, split="train", video_encoder=fake_video_encoder, **kwargs):
+  defaults = dict(dataset="microsim_synth", split=split, video_encoder=video_encoder,
+                  text_encoder=fake_text_encoder, tokenizer=input_pipeline.ByteTokenizer(L),
+                  num_frames=F, height=H, width=W, batch_size=2, shard_size=4,
+                  process_index=0, process_count=1)
+  defaults.update(kwargs)
+  return encode.encode_split(source, str(out_dir), **defaults)
+
+
+@pytest.fixture(scope="module")
+def synth_train(synth_data_dir):
+  return input_pipeline.load_source("microsim_synth", "train", synth_data_dir)
+
+
+def test_cache_round_trip(synth_train, synth_data_dir, tmp_path):
+  stats = _encode(synth_train, tmp_path)
+  assert stats["shards_written"] == 3 and stats["records"] == len(synth_train) and stats["finalized"]
+  validation = input_pipeline.load_source("microsim_synth", "validation", synth_data_dir)
+  _encode(validation, tmp_path, split="validation")
+  for split, source in (("train", synth_train), ("validation", validation)):
+    cache = input_pipeline.load_source("microsim_synth_latents", split, str(tmp_path))
+    assert len(cache) == len(source)
+    assert cache.dataset_info.metadata["text_length"] == L
+    for i in range(len(cache)):
+      record = cache[i]
+      original = source[int(record["source_index"])]
+      assert record["id"] == original["id"] and record["caption"] == original["caption"]
+      frames = video.to_model_range(video.decode_frames(original["video"], F, height=H, width=W))
+      assert record["latents"].dtype == ml_dtypes.bfloat16 and record["latents"].shape == (3, 2, 3, 4)
+      np.testing.assert_array_equal(record["latents"], fake_video_encoder(frames[None])[0].astype(ml_dtypes.bfloat16))
+      ids, mask = input_pipeline.ByteTokenizer(L)([original["caption"].decode()])
+      assert record["context"].shape == (mask.sum(), D)  # only the caption's tokens are stored
+      np.testing.assert_array_equal(record["context"], fake_text_encoder(ids, mask)[0, :mask.sum()].astype(ml_dtypes.bfloat16))
+
+
+def test_latent_iterator(synth_train, tmp_path):
+  _encode(synth_train, tmp_path)
+  cache = input_pipeline.load_source("microsim_synth_latents", "train", str(tmp_path))
+  it = input_pipeline.make_latent_iterator(cache, batch_size=3, seed=0, shard_index=0, shard_count=1)
+  batch = next(it)
+  assert set(batch) == {"latents", "context", "context_mask", "index"}
+  assert batch["latents"].shape == (3, 3, 2, 3, 4) and batch["latents"].dtype == np.float32
+  assert batch["context"].shape == (3, L, D) and batch["context"].dtype == np.float32
+  assert batch["context_mask"].shape == (3, L) and batch["context_mask"].dtype == bool
+  for row, index in enumerate(batch["index"]):
+    record = cache[int(index)]
+    n = record["context"].shape[0]
+    assert batch["context_mask"][row].sum() == n
+    np.testing.assert_array_equal(batch["context"][row, :n], record["context"].astype(np.float32))
+    assert not batch["context"][row, n:].any()  # padded positions zeroed, as the recipe does
+    np.testing.assert_array_equal(batch["latents"][row], record["latents"].astype(np.float32))
+  state = it.get_state()
+  expected = [next(it)["index"] for _ in range(3)]
+  again = input_pipeline.make_latent_iterator(cache, batch_size=3, seed=0, shard_index=0, shard_count=1)
+  again.set_state(state)
+  np.testing.assert_array_equal([next(again)["index"] for _ in range(3)], expected)
+
+
+def test_resume_shard_by_shard(synth_train, tmp_path):
+  reference = tmp_path / "reference"
+  _encode(synth_train, reference)
+  interrupted = tmp_path / "interrupted"
+  with pytest.raises(RuntimeError, match="preempted"):
+    _encode(synth_train, interrupted, video_encoder=CountingEncoder(fail_after=5))  # 2 batches per shard
+  split_dir = interrupted / "microsim_synth_latents" / "1.0.0"
+  names = sorted(p.name for p in split_dir.iterdir())
+  assert names == [f"microsim_synth_latents-train.array_record-0000{i}-of-00003" for i in range(2)]
+  with pytest.raises(ValueError, match="not found"):  # no metadata until every shard exists
+    input_pipeline.load_source("microsim_synth_latents", "train", str(interrupted))
+  (split_dir / ".microsim_synth_latents-train.array_record-00002-of-00003.x.tmp").write_bytes(b"partial")
+  counting = CountingEncoder()
+  stats = _encode(synth_train, interrupted, video_encoder=counting)
+  assert (stats["shards_skipped"], stats["shards_written"], counting.calls) == (2, 1, 2)  # 3 records left
+  for i in range(3):
+    name = f"microsim_synth_latents-train.array_record-0000{i}-of-00003"
+    assert (split_dir / name).read_bytes() == (reference / "microsim_synth_latents" / "1.0.0" / name).read_bytes()
+  assert len(input_pipeline.load_source("microsim_synth_latents", "train", str(interrupted))) == len(synth_train)
+
+
+def test_processes_write_disjoint_shards(synth_train, tmp_path):
+  second = _encode(synth_train, tmp_path, process_index=1, process_count=2)
+  assert (second["shards_written"], second["records"], second["finalized"]) == (1, 4, False)
+  first = _encode(synth_train, tmp_path, process_index=0, process_count=2)
+  assert (first["shards_written"], first["records"], first["finalized"]) == (2, len(synth_train) - 4, True)
+  cache = input_pipeline.load_source("microsim_synth_latents", "train", str(tmp_path))
+  assert sorted(int(cache[i]["source_index"]) for i in range(len(cache))) == list(range(len(synth_train)))
