@@ -7,7 +7,8 @@ one token block, and loops over the other sequence inside the kernel.
   forward   grid (Tq/bq, B, N): online softmax in fp32 (base 2), writes O and the logsumexp L.
   dK, dV    grid (Tk/bk, B, N): loops over query blocks, recomputing P from L.
   dQ        grid (Tq/bq, B, N): loops over key blocks.
-Tq and Tk are padded to the block sizes (padded keys masked out), D to a power of two >= 16.
+Tq and Tk are padded to the block sizes (only key blocks holding padded keys mask them), D to a
+power of two >= 16.
 Rows whose keys are all masked return zeros (as the reference does) and get zero gradients.
 """
 from __future__ import annotations
@@ -80,23 +81,45 @@ def _pad_axis(x, axis: int, length: int):
 
 # ----------------------------------------------------------------------------------------- kernels
 
-def _forward_kernel(q_ref, k_ref, v_ref, mask_ref, o_ref, lse_ref, *, scale: float, bk: int):
+def _loop_key_blocks(bk: int, kv_len: int, num_k_blocks: int, body, carry):
+  """fori_loop of body(j, carry, tail) over key blocks; tail=True on blocks holding padded keys.
+
+  Two loops, so that only the blocks at and past kv_len pay for the padding mask.
+  """
+  first_tail = min(kv_len // bk, num_k_blocks)
+  carry = lax.fori_loop(0, first_tail, lambda j, c: body(j, c, False), carry)
+  if first_tail < num_k_blocks:
+    carry = lax.fori_loop(first_tail, num_k_blocks, lambda j, c: body(j, c, True), carry)
+  return carry
+
+
+def _valid_keys(j, bk: int, kv_len: int, mask_ref, tail: bool):
+  """(1, bk) bool: keys to attend in block j, or None when all of them are."""
+  valid = None if mask_ref is None else (mask_ref[pl.ds(j * bk, bk)] != 0)[None, :]
+  if tail:
+    in_range = (j * bk + jnp.arange(bk) < kv_len)[None, :]
+    valid = in_range if valid is None else jnp.logical_and(valid, in_range)
+  return valid
+
+
+def _forward_kernel(q_ref, k_ref, v_ref, mask_ref, o_ref, lse_ref, *, scale: float, bk: int,
+                    kv_len: int):
   """q_ref: (bq, D); k_ref, v_ref: (Tk, D); mask_ref: (Tk,) or None; lse_ref: (bq,) base 2."""
   bq, d = q_ref.shape
   q = q_ref[...]
   qk_scale = scale * LOG2E
 
-  def body(j, carry):
+  def body(j, carry, tail):
     acc, m_prev, l_prev = carry
     ks = pl.ds(j * bk, bk)
     s = pl.dot(q, k_ref[ks, :], trans_b=True) * qk_scale               # (bq, bk) fp32
-    if mask_ref is not None:
-      valid = (mask_ref[ks] != 0)[None, :]
+    valid = _valid_keys(j, bk, kv_len, mask_ref, tail)
+    if valid is not None:
       s = jnp.where(valid, s, MASK_VALUE)
     m_new = jnp.maximum(m_prev, jnp.max(s, axis=1))
     alpha = jnp.exp2(m_prev - m_new)
     p = jnp.exp2(s - m_new[:, None])
-    if mask_ref is not None:
+    if valid is not None:
       p = jnp.where(valid, p, 0.0)
     v = v_ref[ks, :]
     acc = acc * alpha[:, None] + pl.dot(p.astype(v.dtype), v)
@@ -104,7 +127,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, mask_ref, o_ref, lse_ref, *, scale: flo
 
   init = (jnp.zeros((bq, d), jnp.float32), jnp.full((bq,), MASK_VALUE, jnp.float32),
           jnp.zeros((bq,), jnp.float32))
-  acc, m, l = lax.fori_loop(0, k_ref.shape[0] // bk, body, init)
+  acc, m, l = _loop_key_blocks(bk, kv_len, k_ref.shape[0] // bk, body, init)
   empty = l == 0.0
   l_safe = jnp.where(empty, 1.0, l)
   o_ref[...] = (acc / l_safe[:, None]).astype(o_ref.dtype)
@@ -114,6 +137,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, mask_ref, o_ref, lse_ref, *, scale: flo
 def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, mask_ref, dk_ref, dv_ref, *,
                  scale: float, bq: int):
   """k_ref, v_ref: (bk, D); q_ref, do_ref: (Tq, D); lse_ref, delta_ref: (Tq,); mask_ref: (bk,)."""
+  # Padded keys need no mask here: they only write their own dK, dV rows, which are sliced off.
   bk, d = k_ref.shape
   k, v = k_ref[...], v_ref[...]
   qk_scale = scale * LOG2E
@@ -140,23 +164,24 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, mask_ref, dk_r
 
 
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, mask_ref, dq_ref, *,
-               scale: float, bk: int):
+               scale: float, bk: int, kv_len: int):
   """q_ref, do_ref: (bq, D); lse_ref, delta_ref: (bq,); k_ref, v_ref: (Tk, D); mask_ref: (Tk,)."""
   bq, d = q_ref.shape
   q, do = q_ref[...], do_ref[...]
   lse, delta = lse_ref[...][:, None], delta_ref[...][:, None]
   qk_scale = scale * LOG2E
 
-  def body(j, dq):
+  def body(j, dq, tail):
     ks = pl.ds(j * bk, bk)
     k, v = k_ref[ks, :], v_ref[ks, :]
     p = jnp.exp2(pl.dot(q, k, trans_b=True) * qk_scale - lse)              # (bq, bk)
-    if mask_ref is not None:
-      p = jnp.where((mask_ref[ks] != 0)[None, :], p, 0.0)
+    valid = _valid_keys(j, bk, kv_len, mask_ref, tail)
+    if valid is not None:
+      p = jnp.where(valid, p, 0.0)
     ds = p * (pl.dot(do, v, trans_b=True) - delta)
     return dq + pl.dot(ds.astype(k.dtype), k)
 
-  dq = lax.fori_loop(0, k_ref.shape[0] // bk, body, jnp.zeros((bq, d), jnp.float32))
+  dq = _loop_key_blocks(bk, kv_len, k_ref.shape[0] // bk, body, jnp.zeros((bq, d), jnp.float32))
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
@@ -195,19 +220,19 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, args, sizes, name, inter
       interpret=interpret, name=name)(*args)
 
 
-def _forward(q, k, v, mask, *, scale, sizes, bq, bk, interpret):
+def _forward(q, k, v, mask, *, scale, sizes, bq, bk, kv_len, interpret):
   """Padded q: (B, Tq, N, D), k/v: (B, Tk, N, D), mask: (B, Tk) int32 | None -> O, L (B, N, Tq)."""
   b, tq, n, d = q.shape
   tk = k.shape[1]
   return _call(
-      functools.partial(_forward_kernel, scale=scale, bk=bk), (tq // bq, b, n),
+      functools.partial(_forward_kernel, scale=scale, bk=bk, kv_len=kv_len), (tq // bq, b, n),
       [_tile(bq, tq, d), _tile(None, tk, d), _tile(None, tk, d), _mask_spec(None, tk)],
       [_tile(bq, tq, d), _rows(bq, tq)],
       [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, tq), jnp.float32)],
       [q, k, v, mask], sizes, "flash_attention_fwd", interpret)
 
 
-def _backward(q, k, v, mask, o, lse, do, *, scale, sizes, bq, bk, interpret):
+def _backward(q, k, v, mask, o, lse, do, *, scale, sizes, bq, bk, kv_len, interpret):
   b, tq, n, d = q.shape
   tk = k.shape[1]
   delta = jnp.einsum("btnd,btnd->bnt", o.astype(jnp.float32), do.astype(jnp.float32))
@@ -219,7 +244,7 @@ def _backward(q, k, v, mask, o, lse, do, *, scale, sizes, bq, bk, interpret):
       [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
       [q, k, v, do, lse, delta, mask], sizes, "flash_attention_dkdv", interpret)
   dq = _call(
-      functools.partial(_dq_kernel, scale=scale, bk=bk), (tq // bq, b, n),
+      functools.partial(_dq_kernel, scale=scale, bk=bk, kv_len=kv_len), (tq // bq, b, n),
       [_tile(bq, tq, d), _tile(None, tk, d), _tile(None, tk, d), _tile(bq, tq, d), _rows(bq, tq),
        _rows(bq, tq), _mask_spec(None, tk)],
       _tile(bq, tq, d), jax.ShapeDtypeStruct(q.shape, q.dtype),
@@ -235,16 +260,17 @@ def _flash(q, k, v, mask, sizes, blocks, interpret):
 
 
 def _flash_fwd(q, k, v, mask, sizes, blocks, interpret):
-  scale, bq, bk, _, _ = blocks
-  o, lse = _forward(q, k, v, mask, scale=scale, sizes=sizes, bq=bq, bk=bk, interpret=interpret)
+  scale, kv_len, bq, bk, _, _ = blocks
+  o, lse = _forward(q, k, v, mask, scale=scale, sizes=sizes, bq=bq, bk=bk, kv_len=kv_len,
+                    interpret=interpret)
   return o, (q, k, v, mask, o, lse)
 
 
 def _flash_bwd(sizes, blocks, interpret, residuals, do):
-  scale, _, _, bq, bk = blocks
+  scale, kv_len, _, _, bq, bk = blocks
   q, k, v, mask, o, lse = residuals
   dq, dk, dv = _backward(q, k, v, mask, o, lse, do, scale=scale, sizes=sizes, bq=bq, bk=bk,
-                         interpret=interpret)
+                         kv_len=kv_len, interpret=interpret)
   return dq, dk, dv, None
 
 
@@ -265,10 +291,8 @@ def flash_attention_gpu(q, k, v, kv_mask=None, *, block_sizes: BlockSizes | None
   # Powers of two: the largest block of each axis is a multiple of the others.
   tq_pad, tk_pad = _round_up(tq, max(bq_f, bq_b)), _round_up(tk, max(bk_f, bk_b))
   d_pad = max(16, pl.next_power_of_2(d))
-  if kv_mask is None and tk_pad != tk:
-    kv_mask = jnp.ones(k.shape[:2], bool)
   mask = None if kv_mask is None else _pad_axis(kv_mask.astype(jnp.int32), 1, tk_pad)
   pad = lambda x, t: _pad_axis(_pad_axis(x, 1, t), 3, d_pad)
   out = _flash(pad(q, tq_pad), pad(k, tk_pad), pad(v, tk_pad), mask, sizes,
-               (d ** -0.5, bq_f, bk_f, bq_b, bk_b), interpret)
+               (d ** -0.5, tk, bq_f, bk_f, bq_b, bk_b), interpret)
   return out[:, :tq, :, :d]

@@ -2,8 +2,9 @@
 
 q: (B, Tq, N, D); k, v: (B, Tk, N, D); kv_mask: (B, Tk) bool (True = attend). Returns (B, Tq, N, D).
 
-The wrapper moves heads in front of tokens (B, N, T, D), pads Tq and Tk up to the block sizes (padded
-keys are masked out, padded queries are sliced off) and runs three kernels:
+The wrapper moves heads in front of tokens (B, N, T, D), pads Tq and Tk up to the block sizes (only
+the key blocks holding padded keys pay for masking them; padded queries are sliced off) and runs
+three kernels:
   forward   grid (B, N, Tq/bq, Tk/bk): online softmax in fp32 over key blocks, writes O and the
             logsumexp L (the only residual besides q, k, v, O).
   dK, dV    grid (B, N, Tk/bk, Tq/bq): works on the transposed scores S^T = K Q^T (bk, bq), so that L
@@ -86,12 +87,36 @@ def _pad_axis(x, axis: int, length: int):
 
 # ----------------------------------------------------------------------------------------- kernels
 
-def _forward_kernel(*refs, scale: float, has_mask: bool, num_k_blocks: int):
+def _for_key_block(kj, bk: int, kv_len: int, num_k_blocks: int, step):
+  """Runs step(tail) for key block kj; tail=True on blocks holding padded keys (index >= kv_len).
+
+  Only those blocks pay for the padding mask: two pl.when branches, resolved per grid step.
+  """
+  first_tail = kv_len // bk
+  if first_tail >= num_k_blocks:
+    step(False)
+    return
+  pl.when(kj < first_tail)(lambda: step(False))
+  pl.when(kj >= first_tail)(lambda: step(True))
+
+
+def _valid_keys(kj, bk: int, kv_len: int, mask_row, tail: bool):
+  """(1, bk) bool: keys to attend in block kj, or None when all of them are."""
+  valid = None if mask_row is None else mask_row != 0
+  if tail:
+    in_range = kj * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1) < kv_len
+    valid = in_range if valid is None else jnp.logical_and(valid, in_range)
+  return valid
+
+
+def _forward_kernel(*refs, scale: float, has_mask: bool, kv_len: int, num_k_blocks: int):
   if has_mask:
     q_ref, k_ref, v_ref, mask_ref, o_ref, lse_ref, m_scr, l_scr, acc_scr = refs
   else:
     q_ref, k_ref, v_ref, o_ref, lse_ref, m_scr, l_scr, acc_scr = refs
+    mask_ref = None
   kj = pl.program_id(3)
+  bk = k_ref.shape[0]
 
   @pl.when(kj == 0)
   def _init():
@@ -99,21 +124,24 @@ def _forward_kernel(*refs, scale: float, has_mask: bool, num_k_blocks: int):
     l_scr[...] = jnp.zeros_like(l_scr)
     acc_scr[...] = jnp.zeros_like(acc_scr)
 
-  q, k, v = q_ref[...], k_ref[...], v_ref[...]                          # (bq, D), (bk, D)
-  s = lax.dot_general(q, k, NT, preferred_element_type=jnp.float32) * scale  # (bq, bk)
-  if has_mask:
-    valid = mask_ref[...] != 0                                            # (1, bk)
-    s = jnp.where(valid, s, MASK_VALUE)
-  m_prev = m_scr[...]                                                     # (bq, 1)
-  m_new = jnp.maximum(m_prev, jnp.max(s, axis=1, keepdims=True))
-  alpha = jnp.exp(m_prev - m_new)
-  p = jnp.exp(s - m_new)
-  if has_mask:
-    p = jnp.where(valid, p, 0.0)
-  l_scr[...] = alpha * l_scr[...] + jnp.sum(p, axis=1, keepdims=True)
-  acc_scr[...] = alpha * acc_scr[...] + jnp.dot(
-      p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-  m_scr[...] = m_new
+  def step(tail: bool):
+    q, k, v = q_ref[...], k_ref[...], v_ref[...]                        # (bq, D), (bk, D)
+    s = lax.dot_general(q, k, NT, preferred_element_type=jnp.float32) * scale  # (bq, bk)
+    valid = _valid_keys(kj, bk, kv_len, None if mask_ref is None else mask_ref[...], tail)
+    if valid is not None:
+      s = jnp.where(valid, s, MASK_VALUE)
+    m_prev = m_scr[...]                                                   # (bq, 1)
+    m_new = jnp.maximum(m_prev, jnp.max(s, axis=1, keepdims=True))
+    alpha = jnp.exp(m_prev - m_new)
+    p = jnp.exp(s - m_new)
+    if valid is not None:
+      p = jnp.where(valid, p, 0.0)
+    l_scr[...] = alpha * l_scr[...] + jnp.sum(p, axis=1, keepdims=True)
+    acc_scr[...] = alpha * acc_scr[...] + jnp.dot(
+        p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    m_scr[...] = m_new
+
+  _for_key_block(kj, bk, kv_len, num_k_blocks, step)
 
   @pl.when(kj == num_k_blocks - 1)
   def _finish():
@@ -138,6 +166,7 @@ def _dkdv_kernel(*refs, scale: float, has_mask: bool, num_q_blocks: int):
     dk_scr[...] = jnp.zeros_like(dk_scr)
     dv_scr[...] = jnp.zeros_like(dv_scr)
 
+  # Padded keys need no mask here: they only write their own dK, dV rows, which are sliced off.
   q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
   s_t = lax.dot_general(k, q, NT, preferred_element_type=jnp.float32) * scale  # (bk, bq)
   p_t = jnp.exp(s_t - lse_ref[...])                                       # lse: (1, bq)
@@ -155,25 +184,31 @@ def _dkdv_kernel(*refs, scale: float, has_mask: bool, num_q_blocks: int):
     dv_ref[...] = dv_scr[...].astype(dv_ref.dtype)
 
 
-def _dq_kernel(*refs, scale: float, has_mask: bool, num_k_blocks: int):
+def _dq_kernel(*refs, scale: float, has_mask: bool, kv_len: int, num_k_blocks: int):
   if has_mask:
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, mask_ref, dq_ref, dq_scr = refs
   else:
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dq_scr = refs
+    mask_ref = None
   kj = pl.program_id(3)
+  bk = k_ref.shape[0]
 
   @pl.when(kj == 0)
   def _init():
     dq_scr[...] = jnp.zeros_like(dq_scr)
 
-  q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
-  s = lax.dot_general(q, k, NT, preferred_element_type=jnp.float32) * scale  # (bq, bk)
-  p = jnp.exp(s - jnp.expand_dims(lse_ref[0], -1))                        # lse: (bq, 1)
-  if has_mask:
-    p = jnp.where(mask_ref[...] != 0, p, 0.0)                              # mask: (1, bk)
-  dp = lax.dot_general(do, v, NT, preferred_element_type=jnp.float32)
-  ds = p * (dp - jnp.expand_dims(delta_ref[0], -1))
-  dq_scr[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+  def step(tail: bool):
+    q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
+    s = lax.dot_general(q, k, NT, preferred_element_type=jnp.float32) * scale  # (bq, bk)
+    p = jnp.exp(s - jnp.expand_dims(lse_ref[0], -1))                      # lse: (bq, 1)
+    valid = _valid_keys(kj, bk, kv_len, None if mask_ref is None else mask_ref[...], tail)
+    if valid is not None:
+      p = jnp.where(valid, p, 0.0)
+    dp = lax.dot_general(do, v, NT, preferred_element_type=jnp.float32)
+    ds = p * (dp - jnp.expand_dims(delta_ref[0], -1))
+    dq_scr[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+
+  _for_key_block(kj, bk, kv_len, num_k_blocks, step)
 
   @pl.when(kj == num_k_blocks - 1)
   def _finish():
@@ -189,7 +224,7 @@ def _params(interpret: bool):
       interpret=pltpu.InterpretParams() if interpret else False)
 
 
-def _forward(q, k, v, mask, *, scale, bq, bk, interpret):
+def _forward(q, k, v, mask, *, scale, bq, bk, kv_len, interpret):
   """q: (B, N, Tq, D), k/v: (B, N, Tk, D), mask: (B, 1, Tk) int32 or None -> O, L (B, N, 1, Tq)."""
   b, n, tq, d = q.shape
   tk = k.shape[2]
@@ -202,7 +237,7 @@ def _forward(q, k, v, mask, *, scale, bq, bk, interpret):
     in_specs.append(pl.BlockSpec((None, 1, bk), lambda b_, h, i, j: (b_, 0, j)))
     args.append(mask)
   kernel = functools.partial(_forward_kernel, scale=scale, has_mask=mask is not None,
-                             num_k_blocks=nk)
+                             kv_len=kv_len, num_k_blocks=nk)
   o, lse = pl.pallas_call(
       kernel,
       grid=(b, n, nq, nk),
@@ -219,7 +254,7 @@ def _forward(q, k, v, mask, *, scale, bq, bk, interpret):
   return o, lse[..., 0][:, :, None, :]
 
 
-def _backward(q, k, v, mask, o, lse, do, *, scale, bq, bk, interpret):
+def _backward(q, k, v, mask, o, lse, do, *, scale, bq, bk, kv_len, interpret):
   """Gradients for padded (B, N, T, D) inputs; lse: (B, N, 1, Tq)."""
   b, n, tq, d = q.shape
   tk = k.shape[2]
@@ -257,7 +292,8 @@ def _backward(q, k, v, mask, o, lse, do, *, scale, bq, bk, interpret):
     in_specs.append(pl.BlockSpec((None, 1, bk), lambda b_, h, i, j: (b_, 0, j)))
     args.append(mask)
   dq = pl.pallas_call(
-      functools.partial(_dq_kernel, scale=scale, has_mask=has_mask, num_k_blocks=nk),
+      functools.partial(_dq_kernel, scale=scale, has_mask=has_mask, kv_len=kv_len,
+                        num_k_blocks=nk),
       grid=(b, n, nq, nk),
       in_specs=in_specs,
       out_specs=q_spec,
@@ -277,15 +313,15 @@ def _flash(q, k, v, mask, sizes, interpret):
 
 
 def _flash_fwd(q, k, v, mask, sizes, interpret):
-  scale, bq, bk, _, _ = sizes
-  o, lse = _forward(q, k, v, mask, scale=scale, bq=bq, bk=bk, interpret=interpret)
+  scale, kv_len, bq, bk, _, _ = sizes
+  o, lse = _forward(q, k, v, mask, scale=scale, bq=bq, bk=bk, kv_len=kv_len, interpret=interpret)
   return o, (q, k, v, mask, o, lse)
 
 
 def _flash_bwd(sizes, interpret, residuals, do):
-  scale, _, _, bq, bk = sizes
+  scale, kv_len, _, _, bq, bk = sizes
   q, k, v, mask, o, lse = residuals
-  dq, dk, dv = _backward(q, k, v, mask, o, lse, do, scale=scale, bq=bq, bk=bk,
+  dq, dk, dv = _backward(q, k, v, mask, o, lse, do, scale=scale, bq=bq, bk=bk, kv_len=kv_len,
                          interpret=interpret)
   return dq, dk, dv, None
 
@@ -312,12 +348,10 @@ def flash_attention_tpu(q, k, v, kv_mask=None, *, block_sizes: BlockSizes | None
     if length % block:
       raise ValueError(f"flash_tpu: {name}={block} does not divide the padded length {length}; "
                        f"use block sizes that divide each other")
-  if kv_mask is None and tk_pad != tk:
-    kv_mask = jnp.ones(k.shape[:2], bool)
   mask = None
   if kv_mask is not None:
     mask = _pad_axis(kv_mask.astype(jnp.int32), 1, tk_pad)[:, None, :]  # (B, 1, Tk)
   to_bntd = lambda x, t: _pad_axis(jnp.swapaxes(x, 1, 2), 2, t)
   out = _flash(to_bntd(q, tq_pad), to_bntd(k, tk_pad), to_bntd(v, tk_pad), mask,
-               (d ** -0.5, bq_f, bk_f, bq_b, bk_b), interpret)
+               (d ** -0.5, tk, bq_f, bk_f, bq_b, bk_b), interpret)
   return jnp.swapaxes(out[:, :, :tq], 1, 2)
