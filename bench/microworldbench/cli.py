@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     return args.func(args)
-  except ValueError as e:  # Bad input: a clear message, no traceback.
+  except (ValueError, OSError) as e:  # Bad input or a missing file: a clear message, no traceback.
     print(f"microworldbench {args.command}: error: {e}", file=sys.stderr)
     return 2
 

@@ -56,6 +56,7 @@ class ResultStore:
     self.journal_path = path + ".journal"
     self.items: dict[int, dict[str, Any]] = {}
     self._lock = threading.Lock()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if os.path.exists(path):
       for item in load_results(path):
         self.items[item["index"]] = item

@@ -42,7 +42,8 @@ def _units(results):
 
 PLANS = {(1, "scientific"): ["500", "ok"], (1, "visual"): ["429", "ok"], (2, "scientific"): ["timeout", "ok"],
          (2, "instruction"): ["malformed", "ok"], (3, "visual"): ["short"] * 3, (3, "instruction"): ["long", "ok"],
-         (4, "scientific"): ["bad_value"] * 3, (5, "visual"): ["prose", "ok"], (5, "instruction"): ["fence"]}
+         (4, "scientific"): ["bad_value"] * 3, (5, "visual"): ["prose", "ok"], (5, "instruction"): ["fence"],
+         (5, "scientific"): ["413", "413", "ok"]}
 FAILED = {(3, "visual"): 'invalid reply: "scores" has 4 values, expected 5 (after 3 requests)',
           (4, "scientific"): 'invalid reply: "scores" holds 2, expected only 0 or 1 (after 3 requests)'}
 
@@ -58,6 +59,9 @@ def test_faults_then_resume(bench_dir):
   # Exactly the planned requests (one per item without a plan); none for the unreadable video.
   expected_requests = sum(len(PLANS.get((i, d), ["ok"])) for i in range(1, 6) for d in DIMS)
   assert len(log) == expected_requests and not any(e["item"][0] == 6 for e in log)
+  sizes = [e["image_bytes"] for e in log if e["item"] == (5, "scientific")]
+  assert sizes[0] > sizes[1] >= sizes[2]  # 413: re-encoded smaller (a flat 48x64 video bottoms out).
+  assert sizes[0] == next(e["image_bytes"] for e in log if e["item"] == (5, "visual"))
   assert summary.scored == 13 and summary.failed == 5 and summary.missing_videos == [7]
   with open(paths["out"]) as f:
     text = f.read()

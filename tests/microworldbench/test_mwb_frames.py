@@ -9,7 +9,7 @@ import pytest
 from conftest import write_gray_video
 from PIL import Image
 
-from microworldbench.frames import VideoError, frame_positions, jpeg_data_urls, read_frames
+from microworldbench.frames import VideoError, frame_positions, jpeg_data_urls, read_frames, reencode_data_urls
 
 
 def test_frame_positions_are_segment_centres():
@@ -51,3 +51,14 @@ def test_jpeg_data_urls_encode_and_downscale():
   img = Image.open(io.BytesIO(base64.b64decode(small[0].split(",", 1)[1])))
   assert img.size == (50, 30)
   assert sum(map(len, small)) < sum(map(len, full))
+
+
+def test_reencode_data_urls_shrinks_the_same_frames():
+  yy, xx = np.mgrid[0:120, 0:200]
+  frame = np.stack([xx % 256, yy * 2, (xx + yy) % 256], -1).astype(np.uint8)
+  base = jpeg_data_urls(frame[None], quality=90, max_side=None)
+  (small,) = reencode_data_urls(base, quality=45, max_side=100)
+  img = np.asarray(Image.open(io.BytesIO(base64.b64decode(small.split(",", 1)[1]))))
+  assert img.shape == (60, 100, 3) and len(small) < len(base[0])
+  expected = np.asarray(Image.fromarray(frame).resize((100, 60)), dtype=np.float32)
+  assert np.abs(img.astype(np.float32) - expected).mean() < 12
