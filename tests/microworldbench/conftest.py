@@ -23,9 +23,12 @@ def official_file(name: str) -> str:
 
 
 def write_gray_video(path: str, num_frames: int = 16, size: tuple[int, int] = (48, 64),
-                     codec: str = "libx264") -> None:
-  """A video whose frame i is flat gray at level 10 * i (so frame positions can be read back)."""
+                     codec: str = "libx264", texture: bool = False) -> None:
+  """A video whose frame i is flat gray at level 10 * i (so frame positions can be read back),
+  or with `texture` a noisy one (so that JPEG sizes depend on quality)."""
   import av
+
+  noise = np.random.default_rng(0).integers(0, 60, (*size, 3)) if texture else 0
 
   with av.open(path, "w") as container:
     stream = container.add_stream(codec, rate=8)
@@ -34,7 +37,7 @@ def write_gray_video(path: str, num_frames: int = 16, size: tuple[int, int] = (4
     if codec == "libx264":
       stream.options = {"crf": "0", "preset": "ultrafast"}
     for i in range(num_frames):
-      rgb = np.full((*size, 3), 10 * i, dtype=np.uint8)
+      rgb = (np.full((*size, 3), 10 * i) + noise).astype(np.uint8)
       for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
         container.mux(packet)
     for packet in stream.encode():
