@@ -138,8 +138,13 @@ class Summary:
       lines.append(f"{len(self.missing_videos)} tasks have no video: {_short(self.missing_videos)}")
     if self.unmatched_videos:
       lines.append(f"{len(self.unmatched_videos)} videos match no task: {_short(self.unmatched_videos)}")
-    for index, dim, reason in sorted(self.failures):
-      lines.append(f"  failed: task {index} {dim}: {reason}")
+    if self.failures:
+      kinds = collections.Counter(reason.split(" (after ")[0] for _, _, reason in self.failures)
+      lines.append("failures by reason: " + "; ".join(f"{r} x{n}" for r, n in kinds.most_common()))
+      for index, dim, reason in sorted(self.failures)[:20]:
+        lines.append(f"  failed: task {index} {dim}: {reason}")
+      if len(self.failures) > 20:
+        lines.append(f"  ... and {len(self.failures) - 20} more (each item's status is in the results file)")
     if self.fatal:
       lines.append(f"stopped: {self.fatal}")
     if self.interrupted:

@@ -65,6 +65,9 @@ def test_faults_then_resume(bench_dir):
   assert sizes[0] > sizes[1] > sizes[2]  # 413: re-encoded smaller.
   assert sizes[0] == next(e["image_bytes"] for e in log if e["item"] == (5, "visual"))
   assert summary.scored == 13 and summary.failed == 5 and summary.missing_videos == [7]
+  report = summary.report()
+  assert "1 tasks have no video: 7" in report and "failed: task 3 visual: invalid reply" in report
+  assert "unreadable video: " in report and "failures by reason:" in report
   with open(paths["out"]) as f:
     text = f.read()
   assert KEY not in text and not os.path.exists(paths["out"] + ".journal")
