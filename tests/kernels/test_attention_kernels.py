@@ -114,6 +114,14 @@ def test_block_size_tables():
     flash_gpu.BlockSizes(block_q=96)
 
 
+def test_tpu_block_fitting():
+  """(padded length, fitted blocks): every block divides the padded length."""
+  assert flash_tpu._fit_blocks(32760, 512, 256) == (32768, 512, 256)  # Wan: 8 padded tokens
+  assert flash_tpu._fit_blocks(300, 512, 256) == (384, 384, 128)
+  assert flash_tpu._fit_blocks(77, 512, 512) == (128, 128, 128)
+  assert flash_tpu._fit_blocks(1000, 640, 512) == (1280, 640, 256)
+
+
 def test_dispatch_and_input_errors():
   q, k, v, _, mask = _inputs("cross_masked_fp32")
   assert api.resolve_impl("auto", q, k) == "xla"  # CPU

@@ -34,7 +34,7 @@ class BlockSizes:
   """Tile sizes along tokens. block_q/block_k for the forward, *_bwd for both backward kernels.
 
   Multiples of 128 (the lane width). Lengths shorter than a block shrink the block to the length
-  rounded up to 128.
+  rounded up to 128; see _fit_blocks.
   """
   block_q: int = 512
   block_k: int = 512
@@ -73,8 +73,18 @@ def _round_up(x: int, m: int) -> int:
   return -(-x // m) * m
 
 
-def _fit_block(block: int, length: int) -> int:
-  return min(block, _round_up(length, LANES))
+def _fit_blocks(length: int, *blocks: int) -> tuple[int, ...]:
+  """(padded length, *blocks) for one sequence axis: blocks shrink to the length (rounded up to
+  128), the length is padded to the largest block, and any other block that does not divide the
+  padded length drops to the largest multiple of 128 that does."""
+  blocks = tuple(min(b, _round_up(length, LANES)) for b in blocks)
+  padded = _round_up(length, max(blocks))
+  fitted = []
+  for b in blocks:
+    while padded % b:
+      b -= LANES
+    fitted.append(b)
+  return (padded, *fitted)
 
 
 def _pad_axis(x, axis: int, length: int):
@@ -338,16 +348,8 @@ def flash_attention_tpu(q, k, v, kv_mask=None, *, block_sizes: BlockSizes | None
   sizes = block_sizes or default_block_sizes()
   _, tq, _, d = q.shape
   tk = k.shape[1]
-  bq_f, bk_f = _fit_block(sizes.block_q, tq), _fit_block(sizes.block_k, tk)
-  bq_b, bk_b = _fit_block(sizes.block_q_bwd, tq), _fit_block(sizes.block_k_bwd, tk)
-  # One padded length must suit the forward and backward blocks.
-  tq_pad = _round_up(tq, max(bq_f, bq_b))
-  tk_pad = _round_up(tk, max(bk_f, bk_b))
-  for name, block, length in (("block_q", bq_f, tq_pad), ("block_q_bwd", bq_b, tq_pad),
-                              ("block_k", bk_f, tk_pad), ("block_k_bwd", bk_b, tk_pad)):
-    if length % block:
-      raise ValueError(f"flash_tpu: {name}={block} does not divide the padded length {length}; "
-                       f"use block sizes that divide each other")
+  tq_pad, bq_f, bq_b = _fit_blocks(tq, sizes.block_q, sizes.block_q_bwd)
+  tk_pad, bk_f, bk_b = _fit_blocks(tk, sizes.block_k, sizes.block_k_bwd)
   mask = None
   if kv_mask is not None:
     mask = _pad_axis(kv_mask.astype(jnp.int32), 1, tk_pad)[:, None, :]  # (B, 1, Tk)
