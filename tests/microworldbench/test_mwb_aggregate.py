@@ -7,7 +7,7 @@ import random
 
 import numpy as np
 import pytest
-from conftest import official_file
+from mwb_helpers import official_file
 
 from microworldbench.aggregate import aggregate, bootstrap_ci, score_model, summarize
 from microworldbench.cli import main

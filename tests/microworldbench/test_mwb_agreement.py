@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_task
+from mwb_helpers import make_task
 
 from microworldbench.agreement import agreement, cohen_kappa
 from microworldbench.cli import main

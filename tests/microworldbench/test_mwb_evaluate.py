@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import write_gray_video
+from mwb_helpers import write_gray_video
 from mwb_judge_server import FakeJudge, truth
 
 from microworldbench.evaluate import evaluate, find_videos

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import write_gray_video
+from mwb_helpers import write_gray_video
 from PIL import Image
 
 from microworldbench.frames import VideoError, frame_positions, jpeg_data_urls, read_frames, reencode_data_urls

@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from conftest import make_task
+from mwb_helpers import make_task
 from mwb_judge_server import FakeJudge, truth
 
 from microworldbench.judge import (Judge, JudgeFatalError, JudgeSettings, ReplyError, build_prompt,

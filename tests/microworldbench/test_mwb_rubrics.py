@@ -5,7 +5,7 @@ import collections
 import json
 
 import pytest
-from conftest import make_task, official_file
+from mwb_helpers import make_task, official_file
 
 from microworldbench.rubrics import RubricError, load_rubrics
 
