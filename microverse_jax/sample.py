@@ -118,27 +118,6 @@ def load_tasks(path: str) -> dict[int, str]:
 # ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The training config of the checkpoint.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir: its latest checkpoint is used.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A converted DiT checkpoint (instead of --workdir).")
-_PROMPT = flags.DEFINE_string("prompt", None, "One prompt.")
-_OUTPUT = flags.DEFINE_string("output", "out.mp4", "Output mp4 for --prompt.")
-_NEGATIVE = flags.DEFINE_string("negative_prompt", NEGATIVE_PROMPT, "Negative prompt for CFG.")
-_STEPS = flags.DEFINE_integer("steps", 50, "Sampling steps.")
-_GUIDANCE = flags.DEFINE_float("guidance", 5.0, "Classifier-free guidance scale.")
-_SHIFT = flags.DEFINE_float("shift", 5.0, "Sigma shift.")
-_SEED = flags.DEFINE_integer("seed", 42, "Noise seed.")
-_SAMPLER = flags.DEFINE_enum("sampler", "euler", ["euler", "unipc"], "ODE sampler.")
-_FRAMES = flags.DEFINE_integer("num_frames", None, "Frames (default: the config's).")
-_HEIGHT = flags.DEFINE_integer("height", None, "Height (default: the config's).")
-_WIDTH = flags.DEFINE_integer("width", None, "Width (default: the config's).")
-_FPS = flags.DEFINE_float("fps", 15.0, "Frames per second of the mp4.")
-_TASKS = flags.DEFINE_string("tasks", None, "MicroWorldBench rubric file: one <index>.mp4 per task.")
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "Output directory for --tasks.")
-_INDICES = flags.DEFINE_string("indices", "", "Task indices for --tasks, e.g. 1-459 or 3,5-9.")
-_BATCH = flags.DEFINE_integer("batch_size", None, "Prompts per batch (default: device count).")
-
-
 def load_model(c, workdir: str | None, checkpoint_dir: str | None):
   """The DiT with EMA weights when present, from a training workdir or a converted checkpoint."""
   from microverse_jax import checkpoint, convert, sharding, train
@@ -163,40 +142,64 @@ def load_model(c, workdir: str | None, checkpoint_dir: str | None):
 
 def main(argv):
   del argv
-  c = _CONFIG.value
-  if c is None or not (_WORKDIR.value or _CHECKPOINT.value):
+  F = flags.FLAGS
+  c = F.config
+  if c is None or not (F.workdir or F.checkpoint):
     raise app.UsageError("--config and one of --workdir / --checkpoint are required")
-  if bool(_PROMPT.value) == bool(_TASKS.value):
+  if bool(F.prompt) == bool(F.tasks):
     raise app.UsageError("give exactly one of --prompt or --tasks")
-  if _TASKS.value and not _OUT_DIR.value:
+  if F.tasks and not F.out_dir:
     raise app.UsageError("--tasks needs --out_dir")
   from microverse_jax import train
-  num_frames, height, width = (_FRAMES.value or c.data.num_frames, _HEIGHT.value or c.data.height,
-                               _WIDTH.value or c.data.width)
+  num_frames, height, width = (F.num_frames or c.data.num_frames, F.height or c.data.height,
+                               F.width or c.data.width)
   latent_shape(num_frames, height, width, c.autoencoder.kind, c.model.in_channels)  # fail fast
-  if _TASKS.value:
-    tasks = load_tasks(_TASKS.value)
-    todo = [(i, tasks[i]) for i in parse_indices(_INDICES.value, list(tasks))
-            if not os.path.exists(os.path.join(_OUT_DIR.value, f"{i}.mp4"))]
-    print(f"{len(todo)} videos to generate ({_OUT_DIR.value})", flush=True)
-    jobs = [(i, text, os.path.join(_OUT_DIR.value, f"{i}.mp4")) for i, text in todo]
+  if F.tasks:
+    tasks = load_tasks(F.tasks)
+    todo = [(i, tasks[i]) for i in parse_indices(F.indices, list(tasks))
+            if not os.path.exists(os.path.join(F.out_dir, f"{i}.mp4"))]
+    print(f"{len(todo)} videos to generate ({F.out_dir})", flush=True)
+    jobs = [(i, text, os.path.join(F.out_dir, f"{i}.mp4")) for i, text in todo]
   else:
-    jobs = [(0, _PROMPT.value, _OUTPUT.value)]
-  model = load_model(c, _WORKDIR.value, _CHECKPOINT.value)
+    jobs = [(0, F.prompt, F.output)]
+  model = load_model(c, F.workdir, F.checkpoint)
   tokenizer, encoders = train.build_encoders(c)
-  per = _BATCH.value or jax.device_count()
+  per = F.batch_size or jax.device_count()
   for start in range(0, len(jobs), per):
     chunk = jobs[start:start + per]
     print(f"[{start + 1}-{start + len(chunk)}/{len(jobs)}] generating", flush=True)
     videos = generate(model, encoders, tokenizer, [t for _, t, _ in chunk], num_frames=num_frames,
-                      height=height, width=width, steps=_STEPS.value, guidance=_GUIDANCE.value,
-                      shift=_SHIFT.value, sampler=_SAMPLER.value, seed=_SEED.value,
-                      negative_prompt=_NEGATIVE.value, autoencoder=c.autoencoder.kind,
+                      height=height, width=width, steps=F.steps, guidance=F.guidance,
+                      shift=F.shift, sampler=F.sampler, seed=F.seed,
+                      negative_prompt=F.negative_prompt, autoencoder=c.autoencoder.kind,
                       batch_size=per, noise_ids=[i for i, _, _ in chunk], progress=True)
     for frames, (_, _, path) in zip(videos, chunk):
-      write_video(frames, path, fps=_FPS.value)
+      write_video(frames, path, fps=F.fps)
       print(f"wrote {path}", flush=True)
 
 
+def define_flags() -> None:
+  config_flags.DEFINE_config_file("config", None, "The training config of the checkpoint.")
+  flags.DEFINE_string("workdir", None, "Training workdir: its latest checkpoint is used.")
+  flags.DEFINE_string("checkpoint", None, "A converted DiT checkpoint (instead of --workdir).")
+  flags.DEFINE_string("prompt", None, "One prompt.")
+  flags.DEFINE_string("output", "out.mp4", "Output mp4 for --prompt.")
+  flags.DEFINE_string("negative_prompt", NEGATIVE_PROMPT, "Negative prompt for CFG.")
+  flags.DEFINE_integer("steps", 50, "Sampling steps.")
+  flags.DEFINE_float("guidance", 5.0, "Classifier-free guidance scale.")
+  flags.DEFINE_float("shift", 5.0, "Sigma shift.")
+  flags.DEFINE_integer("seed", 42, "Noise seed.")
+  flags.DEFINE_enum("sampler", "euler", ["euler", "unipc"], "ODE sampler.")
+  flags.DEFINE_integer("num_frames", None, "Frames (default: the config's).")
+  flags.DEFINE_integer("height", None, "Height (default: the config's).")
+  flags.DEFINE_integer("width", None, "Width (default: the config's).")
+  flags.DEFINE_float("fps", 15.0, "Frames per second of the mp4.")
+  flags.DEFINE_string("tasks", None, "MicroWorldBench rubric file: one <index>.mp4 per task.")
+  flags.DEFINE_string("out_dir", None, "Output directory for --tasks.")
+  flags.DEFINE_string("indices", "", "Task indices for --tasks, e.g. 1-459 or 3,5-9.")
+  flags.DEFINE_integer("batch_size", None, "Prompts per batch (default: device count).")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

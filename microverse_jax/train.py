@@ -29,11 +29,6 @@ from ml_collections import config_flags
 from microverse_jax import checkpoint, convert, diffusion, flops, input_pipeline, sharding
 from microverse_jax.models.wan_dit import WanDiT, WanDiTConfig
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:arg]).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go (local or gs://).")
-
-
 # =============================================================================================
 # Config: validated before anything is compiled
 # =============================================================================================
@@ -205,7 +200,7 @@ class StateFactory:
 
   def abstract(self):
     """ShapeDtypeStructs (with shardings) of (state, frozen), for restore and AOT compiles."""
-    shapes = jax.eval_shape(self._init, self.c.train.seed)
+    shapes = jax.eval_shape(functools.partial(self._init, self.c.train.seed))
     shard = (self.state_shardings, self.frozen_shardings)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shard)
 
@@ -253,12 +248,32 @@ def make_train_step(c, graphdef, tx, schedule):
   return step
 
 
+def jit_train_step(c, factory: StateFactory, encode):
+  """The jitted step(state, frozen, encoder_state, batch) -> (state, metrics); state is donated."""
+  step_fn = make_train_step(c, factory.graphdef, factory.tx, factory.schedule)
+  return jax.jit(lambda s, f, e, b: step_fn(s, f, functools.partial(encode, e), b),
+                 donate_argnums=(0,), out_shardings=(factory.state_shardings, None))
+
+
+def batch_spec(c) -> dict[str, jax.ShapeDtypeStruct]:
+  """Global batch shapes and dtypes for the config (what `to_global` makes of the pipeline's)."""
+  b, f, h, w = c.data.batch_size, c.data.num_frames, c.data.height, c.data.width
+  if c.data.source == "latents":
+    lat = latent_shape(c)
+    return {"latents": jax.ShapeDtypeStruct((b, *lat), jnp.float32),
+            "context": jax.ShapeDtypeStruct((b, c.text.max_length, c.model.text_dim), jnp.float32),
+            "context_mask": jax.ShapeDtypeStruct((b, c.text.max_length), jnp.bool_)}
+  return {"video": jax.ShapeDtypeStruct((b, f, h, w, 3), jnp.float32),
+          "text_ids": jax.ShapeDtypeStruct((b, c.text.max_length), jnp.int32),
+          "text_mask": jax.ShapeDtypeStruct((b, c.text.max_length), jnp.bool_)}
+
+
 def make_encode(c, enc_graphdef):
   """encode(enc_state, batch) -> (latents (B,F',H',W',C) fp32, context (B,L,D)); frozen (no gradient)."""
   def encode(enc_state, batch):
-    enc = nnx.merge(enc_graphdef, enc_state)
     if c.data.source == "latents":
       return batch["latents"], batch["context"]
+    enc = nnx.merge(enc_graphdef, enc_state)
     latents = enc.encode(batch["video"])
     context = enc.text(batch["text_ids"], batch["text_mask"])
     return jax.lax.stop_gradient(latents.astype(jnp.float32)), jax.lax.stop_gradient(context)
@@ -346,7 +361,8 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
 
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     # -------------------------------------------------------------- data
-    tokenizer, encoders = build_encoders(c)
+    needs_encoders = c.data.source == "video" or c.eval.sample_every > 0
+    tokenizer, encoders = build_encoders(c) if needs_encoders else (None, None)
     train_iter = load_batches(c, tokenizer, "train", seed=c.train.seed, shuffle=True)
 
     # -------------------------------------------------------------- model and state
@@ -360,15 +376,13 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
       _, frozen = factory.create()
       state = ckpt.restore(latest, abstract_state, train_iter)
       logging.info("resumed from step %d", latest)
-    enc_graphdef, enc_state = nnx.split(encoders)
+    enc_graphdef, enc_state = nnx.split(encoders) if encoders is not None else (None, {})
     n_train = sum(x.size for x in jax.tree.leaves(state["params"]))
     logging.info("trainable parameters: %s", f"{n_train:,}")
 
     # -------------------------------------------------------------- step
     encode = make_encode(c, enc_graphdef)
-    step_fn = make_train_step(c, factory.graphdef, factory.tx, factory.schedule)
-    train_step = jax.jit(lambda s, f, e, b: step_fn(s, f, functools.partial(encode, e), b),
-                         donate_argnums=(0,), out_shardings=(factory.state_shardings, None))
+    train_step = jit_train_step(c, factory, encode)
     eval_step = jax.jit(make_eval_step(c, factory.graphdef))
     encode_jit = jax.jit(encode)
 
@@ -462,10 +476,12 @@ def write_samples(c, workdir, step, state, frozen, graphdef, tokenizer, encoders
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _WORKDIR.value is None or _CONFIG.value is None:
+  if flags.FLAGS.workdir is None or flags.FLAGS.config is None:
     raise app.UsageError("--config and --workdir are required")
-  train(_CONFIG.value, _WORKDIR.value)
+  train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:arg]).", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go (local or gs://).")
   app.run(main)
