@@ -97,6 +97,9 @@ class ResultStore:
       item = self.items[index]
       keys = ["index", "video_path", *EVAL_KEY.values(), "status", "judge_model"]
       ordered = {k: item[k] for k in keys if k in item}
+      if isinstance(ordered.get("status"), dict):
+        status = ordered["status"]
+        ordered["status"] = {d: status[d] for d in (*DIMENSIONS, *status) if d in status}
       ordered.update({k: v for k, v in item.items() if k not in ordered})
       out.append(ordered)
     return out
