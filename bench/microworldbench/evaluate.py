@@ -166,6 +166,11 @@ def evaluate(rubrics: RubricSet, videos_dir: str, out: str, settings: JudgeSetti
   wanted = sorted(i for i in rubrics.tasks if indices is None or i in indices)
   summary.missing_videos = [i for i in wanted if i not in videos]
   store = ResultStore(out)
+  judges = {item["judge_model"] for item in store.items.values() if item.get("judge_model")}
+  if judges - {settings.model}:
+    store.close()
+    raise ValueError(f"{out}: judged by {sorted(judges)}, not {settings.model!r}; mixing judges in one "
+                     f"results file would mix their scores: use another --out")
   units = []
   for index in wanted:
     if index not in videos:

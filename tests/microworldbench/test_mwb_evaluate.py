@@ -14,7 +14,7 @@ import pytest
 from mwb_helpers import write_gray_video
 from mwb_judge_server import FakeJudge, truth
 
-from microworldbench.evaluate import evaluate, find_videos
+from microworldbench.evaluate import _parse_indices, evaluate, find_videos
 from microworldbench.judge import JudgeSettings
 from microworldbench.progress import Progress
 from microworldbench.rubrics import load_rubrics
@@ -98,6 +98,21 @@ def test_faults_then_resume(bench_dir):
   for i in range(1, 6):
     for d in DIMS:
       assert units[(i, d)][:2] == ("scored", truth(i, d, 5))
+
+  # Another judge model may not resume into the same file.
+  with pytest.raises(ValueError, match="judged by \\['judge-x'\\], not 'judge-y'"):
+    evaluate(rubrics, paths["videos"], paths["out"], _settings("http://127.0.0.1:9", model="judge-y"))
+
+
+def test_indices_select_tasks(bench_dir):
+  assert _parse_indices("1-3,7") == {1, 2, 3, 7} and _parse_indices(None) is None
+  with pytest.raises(ValueError, match="'x' is not N or N-M"):
+    _parse_indices("1,x")
+  paths = bench_dir(n=6)
+  with FakeJudge() as server:
+    summary = evaluate(load_rubrics(paths["rubrics"]), paths["videos"], paths["out"], _settings(server.url),
+                       indices={2, 5})
+    assert {e["item"][0] for e in server.log} == {2, 5} and summary.scored == 6
 
 
 def test_auth_failure_stops_the_run(bench_dir):
