@@ -32,12 +32,12 @@ def _mesh(devices, shape):
   return Mesh(np.array(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 4)
 
 
-def _compile_attention_step(mesh, b, t, l, n, d, block_sizes):
+def _compile_attention_step(mesh, b, t, l, n, d, impl, block_sizes):
   """fwd + bwd of self-attention then masked cross-attention, bf16, tokens sharded over context."""
   def step(x, ctx, mask):
     def loss(x, ctx):
-      h = attention(x, x, x, impl="pallas_tpu", block_sizes=block_sizes)
-      h = attention(h, ctx, ctx, kv_mask=mask, impl="pallas_tpu", block_sizes=block_sizes)
+      h = attention(x, x, x, impl=impl, block_sizes=block_sizes)
+      h = attention(h, ctx, ctx, kv_mask=mask, impl=impl, block_sizes=block_sizes)
       return jnp.mean(h.astype(jnp.float32) ** 2)
     return jax.value_and_grad(loss, argnums=(0, 1))(x, ctx)
 
@@ -60,9 +60,11 @@ def _assert_kernels_compiled(hlo: str):
 
 
 def test_flash_tpu_compiles_for_v5p_with_ulysses(v5p_devices):
-  """Small shapes, lengths not multiples of the blocks, mesh data=2 x context=2."""
-  hlo = _compile_attention_step(_mesh(v5p_devices, (2, 1, 1, 2)), 2, 1000, 300, 4, 128,
-                                flash_tpu.BlockSizes(256, 256, 128, 256))
+  """Small shapes, lengths not multiples of the blocks, mesh data=2 x context=2.
+
+  impl="auto" on this CPU host: the mesh's devices are TPUs, so auto must pick pallas_tpu (and the
+  v5p block sizes)."""
+  hlo = _compile_attention_step(_mesh(v5p_devices, (2, 1, 1, 2)), 2, 1000, 300, 4, 128, "auto", None)
   _assert_kernels_compiled(hlo)
   assert "all-to-all" in hlo
 
@@ -76,7 +78,8 @@ def test_flash_tpu_compiles_for_v5p_at_wan_shapes(v5p_devices):
   """
   sizes = flash_tpu.default_block_sizes(v5p_devices[0].device_kind)
   assert sizes == flash_tpu.CHIP_BLOCK_SIZES["v5"]
-  hlo = _compile_attention_step(_mesh(v5p_devices, (1, 1, 1, 4)), 1, 32760, 512, 12, 128, sizes)
+  hlo = _compile_attention_step(_mesh(v5p_devices, (1, 1, 1, 4)), 1, 32760, 512, 12, 128,
+                                "pallas_tpu", sizes)
   _assert_kernels_compiled(hlo)
   assert "all-to-all" in hlo
 

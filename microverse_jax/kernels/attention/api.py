@@ -8,7 +8,8 @@ q: (B, Tq, N, D); k, v: (B, Tk, N, D); kv_mask: (B, Tk) bool (True = attend). Re
   pallas_gpu  our flash attention, Pallas Triton (flash_gpu.py)
   splash      JAX's splash attention (Pallas TPU), for comparison (splash.py)
   auto        TPU -> pallas_tpu, GPU -> cudnn for bf16/fp16 (else pallas_gpu), CPU -> xla;
-              sequences shorter than one block (128) -> xla.
+              sequences shorter than one block (128) -> xla. The platform is the ambient mesh's
+              (jax.set_mesh), else the default backend's: AOT compiles for a TPU topology get TPU kernels.
 `interpret=True` runs the Pallas kernels in interpret mode (TPU interpret mode for Mosaic kernels),
 so every kernel runs on CPU.
 
@@ -31,18 +32,30 @@ IMPLS = ("xla", "cudnn", "pallas_tpu", "pallas_gpu", "splash")
 MIN_KERNEL_LENGTH = 128
 
 
-def resolve_impl(impl: str, q, k) -> str:
-  """The implementation `impl` names; for "auto", the one that suits the backend and lengths."""
+def target_device() -> tuple[str, str]:
+  """(platform, device_kind) the program is built for: the ambient mesh's devices (so that
+  ahead-of-time compilation for a TPU topology from a CPU host picks TPU kernels), else the
+  default backend's first device."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
+  if device is None:
+    device = jax.devices()[0]
+  platform = "gpu" if device.platform in ("cuda", "rocm") else device.platform
+  return platform, device.device_kind
+
+
+def resolve_impl(impl: str, q, k, platform: str | None = None) -> str:
+  """The implementation `impl` names; for "auto", the one that suits the platform and lengths."""
   if impl not in IMPLS + ("auto",):
     raise ValueError(f"attention impl={impl!r}; expected one of {IMPLS + ('auto',)}")
   if impl != "auto":
     return impl
-  backend = jax.default_backend()
-  if min(q.shape[1], k.shape[1]) < MIN_KERNEL_LENGTH or backend == "cpu":
+  platform = platform or target_device()[0]
+  if min(q.shape[1], k.shape[1]) < MIN_KERNEL_LENGTH or platform == "cpu":
     return "xla"
-  if backend == "tpu":
+  if platform == "tpu":
     return "pallas_tpu"
-  if backend in ("gpu", "cuda"):
+  if platform == "gpu":
     half = q.dtype in (jnp.bfloat16, jnp.float16)
     return "cudnn" if half and q.shape[-1] <= 128 else "pallas_gpu"
   return "xla"
@@ -67,18 +80,20 @@ def _cudnn(q, k, v, kv_mask):
   return jnp.where(jnp.any(kv_mask, axis=1)[:, None, None, None], out, 0).astype(q.dtype)
 
 
-def _local_attention(q, k, v, kv_mask, *, impl: str, interpret: bool, block_sizes):
+def _local_attention(q, k, v, kv_mask, *, impl: str, interpret: bool, block_sizes, device_kind):
   """Attention on the arrays as given (no mesh handling)."""
   if impl == "xla":
     return attention_reference(q, k, v, kv_mask)
   if impl == "cudnn":
     return _cudnn(q, k, v, kv_mask)
   if impl == "pallas_tpu":
-    from microverse_jax.kernels.attention.flash_tpu import flash_attention_tpu
-    return flash_attention_tpu(q, k, v, kv_mask, block_sizes=block_sizes, interpret=interpret)
+    from microverse_jax.kernels.attention import flash_tpu
+    sizes = block_sizes or flash_tpu.default_block_sizes(device_kind)
+    return flash_tpu.flash_attention_tpu(q, k, v, kv_mask, block_sizes=sizes, interpret=interpret)
   if impl == "pallas_gpu":
-    from microverse_jax.kernels.attention.flash_gpu import flash_attention_gpu
-    return flash_attention_gpu(q, k, v, kv_mask, block_sizes=block_sizes, interpret=interpret)
+    from microverse_jax.kernels.attention import flash_gpu
+    sizes = block_sizes or flash_gpu.default_block_sizes(device_kind)
+    return flash_gpu.flash_attention_gpu(q, k, v, kv_mask, block_sizes=sizes, interpret=interpret)
   if impl == "splash":
     from microverse_jax.kernels.attention.splash import splash_attention
     return splash_attention(q, k, v, kv_mask, block_sizes=block_sizes, interpret=interpret)
@@ -90,12 +105,14 @@ def attention(q, k, v, *, kv_mask=None, impl: str = "auto", interpret: bool = Fa
   """Multi-head attention. q: (B, Tq, N, D); k, v: (B, Tk, N, D); kv_mask: (B, Tk) bool.
 
   `block_sizes` (optional) is the chosen kernel's BlockSizes (flash_tpu, flash_gpu or splash);
-  by default each kernel picks sizes for the local chip. Returns (B, Tq, N, D) in q's dtype.
+  by default the Pallas kernels take their table's sizes for the target chip (the mesh's devices,
+  else the local ones). Returns (B, Tq, N, D) in q's dtype.
   """
   _check_inputs(q, k, v, kv_mask)
-  impl = resolve_impl(impl, q, k)
+  platform, device_kind = target_device()
+  impl = resolve_impl(impl, q, k, platform)
   local = functools.partial(_local_attention, impl=impl, interpret=interpret,
-                            block_sizes=block_sizes)
+                            block_sizes=block_sizes, device_kind=device_kind)
   mesh = jax.sharding.get_abstract_mesh()
   if context_parallel.should_shard(mesh):
     return context_parallel.sharded_attention(local, q, k, v, kv_mask, mesh)
