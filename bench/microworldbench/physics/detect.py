@@ -30,25 +30,43 @@ def grey(video: np.ndarray) -> np.ndarray:
 def foreground(video: np.ndarray, *, polarity: str, background: str = "frame") -> Signal:
   """Background-subtracted signal of a clip, oriented so that objects are positive.
 
-  background: "frame" subtracts each frame's median (objects cover a minority of the field);
-  "rows" subtracts each row's median over time and columns, which also removes structures that are
-  constant along x (a horizontal vessel's walls). The threshold is 5 robust noise sigmas (MAD of the
-  signal), and at least 25% of the clip's 99.9th percentile so that faint texture is not an object.
+  background: "frame" subtracts from each frame a plane (uneven illumination) fitted to its
+  background pixels (objects cover a minority of the field); "rows" subtracts each row's median over
+  time and columns, which also removes structures that are constant along x (a horizontal vessel's
+  walls). The noise sigma comes from neighbouring-pixel differences (blind to smooth structure); the
+  threshold is 5 noise sigmas and at least 25% of the clip's 99.9th percentile, so that faint texture
+  is not an object.
   """
   if polarity not in ("bright", "dark"):
     raise ValueError(f"polarity must be 'bright' or 'dark', got {polarity!r}")
   g = grey(video)
   if background == "frame":
-    bg = np.median(g, axis=(1, 2), keepdims=True)
+    bg = np.stack([_background_plane(frame) for frame in g])
   elif background == "rows":
     bg = np.median(g, axis=(0, 2), keepdims=True)
   else:
     raise ValueError(f"background must be 'frame' or 'rows', got {background!r}")
   values = (g - bg) if polarity == "bright" else (bg - g)
-  centred = values - np.median(values)
-  noise = 1.4826 * float(np.median(np.abs(centred)))
+  diffs = np.diff(values, axis=2)
+  noise = 1.4826 * float(np.median(np.abs(diffs - np.median(diffs)))) / np.sqrt(2.0)
   threshold = max(5.0 * noise, 0.25 * float(np.percentile(values, 99.9)), 1.0 / 255.0)
   return Signal(values=values, threshold=threshold, noise=noise)
+
+
+def _background_plane(frame: np.ndarray) -> np.ndarray:
+  """A plane a + b y + c x fitted to the background of one frame (H, W): two passes that drop pixels
+  farther than 2.5 MADs from the first fit (the objects)."""
+  h, w = frame.shape
+  yy, xx = np.mgrid[:h, :w]
+  design = np.stack([np.ones(h * w), yy.ravel() / h, xx.ravel() / w], axis=1)
+  values = frame.ravel()
+  keep = np.abs(values - np.median(values)) <= 2.5 * 1.4826 * np.median(np.abs(values - np.median(values))) + 1e-6
+  for _ in range(2):
+    coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
+    resid = values - design @ coef
+    mad = 1.4826 * np.median(np.abs(resid[keep]))
+    keep = np.abs(resid) <= 2.5 * mad + 1e-6
+  return (design @ coef).reshape(h, w)
 
 
 def spots(frame: np.ndarray, threshold: float, radius: float) -> np.ndarray:
