@@ -6,12 +6,14 @@ import argparse
 import sys
 
 from microworldbench import aggregate, agreement, evaluate, rubrics
+from microworldbench.physics import command as physics
 
 SUBCOMMANDS = (
     rubrics.register_cli,
     evaluate.register_cli,
     aggregate.register_cli,
     agreement.register_cli,
+    physics.register_cli,
 )
 
 

@@ -27,8 +27,7 @@ def summarize(results: list[dict]) -> dict[str, float]:
   values: dict[str, list[float]] = {}
   for r in results:
     for name, value in r["metrics"].items():
-      prefix = name if not name.startswith("temporal/") else name
-      values.setdefault(f"physics/{prefix}", []).append(value)
+      values.setdefault(f"physics/{name}", []).append(value)
     for name, check in r["checks"].items():
       values.setdefault(f"physics/check/{name}", []).append(float(check["pass"]))
     values.setdefault(f"physics/{r['process']}/pass_rate", []).append(float(r["pass"]))

@@ -1,0 +1,113 @@
+"""The `microworldbench physics` subcommand: score a folder of videos against a prompts JSONL.
+
+  microworldbench physics --videos DIR --prompts PROMPTS.jsonl --out PHYS.json [--report DIR]
+
+Each prompt row (as `python -m microverse_jax.build_dataset microsim_synth --export_prompts=PATH`
+writes them) names its video `<id>.mp4` in DIR. Missing or unreadable videos fail with a reason.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+
+import numpy as np
+
+from microworldbench.physics import metrics, summarize
+
+
+def read_prompts(path: str) -> list[dict]:
+  """Rows of a prompts JSONL (blank lines skipped); ValueError naming the file and line at fault."""
+  rows = []
+  try:
+    with open(path, encoding="utf-8") as f:
+      for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{number}: not JSON ({e})") from None
+        metrics.validate_row(row, where=f"{path}:{number}")
+        if "id" not in row:
+          raise ValueError(f"{path}:{number}: missing key 'id' (the video is <id>.mp4)")
+        rows.append(row)
+  except OSError as e:
+    raise ValueError(f"--prompts {path}: cannot read ({e.strerror})") from None
+  if not rows:
+    raise ValueError(f"--prompts {path}: no rows")
+  return rows
+
+
+def read_video(path: str) -> np.ndarray:
+  """Every frame of a video: uint8 (F, H, W, 3) RGB."""
+  import av  # Imported here so that `import microworldbench` stays light.
+
+  with av.open(path) as container:
+    frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+  if not frames:
+    raise ValueError(f"{path}: no frames")
+  return np.stack(frames)
+
+
+def score_directory(videos_dir: str, rows: list[dict]) -> list[dict]:
+  """Per-video results (see `metrics.score_video`); a missing or unreadable video fails with a reason."""
+  results = []
+  for row in rows:
+    path = os.path.join(videos_dir, f"{row['id']}.mp4")
+    failed = {"id": row["id"], "process": row["process"], "pass": False, "metrics": {}, "checks": {},
+              "curves": {}}
+    if not os.path.exists(path):
+      results.append({**failed, "reason": f"missing video {path}"})
+      continue
+    try:
+      video = read_video(path)
+    except Exception as e:  # noqa: BLE001 - any decoder failure is this video's failure
+      results.append({**failed, "reason": f"unreadable video {path}: {type(e).__name__}: {e}"})
+      continue
+    results.append(metrics.score_video(video, row))
+  return results
+
+
+def _json_safe(value):
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  return value
+
+
+def run(args: argparse.Namespace) -> int:
+  if not os.path.isdir(args.videos):
+    raise ValueError(f"--videos {args.videos}: not a directory")
+  rows = read_prompts(args.prompts)
+  results = score_directory(args.videos, rows)
+  summary = summarize(results)
+  out = {"summary": summary, "rules": metrics.RULES, "videos": results}
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  tmp = f"{args.out}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(_json_safe(out), f, indent=1)
+  os.replace(tmp, args.out)
+  if args.report:
+    from microworldbench.physics import report
+    report.write_report(results, summary, args.report)
+  passed = sum(r["pass"] for r in results)
+  print(f"physics: {passed}/{len(results)} videos pass; wrote {args.out}")
+  for name in sorted(k for k in summary if k.endswith("pass_rate")):
+    print(f"  {name}: {summary[name]:.3f}")
+  return 0
+
+
+def register_cli(subparsers) -> None:
+  parser = subparsers.add_parser(
+      "physics", help="physics-fidelity metrics of procedural-process videos against their prompts",
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--videos", required=True, help="folder of <id>.mp4 videos")
+  parser.add_argument("--prompts", required=True, help="prompts JSONL: id, process, params, size per row")
+  parser.add_argument("--out", required=True, help="output JSON: summary, rules and per-video results")
+  parser.add_argument("--report", default=None, help="folder for plots and report.md (needs matplotlib)")
+  parser.set_defaults(func=run)
