@@ -1,7 +1,7 @@
 """Builds the latent cache: Wan-VAE latents and text-encoder states for every clip of a TFDS dataset.
 
   python -m microverse_jax.encode --dataset=microsim10k --data_dir=DIR --split=train --out_dir=DIR \
-      --num_frames=81 --height=480 --width=832 --vae=PATH --text_encoder=PATH
+      --num_frames=81 --height=480 --width=832 --vae=PATH --text_encoder=PATH --tokenizer=DIR
 
 The cache is a TFDS ArrayRecord dataset OUT_DIR/<dataset>_latents/1.0.0/ whose records hold
   id, caption (str); latents bf16 (F', H', W', C); context bf16 (n, D), the n = number of caption
@@ -186,21 +186,40 @@ def finalize(out_dir: str, *, dataset: str, text_length: int, num_frames: int, h
   return True
 
 
-def _real_encoders(args) -> tuple[VideoEncoder, TextEncoder, input_pipeline.Tokenizer]:
-  """Loads the Wan-VAE and umT5 encoders, jit-compiled with the batch sharded over local devices."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from microverse_jax.models import umt5, wan_vae  # pylint: disable=g-import-not-at-top
+def sharded_encoders(vae, text_encoder, devices=None) -> tuple[VideoEncoder, TextEncoder]:
+  """Jit-compiled encoder functions with the batch sharded over `devices` (default: this host's).
 
-  vae = wan_vae.load_pretrained(args.vae)
-  text_model = umt5.load_pretrained(args.text_encoder)
-  tokenizer = umt5.load_tokenizer(args.text_encoder, max_length=args.text_length)
-  mesh = jax.make_mesh((len(jax.local_devices()),), ("data",), devices=jax.local_devices(),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  vae: a `WanVAE` (latents are normalised with its per-channel mean/std, as the trainer expects);
+  text_encoder: a `UMT5Encoder`. Weights are replicated; the batch must divide by len(devices).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  devices = list(devices or jax.local_devices())
+  mesh = jax.sharding.Mesh(np.array(devices), ("data",))
   batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  encode_video = jax.jit(vae.encode, in_shardings=batch, out_shardings=batch)
-  encode_text = jax.jit(text_model, in_shardings=(batch, batch), out_shardings=batch)
-  return (lambda v: np.asarray(encode_video(v), np.float32),
-          lambda ids, mask: np.asarray(encode_text(ids, mask), np.float32), tokenizer)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  vae_def, vae_state = nnx.split(vae)
+  text_def, text_state = nnx.split(text_encoder)
+  vae_state, text_state = jax.device_put((vae_state, text_state), replicated)
+
+  @jax.jit
+  def encode_video(state, video):
+    model = nnx.merge(vae_def, state)
+    return model.normalize_latents(model.encode(jax.lax.with_sharding_constraint(video, batch)))
+
+  @jax.jit
+  def encode_text(state, ids, mask):
+    return nnx.merge(text_def, state)(jax.lax.with_sharding_constraint(ids, batch),
+                                      jax.lax.with_sharding_constraint(mask, batch))
+
+  def video_fn(video):
+    return np.asarray(encode_video(vae_state, jax.device_put(video, batch)))
+
+  def text_fn(ids, mask):
+    return np.asarray(encode_text(text_state, jax.device_put(ids, batch), jax.device_put(mask, batch)))
+
+  return video_fn, text_fn
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -209,8 +228,11 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--data_dir", required=True)
   parser.add_argument("--split", default="train")
   parser.add_argument("--out_dir", required=True, help="cache root (local or gs://)")
-  parser.add_argument("--vae", required=True, help="Wan-VAE weights")
-  parser.add_argument("--text_encoder", required=True, help="umT5 encoder weights and tokenizer")
+  parser.add_argument("--vae", required=True, help="Wan-VAE: diffusers directory or Wan2.1_VAE.pth")
+  parser.add_argument("--text_encoder", required=True,
+                      help="umT5 encoder: transformers directory or models_t5_umt5-xxl-enc-bf16.pth")
+  parser.add_argument("--tokenizer", required=True, help="directory with the umT5 tokenizer.json or spiece.model")
+  parser.add_argument("--dtype", default="bfloat16", help="encoder weight dtype")
   parser.add_argument("--text_length", type=int, default=512)
   parser.add_argument("--num_frames", type=int, default=81)
   parser.add_argument("--height", type=int, default=480)
@@ -220,7 +242,13 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--shard_size", type=int, default=256, help="records per output shard")
   parser.add_argument("--worker_count", type=int, default=0)
   args = parser.parse_args(argv)
-  video_encoder, text_encoder, tokenizer = _real_encoders(args)
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from microverse_jax import convert  # pylint: disable=g-import-not-at-top
+  from microverse_jax.models.umt5 import UMT5Tokenizer  # pylint: disable=g-import-not-at-top
+  dtype = jnp.dtype(args.dtype)
+  video_encoder, text_encoder = sharded_encoders(convert.wan_vae_from_path(args.vae, dtype),
+                                                 convert.umt5_from_path(args.text_encoder, dtype))
+  tokenizer = UMT5Tokenizer(args.tokenizer, max_length=args.text_length)
   source = input_pipeline.load_source(args.dataset, args.split, args.data_dir)
   stats = encode_split(source, args.out_dir, dataset=args.dataset, split=args.split,
                        video_encoder=video_encoder, text_encoder=text_encoder, tokenizer=tokenizer,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
+from flax import nnx
 
 from microverse_jax import encode, input_pipeline, video
 
@@ -121,3 +122,61 @@ def test_processes_write_disjoint_shards(synth_train, tmp_path):
   assert (first["shards_written"], first["records"], first["finalized"]) == (2, len(synth_train) - 4, True)
   cache = input_pipeline.load_source("microsim_synth_latents", "train", str(tmp_path))
   assert sorted(int(cache[i]["source_index"]) for i in range(len(cache))) == list(range(len(synth_train)))
+
+
+class PoolingVAE(nnx.Module):
+  """A stand-in for WanVAE with its two methods: 2x temporal, 4x spatial pooling, a 1x1 mix, a shift."""
+
+  def __init__(self):
+    self.mix = nnx.Param(np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32))
+    self.mean = nnx.Param(np.full((4,), 0.5, np.float32))
+
+  def encode(self, video):
+    b, f, h, w, _ = video.shape
+    pooled = video[:, ::2].reshape(b, (f - 1) // 2 + 1, h // 4, 4, w // 4, 4, 3).mean(axis=(3, 5))
+    return pooled @ self.mix[...]
+
+  def normalize_latents(self, latents):
+    return latents - self.mean[...]
+
+
+class EmbeddingText(nnx.Module):
+  """A stand-in for UMT5Encoder: an embedding table, padded positions zeroed."""
+
+  def __init__(self):
+    self.table = nnx.Param(np.random.default_rng(1).normal(size=(259, 8)).astype(np.float32))
+
+  def __call__(self, ids, mask):
+    return self.table[...][ids] * mask[..., None]
+
+
+def test_sharded_encoders_run_nnx_modules(synth_train, tmp_path):
+  vae, text = PoolingVAE(), EmbeddingText()
+  video_fn, text_fn = encode.sharded_encoders(vae, text)
+  clip = np.random.default_rng(0).uniform(-1, 1, (2, 5, 16, 16, 3)).astype(np.float32)
+  np.testing.assert_allclose(video_fn(clip), np.asarray(vae.normalize_latents(vae.encode(clip))), atol=1e-5)
+  ids, mask = input_pipeline.ByteTokenizer(12)(["a cell divides", "beads diffuse"])
+  np.testing.assert_allclose(text_fn(ids, mask), np.asarray(text(ids, mask)), atol=1e-6)
+  stats = _encode(encode._SourceRange(synth_train, 0, 3), tmp_path, video_encoder=video_fn, text_encoder=text_fn,
+                  num_frames=5, height=16, width=16)
+  assert stats["records"] == 3 and stats["finalized"]
+  cache = input_pipeline.load_source("microsim_synth_latents", "train", str(tmp_path))
+  assert cache[0]["latents"].shape == (3, 4, 4, 4) and cache[0]["context"].shape[-1] == 8
+
+
+@pytest.mark.heavy
+def test_sharded_encoders_match_the_models(synth_train, tmp_path):
+  wan_vae = pytest.importorskip("microverse_jax.models.wan_vae")
+  umt5 = pytest.importorskip("microverse_jax.models.umt5")
+  vae = wan_vae.WanVAE(wan_vae.WanVAEConfig.preset("tiny"), rngs=nnx.Rngs(0))
+  text = umt5.UMT5Encoder(umt5.UMT5Config.preset("tiny", vocab_size=259), rngs=nnx.Rngs(1))
+  video_fn, text_fn = encode.sharded_encoders(vae, text)
+  clip = np.random.default_rng(0).uniform(-1, 1, (2, 5, 16, 16, 3)).astype(np.float32)
+  np.testing.assert_allclose(video_fn(clip), np.asarray(vae.normalize_latents(vae.encode(clip))), atol=1e-5)
+  ids, mask = input_pipeline.ByteTokenizer(12)(["a cell divides", "beads diffuse"])
+  np.testing.assert_allclose(text_fn(ids, mask), np.asarray(text(ids, mask)), atol=1e-5)
+  stats = _encode(encode._SourceRange(synth_train, 0, 3), tmp_path, video_encoder=video_fn, text_encoder=text_fn,
+                  num_frames=5, height=16, width=16)
+  assert stats["records"] == 3 and stats["finalized"]
+  cache = input_pipeline.load_source("microsim_synth_latents", "train", str(tmp_path))
+  assert cache[0]["latents"].shape == (3, 4, 4, 4) and cache[0]["context"].shape[-1] == 32
