@@ -24,11 +24,11 @@ CASES = {
     "self_masked_bf16": (1, 160, 160, 2, 64, jnp.bfloat16, "random"),
 }
 TOLERANCES = {jnp.float32: (1e-5, 5e-5), jnp.bfloat16: (1.5e-2, 1.5e-2)}
-# Small blocks so that every case spans several query and key blocks (and padding).
+# Small blocks so that the fp32 cases span several query and key blocks (and padding); the bf16
+# case runs with the default (large) blocks, which shrink to its short lengths.
 KERNEL_BLOCKS = {
     "pallas_tpu": flash_tpu.BlockSizes(128, 128, 128, 128),
     "pallas_gpu": flash_gpu.BlockSizes(64, 32, 32, 64),
-    "splash": None,
 }
 
 
@@ -63,7 +63,7 @@ def _max_err(a, b):
 @pytest.mark.parametrize("impl", ["pallas_tpu", "pallas_gpu"])
 def test_flash_kernel_vs_reference(impl, case):
   q, k, v, do, mask = _inputs(case)
-  blocks = KERNEL_BLOCKS[impl]
+  blocks = None if q.dtype == jnp.bfloat16 else KERNEL_BLOCKS[impl]
   out, grads = _value_and_grads(
       lambda q, k, v, m: attention(q, k, v, kv_mask=m, impl=impl, interpret=True,
                                    block_sizes=blocks), q, k, v, do, mask)
@@ -92,15 +92,6 @@ def test_splash_vs_reference():
   assert _max_err(out, ref_out) < 1e-5
   for g, rg in zip(grads, ref_grads):
     assert _max_err(g, rg) < 5e-5
-
-
-def test_default_block_sizes_fit_short_sequences():
-  """Default (large) blocks shrink to short lengths; no block size is needed by the caller."""
-  q, k, v, do, mask = _inputs("cross_masked_fp32")
-  ref = attention_reference(q, k, v, mask)
-  for impl in ("pallas_tpu", "pallas_gpu"):
-    out = jax.jit(lambda q, k, v: attention(q, k, v, kv_mask=mask, impl=impl, interpret=True))(q, k, v)
-    assert _max_err(out, ref) < 1e-5, impl
 
 
 def test_block_size_tables():
