@@ -114,36 +114,3 @@ def blobs(mask: np.ndarray, min_area: float) -> tuple[np.ndarray, np.ndarray]:
   centres = np.array(ndimage.center_of_mass(mask, labels, index)).reshape(-1, 2)
   keep = areas >= min_area
   return centres[keep], areas[keep]
-
-
-def count_cells(mask: np.ndarray, radius: float) -> int:
-  """Number of round cells of about `radius` px in a mask (H, W), touching cells counted apart.
-
-  A cell is a peak of the mask's distance transform standing at least radius / 4 above the saddle
-  that joins it to a higher peak (an h-maxima transform), so a constriction deeper than a quarter
-  radius splits one body into two; bodies smaller than a quarter of the expected area are ignored.
-  """
-  labels, n = ndimage.label(mask)
-  count = 0
-  for i in range(1, n + 1):
-    body = labels == i
-    if body.sum() < 0.25 * np.pi * radius * radius:
-      continue
-    dist = ndimage.distance_transform_edt(body)
-    count += _h_maxima_count(dist, h=radius / 4)
-  return count
-
-
-def _h_maxima_count(height: np.ndarray, h: float) -> int:
-  """Regional maxima of `height` whose dynamic (depth to the saddle with a higher peak) is >= h."""
-  # Morphological reconstruction by dilation of (height - h) under height: peaks that stick out by
-  # at least h keep a plateau of height - h ... regional maxima of the reconstruction mark them.
-  marker = np.maximum(height - h, 0.0)
-  structure = np.ones((3, 3), bool)
-  while True:
-    grown = np.minimum(ndimage.grey_dilation(marker, footprint=structure), height)
-    if np.array_equal(grown, marker):
-      break
-    marker = grown
-  regional = (height - marker >= h - 1e-9) & (height > 0)
-  return int(ndimage.label(regional, structure=structure)[1])

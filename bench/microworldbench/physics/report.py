@@ -23,8 +23,8 @@ def _plot_poiseuille(ax, r: dict) -> None:
   y = np.linspace(-big_r, big_r, 50)
   ax.plot(c["offset"], c["speed"], "o", label="generated cells")
   ax.plot(y, umax * (1 - (y / big_r) ** 2), "k--", label="Poiseuille (prompt)")
-  if all(math.isfinite(v) for v in c["fit"]):
-    ax.plot(y, c["fit"][0] + c["fit"][1] * y * y, "C1-", label="parabolic fit")
+  if c["centre_speed"] is not None and math.isfinite(c["centre_speed"]):
+    ax.plot(y, c["centre_speed"] * (1 - (y / big_r) ** 2), "C1-", label="Poiseuille fit")
   ax.set(xlabel="offset from axis (px)", ylabel="speed (px/frame)")
 
 
