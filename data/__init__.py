@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 
-def clip_features(**extra: tfds.features.FeatureConnector) -> tfds.features.FeaturesDict:
-  """The shared clip features, plus dataset-specific `extra` ones."""
+def clip_features(**extra):
+  """The shared clip features (a tfds FeaturesDict), plus dataset-specific `extra` ones."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # the generator needs no TFDS
   return tfds.features.FeaturesDict({
       "id": tfds.features.Text(),
       "caption": tfds.features.Text(),

@@ -43,7 +43,7 @@ def build(name: str, data_dir: str, *, manual_dir: str | None = None, metadata: 
         manual_dir=manual_dir, download_mode=mode))
     return builder.data_path
   if name == "microsim_synth":
-    from data.microsim_synth import MicrosimSynth, microsim_synth_dataset_builder as synth  # pylint: disable=g-import-not-at-top
+    from data.microsim_synth import MicrosimSynth, export_prompts as write_prompts  # pylint: disable=g-import-not-at-top
     settings = {k: v for k, v in dict(num_clips=num_clips, seed=seed, num_frames=num_frames,
                                       size=size).items() if v is not None}
     builder = MicrosimSynth(data_dir=data_dir, **settings)
@@ -53,7 +53,7 @@ def build(name: str, data_dir: str, *, manual_dir: str | None = None, metadata: 
                        f"{builder.build_settings}; pass --overwrite or another --data_dir")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
     if export_prompts:
-      synth.export_prompts(export_prompts, **{k: v for k, v in builder.build_settings.items()})
+      write_prompts(export_prompts, **builder.build_settings)
     return builder.data_path
   raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
 

@@ -20,6 +20,7 @@ import tempfile
 import time
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from microverse_jax import build_dataset, input_pipeline, video
 
@@ -71,6 +72,7 @@ def main() -> None:
   parser.add_argument("--workers", default="0,2", help="comma-separated worker counts")
   args = parser.parse_args()
   workers = [int(w) for w in args.workers.split(",")]
+  tfds.disable_progress_bar()
   data = tiny_data_config()
   with tempfile.TemporaryDirectory() as tmp:
     data_dir = args.data_dir or tmp

@@ -1,8 +1,19 @@
-"""microsim_synth: procedural micro-world clips with physics ground truth (the offline default)."""
+"""microsim_synth: procedural micro-world clips with physics ground truth (the offline default).
 
-from data.microsim_synth.processes import (PROCESSES, ClipSpec, caption, clip_spec, render_clip,
-                                           sample_params, simulate_tracks)
-from data.microsim_synth.microsim_synth_dataset_builder import MicrosimSynth, export_prompts
+The generator (`render_clip`, `simulate_tracks`, `clip_spec`, `export_prompts`) needs only numpy and
+PyAV; the TFDS builder `MicrosimSynth` is imported on first use.
+"""
 
-__all__ = ["PROCESSES", "ClipSpec", "MicrosimSynth", "caption", "clip_spec", "export_prompts",
-           "render_clip", "sample_params", "simulate_tracks"]
+from data.microsim_synth.processes import (DEFAULTS, PROCESSES, ClipSpec, caption, clip_spec,
+                                           export_prompts, render_clip, sample_params,
+                                           simulate_tracks, split_of)
+
+__all__ = ["DEFAULTS", "PROCESSES", "ClipSpec", "MicrosimSynth", "caption", "clip_spec",
+           "export_prompts", "render_clip", "sample_params", "simulate_tracks", "split_of"]
+
+
+def __getattr__(name: str):
+  if name == "MicrosimSynth":
+    from data.microsim_synth.microsim_synth_dataset_builder import MicrosimSynth  # pylint: disable=g-import-not-at-top
+    return MicrosimSynth
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

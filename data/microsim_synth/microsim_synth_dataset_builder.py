@@ -7,23 +7,14 @@ dataset's metadata. The last max(1, num_clips // 10) clips form the validation s
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
 from data import clip_features
 from data.microsim_synth import processes
+from data.microsim_synth.processes import DEFAULTS, split_of
 from microverse_jax import video
-
-DEFAULTS = {"num_clips": 320, "seed": 0, "num_frames": 17, "size": 64, "fps": 8.0}
-
-
-def split_of(index: int, num_clips: int) -> str:
-  """'validation' for the last max(1, num_clips // 10) clips, 'train' for the rest."""
-  return "validation" if index >= num_clips - max(1, num_clips // 10) else "train"
-
 
 class MicrosimSynth(tfds.core.GeneratorBasedBuilder):
   """Procedural microscopy clips (Brownian motion, Poiseuille flow, division, sedimentation, chemotaxis)."""
@@ -76,26 +67,3 @@ class MicrosimSynth(tfds.core.GeneratorBasedBuilder):
           "num_frames": s["num_frames"], "fps": s["fps"], "height": s["size"], "width": s["size"],
           "process": spec.process, "params": json.dumps(spec.params, sort_keys=True), "tracks": tracks,
       }
-
-
-def export_prompts(path: str | os.PathLike, *, num_clips: int = DEFAULTS["num_clips"],
-                   seed: int = DEFAULTS["seed"], num_frames: int = DEFAULTS["num_frames"],
-                   size: int = DEFAULTS["size"], fps: float = DEFAULTS["fps"]) -> int:
-  """Writes the dataset's prompts as JSONL without rendering; returns the number of rows.
-
-  Each row: {"id", "split", "process", "params" (units px, frames), "caption", "seed" (render seed),
-  "num_frames", "size", "fps"}: enough to re-render a clip with `render_clip` and compare physics.
-  """
-  path = epath.Path(path)
-  rows = []
-  for i in range(num_clips):
-    spec = processes.clip_spec(i, seed=seed, num_frames=num_frames, size=size, fps=fps)
-    rows.append(json.dumps({
-        "id": f"synth_{i:06d}", "split": split_of(i, num_clips), "process": spec.process,
-        "params": spec.params, "caption": spec.caption, "seed": spec.seed,
-        "num_frames": num_frames, "size": size, "fps": fps}))
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f".{path.name}.tmp"
-  tmp.write_text("\n".join(rows) + "\n")
-  tmp.rename(path)
-  return len(rows)

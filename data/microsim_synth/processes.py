@@ -33,10 +33,14 @@ daughters, both at the mother's centre before cleavage.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import numpy as np
+from etils import epath
 
 PROCESSES = ("brownian", "poiseuille", "division", "sedimentation", "chemotaxis")
+DEFAULTS = {"num_clips": 320, "seed": 0, "num_frames": 17, "size": 64, "fps": 8.0}  # the dataset's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,3 +323,31 @@ def clip_spec(index: int, *, seed: int, num_frames: int, size: int, fps: float) 
   params = sample_params(process, np.random.default_rng([clip_seed, 7]), size=size, num_frames=num_frames)
   return ClipSpec(process=process, params=params, seed=clip_seed,
                   caption=caption(process, params, num_frames=num_frames, size=size, fps=fps))
+
+
+def split_of(index: int, num_clips: int) -> str:
+  """'validation' for the last max(1, num_clips // 10) clips, 'train' for the rest."""
+  return "validation" if index >= num_clips - max(1, num_clips // 10) else "train"
+
+
+def export_prompts(path: str | os.PathLike, *, num_clips: int = DEFAULTS["num_clips"],
+                   seed: int = DEFAULTS["seed"], num_frames: int = DEFAULTS["num_frames"],
+                   size: int = DEFAULTS["size"], fps: float = DEFAULTS["fps"]) -> int:
+  """Writes the dataset's prompts as JSONL without rendering; returns the number of rows.
+
+  Each row: {"id", "split", "process", "params" (units px, frames), "caption", "seed" (render seed),
+  "num_frames", "size", "fps"}: enough to re-render a clip with `render_clip` and compare physics.
+  """
+  path = epath.Path(path)
+  rows = []
+  for i in range(num_clips):
+    spec = clip_spec(i, seed=seed, num_frames=num_frames, size=size, fps=fps)
+    rows.append(json.dumps({
+        "id": f"synth_{i:06d}", "split": split_of(i, num_clips), "process": spec.process,
+        "params": spec.params, "caption": spec.caption, "seed": spec.seed,
+        "num_frames": num_frames, "size": size, "fps": fps}))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / f".{path.name}.tmp"
+  tmp.write_text("\n".join(rows) + "\n")
+  tmp.rename(path)
+  return len(rows)

@@ -145,10 +145,12 @@ def test_dataset_splits_features_and_prompts(synth_data_dir, synth_settings, tmp
       0, seed=settings["seed"], num_frames=9, size=32, fps=8)
 
 
-def test_rebuild_with_other_settings_is_refused(synth_data_dir, synth_settings):
+def test_rebuild_with_other_settings_is_refused(synth_data_dir, synth_settings, tmp_path):
   settings = synth_settings
   with pytest.raises(ValueError, match="--overwrite"):
     build_dataset.build("microsim_synth", synth_data_dir, **dict(settings, seed=settings["seed"] + 1))
   # The same settings reuse the existing dataset.
-  path = build_dataset.build("microsim_synth", synth_data_dir, **settings)
+  prompts = tmp_path / "prompts.jsonl"
+  path = build_dataset.build("microsim_synth", synth_data_dir, export_prompts=str(prompts), **settings)
   assert (path / "dataset_info.json").exists()
+  assert len(prompts.read_text().splitlines()) == settings["num_clips"]
