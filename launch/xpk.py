@@ -1,0 +1,122 @@
+"""GKE through XPK: one workload per run on an existing XPK cluster (v5e, v5p, v6e, TPU7x).
+
+  python -m launch.xpk --cluster=CLUSTER --project=PROJECT --zone=us-east5-a --tpu_type=v5p-64 \
+      --workload=mv-lora --config=configs/wan2_1.py:1.3b,lora --workdir=gs://BUCKET/runs/lora \
+      [--docker_image=python:3.11 | --docker_image=REGISTRY/IMAGE --no-install] \
+      [--steps=create,delete] [--dry-run] [--config.optim.lr=2e-4 ...]
+
+With a local base image (the default python:3.11) XPK builds this directory (--script_dir) into the
+image at /app; the workload then installs `-e ./bench -e '.[tpu]'` and runs the trainer on every host
+of the slice. GKE sets TPU_WORKER_HOSTNAMES on multi-host slices, so the trainer initialises
+jax.distributed by itself. Logs go to Cloud Logging (`xpk workload list` shows the link).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import shlex
+import sys
+from typing import Sequence
+
+from launch import shell, topologies, tpu
+
+STEPS = ("create", "delete")
+_WORKLOAD = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")
+
+
+@dataclasses.dataclass(frozen=True)
+class XpkWorkload:
+  """One XPK workload and the commands that create and delete it."""
+  cluster: str
+  workload: str
+  slice: topologies.TpuSlice
+  project: str | None = None
+  zone: str | None = None
+  docker_image: str = "python:3.11"
+  script_dir: str = "."
+  install: bool = True
+  priority: str | None = None
+
+  def __post_init__(self):
+    if not _WORKLOAD.fullmatch(self.workload):
+      raise ValueError(f"--workload={self.workload!r}: XPK workload names are lowercase letters, "
+                       f"digits and '-', start with a letter, at most 40 characters")
+    if not self.cluster:
+      raise ValueError("--cluster is required")
+
+  def _where(self) -> list[str]:
+    return [f"--cluster={self.cluster}"] + ([f"--project={self.project}"] if self.project else []) + (
+        [f"--zone={self.zone}"] if self.zone else [])
+
+  def container_command(self, train: Sequence[str]) -> str:
+    """What every host of the slice runs, in /app."""
+    parts = ['pip install -e ./bench -e ".[tpu]"'] if self.install else []
+    parts.append(shlex.join(train))
+    return " && ".join(parts)
+
+  def create_command(self, train: Sequence[str]) -> list[str]:
+    return ["xpk", "workload", "create", *self._where(), f"--workload={self.workload}",
+            f"--tpu-type={self.slice.accelerator_type}", "--num-slices=1",
+            f"--docker-image={self.docker_image}", f"--script-dir={self.script_dir}",
+            *([f"--priority={self.priority}"] if self.priority else []),
+            f"--command={self.container_command(train)}"]
+
+  def delete_command(self) -> list[str]:
+    return ["xpk", "workload", "delete", *self._where(), f"--workload={self.workload}"]
+
+
+def train_command(config: str, workdir: str, overrides: Sequence[str] = ()) -> list[str]:
+  return shell.train_argv(config, workdir, overrides, python="python")
+
+
+def launch(workload: XpkWorkload, train: Sequence[str], steps: Sequence[str], runner: shell.Runner) -> None:
+  unknown = set(steps) - set(STEPS)
+  if unknown:
+    raise ValueError(f"--steps: unknown {sorted(unknown)}; expected a subset of {','.join(STEPS)}")
+  if "delete" in steps:  # a finished workload keeps its name until deleted: delete, then create
+    runner(workload.delete_command(), check="create" not in steps)
+  if "create" in steps:
+    runner(workload.create_command(train))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  g = parser.add_argument_group("XPK (GKE)")
+  g.add_argument("--cluster", required=True)
+  g.add_argument("--project", default=None)
+  g.add_argument("--zone", default=None)
+  g.add_argument("--tpu_type", required=True, help="e.g. v5p-64, v6e-16, tpu7x-128")
+  g.add_argument("--workload", required=True, help="workload name (a sweep appends -<index>)")
+  g.add_argument("--docker_image", default="python:3.11",
+                 help="a local base image (this repo is built into it) or a registry image")
+  g.add_argument("--script_dir", default=".", help="what XPK copies into /app")
+  g.add_argument("--install", action=argparse.BooleanOptionalAction, default=True,
+                 help="pip install the repo in the container first (--no-install for prebuilt images)")
+  g.add_argument("--priority", default=None, help="very-low|low|medium|high|very-high")
+  g.add_argument("--steps", default="create", help=f"subset of {','.join(STEPS)}")
+
+
+def workload_from_args(args: argparse.Namespace, name: str | None = None) -> XpkWorkload:
+  return XpkWorkload(cluster=args.cluster, workload=name or args.workload,
+                     slice=topologies.parse(args.tpu_type), project=args.project, zone=args.zone,
+                     docker_image=args.docker_image, script_dir=args.script_dir, install=args.install,
+                     priority=args.priority)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="configs/FILE.py[:arg]")
+  parser.add_argument("--workdir", required=True, help="gs://BUCKET/... (required for multi-host)")
+  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                      help="print every command, run none")
+  add_arguments(parser)
+  args, extra = parser.parse_known_args(argv)
+  workload = workload_from_args(args)
+  tpu.check_workdir(workload.slice, args.workdir)
+  train = train_command(args.config, args.workdir, shell.check_override_flags(extra))
+  launch(workload, train, args.steps.split(","), shell.Runner(args.dry_run))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
