@@ -117,9 +117,26 @@ def constrain(x: jax.Array, axes: Sequence[str | None], rules=None) -> jax.Array
 
 
 def maybe_initialize_distributed() -> None:
-  """Calls `jax.distributed.initialize()` on multi-host TPU/GPU slices (no-op on a single host)."""
+  """Calls `jax.distributed.initialize()` for multi-process runs (a no-op for a single process).
+
+  Triggers, from the environment:
+    MEGASCALE_COORDINATOR_ADDRESS / TPU_WORKER_HOSTNAMES (GKE, XPK), SLURM_NTASKS: JAX finds the rest.
+    MICROVERSE_DISTRIBUTED=1 (set by launch/ on multi-host TPU VMs): JAX reads the workers from the
+      GCE metadata server, which plain `gcloud ... ssh` shells do not export.
+    JAX_COORDINATOR_ADDRESS (host:port) with JAX_NUM_PROCESSES and JAX_PROCESS_ID: an explicit run,
+      e.g. several CPU processes on one machine (launch/local.py --num_processes).
+  """
   import os
   multihost = any(k in os.environ for k in ("MEGASCALE_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
                                             "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS"))
-  if multihost and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+  multihost |= os.environ.get("MICROVERSE_DISTRIBUTED", "0") not in ("", "0")
+  if not multihost or jax.distributed.is_initialized():
+    return
+  explicit = {}
+  for key, env in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+    if os.environ.get(env):
+      try:
+        explicit[key] = int(os.environ[env])
+      except ValueError:
+        raise ValueError(f"{env}={os.environ[env]!r}: expected an integer") from None
+  jax.distributed.initialize(**explicit)
