@@ -321,10 +321,15 @@ class MetricWriter:
 def load_batches(c, tokenizer, split: str, *, seed: int, shuffle: bool, num_epochs=None,
                  drop_remainder=True):
   data_dir = os.path.expanduser(c.data.data_dir)
-  if c.data.name == "microsim_synth" and split == "train" and jax.process_index() == 0:
-    from microverse_jax import build_dataset  # builds on first use (seconds), reuses afterwards
+  try:
+    source = input_pipeline.load_source(c.data.name, split, data_dir)
+  except ValueError:
+    if c.data.name != "microsim_synth":
+      raise
+    from microverse_jax import build_dataset  # the offline dataset builds on first use (~30 s)
+    print(f"building microsim_synth in {data_dir} ...", flush=True)
     build_dataset.build("microsim_synth", data_dir)
-  source = input_pipeline.load_source(c.data.name, split, data_dir)
+    source = input_pipeline.load_source(c.data.name, split, data_dir)
   per_process = c.data.batch_size // jax.process_count()
   if c.data.source == "latents":
     return input_pipeline.make_latent_iterator(

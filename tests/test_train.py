@@ -1,0 +1,174 @@
+"""The trainer: runs, resumes exactly after kill -9, shards, trains LoRA only, fails early on bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import microsim_tiny
+from microverse_jax import checkpoint, sharding, train
+from microverse_jax.models.lora import merge_lora
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(data_dir, **overrides):
+  c = microsim_tiny.get_config("test")
+  c.data.data_dir = data_dir
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def losses(workdir):
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def reference_run(synth_data_dir, tmp_path_factory):
+  """Six uninterrupted steps: the per-step losses every other run is compared with."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  c = tiny_config(synth_data_dir, **{"train.num_steps": 6, "train.checkpoint_every": 2})
+  train.train(c, workdir)
+  return workdir
+
+
+def test_main_writes_metrics_checkpoints_and_config(reference_run):
+  got = losses(reference_run)
+  assert sorted(got) == [1, 2, 3, 4, 5, 6] and all(np.isfinite(list(got.values())))
+  row = json.loads(open(os.path.join(reference_run, "metrics.jsonl")).readline())
+  assert {"step", "loss", "grad_norm", "lr", "steps_per_sec"} <= set(row)
+  assert sorted(os.listdir(os.path.join(reference_run, "checkpoints")))[-1] == "6"
+  assert json.load(open(os.path.join(reference_run, "config.json")))["train"]["num_steps"] == 6
+  assert any(f.startswith("events") for f in os.listdir(os.path.join(reference_run, "tensorboard")))
+
+
+def test_kill_9_after_a_checkpoint_then_resume_gives_identical_losses(reference_run, synth_data_dir, tmp_path):
+  workdir = str(tmp_path / "killed")
+  cmd = [sys.executable, "-m", "microverse_jax.train", "--config=configs/microsim_tiny.py:test",
+         f"--workdir={workdir}", f"--config.data.data_dir={synth_data_dir}", "--config.train.num_steps=6",
+         "--config.train.checkpoint_every=2"]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not os.path.isdir(os.path.join(workdir, "checkpoints", "2")) and time.time() < deadline:
+    assert proc.poll() is None, "the trainer exited before its first checkpoint"
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=30)
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "2"))
+  before = losses(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else {}
+  # Rerunning the same command resumes from the latest checkpoint and finishes.
+  subprocess.run(cmd, cwd=REPO, check=True, timeout=600, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ref, after = losses(reference_run), losses(workdir)
+  assert sorted(after) == [1, 2, 3, 4, 5, 6]
+  for step, loss in list(before.items()) + list(after.items()):
+    assert loss == pytest.approx(ref[step], rel=1e-6, abs=1e-7), step
+
+
+SHARDED = r"""
+import json, sys
+from configs import microsim_tiny
+from microverse_jax import train
+out = {}
+for name, mesh in json.loads(sys.argv[2]).items():
+  c = microsim_tiny.get_config("test")
+  c.data.update(data_dir=sys.argv[1], batch_size=8)
+  c.train.update(num_steps=5, checkpoint_every=5)
+  c.mesh.update(**mesh)
+  wd = sys.argv[3] + "/" + name
+  train.train(c, wd)
+  out[name] = {r["step"]: r["loss"] for r in map(json.loads, open(wd + "/metrics.jsonl"))}
+print("LOSSES" + json.dumps(out))
+"""
+
+
+def test_sharded_meshes_match_single_device(synth_data_dir, tmp_path):
+  meshes = {"single": dict(data=1)}
+  single = subprocess.run([sys.executable, "-c", SHARDED, synth_data_dir, json.dumps(meshes), str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert single.returncode == 0, single.stderr[-3000:]
+  meshes = {"data8": dict(data=8), "fsdp8": dict(data=1, fsdp=8),
+            "d2f2t2": dict(data=2, fsdp=2, tensor=2)}
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  sharded = subprocess.run([sys.executable, "-c", SHARDED, synth_data_dir, json.dumps(meshes), str(tmp_path)],
+                           cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+  assert sharded.returncode == 0, sharded.stderr[-3000:]
+  ref = json.loads(single.stdout.split("LOSSES")[-1])["single"]
+  got = json.loads(sharded.stdout.split("LOSSES")[-1])
+  assert len(ref) == 5
+  for name, run in got.items():
+    for step, loss in ref.items():
+      assert abs(run[step] - loss) <= 1e-5, (name, step, run[step], loss)
+
+
+def test_lora_changes_only_lora_params_and_merge_equals_base_plus_delta(synth_data_dir, tmp_path):
+  c = tiny_config(synth_data_dir, **{"model.lora_rank": 4, "model.lora_alpha": 8.0, "train.num_steps": 2,
+                                     "optim.lr": 1e-2})
+  train.train(c, str(tmp_path))
+  mesh = sharding.make_mesh(train.validate(c, jax.device_count()))
+  factory = train.StateFactory(c, mesh, sharding.DEFAULT_RULES)
+  with jax.set_mesh(mesh):
+    init_state, frozen = factory.create()
+    abstract, _ = factory.abstract()
+    ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+    state = ckpt.restore(2, abstract, None)
+  leaves = jax.tree_util.tree_flatten_with_path(state["params"])[0]
+  assert leaves and all(str(path[-1].key).startswith("lora_") for path, _ in leaves)
+  changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(state["params"]),
+                                                    jax.tree.leaves(init_state["params"]))]
+  assert any(changed)
+  model = nnx.merge(factory.graphdef, state["params"], frozen)
+  merged = merge_lora(model)
+  attn, merged_attn = model.blocks.self_attn.q, merged.blocks.self_attn.q
+  delta = jnp.matmul(attn.lora_a[...], attn.lora_b[...]) * (8.0 / 4)
+  np.testing.assert_allclose(merged_attn.kernel[...], attn.kernel[...] + delta, rtol=1e-6, atol=1e-7)
+  assert float(jnp.abs(delta).max()) > 0
+  x = jax.random.normal(jax.random.key(0), (1, 5, 16, 16, 3))
+  ctx = jax.random.normal(jax.random.key(1), (1, 7, c.model.text_dim))
+  t = jnp.array([400.0])
+  np.testing.assert_allclose(merged(x, t, ctx), model(x, t, ctx), rtol=1e-4, atol=1e-5)
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint(synth_data_dir, tmp_path):
+  c = tiny_config(synth_data_dir, **{"optim.lr": 1e30, "optim.grad_clip": 0.0, "optim.warmup_steps": 0,
+                                     "train.checkpoint_every": 1, "train.num_steps": 4})
+  with pytest.raises(FloatingPointError, match="non-finite loss"):
+    train.train(c, str(tmp_path))
+  saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+  assert saved and max(saved) < 4
+  mesh = sharding.make_mesh(train.validate(c, jax.device_count()))
+  factory = train.StateFactory(c, mesh, sharding.DEFAULT_RULES)
+  with jax.set_mesh(mesh):
+    state = checkpoint.Checkpointer(str(tmp_path), async_save=False).restore(max(saved), factory.abstract()[0], None)
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state["params"]))
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    ({"mesh.data": 3}, ValueError, r"mesh"),
+    ({"optim.grad_accum": 3}, ValueError, r"data.batch_size=4"),
+    ({"init_from": "/nonexistent/ckpt"}, FileNotFoundError, r"init_from=/nonexistent/ckpt"),
+    ({"data.name": "microsim10k"}, ValueError, r"dataset 'microsim10k' not found"),
+    ({"model.in_channels": 4}, ValueError, r"model.in_channels=4"),
+])
+def test_bad_config_fails_before_compilation(synth_data_dir, tmp_path, overrides, error, match):
+  with pytest.raises(error, match=match):
+    train.train(tiny_config(synth_data_dir, **overrides), str(tmp_path))
+
+
+def test_unknown_config_key_is_rejected_by_name(tmp_path):
+  cmd = [sys.executable, "-m", "microverse_jax.train", "--config=configs/microsim_tiny.py:test",
+         f"--workdir={tmp_path}", "--config.train.num_stepz=3"]
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "num_stepz" in out.stderr
