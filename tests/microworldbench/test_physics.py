@@ -142,9 +142,9 @@ def test_plug_flow_fails_parabola_fit_and_slow_flow_fails_centre_speed():
   assert good["pass"], (good["reason"], good["metrics"])
   assert good["metrics"]["poiseuille/parabola_r2"] > 0.95
   assert good["metrics"]["poiseuille/centre_speed_rel_err"] < 0.05
-  assert not bad["checks"]["poiseuille/parabola_r2"]["pass"]
-  assert bad["metrics"]["poiseuille/parabola_r2"] < 0
-  assert slow["checks"]["poiseuille/parabola_r2"]["pass"]  # the right shape ...
+  assert not bad["checks"]["poiseuille/profile_fit"]["pass"]
+  assert bad["metrics"]["poiseuille/parabola_r2"] < 0 and bad["metrics"]["poiseuille/profile_rmse"] > 0.2
+  assert slow["checks"]["poiseuille/profile_fit"]["pass"]  # the right shape ...
   assert not slow["checks"]["poiseuille/centre_speed_rel_err"]["pass"]  # ... at the wrong speed
   assert slow["metrics"]["poiseuille/centre_speed_rel_err"] == pytest.approx(0.4, abs=0.05)
 

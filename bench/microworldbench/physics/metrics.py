@@ -8,24 +8,32 @@ of a 64 px prompt is scored in the prompt's units. Each process has checks with 
 and `RULES`); a video passes when all its checks pass. Nothing detectable, or too little to fit,
 gives NaN values and a failed video with a `reason`, never an exception.
 
-Rules (n = number of one-axis steps measured; SE = sqrt(2 / n), the sampling error of a diffusion
-coefficient estimated from n Gaussian steps, which no tracker can beat):
-- brownian: D from the lag-1 MSD / 4, |D / D_true - 1| <= max(0.15, 3 SE); MSD exponent alpha
-  (log-log slope over lags 1..min(8, (F-1) // 2)) in [0.5, 1.5] (1 diffusive, 2 ballistic).
-- poiseuille: cell speed vs lateral offset y from the vessel axis (the field's centre line) fitted
-  by u = c0 + c2 y^2: R^2 >= 0.8 and centre-line speed |c0 / u_max - 1| <= 0.2, from >= 3 cells.
-- division: cell count per frame (touching cells split at a constriction deeper than a quarter
-  radius) starts at 1, rises to 2 exactly once, never exceeds 2 or falls back, and ends at 2 when
-  the prompt's cleavage is at least 3/4 done in the video's last frame; total cell area from the
-  first to the last frame changes by a factor within [0.8, 1.6] (volume conservation makes the
-  2-D area of two touching daughters 2^(1/3) = 1.26 times the mother's).
+Rules (`RULES`; n = number of one-axis steps measured):
+- brownian: D by the covariance estimator (corrected for localisation noise; relative standard
+  error ~sqrt(6 / n) for n Gaussian steps, a floor no tracker beats), |D / D_true - 1| <=
+  max(0.15, 3 sqrt(6 / n)); MSD exponent alpha (log-log slope of the noise-corrected MSD over lags
+  1..min(8, (F-1) // 2)) in [0.5, 1.5] (1 diffusive, 2 ballistic).
+- poiseuille: cell speed u against lateral offset y from the vessel axis (the field's centre line),
+  fitted by the prompt's no-slip profile u = c0 (1 - (y / R)^2) with one free amplitude c0, from
+  >= 2 tracked cells (>= 3 frames each). The profile fits when R^2 >= 0.5 (clipped at -1; plug flow
+  is far below 0) or the relative RMS residual RMS(u - fit) / c0 <= 0.15 (R^2 means little when the
+  cells sit at similar offsets; plug flow leaves >= 0.22); centre-line speed |c0 / u_max - 1| <= 0.2.
+- division: cells per frame (spots at the daughter radius inside the cell mask; a 3-frame running
+  median removes one-frame miscounts at the constriction) start at 1, rise once, never exceed 2 or
+  fall back, and end at 2 when the prompt's cleavage is complete by the video's last frame (either
+  count is accepted when it is 40-100% done); the total cell area changes from the first to the
+  last frames by a factor within [0.8, 1.6] (volume conservation makes the area of two touching
+  daughters 2^(1/3) = 1.26 times the mother's; daughters as big as the mother double it).
 - sedimentation: settling velocity (mean vertical step of particles above the floor)
-  |v / v_true - 1| <= max(0.2, 3 SE_v), SE_v = sqrt(2 D / n) / v_true; particles move down.
-- chemotaxis: run speed (median step length) |v / v_true - 1| <= 0.25; chemotactic index (mean
-  cosine between a step and the direction to the source) >= 0.05.
-- temporal (every process, reported and checked): flicker (mean |second difference| of the total
-  foreground signal over frames, relative to its median) <= 0.1; count reversals (frames whose
-  object count differs from both neighbours' equal count: a blink) <= 25% of the frames.
+  |v / v_true - 1| <= max(0.2, 3 SE_v), SE_v = sqrt(2 D / n) / v_true (negative v: rising).
+- chemotaxis: run speed (median step length) |v / v_true - 1| <= 0.25; chemotactic index CI (mean
+  cosine between a step and the direction to the source) >= -0.1: not swimming away. A 17-frame
+  clip of 8-14 bacteria cannot always show the weak bias (ground-truth CI: mean 0.26, a few near 0),
+  so CI is a guard against the wrong direction, and its value is reported.
+- temporal (every process): flicker (mean |second difference| of the total foreground signal over
+  frames, relative to its median) <= 0.15 is checked; object-count stability (count_cv, and
+  count_reversals: the fraction of frames whose count differs from both neighbours' equal count) is
+  reported only, since touching objects legitimately merge for a frame.
 """
 from __future__ import annotations
 
@@ -48,7 +56,7 @@ REQUIRED_PARAMS = {
 RULES = {
     "brownian/d_rel_err": "|D/D_true - 1| <= max(0.15, 3 sqrt(6/n))",
     "brownian/msd_exponent": "0.5 <= alpha <= 1.5",
-    "poiseuille/parabola_r2": "R^2 >= 0.6",
+    "poiseuille/profile_fit": "R^2 >= 0.5 or RMS(u - c0 (1 - (y/R)^2)) / c0 <= 0.15",
     "poiseuille/centre_speed_rel_err": "|c0/u_max - 1| <= 0.2",
     "division/count_sequence": "1 -> 2 once, never above 2",
     "division/area_ratio": "0.8 <= A_last/A_first <= 1.6",
@@ -140,20 +148,24 @@ def _poiseuille(m: _Measure) -> tuple[dict, dict, dict, list[int]]:
   # Cells crossing the x edges (they wrap around) are not tracked.
   dets = [d[(d[:, 1] > r) & (d[:, 1] < m.size - r)] for d in all_dets]
   tracks = tracklib.link(dets, max_step=1.5 * umax * m.stride + 0.5 * r, predict=True)
+  tracks = tracklib.split_at_jumps(tracks, axis=0, max_jump=0.5 * r)  # cells keep their lane
   seg = tracklib.segment_velocities(tracks, min_length=3)
   y = seg[:, 0] - m.size / 2 if len(seg) else np.zeros(0)
   u = seg[:, 2] / m.stride if len(seg) else np.zeros(0)
-  c0 = r2 = math.nan
+  c0 = r2 = rmse = math.nan
   if len(seg) >= 2:
     shape = 1 - (y / big_r) ** 2  # no slip at the prompt's vessel wall
     c0 = float((u * shape).sum() / (shape * shape).sum())
+    resid = u - c0 * shape
+    rmse = float(np.sqrt((resid ** 2).mean()) / abs(c0)) if c0 != 0 else math.inf
     total = float(((u - u.mean()) ** 2).sum())
-    resid = float(((u - c0 * shape) ** 2).sum())
-    r2 = max(-1.0, 1 - resid / total) if total > 0 else -1.0
+    r2 = max(-1.0, 1 - float((resid ** 2).sum()) / total) if total > 0 else -1.0
   rel = abs(c0 / umax - 1) if np.isfinite(c0) else math.nan
-  checks = {"parabola_r2": _check(r2, r2 >= 0.6, RULES["poiseuille/parabola_r2"]),
+  profile_ok = r2 >= 0.5 or rmse <= 0.15
+  checks = {"profile_fit": _check(r2 if np.isfinite(rmse) else math.nan, profile_ok,
+                                  RULES["poiseuille/profile_fit"]),
             "centre_speed_rel_err": _check(rel, rel <= 0.2, RULES["poiseuille/centre_speed_rel_err"])}
-  metrics = {"parabola_r2": r2, "centre_speed": c0, "centre_speed_true": umax,
+  metrics = {"profile_rmse": rmse, "parabola_r2": r2, "centre_speed": c0, "centre_speed_true": umax,
              "centre_speed_rel_err": rel, "num_segments": int(len(seg))}
   curves = {"offset": y.tolist(), "speed": u.tolist(), "vessel_radius": big_r, "u_max": umax,
             "centre_speed": c0}

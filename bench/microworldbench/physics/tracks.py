@@ -99,9 +99,9 @@ def covariance_diffusion(tracks: np.ndarray, axes: tuple[int, ...] = (0, 1)) -> 
 
 
 def segment_velocities(tracks: np.ndarray, min_length: int = 3) -> np.ndarray:
-  """Per track segment of >= min_length consecutive frames: (M, 3) rows (mean y, vy, vx) px/frame.
+  """Per track segment of >= min_length consecutive frames: (M, 3) rows (median y, vy, vx) px/frame.
 
-  Velocities are least-squares slopes of position against frame index.
+  Velocities are the medians of the frame-to-frame steps (robust to one wrong link).
   """
   rows = []
   for track in tracks:
@@ -115,9 +115,24 @@ def segment_velocities(tracks: np.ndarray, min_length: int = 3) -> np.ndarray:
       while end < len(track) and present[end]:
         end += 1
       if end - t >= min_length:
-        frames = np.arange(t, end, dtype=np.float64)
-        vy = np.polyfit(frames, track[t:end, 0], 1)[0]
-        vx = np.polyfit(frames, track[t:end, 1], 1)[0]
-        rows.append((float(track[t:end, 0].mean()), float(vy), float(vx)))
+        steps = np.diff(track[t:end], axis=0)
+        vy, vx = np.median(steps, axis=0)
+        rows.append((float(np.median(track[t:end, 0])), float(vy), float(vx)))
       t = end
   return np.array(rows).reshape(-1, 3)
+
+
+def split_at_jumps(tracks: np.ndarray, axis: int, max_jump: float) -> np.ndarray:
+  """Tracks (N, F, 2) cut wherever a step along `axis` exceeds max_jump (a link to another object
+  when objects cannot move that way): the rest of the track becomes a new track."""
+  out = []
+  for track in tracks:
+    track = track.copy()
+    jumps = np.nonzero(np.abs(np.diff(track[:, axis])) > max_jump)[0]  # NaN compares False
+    for t in reversed(jumps):
+      rest = np.full_like(track, np.nan)
+      rest[t + 1:] = track[t + 1:]
+      track[t + 1:] = np.nan
+      out.append(rest)
+    out.append(track)
+  return np.array(out).reshape(-1, tracks.shape[1], 2)
