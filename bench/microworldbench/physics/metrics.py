@@ -219,7 +219,8 @@ def _sedimentation(m: _Measure) -> tuple[dict, dict, dict, list[int]]:
   steps = (end - start)[free] / m.stride
   n = len(steps)
   v_est = float(steps[:, 0].mean()) if n else math.nan
-  d_x = float((steps[:, 1] ** 2).mean() / 2) if n else math.nan
+  floating = np.where((tracks[..., 0] < floor - 1.0)[..., None], tracks, np.nan)
+  d_x = tracklib.covariance_diffusion(floating, axes=(1,))[0] / m.stride  # lateral: no drift
   se = math.sqrt(2 * d_true / m.stride / n) / v_true if n else math.nan
   rel = abs(v_est / v_true - 1) if n else math.nan
   tol = max(0.2, 3 * se) if n else math.nan
