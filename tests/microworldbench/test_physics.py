@@ -21,6 +21,7 @@ from microworldbench.physics import RULES, score_video, score_videos
 from microworldbench.physics import detect, tracks as tracklib
 
 SIZE, FRAMES = 64, 17
+BENCH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench")
 
 
 def spec_of(process: str, k: int = 0, seed: int = 0, num_frames: int = FRAMES):
@@ -89,7 +90,8 @@ def test_metrics_are_scale_aware(process):
     d_true = row["params"]["diffusion_px2_per_frame"]
     assert abs(tiny["metrics"]["brownian/d_est"] / d_true - 1) < 0.35
   if process == "poiseuille":
-    assert tiny["metrics"]["poiseuille/centre_speed"] == pytest.approx(full["metrics"]["poiseuille/centre_speed"], rel=0.2)
+    speed = full["metrics"]["poiseuille/centre_speed"]
+    assert tiny["metrics"]["poiseuille/centre_speed"] == pytest.approx(speed, rel=0.2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +204,8 @@ def test_swimming_away_fails_chemotaxis():
   video, row = ground_truth("chemotaxis", 0)
   good = score_video(video, row)
   p = row["params"]
-  away = dict(row, params=dict(p, source_y_px=SIZE - 1 - p["source_y_px"], source_x_px=SIZE - 1 - p["source_x_px"]))
+  opposite = {"source_y_px": SIZE - 1 - p["source_y_px"], "source_x_px": SIZE - 1 - p["source_x_px"]}
+  away = dict(row, params=dict(p, **opposite))
   bad = score_video(video, away)  # the prompt's source is the opposite corner
   assert good["metrics"]["chemotaxis/chemotactic_index"] > 0.05
   assert not bad["checks"]["chemotaxis/chemotactic_index"]["pass"]
@@ -249,7 +252,8 @@ def test_score_videos_flat_scores():
 
 def test_tracking_links_and_diffusion_estimator():
   rng = np.random.default_rng(0)
-  true = np.cumsum(rng.normal(0, math.sqrt(2 * 0.5), (400, 30, 2)), axis=1) + np.arange(400)[:, None, None] * 100
+  apart = np.arange(400)[:, None, None] * 100.0  # particles far apart: linking is unambiguous
+  true = np.cumsum(rng.normal(0, math.sqrt(2 * 0.5), (400, 30, 2)), axis=1) + apart
   noisy = true + rng.normal(0, 0.3, true.shape)  # localisation noise biases the lag-1 MSD up
   linked = tracklib.link([noisy[:, t] for t in range(30)], max_step=20.0)
   assert linked.shape == (400, 30, 2)
@@ -324,5 +328,5 @@ sys.meta_path.insert(0, _NoJax())
 import microworldbench.physics, microworldbench.physics.command, microworldbench.physics.report
 """
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                        env=dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "..", "bench")))
+                        env=dict(os.environ, PYTHONPATH=BENCH_DIR))
   assert proc.returncode == 0, proc.stderr

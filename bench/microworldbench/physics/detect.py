@@ -60,7 +60,8 @@ def _background_plane(frame: np.ndarray) -> np.ndarray:
   yy, xx = np.mgrid[:h, :w]
   design = np.stack([np.ones(h * w), yy.ravel() / h, xx.ravel() / w], axis=1)
   values = frame.ravel()
-  keep = np.abs(values - np.median(values)) <= 2.5 * 1.4826 * np.median(np.abs(values - np.median(values))) + 1e-6
+  spread = np.abs(values - np.median(values))
+  keep = spread <= 2.5 * 1.4826 * np.median(spread) + 1e-6
   for _ in range(2):
     coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
     resid = values - design @ coef

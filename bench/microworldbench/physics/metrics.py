@@ -102,7 +102,8 @@ def validate_row(row: Any, where: str = "row") -> None:
     if key not in row:
       raise ValueError(f"{where}: missing key {key!r} (need process, params, size)")
   if row["process"] not in PROCESSES:
-    raise ValueError(f"{where}: process {row['process']!r} has no physics metric; expected one of {PROCESSES}")
+    raise ValueError(f"{where}: process {row['process']!r} has no physics metric; "
+                     f"expected one of {PROCESSES}")
   missing = [k for k in REQUIRED_PARAMS[row["process"]] if k not in row["params"]]
   if missing:
     raise ValueError(f"{where}: params of process {row['process']!r} lack {missing}")
@@ -178,15 +179,17 @@ def _division(m: _Measure) -> tuple[dict, dict, dict, list[int]]:
   rd = r0 * 2 ** (-1 / 3)
   masks = detect.masks(m.signal)
   counts, areas = [], []
-  for mask in masks:
-    counts.append(len(detect.spots(np.where(mask, m.signal.values[len(counts)], 0.0), m.signal.threshold,
-                                   rd * m.scale)))
+  for mask, values in zip(masks, m.signal.values):
+    # A cell is a spot of the daughter's size inside the cell mask (two touching daughters are two).
+    counts.append(len(detect.spots(np.where(mask, values, 0.0), m.signal.threshold, rd * m.scale)))
     _, blob_areas = detect.blobs(mask, min_area=0.25 * math.pi * (rd * m.scale) ** 2)
     areas.append(float(blob_areas.sum()) / (m.sy * m.sx))
   last_sim_frame = (m.num_frames - 1) * m.stride
   progress = (last_sim_frame - p["division_start_frame"]) / max(p["cleavage_frames"], 1)
   expected_final = 2 if progress >= 1 else None if progress >= 0.4 else 1
-  c = ndimage.median_filter(np.array(counts), size=3, mode="nearest") if len(counts) >= 3 else np.array(counts)
+  c = np.array(counts)
+  if len(c) >= 3:
+    c = ndimage.median_filter(c, size=3, mode="nearest")
   rises = int((np.diff(c) > 0).sum())
   falls = int((np.diff(c) < 0).sum())
   sequence_ok = (len(c) > 0 and c[0] == 1 and c.max() <= 2 and falls == 0 and rises <= 1
@@ -201,7 +204,8 @@ def _division(m: _Measure) -> tuple[dict, dict, dict, list[int]]:
              "area_ratio_true": 2 ** (1 / 3) if progress >= 1 else math.nan}
   expected = [1 if (t * m.stride - p["division_start_frame"]) / max(p["cleavage_frames"], 1) < 0.6 else 2
               for t in range(m.num_frames)]
-  curves = {"counts": [int(x) for x in c], "raw_counts": [int(x) for x in counts], "expected_counts": expected, "areas": areas,
+  curves = {"counts": [int(x) for x in c], "raw_counts": [int(x) for x in counts],
+            "expected_counts": expected, "areas": areas,
             "area_true": math.pi * r0 * r0}
   return metrics, checks, curves, counts
 
