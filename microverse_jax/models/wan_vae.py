@@ -477,7 +477,7 @@ def wan_vae_arrays(model: WanVAE, sd, layout: str = "diffusers") -> dict[str, np
     raise ValueError(f"Wan VAE checkpoint ({layout} layout) does not match the model config.\n"
                      f"  missing: {missing}\n  unexpected: {unexpected}")
   out = {}
-  for path, shape in names.items():
+  for path, shape in sorted(names.items()):
     a = np.asarray(sd[src[path]])
     if a.ndim == len(shape) and a.ndim >= 4:
       a = np.transpose(a, (*range(2, a.ndim), 1, 0))
