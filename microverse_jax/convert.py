@@ -1,6 +1,8 @@
 """Weight import from public PyTorch checkpoints into our Flax NNX models.
 
   python -m microverse_jax.convert dit --src DIR --dst DIR     # diffusers or original Wan2.1 layout
+  python -m microverse_jax.convert vae --src DIR --dst DIR     # diffusers dir, or Wan2.1_VAE.pth
+  python -m microverse_jax.convert umt5 --src DIR --dst DIR    # transformers dir, or the original .pth
 
 Sources are read without torch where possible (safetensors, single file or sharded with an index);
 `.pth` files need torch, imported only inside `read_checkpoint`. The destination is an Orbax
@@ -249,6 +251,72 @@ def _materialize(abstract_model: nnx.Module) -> nnx.Module:
 
 
 # ---------------------------------------------------------------------------------------------
+# Wan VAE and umT5 text encoder (the key mappings live beside the models)
+# ---------------------------------------------------------------------------------------------
+def _build(model_cls, cfg) -> nnx.Module:
+  return _materialize(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0))))
+
+
+@_checked
+def wan_vae_from_diffusers(src: str, dtype=jnp.float32, **config_overrides):
+  """A WanVAE from a diffusers `AutoencoderKLWan.save_pretrained` directory."""
+  from microverse_jax.models.wan_vae import WanVAE, wan_vae_arrays, wan_vae_config_from_diffusers
+  model = _build(WanVAE, wan_vae_config_from_diffusers(read_json(src), **config_overrides))
+  assign(model, wan_vae_arrays(model, read_checkpoint(src), "diffusers"), src, dtype)
+  return model
+
+
+@_checked
+def wan_vae_from_original(src: str, dtype=jnp.float32, **config_overrides):
+  """A WanVAE from the original `Wan2.1_VAE.pth` (a file, or a directory holding it); the config
+  is the "wan2.1" preset unless overridden."""
+  from microverse_jax.models.wan_vae import WanVAE, WanVAEConfig, wan_vae_arrays
+  if os.path.isdir(src):
+    src = os.path.join(src, "Wan2.1_VAE.pth")
+  model = _build(WanVAE, WanVAEConfig.preset("wan2.1", **config_overrides))
+  assign(model, wan_vae_arrays(model, read_checkpoint(src), "original"), src, dtype)
+  return model
+
+
+def wan_vae_from_path(src: str, dtype=jnp.float32):
+  """CLI entry: a diffusers directory (has config.json) or the original .pth file / directory."""
+  if os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")):
+    return wan_vae_from_diffusers(src, dtype)
+  return wan_vae_from_original(src, dtype)
+
+
+@_checked
+def umt5_from_transformers(src: str, dtype=jnp.float32, **config_overrides):
+  """A UMT5Encoder from a transformers `UMT5EncoderModel.save_pretrained` directory."""
+  from microverse_jax.models.umt5 import UMT5Encoder, umt5_arrays, umt5_config_from_transformers
+  cfg = umt5_config_from_transformers(read_json(src), **config_overrides)
+  model = _build(UMT5Encoder, cfg)
+  assign(model, umt5_arrays(read_checkpoint(src), cfg.num_layers, "transformers"), src, dtype)
+  return model
+
+
+@_checked
+def umt5_from_original(src: str, dtype=jnp.float32, **config_overrides):
+  """A UMT5Encoder from Wan's `models_t5_umt5-xxl-enc-bf16.pth` (a file, or a directory holding
+  it); the config is inferred from the tensor shapes."""
+  from microverse_jax.models.umt5 import UMT5Encoder, umt5_arrays, umt5_config_from_original
+  if os.path.isdir(src):
+    src = os.path.join(src, "models_t5_umt5-xxl-enc-bf16.pth")
+  sd = read_checkpoint(src)
+  cfg = umt5_config_from_original(sd, **config_overrides)
+  model = _build(UMT5Encoder, cfg)
+  assign(model, umt5_arrays(sd, cfg.num_layers, "original"), src, dtype)
+  return model
+
+
+def umt5_from_path(src: str, dtype=jnp.float32):
+  """CLI entry: a transformers directory (has config.json) or the original .pth file / directory."""
+  if os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")):
+    return umt5_from_transformers(src, dtype)
+  return umt5_from_original(src, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
 # Orbax round trip
 # ---------------------------------------------------------------------------------------------
 def save_params(model: nnx.Module, dst: str, kind: str) -> None:
@@ -283,7 +351,8 @@ def load_params(src: str, model: nnx.Module, shardings=None) -> None:
   nnx.update(model, state)
 
 
-CONVERTERS: dict[str, Callable] = {"dit": wan_dit_from_diffusers}
+CONVERTERS: dict[str, Callable] = {"dit": wan_dit_from_diffusers, "vae": wan_vae_from_path,
+                                   "umt5": umt5_from_path}
 
 
 def main(argv=None) -> None:
