@@ -85,7 +85,7 @@ def run(train: Sequence[str], runner: shell.Runner, *, num_processes: int = 1, d
         procs.append(subprocess.Popen(list(train), env={**os.environ, **env}, stdout=out,
                                       stderr=subprocess.STDOUT, start_new_session=True))
     deadline = None if timeout is None else time.monotonic() + timeout
-    while any(p.poll() is None for p in procs):
+    while None in [p.poll() for p in procs]:  # poll every process, not just the first running one
       failed = [i for i, p in enumerate(procs) if p.returncode not in (None, 0)]
       if failed:
         i = failed[0]
