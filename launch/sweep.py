@@ -103,9 +103,10 @@ def expand(config_spec: str, workdir_root: str) -> list[SweepRun]:
       _apply(config, key, value, where)
     name = run_name(index, overrides, width)
     runs.append(SweepRun(index, name, str(epath.Path(workdir_root) / name), dict(overrides)))
-  names = [r.name for r in runs]
-  if len(set(names)) != len(names):
-    raise ValueError(f"{path}: sweep({arg!r}) gives repeated runs: {sorted(n for n in names if names.count(n) > 1)}")
+  for i, run in enumerate(runs):  # names carry the index: identical overrides are the real repeat
+    twin = next((r for r in runs[:i] if r.overrides == run.overrides), None)
+    if twin is not None:
+      raise ValueError(f"{path}: sweep({arg!r}) gives repeated runs {twin.index} and {run.index}: {run.overrides}")
   return runs
 
 
