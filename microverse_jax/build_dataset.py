@@ -36,8 +36,8 @@ def build(name: str, data_dir: str, *, manual_dir: str | None = None, metadata: 
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   if name == "microsim10k":
     from data.microsim10k import Microsim10k  # pylint: disable=g-import-not-at-top
-    if not manual_dir:
-      raise ValueError("microsim10k needs --manual_dir (the downloaded MicroSim-10K directory)")
+    if not manual_dir or not epath.Path(manual_dir).is_dir():
+      raise ValueError(f"microsim10k needs --manual_dir, the downloaded MicroSim-10K directory; got {manual_dir!r}")
     builder = Microsim10k(data_dir=data_dir, metadata_file=metadata, validation_fraction=validation_fraction)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=manual_dir, download_mode=mode))

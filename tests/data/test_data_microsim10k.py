@@ -62,6 +62,8 @@ def test_load_source_and_cli(microsim10k_data_dir, manual_dir, valid_ids, tmp_pa
     input_pipeline.load_source("microsim10k", "test", microsim10k_data_dir)
   with pytest.raises(ValueError, match="not found in"):
     input_pipeline.load_source("microsim10k", "train", str(tmp_path / "nowhere"))
+  with pytest.raises(ValueError, match="needs --manual_dir"):
+    build_dataset.build("microsim10k", str(tmp_path), manual_dir=str(tmp_path / "not_downloaded"))
   build_dataset.main(["microsim10k", f"--manual_dir={manual_dir}", f"--data_dir={tmp_path}"])
   summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert summary["skipped"] == 5 and sum(summary["splits"].values()) == len(valid_ids)
