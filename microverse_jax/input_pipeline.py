@@ -4,14 +4,16 @@ Both pipelines run the same index plan, then load and batch:
 
   records 0..n-1 --shard by JAX process (p::P)--> --shuffle per epoch (seed)--> --repeat-->
   --load (decode / deserialize; a bad record becomes a skip marker)--> --batch, skipping markers-->
-  --worker processes (optional)--> --count skips--> numpy batches
+  --worker processes (optional)--> --count skips, to float32 (main process)--> numpy batches
 
-Every process gets the same number of records per epoch: with `drop_remainder=True` the last
-n mod P records are dropped from the plan and the last partial batch is dropped; with
+Every process gets the same number of records per epoch. With `drop_remainder=True` the last
+n mod P records are left out of the plan and a last partial batch is dropped; with
 `drop_remainder=False` short shards and the last batch of each worker are padded with rows whose
-`index` is -1 (all-zero inputs, all-False masks). Records that fail to load are skipped and counted
-(`iterator.skip_counts`), never raised. The iterator's state (`get_state`/`set_state`, or Orbax via
-`grain.checkpoint.CheckpointSave/Restore`) replays exactly, skip counts included.
+`index` is -1 (black video, zero latents and context, all-False masks), keeping shapes static for jit.
+Records that fail to load are skipped and counted (`iterator.skip_counts`), never raised. The
+iterator's state (`get_state`/`set_state`, or Orbax via `grain.checkpoint.CheckpointSave/Restore`)
+replays exactly, skip counts included. Worker processes are spawned: call from under
+`if __name__ == "__main__":`; absl flags are marked parsed if nobody parsed them (Grain reads its own).
 """
 
 from __future__ import annotations
