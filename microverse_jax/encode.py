@@ -13,7 +13,7 @@ Output shard s holds source records [s * shard_size, (s + 1) * shard_size). Proc
 shards s = p (mod P), each batch sharded over its local devices, so every device of every host works
 and no host waits on another. A shard is written under a temporary name and renamed when complete:
 rerunning the same command skips finished shards (resume after preemption). Process 0 writes the
-TFDS metadata once every shard of the split exists.
+TFDS metadata once every shard of the split exists (the CLI waits for all hosts first).
 """
 
 from __future__ import annotations
@@ -255,6 +255,14 @@ def main(argv: list[str] | None = None) -> None:
                        num_frames=args.num_frames, height=args.height, width=args.width,
                        frame_stride=args.frame_stride, batch_size=args.batch_size,
                        shard_size=args.shard_size, worker_count=args.worker_count)
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1:  # the other hosts' shards exist once everyone is here
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("microverse_jax.encode")
+    if jax.process_index() == 0 and not stats["finalized"]:
+      stats["finalized"] = finalize(args.out_dir, dataset=args.dataset, text_length=args.text_length,
+                                    num_frames=args.num_frames, height=args.height, width=args.width,
+                                    frame_stride=args.frame_stride)
   print(stats)
 
 
