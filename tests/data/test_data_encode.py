@@ -180,3 +180,19 @@ def test_sharded_encoders_match_the_models(synth_train, tmp_path):
   assert stats["records"] == 3 and stats["finalized"]
   cache = input_pipeline.load_source("microsim_synth_latents", "train", str(tmp_path))
   assert cache[0]["latents"].shape == (3, 4, 4, 4) and cache[0]["context"].shape[-1] == 32
+
+
+def test_cli_wiring(synth_data_dir, tmp_path, monkeypatch, capsys):
+  umt5 = pytest.importorskip("microverse_jax.models.umt5")
+  from microverse_jax import convert
+
+  monkeypatch.setattr(convert, "wan_vae_from_path", lambda src, dtype: PoolingVAE())
+  monkeypatch.setattr(convert, "umt5_from_path", lambda src, dtype: EmbeddingText())
+  monkeypatch.setattr(umt5, "UMT5Tokenizer", lambda path, max_length: input_pipeline.ByteTokenizer(max_length))
+  encode.main(["--dataset=microsim_synth", f"--data_dir={synth_data_dir}", "--split=validation",
+               f"--out_dir={tmp_path}", "--vae=v", "--text_encoder=t", "--tokenizer=tok", "--text_length=24",
+               "--num_frames=5", "--height=16", "--width=16", "--batch_size=1", "--shard_size=4"])
+  assert "'finalized': True" in capsys.readouterr().out
+  cache = input_pipeline.load_source("microsim_synth_latents", "validation", str(tmp_path))
+  assert len(cache) == 1 and cache.dataset_info.metadata["text_length"] == 24
+  assert cache[0]["latents"].shape == (3, 4, 4, 4)
