@@ -35,7 +35,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       profile_start=-1, profile_steps=3))
   c.eval = ml_collections.ConfigDict(dict(
       every=200, num_batches=2, buckets=(100, 300, 500, 700, 900),
-      sample_every=600, sample_steps=25, guidance=3.0, sampler="unipc", fps=8, physics=False,
+      sample_every=600, sample_steps=25, guidance=3.0, sampler="unipc", fps=8, physics=16,
       prompts=(
           "Fluorescence microscopy, 64x64 px field, 17 frames at 8 fps: 16 fluorescent beads of radius "
           "2.1 px undergo free Brownian motion with diffusion coefficient D = 0.75 px^2/frame.",
@@ -50,5 +50,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.update(batch_size=4, num_frames=5, height=16, width=16)
     c.optim.warmup_steps = 2
     c.train.update(num_steps=4, log_every=1, checkpoint_every=2)
-    c.eval.update(every=0, num_batches=1, sample_every=0, sample_steps=4)
+    c.eval.update(every=0, num_batches=1, sample_every=0, sample_steps=4, physics=0)
   return c

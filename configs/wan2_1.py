@@ -50,7 +50,7 @@ def get_config(arg: str = "1.3b,lora") -> ml_collections.ConfigDict:
       keep_checkpoints=3, seed=0, profile_start=-1, profile_steps=3))
   c.eval = ml_collections.ConfigDict(dict(
       every=1000, num_batches=4, buckets=(100, 300, 500, 700, 900), sample_every=0, sample_steps=50,
-      guidance=5.0, sampler="euler", fps=15, physics=False,
+      guidance=5.0, sampler="euler", fps=15, physics=0,
       prompts=("A red blood cell squeezes through a narrow capillary, deforming and recovering its shape.",)))
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, context=1))
   c.sharding_rules = ml_collections.ConfigDict()

@@ -105,7 +105,8 @@ def format_report(info: dict) -> str:
       f"temporaries {gib(info['temp_bytes'])}, aliased {gib(info['alias_bytes'])}",
       f"per-device total {gib(info['total_bytes'])} of {gib(info['hbm_bytes'])} HBM: "
       f"{'fits' if info['fits'] else 'DOES NOT FIT'}",
-      f"step FLOPs: compiled {info['compiled_flops_per_device']:.3e} per device; "
+      f"step FLOPs: compiled {info['compiled_flops_per_device']:.3e} per device (XLA counts a scanned "
+      f"layer once and no Pallas kernel); "
       f"model (3 x forward matmuls) {info['model_flops_per_step']:.3e} per step"])
 
 

@@ -2,6 +2,7 @@
 
   python -m microverse_jax.sample --config=configs/FILE.py --workdir=DIR --prompt "..." --output out.mp4
   python -m microverse_jax.sample --config=... --workdir=DIR --tasks MWBenchRubrics.json --out_dir DIR [--indices 1-459]
+  python -m microverse_jax.sample --config=... --workdir=DIR --prompts PROMPTS.jsonl --out_dir DIR [--split validation]
 
 Defaults reproduce the official MicroVerse inference: 50 steps, shift 5, CFG 5.0 with the official
 negative prompt, seed 42, 15 fps. Each video is written under a temporary name and renamed when
@@ -28,29 +29,17 @@ NEGATIVE_PROMPT = ("overexposed, static, blurry details, subtitles, watermark, w
                    "mutated, fused fingers, frozen frame, cluttered background")
 
 
-def latent_shape(num_frames: int, height: int, width: int, autoencoder: str, channels: int):
-  """(F', H', W', C) of the latents for a video size; Wan-VAE needs F = 4k + 1 and H, W % 8 == 0."""
-  if autoencoder == "pixel":
-    return num_frames, height, width, channels
-  if num_frames % 4 != 1:
-    raise ValueError(f"num_frames={num_frames}: the Wan-VAE needs 4k + 1 frames (e.g. 81)")
-  if height % 8 or width % 8:
-    raise ValueError(f"height x width = {height}x{width}: the Wan-VAE needs multiples of 8")
-  return 1 + (num_frames - 1) // 4, height // 8, width // 8, channels
-
-
-def generate(model, encoders, tokenizer, prompts: list[str], *, num_frames: int, height: int, width: int,
+def generate(model, encoders, tokenizer, prompts: list[str], shape: tuple[int, int, int, int], *,
              steps: int = 50, guidance: float = 5.0, shift: float = 5.0, sampler: str = "euler",
-             seed: int = 42, negative_prompt: str = NEGATIVE_PROMPT, autoencoder: str = "pixel",
-             batch_size: int | None = None, noise_ids: list[int] | None = None,
+             seed: int = 42, negative_prompt: str = NEGATIVE_PROMPT, batch_size: int | None = None, noise_ids: list[int] | None = None,
              progress: bool = False) -> list[np.ndarray]:
-  """Videos for `prompts` as uint8 (F, H, W, 3). Conditional and unconditional passes share a batch.
+  """Videos for `prompts` as uint8 (F, H, W, 3); `shape` is the latent (F', H', W', C) to sample
+  (`train.latent_shape`). Conditional and unconditional passes share a batch.
 
   Prompt i gets the noise of key fold_in(key(seed), noise_ids[i]) (default i): results do not depend
   on batching, and a task keeps its noise when a run resumes.
   Prompts are batched `batch_size` at a time (default: the device count), data-parallel over devices.
   """
-  shape = latent_shape(num_frames, height, width, autoencoder, model.cfg.in_channels)
   batch_size = batch_size or jax.device_count()
   encode_text = nnx.jit(lambda enc, ids, mask: enc.text(ids, mask))
   velocity = nnx.jit(lambda m, x, t, ctx: m(x, t, ctx))
@@ -102,6 +91,21 @@ def parse_indices(spec: str, available: list[int]) -> list[int]:
   return out
 
 
+def load_prompts(path: str, split: str | None = None) -> list[tuple[str, str]]:
+  """(id, caption) rows of a prompts JSONL (e.g. microsim_synth's --export_prompts), optionally one split."""
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      row = json.loads(line)
+      if "id" not in row or not (row.get("caption") or row.get("prompt")):
+        raise ValueError(f"{path}:{n}: a prompt row needs 'id' and 'caption' (or 'prompt')")
+      if split is None or row.get("split") == split:
+        rows.append((str(row["id"]), row.get("caption") or row["prompt"]))
+  return rows
+
+
 def load_tasks(path: str) -> dict[int, str]:
   """index -> prompt text of a MicroWorldBench rubric file (`task`/`requirement` or the norm variant)."""
   with open(path, encoding="utf-8") as f:
@@ -146,33 +150,32 @@ def main(argv):
   c = F.config
   if c is None or not (F.workdir or F.checkpoint):
     raise app.UsageError("--config and one of --workdir / --checkpoint are required")
-  if bool(F.prompt) == bool(F.tasks):
-    raise app.UsageError("give exactly one of --prompt or --tasks")
-  if F.tasks and not F.out_dir:
-    raise app.UsageError("--tasks needs --out_dir")
+  if sum(map(bool, (F.prompt, F.tasks, F.prompts))) != 1:
+    raise app.UsageError("give exactly one of --prompt, --tasks or --prompts")
+  if (F.tasks or F.prompts) and not F.out_dir:
+    raise app.UsageError("--tasks and --prompts need --out_dir")
   from microverse_jax import train
-  num_frames, height, width = (F.num_frames or c.data.num_frames, F.height or c.data.height,
-                               F.width or c.data.width)
-  latent_shape(num_frames, height, width, c.autoencoder.kind, c.model.in_channels)  # fail fast
-  if F.tasks:
+  shape = train.latent_shape(c, F.num_frames, F.height, F.width)  # fails fast on a bad size
+  if F.tasks:  # noise id = task index, so a resumed run reproduces the same videos
     tasks = load_tasks(F.tasks)
-    todo = [(i, tasks[i]) for i in parse_indices(F.indices, list(tasks))
-            if not os.path.exists(os.path.join(F.out_dir, f"{i}.mp4"))]
-    print(f"{len(todo)} videos to generate ({F.out_dir})", flush=True)
-    jobs = [(i, text, os.path.join(F.out_dir, f"{i}.mp4")) for i, text in todo]
+    items = [(i, tasks[i], f"{i}.mp4") for i in parse_indices(F.indices, list(tasks))]
+  elif F.prompts:  # noise id = row number
+    items = [(n, text, f"{row_id}.mp4") for n, (row_id, text) in enumerate(load_prompts(F.prompts, F.split))]
   else:
-    jobs = [(0, F.prompt, F.output)]
+    items = [(0, F.prompt, None)]
+  jobs = [(i, text, os.path.join(F.out_dir, name) if name else F.output) for i, text, name in items]
+  jobs = [job for job in jobs if not (F.out_dir and os.path.exists(job[2]))]
+  if F.out_dir:
+    print(f"{len(jobs)} videos to generate ({F.out_dir})", flush=True)
   model = load_model(c, F.workdir, F.checkpoint)
   tokenizer, encoders = train.build_encoders(c)
   per = F.batch_size or jax.device_count()
   for start in range(0, len(jobs), per):
     chunk = jobs[start:start + per]
     print(f"[{start + 1}-{start + len(chunk)}/{len(jobs)}] generating", flush=True)
-    videos = generate(model, encoders, tokenizer, [t for _, t, _ in chunk], num_frames=num_frames,
-                      height=height, width=width, steps=F.steps, guidance=F.guidance,
-                      shift=F.shift, sampler=F.sampler, seed=F.seed,
-                      negative_prompt=F.negative_prompt, autoencoder=c.autoencoder.kind,
-                      batch_size=per, noise_ids=[i for i, _, _ in chunk], progress=True)
+    videos = generate(model, encoders, tokenizer, [t for _, t, _ in chunk], shape, steps=F.steps,
+                      guidance=F.guidance, shift=F.shift, sampler=F.sampler, seed=F.seed,
+                      negative_prompt=F.negative_prompt, batch_size=per, noise_ids=[i for i, _, _ in chunk], progress=True)
     for frames, (_, _, path) in zip(videos, chunk):
       write_video(frames, path, fps=F.fps)
       print(f"wrote {path}", flush=True)
@@ -197,6 +200,9 @@ def define_flags() -> None:
   flags.DEFINE_string("tasks", None, "MicroWorldBench rubric file: one <index>.mp4 per task.")
   flags.DEFINE_string("out_dir", None, "Output directory for --tasks.")
   flags.DEFINE_string("indices", "", "Task indices for --tasks, e.g. 1-459 or 3,5-9.")
+  flags.DEFINE_string("prompts", None, "Prompts JSONL (id, caption): one <id>.mp4 per row, e.g. for "
+                      "`microworldbench physics`.")
+  flags.DEFINE_string("split", None, "Only rows of this split from --prompts (e.g. validation).")
   flags.DEFINE_integer("batch_size", None, "Prompts per batch (default: device count).")
 
 

@@ -37,17 +37,17 @@ def dit_config(c: ml_collections.ConfigDict) -> WanDiTConfig:
   return WanDiTConfig(**fields)
 
 
-def latent_shape(c) -> tuple[int, int, int, int]:
-  """(F', H', W', C) the DiT sees for the config's video size."""
-  f, h, w = c.data.num_frames, c.data.height, c.data.width
+def latent_shape(c, num_frames=None, height=None, width=None) -> tuple[int, int, int, int]:
+  """(F', H', W', C) the DiT sees for a video size (default: the config's data size)."""
+  f, h, w = num_frames or c.data.num_frames, height or c.data.height, width or c.data.width
   if c.autoencoder.kind == "pixel":
     return f, h, w, 3
   from microverse_jax.models.wan_vae import WanVAEConfig
   vae = WanVAEConfig.preset(c.autoencoder.preset)
   t, s = vae.temporal_factor, vae.spatial_factor
   if (f - 1) % t or h % s or w % s:
-    raise ValueError(f"data.num_frames/height/width = {f}/{h}/{w}: the Wan-VAE needs frames = 1 + {t}k "
-                     f"and sizes divisible by {s}")
+    raise ValueError(f"frames/height/width = {f}/{h}/{w}: the Wan-VAE needs frames = 1 + {t}k "
+                     f"(4k + 1 for Wan2.1's VAE) and sizes divisible by {s}")
   return 1 + (f - 1) // t, h // s, w // s, vae.z_dim
 
 
@@ -303,14 +303,18 @@ class MetricWriter:
     if self.enabled:
       from tensorboardX import SummaryWriter
       self.path = epath.Path(workdir) / "metrics.jsonl"
+      # Rewritten whole at each write (temp, then rename): GCS objects cannot be appended to.
+      self.text = self.path.read_text() if self.path.exists() else ""
       self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
       return
     row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-    with self.path.open("a") as f:
-      f.write(json.dumps(row) + "\n")
+    self.text += json.dumps(row) + "\n"
+    tmp = self.path.parent / f".{self.path.name}.tmp"
+    tmp.write_text(self.text)
+    tmp.rename(self.path)
     for k, v in row.items():
       if k != "step":
         self.tb.add_scalar(k, v, step)
@@ -434,6 +438,8 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write(step, evaluate(c, tokenizer, eval_step, encode_jit, state, frozen, enc_state, mesh))
       if c.eval.sample_every and step % c.eval.sample_every == 0:
         write_samples(c, workdir, step, state, frozen, factory.graphdef, tokenizer, encoders)
+        if c.eval.physics:
+          writer.write(step, physics_eval(c, state, frozen, factory.graphdef, tokenizer, encoders))
       if step % c.train.checkpoint_every == 0 or step == c.train.num_steps or stop["signal"]:
         ckpt.save(step, state, train_iter, force=True)
       if stop["signal"]:
@@ -468,14 +474,31 @@ def write_samples(c, workdir, step, state, frozen, graphdef, tokenizer, encoders
   params = state.get("ema", state["params"])
   model = nnx.merge(graphdef, params, frozen)
   out_dir = epath.Path(workdir) / "samples" / f"step_{step}"
-  videos = sample.generate(model, encoders, tokenizer, list(c.eval.prompts), num_frames=c.data.num_frames,
-                           height=c.data.height, width=c.data.width, steps=c.eval.sample_steps,
-                           guidance=c.eval.guidance, shift=c.diffusion.shift, sampler=c.eval.sampler,
-                           seed=c.train.seed, autoencoder=c.autoencoder.kind)
+  videos = sample.generate(model, encoders, tokenizer, list(c.eval.prompts), latent_shape(c),
+                           steps=c.eval.sample_steps, guidance=c.eval.guidance, shift=c.diffusion.shift,
+                           sampler=c.eval.sampler, seed=c.train.seed)
   if jax.process_index() == 0:
     for i, v in enumerate(videos):
       sample.write_video(v, str(out_dir / f"{i}.mp4"), fps=c.eval.fps, strip=True)
     print(f"samples: {out_dir}", flush=True)
+
+
+def physics_eval(c, state, frozen, graphdef, tokenizer, encoders) -> dict:
+  """Physics-fidelity scores (microworldbench physics) of videos sampled for the first
+  `eval.physics` validation clips of the procedural dataset (default build settings)."""
+  from data.microsim_synth import processes
+  from microverse_jax import sample
+  from microworldbench.physics import score_videos
+  d = processes.DEFAULTS
+  val = [i for i in range(d["num_clips"]) if processes.split_of(i, d["num_clips"]) == "validation"]
+  specs = [processes.clip_spec(i, seed=d["seed"], num_frames=d["num_frames"], size=d["size"], fps=d["fps"])
+           for i in val[:c.eval.physics]]
+  model = nnx.merge(graphdef, state.get("ema", state["params"]), frozen)
+  videos = sample.generate(model, encoders, tokenizer, [s.caption for s in specs], latent_shape(c),
+                           steps=c.eval.sample_steps, guidance=c.eval.guidance, shift=c.diffusion.shift,
+                           sampler=c.eval.sampler, seed=c.train.seed)
+  rows = [{"process": s.process, "params": s.params, "size": d["size"]} for s in specs]
+  return {k: v for k, v in score_videos(videos, rows).items() if k.count("/") <= 2}
 
 
 def main(argv):
