@@ -314,7 +314,7 @@ class MetricWriter:
     self.text += json.dumps(row) + "\n"
     tmp = self.path.parent / f".{self.path.name}.tmp"
     tmp.write_text(self.text)
-    tmp.rename(self.path)
+    tmp.replace(self.path)
     for k, v in row.items():
       if k != "step":
         self.tb.add_scalar(k, v, step)
