@@ -1,6 +1,10 @@
 """Latent cache: writer/reader round trip with fake encoders, shard-by-shard resume, multi-process."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -164,10 +168,34 @@ def test_sharded_encoders_run_nnx_modules(synth_train, tmp_path):
   assert cache[0]["latents"].shape == (3, 4, 4, 4) and cache[0]["context"].shape[-1] == 8
 
 
+_TWO_DEVICES = """
+import jax, numpy as np
+from test_data_encode import PoolingVAE, EmbeddingText
+from microverse_jax import encode
+assert len(jax.local_devices()) == 2
+video_fn, text_fn = encode.sharded_encoders(PoolingVAE(), EmbeddingText())
+clip = np.random.default_rng(0).uniform(-1, 1, (4, 5, 16, 16, 3)).astype(np.float32)
+vae = PoolingVAE()
+np.testing.assert_allclose(video_fn(clip), np.asarray(vae.normalize_latents(vae.encode(clip))), atol=1e-5)
+ids = np.arange(24, dtype=np.int32).reshape(4, 6)
+out = text_fn(ids, ids % 3 > 0)
+assert out.shape == (4, 6, 8) and not out[ids % 3 == 0].any()
+print("ok")
+"""
+
+
+def test_sharded_encoders_split_the_batch_over_devices():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+  result = subprocess.run([sys.executable, "-c", _TWO_DEVICES], env=env, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
 @pytest.mark.heavy
 def test_sharded_encoders_match_the_models(synth_train, tmp_path):
-  wan_vae = pytest.importorskip("microverse_jax.models.wan_vae")
-  umt5 = pytest.importorskip("microverse_jax.models.umt5")
+  from microverse_jax.models import umt5, wan_vae
+
   vae = wan_vae.WanVAE(wan_vae.WanVAEConfig.preset("tiny"), rngs=nnx.Rngs(0))
   text = umt5.UMT5Encoder(umt5.UMT5Config.preset("tiny", vocab_size=259), rngs=nnx.Rngs(1))
   video_fn, text_fn = encode.sharded_encoders(vae, text)
@@ -183,8 +211,8 @@ def test_sharded_encoders_match_the_models(synth_train, tmp_path):
 
 
 def test_cli_wiring(synth_data_dir, tmp_path, monkeypatch, capsys):
-  umt5 = pytest.importorskip("microverse_jax.models.umt5")
   from microverse_jax import convert
+  from microverse_jax.models import umt5
 
   monkeypatch.setattr(convert, "wan_vae_from_path", lambda src, dtype: PoolingVAE())
   monkeypatch.setattr(convert, "umt5_from_path", lambda src, dtype: EmbeddingText())
