@@ -200,10 +200,8 @@ def _biconcave_thickness(rho: np.ndarray) -> np.ndarray:
   return 2.0 * np.sqrt(inside) * (0.207 + 2.003 * r2 - 1.123 * r2 * r2) / 1.3
 
 
-def _draw(process: str, params: dict, tracks: np.ndarray, state: dict, size: int,
-          rng: np.random.Generator) -> np.ndarray:
+def _draw(process: str, params: dict, tracks: np.ndarray, state: dict, size: int) -> np.ndarray:
   """Renders float (F, H, W, 3) intensities in [0, 1] before optics blur and noise."""
-  F = tracks.shape[0]
   if process == "brownian":
     rho = _rho(tracks, state["radius"], size)
     glow = np.exp(-2.0 * rho * rho).sum(axis=1).clip(0, 1.5)
@@ -256,7 +254,10 @@ def render_clip(process: str, params: dict, *, num_frames: int, size: int, seed:
   _check_process(process)
   rng = np.random.default_rng(seed)
   tracks, state = _simulate(process, params, num_frames, size, rng)
-  image = _draw(process, params, tracks, state, size, rng)
+  chunk = 8  # frames drawn at once: bounds the (frames, bodies, H, W) distance fields
+  image = np.concatenate([
+      _draw(process, params, tracks[i:i + chunk], {k: v[i:i + chunk] for k, v in state.items()}, size)
+      for i in range(0, num_frames, chunk)])
   image = _gaussian_blur(image, sigma=0.7 * max(1.0, size / 64))
   noise_rng = np.random.default_rng([seed, 1])
   y = np.linspace(-1, 1, size)
