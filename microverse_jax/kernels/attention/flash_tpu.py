@@ -159,8 +159,9 @@ def _forward_kernel(*refs, scale: float, has_mask: bool, kv_len: int, num_k_bloc
     empty = l == 0.0
     o_ref[...] = (acc_scr[...] / jnp.where(empty, 1.0, l)).astype(o_ref.dtype)
     # +inf for rows without keys: exp(s - lse) = 0 in the backward.
-    lse = jnp.where(empty, jnp.inf, m_scr[...] + jnp.log(jnp.where(empty, 1.0, l)))
-    lse_ref[...] = jnp.broadcast_to(lse, lse_ref.shape)
+    lse = jnp.where(empty, jnp.inf, m_scr[...] + jnp.log(jnp.where(empty, 1.0, l)))  # (bq, 1)
+    # Stored as a lane row (1, bq): a (bq, 128) broadcast, one XLU transpose, its first row.
+    lse_ref[...] = jnp.broadcast_to(lse, (lse.shape[0], LANES)).T[:1]
 
 
 def _dkdv_kernel(*refs, scale: float, has_mask: bool, num_q_blocks: int):
@@ -252,16 +253,15 @@ def _forward(q, k, v, mask, *, scale, bq, bk, kv_len, interpret):
       kernel,
       grid=(b, n, nq, nk),
       in_specs=in_specs,
-      out_specs=[q_spec,
-                 pl.BlockSpec((None, None, bq, LANES), lambda b_, h, i, j: (b_, h, i, 0))],
+      out_specs=[q_spec, pl.BlockSpec((None, None, 1, bq), lambda b_, h, i, j: (b_, h, 0, i))],
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                 jax.ShapeDtypeStruct((b, n, tq, LANES), jnp.float32)],
+                 jax.ShapeDtypeStruct((b, n, 1, tq), jnp.float32)],
       scratch_shapes=[pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, 1), jnp.float32),
                       pltpu.VMEM((bq, d), jnp.float32)],
       name="flash_attention_fwd",
       **_params(interpret),
   )(*args)
-  return o, lse[..., 0][:, :, None, :]
+  return o, lse
 
 
 def _backward(q, k, v, mask, o, lse, do, *, scale, bq, bk, kv_len, interpret):
