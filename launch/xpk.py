@@ -5,9 +5,11 @@
       [--docker_image=python:3.11 | --docker_image=REGISTRY/IMAGE --no-install] \
       [--steps=create,delete] [--dry-run] [--config.optim.lr=2e-4 ...]
 
-With a local base image (the default python:3.11) XPK builds this directory (--script_dir) into the
-image at /app; the workload then installs `-e ./bench -e '.[tpu]'` and runs the trainer on every host
-of the slice. GKE sets TPU_WORKER_HOSTNAMES on multi-host slices, so the trainer initialises
+With a base image that is not in a registry (the default python:3.11) XPK builds this directory
+(--script_dir) on top of it (`--base-docker-image`, at /app); the workload then installs
+`-e ./bench -e '.[tpu]'` and runs the trainer on every host of the slice. A registry image
+(gcr.io/..., *-docker.pkg.dev/...) is used as it is (`--docker-image`): build it with the repo inside
+and pass --no-install. GKE sets TPU_WORKER_HOSTNAMES on multi-host slices, so the trainer initialises
 jax.distributed by itself. Logs go to Cloud Logging (`xpk workload list` shows the link).
 """
 from __future__ import annotations
@@ -23,6 +25,12 @@ from launch import shell, topologies, tpu
 
 STEPS = ("create", "delete")
 _WORKLOAD = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")
+_REGISTRY = re.compile(r"([a-z0-9-]+\.)?gcr\.io/|([a-z0-9-]+-)?docker\.pkg\.dev/")
+
+
+def is_registry_image(image: str) -> bool:
+  """XPK runs registry images as they are; other images become the base it builds --script-dir onto."""
+  return _REGISTRY.match(image) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +64,10 @@ class XpkWorkload:
     return " && ".join(parts)
 
   def create_command(self, train: Sequence[str]) -> list[str]:
+    image = ([f"--docker-image={self.docker_image}"] if is_registry_image(self.docker_image) else
+             [f"--base-docker-image={self.docker_image}", f"--script-dir={self.script_dir}"])
     return ["xpk", "workload", "create", *self._where(), f"--workload={self.workload}",
-            f"--tpu-type={self.slice.accelerator_type}", "--num-slices=1",
-            f"--docker-image={self.docker_image}", f"--script-dir={self.script_dir}",
+            f"--tpu-type={self.slice.accelerator_type}", "--num-slices=1", *image,
             *([f"--priority={self.priority}"] if self.priority else []),
             f"--command={self.container_command(train)}"]
 
@@ -88,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   g.add_argument("--tpu_type", required=True, help="e.g. v5p-64, v6e-16, tpu7x-128")
   g.add_argument("--workload", required=True, help="workload name (a sweep appends -<index>)")
   g.add_argument("--docker_image", default="python:3.11",
-                 help="a local base image (this repo is built into it) or a registry image")
+                 help="a base image XPK builds --script_dir onto, or a registry image used as is")
   g.add_argument("--script_dir", default=".", help="what XPK copies into /app")
   g.add_argument("--install", action=argparse.BooleanOptionalAction, default=True,
                  help="pip install the repo in the container first (--no-install for prebuilt images)")

@@ -194,10 +194,18 @@ def test_xpk_command_is_well_formed(capsys):
   assert _flag(create, "--cluster") == "mv-cluster" and _flag(create, "--workload") == "mv-lora"
   assert _flag(create, "--project") == "proj" and _flag(create, "--zone") == "us-east5-a"
   assert _flag(create, "--tpu-type") == "v5p-64" and _flag(create, "--num-slices") == "1"
-  assert _flag(create, "--docker-image") == "python:3.11" and _flag(create, "--script-dir") == "."
+  assert _flag(create, "--base-docker-image") == "python:3.11" and _flag(create, "--script-dir") == "."
+  assert not any(a.startswith("--docker-image=") for a in create)  # that would skip building the repo in
   train = shlex.join(["python", "-m", "microverse_jax.train", f"--config={CONFIG}", f"--workdir={WORKDIR}",
                       "--config.optim.lr=0.0002"])
   assert _flag(create, "--command") == f'pip install -e ./bench -e ".[tpu]" && {train}'
+
+
+@pytest.mark.parametrize("image, registry", [
+    ("python:3.11", False), ("ubuntu:22.04", False), ("gcr.io/p/mv:1", True), ("us.gcr.io/p/mv", True),
+    ("us-docker.pkg.dev/p/r/mv:1", True), ("europe-west4-docker.pkg.dev/p/r/mv", True)])
+def test_registry_images(image, registry):
+  assert xpk.is_registry_image(image) == registry
 
 
 def test_xpk_prebuilt_image_delete_and_v7x():
@@ -206,6 +214,8 @@ def test_xpk_prebuilt_image_delete_and_v7x():
   train = xpk.train_command("configs/wan2_1.py:14b,full", WORKDIR)
   create = w.create_command(train)
   assert _flag(create, "--tpu-type") == "tpu7x-128" and _flag(create, "--priority") == "high"
+  assert _flag(create, "--docker-image") == "us-docker.pkg.dev/p/r/mv:1"
+  assert not any(a.startswith(("--script-dir", "--base-docker-image")) for a in create)
   assert _flag(create, "--command") == shlex.join(train)
   runner = shell.Runner(True, out=io.StringIO())
   xpk.launch(w, train, ["delete", "create"], runner)
