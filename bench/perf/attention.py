@@ -7,8 +7,11 @@ recomputation): forward 4 * B * N * Tq * Tk * D, forward+backward 3.5x that.
   python bench/perf/attention.py                          # Wan shapes, impls for this backend
   python bench/perf/attention.py --impls=xla --seq=4096 --dtype=float32   # CPU-sized
   python bench/perf/attention.py --json=/tmp/attention.json
+  python bench/perf/attention.py --aot=v5p:2x2x1 --context=4   # compile-only, any host with libtpu
 
-Timings are the median of --iters runs of a jitted function after --warmup runs.
+Timings are the median of --iters runs of a jitted function after --warmup runs. With --aot the
+programs are compiled ahead of time for a TPU topology (tokens sharded over `context`, examples over
+`data` = chips / context, --batch examples per data shard) and the per-device memory is reported.
 """
 from __future__ import annotations
 
@@ -53,6 +56,45 @@ def _programs(impl: str, mask):
   return {"fwd": jax.jit(fwd), "fwd+bwd": jax.jit(fwd_bwd)}
 
 
+def compile_only(args) -> list[dict]:
+  """Per-device memory of each program compiled for the TPU topology `args.aot`."""
+  import numpy as np
+  from jax.experimental import topologies
+  from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+  devices = topologies.get_topology_desc(platform="tpu", topology_name=args.aot).devices
+  data = len(devices) // args.context
+  mesh = Mesh(np.array(devices).reshape(data, 1, 1, args.context), ("data", "fsdp", "tensor", "context"),
+              axis_types=(AxisType.Auto,) * 4)
+  impls = args.impls.split(",") if args.impls else IMPLS_BY_BACKEND["tpu"]
+  b, t, n, d, l = args.batch * data, args.seq, args.heads, args.head_dim, args.text_len
+  dtype = jnp.dtype(args.dtype)
+  tokens, text = NamedSharding(mesh, P("data", "context")), NamedSharding(mesh, P("data"))
+  x = jax.ShapeDtypeStruct((b, t, n, d), dtype, sharding=tokens)
+  txt = jax.ShapeDtypeStruct((b, l, n, d), dtype, sharding=text)
+  mask = jax.ShapeDtypeStruct((b, l), jnp.bool_, sharding=text)
+  rows = []
+  for case, (qkv, masked, tk) in {"self": ((x, x, x), False, t), "cross": ((x, txt, txt), True, l)}.items():
+    for impl in impls:
+      for mode in ("fwd", "fwd+bwd"):
+        def program(q, k, v, m):
+          return _programs(impl, m)[mode](q, k, v)
+        row = dict(case=case, impl=impl, mode=mode, B=b, Tq=t, Tk=tk, N=n, D=d, dtype=dtype.name,
+                   topology=args.aot, context=args.context)
+        try:
+          with jax.set_mesh(mesh):
+            compiled = jax.jit(program).lower(*qkv, mask if masked else None).compile()
+          mem = compiled.memory_analysis()
+          row.update(arguments_mib=mem.argument_size_in_bytes / 2**20,
+                     temp_mib=mem.temp_size_in_bytes / 2**20,
+                     outputs_mib=mem.output_size_in_bytes / 2**20)
+        except Exception as e:  # e.g. the xla impl's T x T logits do not fit
+          row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        rows.append(row)
+        print(_format(row), flush=True)
+  return rows
+
+
 def run(args) -> list[dict]:
   backend = jax.default_backend()
   impls = args.impls.split(",") if args.impls else IMPLS_BY_BACKEND.get(backend, ("xla",))
@@ -86,6 +128,10 @@ def _format(row: dict) -> str:
   shape = f"B={row['B']} Tq={row['Tq']} Tk={row['Tk']} N={row['N']} D={row['D']} {row['dtype']}"
   if "error" in row:
     return f"| {row['case']} | {row['impl']} | {row['mode']} | {shape} | failed: {row['error']} |"
+  if "temp_mib" in row:
+    return (f"| {row['case']} | {row['impl']} | {row['mode']} | {shape} | "
+            f"args {row['arguments_mib']:.0f} MiB, temp {row['temp_mib']:.0f} MiB, "
+            f"out {row['outputs_mib']:.0f} MiB per device |")
   return (f"| {row['case']} | {row['impl']} | {row['mode']} | {shape} | "
           f"{row['ms']:.2f} ms | {row['tflops']:.3f} TFLOP/s |")
 
@@ -103,17 +149,24 @@ def main():
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--iters", type=int, default=10)
   parser.add_argument("--json", default="", help="also write the rows here")
+  parser.add_argument("--aot", default="", help="compile only, for this TPU topology (e.g. v5p:2x2x1)")
+  parser.add_argument("--context", type=int, default=1, help="with --aot: the context axis size")
   args = parser.parse_args()
-  device = jax.devices()[0]
-  print(f"# device: {device.device_kind} ({jax.default_backend()}), {jax.device_count()} device(s), "
-        f"jax {jax.__version__}")
-  print("| case | impl | mode | shape | time | throughput |\n|---|---|---|---|---|---|")
-  rows = run(args)
+  if args.aot:
+    device = f"{args.aot} (compiled ahead of time on {jax.devices()[0].device_kind})"
+    print(f"# {device}, context={args.context}, jax {jax.__version__}")
+    print("| case | impl | mode | shape | memory |\n|---|---|---|---|---|")
+    rows = compile_only(args)
+  else:
+    device = jax.devices()[0].device_kind
+    print(f"# device: {device} ({jax.default_backend()}), {jax.device_count()} device(s), "
+          f"jax {jax.__version__}")
+    print("| case | impl | mode | shape | time | throughput |\n|---|---|---|---|---|---|")
+    rows = run(args)
   if args.json:
     tmp = args.json + ".tmp"
     with open(tmp, "w") as f:
-      json.dump({"device": device.device_kind, "backend": jax.default_backend(), "rows": rows}, f,
-                indent=1)
+      json.dump({"device": device, "backend": jax.default_backend(), "rows": rows}, f, indent=1)
     os.replace(tmp, args.json)
 
 
