@@ -12,7 +12,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 
 import jax

@@ -1,6 +1,5 @@
 """WanDiT vs diffusers WanTransformer3DModel on random weights, converted through our converter."""
 import json
-import os
 
 import jax
 import jax.numpy as jnp
