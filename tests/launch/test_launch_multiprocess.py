@@ -50,13 +50,7 @@ def test_two_processes_train_like_one(tiny_data_dir, tmp_path, monkeypatch):
 
   # The reference: one process with 8 devices, fed the concatenation of both processes' batches.
   ref_dir, ref_log = str(tmp_path / "single"), tmp_path / "single.log"
-  ref_env = {**os.environ, **local.process_env(0, 1, devices=8, port=None),
-             "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-  with open(ref_log, "w") as out:
-    reference = subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "tests", "launch", "emulated_processes.py"),
-         "--emulated_processes=2", f"--config={config}", f"--workdir={ref_dir}", *overrides],
-        env=ref_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+  reference = _start_reference(config, ref_dir, overrides, ref_log)
   try:
     # Two processes through the local launcher: coordinator on 127.0.0.1, one shared workdir.
     mp_dir, log_dir = str(tmp_path / "two"), str(tmp_path / "two_logs")
@@ -87,6 +81,41 @@ def test_two_processes_train_like_one(tiny_data_dir, tmp_path, monkeypatch):
   assert os.path.isdir(os.path.join(step_dir, "state"))
   data_files = set(os.listdir(os.path.join(step_dir, "data")))
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= data_files, data_files
+
+
+def _start_reference(config, workdir, overrides, log_path):
+  env = {**os.environ, **local.process_env(0, 1, devices=8, port=None),
+         "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  with open(log_path, "w") as out:
+    return subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "tests", "launch", "emulated_processes.py"),
+         "--emulated_processes=2", f"--config={config}", f"--workdir={workdir}", *overrides],
+        env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.heavy
+def test_two_processes_resume_from_their_collective_checkpoint(tiny_data_dir, tmp_path, monkeypatch):
+  """2 steps, stop, resume to 3 on two processes (each restores its own data-iterator state)."""
+  config, overrides = "configs/microsim_tiny.py:test", _overrides(tiny_data_dir)
+  monkeypatch.setenv("XLA_FLAGS", FAST_XLA)
+  monkeypatch.chdir(REPO)
+  reference = _start_reference(config, str(tmp_path / "single"), overrides, tmp_path / "single.log")
+  try:
+    mp_dir = str(tmp_path / "two")
+    for steps in (2, 3):
+      train = shell.train_argv(config, mp_dir, [*overrides, f"--config.train.num_steps={steps}",
+                                                "--config.train.checkpoint_every=2"], python=sys.executable)
+      local.run(train, shell.Runner(False, out=io.StringIO()), num_processes=2, devices_per_process=4,
+                log_dir=str(tmp_path / f"logs{steps}"), timeout=TIMEOUT_S)
+    assert reference.wait(timeout=TIMEOUT_S) == 0, (tmp_path / "single.log").read_text()[-3000:]
+  finally:
+    if reference.poll() is None:
+      os.killpg(reference.pid, 9)
+      reference.wait()
+  assert "resumed from step 2" in open(tmp_path / "logs3" / "process-1.log").read()
+  two, one = _metrics(mp_dir), _metrics(str(tmp_path / "single"))
+  assert [m["step"] for m in two] == [1, 2, 3]
+  np.testing.assert_allclose([m["loss"] for m in two], [m["loss"] for m in one], rtol=1e-5)
 
 
 def test_local_launcher_stops_all_processes_when_one_fails(tmp_path):
