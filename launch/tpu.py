@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from typing import Sequence
 
@@ -197,11 +198,10 @@ def launch(vm: TpuVm, runs: Sequence[tuple[str, list[str]]], steps: Sequence[str
     if "install" in steps:
       tarball = None
       if not vm.repo_url:
-        tarball = os.path.join(log_dir, TARBALL)
+        tarball = os.path.join(tempfile.gettempdir(), f"{vm.name}-{TARBALL}")  # outside the tree it packs
         if runner.dry_run:
           runner.note(f"pack the working tree of {os.path.abspath(repo_root)} into {tarball}")
         else:
-          os.makedirs(log_dir, exist_ok=True)
           runner.note(f"packed {pack_working_tree(repo_root, tarball)} files into {tarball}")
       for command in vm.install_commands(tarball):
         runner(command)

@@ -183,6 +183,30 @@ def test_pack_working_tree_takes_tracked_and_untracked_but_not_ignored(tmp_path)
   assert not os.path.exists(tarball + ".tmp")
 
 
+class _RecordingRunner(shell.Runner):
+  """A live runner (not a dry run) that records commands instead of running them."""
+
+  def __call__(self, argv, **kwargs):
+    self.show(argv)
+
+
+def test_install_packs_the_tree_outside_itself_and_copies_that_tarball(tmp_path):
+  repo = tmp_path / "repo"
+  repo.mkdir()
+  subprocess.run(["git", "-C", str(repo), "init", "-q"], check=True, timeout=30)
+  (repo / "a.py").write_text("a = 1\n")
+  vm = tpu.TpuVm(name="mv-pack", zone="z", slice=topologies.parse("v5p-16"))
+  runner = _RecordingRunner(False, out=io.StringIO())
+  tpu.launch(vm, [], ["install"], runner, log_dir=str(tmp_path / "logs"), repo_root=str(repo))
+  scp, ssh = runner.history
+  tarball = scp[5]
+  assert not tarball.startswith(str(repo)) and _flag(scp, "--worker") == "all"
+  with tarfile.open(tarball) as tar:
+    assert tar.getnames() == ["a.py"]
+  os.remove(tarball)
+  assert _flag(ssh, "--worker") == "all" and "tar xzf microverse-jax.tar.gz" in _flag(ssh, "--command")
+
+
 # ---------------------------------------------------------------------------- XPK
 def test_xpk_command_is_well_formed(capsys):
   xpk.main(["--cluster=mv-cluster", "--project=proj", "--zone=us-east5-a", "--tpu_type=v5p-64",
