@@ -70,9 +70,12 @@ def write_video(frames: np.ndarray, path: str, *, fps: float = 15.0, strip: bool
   tmp.write_bytes(video.encode_mp4(frames, fps))
   tmp.rename(path)
   if strip:
+    import io
     from PIL import Image
     picks = np.linspace(0, len(frames) - 1, min(len(frames), 8)).round().astype(int)
-    Image.fromarray(np.concatenate(list(frames[picks]), axis=1)).save(str(path.with_suffix(".png")))
+    buffer = io.BytesIO()  # PIL cannot write gs:// paths; epath can
+    Image.fromarray(np.concatenate(list(frames[picks]), axis=1)).save(buffer, format="PNG")
+    path.with_suffix(".png").write_bytes(buffer.getvalue())
 
 
 def parse_indices(spec: str, available: list[int]) -> list[int]:

@@ -329,10 +329,17 @@ def load_batches(c, tokenizer, split: str, *, seed: int, shuffle: bool, num_epoc
   except ValueError:
     if c.data.name != "microsim_synth":
       raise
+    from jax.experimental import multihost_utils
     from microverse_jax import build_dataset  # the offline dataset builds on first use (~30 s)
-    print(f"building microsim_synth in {data_dir} ...", flush=True)
-    build_dataset.build("microsim_synth", data_dir)
-    source = input_pipeline.load_source(c.data.name, split, data_dir)
+    if jax.process_index() == 0:
+      print(f"building microsim_synth in {data_dir} ...", flush=True)
+      build_dataset.build("microsim_synth", data_dir)
+    multihost_utils.sync_global_devices("microsim_synth built")
+    try:
+      source = input_pipeline.load_source(c.data.name, split, data_dir)
+    except ValueError:  # a host whose data_dir is its own local disk builds its own copy
+      build_dataset.build("microsim_synth", data_dir)
+      source = input_pipeline.load_source(c.data.name, split, data_dir)
   per_process = c.data.batch_size // jax.process_count()
   if c.data.source == "latents":
     return input_pipeline.make_latent_iterator(

@@ -1,4 +1,5 @@
 """The trainer: runs, resumes exactly after kill -9, shards, trains LoRA only, fails early on bad input."""
+import dataclasses
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from flax import nnx
 from configs import microsim_tiny
 from microverse_jax import checkpoint, sharding, train
 from microverse_jax.models.lora import merge_lora
+from microverse_jax.models.wan_dit import WanDiT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -139,6 +141,12 @@ def test_lora_changes_only_lora_params_and_merge_equals_base_plus_delta(synth_da
   ctx = jax.random.normal(jax.random.key(1), (1, 7, c.model.text_dim))
   t = jnp.array([400.0])
   np.testing.assert_allclose(merged(x, t, ctx), model(x, t, ctx), rtol=1e-4, atol=1e-5)
+  # The exported checkpoint is the merged model, loadable with lora_rank=0.
+  from microverse_jax import convert, export
+  export.export(c, str(tmp_path), str(tmp_path / "merged"))
+  plain = WanDiT(dataclasses.replace(factory.cfg, lora_rank=0), rngs=nnx.Rngs(5))
+  convert.load_params(str(tmp_path / "merged"), plain)
+  np.testing.assert_allclose(plain.blocks.self_attn.q.kernel[...], merged_attn.kernel[...], rtol=1e-6)
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(synth_data_dir, tmp_path):
