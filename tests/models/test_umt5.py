@@ -175,7 +175,12 @@ _SHARDED = textwrap.dedent("""
     from jax.sharding import NamedSharding, PartitionSpec as P
     from microverse_jax import sharding
     from microverse_jax.models.umt5 import UMT5Config, UMT5Encoder
-    model = UMT5Encoder(UMT5Config.preset("tiny"), rngs=nnx.Rngs(0))
+    # Random weights without eager initialisers (op-by-op init compiles every shape: slow on CPU).
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: UMT5Encoder(UMT5Config.preset("tiny"), rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(0)
+    state = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.1 + 1 if len(s.shape) == 1 else
+                                               rng.normal(size=s.shape) / s.shape[-2] ** 0.5, jnp.float32), state)
+    model = nnx.merge(graphdef, state)
     ids = jnp.asarray(np.random.default_rng(0).integers(2, 128, (2, 16)), jnp.int32)
     mask = jnp.arange(16)[None] < jnp.asarray([[16], [7]])
     graphdef, state = nnx.split(model)
@@ -245,3 +250,16 @@ def test_sentencepiece_model_works_too(tmp_path):
 def test_missing_tokenizer_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"no umT5 tokenizer in .*tokenizer\.json or spiece\.model"):
     UMT5Tokenizer(str(tmp_path))
+
+
+def test_cli_converts_and_round_trips(converted, tmp_path):
+  from microverse_jax import convert
+  _, src, ours = converted
+  convert.main(["umt5", "--src", src, "--dst", str(tmp_path / "out")])
+  config = json.loads((tmp_path / "out" / "config.json").read_text())
+  assert config["kind"] == "umt5" and config["config"]["num_layers"] == ours.cfg.num_layers
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: UMT5Encoder(ours.cfg, rngs=nnx.Rngs(1))))
+  fresh = nnx.merge(graphdef, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state))
+  convert.load_params(str(tmp_path / "out"), fresh)
+  a, b = (nnx.state(m, nnx.Param).to_pure_dict() for m in (ours, fresh))
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)

@@ -222,7 +222,14 @@ _SHARDED = textwrap.dedent("""
     from jax.sharding import NamedSharding, PartitionSpec as P
     from microverse_jax import sharding
     from microverse_jax.models.wan_vae import WanVAE, WanVAEConfig
-    vae = WanVAE(WanVAEConfig.preset("tiny", spatial_axis="tokens"), rngs=nnx.Rngs(0))
+    # Random weights without eager initialisers (op-by-op init compiles every shape: slow on CPU).
+    graphdef, state = nnx.split(nnx.eval_shape(
+        lambda: WanVAE(WanVAEConfig.preset("tiny", spatial_axis="tokens"), rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(0)
+    state = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.1 + 1 if len(s.shape) == 1 else
+                                               rng.normal(size=s.shape) / np.prod(s.shape[:-1]) ** 0.5,
+                                               jnp.float32), state)
+    vae = nnx.merge(graphdef, state)
     video = jax.random.uniform(jax.random.key(0), (2, 1, 16, 8, 3), minval=-1, maxval=1)
     graphdef, state = nnx.split(vae)
     encode = lambda s, v: nnx.merge(graphdef, s).encode(v)
