@@ -16,13 +16,12 @@ result equals the PyTorch reference's feature-cache loop exactly.
 Sharding: the VAE (127M parameters) is replicated: every parameter carries logical axis names,
 all None. It shards through activations: 'batch', and optionally the rows of every frame under
 the logical name `spatial_axis` (e.g. 'tokens' puts H on the context mesh axis; XLA adds the
-convolution halos). Weight import from diffusers and original Wan checkpoints is at the bottom.
+convolution halos). The checkpoint key mappings (diffusers, original Wan2.1) are at the bottom;
+the loaders are in `microverse_jax.convert`.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import jax
 import jax.numpy as jnp
