@@ -91,6 +91,33 @@ def test_encode_and_decode_match_diffusers(reference_dir, vae, frames):
   assert np.abs(_to_ours(decoded)).max() > 0.05   # not a trivially zero comparison
 
 
+def _check_topology(tmp_path, **config):
+  """Encode + decode parity for a 3-stage Wan2.1 topology (8x spatial, 4x temporal, 2 res blocks)."""
+  ref = _reference(**{**TINY, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+                      "temperal_downsample": [False, True, True], **config})
+  ref.save_pretrained(str(tmp_path))
+  ours = wan_vae_from_diffusers(str(tmp_path))
+  assert (ours.cfg.spatial_factor, ours.cfg.temporal_factor) == (8, 4)
+  video = torch.rand(1, 3, 5, 16, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1
+  with torch.no_grad():
+    mean = ref.encode(video).latent_dist.mean
+    decoded = ref.decode(mean).sample
+  latents = _encode(ours, jnp.asarray(_to_ours(video)))
+  assert latents.shape == (1, 2, 2, 3, ours.cfg.z_dim)
+  np.testing.assert_allclose(np.asarray(latents), _to_ours(mean), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(np.asarray(_decode(ours, jnp.asarray(_to_ours(mean)))), _to_ours(decoded),
+                             atol=1e-4, rtol=0)
+
+
+def test_wan21_topology_matches_diffusers(tmp_path):
+  _check_topology(tmp_path)                        # narrow channels: cheap
+
+
+@pytest.mark.heavy
+def test_wan21_full_width_matches_diffusers(tmp_path):
+  _check_topology(tmp_path, base_dim=96, z_dim=16, latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
+
+
 def _with_config(model, **changes):
   """The same weights under a config that only changes how the model runs."""
   other = nnx.eval_shape(lambda: WanVAE(dataclasses.replace(model.cfg, **changes), rngs=nnx.Rngs(0)))
