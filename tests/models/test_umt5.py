@@ -169,6 +169,34 @@ def test_xxl_parameters_shard_over_fsdp_and_tensor():
   assert per_device < 1.01 * total / 8   # every large tensor is split 8 ways (23 GB -> 2.9 GB)
 
 
+def test_xxl_compiles_for_v5p_within_a_quarter_of_its_memory_per_chip():
+  """Ahead-of-time compile (libtpu, no TPU needed) of umt5-xxl, bf16 compute, on v5p 2x2x1 (4 chips,
+  fsdp=2 x tensor=2), batch 4 x 512 tokens: each chip holds a quarter of the fp32 parameters."""
+  topologies = pytest.importorskip("jax.experimental.topologies")
+  try:
+    topo = topologies.get_topology_desc(platform="tpu", topology_name="v5p:2x2x1")
+  except Exception as e:  # libtpu missing
+    pytest.skip(f"no TPU compiler: {e}")
+  from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+  mesh = Mesh(np.array(topo.devices).reshape(1, 2, 2, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 4)
+  abstract = nnx.eval_shape(lambda: UMT5Encoder(UMT5Config.preset("umt5-xxl", dtype="bfloat16"), rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  state = jax.tree.map(
+      lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=NamedSharding(
+          mesh, sharding.logical_to_spec(v.get_metadata()["out_sharding"]))),
+      state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  tokens = NamedSharding(mesh, P(("data", "fsdp")))
+  ids = jax.ShapeDtypeStruct((4, 512), jnp.int32, sharding=tokens)
+  mask = jax.ShapeDtypeStruct((4, 512), jnp.bool_, sharding=tokens)
+  with jax.set_mesh(mesh):
+    compiled = jax.jit(lambda s, i, m: nnx.merge(graphdef, s)(i, m)).lower(state, ids, mask).compile()
+  memory = compiled.memory_analysis()
+  total = sum(math.prod(v.shape) * 4 for v in jax.tree.leaves(state))
+  print(f"umt5-xxl on v5p 2x2x1: params {total / 2**30:.2f} GiB in total; per chip: arguments "
+        f"{memory.argument_size_in_bytes / 2**30:.2f} GiB, temp {memory.temp_size_in_bytes / 2**30:.2f} GiB")
+  assert memory.argument_size_in_bytes < 0.26 * total
+
+
 _SHARDED = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from flax import nnx
