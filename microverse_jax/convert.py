@@ -333,21 +333,22 @@ def save_params(model: nnx.Module, dst: str, kind: str) -> None:
   os.replace(tmp, os.path.join(dst, "config.json"))
 
 
-def load_params(src: str, model: nnx.Module, shardings=None) -> None:
-  """Restores `save_params` output into `model`'s base parameters (optionally with shardings)."""
+def restore_params(src: str, target):
+  """Restores `save_params` output as a pure dict shaped like `target` (ShapeDtypeStructs,
+  optionally with shardings, so each device reads only its shard)."""
   import orbax.checkpoint as ocp
   path = os.path.join(os.path.abspath(src), "params")
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"init_from={src}: no converted checkpoint (expected {path})")
-  state = nnx.state(model, BASE_PARAMS)
-  target = state.to_pure_dict()
-  if shardings is not None:
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target, shardings)
-  else:
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
+    raise FileNotFoundError(f"{src}: no converted checkpoint (expected {path})")
   with ocp.StandardCheckpointer() as ckpt:
-    restored = ckpt.restore(path, target)
-  nnx.replace_by_pure_dict(state, restored)
+    return ckpt.restore(path, target)
+
+
+def load_params(src: str, model: nnx.Module) -> None:
+  """Restores `save_params` output into `model`'s base parameters."""
+  state = nnx.state(model, BASE_PARAMS)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.to_pure_dict())
+  nnx.replace_by_pure_dict(state, restore_params(src, target))
   nnx.update(model, state)
 
 
