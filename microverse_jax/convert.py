@@ -322,23 +322,27 @@ def umt5_from_path(src: str, dtype=jnp.float32):
 def save_params(model: nnx.Module, dst: str, kind: str) -> None:
   """Writes base parameters to `dst/params` (Orbax) and the config to `dst/config.json`."""
   import orbax.checkpoint as ocp
-  dst = os.path.abspath(dst)
+  dst = _local_or_gcs(dst)
   state = nnx.state(model, BASE_PARAMS).to_pure_dict()
   with ocp.StandardCheckpointer() as ckpt:
-    ckpt.save(os.path.join(dst, "params"), state, force=True)
+    ckpt.save(dst / "params", state, force=True)
   meta = {"kind": kind, "config": dataclasses.asdict(model.cfg)}
-  tmp = os.path.join(dst, "config.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(meta, f, indent=1)
-  os.replace(tmp, os.path.join(dst, "config.json"))
+  (dst / "config.json.tmp").write_text(json.dumps(meta, indent=1))
+  (dst / "config.json.tmp").replace(dst / "config.json")
+
+
+def _local_or_gcs(path: str):
+  """An epath.Path; local paths made absolute (Orbax needs them so), gs:// kept as is."""
+  from etils import epath
+  return epath.Path(path) if str(path).startswith("gs://") else epath.Path(os.path.abspath(path))
 
 
 def restore_params(src: str, target):
   """Restores `save_params` output as a pure dict shaped like `target` (ShapeDtypeStructs,
   optionally with shardings, so each device reads only its shard)."""
   import orbax.checkpoint as ocp
-  path = os.path.join(os.path.abspath(src), "params")
-  if not os.path.isdir(path):
+  path = _local_or_gcs(src) / "params"
+  if not path.is_dir():
     raise FileNotFoundError(f"{src}: no converted checkpoint (expected {path})")
   with ocp.StandardCheckpointer() as ckpt:
     return ckpt.restore(path, target)

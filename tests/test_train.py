@@ -180,3 +180,22 @@ def test_unknown_config_key_is_rejected_by_name(tmp_path):
          f"--workdir={tmp_path}", "--config.train.num_stepz=3"]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and "num_stepz" in out.stderr
+
+
+def test_init_from_a_converted_checkpoint_sets_the_base_weights(synth_data_dir, tmp_path):
+  from microverse_jax import convert
+  c = tiny_config(synth_data_dir)
+  source = WanDiT(train.dit_config(c), rngs=nnx.Rngs(123))
+  convert.save_params(source, str(tmp_path / "ckpt"), "dit")
+  want = nnx.state(source, nnx.Param).to_pure_dict()
+  for lora_rank in (0, 4):
+    c = tiny_config(synth_data_dir, **{"init_from": str(tmp_path / "ckpt"), "model.lora_rank": lora_rank})
+    mesh = sharding.make_mesh(train.validate(c, jax.device_count()))
+    factory = train.StateFactory(c, mesh, sharding.DEFAULT_RULES)
+    with jax.set_mesh(mesh):
+      state, frozen = factory.create()
+    base = frozen if lora_rank else state["params"]
+    got = nnx.state(nnx.merge(factory.graphdef, state["params"], frozen), convert.BASE_PARAMS).to_pure_dict()
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert jax.tree.leaves(base)
