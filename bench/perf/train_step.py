@@ -70,8 +70,9 @@ def trainer_config(cfg: WanDiTConfig, batch: int) -> ml_collections.ConfigDict:
   return c
 
 
-def make_ours(cfg: WanDiTConfig, fhw, text_len: int, batch: int):
-  """() -> runs one jitted training step of ours (state donated and carried over)."""
+def make_ours(cfg: WanDiTConfig, fhw, text_len: int, batch: int, return_compiled: bool = False):
+  """() -> runs one jitted training step of ours (state donated and carried over); with
+  `return_compiled`, (run, the compiled step) for its memory analysis."""
   c = trainer_config(cfg, batch)
   tx, schedule = train.make_optimizer(c)
   model = WanDiT(cfg, rngs=nnx.Rngs(0))
@@ -86,6 +87,7 @@ def make_ours(cfg: WanDiTConfig, fhw, text_len: int, batch: int):
                   "context": jnp.asarray(rng.standard_normal((batch, text_len, cfg.text_dim), np.float32))}
   encode = lambda b: (b["latents"], b["context"])
   jitted = jax.jit(lambda s, f, b: step_fn(s, f, encode, b), donate_argnums=(0,))
+  jitted = jitted.lower(state, frozen, batch_arrays).compile()
   holder = {"state": state}
 
   def run():
@@ -93,21 +95,27 @@ def make_ours(cfg: WanDiTConfig, fhw, text_len: int, batch: int):
     jax.block_until_ready(metrics["loss"])
     return float(metrics["loss"])
 
-  return run
+  return (run, jitted) if return_compiled else run
+
+
+def torch_model(cfg: WanDiTConfig):
+  """diffusers' WanTransformer3DModel with the same architecture (the test-only reference)."""
+  import torch
+  from diffusers import WanTransformer3DModel
+  torch.manual_seed(0)
+  return WanTransformer3DModel(
+      patch_size=cfg.patch_size, num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
+      in_channels=cfg.in_channels, out_channels=cfg.out_channels, text_dim=cfg.text_dim,
+      freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
+      cross_attn_norm=cfg.cross_attn_norm, qk_norm=cfg.qk_norm, eps=cfg.eps,
+      rope_max_seq_len=cfg.rope_max_seq_len)
 
 
 def make_torch(cfg: WanDiTConfig, fhw, text_len: int, batch: int):
   """() -> runs one PyTorch training step of diffusers' WanTransformer3DModel (same config)."""
   import torch
-  from diffusers import WanTransformer3DModel
   torch.set_num_threads(THREADS)
-  torch.manual_seed(0)
-  model = WanTransformer3DModel(
-      patch_size=cfg.patch_size, num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
-      in_channels=cfg.in_channels, out_channels=cfg.out_channels, text_dim=cfg.text_dim,
-      freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
-      cross_attn_norm=cfg.cross_attn_norm, qk_norm=cfg.qk_norm, eps=cfg.eps,
-      rope_max_seq_len=cfg.rope_max_seq_len).train()
+  model = torch_model(cfg).train()
   opt = torch.optim.AdamW(model.parameters(), lr=OPTIM["lr"], betas=(OPTIM["b1"], OPTIM["b2"]),
                           eps=OPTIM["eps"], weight_decay=OPTIM["weight_decay"])
   fm = diffusion.FlowMatching(shift=5.0)

@@ -1,0 +1,101 @@
+"""The bench/perf training-step, scaling, sampling and run-all scripts run end to end at tiny sizes.
+
+No timing assertions: these check that each script measures what it says (the right model FLOPs,
+both implementations, finite losses and latents, written tables and plots).
+"""
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from microverse_jax import flops
+
+PERF = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "perf")
+
+
+def _load(name):
+  if PERF not in sys.path:
+    sys.path.insert(0, PERF)
+  spec = importlib.util.spec_from_file_location(f"perf_{name}", os.path.join(PERF, f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_train_step_against_torch(tmp_path):
+  ts = _load("train_step")
+  out = tmp_path / "rows.json"
+  rows = ts.main(["--sizes=tiny", "--repeats=1", "--no-peak", f"--json={out}"])
+  (row,) = rows
+  cfg, fhw, text_len, batch = ts.model_config("tiny")
+  assert row["model_gflop"] == pytest.approx(flops.train_step_flops(cfg, batch, fhw, text_len) / 1e9)
+  assert row["tokens"] == 3 * 4 * 4
+  for name in ("ours", "torch"):
+    assert row[f"{name}_s"] > 0 and np.isfinite(row[f"{name}_gflops"])
+  assert row["speedup_vs_torch"] == pytest.approx(row["torch_s"] / row["ours_s"])
+  assert json.loads(out.read_text())["rows"][0]["size"] == "tiny"
+
+
+def test_train_step_config_matches_issue_flops():
+  """The CPU perf config is the issue's: about 56 GFLOP per training step."""
+  ts = _load("train_step")
+  cfg, fhw, text_len, batch = ts.model_config("base")
+  assert (cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.ffn_dim, cfg.text_dim) == (6, 6, 64, 1536, 256)
+  assert flops.train_step_flops(cfg, batch, fhw, text_len) / 1e9 == pytest.approx(56, rel=0.02)
+
+
+def test_train_step_rejects_bad_override():
+  ts = _load("train_step")
+  with pytest.raises(ValueError, match="no_such_field"):
+    ts.main(["--sizes=tiny", "--no-torch", "--no-peak", "--override=no_such_field=1"])
+  with pytest.raises(ValueError, match="unknown size"):
+    ts.model_config("huge")
+
+
+def test_train_step_ours_learns():
+  """Repeated steps of the benchmarked step lower the loss on a fixed batch (it is a real step)."""
+  ts = _load("train_step")
+  cfg, fhw, text_len, batch = ts.model_config("tiny")
+  run = ts.make_ours(cfg, fhw, text_len, batch)
+  losses = [run() for _ in range(12)]
+  assert np.mean(losses[-4:]) < np.mean(losses[:4])
+
+
+def test_scaling_writes_table_and_plot(tmp_path):
+  sc = _load("scaling")
+  result = sc.main(["--size=tiny", "--frames=1,3", "--heads=1,2", "--repeats=1", f"--out={tmp_path}"])
+  frames, width = result["rows"]["frames"], result["rows"]["width"]
+  assert [r["tokens"] for r in frames] == [16, 48] and [r["dim"] for r in width] == [16, 32]
+  assert frames[1]["peak_bytes"] > frames[0]["peak_bytes"] and width[1]["peak_bytes"] > width[0]["peak_bytes"]
+  # Model FLOPs grow linearly in tokens (attention is small here) and between E and E^2 in width.
+  assert 0.9 < result["exponents"]["frames"]["flops"] < 1.2
+  assert 1.0 < result["exponents"]["width"]["flops"] <= 2.0
+  assert (tmp_path / "scaling.png").stat().st_size > 1000
+  assert "fitted exponent" in (tmp_path / "scaling.md").read_text()
+
+
+def test_fit_exponent():
+  sc = _load("scaling")
+  assert sc.fit_exponent([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(2.0)
+
+
+def test_sampling_against_torch():
+  sa = _load("sampling")
+  result = sa.main(["--size=tiny", "--steps=2", "--repeats=1"])
+  assert result["ours_steps_per_s"] > 0 and result["torch_steps_per_s"] > 0
+  assert result["speedup_vs_torch"] == pytest.approx(result["ours_steps_per_s"] / result["torch_steps_per_s"])
+
+
+def test_run_all_runs_a_subset_and_rejects_unknown(tmp_path, capsys):
+  ra = _load("run_all")
+  (result,) = ra.main(["--tiny", "--only=train_step", f"--log_dir={tmp_path}"])
+  assert result["rc"] == 0, open(result["log"]).read()[-2000:]
+  assert "ours is" in open(result["log"]).read()
+  assert "benchmarks: 1 ran, 0 failed" in capsys.readouterr().out
+  with pytest.raises(ValueError, match="nope"):
+    ra.main(["--only=nope"])
+  assert set(ra.BENCHMARKS) >= {"train_step", "scaling", "sampling", "attention", "data_pipeline",
+                                "scorer", "vae_memory"}
