@@ -9,7 +9,8 @@ FLOP/s over the measured large-fp32-matmul rate (the practical peak of this CPU)
 
   python bench/perf/train_step.py                          # the CPU perf config ("base")
   python bench/perf/train_step.py --sizes=base,wide,long --repeats=7 --json=/tmp/train_step.json
-  python bench/perf/train_step.py --override=attention_impl=xla --no-torch   # ours alone
+  python bench/perf/train_step.py --override=remat_policy=none --no-torch   # ours alone, no remat
+  BENCH_THREADS=1 python bench/perf/train_step.py      # one thread each (fairer on a loaded machine)
 
 Sizes (fp32, batch 2, patch (1, 2, 2), 16 latent channels, text width 256 x 64 tokens):
   base  6 layers, 6 heads x 64, FFN 1536, latents 5x16x16 (320 tokens)   ~56 GFLOP per step
@@ -47,6 +48,10 @@ SIZES = {  # name -> (model fields, latents (F, H, W), text tokens, batch)
     "tiny": (dict(num_heads=2, ffn_dim=128, num_layers=2, head_dim=16, text_dim=32, freq_dim=32,
                   in_channels=4, out_channels=4), (3, 8, 8), 8, 2),
 }
+# How ours runs on CPU. dots_saveable (keep matmul outputs, recompute the elementwise ops in the
+# backward pass) is 1.21x faster than no remat here: fewer per-layer residual buffers for the
+# layer scan to stack (see BENCHMARKS.md). --override=remat_policy=none restores the default.
+CPU_RUN = dict(dtype="float32", attention_impl="xla", remat_policy="dots_saveable")
 OPTIM = dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
 
 
@@ -55,7 +60,7 @@ def model_config(size: str, **overrides) -> tuple[WanDiTConfig, tuple[int, int, 
   if size not in SIZES:
     raise ValueError(f"--sizes: unknown size {size!r}; expected one of {sorted(SIZES)}")
   fields, fhw, text_len, batch = SIZES[size]
-  cfg = WanDiTConfig(**{**COMMON, **fields, "dtype": "float32", "attention_impl": "xla", **overrides})
+  cfg = WanDiTConfig(**{**COMMON, **fields, **CPU_RUN, **overrides})
   return cfg, fhw, text_len, batch
 
 
