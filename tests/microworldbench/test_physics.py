@@ -44,7 +44,7 @@ def ground_truth(process: str, k: int = 0, seed: int = 0):
 def render(process: str, params: dict, tracks: np.ndarray, state: dict, seed: int = 0) -> np.ndarray:
   """Draws tracks (F, N, 2) like `processes.render_clip` does: the same optics blur and noise."""
   rng = np.random.default_rng(seed)
-  image = processes._draw(process, params, tracks, state, SIZE, rng)  # pylint: disable=protected-access
+  image = processes._draw(process, params, tracks, state, SIZE)  # pylint: disable=protected-access
   image = processes._gaussian_blur(image, sigma=0.7)  # pylint: disable=protected-access
   image = image + rng.normal(0.0, 0.02, image.shape)
   return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
