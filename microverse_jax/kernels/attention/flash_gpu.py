@@ -23,6 +23,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from microverse_jax.kernels.attention.common import lookup_block_sizes, pad_axis, round_up
+
 MASK_VALUE = -1e30
 LOG2E = math.log2(math.e)
 
@@ -53,30 +55,12 @@ CHIP_BLOCK_SIZES = {
 
 
 def default_block_sizes(device_kind: str | None = None) -> BlockSizes:
-  """Block sizes for a GPU `device_kind` (e.g. "NVIDIA H100 80GB HBM3"); the local one when None."""
-  if device_kind is None:
-    device_kind = jax.devices()[0].device_kind
-  kind = device_kind.lower()
-  for key, sizes in CHIP_BLOCK_SIZES.items():
-    if key in kind:
-      return sizes
-  return BlockSizes()
-
-
-def _round_up(x: int, m: int) -> int:
-  return -(-x // m) * m
+  """Block sizes for a GPU `device_kind` (e.g. "NVIDIA H100 80GB HBM3"); the local device's when None."""
+  return lookup_block_sizes(CHIP_BLOCK_SIZES, BlockSizes(), device_kind)
 
 
 def _fit_block(block: int, length: int) -> int:
   return min(block, max(16, pl.next_power_of_2(length)))
-
-
-def _pad_axis(x, axis: int, length: int):
-  if x.shape[axis] == length:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, length - x.shape[axis])
-  return jnp.pad(x, widths)
 
 
 # ----------------------------------------------------------------------------------------- kernels
@@ -289,10 +273,10 @@ def flash_attention_gpu(q, k, v, kv_mask=None, *, block_sizes: BlockSizes | None
   bq_f, bk_f = _fit_block(sizes.block_q, tq), _fit_block(sizes.block_k, tk)
   bq_b, bk_b = _fit_block(sizes.block_q_bwd, tq), _fit_block(sizes.block_k_bwd, tk)
   # Powers of two: the largest block of each axis is a multiple of the others.
-  tq_pad, tk_pad = _round_up(tq, max(bq_f, bq_b)), _round_up(tk, max(bk_f, bk_b))
+  tq_pad, tk_pad = round_up(tq, max(bq_f, bq_b)), round_up(tk, max(bk_f, bk_b))
   d_pad = max(16, pl.next_power_of_2(d))
-  mask = None if kv_mask is None else _pad_axis(kv_mask.astype(jnp.int32), 1, tk_pad)
-  pad = lambda x, t: _pad_axis(_pad_axis(x, 1, t), 3, d_pad)
+  mask = None if kv_mask is None else pad_axis(kv_mask.astype(jnp.int32), 1, tk_pad)
+  pad = lambda x, t: pad_axis(pad_axis(x, 1, t), 3, d_pad)
   out = _flash(pad(q, tq_pad), pad(k, tk_pad), pad(v, tk_pad), mask, sizes,
                (d ** -0.5, tk, bq_f, bk_f, bq_b, bk_b), interpret)
   return out[:, :tq, :, :d]

@@ -24,6 +24,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from microverse_jax.kernels.attention.common import lookup_block_sizes, pad_axis, round_up
+
 MASK_VALUE = -1e30  # finite: fully masked blocks keep exp(m_prev - m_new) well defined
 LANES = 128
 NT = (((1,), (1,)), ((), ()))  # contract the last dims: A @ B^T
@@ -60,39 +62,21 @@ CHIP_BLOCK_SIZES = {
 
 def default_block_sizes(device_kind: str | None = None) -> BlockSizes:
   """Block sizes for a TPU `device_kind` (e.g. "TPU v5p"); the local device's when None."""
-  if device_kind is None:
-    device_kind = jax.devices()[0].device_kind
-  kind = device_kind.lower()
-  for key, sizes in CHIP_BLOCK_SIZES.items():
-    if key in kind:
-      return sizes
-  return BlockSizes()
-
-
-def _round_up(x: int, m: int) -> int:
-  return -(-x // m) * m
+  return lookup_block_sizes(CHIP_BLOCK_SIZES, BlockSizes(), device_kind)
 
 
 def _fit_blocks(length: int, *blocks: int) -> tuple[int, ...]:
   """(padded length, *blocks) for one sequence axis: blocks shrink to the length (rounded up to
   128), the length is padded to the largest block, and any other block that does not divide the
   padded length drops to the largest multiple of 128 that does."""
-  blocks = tuple(min(b, _round_up(length, LANES)) for b in blocks)
-  padded = _round_up(length, max(blocks))
+  blocks = tuple(min(b, round_up(length, LANES)) for b in blocks)
+  padded = round_up(length, max(blocks))
   fitted = []
   for b in blocks:
     while padded % b:
       b -= LANES
     fitted.append(b)
   return (padded, *fitted)
-
-
-def _pad_axis(x, axis: int, length: int):
-  if x.shape[axis] == length:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, length - x.shape[axis])
-  return jnp.pad(x, widths)
 
 
 # ----------------------------------------------------------------------------------------- kernels
@@ -352,8 +336,8 @@ def flash_attention_tpu(q, k, v, kv_mask=None, *, block_sizes: BlockSizes | None
   tk_pad, bk_f, bk_b = _fit_blocks(tk, sizes.block_k, sizes.block_k_bwd)
   mask = None
   if kv_mask is not None:
-    mask = _pad_axis(kv_mask.astype(jnp.int32), 1, tk_pad)[:, None, :]  # (B, 1, Tk)
-  to_bntd = lambda x, t: _pad_axis(jnp.swapaxes(x, 1, 2), 2, t)
+    mask = pad_axis(kv_mask.astype(jnp.int32), 1, tk_pad)[:, None, :]  # (B, 1, Tk)
+  to_bntd = lambda x, t: pad_axis(jnp.swapaxes(x, 1, 2), 2, t)
   out = _flash(to_bntd(q, tq_pad), to_bntd(k, tk_pad), to_bntd(v, tk_pad), mask,
                (d ** -0.5, tk, bq_f, bk_f, bq_b, bk_b), interpret)
   return jnp.swapaxes(out[:, :, :tq], 1, 2)

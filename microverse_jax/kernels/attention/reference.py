@@ -1,7 +1,6 @@
 """Pure-jnp multi-head attention: the oracle every kernel is tested against."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 
