@@ -12,7 +12,6 @@ If one process fails, the others are stopped (they would wait for it at the next
 """
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -104,17 +103,12 @@ def run(train: Sequence[str], runner: shell.Runner, *, num_processes: int = 1, d
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True, help="configs/FILE.py[:arg]")
-  parser.add_argument("--workdir", required=True)
+  parser = shell.base_parser(__doc__)
   parser.add_argument("--num_processes", type=int, default=1)
   parser.add_argument("--devices_per_process", type=int, default=None,
                       help="simulated CPU devices per process (--xla_force_host_platform_device_count)")
   parser.add_argument("--log_dir", default=None, help="multi-process output (default WORKDIR/logs)")
   parser.add_argument("--timeout", type=float, default=None, help="seconds before every process is stopped")
-  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                      help="print every command, run none")
   args, extra = parser.parse_known_args(argv)
   train = shell.train_argv(args.config, args.workdir, shell.check_override_flags(extra), python=sys.executable)
   log_dir = args.log_dir or os.path.join(args.workdir, "logs")

@@ -2,6 +2,7 @@
 every command (`--dry-run`) or runs it."""
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import subprocess
@@ -9,6 +10,17 @@ import sys
 from typing import Any, Mapping, Sequence, TextIO
 
 TRAIN_MODULE = "microverse_jax.train"
+
+
+def base_parser(doc: str | None, workdir_help: str | None = None) -> argparse.ArgumentParser:
+  """The flags every launcher takes: --config, --workdir, --dry-run (trainer overrides pass through)."""
+  parser = argparse.ArgumentParser(description=doc, allow_abbrev=False,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="configs/FILE.py[:arg]")
+  parser.add_argument("--workdir", required=True, help=workdir_help)
+  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                      help="print every command, run none")
+  return parser
 
 
 def override_flags(overrides: Mapping[str, Any]) -> list[str]:

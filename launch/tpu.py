@@ -247,12 +247,7 @@ def vm_from_args(args: argparse.Namespace) -> TpuVm:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True, help="configs/FILE.py[:arg]")
-  parser.add_argument("--workdir", required=True, help="gs://BUCKET/... (required for multi-host)")
-  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                      help="print every command, run none")
+  parser = shell.base_parser(__doc__, "gs://BUCKET/... (required for multi-host)")
   add_arguments(parser)
   args, extra = parser.parse_known_args(argv)
   vm = vm_from_args(args)
