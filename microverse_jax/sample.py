@@ -140,7 +140,7 @@ def load_model(c, workdir: str | None, checkpoint_dir: str | None):
     raise FileNotFoundError(f"--workdir={workdir}: no checkpoint in {ckpt.directory}")
   with jax.set_mesh(mesh):
     abstract_state, _ = factory.abstract()
-    _, frozen = factory.create()
+    frozen = factory.create_frozen()
     state = ckpt.restore(step, abstract_state, None)
   logging.info("loaded step %d from %s", step, ckpt.directory)
   return nnx.merge(factory.graphdef, state.get("ema", state["params"]), frozen)

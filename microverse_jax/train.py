@@ -197,6 +197,12 @@ class StateFactory:
           state["ema"] = jax.tree.map(jnp.copy, state["params"])
     return state, frozen
 
+  def create_frozen(self):
+    """Only the frozen (never checkpointed) params, for a resume: what `create` returns second."""
+    if self.c.init_from and self.cfg.lora_rank:
+      return convert.restore_params(self.c.init_from, self.abstract()[1])
+    return jax.jit(lambda: self._init(self.c.train.seed)[1], out_shardings=self.frozen_shardings)()
+
   def abstract(self):
     """ShapeDtypeStructs (with shardings) of (state, frozen), for restore and AOT compiles."""
     shapes = jax.eval_shape(functools.partial(self._init, self.c.train.seed))
@@ -388,7 +394,7 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
       state, frozen = factory.create()
     else:
       abstract_state, _ = factory.abstract()
-      _, frozen = factory.create()
+      frozen = factory.create_frozen()
       state = ckpt.restore(latest, abstract_state, train_iter)
       logging.info("resumed from step %d", latest)
     enc_graphdef, enc_state = nnx.split(encoders) if encoders is not None else (None, {})
