@@ -11,6 +11,7 @@ trains on raw procedural clips through a tiny random Wan-VAE and umT5 instead.
 import ml_collections
 
 from microverse_jax.models.wan_dit import WanDiTConfig
+from microverse_jax.sample import NEGATIVE_PROMPT
 
 VARIANTS = {"1.3b", "14b", "lora", "full", "480p", "720p", "runlocal"}
 RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}
@@ -43,14 +44,14 @@ def get_config(arg: str = "1.3b,lora") -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-4 if lora else 1e-5, warmup_steps=0, schedule="constant", weight_decay=0.01, b1=0.9,
       b2=0.999, eps=1e-8, grad_clip=0.0, grad_accum=1, ema_decay=0.0))
-  c.diffusion = ml_collections.ConfigDict(dict(shift=5.0))
+  c.diffusion = ml_collections.ConfigDict(dict(shift=5.0, prediction="velocity"))
   # 5 epochs (LoRA) / 2 epochs (full) of 9,601 clips at the global batch size.
   c.train = ml_collections.ConfigDict(dict(
       num_steps=(5 if lora else 2) * 9601 // c.data.batch_size, log_every=10, checkpoint_every=500,
-      keep_checkpoints=3, seed=0, profile_start=-1, profile_steps=3))
+      keep_checkpoints=3, seed=0, profile_start=-1, profile_steps=3, caption_dropout=0.0))
   c.eval = ml_collections.ConfigDict(dict(
       every=1000, num_batches=4, buckets=(100, 300, 500, 700, 900), sample_every=0, sample_steps=50,
-      guidance=5.0, sampler="euler", fps=15, physics=0,
+      guidance=5.0, negative_prompt=NEGATIVE_PROMPT, sampler="euler", fps=15, physics=0,
       prompts=("A red blood cell squeezes through a narrow capillary, deforming and recovering its shape.",)))
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, context=1))
   c.sharding_rules = ml_collections.ConfigDict()

@@ -61,6 +61,27 @@ def inference_sigmas(num_steps: int, shift: float = 5.0) -> np.ndarray:
   return shift_sigmas(np.linspace(1.0, 0.0, num_steps + 1), shift).astype(np.float64)
 
 
+PREDICTIONS = ("velocity", "x0")
+
+
+def to_velocity(out: jax.Array, x_t: jax.Array, sigma: jax.Array, prediction: str,
+                min_sigma: float = 0.0) -> jax.Array:
+  """The velocity a model output stands for. out, x_t: (B, ...); sigma: (B,).
+
+  "velocity": out is v (Wan2.1). "x0": out is the clean sample, v = (x_t - out) / sigma, the
+  denominator clipped at `min_sigma` (training uses 0.05 so the loss stays bounded near sigma = 0).
+  Predicting x0 and training on the velocity loss suits small pixel-space models: the noise
+  never has to pass through the network (Li & He 2025, "Back to Basics: Let Denoising Generative
+  Models Denoise").
+  """
+  if prediction == "velocity":
+    return out
+  if prediction != "x0":
+    raise ValueError(f"prediction={prediction!r}: expected one of {PREDICTIONS}")
+  s = jnp.maximum(sigma, min_sigma).reshape(-1, *([1] * (x_t.ndim - 1)))
+  return (x_t.astype(jnp.float32) - out.astype(jnp.float32)) / s
+
+
 VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x, t (B,)) -> v
 
 

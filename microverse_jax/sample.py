@@ -4,8 +4,10 @@
   python -m microverse_jax.sample --config=... --workdir=DIR --tasks MWBenchRubrics.json --out_dir DIR [--indices 1-459]
   python -m microverse_jax.sample --config=... --workdir=DIR --prompts PROMPTS.jsonl --out_dir DIR [--split validation]
 
-Defaults reproduce the official MicroVerse inference: 50 steps, shift 5, CFG 5.0 with the official
-negative prompt, seed 42, 15 fps. Each video is written under a temporary name and renamed when
+Steps, guidance, negative prompt, shift, sampler and fps default to the config's (eval.sample_steps,
+eval.guidance, eval.negative_prompt, diffusion.shift, eval.sampler, eval.fps); configs/wan2_1.py holds
+the official MicroVerse inference: 50 Euler steps, shift 5, CFG 5.0 with the official negative
+prompt, 15 fps. Seed 42. Each video is written under a temporary name and renamed when
 complete, so an interrupted run never leaves a truncated mp4; finished files are skipped on rerun.
 """
 from __future__ import annotations
@@ -30,31 +32,38 @@ NEGATIVE_PROMPT = ("overexposed, static, blurry details, subtitles, watermark, w
 
 def generate(model, encoders, tokenizer, prompts: list[str], shape: tuple[int, int, int, int], *,
              steps: int = 50, guidance: float = 5.0, shift: float = 5.0, sampler: str = "euler",
-             seed: int = 42, negative_prompt: str = NEGATIVE_PROMPT, batch_size: int | None = None, noise_ids: list[int] | None = None,
-             progress: bool = False) -> list[np.ndarray]:
+             seed: int = 42, negative_prompt: str = NEGATIVE_PROMPT, batch_size: int | None = None,
+             noise_ids: list[int] | None = None, prediction: str = "velocity", progress: bool = False) -> list[np.ndarray]:
   """Videos for `prompts` as uint8 (F, H, W, 3); `shape` is the latent (F', H', W', C) to sample
-  (`train.latent_shape`). Conditional and unconditional passes share a batch.
+  (`train.latent_shape`). Conditional and unconditional passes share a batch; guidance 1 runs only
+  the conditional one.
 
   Prompt i gets the noise of key fold_in(key(seed), noise_ids[i]) (default i): results do not depend
   on batching, and a task keeps its noise when a run resumes.
   Prompts are batched `batch_size` at a time (default: the device count), data-parallel over devices.
+  `prediction`: what the model outputs, "velocity" (Wan2.1) or "x0" (the config's diffusion.prediction).
   """
   batch_size = batch_size or jax.device_count()
   encode_text = nnx.jit(lambda enc, ids, mask: enc.text(ids, mask))
-  velocity = nnx.jit(lambda m, x, t, ctx: m(x, t, ctx))
+  velocity = nnx.jit(lambda m, x, t, ctx: diffusion.to_velocity(
+      m(x, t, ctx), x, t / diffusion.NUM_TRAIN_TIMESTEPS, prediction))
   decode = nnx.jit(lambda enc, z: enc.decode(z))
-  neg_ids, neg_mask = tokenizer([negative_prompt])
-  uncond = encode_text(encoders, jnp.asarray(neg_ids), jnp.asarray(neg_mask))
+  if guidance != 1.0:  # guidance 1 is the conditional velocity alone: no unconditional pass
+    neg_ids, neg_mask = tokenizer([negative_prompt])
+    uncond = encode_text(encoders, jnp.asarray(neg_ids), jnp.asarray(neg_mask))
   noise_ids = list(range(len(prompts))) if noise_ids is None else noise_ids
   out = []
   for start in range(0, len(prompts), batch_size):
     chunk = prompts[start:start + batch_size]
     ids, mask = tokenizer(chunk)
     cond = encode_text(encoders, jnp.asarray(ids), jnp.asarray(mask))
-    context = jnp.concatenate([cond, jnp.broadcast_to(uncond, cond.shape)])
     noise = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.key(seed), noise_ids[start + i]), shape)
                        for i in range(len(chunk))])
-    fn = diffusion.guided(lambda x, t: velocity(model, x, t, context), guidance)
+    if guidance == 1.0:
+      fn = lambda x, t, cond=cond: velocity(model, x, t, cond)
+    else:
+      context = jnp.concatenate([cond, jnp.broadcast_to(uncond, cond.shape)])
+      fn = diffusion.guided(lambda x, t, context=context: velocity(model, x, t, context), guidance)
     report = (lambda i: print(f"  step {i + 1}/{steps}", end="\r", flush=True)) if progress else None
     latents = diffusion.sample(fn, noise, steps, shift=shift, sampler=sampler, callback=report)
     frames = np.asarray(decode(encoders, latents))
@@ -146,6 +155,11 @@ def load_model(c, workdir: str | None, checkpoint_dir: str | None):
   return nnx.merge(factory.graphdef, state.get("ema", state["params"]), frozen)
 
 
+def pick(flag_value, config_value):
+  """A flag given on the command line wins over the config."""
+  return config_value if flag_value is None else flag_value
+
+
 def main(argv):
   del argv
   F = flags.FLAGS
@@ -175,11 +189,13 @@ def main(argv):
   for start in range(0, len(jobs), per):
     chunk = jobs[start:start + per]
     print(f"[{start + 1}-{start + len(chunk)}/{len(jobs)}] generating", flush=True)
-    videos = generate(model, encoders, tokenizer, [t for _, t, _ in chunk], shape, steps=F.steps,
-                      guidance=F.guidance, shift=F.shift, sampler=F.sampler, seed=F.seed,
-                      negative_prompt=F.negative_prompt, batch_size=per, noise_ids=[i for i, _, _ in chunk], progress=True)
+    videos = generate(model, encoders, tokenizer, [t for _, t, _ in chunk], shape,
+                      steps=pick(F.steps, c.eval.sample_steps), guidance=pick(F.guidance, c.eval.guidance),
+                      shift=pick(F.shift, c.diffusion.shift), sampler=pick(F.sampler, c.eval.sampler), seed=F.seed,
+                      negative_prompt=pick(F.negative_prompt, c.eval.negative_prompt), batch_size=per, noise_ids=[i for i, _, _ in chunk],
+                      prediction=c.diffusion.prediction, progress=True)
     for frames, (_, _, path) in zip(videos, chunk):
-      write_video(frames, path, fps=F.fps)
+      write_video(frames, path, fps=pick(F.fps, c.eval.fps))
       print(f"wrote {path}", flush=True)
 
 
@@ -189,16 +205,17 @@ def define_flags() -> None:
   flags.DEFINE_string("checkpoint", None, "A converted DiT checkpoint (instead of --workdir).")
   flags.DEFINE_string("prompt", None, "One prompt.")
   flags.DEFINE_string("output", "out.mp4", "Output mp4 for --prompt.")
-  flags.DEFINE_string("negative_prompt", NEGATIVE_PROMPT, "Negative prompt for CFG.")
-  flags.DEFINE_integer("steps", 50, "Sampling steps.")
-  flags.DEFINE_float("guidance", 5.0, "Classifier-free guidance scale.")
-  flags.DEFINE_float("shift", 5.0, "Sigma shift.")
+  flags.DEFINE_string("negative_prompt", None, "Negative prompt for CFG (default: the config's "
+                      "eval.negative_prompt).")
+  flags.DEFINE_integer("steps", None, "Sampling steps (default: eval.sample_steps).")
+  flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (default: eval.guidance).")
+  flags.DEFINE_float("shift", None, "Sigma shift (default: diffusion.shift).")
   flags.DEFINE_integer("seed", 42, "Noise seed.")
-  flags.DEFINE_enum("sampler", "euler", ["euler", "unipc"], "ODE sampler.")
+  flags.DEFINE_enum("sampler", None, ["euler", "unipc"], "ODE sampler (default: eval.sampler).")
   flags.DEFINE_integer("num_frames", None, "Frames (default: the config's).")
   flags.DEFINE_integer("height", None, "Height (default: the config's).")
   flags.DEFINE_integer("width", None, "Width (default: the config's).")
-  flags.DEFINE_float("fps", 15.0, "Frames per second of the mp4.")
+  flags.DEFINE_float("fps", None, "Frames per second of the mp4 (default: eval.fps).")
   flags.DEFINE_string("tasks", None, "MicroWorldBench rubric file: one <index>.mp4 per task.")
   flags.DEFINE_string("out_dir", None, "Output directory for --tasks.")
   flags.DEFINE_string("indices", "", "Task indices for --tasks, e.g. 1-459 or 3,5-9.")

@@ -70,6 +70,10 @@ def validate(c, num_devices: int) -> dict[str, int]:
     raise ValueError(f"model.in_channels={cfg.in_channels}, but the {c.autoencoder.kind} autoencoder gives {lat[-1]}")
   if cfg.num_heads % mesh["tensor"] or cfg.num_heads % mesh["context"]:
     raise ValueError(f"model.num_heads={cfg.num_heads} must divide by mesh.tensor and mesh.context")
+  if c.train.caption_dropout and c.data.source != "video":
+    raise ValueError("train.caption_dropout needs data.source='video' (a latent cache stores encoded captions)")
+  if c.diffusion.prediction not in diffusion.PREDICTIONS:
+    raise ValueError(f"diffusion.prediction={c.diffusion.prediction!r}: expected one of {diffusion.PREDICTIONS}")
   if c.optim.schedule not in ("constant", "cosine"):
     raise ValueError(f"optim.schedule={c.optim.schedule!r}: expected 'constant' or 'cosine'")
   for key, path in (("init_from", c.init_from), ("text.init_from", c.text.init_from),
@@ -224,12 +228,16 @@ def make_train_step(c, graphdef, tx, schedule):
     index = fm.sample_index(k_t, latents.shape[0])
     noise = jax.random.normal(k_noise, latents.shape, jnp.float32)
     x_t, t, target, weight = fm.training_inputs(latents, noise, index)
-    v = model(x_t, t, context)
+    v = diffusion.to_velocity(model(x_t, t, context), x_t, t / diffusion.NUM_TRAIN_TIMESTEPS,
+                              c.diffusion.prediction, min_sigma=0.05)
     per_sample = jnp.mean(jnp.square(v - target), axis=tuple(range(1, v.ndim)))
     return jnp.mean(per_sample * weight)
 
   def step(state, frozen, encode, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    if c.train.caption_dropout > 0:
+      key, k_drop = jax.random.split(key)
+      batch = drop_captions(batch, k_drop, c.train.caption_dropout)
     latents, context = encode(batch)
     grad_fn = jax.value_and_grad(loss_fn)
     if accum == 1:
@@ -251,6 +259,17 @@ def make_train_step(c, graphdef, tx, schedule):
     return new, {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
 
   return step
+
+
+def drop_captions(batch: dict, key, rate: float) -> dict:
+  """Replaces each caption by the empty prompt with probability `rate` (trains the unconditional
+  model that classifier-free guidance needs). The empty prompt is eos alone (id 1, T5 convention),
+  what both tokenizers make of ""."""
+  ids, mask = batch["text_ids"], batch["text_mask"]
+  drop = jax.random.bernoulli(key, rate, (ids.shape[0], 1))
+  first = jnp.arange(ids.shape[1]) == 0
+  return {**batch, "text_ids": jnp.where(drop, first.astype(ids.dtype), ids),
+          "text_mask": jnp.where(drop, first, mask)}
 
 
 def jit_train_step(c, factory: StateFactory, encode):
@@ -293,7 +312,9 @@ def make_eval_step(c, graphdef):
     model = nnx.merge(graphdef, params, frozen)
     noise = jax.random.normal(key, latents.shape, jnp.float32)
     x_t, t, target, _ = fm.training_inputs(latents, noise, jnp.full((latents.shape[0],), bucket))
-    per = jnp.mean(jnp.square(model(x_t, t, context) - target), axis=tuple(range(1, latents.ndim)))
+    v = diffusion.to_velocity(model(x_t, t, context), x_t, t / diffusion.NUM_TRAIN_TIMESTEPS,
+                              c.diffusion.prediction, min_sigma=0.05)
+    per = jnp.mean(jnp.square(v - target), axis=tuple(range(1, latents.ndim)))
     return jnp.sum(per * valid), jnp.sum(valid)
 
   return eval_step
@@ -488,7 +509,8 @@ def write_samples(c, workdir, step, state, frozen, graphdef, tokenizer, encoders
   out_dir = epath.Path(workdir) / "samples" / f"step_{step}"
   videos = sample.generate(model, encoders, tokenizer, list(c.eval.prompts), latent_shape(c),
                            steps=c.eval.sample_steps, guidance=c.eval.guidance, shift=c.diffusion.shift,
-                           sampler=c.eval.sampler, seed=c.train.seed)
+                           sampler=c.eval.sampler, seed=c.train.seed, prediction=c.diffusion.prediction,
+                           negative_prompt=c.eval.negative_prompt)
   if jax.process_index() == 0:
     for i, v in enumerate(videos):
       sample.write_video(v, str(out_dir / f"{i}.mp4"), fps=c.eval.fps, strip=True)
@@ -508,7 +530,8 @@ def physics_eval(c, state, frozen, graphdef, tokenizer, encoders) -> dict:
   model = nnx.merge(graphdef, state.get("ema", state["params"]), frozen)
   videos = sample.generate(model, encoders, tokenizer, [s.caption for s in specs], latent_shape(c),
                            steps=c.eval.sample_steps, guidance=c.eval.guidance, shift=c.diffusion.shift,
-                           sampler=c.eval.sampler, seed=c.train.seed)
+                           sampler=c.eval.sampler, seed=c.train.seed, prediction=c.diffusion.prediction,
+                           negative_prompt=c.eval.negative_prompt)
   rows = [{"process": s.process, "params": s.params, "size": d["size"]} for s in specs]
   return {k: v for k, v in score_videos(videos, rows).items() if k.count("/") <= 2}
 

@@ -62,3 +62,31 @@ def test_unipc_needs_fewer_steps_than_euler():
 def test_guidance_combines_cond_and_uncond():
   fn = diffusion.guided(lambda x, t: jnp.concatenate([jnp.ones_like(x[:1]), jnp.zeros_like(x[:1])]), 5.0)
   np.testing.assert_allclose(fn(jnp.zeros((1, 2)), jnp.zeros((1,))), 5.0)
+
+
+def exact_x0(x, t):
+  """E[x0 | x_sigma] for the same Gaussian data: what an x0-predicting model outputs."""
+  s = (t / 1000.0)[:, None]
+  var = (1 - s) ** 2 * STD ** 2 + s ** 2
+  return MU + (1 - s) * STD ** 2 / var * (x - (1 - s) * MU)
+
+
+def test_x0_prediction_is_the_same_flow_as_velocity_prediction():
+  x = jax.random.normal(jax.random.key(1), (64, 1)) * 2
+  t = jnp.linspace(20.0, 1000.0, 64)
+  v = diffusion.to_velocity(exact_x0(x, t), x, t / 1000, "x0")
+  np.testing.assert_allclose(v, exact_velocity(x, t), rtol=1e-4, atol=1e-4)
+  assert diffusion.to_velocity(x, x, t / 1000, "velocity") is x
+  noise = jax.random.normal(jax.random.key(0), (256, 1))
+  via_v = diffusion.sample(exact_velocity, noise, 20, sampler="unipc")
+  via_x0 = diffusion.sample(lambda x, t: diffusion.to_velocity(exact_x0(x, t), x, t / 1000, "x0"), noise, 20,
+                            sampler="unipc")
+  np.testing.assert_allclose(via_x0, via_v, atol=1e-5)
+
+
+def test_x0_prediction_clips_the_denominator_for_training():
+  x, out = jnp.ones((2, 3)), jnp.zeros((2, 3))
+  v = diffusion.to_velocity(out, x, jnp.array([0.01, 0.5]), "x0", min_sigma=0.05)
+  np.testing.assert_allclose(v[:, 0], [20.0, 2.0], rtol=1e-6)
+  with pytest.raises(ValueError, match="prediction='eps'"):
+    diffusion.to_velocity(out, x, jnp.array([0.5, 0.5]), "eps")

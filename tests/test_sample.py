@@ -48,6 +48,17 @@ def test_same_seed_same_video_and_valid_mp4(trained, tmp_path):
   assert (tmp_path / "out.png").exists() and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_guidance_one_skips_the_unconditional_pass_with_the_same_result(trained):
+  c, workdir = trained
+  model = sample.load_model(c, workdir, None)
+  tokenizer, encoders = train.build_encoders(c)
+  kwargs = dict(steps=3, shift=1.0, sampler="euler", seed=3)
+  args = (model, encoders, tokenizer, ["cells divide"], train.latent_shape(c))
+  alone = sample.generate(*args, guidance=1.0, **kwargs)[0]
+  with_uncond = sample.generate(*args, guidance=1.0 + 1e-6, **kwargs)[0]  # the CFG path, same maths
+  assert np.abs(alone.astype(int) - with_uncond.astype(int)).max() <= 1
+
+
 def _run(args, **kw):
   cmd = [sys.executable, "-m", "microverse_jax.sample", "--config=configs/microsim_tiny.py:test",
          "--steps=2", "--shift=1.0", *args]
