@@ -50,7 +50,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.sharding_rules = ml_collections.ConfigDict()  # logical axis -> mesh axes overrides
 
   if "test" in arg.split(","):  # unit tests: seconds per run
-    c.model.update(num_heads=2, head_dim=16, ffn_dim=64, num_layers=2, text_dim=32, freq_dim=32)
+    c.model.update(patch_size=(1, 4, 4), num_heads=2, head_dim=16, ffn_dim=64, num_layers=2, text_dim=32,
+                   freq_dim=32)
     c.text.max_length = 32
     c.data.update(batch_size=4, num_frames=5, height=16, width=16)
     c.optim.warmup_steps = 2

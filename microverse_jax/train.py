@@ -342,7 +342,7 @@ class MetricWriter:
     tmp.write_text(self.text)
     tmp.replace(self.path)
     for k, v in row.items():
-      if k != "step":
+      if k != "step" and math.isfinite(v):  # undefined scores (e.g. no tracks) stay NaN in the JSONL only
         self.tb.add_scalar(k, v, step)
     self.tb.flush()
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)

@@ -69,7 +69,7 @@ def trainer_config(cfg: WanDiTConfig, batch: int) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.optim = ml_collections.ConfigDict(dict(**OPTIM, warmup_steps=0, schedule="constant", grad_clip=0.0,
                                            grad_accum=1, ema_decay=0.0))
-  c.train = ml_collections.ConfigDict(dict(num_steps=1000))
+  c.train = ml_collections.ConfigDict(dict(num_steps=1000, caption_dropout=0.0))
   c.diffusion = ml_collections.ConfigDict(dict(shift=5.0, prediction="velocity"))
   c.data = ml_collections.ConfigDict(dict(batch_size=batch))
   return c
