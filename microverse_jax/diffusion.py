@@ -22,8 +22,11 @@ def shift_sigmas(sigmas, shift: float):
 
 @dataclasses.dataclass(frozen=True)
 class FlowMatching:
-  """The training grid: sigma = shift(linspace(1, 0, 1001)[:-1]), t = 1000 sigma, loss weights w(t)."""
+  """The training grid: sigma = shift(linspace(1, 0, 1001)[:-1]), t = 1000 sigma, loss weights w(t).
+
+  `prediction`: what the model outputs ("velocity" or "x0", see `to_velocity`)."""
   shift: float = 5.0
+  prediction: str = "velocity"
 
   @property
   def sigmas(self) -> np.ndarray:
@@ -50,6 +53,10 @@ class FlowMatching:
     s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
     x_t = (1 - s) * x0 + s * noise
     return x_t, sigma * NUM_TRAIN_TIMESTEPS, (noise - x0).astype(jnp.float32), jnp.asarray(self.loss_weights)[index]
+
+  def velocity(self, out: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
+    """The velocity of model output `out` at timesteps t (B,), the x0 denominator clipped at 0.05."""
+    return to_velocity(out, x_t, t / NUM_TRAIN_TIMESTEPS, self.prediction, min_sigma=0.05)
 
   def sample_index(self, key, batch: int) -> jax.Array:
     """One uniform grid index per sample: (B,) int32 in [0, 1000)."""

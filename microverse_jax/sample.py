@@ -155,9 +155,10 @@ def load_model(c, workdir: str | None, checkpoint_dir: str | None):
   return nnx.merge(factory.graphdef, state.get("ema", state["params"]), frozen)
 
 
-def pick(flag_value, config_value):
-  """A flag given on the command line wins over the config."""
-  return config_value if flag_value is None else flag_value
+def config_settings(c) -> dict:
+  """`generate` keyword arguments from a training config (eval.*, diffusion.*)."""
+  return dict(steps=c.eval.sample_steps, guidance=c.eval.guidance, shift=c.diffusion.shift,
+              sampler=c.eval.sampler, negative_prompt=c.eval.negative_prompt, prediction=c.diffusion.prediction)
 
 
 def main(argv):
@@ -186,16 +187,16 @@ def main(argv):
   model = load_model(c, F.workdir, F.checkpoint)
   tokenizer, encoders = train.build_encoders(c)
   per = F.batch_size or jax.device_count()
+  flagged = dict(steps=F.steps, guidance=F.guidance, shift=F.shift, sampler=F.sampler,
+                 negative_prompt=F.negative_prompt)  # flags given on the command line win
+  settings = {**config_settings(c), **{k: v for k, v in flagged.items() if v is not None}}
   for start in range(0, len(jobs), per):
     chunk = jobs[start:start + per]
     print(f"[{start + 1}-{start + len(chunk)}/{len(jobs)}] generating", flush=True)
-    videos = generate(model, encoders, tokenizer, [t for _, t, _ in chunk], shape,
-                      steps=pick(F.steps, c.eval.sample_steps), guidance=pick(F.guidance, c.eval.guidance),
-                      shift=pick(F.shift, c.diffusion.shift), sampler=pick(F.sampler, c.eval.sampler), seed=F.seed,
-                      negative_prompt=pick(F.negative_prompt, c.eval.negative_prompt), batch_size=per, noise_ids=[i for i, _, _ in chunk],
-                      prediction=c.diffusion.prediction, progress=True)
+    videos = generate(model, encoders, tokenizer, [t for _, t, _ in chunk], shape, seed=F.seed,
+                      batch_size=per, noise_ids=[i for i, _, _ in chunk], progress=True, **settings)
     for frames, (_, _, path) in zip(videos, chunk):
-      write_video(frames, path, fps=pick(F.fps, c.eval.fps))
+      write_video(frames, path, fps=c.eval.fps if F.fps is None else F.fps)
       print(f"wrote {path}", flush=True)
 
 

@@ -219,7 +219,7 @@ class StateFactory:
 # =============================================================================================
 def make_train_step(c, graphdef, tx, schedule):
   """step(state, frozen, encoders_state, enc_graphdef-bound batch) -> (state, metrics)."""
-  fm = diffusion.FlowMatching(shift=c.diffusion.shift)
+  fm = diffusion.FlowMatching(shift=c.diffusion.shift, prediction=c.diffusion.prediction)
   accum, ema_decay = c.optim.grad_accum, c.optim.ema_decay
 
   def loss_fn(params, frozen, latents, context, key):
@@ -228,8 +228,7 @@ def make_train_step(c, graphdef, tx, schedule):
     index = fm.sample_index(k_t, latents.shape[0])
     noise = jax.random.normal(k_noise, latents.shape, jnp.float32)
     x_t, t, target, weight = fm.training_inputs(latents, noise, index)
-    v = diffusion.to_velocity(model(x_t, t, context), x_t, t / diffusion.NUM_TRAIN_TIMESTEPS,
-                              c.diffusion.prediction, min_sigma=0.05)
+    v = fm.velocity(model(x_t, t, context), x_t, t)
     per_sample = jnp.mean(jnp.square(v - target), axis=tuple(range(1, v.ndim)))
     return jnp.mean(per_sample * weight)
 
@@ -306,15 +305,13 @@ def make_encode(c, enc_graphdef):
 
 def make_eval_step(c, graphdef):
   """Held-out loss at one fixed timestep bucket with fixed noise: comparable across runs."""
-  fm = diffusion.FlowMatching(shift=c.diffusion.shift)
+  fm = diffusion.FlowMatching(shift=c.diffusion.shift, prediction=c.diffusion.prediction)
 
   def eval_step(params, frozen, latents, context, valid, bucket, key):
     model = nnx.merge(graphdef, params, frozen)
     noise = jax.random.normal(key, latents.shape, jnp.float32)
     x_t, t, target, _ = fm.training_inputs(latents, noise, jnp.full((latents.shape[0],), bucket))
-    v = diffusion.to_velocity(model(x_t, t, context), x_t, t / diffusion.NUM_TRAIN_TIMESTEPS,
-                              c.diffusion.prediction, min_sigma=0.05)
-    per = jnp.mean(jnp.square(v - target), axis=tuple(range(1, latents.ndim)))
+    per = jnp.mean(jnp.square(fm.velocity(model(x_t, t, context), x_t, t) - target), axis=tuple(range(1, latents.ndim)))
     return jnp.sum(per * valid), jnp.sum(valid)
 
   return eval_step
@@ -508,9 +505,7 @@ def write_samples(c, workdir, step, state, frozen, graphdef, tokenizer, encoders
   model = nnx.merge(graphdef, params, frozen)
   out_dir = epath.Path(workdir) / "samples" / f"step_{step}"
   videos = sample.generate(model, encoders, tokenizer, list(c.eval.prompts), latent_shape(c),
-                           steps=c.eval.sample_steps, guidance=c.eval.guidance, shift=c.diffusion.shift,
-                           sampler=c.eval.sampler, seed=c.train.seed, prediction=c.diffusion.prediction,
-                           negative_prompt=c.eval.negative_prompt)
+                           seed=c.train.seed, **sample.config_settings(c))
   if jax.process_index() == 0:
     for i, v in enumerate(videos):
       sample.write_video(v, str(out_dir / f"{i}.mp4"), fps=c.eval.fps, strip=True)
@@ -529,9 +524,7 @@ def physics_eval(c, state, frozen, graphdef, tokenizer, encoders) -> dict:
            for i in val[:c.eval.physics]]
   model = nnx.merge(graphdef, state.get("ema", state["params"]), frozen)
   videos = sample.generate(model, encoders, tokenizer, [s.caption for s in specs], latent_shape(c),
-                           steps=c.eval.sample_steps, guidance=c.eval.guidance, shift=c.diffusion.shift,
-                           sampler=c.eval.sampler, seed=c.train.seed, prediction=c.diffusion.prediction,
-                           negative_prompt=c.eval.negative_prompt)
+                           seed=c.train.seed, **sample.config_settings(c))
   rows = [{"process": s.process, "params": s.params, "size": d["size"]} for s in specs]
   return {k: v for k, v in score_videos(videos, rows).items() if k.count("/") <= 2}
 
