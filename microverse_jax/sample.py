@@ -33,7 +33,8 @@ NEGATIVE_PROMPT = ("overexposed, static, blurry details, subtitles, watermark, w
 def generate(model, encoders, tokenizer, prompts: list[str], shape: tuple[int, int, int, int], *,
              steps: int = 50, guidance: float = 5.0, shift: float = 5.0, sampler: str = "euler",
              seed: int = 42, negative_prompt: str = NEGATIVE_PROMPT, batch_size: int | None = None,
-             noise_ids: list[int] | None = None, prediction: str = "velocity", progress: bool = False) -> list[np.ndarray]:
+             noise_ids: list[int] | None = None, prediction: str = "velocity",
+             progress: bool = False) -> list[np.ndarray]:
   """Videos for `prompts` as uint8 (F, H, W, 3); `shape` is the latent (F', H', W', C) to sample
   (`train.latent_shape`). Conditional and unconditional passes share a batch; guidance 1 runs only
   the conditional one.
@@ -60,10 +61,10 @@ def generate(model, encoders, tokenizer, prompts: list[str], shape: tuple[int, i
     noise = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.key(seed), noise_ids[start + i]), shape)
                        for i in range(len(chunk))])
     if guidance == 1.0:
-      fn = lambda x, t, cond=cond: velocity(model, x, t, cond)
+      fn = lambda x, t: velocity(model, x, t, cond)
     else:
       context = jnp.concatenate([cond, jnp.broadcast_to(uncond, cond.shape)])
-      fn = diffusion.guided(lambda x, t, context=context: velocity(model, x, t, context), guidance)
+      fn = diffusion.guided(lambda x, t: velocity(model, x, t, context), guidance)
     report = (lambda i: print(f"  step {i + 1}/{steps}", end="\r", flush=True)) if progress else None
     latents = diffusion.sample(fn, noise, steps, shift=shift, sampler=sampler, callback=report)
     frames = np.asarray(decode(encoders, latents))

@@ -311,7 +311,8 @@ def make_eval_step(c, graphdef):
     model = nnx.merge(graphdef, params, frozen)
     noise = jax.random.normal(key, latents.shape, jnp.float32)
     x_t, t, target, _ = fm.training_inputs(latents, noise, jnp.full((latents.shape[0],), bucket))
-    per = jnp.mean(jnp.square(fm.velocity(model(x_t, t, context), x_t, t) - target), axis=tuple(range(1, latents.ndim)))
+    v = fm.velocity(model(x_t, t, context), x_t, t)
+    per = jnp.mean(jnp.square(v - target), axis=tuple(range(1, latents.ndim)))
     return jnp.sum(per * valid), jnp.sum(valid)
 
   return eval_step

@@ -1,5 +1,7 @@
 """Test set-up: CPU only (libtpu is installed for ahead-of-time TPU compiles, not for running)."""
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")  # silences libtpu's host probing warnings
@@ -15,3 +17,18 @@ def synth_data_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   build_dataset.build("microsim_synth", data_dir, num_clips=48, num_frames=9, size=32)
   return data_dir
+
+
+@pytest.fixture(scope="session")
+def run_on_cpu_devices():
+  """run(args, num_devices, *, timeout, pythonpath=()) -> CompletedProcess: `python *args` in a fresh
+  process that sees `num_devices` simulated CPU devices, run from the repo with it importable."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def run(args, num_devices: int, *, timeout: int = 600, pythonpath=()):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}",
+           "PYTHONPATH": os.pathsep.join([repo, *pythonpath, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, *args], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+  return run

@@ -97,16 +97,14 @@ print("LOSSES" + json.dumps(out))
 """
 
 
-def test_sharded_meshes_match_single_device(synth_data_dir, tmp_path):
+def test_sharded_meshes_match_single_device(synth_data_dir, tmp_path, run_on_cpu_devices):
   meshes = {"single": dict(data=1)}
-  single = subprocess.run([sys.executable, "-c", SHARDED, synth_data_dir, json.dumps(meshes), str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+  single = run_on_cpu_devices(["-c", SHARDED, synth_data_dir, json.dumps(meshes), str(tmp_path)], 1)
   assert single.returncode == 0, single.stderr[-3000:]
   meshes = {"data8": dict(data=8), "fsdp8": dict(data=1, fsdp=8),
             "d2f2t2": dict(data=2, fsdp=2, tensor=2)}
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  sharded = subprocess.run([sys.executable, "-c", SHARDED, synth_data_dir, json.dumps(meshes), str(tmp_path)],
-                           cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+  sharded = run_on_cpu_devices(["-c", SHARDED, synth_data_dir, json.dumps(meshes), str(tmp_path)], 8,
+                               timeout=900)
   assert sharded.returncode == 0, sharded.stderr[-3000:]
   ref = json.loads(single.stdout.split("LOSSES")[-1])["single"]
   got = json.loads(sharded.stdout.split("LOSSES")[-1])

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import ml_dtypes
 import numpy as np
@@ -184,11 +182,8 @@ print("ok")
 """
 
 
-def test_sharded_encoders_split_the_batch_over_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
-  result = subprocess.run([sys.executable, "-c", _TWO_DEVICES], env=env, capture_output=True, text=True,
-                          timeout=300)
+def test_sharded_encoders_split_the_batch_over_devices(run_on_cpu_devices):
+  result = run_on_cpu_devices(["-c", _TWO_DEVICES], 2, timeout=300, pythonpath=[os.path.dirname(__file__)])
   assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
 
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
-import pytest
 
 TOL = 2e-5  # fp32; the sharded program does the same arithmetic in another order
 
@@ -70,13 +67,8 @@ def _run_checks():
   print("RESULTS " + json.dumps(results))
 
 
-def test_sharded_attention_equals_unsharded():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=repo,
-                        capture_output=True, text=True, timeout=600)
+def test_sharded_attention_equals_unsharded(run_on_cpu_devices):
+  proc = run_on_cpu_devices([os.path.abspath(__file__)], 8)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULTS ")]
   assert proc.returncode == 0 and lines, proc.stderr[-3000:]
   results = json.loads(lines[-1][len("RESULTS "):])

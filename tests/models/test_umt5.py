@@ -6,8 +6,6 @@ import json
 import math
 import os
 import pickle
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -24,7 +22,6 @@ from microverse_jax.convert import umt5_from_original, umt5_from_transformers  #
 from microverse_jax.models.umt5 import (UMT5Config, UMT5Encoder, UMT5Tokenizer,  # noqa: E402
                                         relative_position_buckets)
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = {  # two tiny configs: few buckets / short max distance, and Wan's 32 buckets / 128
     "small_buckets": dict(vocab_size=100, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
                           relative_attention_num_buckets=8, relative_attention_max_distance=16),
@@ -228,11 +225,8 @@ _SHARDED = textwrap.dedent("""
 """)
 
 
-def test_tiny_encoder_runs_with_sharded_parameters():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-         "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-  result = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True,
-                          timeout=600)
+def test_tiny_encoder_runs_with_sharded_parameters(run_on_cpu_devices):
+  result = run_on_cpu_devices(["-c", _SHARDED], 4)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "OK" in result.stdout
 

@@ -5,8 +5,6 @@ import dataclasses
 import functools
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -23,7 +21,6 @@ from microverse_jax.models.wan_vae import WanVAE, WanVAEConfig  # noqa: E402
 
 TINY = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
             temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _reference(seed=0, **overrides):
@@ -274,10 +271,7 @@ _SHARDED = textwrap.dedent("""
 """)
 
 
-def test_encode_runs_sharded_over_batch_and_rows():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-         "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-  result = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True,
-                          timeout=600)
+def test_encode_runs_sharded_over_batch_and_rows(run_on_cpu_devices):
+  result = run_on_cpu_devices(["-c", _SHARDED], 4)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "OK" in result.stdout
