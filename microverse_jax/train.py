@@ -92,10 +92,9 @@ class Encoders(nnx.Module):
   def __init__(self, c, *, rngs: nnx.Rngs):
     from microverse_jax.models.umt5 import UMT5Config, UMT5Encoder
     self.text_encoder = UMT5Encoder(UMT5Config.preset(c.text.preset, **_text_overrides(c)), rngs=rngs)
-    self.vae = None
-    if c.autoencoder.kind == "wan_vae":
-      from microverse_jax.models.wan_vae import WanVAE, WanVAEConfig
-      self.vae = WanVAE(WanVAEConfig.preset(c.autoencoder.preset), rngs=rngs)
+    from microverse_jax.models.wan_vae import WanVAE, WanVAEConfig
+    wan = c.autoencoder.kind == "wan_vae"  # one assignment: nnx fixes an attribute's kind at first set
+    self.vae = WanVAE(WanVAEConfig.preset(c.autoencoder.preset), rngs=rngs) if wan else None
 
   def text(self, ids, mask):
     return self.text_encoder(ids, mask)
