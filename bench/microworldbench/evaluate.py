@@ -2,7 +2,13 @@
 
 Videos are `<index>.<ext>` in one folder. Each video is decoded once; its three dimensions are
 judged concurrently with the other items (`--concurrency` requests in flight). Re-running with the
-same `--out` judges only the items that are missing or failed.
+same `--out` judges only the items that are missing or failed. One run at a time owns an `--out`:
+it holds `<out>.lock` (its pid and host are written in it); a second run on the same `--out`
+stops at once naming that pid, or with --wait-for-lock waits for the first to finish.
+
+--protocol official sends the official evaluator's request (its template, read from
+--prompt-template; 8 frames at JPEG quality 100; a body of model + messages only; its parse rule).
+The protocol is recorded in the results file, and one file never mixes two.
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from microworldbench import frames as frames_lib
+from microworldbench import official
+from microworldbench.files import FileLock
 from microworldbench.judge import (API_KEY_ENV, Judge, JudgeFatalError, JudgeInterrupted,
                                    JudgeSettings, ReplyError, Verdict, build_prompt, check_scores)
 from microworldbench.progress import Progress
@@ -47,18 +55,30 @@ def find_videos(videos_dir: str) -> tuple[dict[int, str], list[str]]:
   return found, ignored
 
 
-def item_done(item: dict[str, Any] | None, task: Task, dimension: str) -> bool:
-  """True when the stored result for this dimension is a valid score over the current criteria."""
-  if not item:
+def criteria_numbers(task: Task, dimension: str, protocol: str) -> list[int]:
+  """The criterion numbers the judge is shown for this protocol."""
+  if protocol == "official":
+    return official.shown_criteria(task.raw[dimension])
+  return [c.number for c in task.criteria[dimension]]
+
+
+def item_done(item: dict[str, Any] | None, task: Task, dimension: str, protocol: str = "default") -> bool:
+  """True when the stored result for this dimension is a valid score over the current criteria
+  (under the official protocol: a reply that the official parse rule read)."""
+  if not isinstance(item, dict):
     return False
-  status = (item.get("status") or {}).get(dimension)
-  numbers = [c.number for c in task.criteria[dimension]]
-  if status is not None and (status.get("state") != "scored" or status.get("criteria") != numbers):
+  status = item.get("status")
+  status = status.get(dimension) if isinstance(status, dict) else None
+  numbers = criteria_numbers(task, dimension, protocol)
+  if status is not None and (not isinstance(status, dict) or status.get("state") != "scored"
+                             or status.get("criteria") != numbers):
     return False
-  evaluation = item.get(EVAL_KEY[dimension]) or {}
-  parsed = evaluation.get("parsed_result")
+  evaluation = item.get(EVAL_KEY[dimension])
+  parsed = evaluation.get("parsed_result") if isinstance(evaluation, dict) else None
   if not isinstance(parsed, dict):
     return False
+  if protocol == "official":
+    return status is not None
   try:
     check_scores(parsed.get("scores"), len(numbers))
   except ReplyError:
@@ -70,13 +90,17 @@ class _FramePrefetcher:
   """Decodes each video once, in a small pool of its own, ahead of the judge requests.
 
   At most `ahead` videos are held (as level-0 JPEG data URLs) at a time; a video is freed when the
-  last of its dimensions is judged. Smaller encodings (after a 413) are made from the level-0
-  JPEGs on demand.
+  last of its dimensions is judged. Smaller encodings (after a 413) are made on demand from the
+  level-0 JPEGs, or with `keep_frames` from the decoded frames (the official protocol re-encodes
+  its frames, not its JPEGs).
   """
 
   def __init__(self, videos: dict[int, str], units: list[tuple[int, str]], num_frames: int,
-               ahead: int, stop: threading.Event, workers: int = 2):
+               ahead: int, stop: threading.Event, workers: int = 2,
+               ladder: tuple[tuple[int, int | None], ...] = frames_lib.ENCODING_LADDER,
+               keep_frames: bool = False):
     self._videos, self._num_frames, self._stop = videos, num_frames, stop
+    self._ladder, self._keep_frames = ladder, keep_frames
     self._users = collections.Counter(i for i, _ in units)
     self._slots = threading.Semaphore(max(1, ahead))
     self._lock = threading.Lock()
@@ -85,25 +109,27 @@ class _FramePrefetcher:
     order = list(dict.fromkeys(i for i, _ in units))
     self._futures = {i: self._pool.submit(self._load, i) for i in order}
 
-  def _load(self, index: int) -> list[str]:
+  def _load(self, index: int):
     while not self._slots.acquire(timeout=0.1):
       if self._stop.is_set():
         raise JudgeInterrupted("stopping")
-    quality, side = frames_lib.ENCODING_LADDER[0]
+    quality, side = self._ladder[0]
     frames = frames_lib.read_frames(self._videos[index], self._num_frames)
-    return frames_lib.jpeg_data_urls(frames, quality, side)
+    return frames_lib.jpeg_data_urls(frames, quality, side), frames if self._keep_frames else None
 
   def urls(self, index: int):
     """-> a function level -> data URLs; raises VideoError for an unreadable video."""
-    base = self._futures[index].result()
+    base, frames = self._futures[index].result()
 
     def at_level(level: int) -> list[str]:
       if level == 0:
         return base
       with self._lock:
         if (index, level) not in self._smaller:
-          quality, side = frames_lib.ENCODING_LADDER[level]
-          self._smaller[(index, level)] = frames_lib.reencode_data_urls(base, quality, side)
+          quality, side = self._ladder[level]
+          self._smaller[(index, level)] = (
+              frames_lib.jpeg_data_urls(frames, quality, side) if frames is not None
+              else frames_lib.reencode_data_urls(base, quality, side))
         return self._smaller[(index, level)]
     return at_level
 
@@ -112,7 +138,7 @@ class _FramePrefetcher:
       self._users[index] -= 1
       if self._users[index] == 0:
         future = self._futures.pop(index)
-        for level in range(1, len(frames_lib.ENCODING_LADDER)):
+        for level in range(1, len(self._ladder)):
           self._smaller.pop((index, level), None)
         if future.done() and not future.cancelled():
           self._slots.release()
@@ -131,9 +157,13 @@ class Summary:
   unmatched_videos: list[str] = dataclasses.field(default_factory=list)
   fatal: str | None = None
   interrupted: bool = False
+  skipped_journal_lines: list[str] = dataclasses.field(default_factory=list)
 
   def report(self) -> str:
     lines = [f"scored {self.scored}, failed {self.failed}, already done {self.already_done}"]
+    if self.skipped_journal_lines:
+      lines.append(f"{len(self.skipped_journal_lines)} journal lines skipped (their items were redone): "
+                   f"{_short(self.skipped_journal_lines, 3)}")
     if self.missing_videos:
       lines.append(f"{len(self.missing_videos)} tasks have no video: {_short(self.missing_videos)}")
     if self.unmatched_videos:
@@ -158,31 +188,67 @@ def _short(items: list, n: int = 10) -> str:
 
 def evaluate(rubrics: RubricSet, videos_dir: str, out: str, settings: JudgeSettings,
              num_frames: int = 8, concurrency: int = 8, indices: set[int] | None = None,
-             save_interval: float = 30.0, progress: bool | None = None) -> Summary:
-  """Judges every (task, dimension) whose video is in `videos_dir` and is not done in `out`."""
+             save_interval: float = 30.0, progress: bool | None = None, template: str | None = None,
+             wait_for_lock: bool = False) -> Summary:
+  """Judges every (task, dimension) whose video is in `videos_dir` and is not done in `out`.
+
+  `settings.protocol == "official"` needs `template` (the official prompt template's text) and
+  8 frames. Holds `<out>.lock` for the whole run (`wait_for_lock`: wait for another run to finish
+  instead of refusing at once).
+  """
+  protocol = settings.protocol
+  if protocol == "official":
+    if template is None:
+      raise ValueError("--protocol official needs --prompt-template (official_judge_prompt.txt)")
+    if num_frames != official.NUM_FRAMES:
+      raise ValueError(f"--protocol official sends {official.NUM_FRAMES} frames, not --num-frames {num_frames}")
+  elif template is not None:
+    raise ValueError("--prompt-template is used only with --protocol official")
+  judge = Judge(settings)  # Checks the URL and the protocol before anything is read or locked.
   videos, ignored = find_videos(videos_dir)
+  with FileLock(out + ".lock", f"--out {out}", wait=wait_for_lock):
+    return _evaluate_locked(rubrics, videos, ignored, out, settings, judge, num_frames, concurrency,
+                            indices, save_interval, progress, template)
+
+
+def _evaluate_locked(rubrics, videos, ignored, out, settings, judge, num_frames, concurrency, indices,
+                     save_interval, progress, template) -> Summary:
+  protocol = settings.protocol
   summary = Summary(unmatched_videos=ignored + [p for i, p in sorted(videos.items())
                                                 if i not in rubrics.tasks])
   wanted = sorted(i for i in rubrics.tasks if indices is None or i in indices)
   summary.missing_videos = [i for i in wanted if i not in videos]
   store = ResultStore(out)
-  judges = {item["judge_model"] for item in store.items.values() if item.get("judge_model")}
+  summary.skipped_journal_lines = list(store.skipped_journal_lines)
+  judges = {item["judge_model"] for item in store.items.values() if isinstance(item.get("judge_model"), str)}
   if judges - {settings.model}:
     store.close()
     raise ValueError(f"{out}: judged by {sorted(judges)}, not {settings.model!r}; mixing judges in one "
                      f"results file would mix their scores: use another --out")
+  protocols = {item["protocol"] for item in store.items.values() if isinstance(item.get("protocol"), str)}
+  if protocols - {protocol}:
+    store.close()
+    raise ValueError(f"{out}: judged with --protocol {'/'.join(sorted(protocols))}, not {protocol!r}; "
+                     f"one results file holds one protocol: use another --out")
   units = []
   for index in wanted:
     if index not in videos:
       continue
     for dim in DIMENSIONS:
-      if item_done(store.items.get(index), rubrics.tasks[index], dim):
+      if item_done(store.items.get(index), rubrics.tasks[index], dim, protocol):
         summary.already_done += 1
       else:
         units.append((index, dim))
-  stop = threading.Event()
-  judge = Judge(settings, stop=stop)
-  frames = _FramePrefetcher(videos, units, num_frames, ahead=concurrency + 4, stop=stop)
+  stop = judge.stop
+  ladder = official.ENCODING_LADDER if protocol == "official" else frames_lib.ENCODING_LADDER
+  frames = _FramePrefetcher(videos, units, num_frames, ahead=concurrency + 4, stop=stop, ladder=ladder,
+                            keep_frames=protocol == "official")
+
+  def prompt_for(task: Task, dim: str) -> str:
+    if protocol == "official":
+      return official.build_prompt(template, task, dim)
+    return build_prompt(task, dim, num_frames)
+
   bar = Progress(len(units), desc="judging ", enabled=progress)
   lock = threading.Lock()
 
@@ -197,17 +263,17 @@ def evaluate(rubrics: RubricSet, videos_dir: str, out: str, settings: JudgeSetti
         verdict = Verdict(False, None, None, f"unreadable video: {e}", 0)
       else:
         try:
-          verdict = judge.judge(build_prompt(task, dim, num_frames), images, len(task.criteria[dim]),
-                                levels=len(frames_lib.ENCODING_LADDER))
+          verdict = judge.judge(prompt_for(task, dim), images, len(criteria_numbers(task, dim, protocol)),
+                                levels=len(ladder))
         except JudgeFatalError:
           stop.set()  # At once, so that no other worker starts a request.
           raise
     finally:
       frames.release(index)
     status = {"state": "scored" if verdict.ok else "failed", "reason": verdict.reason,
-              "requests": verdict.requests, "criteria": [c.number for c in task.criteria[dim]]}
+              "requests": verdict.requests, "criteria": criteria_numbers(task, dim, protocol)}
     store.record(index, videos[index], dim, {"raw_response": verdict.raw, "parsed_result": verdict.parsed},
-                 status, settings.model)
+                 status, settings.model, protocol)
     with lock:
       if verdict.ok:
         summary.scored += 1
@@ -285,7 +351,14 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
   p.add_argument("--save-interval", type=float, default=30.0, help="seconds between full rewrites of --out")
   p.add_argument("--strict-rubrics", action="store_true", help="fail on any rubric anomaly")
   p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                 help="progress bar (default: when stderr is a terminal)")
+                 help="progress bar on a terminal, periodic lines otherwise (None: when stderr is a terminal)")
+  p.add_argument("--protocol", choices=official.PROTOCOLS, default="default",
+                 help="'official': the official evaluator's request exactly (needs --prompt-template)")
+  p.add_argument("--prompt-template", help="official_judge_prompt.txt, for --protocol official (read, never copied)")
+  p.add_argument("--allow-insecure-url", action="store_true",
+                 help="allow a plain-http --judge-url on another machine (the key would travel unencrypted)")
+  p.add_argument("--wait-for-lock", action="store_true",
+                 help="when another run holds --out, wait for it to finish instead of stopping at once")
   p.set_defaults(func=_main)
 
 
@@ -293,15 +366,21 @@ def _main(args: argparse.Namespace) -> int:
   rubrics = load_rubrics(args.rubrics, args.tasks, strict=args.strict_rubrics)
   if rubrics.anomalies:
     print(rubrics.summary(), file=sys.stderr)
+  if args.protocol == "official" and (args.max_tokens or args.no_json_mode):
+    raise ValueError("--max-tokens and --no-json-mode change the default protocol's body only; "
+                     "--protocol official sends model + messages and nothing else")
+  template = official.load_template(args.prompt_template) if args.prompt_template else None
   settings = JudgeSettings(url=args.judge_url, model=args.judge_model, api_key=api_key_from_env(),
                            timeout=args.timeout, retries=args.retries, backoff=args.backoff,
                            max_wait=args.max_wait, json_mode=not args.no_json_mode,
-                           max_tokens=args.max_tokens)
+                           max_tokens=args.max_tokens, protocol=args.protocol,
+                           allow_insecure_url=args.allow_insecure_url)
   previous = signal.signal(signal.SIGTERM, _raise_interrupt)
   try:
     summary = evaluate(rubrics, args.videos, args.out, settings, num_frames=args.num_frames,
                        concurrency=args.concurrency, indices=_parse_indices(args.indices),
-                       save_interval=args.save_interval, progress=args.progress)
+                       save_interval=args.save_interval, progress=args.progress, template=template,
+                       wait_for_lock=args.wait_for_lock)
   finally:
     signal.signal(signal.SIGTERM, previous)
   print(summary.report(), file=sys.stderr)

@@ -4,6 +4,14 @@ One request judges one task in one dimension: the prompt (task text, requirement
 of the dimension numbered 1..K) plus the sampled frames as JPEG data URLs, temperature 0, JSON
 output requested. A reply counts only if it holds exactly K scores, each 0 or 1; otherwise the
 judge is re-asked (its reply and the reason are sent back), within the retry budget.
+
+With `protocol="official"` the client sends the official evaluator's request instead (see
+`official.py`): a body of `model` + `messages` only, no re-asking, and the official parse rule.
+
+Secrets: the API key and the user-info part of URLs are masked in every message before it is
+cut or stored; the key never appears in a repr. A URL that is neither https nor http on the
+local machine is refused unless `allow_insecure_url`, and a URL that cannot work (bad scheme,
+unknown host, nobody listening before any answer) stops the run at once.
 """
 from __future__ import annotations
 
@@ -12,12 +20,15 @@ import email.utils
 import json
 import random
 import re
+import socket
 import threading
 import time
+import urllib.parse
 from typing import Any, Callable
 
 import requests
 
+from microworldbench import official
 from microworldbench.rubrics import Task
 
 DIMENSION_TITLES = {
@@ -29,6 +40,64 @@ API_KEY_ENV = ("MICROWORLDBENCH_API_KEY", "EVAL_API_KEY", "OPENAI_API_KEY")
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 _FATAL_STATUS = frozenset({401, 403, 404})
 _FENCE_RE = re.compile(r"^```(?:json)?\s*|\s*```$", re.IGNORECASE)
+_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+BODY_CHARS = 300  # Characters of an error body kept in messages and results.
+
+
+def mask_secrets(text: str, secrets: tuple[str | None, ...] = ()) -> str:
+  """`text` with every secret replaced by *** and the user-info of URLs (`user:pw@`) removed."""
+  for secret in secrets:
+    if secret:
+      text = text.replace(secret, "***")
+  return _USERINFO_RE.sub(r"\1***@", text)
+
+
+def check_judge_url(url: str, allow_insecure: bool = False) -> str:
+  """-> `url` when it may carry the API key: https, or http on this machine (localhost,
+  127.0.0.1, ::1); plain http elsewhere only with `allow_insecure`. ValueError otherwise."""
+  shown = mask_secrets(url)
+  try:
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname
+  except ValueError as e:
+    raise ValueError(f"--judge-url {shown!r}: not a URL ({e})") from None
+  if parts.scheme not in ("http", "https") or not host:
+    raise ValueError(f"--judge-url {shown!r}: expected http(s)://host[:port][/v1], "
+                     f"got scheme {parts.scheme!r} and host {host!r}")
+  if parts.scheme == "http" and host not in LOCAL_HOSTS and not allow_insecure:
+    raise ValueError(f"--judge-url {shown!r}: plain http to another machine would send the API key "
+                     f"and the videos unencrypted; use https, or pass --allow-insecure-url")
+  return url
+
+
+def _cause_chain(e: BaseException):
+  seen = set()
+  stack = [e]
+  while stack:
+    cur = stack.pop()
+    if cur is None or id(cur) in seen:
+      continue
+    seen.add(id(cur))
+    yield cur
+    stack += [cur.__cause__, cur.__context__, getattr(cur, "reason", None)]
+    stack += [a for a in getattr(cur, "args", ()) if isinstance(a, BaseException)]
+
+
+def url_error(e: requests.RequestException, reached: bool) -> str | None:
+  """Why a request error means the URL itself cannot work (fatal at once), or None when it may be
+  transient. Connection refused counts as fatal only before the endpoint has ever answered."""
+  if isinstance(e, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+                    requests.exceptions.MissingSchema)):
+    return f"invalid URL ({type(e).__name__})"
+  if not isinstance(e, requests.ConnectionError) or isinstance(e, requests.Timeout):
+    return None
+  for cause in _cause_chain(e):
+    if isinstance(cause, socket.gaierror) or "NameResolution" in type(cause).__name__:
+      return "the host name does not resolve (DNS)"
+    if isinstance(cause, ConnectionRefusedError) and not reached:
+      return "connection refused, and the endpoint has not answered once in this run"
+  return None
 
 
 def build_prompt(task: Task, dimension: str, num_frames: int) -> str:
@@ -127,13 +196,15 @@ def retry_after_seconds(value: str | None) -> float | None:
 class JudgeSettings:
   url: str
   model: str
-  api_key: str | None = None
+  api_key: str | None = dataclasses.field(default=None, repr=False)
   timeout: float = 120.0  # Seconds per request.
   retries: int = 4  # Extra requests after the first for errors, rate limits and invalid replies.
   backoff: float = 1.0  # First backoff in seconds, doubled each retry (with jitter).
   max_wait: float = 120.0  # Cap on one wait, Retry-After included.
   json_mode: bool = True  # Send response_format={"type": "json_object"}.
   max_tokens: int | None = None
+  protocol: str = "default"  # "official": the official evaluator's request (see official.py).
+  allow_insecure_url: bool = False  # Allow plain http to another machine.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +218,8 @@ class Verdict:
 
 
 class JudgeFatalError(RuntimeError):
-  """The endpoint refuses every request (401/403/404): stop the run instead of failing each item."""
+  """The endpoint refuses every request (401/403/404) or the URL cannot work: stop the run instead
+  of failing each item."""
 
 
 class JudgeInterrupted(RuntimeError):
@@ -158,10 +230,14 @@ class Judge:
   """Thread-safe client; one requests.Session per thread."""
 
   def __init__(self, settings: JudgeSettings, stop: threading.Event | None = None):
+    if settings.protocol not in official.PROTOCOLS:
+      raise ValueError(f"--protocol {settings.protocol!r}: expected one of {official.PROTOCOLS}")
+    check_judge_url(settings.url, settings.allow_insecure_url)
     self.settings = settings
     self.endpoint = chat_completions_url(settings.url)
-    self._stop = stop or threading.Event()
+    self.stop = self._stop = stop or threading.Event()  # Set: every request in flight gives up.
     self._local = threading.local()
+    self._reached = False  # Set once the endpoint has answered anything.
 
   def _session(self) -> requests.Session:
     if not hasattr(self._local, "session"):
@@ -169,8 +245,11 @@ class Judge:
     return self._local.session
 
   def _scrub(self, text: str) -> str:
-    key = self.settings.api_key
-    return text.replace(key, "***") if key else text
+    return mask_secrets(text, (self.settings.api_key,))
+
+  def _body(self, response: requests.Response) -> str:
+    """The response body, masked first and cut after, as a repr for messages."""
+    return repr(self._scrub(response.text)[:BODY_CHARS])
 
   def _wait(self, seconds: float) -> None:
     if self._stop.wait(min(max(seconds, 0.0), self.settings.max_wait)):
@@ -180,6 +259,8 @@ class Judge:
     return min(self.settings.max_wait, self.settings.backoff * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
 
   def _payload(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    if self.settings.protocol == "official":
+      return {"model": self.settings.model, "messages": messages}
     payload: dict[str, Any] = {"model": self.settings.model, "messages": messages, "temperature": 0}
     if self.settings.json_mode:
       payload["response_format"] = {"type": "json_object"}
@@ -210,8 +291,12 @@ class Judge:
       except requests.Timeout:
         reason = f"timeout after {self.settings.timeout:g}s"
       except requests.RequestException as e:
+        fatal = url_error(e, self._reached)
+        if fatal:
+          raise JudgeFatalError(self._scrub(f"cannot reach {self.endpoint}: {fatal}; check --judge-url")) from None
         reason = f"connection error ({type(e).__name__})"
       else:
+        self._reached = True
         status = response.status_code
         if status == 200:
           try:
@@ -220,6 +305,10 @@ class Judge:
             reason = "malformed response body (not a chat completion)"
           else:
             raw = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+            if self.settings.protocol == "official":  # Stored as the official script does; no re-ask.
+              parsed = official.parse_reply(content)
+              reason = None if parsed is not None else "unparsed reply (official parse rule)"
+              return Verdict(parsed is not None, parsed, raw, reason, requests_made)
             try:
               return Verdict(True, parse_reply(content, num_criteria), raw, None, requests_made)
             except ReplyError as e:
@@ -237,14 +326,14 @@ class Judge:
                          requests_made)
         elif status in _FATAL_STATUS:
           raise JudgeFatalError(self._scrub(
-              f"HTTP {status} from {self.endpoint}: {response.text[:300]!r} (check --judge-url, "
+              f"HTTP {status} from {self.endpoint}: {self._body(response)} (check --judge-url, "
               f"--judge-model and the API key in {'/'.join(API_KEY_ENV)})"))
         elif status in _RETRYABLE_STATUS:
           reason = f"HTTP {status}"
           if status == 429 or status == 503:
             wait = retry_after_seconds(response.headers.get("Retry-After"))
         else:
-          return Verdict(False, None, raw, self._scrub(f"HTTP {status}: {response.text[:300]!r}"),
+          return Verdict(False, None, raw, self._scrub(f"HTTP {status}: {self._body(response)}"),
                          requests_made)
       retries += 1
       if retries > self.settings.retries:

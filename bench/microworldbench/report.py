@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from microworldbench.files import atomic_path, write_atomic
 from microworldbench.rubrics import CATEGORIES, DIMENSIONS, RubricSet
 
 PLOT_GROUPS = (("categories", CATEGORIES, "category"), ("dimensions", DIMENSIONS, "dimension"))
@@ -53,10 +54,7 @@ def write_markdown(summary: dict[str, Any], path: str, plots: list[str],
       parts += [f"- task {i}: {why}" for i, why in m["incomplete_tasks"].items()]
   if rubrics is not None and rubrics.anomalies:
     parts += ["", "**Rubric anomalies**", "", "```", rubrics.summary(), "```"]
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write("\n".join(parts) + "\n")
-  os.replace(tmp, path)
+  write_atomic(path, "\n".join(parts) + "\n")
 
 
 def write_plots(summary: dict[str, Any], out_dir: str) -> list[str]:
@@ -88,9 +86,8 @@ def write_plots(summary: dict[str, Any], out_dir: str) -> list[str]:
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     path = os.path.join(out_dir, f"{key}.png")
-    tmp = os.path.join(out_dir, f".{key}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+      fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     paths.append(path)
   return paths

@@ -6,10 +6,12 @@ A results file is a JSON list, one entry per video:
    "visual_eval": {...}, "instruction_eval": {...},
    "status": {"scientific": {"state": "scored" | "failed", "reason": ..., "requests": 2,
                              "criteria": [1, 2, 3, 4, 5]}, ...},
-   "judge_model": "gpt-4o"}
+   "judge_model": "gpt-4o", "protocol": "default" | "official"}
 A failed dimension keeps `parsed_result: null` (the official aggregator drops such a task) and says
 why in `status`. While a run is going, every finished item is also appended to `<file>.journal`
-(one JSON line each) so that a killed run loses nothing; opening the store replays the journal.
+(one JSON line each) so that a killed run loses nothing; opening the store replays the journal,
+skipping (and counting) any line that is not a well-formed entry. One process at a time writes a
+results file: `evaluate` holds `<file>.lock` (see `files.FileLock`) while its store is open.
 """
 from __future__ import annotations
 
@@ -18,34 +20,68 @@ import os
 import threading
 from typing import Any
 
+from microworldbench.files import write_json_atomic
 from microworldbench.rubrics import DIMENSIONS
 
 EVAL_KEY = {dim: f"{dim}_eval" for dim in DIMENSIONS}
+__all__ = ["EVAL_KEY", "ResultStore", "journal_entry_problem", "load_results", "status_problem",
+           "write_json_atomic"]
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to a temporary name beside `path`, then renames it over `path`."""
-  tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, ensure_ascii=False, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+def journal_entry_problem(entry: Any) -> str | None:
+  """Why a journal line cannot be replayed, or None when it can."""
+  if not isinstance(entry, dict):
+    return f"a JSON {type(entry).__name__}, not an object"
+  index = entry.get("index")
+  if isinstance(index, bool) or not isinstance(index, int):
+    return f"index {index!r} is not an integer"
+  if entry.get("dimension") not in DIMENSIONS:
+    return f"unknown dimension {entry.get('dimension')!r}"
+  for key, kind in (("eval", dict), ("status", dict), ("video_path", str), ("judge_model", str)):
+    if not isinstance(entry.get(key), kind):
+      return f"{key!r} is missing or not a {kind.__name__}"
+  if not isinstance(entry.get("protocol", ""), str):
+    return "'protocol' is not a string"
+  return status_problem({entry["dimension"]: entry["status"]})
+
+
+def _no_constant(name: str) -> None:
+  return None  # NaN / Infinity (which Python's json would accept) are read as null.
 
 
 def load_results(path: str) -> list[dict[str, Any]]:
   """Reads a results file (ours or the official evaluator's); a ValueError names what is wrong."""
   try:
     with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-  except json.JSONDecodeError as e:
+      data = json.load(f, parse_constant=_no_constant)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{path}: not valid JSON ({e}); it is left untouched") from None
   if not isinstance(data, list):
     raise ValueError(f"{path}: expected a JSON list of per-video results, got {type(data).__name__}")
   for i, item in enumerate(data):
-    if not isinstance(item, dict) or not isinstance(item.get("index"), int):
+    if not isinstance(item, dict) or isinstance(item.get("index"), bool) or not isinstance(item.get("index"), int):
       raise ValueError(f"{path}: entry {i} has no integer 'index'")
+    problem = status_problem(item.get("status"))
+    if problem:
+      raise ValueError(f"{path}: task {item['index']}: malformed 'status' ({problem}); "
+                       f"fix or delete that entry")
   return data
+
+
+def status_problem(status: Any) -> str | None:
+  """Why a results entry's `status` is malformed, or None (absent, as in official files, is fine)."""
+  if status is None:
+    return None
+  if not isinstance(status, dict):
+    return f"a JSON {type(status).__name__}, not an object"
+  for dim, value in status.items():
+    if not isinstance(value, dict):
+      return f"{dim!r} is a JSON {type(value).__name__}, not an object"
+    if not isinstance(value.get("state"), str):
+      return f"{dim!r} has no string 'state'"
+    if value.get("criteria") is not None and not isinstance(value["criteria"], list):
+      return f"{dim!r} 'criteria' is not a list"
+  return None
 
 
 class ResultStore:
@@ -55,6 +91,7 @@ class ResultStore:
     self.path = path
     self.journal_path = path + ".journal"
     self.items: dict[int, dict[str, Any]] = {}
+    self.skipped_journal_lines: list[str] = []  # "line N: why" for each line that was not replayed
     self._lock = threading.Lock()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if os.path.exists(path):
@@ -66,25 +103,40 @@ class ResultStore:
     self._journal = open(self.journal_path, "a", encoding="utf-8")
 
   def _replay_journal(self) -> None:
-    with open(self.journal_path, encoding="utf-8") as f:
-      for line in f:
+    """Replays every well-formed line; a line cut short by a kill, or any other line that is not
+    a journal entry, is skipped and counted (its item is simply redone)."""
+    with open(self.journal_path, "rb") as f:
+      for number, raw in enumerate(f, 1):
+        if not raw.strip():
+          continue
         try:
-          entry = json.loads(line)
-        except json.JSONDecodeError:
-          continue  # A line cut short by a kill: that item is simply redone.
+          entry = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+          self.skipped_journal_lines.append(f"line {number}: not JSON ({type(e).__name__})")
+          continue
+        problem = journal_entry_problem(entry)
+        if problem:
+          self.skipped_journal_lines.append(f"line {number}: {problem}")
+          continue
         self._apply(entry)
 
   def _apply(self, entry: dict[str, Any]) -> None:
     item = self.items.setdefault(entry["index"], {"index": entry["index"]})
     item["video_path"] = entry["video_path"]
     item[EVAL_KEY[entry["dimension"]]] = entry["eval"]
-    item.setdefault("status", {})[entry["dimension"]] = entry["status"]
     item["judge_model"] = entry["judge_model"]
+    if entry.get("protocol"):
+      item["protocol"] = entry["protocol"]
+    if not isinstance(item.get("status"), dict):
+      item["status"] = {}
+    item["status"][entry["dimension"]] = entry["status"]
 
   def record(self, index: int, video_path: str, dimension: str, evaluation: dict[str, Any],
-             status: dict[str, Any], judge_model: str) -> None:
+             status: dict[str, Any], judge_model: str, protocol: str | None = None) -> None:
     entry = {"index": index, "video_path": video_path, "dimension": dimension, "eval": evaluation,
              "status": status, "judge_model": judge_model}
+    if protocol:
+      entry["protocol"] = protocol
     line = json.dumps(entry, ensure_ascii=False) + "\n"
     with self._lock:
       self._apply(entry)
@@ -95,7 +147,7 @@ class ResultStore:
     out = []
     for index in sorted(self.items):
       item = self.items[index]
-      keys = ["index", "video_path", *EVAL_KEY.values(), "status", "judge_model"]
+      keys = ["index", "video_path", *EVAL_KEY.values(), "status", "judge_model", "protocol"]
       ordered = {k: item[k] for k in keys if k in item}
       if isinstance(ordered.get("status"), dict):
         status = ordered["status"]

@@ -43,6 +43,8 @@ class Task:
   category: str | None
   criteria: dict[str, tuple[Criterion, ...]]  # dimension -> criteria ordered by number
   raw: dict[str, dict[str, Any]]  # dimension -> block as stored in the file
+  # (任务, 具体要求) as the row stores them ("" when absent): what the official prompt shows.
+  official_text: tuple[str, str] = ("", "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +201,8 @@ def load_rubrics(path: str, tasks_path: str | None = None, strict: bool = False)
     if tasks_path and category not in CATEGORIES:
       anomalies.append(Anomaly(index, None, "missing_category",
                                f"category {category!r} is not one of {CATEGORIES}"))
-    tasks[index] = Task(index, task_text, requirement, category, criteria, raw)
+    official_text = tuple("" if item.get(k) is None else str(item[k]) for k in TASK_TEXT_KEYS[1])
+    tasks[index] = Task(index, task_text, requirement, category, criteria, raw, official_text)
   if counts:
     usual = counts.most_common(1)[0][0]
     for t in tasks.values():

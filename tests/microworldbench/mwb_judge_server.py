@@ -1,6 +1,7 @@
 """A fault-injecting judge for tests: a real HTTP server on 127.0.0.1 speaking chat completions.
 
-Each request is matched to its item by the prompt (`TASK-<index>` in the task text and the
+Each request is matched to its item by the prompt (`TASK-<index>` in the task text, or `of task
+<index>` in the criteria when the task text is empty as in the official protocol, and the
 dimension title); `plans[(index, dimension)]` lists what to do on the 1st, 2nd, ... request for
 that item, `default` after that. Actions:
   ok        200, the true scores (`truth`) for the criteria counted in the prompt
@@ -33,8 +34,10 @@ def truth(index: int, dimension: str, k: int) -> list[int]:
 
 class FakeJudge:
   def __init__(self, plans: dict[tuple[int, str], list[str]] | None = None, default: str = "ok",
-               latency: float = 0.0, hang: float = 2.0, retry_after: str = "1"):
+               latency: float = 0.0, hang: float = 2.0, retry_after: str = "1",
+               error_body: bytes = b'{"error": {"message": "injected"}}'):
     self.plans = dict(plans or {})
+    self.error_body = error_body
     self.default, self.latency, self.hang, self.retry_after = default, latency, hang, retry_after
     self.log: list[dict[str, Any]] = []
     self._lock = threading.Lock()
@@ -92,8 +95,10 @@ class FakeJudge:
     first = payload["messages"][0]["content"]
     prompt = next(p["text"] for p in first if p["type"] == "text")
     images = [p["image_url"]["url"] for p in first if p["type"] == "image_url"]
-    index = int(re.search(r"TASK-(\d+)", prompt).group(1))
-    dimension = next(d for title, d in TITLES.items() if f"dimension {title}" in prompt)
+    found = re.search(r"TASK-(\d+)", prompt) or re.search(r"of task (\d+)", prompt)
+    index = int(found.group(1))
+    dimension = next(d for title, d in TITLES.items()
+                     if f"dimension {title}" in prompt or f"the {title} dimension" in prompt)
     k = len(re.findall(r"^\d+\. \[", prompt, flags=re.M))
     item = (index, dimension)
     with self._lock:
@@ -104,7 +109,7 @@ class FakeJudge:
       self.log.append({"item": item, "attempt": attempt, "action": action, "k": k,
                        "auth": h.headers.get("Authorization"), "model": payload.get("model"),
                        "temperature": payload.get("temperature"),
-                       "response_format": payload.get("response_format"),
+                       "response_format": payload.get("response_format"), "body": payload,
                        "messages": len(payload["messages"]), "images": images,
                        "image_bytes": sum(len(u) for u in images), "prompt": prompt,
                        "time": time.monotonic()})
@@ -112,7 +117,7 @@ class FakeJudge:
       time.sleep(self.latency)
     scores = truth(index, dimension, k)
     if action in ("500", "400", "401", "413"):
-      return self._send(h, int(action), b'{"error": {"message": "injected"}}')
+      return self._send(h, int(action), self.error_body)
     if action == "429":
       return self._send(h, 429, b'{"error": "slow down"}', {"Retry-After": self.retry_after})
     if action == "malformed":

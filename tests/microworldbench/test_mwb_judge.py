@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import threading
 import time
 
 import pytest
@@ -146,8 +147,15 @@ def test_auth_failure_stops_with_a_scrubbed_message():
   assert KEY not in str(e.value)
 
 
-def test_connection_refused_is_retried_then_failed():
+def test_connection_refused_after_an_answer_is_retried_then_failed():
   with FakeJudge() as server:
-    url = server.url
-  verdict = Judge(_settings(url, retries=2)).judge(build_prompt(_task(), "visual", 2), _images, 5)
+    judge = Judge(_settings(server.url, retries=2))
+    assert judge.judge(build_prompt(_task(), "visual", 2), _images, 5).ok
+  # The endpoint went away (asked from a new thread, so on a new connection).
+  verdicts = []
+  worker = threading.Thread(target=lambda: verdicts.append(
+      judge.judge(build_prompt(_task(), "visual", 2), _images, 5)))
+  worker.start()
+  worker.join()
+  verdict = verdicts[0]
   assert not verdict.ok and verdict.requests == 3 and verdict.reason.startswith("connection error")

@@ -14,12 +14,17 @@ import os
 
 import numpy as np
 
+from microworldbench.files import check_ids, write_json_atomic
 from microworldbench.physics import metrics, summarize
 
 
 def read_prompts(path: str) -> list[dict]:
-  """Rows of a prompts JSONL (blank lines skipped); ValueError naming the file and line at fault."""
-  rows = []
+  """Rows of a prompts JSONL (blank lines skipped); ValueError naming the file and line at fault.
+
+  Each row's `id` names its video `<id>.mp4`: ids must be safe file names ([A-Za-z0-9_.-]+, no
+  leading dot) and unique; every offending row is named at once, before anything is scored.
+  """
+  rows, ids = [], []
   try:
     with open(path, encoding="utf-8") as f:
       for number, line in enumerate(f, 1):
@@ -33,10 +38,12 @@ def read_prompts(path: str) -> list[dict]:
         if "id" not in row:
           raise ValueError(f"{path}:{number}: missing key 'id' (the video is <id>.mp4)")
         rows.append(row)
+        ids.append((f"{path}:{number}", row["id"]))
   except OSError as e:
     raise ValueError(f"--prompts {path}: cannot read ({e.strerror})") from None
   if not rows:
     raise ValueError(f"--prompts {path}: no rows")
+  check_ids(ids, "id")
   return rows
 
 
@@ -87,11 +94,7 @@ def run(args: argparse.Namespace) -> int:
   results = score_directory(args.videos, rows)
   summary = summarize(results)
   out = {"summary": summary, "rules": metrics.RULES, "videos": results}
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  tmp = f"{args.out}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(_json_safe(out), f, indent=1)
-  os.replace(tmp, args.out)
+  write_json_atomic(args.out, _json_safe(out))
   if args.report:
     from microworldbench.physics import report
     report.write_report(results, summary, args.report)

@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from microworldbench.files import atomic_path, write_atomic
+
 _PANELS_MAX = 6  # videos per process figure
 
 
@@ -81,7 +83,8 @@ def write_report(results: list[dict], summary: dict[str, float], out_dir: str) -
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(out_dir, f"{process}.png")
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+      fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     paths.append(path)
   lines = ["# Physics-fidelity report", "", "| score | value |", "|---|---|"]
@@ -89,8 +92,5 @@ def write_report(results: list[dict], summary: dict[str, float], out_dir: str) -
   lines += ["", "| video | process | pass | reason |", "|---|---|---|---|"]
   lines += [f"| {r['id']} | {r['process']} | {r['pass']} | {r.get('reason') or ''} |" for r in results]
   lines += [""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in paths]
-  tmp = os.path.join(out_dir, ".report.md.tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(tmp, os.path.join(out_dir, "report.md"))
+  write_atomic(os.path.join(out_dir, "report.md"), "\n".join(lines) + "\n")
   return paths
