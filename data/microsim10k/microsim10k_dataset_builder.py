@@ -1,115 +1,74 @@
 """TFDS builder for MicroSim-10K (manual download) writing ArrayRecord.
 
-The manual directory is laid out like the official release: one metadata file (JSON array, JSONL or
-CSV) of rows {"id": optional, "video": path relative to the manual dir, "prompt": caption} beside
-the video files. Videos are stored as the original encoded bytes (no re-encode) with the frame count,
-fps and size found by decoding every frame.
+The manual directory holds the release in any layout of `layouts.py`: the official DiffSynth
+metadata file (`video` + `prompt`), or Hugging Face metadata (`file_name` + `text`/`caption`/`prompt`),
+per-split folders, shards, Parquet. Videos are stored as the original encoded bytes (no re-encode)
+with the frame count, fps and size found by decoding every frame; each video is read once.
 
-Bad input never stops the build: rows without a prompt, video paths that escape the manual dir
-(absolute or `..`), missing, unreadable or truncated videos and duplicate ids are skipped and listed
-in `skipped.jsonl` beside the dataset files, one JSON object per row: {"row", "id", "video", "reason"}.
+Bad input never stops the build: rows that can't be parsed, rows without a prompt, video paths that
+escape the manual dir, symlinks landing outside it, missing, non-regular (FIFO), oversized,
+unreadable or truncated videos and duplicate ids are skipped and listed in `skipped.jsonl` beside the
+dataset files, one JSON object per row: {"file", "row", "id", "video", "reason"}.
+
+Splits: a published split (a `split` column, or a `train/`, `validation/`, `test/` folder or file
+name) wins. Rows without one are split by a hash of their id (`validation_fraction`); so is a release
+that publishes only `train` (no held-out split of its own), so that there is always a validation split.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
-import csv
-import dataclasses
-import io
 import json
 import os
-import posixpath
+from typing import Callable, Iterator
 
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
 from data import clip_features, id_hash_fraction
-from microverse_jax import video
+from data.microsim10k import layouts
+from data.microsim10k.safe_files import MB, Reader, Unusable
+from microverse_jax import files, video
 
-METADATA_SUFFIXES = (".json", ".jsonl", ".csv")
 SKIPPED_FILENAME = "skipped.jsonl"
-
-
-@dataclasses.dataclass(frozen=True)
-class _Clip:
-  row: int
-  id: str
-  video: str
-  caption: str
-  info: video.VideoInfo
-
-
-def find_metadata_file(manual_dir: epath.Path, name: str | None = None) -> epath.Path:
-  """The metadata file: `name` if given, else the one top-level .json/.jsonl/.csv file."""
-  if name:
-    path = manual_dir / name
-    if not path.exists():
-      raise ValueError(f"metadata file {path} does not exist")
-    return path
-  if not manual_dir.is_dir():
-    raise ValueError(f"manual_dir {manual_dir} does not exist or is not a directory")
-  found = sorted(p for p in manual_dir.iterdir() if p.suffix.lower() in METADATA_SUFFIXES and p.is_file())
-  if len(found) != 1:
-    raise ValueError(f"expected exactly one metadata file ({', '.join(METADATA_SUFFIXES)}) in {manual_dir}, "
-                     f"found {[p.name for p in found]}; pass its name with --metadata")
-  return found[0]
-
-
-def read_metadata(path: epath.Path) -> list:
-  """Rows of a JSON array, JSONL or CSV metadata file (JSONL lines that fail to parse become None)."""
-  text = path.read_text(encoding="utf-8")
-  suffix = path.suffix.lower()
-  if suffix == ".csv":
-    return list(csv.DictReader(io.StringIO(text)))
-  if suffix == ".json" and text.lstrip().startswith("["):
-    try:
-      rows = json.loads(text)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"metadata file {path} is not valid JSON: {e}") from e
-    return rows
-  rows = []
-  for line in text.splitlines():
-    if line.strip():
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        rows.append(None)
-  return rows
-
-
-def safe_relative_path(value: object) -> str | None:
-  """The normalised relative posix path, or None if it is not a string or escapes its directory."""
-  if not isinstance(value, str) or not value.strip():
-    return None
-  value = value.strip().replace("\\", "/")
-  if value.startswith("/") or os.path.isabs(value) or (len(value) > 1 and value[1] == ":"):
-    return None
-  normalised = posixpath.normpath(value)
-  if normalised == ".." or normalised.startswith("../") or normalised == ".":
-    return None
-  return normalised
+DEFAULT_MAX_FILE_MB = 512  # a MicroSim-10K clip is a few MB; larger files are skipped, not loaded
 
 
 class Microsim10k(tfds.core.GeneratorBasedBuilder):
   """MicroSim-10K: expert-verified microscopic-process videos with ~150-word captions."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Encoded videos as stored, deterministic hash-of-id validation split."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Encoded videos as stored, deterministic hash-of-id validation split.",
+      "1.1.0": "Every release layout (DiffSynth, Hugging Face, splits, shards, Parquet); published splits win.",
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download the gated Hugging Face dataset wangrongsheng/MicroVerse (MicroSim-10K) and pass its
-  directory as --manual_dir: a metadata file (JSON array, JSONL or CSV) of
-  {"id": optional, "video": relative/path.mp4, "prompt": caption} beside the videos.
+  directory (or its hub-cache snapshot) as --manual_dir. Every layout in docs/data.md is read.
   """
 
   def __init__(self, *, validation_fraction: float = 0.05, metadata_file: str | None = None,
-               probe_threads: int | None = None, **kwargs):
+               video_key: str | None = None, caption_key: str | None = None, id_key: str | None = None,
+               follow_symlinks: bool = False, max_file_mb: float = DEFAULT_MAX_FILE_MB,
+               probe_threads: int | None = None, log: Callable[[str], None] | None = None,
+               progress=None, **kwargs):
+    """`progress`: an object with start(total) and update(n) (see build_dataset.Progress), or None."""
     if not 0.0 <= validation_fraction < 1.0:
       raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    if max_file_mb <= 0:
+      raise ValueError(f"max_file_mb must be > 0, got {max_file_mb}")
     self.validation_fraction = validation_fraction
     self.metadata_file = metadata_file
+    self.keys = layouts.Keys(video=video_key, caption=caption_key, id=id_key)
+    self.follow_symlinks = follow_symlinks
+    self.max_bytes = int(max_file_mb * MB)
     self.probe_threads = probe_threads or min(8, (os.cpu_count() or 1) * 2)
+    self.log = log or (lambda line: logging.info("microsim10k: %s", line))
+    self.progress = progress
     self.skipped: list[dict] = []
+    self.metadata: list[layouts.MetadataFile] = []
     super().__init__(**{"file_format": "array_record", **kwargs})
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -119,81 +78,135 @@ class Microsim10k(tfds.core.GeneratorBasedBuilder):
         metadata=tfds.core.MetadataDict(validation_fraction=self.validation_fraction),
     )
 
-  def _skip(self, row: int, clip_id: object, video_path: object, reason: str) -> None:
-    self.skipped.append({"row": row, "id": clip_id if isinstance(clip_id, str) else None,
-                         "video": video_path if isinstance(video_path, str) else None, "reason": reason})
+  def _skip(self, row: layouts.Row, reason: str | None = None) -> None:
+    self.skipped.append(row.skipped() if reason is None else {**row.skipped(), "reason": reason})
 
-  def _probe(self, manual_dir: epath.Path, relative: str) -> video.VideoInfo | str:
-    """VideoInfo for a clip, or the reason it is unusable."""
-    path = manual_dir / relative
-    try:
-      data = path.read_bytes()
-    except FileNotFoundError:
-      return "missing file"
-    except (OSError, IsADirectoryError) as e:
-      return f"unreadable file: {e}"
-    try:
-      return video.probe(data)
-    except ValueError as e:
-      return str(e)
+  def read_layout(self, manual_dir: epath.Path) -> list[layouts.Row]:
+    """The usable rows of every metadata file, one per id; logs what it found, records skips."""
+    reader = Reader(manual_dir, self.max_bytes, self.follow_symlinks)
+    paths = layouts.find_metadata(manual_dir, self.metadata_file)
+    self.metadata = [layouts.read_metadata(reader, path, self.keys) for path in paths]
+    self.log(f"{len(paths)} metadata file(s) in {manual_dir}:")
+    for meta in self.metadata:
+      self.log("  " + meta.describe())
+    rows, seen = [], set()
+    for row in (r for meta in self.metadata for r in meta.rows):
+      if row.reason is not None:
+        self._skip(row)
+      elif row.id in seen:
+        self._skip(row, "duplicate id")
+      else:
+        seen.add(row.id)
+        rows.append(row)
+    return rows
 
-  def _usable_clips(self, manual_dir: epath.Path) -> list[_Clip]:
-    rows = read_metadata(find_metadata_file(manual_dir, self.metadata_file))
-    candidates = []
-    for i, row in enumerate(rows):
-      if not isinstance(row, dict):
-        self._skip(i, None, None, "row is not an object")
-        continue
-      raw_video, prompt = row.get("video"), row.get("prompt")
-      relative = safe_relative_path(raw_video)
-      clip_id = str(row["id"]) if row.get("id") not in (None, "") else relative
-      if not isinstance(prompt, str) or not prompt.strip():
-        self._skip(i, clip_id, raw_video, "missing prompt")
-      elif relative is None:
-        self._skip(i, clip_id, raw_video, "video path missing or escapes manual_dir")
+  def assign_splits(self, rows: list[layouts.Row]) -> dict[str, list[layouts.Row]]:
+    """Published splits as given; the rest (and a train-only release) by id hash."""
+    published = {r.split for r in rows if r.split}
+    held_out = bool(published - {"train"})
+    splits = collections.defaultdict(list)
+    hashed = []
+    for row in rows:
+      if row.split and (held_out or row.split != "train"):
+        splits[row.split].append(row)
       else:
-        candidates.append((i, clip_id, relative, prompt.strip()))
-    with concurrent.futures.ThreadPoolExecutor(self.probe_threads) as pool:
-      probes = list(pool.map(lambda c: self._probe(manual_dir, c[2]), candidates))
-    clips, seen = [], set()
-    for (i, clip_id, relative, prompt), info in zip(candidates, probes):
-      if isinstance(info, str):
-        self._skip(i, clip_id, relative, info)
-      elif clip_id in seen:
-        self._skip(i, clip_id, relative, "duplicate id")
-      else:
-        seen.add(clip_id)
-        clips.append(_Clip(row=i, id=clip_id, video=relative, caption=prompt, info=info))
-    return clips
+        hashed.append(row)
+    fractions = {r.id: id_hash_fraction(r.id) for r in hashed}
+    validation = {i for i, f in fractions.items() if f < self.validation_fraction}
+    if not validation and not splits["validation"] and len(hashed) >= 2 and self.validation_fraction > 0:
+      validation = {min(fractions, key=fractions.get)}  # smallest hash: never empty
+    for row in hashed:
+      splits["validation" if row.id in validation else "train"].append(row)
+    how = ("published" if not hashed else f"published + hash ({self.validation_fraction:g})" if published
+           else f"hash of id ({self.validation_fraction:g})")
+    self.log(f"splits ({how}): " + ", ".join(f"{k} {len(v)}" for k, v in sorted(splits.items()) if v))
+    return {k: v for k, v in splits.items() if v}
 
   def _split_generators(self, dl_manager):
     manual_dir = epath.Path(dl_manager.manual_dir)
     self.skipped = []
-    clips = self._usable_clips(manual_dir)
-    if not clips:
+    rows = self.read_layout(manual_dir)
+    if not rows:
+      raise ValueError(f"no usable rows in {manual_dir}; skipped rows: {self.skipped[:20]}")
+    splits = self.assign_splits(rows)
+    if self.progress is not None:
+      self.progress.start(len(rows))
+    reader = Reader(manual_dir, self.max_bytes, self.follow_symlinks)
+    # TFDS refuses an empty split, and a video's use is known only once it is read: each split's first
+    # usable clip is found here (read once, kept for its generator); a hash-made validation split
+    # whose clips are all unusable takes the train clip with the smallest id hash instead.
+    firsts = {name: self._first_usable(reader, split_rows) for name, split_rows in splits.items()}
+    hashed_validation = not any(r.split == "validation" for r in rows)
+    if firsts.get("validation", (None,))[0] is None and hashed_validation and firsts.get("train", (None,))[0]:
+      by_hash = sorted(firsts["train"][1], key=lambda r: id_hash_fraction(r.id))
+      first, rest = self._first_usable(reader, by_hash)
+      tried = {r.id for r in by_hash[:len(by_hash) - len(rest)]}  # read once: not again in train
+      firsts["train"] = (firsts["train"][0], [r for r in firsts["train"][1] if r.id not in tried])
+      firsts["validation"] = (first, [])
+    for name, (first, _) in firsts.items():
+      if first is None:
+        self.log(f"split {name}: no usable clip, left out")
+    generators = {name: self._generate_examples(reader, first, rest)
+                  for name, (first, rest) in firsts.items() if first is not None}
+    if not generators:
       raise ValueError(f"no usable clips in {manual_dir}; skipped rows: {self.skipped[:20]}")
-    fractions = [id_hash_fraction(c.id) for c in clips]
-    validation = {c.id for c, f in zip(clips, fractions) if f < self.validation_fraction}
-    if not validation and len(clips) >= 2 and self.validation_fraction > 0:
-      validation = {min(zip(fractions, (c.id for c in clips)))[1]}  # smallest hash: never empty
-    logging.info("microsim10k: %d clips (%d validation), %d rows skipped",
-                 len(clips), len(validation), len(self.skipped))
-    splits = {"train": [c for c in clips if c.id not in validation],
-              "validation": [c for c in clips if c.id in validation]}
-    return {name: self._generate_examples(manual_dir, rows) for name, rows in splits.items() if rows}
+    return generators
 
-  def _generate_examples(self, manual_dir: epath.Path, clips: list[_Clip]):
-    for clip in clips:
-      yield clip.id, {
-          "id": clip.id, "caption": clip.caption, "video": (manual_dir / clip.video).read_bytes(),
-          "num_frames": clip.info.num_frames, "fps": clip.info.fps,
-          "height": clip.info.height, "width": clip.info.width,
-      }
+  def _load(self, reader: Reader, row: layouts.Row) -> tuple[bytes, video.VideoInfo] | str:
+    """The video's bytes (read once) and what decoding them found, or the reason it is unusable."""
+    try:
+      data = reader.read(row.video)
+    except Unusable as e:
+      return str(e)
+    try:
+      return data, video.probe(data)
+    except ValueError as e:
+      return str(e)
+
+  def _loaded(self, row: layouts.Row, loaded) -> tuple | None:
+    """(row, bytes, info) for a usable clip; records an unusable one. Advances the progress."""
+    if self.progress is not None:
+      self.progress.update(1)
+    if isinstance(loaded, str):
+      self._skip(row, loaded)
+      return None
+    return (row, *loaded)
+
+  def _first_usable(self, reader: Reader, rows: list[layouts.Row]) -> tuple[tuple | None, list[layouts.Row]]:
+    """The first usable clip of `rows` (row, bytes, info) or None, and the rows after it."""
+    for n, row in enumerate(rows):
+      clip = self._loaded(row, self._load(reader, row))
+      if clip is not None:
+        return clip, rows[n + 1:]
+    return None, []
+
+  def _generate_examples(self, reader: Reader, first: tuple, rows: list[layouts.Row]) -> Iterator:
+    """Yields `first`, then each usable clip of `rows`, read and decoded in a few threads."""
+    window = 2 * self.probe_threads  # clips in flight: bounds memory to ~window videos
+    todo, pending = iter(rows), collections.deque()
+
+    def example(row, data, info):
+      return row.id, {"id": row.id, "caption": row.caption, "video": data, "num_frames": info.num_frames,
+                      "fps": info.fps, "height": info.height, "width": info.width}
+
+    yield example(*first)
+    with concurrent.futures.ThreadPoolExecutor(self.probe_threads) as pool:
+      def fill():
+        for row in todo:
+          pending.append((row, pool.submit(self._load, reader, row)))
+          if len(pending) >= window:
+            return
+      fill()
+      while pending:
+        row, future = pending.popleft()
+        clip = self._loaded(row, future.result())
+        fill()
+        if clip is not None:
+          yield example(*clip)
 
   def _download_and_prepare(self, dl_manager, download_config):
     super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
     # self.data_path is the incomplete directory here: the report is renamed along with the data.
-    report = "".join(json.dumps(row) + "\n" for row in sorted(self.skipped, key=lambda r: r["row"]))
-    tmp = self.data_path / f".{SKIPPED_FILENAME}.tmp"
-    tmp.write_text(report)
-    tmp.rename(self.data_path / SKIPPED_FILENAME)
+    report = "".join(json.dumps(row) + "\n" for row in sorted(
+        self.skipped, key=lambda r: (r["file"] or "", r["row"])))
+    files.write_text(self.data_path / SKIPPED_FILENAME, report)

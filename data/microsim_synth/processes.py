@@ -37,7 +37,8 @@ import json
 import os
 
 import numpy as np
-from etils import epath
+
+from microverse_jax import files
 
 PROCESSES = ("brownian", "poiseuille", "division", "sedimentation", "chemotaxis")
 DEFAULTS = {"num_clips": 320, "seed": 0, "num_frames": 17, "size": 64, "fps": 8.0}  # the dataset's
@@ -339,16 +340,13 @@ def export_prompts(path: str | os.PathLike, *, num_clips: int = DEFAULTS["num_cl
   Each row: {"id", "split", "process", "params" (units px, frames), "caption", "seed" (render seed),
   "num_frames", "size", "fps"}: enough to re-render a clip with `render_clip` and compare physics.
   """
-  path = epath.Path(path)
+  ids = files.check_ids([f"synth_{i:06d}" for i in range(num_clips)])  # they become mp4 names in sample
   rows = []
-  for i in range(num_clips):
+  for i, clip_id in enumerate(ids):
     spec = clip_spec(i, seed=seed, num_frames=num_frames, size=size, fps=fps)
     rows.append(json.dumps({
-        "id": f"synth_{i:06d}", "split": split_of(i, num_clips), "process": spec.process,
+        "id": clip_id, "split": split_of(i, num_clips), "process": spec.process,
         "params": spec.params, "caption": spec.caption, "seed": spec.seed,
         "num_frames": num_frames, "size": size, "fps": fps}))
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f".{path.name}.tmp"
-  tmp.write_text("\n".join(rows) + "\n")
-  tmp.rename(path)
+  files.write_text(path, "\n".join(rows) + "\n")  # atomic, replaces an earlier export
   return len(rows)

@@ -6,12 +6,12 @@ import json
 import pytest
 import tensorflow_datasets as tfds
 
-from data.microsim10k import find_metadata_file, read_metadata, safe_relative_path
+from data.microsim10k import Reader, find_metadata, parse_rows, read_metadata, safe_relative_path
 from microverse_jax import build_dataset, input_pipeline, video
 
 
 def _dataset_dir(data_dir: str):
-  return tfds.builder_from_directory(f"{data_dir}/microsim10k/1.0.0")
+  return tfds.builder_from_directory(f"{data_dir}/microsim10k/1.1.0")
 
 
 def test_valid_clips_present_and_bad_rows_reported(microsim10k_data_dir, manual_dir, valid_ids):
@@ -72,15 +72,16 @@ def test_load_source_and_cli(microsim10k_data_dir, manual_dir, valid_ids, tmp_pa
 def test_metadata_formats(tmp_path):
   rows = [{"id": "a", "video": "v/a.mp4", "prompt": "p, with comma"}, {"video": "v/b.mp4", "prompt": "q"}]
   (tmp_path / "meta.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
-  assert read_metadata(find_metadata_file(tmp_path)) == rows + [None]
+  assert find_metadata(tmp_path) == ["meta.jsonl"]
+  assert parse_rows("meta.jsonl", (tmp_path / "meta.jsonl").read_bytes()) == rows + ["metadata line is not valid JSON"]
   csv_dir = tmp_path / "csv"
   csv_dir.mkdir()
   (csv_dir / "meta.csv").write_text('id,video,prompt\na,v/a.mp4,"p, with comma"\n,v/b.mp4,q\n')
-  parsed = read_metadata(find_metadata_file(csv_dir))
-  assert parsed[0] == rows[0] and parsed[1]["video"] == "v/b.mp4" and parsed[1]["id"] == ""
+  meta = read_metadata(Reader(csv_dir, 1 << 20), "meta.csv")
+  assert [(r.id, r.video, r.caption) for r in meta.rows] == [("a", "v/a.mp4", "p, with comma"), ("v/b.mp4", "v/b.mp4", "q")]
   (csv_dir / "other.json").write_text("[]")
-  with pytest.raises(ValueError, match="exactly one metadata file"):
-    find_metadata_file(csv_dir)
+  with pytest.raises(ValueError, match=r"unknown MicroSim-10K layout.*meta.csv.*other.json.*--metadata"):
+    find_metadata(csv_dir)
 
 
 @pytest.mark.parametrize("value,expected", [
