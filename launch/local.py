@@ -3,7 +3,10 @@ JAX run (what a multi-host TPU slice does, with simulated CPU devices).
 
   python -m launch.local --config=configs/microsim_tiny.py --workdir=workdir/tiny [--config.key=value ...]
   python -m launch.local --config=configs/microsim_tiny.py:test --workdir=/tmp/mp \
-      --num_processes=2 --devices_per_process=4 [--timeout=600] [--dry-run]
+      --num_processes=2 --devices_per_process=4 [--timeout=600] [--dry_run]
+
+The config and its overrides are loaded first (and, with --devices_per_process, validated against
+num_processes x devices_per_process devices): a typo fails here, in one line (launch/preflight.py).
 
 Each process of a multi-process run gets JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT, JAX_NUM_PROCESSES
 and JAX_PROCESS_ID (the trainer then calls jax.distributed.initialize) and
@@ -20,7 +23,7 @@ import sys
 import time
 from typing import Sequence
 
-from launch import shell
+from launch import preflight, shell
 
 
 def free_port() -> int:
@@ -102,15 +105,22 @@ def run(train: Sequence[str], runner: shell.Runner, *, num_processes: int = 1, d
     _stop(procs)
 
 
+def parser():
+  p = shell.base_parser(__doc__, prog=shell.program(__spec__, "launch/local.py"))
+  p.add_argument("--num_processes", type=int, default=1, help="processes that form one JAX run")
+  p.add_argument("--devices_per_process", type=int, default=None,
+                 help="simulated CPU devices per process (--xla_force_host_platform_device_count)")
+  p.add_argument("--log_dir", default=None, help="multi-process output (default WORKDIR/logs)")
+  p.add_argument("--timeout", type=float, default=None, help="seconds before every process is stopped")
+  return p
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = shell.base_parser(__doc__)
-  parser.add_argument("--num_processes", type=int, default=1)
-  parser.add_argument("--devices_per_process", type=int, default=None,
-                      help="simulated CPU devices per process (--xla_force_host_platform_device_count)")
-  parser.add_argument("--log_dir", default=None, help="multi-process output (default WORKDIR/logs)")
-  parser.add_argument("--timeout", type=float, default=None, help="seconds before every process is stopped")
-  args, extra = parser.parse_known_args(argv)
-  train = shell.train_argv(args.config, args.workdir, shell.check_override_flags(extra), python=sys.executable)
+  args, extra = parser().parse_known_args(argv)
+  overrides = shell.check_override_flags(extra)
+  devices = args.num_processes * args.devices_per_process if args.devices_per_process else None
+  preflight.check(args.config, overrides, devices=devices, hosts=args.num_processes, remote=False)
+  train = shell.train_argv(args.config, args.workdir, overrides, python=sys.executable)
   log_dir = args.log_dir or os.path.join(args.workdir, "logs")
   if args.num_processes > 1 and "://" in log_dir:
     raise ValueError(f"--log_dir={log_dir}: process logs are written locally; pass a local --log_dir")
@@ -119,4 +129,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  shell.cli(main)

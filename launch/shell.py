@@ -1,26 +1,112 @@
-"""Commands as argv lists: the trainer command line, config overrides, and a runner that prints
-every command (`--dry-run`) or runs it."""
+"""Commands as argv lists: the trainer command line, config overrides, the launchers' shared flags
+and error handling, names checked before they reach a shell, and a runner that prints every command
+(`--dry_run`) or runs it.
+
+Flags follow absl's convention, like the trainer's: underscores (`--dry_run`, `--accelerator_type`),
+booleans as `--flag` / `--noflag`. Older spellings (`--dry-run`, `--tpu_type`, `--no-install`) are kept
+as aliases for one release.
+"""
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
-from typing import Any, Mapping, Sequence, TextIO
+import traceback
+from typing import Any, Callable, Mapping, Sequence, TextIO
 
 TRAIN_MODULE = "microverse_jax.train"
+INSTALL_EXTRA = "tpu"  # what the workers install: pip install -e ./bench -e ".[tpu]" (setup.cfg)
+INSTALL_TARGETS = ("-e", "./bench", "-e", f".[{INSTALL_EXTRA}]")
+
+# Run names (a workdir's last part) become remote file names: keep them to shell-inert characters.
+RUN_NAME = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=+-]*")
+ZONE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")                      # us-east5-a, europe-west4-b
+PROJECT = re.compile(r"([a-z0-9.-]+:)?[a-z][-a-z0-9]{4,28}[a-z0-9]")  # my-proj, example.com:my-proj
+CLUSTER = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")             # GKE: at most 40 characters
 
 
-def base_parser(doc: str | None, workdir_help: str | None = None) -> argparse.ArgumentParser:
-  """The flags every launcher takes: --config, --workdir, --dry-run (trainer overrides pass through)."""
-  parser = argparse.ArgumentParser(description=doc, allow_abbrev=False,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True, help="configs/FILE.py[:arg]")
-  parser.add_argument("--workdir", required=True, help=workdir_help)
-  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                      help="print every command, run none")
-  return parser
+def check_name(value: str | None, flag: str, pattern: re.Pattern, rule: str) -> None:
+  """ValueError naming the flag when `value` (if given) does not match `pattern` in full."""
+  if value is not None and not pattern.fullmatch(value):
+    raise ValueError(f"{flag}={value!r}: {rule}")
+
+
+def check_zone(zone: str | None) -> None:
+  check_name(zone, "--zone", ZONE, "expected a Google Cloud zone such as us-east5-a")
+
+
+def check_project(project: str | None) -> None:
+  check_name(project, "--project", PROJECT, "expected a Google Cloud project id (6-30 lowercase letters, "
+             "digits and '-', starting with a letter)")
+
+
+def check_cluster(cluster: str | None) -> None:
+  check_name(cluster, "--cluster", CLUSTER, "GKE cluster names are lowercase letters, digits and '-', "
+             "start with a letter, at most 40 characters")
+
+
+def check_run_name(name: str, workdir: str | None = None) -> str:
+  """The run name (the workdir's last part) names log files on every worker and here."""
+  if not RUN_NAME.fullmatch(name):
+    where = f"--workdir={workdir}: its last part {name!r}" if workdir else f"run name {name!r}"
+    raise ValueError(f"{where} names the run's log files; use only letters, digits and . _ = + - "
+                     f"(not starting with '.')")
+  return name
+
+
+def run_name(workdir: str) -> str:
+  """gs://b/runs/lora/ -> 'lora', checked."""
+  return check_run_name(os.path.basename(workdir.rstrip("/")) or "run", workdir)
+
+
+# ------------------------------------------------------------------------------ CLI
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """Keeps the module docstring's line breaks and shows each optional flag's default."""
+
+  def _get_help_string(self, action):
+    text = action.help or ""
+    if (action.required or action.default in (None, argparse.SUPPRESS) or isinstance(action.default, bool)
+        or "%(default)" in text or not action.option_strings):
+      return text
+    return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def program(spec, fallback: str) -> str:
+  """The name --help shows: `python -m launch.tpu`, as the module is run."""
+  return f"python -m {spec.name}" if spec is not None and spec.name != "__main__" else fallback
+
+
+def parser(doc: str | None, prog: str) -> argparse.ArgumentParser:
+  """The flags every launcher takes: --dry_run and --verbose."""
+  p = argparse.ArgumentParser(prog=prog, description=doc, allow_abbrev=False, formatter_class=HelpFormatter)
+  p.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true",
+                 help="check everything, print every command, run none")
+  p.add_argument("--verbose", action="store_true", help="on an error, show the whole traceback")
+  return p
+
+
+def base_parser(doc: str | None, workdir_help: str | None = None, *,
+                prog: str | None = None) -> argparse.ArgumentParser:
+  """--config, --workdir, --dry_run, --verbose (trainer --config.KEY=VALUE overrides pass through)."""
+  p = parser(doc, prog or os.path.basename(sys.argv[0]))
+  p.add_argument("--config", required=True, help="configs/FILE.py[:arg], relative to the repo root")
+  p.add_argument("--workdir", required=True, help=workdir_help or "the trainer's workdir")
+  return p
+
+
+def cli(main: Callable[[Sequence[str]], Any], argv: Sequence[str] | None = None) -> None:
+  """Runs a launcher's main: an expected error (bad flag, config, name, failed command) is one line
+  on stderr and exit status 1, with no traceback unless --verbose."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    main(argv)
+  except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as e:
+    if "--verbose" in argv:
+      traceback.print_exc()
+    sys.exit(f"error: {e}")
 
 
 def override_flags(overrides: Mapping[str, Any]) -> list[str]:

@@ -1,17 +1,19 @@
 """Sweeps: a config's `sweep(arg) -> list[dict]` of dotted-key overrides, expanded into runs with
 distinct, readable workdirs, and launched (locally one after another, on a TPU VM, or on XPK).
 
-  python -m launch.sweep --config=configs/wan2_1.py:1.3b,lora --workdir_root=gs://BUCKET/sweeps/lora --dry-run
+  python -m launch.sweep --config=configs/wan2_1.py:1.3b,lora --workdir_root=gs://BUCKET/sweeps/lora --dry_run
   python -m launch.sweep --config=configs/microsim_tiny.py:test --workdir_root=/tmp/sweep   # local, in sequence
   python -m launch.sweep --config=... --workdir_root=gs://... --launcher=tpu --name=mv --zone=Z \
       --accelerator_type=v5p-64 [--only=0,3-5]      # one slice, runs in sequence
-  python -m launch.sweep --config=... --workdir_root=gs://... --launcher=xpk --cluster=C --tpu_type=v5p-64 \
-      --workload=mv-lr                               # one workload per run: mv-lr-00, mv-lr-01, ...
+  python -m launch.sweep --config=... --workdir_root=gs://... --launcher=xpk --cluster=C \
+      --accelerator_type=v5p-64 --workload=mv-lr     # one workload per run: mv-lr-00, mv-lr-01, ...
 
 Run k of the sweep lands in WORKDIR_ROOT/<kk>_<key>=<value>_..., e.g. 03_lr=0.0001_lora_rank=16_lora_alpha=16
 (the last component of each dotted key; the full key where two would read alike). Every override is
 checked against the config (the key exists, the type fits) before anything is launched, and
-WORKDIR_ROOT/sweep.json lists the runs. Extra --config.KEY=VALUE flags apply to every run.
+WORKDIR_ROOT/sweep.json lists the runs. Extra --config.KEY=VALUE flags apply to every run. On a TPU
+slice or XPK, each run's config (with its overrides) is also validated against the slice before the
+first cloud call (launch/preflight.py).
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from typing import Any, Sequence
 
 from etils import epath
 
-from launch import local, shell, tpu, xpk
+from launch import local, preflight, shell, tpu, xpk
+from microverse_jax import files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,38 +131,53 @@ def select(runs: list[SweepRun], only: str | None) -> list[SweepRun]:
 
 
 def write_manifest(workdir_root: str, config_spec: str, runs: Sequence[SweepRun]) -> epath.Path:
-  """WORKDIR_ROOT/sweep.json: the config and every run's workdir and overrides (temp, then rename)."""
-  root = epath.Path(workdir_root)
-  root.mkdir(parents=True, exist_ok=True)
-  text = json.dumps({"config": config_spec, "runs": [dataclasses.asdict(r) for r in runs]}, indent=1)
-  tmp, final = root / ".sweep.json.tmp", root / "sweep.json"
-  tmp.write_text(text)
-  tmp.rename(final)
+  """WORKDIR_ROOT/sweep.json: the config and every run's workdir and overrides (written atomically,
+  replacing the manifest of an earlier launch)."""
+  final = epath.Path(workdir_root) / "sweep.json"
+  files.write_text(final, json.dumps({"config": config_spec, "runs": [dataclasses.asdict(r) for r in runs]},
+                                     indent=1))
   return final
+
+
+def parser(launcher: str = "local") -> argparse.ArgumentParser:
+  p = shell.parser(__doc__, shell.program(__spec__, "launch/sweep.py"))
+  p.add_argument("--config", required=True, help="configs/FILE.py[:arg], FILE has sweep(arg)")
+  p.add_argument("--workdir_root", required=True, help="local directory or gs://BUCKET/...")
+  p.add_argument("--launcher", choices=("local", "tpu", "xpk"), default="local",
+                 help="where the runs go (each launcher adds its own flags)")
+  p.add_argument("--only", default=None, help="run indices to launch, e.g. 0,3-5")
+  if launcher == "tpu":
+    tpu.add_arguments(p)
+  elif launcher == "xpk":
+    xpk.add_arguments(p)
+  else:
+    p.add_argument("--timeout", type=float, default=None, help="seconds per local run")
+  return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
   pre.add_argument("--launcher", choices=("local", "tpu", "xpk"), default="local")
   launcher = pre.parse_known_args(argv)[0].launcher
-  parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True, help="configs/FILE.py[:arg], FILE has sweep(arg)")
-  parser.add_argument("--workdir_root", required=True, help="local directory or gs://BUCKET/...")
-  parser.add_argument("--launcher", choices=("local", "tpu", "xpk"), default="local")
-  parser.add_argument("--only", default=None, help="run indices to launch, e.g. 0,3-5")
-  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                      help="list the runs and print every command, run none")
-  if launcher == "tpu":
-    tpu.add_arguments(parser)
-  elif launcher == "xpk":
-    xpk.add_arguments(parser)
-  else:
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per local run")
-  args, extra = parser.parse_known_args(argv)
+  args, extra = parser(launcher).parse_known_args(argv)
   common = shell.check_override_flags(extra)
   runs = select(expand(args.config, args.workdir_root), args.only)
   runner = shell.Runner(args.dry_run)
+
+  # Preflight: everything that can fail here fails before the first cloud call.
+  if launcher == "tpu":
+    vm = tpu.vm_from_args(args)
+    tpu.check_workdir(vm.slice, args.workdir_root)
+    slice = vm.slice
+  elif launcher == "xpk":
+    workloads = [xpk.workload_from_args(args, name=f"{args.workload}-{r.index:02d}") for r in runs]
+    tpu.check_workdir(workloads[0].slice, args.workdir_root)
+    slice = workloads[0].slice
+  else:
+    slice = None
+  for r in runs:
+    preflight.check(args.config, r.flags() + common, slice=slice, remote=launcher != "local",
+                    where=f"run {r.index} ({r.name})")
   for r in runs:
     runner.note(f"run {r.index}: {r.workdir}  {json.dumps(r.overrides)}")
   if not args.dry_run:
@@ -170,17 +188,14 @@ def main(argv: Sequence[str] | None = None) -> None:
       train = shell.train_argv(args.config, r.workdir, r.flags() + common, python=sys.executable)
       local.run(train, runner, timeout=args.timeout)
   elif launcher == "tpu":
-    vm = tpu.vm_from_args(args)
-    tpu.check_workdir(vm.slice, args.workdir_root)
     jobs = [(r.name, tpu.train_command(args.config, r.workdir, r.flags() + common)) for r in runs]
-    tpu.launch(vm, jobs, args.steps.split(","), runner, log_dir=args.log_dir or os.path.join("logs", vm.name))
+    tpu.launch(vm, jobs, args.steps.split(","), runner, log_dir=args.log_dir or os.path.join("logs", vm.name),
+               include_untracked=args.include_untracked, needed=[preflight.config_path(args.config)])
   else:
-    for r in runs:
-      workload = xpk.workload_from_args(args, name=f"{args.workload}-{r.index:02d}")
-      tpu.check_workdir(workload.slice, args.workdir_root)
+    for r, workload in zip(runs, workloads):
       xpk.launch(workload, xpk.train_command(args.config, r.workdir, r.flags() + common),
                  args.steps.split(","), runner)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  shell.cli(main)

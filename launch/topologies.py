@@ -7,7 +7,8 @@
 The number in an accelerator type counts TensorCores: two per chip on v5p and TPU7x (v7x), one on
 v5e (`v5litepod-N`) and v6e. Multi-host slices have 4 chips per host; v5e and v6e also come as one
 8-chip host (`v5litepod-8`, `v6e-8`). TPU7x (Ironwood) is offered through GKE only: launch it with
-launch/xpk.py. Aliases: `v5e-N` is `v5litepod-N`, `v7x-N` is `tpu7x-N`.
+launch/xpk.py. JAX sees one device per chip (v5p: one megacore of two TensorCores) except on TPU7x,
+which shows each of a chip's two TensorCores as a device. Aliases: `v5e-N` is `v5litepod-N`, `v7x-N` is `tpu7x-N`.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Generation:
   max_single_host_chips: int    # larger slices are multi-host, 4 chips per host
   runtime_version: str | None   # TPU VM software version (None: GKE only)
   topologies: tuple[str, ...]   # chip grids of the standard slice shapes
+  devices_per_chip: int = 1     # JAX devices: 1 (megacore or one core), 2 on TPU7x (two TensorCores)
 
 
 _TOPOLOGIES_2D = ("1x1", "2x2", "2x4", "4x4", "4x8", "8x8", "8x16", "16x16")
@@ -34,7 +36,7 @@ GENERATIONS = {g.name: g for g in (
     Generation("v5e", "v5litepod", 1, 8, "v2-alpha-tpuv5-lite", _TOPOLOGIES_2D),
     Generation("v5p", "v5p", 2, 4, "v2-alpha-tpuv5", _TOPOLOGIES_3D),
     Generation("v6e", "v6e", 1, 8, "v2-alpha-tpuv6e", _TOPOLOGIES_2D),
-    Generation("v7x", "tpu7x", 2, 4, None, _TOPOLOGIES_3D),
+    Generation("v7x", "tpu7x", 2, 4, None, _TOPOLOGIES_3D, devices_per_chip=2),
 )}
 _ALIASES = {"v5e": "v5litepod", "v7x": "tpu7x"}
 
@@ -51,6 +53,11 @@ class TpuSlice:
   @property
   def chips_per_host(self) -> int:
     return self.chips // self.hosts
+
+  @property
+  def devices(self) -> int:
+    """JAX devices on the slice (what the trainer's mesh spans)."""
+    return self.chips * self.generation.devices_per_chip
 
   @property
   def multi_host(self) -> bool:

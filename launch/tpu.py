@@ -2,12 +2,14 @@
 worker, train on all workers at once, collect each worker's log, delete the slice.
 
   python -m launch.tpu --name=mv-pod --zone=us-east5-a --project=PROJECT --accelerator_type=v5p-64 \
-      --config=configs/wan2_1.py:1.3b,lora --workdir=gs://BUCKET/runs/lora \
-      [--queued] [--spot | --reserved] [--repo_url=URL --branch=B] \
-      [--steps=create,install,run,logs,delete] [--dry-run] [--config.optim.lr=2e-4 ...]
+      --config=configs/wan2_1.py:1.3b,lora --workdir=gs://BUCKET/runs/lora --config.data.batch_size=32 \
+      [--queued] [--spot | --reserved] [--repo_url=URL --branch=B] [--include_untracked] \
+      [--steps=create,install,run,logs,delete] [--dry_run] [--config.optim.lr=2e-4 ...]
 
---dry-run prints every command and runs none. Install copies the local working tree (git-tracked and
-untracked-but-not-ignored files) to every worker, or clones --repo_url there, then installs
+Before any gcloud call the launcher checks the names, the config and its overrides, and the config
+against the slice (launch/preflight.py). --dry_run prints every command and runs none. Install copies
+the git-tracked files of the working tree to every worker (--include_untracked adds untracked files
+that .gitignore does not exclude, and lists them), or clones --repo_url there, then installs
 `-e ./bench -e '.[tpu]'` into a Python 3.11 venv made with uv (TPU VM images ship Python 3.10).
 A multi-host slice runs the trainer on every worker (`--worker=all`) with MICROVERSE_DISTRIBUTED=1,
 which makes it call jax.distributed.initialize(); its workdir must be shared: gs://.
@@ -22,13 +24,12 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
 from typing import Sequence
 
-from launch import shell, topologies
+from launch import preflight, shell, topologies
 
 REMOTE_DIR = "microverse-jax"     # on each worker, relative to the home directory
 REMOTE_VENV = "microverse-venv"
@@ -72,6 +73,8 @@ class TpuVm:
       raise ValueError("--spot and --reserved exclude each other")
     if not self.zone:
       raise ValueError("--zone is required")
+    shell.check_zone(self.zone)
+    shell.check_project(self.project)
 
   @property
   def version(self) -> str:
@@ -122,26 +125,29 @@ class TpuVm:
     """Copy (tarball of the working tree) or clone the repo on every worker, then pip install it."""
     uv = '"$HOME/.local/bin/uv"'
     setup = (f"cd {REMOTE_DIR} && curl -LsSf https://astral.sh/uv/install.sh | sh && "
-             f'{uv} venv --allow-existing --python={self.python_version} "$HOME/{REMOTE_VENV}" && '
-             f'{uv} pip install --python="$HOME/{REMOTE_VENV}/bin/python" -e ./bench -e ".[tpu]"')
+             f'{uv} venv --allow-existing --python={shlex.quote(self.python_version)} "$HOME/{REMOTE_VENV}" && '
+             f'{uv} pip install --python="$HOME/{REMOTE_VENV}/bin/python" {shlex.join(shell.INSTALL_TARGETS)}')
     if self.repo_url:
-      branch = f" --branch={shlex.quote(self.branch)}" if self.branch else ""
-      fetch = f"rm -rf {REMOTE_DIR} && git clone --depth=1{branch} {shlex.quote(self.repo_url)} {REMOTE_DIR}"
-      return [self.ssh(f"set -euo pipefail; {fetch} && {setup}")]
+      branch = ["--branch", self.branch] if self.branch else []
+      clone = shlex.join(["git", "clone", "--depth=1", *branch, "--", self.repo_url, REMOTE_DIR])
+      return [self.ssh(f"set -euo pipefail; rm -rf {REMOTE_DIR} && {clone} && {setup}")]
     if tarball is None:
       raise ValueError("install: pass the working-tree tarball, or set --repo_url")
-    fetch = f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && tar xzf {TARBALL} -C {REMOTE_DIR}"
+    fetch = (f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && tar xzf {TARBALL} -C {REMOTE_DIR} && "
+             f"rm -f {TARBALL}")
     return [self.scp(tarball, f"{self.name}:{TARBALL}"), self.ssh(f"set -euo pipefail; {fetch} && {setup}")]
 
   def run_command(self, train: Sequence[str], run_name: str) -> list[str]:
     """The trainer on every worker, its output teed to ~/microverse-logs/RUN.log; exits with its status."""
     env = "MICROVERSE_DISTRIBUTED=1 " if self.slice.multi_host else ""
+    log = shlex.quote(f"{shell.check_run_name(run_name)}.log")
     script = (f"set -o pipefail; mkdir -p ~/{REMOTE_LOGS} && cd {REMOTE_DIR} && "
-              f"{env}{shlex.join(train)} 2>&1 | tee ~/{REMOTE_LOGS}/{run_name}.log")
+              f"{env}{shlex.join(train)} 2>&1 | tee ~/{REMOTE_LOGS}/{log}")
     return self.ssh(script)
 
   def logs_commands(self, run_name: str, log_dir: str) -> list[list[str]]:
     """One copy per worker (their logs share a name): LOG_DIR/RUN.worker-<i>.log."""
+    shell.check_run_name(run_name)
     return [self.scp(f"{self.name}:{REMOTE_LOGS}/{run_name}.log",
                      os.path.join(log_dir, f"{run_name}.worker-{i}.log"), worker=str(i))
             for i in self.slice.workers]
@@ -152,17 +158,44 @@ def train_command(config: str, workdir: str, overrides: Sequence[str] = ()) -> l
   return shell.train_argv(config, workdir, overrides, python=PYTHON)
 
 
-def pack_working_tree(repo_root: str, destination: str) -> int:
-  """Tars git-tracked and untracked-but-not-ignored files of `repo_root`; returns the file count."""
-  listing = subprocess.run(["git", "-C", repo_root, "ls-files", "-z", "--cached", "--others",
-                            "--exclude-standard"], check=True, capture_output=True, timeout=60)
-  files = [f for f in listing.stdout.decode().split("\0") if f and os.path.isfile(os.path.join(repo_root, f))]
-  tmp = f"{destination}.tmp"
-  with tarfile.open(tmp, "w:gz") as tar:
-    for f in files:
-      tar.add(os.path.join(repo_root, f), arcname=f)
-  os.replace(tmp, destination)
-  return len(files)
+@dataclasses.dataclass(frozen=True)
+class WorkingTree:
+  """The files install uploads: git-tracked ones, plus untracked-but-not-ignored ones on request."""
+  tracked: list[str]
+  untracked: list[str]
+
+  @property
+  def files(self) -> list[str]:
+    return self.tracked + self.untracked
+
+
+def list_working_tree(repo_root: str, include_untracked: bool = False) -> WorkingTree:
+  """Paths relative to `repo_root` of the files to upload (existing regular files or links only)."""
+  def ls(*flags: str) -> list[str]:
+    try:
+      out = subprocess.run(["git", "-C", repo_root, "ls-files", "-z", *flags], check=True,
+                           capture_output=True, timeout=60).stdout.decode()
+    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+      raise ValueError(f"{os.path.abspath(repo_root)} is not a git work tree (or git is missing), so "
+                       f"install cannot tell what to upload: launch from the repo root, or pass --repo_url") from e
+    return sorted(f for f in out.split("\0") if f and os.path.lexists(os.path.join(repo_root, f))
+                  and not os.path.isdir(os.path.join(repo_root, f)))
+  tracked = ls("--cached")
+  untracked = ls("--others", "--exclude-standard") if include_untracked else []
+  return WorkingTree(tracked, [f for f in untracked if f not in set(tracked)])
+
+
+def pack_working_tree(repo_root: str, tree: WorkingTree) -> str:
+  """Tars `tree`'s files into a new private temp file (mode 0600, outside the tree); returns its path."""
+  fd, path = tempfile.mkstemp(prefix="microverse-jax-", suffix=".tar.gz")
+  try:
+    with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
+      for name in tree.files:
+        tar.add(os.path.join(repo_root, name), arcname=name, recursive=False)
+  except BaseException:
+    os.remove(path)
+    raise
+  return path
 
 
 def wait_until_active(vm: TpuVm, runner: shell.Runner, *, timeout_s: float, poll_s: float = 30.0) -> None:
@@ -184,11 +217,25 @@ def wait_until_active(vm: TpuVm, runner: shell.Runner, *, timeout_s: float, poll
 
 
 def launch(vm: TpuVm, runs: Sequence[tuple[str, list[str]]], steps: Sequence[str], runner: shell.Runner,
-           *, log_dir: str, repo_root: str = ".", wait_timeout_s: float = 6 * 3600) -> None:
-  """Runs `steps` for `runs` [(run name, trainer argv)], one run after another on the same slice."""
+           *, log_dir: str, repo_root: str = ".", wait_timeout_s: float = 6 * 3600,
+           include_untracked: bool = False, needed: Sequence[str] = ()) -> None:
+  """Runs `steps` for `runs` [(run name, trainer argv)], one run after another on the same slice.
+  What install uploads is settled before the slice is created; `needed` files (the config) must be in it."""
   unknown = set(steps) - set(STEPS)
   if unknown:
     raise ValueError(f"--steps: unknown {sorted(unknown)}; expected a subset of {','.join(STEPS)}")
+  for run_name, _ in runs:
+    shell.check_run_name(run_name)
+  tree = None
+  if "install" in steps and not vm.repo_url:
+    tree = list_working_tree(repo_root, include_untracked)
+    missing = [f for f in map(os.path.normpath, needed) if f not in tree.files]
+    if missing:
+      hint = "" if include_untracked else " (commit them, or pass --include_untracked)"
+      raise ValueError(f"{', '.join(missing)}: not among the files install uploads{hint}")
+    runner.note(f"install uploads {len(tree.tracked)} tracked files of {os.path.abspath(repo_root)}"
+                + (f" and {len(tree.untracked)} untracked ones: {', '.join(tree.untracked)}"
+                   if tree.untracked else ""))
   try:
     if "create" in steps:
       create = vm.create_commands()
@@ -196,15 +243,20 @@ def launch(vm: TpuVm, runs: Sequence[tuple[str, list[str]]], steps: Sequence[str
       if vm.queued:
         wait_until_active(vm, runner, timeout_s=wait_timeout_s)
     if "install" in steps:
-      tarball = None
-      if not vm.repo_url:
-        tarball = os.path.join(tempfile.gettempdir(), f"{vm.name}-{TARBALL}")  # outside the tree it packs
-        if runner.dry_run:
-          runner.note(f"pack the working tree of {os.path.abspath(repo_root)} into {tarball}")
-        else:
-          runner.note(f"packed {pack_working_tree(repo_root, tarball)} files into {tarball}")
-      for command in vm.install_commands(tarball):
-        runner(command)
+      if tree is None:
+        for command in vm.install_commands():
+          runner(command)
+      elif runner.dry_run:
+        runner.note("pack them into a private temp file (mode 0600), removed after the copy")
+        for command in vm.install_commands(os.path.join(tempfile.gettempdir(), "microverse-jax-XXXX.tar.gz")):
+          runner(command)
+      else:
+        tarball = pack_working_tree(repo_root, tree)
+        try:
+          for command in vm.install_commands(tarball):
+            runner(command)
+        finally:
+          os.remove(tarball)
     if "run" in steps:
       for run_name, train in runs:
         try:
@@ -225,15 +277,18 @@ def launch(vm: TpuVm, runs: Sequence[tuple[str, list[str]]], steps: Sequence[str
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   g = parser.add_argument_group("TPU VM")
   g.add_argument("--name", required=True, help="TPU (and queued resource) name")
-  g.add_argument("--zone", required=True)
+  g.add_argument("--zone", required=True, help="e.g. us-east5-a")
   g.add_argument("--project", default=None, help="default: gcloud's configured project")
-  g.add_argument("--accelerator_type", required=True, help="e.g. v5litepod-16, v5p-64, v6e-8")
+  g.add_argument("--accelerator_type", "--tpu_type", dest="accelerator_type", required=True,
+                 help="e.g. v5litepod-16, v5p-64, v6e-8 (--tpu_type: the old spelling)")
   g.add_argument("--version", default=None, help="TPU VM runtime (default: the generation's)")
   g.add_argument("--queued", action="store_true", help="create through a queued resource")
-  g.add_argument("--spot", action="store_true")
-  g.add_argument("--reserved", action="store_true")
+  g.add_argument("--spot", action="store_true", help="spot capacity")
+  g.add_argument("--reserved", action="store_true", help="reserved capacity")
   g.add_argument("--repo_url", default=None, help="git clone this on the workers instead of copying")
-  g.add_argument("--branch", default=None)
+  g.add_argument("--branch", default=None, help="with --repo_url: the branch or tag to clone")
+  g.add_argument("--include_untracked", action="store_true",
+                 help="also upload untracked files that .gitignore does not exclude (listed first)")
   g.add_argument("--steps", default="create,install,run,logs",
                  help=f"comma-separated subset of {','.join(STEPS)} (add delete to free the slice)")
   g.add_argument("--log_dir", default=None, help="where worker logs land (default logs/NAME)")
@@ -246,19 +301,29 @@ def vm_from_args(args: argparse.Namespace) -> TpuVm:
                branch=args.branch)
 
 
+def parser() -> argparse.ArgumentParser:
+  p = shell.base_parser(__doc__, "gs://BUCKET/... (required for multi-host)",
+                        prog=shell.program(__spec__, "launch/tpu.py"))
+  add_arguments(p)
+  return p
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = shell.base_parser(__doc__, "gs://BUCKET/... (required for multi-host)")
-  add_arguments(parser)
-  args, extra = parser.parse_known_args(argv)
+  args, extra = parser().parse_known_args(argv)
   vm = vm_from_args(args)
   check_workdir(vm.slice, args.workdir)
-  train = train_command(args.config, args.workdir, shell.check_override_flags(extra))
+  run_name = shell.run_name(args.workdir)
+  overrides = shell.check_override_flags(extra)
+  config = preflight.check_config_file(args.config, remote=True)
+  preflight.check(args.config, overrides, slice=vm.slice)
+  train = train_command(args.config, args.workdir, overrides)
   runner = shell.Runner(args.dry_run)
   runner.note(f"{vm.slice.accelerator_type}: {vm.slice.chips} chips, {vm.slice.hosts} worker(s) of "
               f"{vm.slice.chips_per_host} chips, topology {vm.slice.topology}, runtime {vm.version}")
-  launch(vm, [(os.path.basename(args.workdir.rstrip("/")) or "run", train)], args.steps.split(","),
-         runner, log_dir=args.log_dir or os.path.join("logs", vm.name))
+  launch(vm, [(run_name, train)], args.steps.split(","), runner,
+         log_dir=args.log_dir or os.path.join("logs", vm.name), include_untracked=args.include_untracked,
+         needed=[config])
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  shell.cli(main)

@@ -1,15 +1,18 @@
 """GKE through XPK: one workload per run on an existing XPK cluster (v5e, v5p, v6e, TPU7x).
 
-  python -m launch.xpk --cluster=CLUSTER --project=PROJECT --zone=us-east5-a --tpu_type=v5p-64 \
+  python -m launch.xpk --cluster=CLUSTER --project=PROJECT --zone=us-east5-a --accelerator_type=v5p-64 \
       --workload=mv-lora --config=configs/wan2_1.py:1.3b,lora --workdir=gs://BUCKET/runs/lora \
-      [--docker_image=python:3.11 | --docker_image=REGISTRY/IMAGE --no-install] \
-      [--steps=create,delete] [--dry-run] [--config.optim.lr=2e-4 ...]
+      --config.data.batch_size=32 [--docker_image=python:3.11 | --docker_image=REGISTRY/IMAGE --noinstall] \
+      [--steps=create,delete] [--dry_run] [--config.optim.lr=2e-4 ...]
+
+Before any xpk call the launcher checks the names, the config and its overrides, and the config
+against the slice (launch/preflight.py).
 
 With a base image that is not in a registry (the default python:3.11) XPK builds this directory
 (--script_dir) on top of it (`--base-docker-image`, at /app); the workload then installs
 `-e ./bench -e '.[tpu]'` and runs the trainer on every host of the slice. A registry image
 (gcr.io/..., *-docker.pkg.dev/...) is used as it is (`--docker-image`): build it with the repo inside
-and pass --no-install. GKE sets TPU_WORKER_HOSTNAMES on multi-host slices, so the trainer initialises
+and pass --noinstall. GKE sets TPU_WORKER_HOSTNAMES on multi-host slices, so the trainer initialises
 jax.distributed by itself. Logs go to Cloud Logging (`xpk workload list` shows the link).
 """
 from __future__ import annotations
@@ -18,13 +21,14 @@ import argparse
 import dataclasses
 import re
 import shlex
-import sys
 from typing import Sequence
 
-from launch import shell, topologies, tpu
+from launch import preflight, shell, topologies, tpu
 
 STEPS = ("create", "delete")
 _WORKLOAD = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
+PRIORITIES = ("very-low", "low", "medium", "high", "very-high")
 _REGISTRY = re.compile(r"([a-z0-9-]+\.)?gcr\.io/|([a-z0-9-]+-)?docker\.pkg\.dev/")
 
 
@@ -52,6 +56,13 @@ class XpkWorkload:
                        f"digits and '-', start with a letter, at most 40 characters")
     if not self.cluster:
       raise ValueError("--cluster is required")
+    shell.check_cluster(self.cluster)
+    shell.check_project(self.project)
+    shell.check_zone(self.zone)
+    shell.check_name(self.docker_image, "--docker_image", _IMAGE, "expected an image name like python:3.11 "
+                     "or REGISTRY/IMAGE:TAG")
+    if self.priority is not None and self.priority not in PRIORITIES:
+      raise ValueError(f"--priority={self.priority!r}: expected one of {', '.join(PRIORITIES)}")
 
   def _where(self) -> list[str]:
     return [f"--cluster={self.cluster}"] + ([f"--project={self.project}"] if self.project else []) + (
@@ -59,7 +70,7 @@ class XpkWorkload:
 
   def container_command(self, train: Sequence[str]) -> str:
     """What every host of the slice runs, in /app."""
-    parts = ['pip install -e ./bench -e ".[tpu]"'] if self.install else []
+    parts = [shlex.join(["pip", "install", *shell.INSTALL_TARGETS])] if self.install else []
     parts.append(shlex.join(train))
     return " && ".join(parts)
 
@@ -91,36 +102,46 @@ def launch(workload: XpkWorkload, train: Sequence[str], steps: Sequence[str], ru
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   g = parser.add_argument_group("XPK (GKE)")
-  g.add_argument("--cluster", required=True)
-  g.add_argument("--project", default=None)
-  g.add_argument("--zone", default=None)
-  g.add_argument("--tpu_type", required=True, help="e.g. v5p-64, v6e-16, tpu7x-128")
+  g.add_argument("--cluster", required=True, help="an existing XPK cluster")
+  g.add_argument("--project", default=None, help="default: gcloud's configured project")
+  g.add_argument("--zone", default=None, help="the cluster's zone, e.g. us-east5-a")
+  g.add_argument("--accelerator_type", "--tpu_type", dest="accelerator_type", required=True,
+                 help="e.g. v5p-64, v6e-16, tpu7x-128 (--tpu_type: the old spelling)")
   g.add_argument("--workload", required=True, help="workload name (a sweep appends -<index>)")
   g.add_argument("--docker_image", default="python:3.11",
                  help="a base image XPK builds --script_dir onto, or a registry image used as is")
   g.add_argument("--script_dir", default=".", help="what XPK copies into /app")
-  g.add_argument("--install", action=argparse.BooleanOptionalAction, default=True,
-                 help="pip install the repo in the container first (--no-install for prebuilt images)")
-  g.add_argument("--priority", default=None, help="very-low|low|medium|high|very-high")
+  g.add_argument("--install", dest="install", action="store_true", default=True,
+                 help="pip install the repo in the container first (the default)")
+  g.add_argument("--noinstall", "--no_install", "--no-install", dest="install", action="store_false",
+                 help="run a prebuilt image as it is")
+  g.add_argument("--priority", default=None, choices=PRIORITIES, help="the workload's priority")
   g.add_argument("--steps", default="create", help=f"subset of {','.join(STEPS)}")
 
 
 def workload_from_args(args: argparse.Namespace, name: str | None = None) -> XpkWorkload:
   return XpkWorkload(cluster=args.cluster, workload=name or args.workload,
-                     slice=topologies.parse(args.tpu_type), project=args.project, zone=args.zone,
+                     slice=topologies.parse(args.accelerator_type), project=args.project, zone=args.zone,
                      docker_image=args.docker_image, script_dir=args.script_dir, install=args.install,
                      priority=args.priority)
 
 
+def parser() -> argparse.ArgumentParser:
+  p = shell.base_parser(__doc__, "gs://BUCKET/... (required for multi-host)",
+                        prog=shell.program(__spec__, "launch/xpk.py"))
+  add_arguments(p)
+  return p
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = shell.base_parser(__doc__, "gs://BUCKET/... (required for multi-host)")
-  add_arguments(parser)
-  args, extra = parser.parse_known_args(argv)
+  args, extra = parser().parse_known_args(argv)
   workload = workload_from_args(args)
   tpu.check_workdir(workload.slice, args.workdir)
-  train = train_command(args.config, args.workdir, shell.check_override_flags(extra))
+  overrides = shell.check_override_flags(extra)
+  preflight.check(args.config, overrides, slice=workload.slice, remote=True)
+  train = train_command(args.config, args.workdir, overrides)
   launch(workload, train, args.steps.split(","), shell.Runner(args.dry_run))
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  shell.cli(main)

@@ -12,8 +12,10 @@ import pytest
 
 from launch import local, shell, topologies, tpu, xpk
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "configs/wan2_1.py:1.3b,lora"
 WORKDIR = "gs://bucket/runs/lora"
+BATCH = "--config.data.batch_size=32"  # 32 data shards on v5p-64: preflight refuses the default 8
 
 
 def _commands(text: str) -> list[list[str]]:
@@ -55,10 +57,11 @@ def test_unknown_accelerator_types_are_rejected(name):
 
 # ---------------------------------------------------------------------------- TPU VM
 def test_v5p_64_dry_run_names_every_worker_and_the_exact_training_command(capsys, tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)
-  tpu.main(["--name=mv-pod", "--zone=us-east5-a", "--project=proj", "--accelerator_type=v5p-64",
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(tpu.tempfile, "tempdir", str(tmp_path))
+  tpu.main(["--name=mv-pod", "--zone=us-east5-a", "--project=my-proj", "--accelerator_type=v5p-64",
             f"--config={CONFIG}", f"--workdir={WORKDIR}", "--steps=create,install,run,logs,delete",
-            "--dry-run", "--config.optim.lr=0.0002"])
+            f"--log_dir={tmp_path}/logs", "--dry_run", "--config.optim.lr=0.0002", BATCH])
   out = capsys.readouterr().out
   commands = _commands(out)
   assert not os.listdir(tmp_path)  # a dry run writes nothing (no tarball, no log dir)
@@ -68,7 +71,7 @@ def test_v5p_64_dry_run_names_every_worker_and_the_exact_training_command(capsys
   assert create[3:6] == ["tpu-vm", "create", "mv-pod"]
   assert _flag(create, "--accelerator-type") == "v5p-64"
   assert _flag(create, "--version") == "v2-alpha-tpuv5"
-  assert _flag(create, "--zone") == "us-east5-a" and _flag(create, "--project") == "proj"
+  assert _flag(create, "--zone") == "us-east5-a" and _flag(create, "--project") == "my-proj"
 
   # Install: the working tree goes to all workers, then pip install -e ./bench -e .[tpu] on each.
   assert scp_tarball[3:5] == ["tpu-vm", "scp"] and _flag(scp_tarball, "--worker") == "all"
@@ -76,20 +79,20 @@ def test_v5p_64_dry_run_names_every_worker_and_the_exact_training_command(capsys
   assert install[3:6] == ["tpu-vm", "ssh", "mv-pod"] and _flag(install, "--worker") == "all"
   setup = _flag(install, "--command")
   assert "tar xzf microverse-jax.tar.gz -C microverse-jax" in setup
-  assert 'pip install --python="$HOME/microverse-venv/bin/python" -e ./bench -e ".[tpu]"' in setup
+  assert 'pip install --python="$HOME/microverse-venv/bin/python" -e ./bench -e \'.[tpu]\'' in setup
   assert "--python=3.11" in setup
 
   # Run: all 8 workers at once, the exact trainer command, jax.distributed switched on.
   assert run[3:6] == ["tpu-vm", "ssh", "mv-pod"] and _flag(run, "--worker") == "all"
   expected = shlex.join(["../microverse-venv/bin/python", "-m", "microverse_jax.train", f"--config={CONFIG}",
-                         f"--workdir={WORKDIR}", "--config.optim.lr=0.0002"])
+                         f"--workdir={WORKDIR}", "--config.optim.lr=0.0002", BATCH])
   script = _flag(run, "--command")
   assert f"MICROVERSE_DISTRIBUTED=1 {expected} 2>&1 | tee ~/microverse-logs/lora.log" in script
   assert "set -o pipefail" in script  # the ssh exit status is the trainer's, not tee's
 
   # Logs: one copy per worker, each named; then the slice is deleted.
   assert [_flag(c, "--worker") for c in logs] == [str(i) for i in range(8)]
-  assert [c[6] for c in logs] == [f"logs/mv-pod/lora.worker-{i}.log" for i in range(8)]
+  assert [c[6] for c in logs] == [f"{tmp_path}/logs/lora.worker-{i}.log" for i in range(8)]
   assert all(c[5] == "mv-pod:microverse-logs/lora.log" for c in logs)
   assert delete[3:6] == ["tpu-vm", "delete", "mv-pod"] and "--quiet" in delete
   assert "v5p-64: 32 chips, 8 worker(s) of 4 chips, topology 2x4x4" in out
@@ -108,17 +111,17 @@ def test_queued_resource_commands():
 
 
 def test_single_host_run_does_not_initialise_distributed():
-  vm = tpu.TpuVm(name="mv-one", zone="z", slice=topologies.parse("v6e-8"))
+  vm = tpu.TpuVm(name="mv-one", zone="us-east5-a", slice=topologies.parse("v6e-8"))
   run = vm.run_command(tpu.train_command("configs/microsim_tiny.py", "/tmp/w"), "w")
   assert "MICROVERSE_DISTRIBUTED" not in _flag(run, "--command") and _flag(run, "--worker") == "all"
   assert len(vm.logs_commands("w", "logs")) == 1
 
 
 def test_git_clone_install():
-  vm = tpu.TpuVm(name="mv", zone="z", slice=topologies.parse("v5p-16"), repo_url="https://example.org/r.git",
+  vm = tpu.TpuVm(name="mv", zone="us-east5-a", slice=topologies.parse("v5p-16"), repo_url="https://example.org/r.git",
                  branch="dev")
   (install,) = vm.install_commands()
-  assert "git clone --depth=1 --branch=dev https://example.org/r.git microverse-jax" in _flag(install, "--command")
+  assert "git clone --depth=1 --branch dev -- https://example.org/r.git microverse-jax" in _flag(install, "--command")
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -134,15 +137,15 @@ def test_tpu_vm_rejects_bad_settings(kwargs, message):
 
 def test_multi_host_needs_a_gs_workdir():
   with pytest.raises(ValueError, match="shared gs:// workdir"):
-    tpu.main(["--name=mv", "--zone=z", "--accelerator_type=v5p-64", f"--config={CONFIG}",
-              "--workdir=/tmp/local", "--dry-run"])
+    tpu.main(["--name=mv", "--zone=us-east5-a", "--accelerator_type=v5p-64", f"--config={CONFIG}",
+              "--workdir=/tmp/local", "--dry_run"])
   tpu.check_workdir(topologies.parse("v5p-8"), "/tmp/local")  # one host: its own disk is fine
 
 
 def test_only_config_overrides_pass_through():
   with pytest.raises(ValueError, match="--config.KEY=VALUE"):
-    tpu.main(["--name=mv", "--zone=z", "--accelerator_type=v5p-8", f"--config={CONFIG}",
-              "--workdir=/tmp/w", "--dry-run", "--learning_rate=3"])
+    tpu.main(["--name=mv", "--zone=us-east5-a", "--accelerator_type=v5p-8", f"--config={CONFIG}",
+              "--workdir=/tmp/w", "--dry_run", "--learning_rate=3"])
 
 
 class _FailingRunner(shell.Runner):
@@ -155,7 +158,7 @@ class _FailingRunner(shell.Runner):
 
 
 def test_logs_and_delete_still_run_when_training_fails(tmp_path):
-  vm = tpu.TpuVm(name="mv", zone="z", slice=topologies.parse("v5litepod-16"), repo_url="https://x/r.git")
+  vm = tpu.TpuVm(name="mv", zone="us-east5-a", slice=topologies.parse("v5litepod-16"), repo_url="https://x/r.git")
   runner = _FailingRunner(False, out=io.StringIO())
   with pytest.raises(RuntimeError, match="training failed"):
     tpu.launch(vm, [("run", tpu.train_command(CONFIG, WORKDIR))], ["install", "run", "logs", "delete"],
@@ -164,7 +167,7 @@ def test_logs_and_delete_still_run_when_training_fails(tmp_path):
   assert kinds == ["ssh", "ssh", "scp", "scp", "scp", "scp", "delete"]  # install, run, 4 workers' logs, delete
 
 
-def test_pack_working_tree_takes_tracked_and_untracked_but_not_ignored(tmp_path):
+def test_pack_working_tree_takes_tracked_files_and_untracked_ones_on_request(tmp_path):
   repo = tmp_path / "repo"
   repo.mkdir()
   git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True, timeout=30)
@@ -176,53 +179,39 @@ def test_pack_working_tree_takes_tracked_and_untracked_but_not_ignored(tmp_path)
   (repo / "debug.log").write_text("ignored\n")
   (repo / "workdir").mkdir()
   (repo / "workdir" / "ckpt").write_text("ignored\n")
-  tarball = str(tmp_path / "repo.tgz")
-  assert tpu.pack_working_tree(str(repo), tarball) == 3
-  with tarfile.open(tarball) as tar:
-    assert sorted(tar.getnames()) == [".gitignore", "tracked.py", "untracked.py"]
-  assert not os.path.exists(tarball + ".tmp")
+  for include_untracked, expected in ((False, [".gitignore", "tracked.py"]),
+                                      (True, [".gitignore", "tracked.py", "untracked.py"])):
+    tree = tpu.list_working_tree(str(repo), include_untracked)
+    assert tree.untracked == (["untracked.py"] if include_untracked else [])
+    tarball = tpu.pack_working_tree(str(repo), tree)
+    with tarfile.open(tarball) as tar:
+      assert sorted(tar.getnames()) == expected
+    assert os.stat(tarball).st_mode & 0o777 == 0o600
+    os.remove(tarball)
 
 
-class _RecordingRunner(shell.Runner):
-  """A live runner (not a dry run) that records commands instead of running them."""
-
-  def __call__(self, argv, **kwargs):
-    self.show(argv)
-
-
-def test_install_packs_the_tree_outside_itself_and_copies_that_tarball(tmp_path):
-  repo = tmp_path / "repo"
-  repo.mkdir()
-  subprocess.run(["git", "-C", str(repo), "init", "-q"], check=True, timeout=30)
-  (repo / "a.py").write_text("a = 1\n")
-  vm = tpu.TpuVm(name="mv-pack", zone="z", slice=topologies.parse("v5p-16"))
-  runner = _RecordingRunner(False, out=io.StringIO())
-  tpu.launch(vm, [], ["install"], runner, log_dir=str(tmp_path / "logs"), repo_root=str(repo))
-  scp, ssh = runner.history
-  tarball = scp[5]
-  assert not tarball.startswith(str(repo)) and _flag(scp, "--worker") == "all"
-  with tarfile.open(tarball) as tar:
-    assert tar.getnames() == ["a.py"]
-  os.remove(tarball)
-  assert _flag(ssh, "--worker") == "all" and "tar xzf microverse-jax.tar.gz" in _flag(ssh, "--command")
+def test_install_outside_a_git_tree_says_what_to_do(tmp_path):
+  with pytest.raises(ValueError, match="not a git work tree.*--repo_url"):
+    tpu.list_working_tree(str(tmp_path))
 
 
 # ---------------------------------------------------------------------------- XPK
-def test_xpk_command_is_well_formed(capsys):
-  xpk.main(["--cluster=mv-cluster", "--project=proj", "--zone=us-east5-a", "--tpu_type=v5p-64",
-            "--workload=mv-lora", f"--config={CONFIG}", f"--workdir={WORKDIR}", "--dry-run",
-            "--config.optim.lr=0.0002"])
+def test_xpk_command_is_well_formed(capsys, monkeypatch):
+  monkeypatch.chdir(REPO)
+  xpk.main(["--cluster=mv-cluster", "--project=my-proj", "--zone=us-east5-a", "--accelerator_type=v5p-64",
+            "--workload=mv-lora", f"--config={CONFIG}", f"--workdir={WORKDIR}", "--dry_run",
+            "--config.optim.lr=0.0002", BATCH])
   (create,) = _commands(capsys.readouterr().out)
   assert create[:3] == ["xpk", "workload", "create"]
   assert all(a.startswith("--") and "=" in a for a in create[3:])  # --flag=value only
   assert _flag(create, "--cluster") == "mv-cluster" and _flag(create, "--workload") == "mv-lora"
-  assert _flag(create, "--project") == "proj" and _flag(create, "--zone") == "us-east5-a"
+  assert _flag(create, "--project") == "my-proj" and _flag(create, "--zone") == "us-east5-a"
   assert _flag(create, "--tpu-type") == "v5p-64" and _flag(create, "--num-slices") == "1"
   assert _flag(create, "--base-docker-image") == "python:3.11" and _flag(create, "--script-dir") == "."
   assert not any(a.startswith("--docker-image=") for a in create)  # that would skip building the repo in
   train = shlex.join(["python", "-m", "microverse_jax.train", f"--config={CONFIG}", f"--workdir={WORKDIR}",
-                      "--config.optim.lr=0.0002"])
-  assert _flag(create, "--command") == f'pip install -e ./bench -e ".[tpu]" && {train}'
+                      "--config.optim.lr=0.0002", BATCH])
+  assert _flag(create, "--command") == f"pip install -e ./bench -e '.[tpu]' && {train}"
 
 
 @pytest.mark.parametrize("image, registry", [
@@ -249,10 +238,14 @@ def test_xpk_prebuilt_image_delete_and_v7x():
 
 
 # ---------------------------------------------------------------------------- local
-def test_local_dry_run_prints_one_command_per_process(capsys, tmp_path):
+MESH = ["--config.mesh.data=4", "--config.mesh.tensor=2"]  # 8 devices, batch 4 over 4 data shards
+
+
+def test_local_dry_run_prints_one_command_per_process(capsys, tmp_path, monkeypatch):
+  monkeypatch.chdir(REPO)
   workdir = str(tmp_path / "w")
   local.main(["--config=configs/microsim_tiny.py:test", f"--workdir={workdir}", "--num_processes=2",
-              "--devices_per_process=4", "--dry-run", "--config.train.num_steps=3"])
+              "--devices_per_process=4", "--dry_run", "--config.train.num_steps=3", *MESH])
   lines = [l for l in capsys.readouterr().out.splitlines() if not l.startswith("#")]
   assert len(lines) == 2 and not os.path.exists(workdir)
   envs = [dict(w.split("=", 1) for w in shlex.split(l) if "=" in w and w.split("=")[0].isupper()) for l in lines]
@@ -262,4 +255,11 @@ def test_local_dry_run_prints_one_command_per_process(capsys, tmp_path):
   assert all(e["XLA_FLAGS"].endswith("--xla_force_host_platform_device_count=4") for e in envs)
   assert lines[0].endswith(shlex.join([sys.executable, "-m", "microverse_jax.train",
                                        "--config=configs/microsim_tiny.py:test", f"--workdir={workdir}",
-                                       "--config.train.num_steps=3"]))
+                                       "--config.train.num_steps=3", *MESH]))
+
+
+def test_local_preflight_checks_the_mesh_against_the_processes_devices(monkeypatch):
+  monkeypatch.chdir(REPO)
+  with pytest.raises(ValueError, match="batch_size=4 must split .* 8 data shards"):  # 4 rows, 8 devices
+    local.main(["--config=configs/microsim_tiny.py:test", "--workdir=/tmp/w", "--num_processes=2",
+                "--devices_per_process=4", "--dry_run"])

@@ -98,7 +98,7 @@ def test_select_only():
 def test_local_dry_run_lists_runs_and_writes_nothing(capsys, tmp_path, monkeypatch):
   monkeypatch.chdir(REPO)
   root = tmp_path / "sweep"
-  sweep.main(["--config=configs/wan2_1.py:1.3b,full", f"--workdir_root={root}", "--dry-run",
+  sweep.main(["--config=configs/wan2_1.py:1.3b,full", f"--workdir_root={root}", "--dry_run",
               "--config.train.num_steps=5"])
   out = capsys.readouterr().out
   assert not root.exists()
@@ -114,8 +114,8 @@ def test_local_dry_run_lists_runs_and_writes_nothing(capsys, tmp_path, monkeypat
 def test_tpu_sweep_creates_once_and_runs_each_workdir(capsys, monkeypatch):
   monkeypatch.chdir(REPO)
   sweep.main(["--config=configs/wan2_1.py:1.3b,lora", "--workdir_root=gs://b/sw", "--launcher=tpu",
-              "--name=mv-sweep", "--zone=z", "--accelerator_type=v5p-64", "--repo_url=https://x/r.git",
-              "--only=1,2", "--dry-run"])
+              "--name=mv-sweep", "--zone=us-east5-a", "--accelerator_type=v5p-64", "--repo_url=https://x/r.git",
+              "--only=1,2", "--dry_run", "--config.data.batch_size=32"])
   commands = [shlex.split(l) for l in _lines(capsys.readouterr().out)]
   assert [c[4] for c in commands] == ["create", "ssh", "ssh", *["scp"] * 8, "ssh", *["scp"] * 8]  # install, run 1 + logs, run 2 + logs
   runs = [c for c in commands if c[4] == "ssh" and "microverse_jax.train" in c[-1]]
@@ -127,7 +127,7 @@ def test_tpu_sweep_creates_once_and_runs_each_workdir(capsys, monkeypatch):
 def test_xpk_sweep_makes_one_workload_per_run(capsys, monkeypatch):
   monkeypatch.chdir(REPO)
   sweep.main(["--config=configs/wan2_1.py:1.3b,full", "--workdir_root=gs://b/sw", "--launcher=xpk",
-              "--cluster=c", "--tpu_type=v6e-16", "--workload=mv-lr", "--dry-run"])
+              "--cluster=c", "--tpu_type=v6e-16", "--workload=mv-lr", "--dry_run", "--config.data.batch_size=16"])
   commands = [shlex.split(l) for l in _lines(capsys.readouterr().out)]
   assert [c[:3] for c in commands] == [["xpk", "workload", "create"]] * 3
   assert [[a for a in c if a.startswith("--workload=")] for c in commands] == [
@@ -142,3 +142,23 @@ def test_manifest_lists_every_run(tmp_path):
   assert [r["workdir"] for r in manifest["runs"]] == [r.workdir for r in runs]
   assert [r["overrides"] for r in manifest["runs"]] == [r.overrides for r in runs]
   assert sorted(os.listdir(tmp_path / "root")) == ["sweep.json"]
+
+
+def test_a_second_launch_replaces_the_manifest(tmp_path):
+  """Relaunching a sweep (e.g. --only=3 after a full launch) rewrites sweep.json, leaving no temp file."""
+  root = str(tmp_path / "root")
+  runs = sweep.expand(f"{WAN}:1.3b,full", root)
+  sweep.write_manifest(root, "configs/wan2_1.py:1.3b,full", runs)
+  path = sweep.write_manifest(root, "configs/wan2_1.py:1.3b,full", runs[1:])
+  assert [r["index"] for r in json.loads(path.read_text())["runs"]] == [1, 2]
+  assert sorted(os.listdir(root)) == ["sweep.json"]
+
+
+def test_sweep_preflight_checks_every_run_against_the_slice(monkeypatch):
+  monkeypatch.chdir(REPO)
+  with pytest.raises(ValueError, match=r"run 0 \(00_lr=5e-06\) on v6e-16 \(16 devices\): data.batch_size=8"):
+    sweep.main(["--config=configs/wan2_1.py:1.3b,full", "--workdir_root=gs://b/sw", "--launcher=xpk",
+                "--cluster=c", "--accelerator_type=v6e-16", "--workload=mv-lr", "--dry_run"])
+  with pytest.raises(ValueError, match="no config key 'optim.lrr'; did you mean optim.lr"):
+    sweep.main(["--config=configs/wan2_1.py:1.3b,full", "--workdir_root=/tmp/sw", "--dry_run",
+                "--config.optim.lrr=1"])

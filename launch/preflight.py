@@ -1,0 +1,124 @@
+"""Preflight: what every launcher checks here, before its first gcloud or xpk call, so that a typo
+costs no slice.
+
+  1. the config file exists (and, for remote runs, is named relative to the repo root, which is where
+     the workers run the trainer);
+  2. the config loads and every --config.KEY=VALUE override applies, exactly as the trainer will parse
+     them (ml_collections' config flags with a locked config);
+  3. where the slice is known: the trainer's own `validate(config, num_devices)` (mesh vs the slice's
+     devices, batch vs the data shards, model vs mesh, init_from checkpoints exist), and the global
+     batch vs the slice's hosts (one process per host).
+
+Every failure is a PreflightError with one line naming the file, the key or the value at fault.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Sequence
+
+from launch import topologies
+
+
+class PreflightError(ValueError):
+  """A launch stopped before any cloud call; the message names what to fix."""
+
+
+def config_path(spec: str) -> str:
+  return spec.partition(":")[0]
+
+
+def check_config_file(spec: str, *, remote: bool) -> str:
+  """The config file of --config=FILE[:arg]; remote runs need it relative to the repo root."""
+  path = config_path(spec)
+  if not os.path.isfile(path):
+    raise PreflightError(f"--config={spec}: no such config file {path!r} (looked in {os.getcwd()})")
+  if remote and (os.path.isabs(path) or os.path.normpath(path).startswith("..")):
+    raise PreflightError(f"--config={spec}: the workers run the trainer from their copy of the repo; "
+                         f"launch from the repo root and name the config relative to it (configs/FILE.py)")
+  return os.path.normpath(path)
+
+
+def _keys(config, prefix: str = "") -> list[str]:
+  keys = []
+  for key, value in config.items():
+    keys.append(prefix + key)
+    if hasattr(value, "items"):
+      keys += _keys(value, f"{prefix}{key}.")
+  return keys
+
+
+def _last_line(text: str) -> str:
+  lines = [l.strip() for l in str(text).splitlines() if l.strip()]
+  return lines[-1] if lines else str(text)
+
+
+def _parse(spec: str, overrides: Sequence[str]):
+  """Parses --config=spec and the overrides as the trainer does (fresh flags, its own argv)."""
+  from absl import flags
+  from ml_collections import config_flags
+  argv = ["launcher", f"--config={spec}", *overrides]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()):
+  """The config the trainer would build from --config=spec and the --config.KEY=VALUE overrides."""
+  check_config_file(spec, remote=False)
+  try:
+    config = _parse(spec, [])
+  except Exception as e:  # the config file's own code failed (a bad arg, an import error)
+    raise PreflightError(f"--config={spec}: the config does not load: {_last_line(e)}") from None
+  try:
+    return _parse(spec, overrides)
+  except Exception as e:
+    error = e
+  keys = _keys(config)
+  for flag in overrides:  # name the override at fault
+    key = flag.partition("=")[0][len("--config."):]
+    if key not in keys:
+      close = difflib.get_close_matches(key, keys, n=3)
+      hint = f"; did you mean {' or '.join(close)}?" if close else ""
+      raise PreflightError(f"{flag}: {config_path(spec)} has no config key {key!r}{hint}") from None
+    try:
+      _parse(spec, [flag])
+    except Exception as e:
+      raise PreflightError(f"{flag}: the value does not fit {key} (now {_get(config, key)!r}): "
+                           f"{_last_line(e)}") from None
+  raise PreflightError(f"--config={spec} with {' '.join(overrides)}: {_last_line(error)}") from None
+
+
+def _get(config, key: str):
+  for part in key.split("."):
+    config = config[part]
+  return config
+
+
+def check(spec: str, overrides: Sequence[str] = (), *, slice: topologies.TpuSlice | None = None,
+          devices: int | None = None, hosts: int = 1, remote: bool = True, where: str = ""):
+  """Loads the config with its overrides and, when the devices are known (a TPU `slice`, or `devices`
+  over `hosts` processes), validates it against them. Returns the config; raises PreflightError."""
+  check_config_file(spec, remote=remote)
+  config = load_config(spec, overrides)
+  if slice is not None:
+    devices, hosts = slice.devices, slice.hosts
+  if devices is None:
+    return config
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the launcher needs no accelerator of its own
+  from microverse_jax import train  # the trainer's validate() (defined in factory, re-exported by train)
+  validate = getattr(train, "validate", None)
+  if validate is None:
+    from microverse_jax import factory
+    validate = factory.validate
+  what = where or f"--config={spec}"
+  on = f"{slice.accelerator_type} ({devices} devices)" if slice else f"{devices} devices"
+  try:
+    validate(config, devices)
+  except (ValueError, FileNotFoundError) as e:
+    raise PreflightError(f"{what} on {on}: {e}") from None
+  if config.data.batch_size % hosts:
+    raise PreflightError(f"{what} on {on}: data.batch_size={config.data.batch_size} does not split over "
+                         f"{hosts} hosts (one trainer process each)")
+  return config
