@@ -8,6 +8,12 @@ Sources are read without torch where possible (safetensors, single file or shard
 `.pth` files need torch, imported only inside `read_checkpoint`. The destination is an Orbax
 checkpoint `DST/params` plus `DST/config.json` (the model config), which `load_params` and the
 trainer's `init_from` read back.
+
+One loading API takes either format (see docs/model.md):
+  checkpoint_config(src, kind)         the architecture config of a converted dir or a PyTorch checkpoint
+  restore_params(src, target, kind)    weights as a pure dict shaped and sharded like `target`
+  load_params(src, model, kind)        the same, into a model's base parameters
+  load_lora(src, model)                a PEFT LoRA (DiffSynth/MicroVerse `step-N.safetensors`, diffusers)
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import struct
 import sys
 from typing import Callable, Mapping
@@ -139,10 +146,22 @@ _WAN_ORIGINAL_RENAMES = (
 )
 
 
+_DIT_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "pipe.dit.", "transformer.")
+
+
+def _strip_prefix(key: str) -> str:
+  for prefix in _DIT_PREFIXES:
+    if key.startswith(prefix):
+      return key[len(prefix):]
+  return key
+
+
 def wan_original_to_diffusers(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Original Wan2.1 / DiffSynth names (`blocks.0.self_attn.q.weight`, `head.head.weight`, prefixes
+  `model.diffusion_model.` or `pipe.dit.` allowed) -> diffusers WanTransformer3DModel names."""
   out = {}
   for key, value in sd.items():
-    key = key.removeprefix("model.diffusion_model.")
+    key = _strip_prefix(key)
     for old, new in _WAN_ORIGINAL_RENAMES:
       key = key.replace(old, new)
     out[key] = value
@@ -174,10 +193,40 @@ def wan_dit_config_from_json(cfg: dict, **overrides):
   return WanDiTConfig(**{**fields, **overrides})
 
 
+def _diffusers_names(sd: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+  """`sd` in diffusers naming: original Wan / DiffSynth names renamed, known prefixes dropped."""
+  if any(_strip_prefix(k) == "head.head.weight" for k in sd):
+    return wan_original_to_diffusers(sd)
+  return sd if not any(_strip_prefix(k) != k for k in sd) else {_strip_prefix(k): v for k, v in sd.items()}
+
+
+def wan_dit_config_from_state_dict(sd: Mapping[str, np.ndarray], **overrides):
+  """A WanDiTConfig inferred from tensor shapes, for checkpoints without a config.json (DiffSynth /
+  MicroVerse full fine-tunes). The head count is not in the shapes: Wan2.1 uses head_dim 128."""
+  from microverse_jax.models.wan_dit import WanDiTConfig
+  sd = _diffusers_names(sd)
+  try:
+    e, c, *patch = sd["patch_embedding.weight"].shape
+    out = sd["proj_out.weight"].shape[0] // int(np.prod(patch))
+    fields = dict(patch_size=tuple(patch), in_channels=c, out_channels=out,
+                  text_dim=sd["condition_embedder.text_embedder.linear_1.weight"].shape[1],
+                  freq_dim=sd["condition_embedder.time_embedder.linear_1.weight"].shape[1],
+                  ffn_dim=sd["blocks.0.ffn.net.0.proj.weight"].shape[0],
+                  num_layers=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
+                  qk_norm="rms_norm_across_heads" if "blocks.0.attn1.norm_q.weight" in sd else None,
+                  cross_attn_norm="blocks.0.norm2.weight" in sd)
+  except KeyError as e:
+    raise ValueError(f"not a Wan2.1 DiT state dict: missing key {e.args[0]!r}") from None
+  head_dim = overrides.pop("head_dim", 128)
+  if e % head_dim:
+    raise ValueError(f"model width {e} is not a multiple of head_dim {head_dim}; put a config.json "
+                     "(diffusers or original Wan2.1) beside the checkpoint")
+  return WanDiTConfig(**{**fields, "num_heads": e // head_dim, "head_dim": head_dim, **overrides})
+
+
 def wan_dit_arrays(sd: Mapping[str, np.ndarray], num_layers: int) -> dict[str, np.ndarray]:
   """Diffusers-named tensors -> our dotted parameter paths (blocks stacked on a leading axis)."""
-  if "head.head.weight" in sd or "model.diffusion_model.head.head.weight" in sd:
-    sd = wan_original_to_diffusers(sd)
+  sd = _diffusers_names(sd)
   out, used = {}, set()
   w = sd["patch_embedding.weight"]  # (E, C, pt, ph, pw) -> (pt*ph*pw*C, E)
   _take(sd, "patch_embedding.weight", "patch_embed.kernel", out, used,
@@ -278,9 +327,18 @@ def wan_vae_from_original(src: str, dtype=jnp.float32, **config_overrides):
   return model
 
 
+def _cast(model: nnx.Module, dtype) -> nnx.Module:
+  if jnp.dtype(dtype) != jnp.float32:
+    nnx.update(model, jax.tree.map(lambda x: x.astype(dtype), nnx.state(model, nnx.Param)))
+  return model
+
+
 def wan_vae_from_path(src: str, dtype=jnp.float32):
-  """CLI entry: a diffusers directory (has config.json) or the original .pth file / directory."""
-  if os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")):
+  """A diffusers directory (has config.json), the original .pth file / directory, or a converted dir."""
+  if checkpoint_format(src) == "converted":
+    return _cast(from_checkpoint(src, "vae"), dtype)
+  if os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")) and \
+     not os.path.exists(os.path.join(src, _VAE_PTH)):
     return wan_vae_from_diffusers(src, dtype)
   return wan_vae_from_original(src, dtype)
 
@@ -310,8 +368,11 @@ def umt5_from_original(src: str, dtype=jnp.float32, **config_overrides):
 
 
 def umt5_from_path(src: str, dtype=jnp.float32):
-  """CLI entry: a transformers directory (has config.json) or the original .pth file / directory."""
-  if os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")):
+  """A transformers directory (has config.json), the original .pth file / directory, or a converted dir."""
+  if checkpoint_format(src) == "converted":
+    return _cast(from_checkpoint(src, "umt5"), dtype)
+  if os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")) and \
+     not os.path.exists(os.path.join(src, _UMT5_PTH)):
     return umt5_from_transformers(src, dtype)
   return umt5_from_original(src, dtype)
 
@@ -337,39 +398,279 @@ def _local_or_gcs(path: str):
   return epath.Path(path) if str(path).startswith("gs://") else epath.Path(os.path.abspath(path))
 
 
-def restore_params(src: str, target):
-  """Restores `save_params` output as a pure dict shaped like `target` (ShapeDtypeStructs,
-  optionally with shardings, so each device reads only its shard)."""
-  import orbax.checkpoint as ocp
-  path = _local_or_gcs(src) / "params"
-  if not path.is_dir():
-    raise FileNotFoundError(f"{src}: no converted checkpoint (expected {path})")
-  with ocp.StandardCheckpointer() as ckpt:
-    return ckpt.restore(path, target)
+# ---------------------------------------------------------------------------------------------
+# One loading API: a converted Orbax dir or a PyTorch checkpoint, either one
+# ---------------------------------------------------------------------------------------------
+KINDS = ("dit", "vae", "umt5")
+EXPECTED = ("a converted checkpoint (params/ + config.json, written by `python -m microverse_jax.convert`), "
+            "a diffusers/transformers `save_pretrained` directory (config.json + *.safetensors), or a "
+            ".pth/.safetensors file (original Wan2.1, DiffSynth/MicroVerse)")
+_VAE_PTH, _UMT5_PTH = "Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth"
 
 
-def load_params(src: str, model: nnx.Module) -> None:
-  """Restores `save_params` output into `model`'s base parameters."""
+def _check_kind(kind: str) -> None:
+  if kind not in KINDS:
+    raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
+
+
+def checkpoint_format(src: str) -> str:
+  """"converted" (a `save_params` directory) or "pytorch" (anything `read_checkpoint` reads).
+
+  Raises FileNotFoundError naming the path and what was expected."""
+  path = str(src)
+  if path.startswith("gs://"):
+    p = _local_or_gcs(path)
+    if (p / "params").is_dir() and (p / "config.json").exists():
+      return "converted"
+    raise FileNotFoundError(f"{src}: not a converted checkpoint (no params/ + config.json); gs:// paths "
+                            f"hold converted checkpoints only. Expected {EXPECTED}")
+  if os.path.isdir(path):
+    if os.path.isdir(os.path.join(path, "params")):
+      if not os.path.exists(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{src}: params/ without config.json; expected {EXPECTED}")
+      return "converted"
+    if any(glob.glob(os.path.join(path, p)) for p in ("config.json", "*.safetensors", "*.pth")):
+      return "pytorch"
+    raise FileNotFoundError(f"{src}: no checkpoint in this directory; expected {EXPECTED}")
+  if os.path.isfile(path) and path.endswith((".safetensors", ".pth", ".pt", ".bin")):
+    return "pytorch"
+  raise FileNotFoundError(f"{src}: {'not a checkpoint file' if os.path.exists(path) else 'no such file or directory'}"
+                          f"; expected {EXPECTED}")
+
+
+def _converted_meta(src: str, kind: str | None) -> dict:
+  meta = json.loads((_local_or_gcs(src) / "config.json").read_text())
+  if "kind" not in meta or "config" not in meta:
+    raise ValueError(f"{src}/config.json: not a converted checkpoint's config (needs 'kind' and 'config')")
+  if kind is not None and meta["kind"] != kind:
+    raise ValueError(f"{src}: a converted {meta['kind']!r} checkpoint, but a {kind!r} checkpoint was expected")
+  return meta
+
+
+def _config_class(kind: str):
+  from microverse_jax.models.umt5 import UMT5Config
+  from microverse_jax.models.wan_dit import WanDiTConfig
+  from microverse_jax.models.wan_vae import WanVAEConfig
+  return {"dit": WanDiTConfig, "vae": WanVAEConfig, "umt5": UMT5Config}[kind]
+
+
+def _pytorch_layout(src: str, kind: str) -> tuple[str, str]:
+  """(layout, path to read) of a PyTorch checkpoint: diffusers / transformers (a directory with a
+  config.json) or original (Wan's .pth files; for the DiT, original names or DiffSynth files)."""
+  has_json = os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json"))
+  if kind == "dit":
+    return ("diffusers" if has_json or src.endswith(".safetensors") else "original"), src
+  name = _VAE_PTH if kind == "vae" else _UMT5_PTH
+  if os.path.isdir(src) and os.path.exists(os.path.join(src, name)):
+    return "original", os.path.join(src, name)   # a Wan2.1 release directory
+  if has_json:
+    return ("diffusers" if kind == "vae" else "transformers"), src
+  if os.path.isdir(src):
+    raise FileNotFoundError(f"{src}: no config.json and no {name}; expected {EXPECTED}")
+  return "original", src
+
+
+def checkpoint_config(src: str, kind: str, **overrides):
+  """The architecture config (WanDiTConfig / WanVAEConfig / UMT5Config) of checkpoint `src`: from a
+  converted dir's config.json, a diffusers/transformers config.json, or inferred (original layouts:
+  the VAE is the "wan2.1" preset, umT5 and config-less DiT files from their tensor shapes)."""
+  _check_kind(kind)
+  if checkpoint_format(src) == "converted":
+    cls, fields = _config_class(kind), _converted_meta(src, kind)["config"]
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+      raise ValueError(f"{src}/config.json: unknown {cls.__name__} fields {unknown}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in {**fields, **overrides}.items()})
+  layout, path = _pytorch_layout(src, kind)
+  try:
+    if kind == "dit":
+      cfg_path = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
+      if os.path.exists(cfg_path):
+        return wan_dit_config_from_json(read_json(path), **overrides)
+      return wan_dit_config_from_state_dict(read_checkpoint(path), **overrides)
+    if kind == "vae":
+      from microverse_jax.models.wan_vae import WanVAEConfig, wan_vae_config_from_diffusers
+      if layout == "diffusers":
+        return wan_vae_config_from_diffusers(read_json(path), **overrides)
+      return WanVAEConfig.preset("wan2.1", **overrides)
+    from microverse_jax.models.umt5 import umt5_config_from_original, umt5_config_from_transformers
+    if layout == "transformers":
+      return umt5_config_from_transformers(read_json(path), **overrides)
+    return umt5_config_from_original(read_checkpoint(path), **overrides)
+  except ValueError as e:
+    raise ValueError(f"{src}: {e}") from None
+
+
+def pytorch_arrays(src: str, kind: str, cfg=None) -> tuple[dict[str, np.ndarray], str]:
+  """(our dotted parameter path -> host array, layout name) of a PyTorch checkpoint."""
+  _check_kind(kind)
+  layout, path = _pytorch_layout(src, kind)
+  try:
+    if kind == "dit":  # the layer count is all the mapping needs: read it from the names
+      sd = read_checkpoint(path)
+      layout = "original Wan / DiffSynth" if any(_strip_prefix(k) == "head.head.weight" for k in sd) else layout
+      blocks = [int(k.split(".")[1]) for k in map(_strip_prefix, sd) if k.startswith("blocks.")]
+      return wan_dit_arrays(sd, 1 + max(blocks, default=-1)), layout
+    cfg = cfg or checkpoint_config(src, kind)
+    if kind == "vae":
+      from microverse_jax.models.wan_vae import WanVAE, wan_vae_arrays
+      abstract = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
+      return wan_vae_arrays(abstract, read_checkpoint(path), layout), layout
+    from microverse_jax.models.umt5 import umt5_arrays
+    return umt5_arrays(read_checkpoint(path), cfg.num_layers, layout), layout
+  except KeyError as e:
+    raise ValueError(f"{src}: checkpoint is missing key {e.args[0]!r}") from None
+  except ValueError as e:
+    raise ValueError(f"{src}: {e}") from None
+
+
+def _key(entry) -> str:
+  for attr in ("key", "idx", "name"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def _flat(tree, is_leaf=None) -> dict:
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
+  return {".".join(_key(k) for k in path): leaf for path, leaf in leaves}
+
+
+def check_match(src: str, have: Mapping[str, tuple], want: Mapping[str, tuple]) -> None:
+  """One ValueError listing missing keys, unexpected keys and shape differences (both shapes)."""
+  missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+  shapes = [f"{k}: checkpoint {tuple(have[k])}, model {tuple(want[k])}" for k in sorted(set(have) & set(want))
+            if tuple(have[k]) != tuple(want[k])]
+  if missing or unexpected or shapes:
+    lines = [f"{src}: checkpoint does not match the model"]
+    lines += [f"  missing ({len(missing)}): {missing}"] if missing else []
+    lines += [f"  unexpected ({len(unexpected)}): {unexpected}"] if unexpected else []
+    lines += [f"  shape mismatch ({len(shapes)}):"] + [f"    {s}" for s in shapes] if shapes else []
+    raise ValueError("\n".join(lines))
+
+
+def _kind_of(target) -> str:
+  top = set(target)
+  for kind, marker in (("dit", "patch_embed"), ("umt5", "token_embedding"), ("vae", "decoder")):
+    if marker in top:
+      return kind
+  raise ValueError(f"cannot tell the model kind from parameters {sorted(top)[:8]}; pass kind=")
+
+
+def restore_params(src: str, target, kind: str | None = None):
+  """Weights of checkpoint `src` as a pure dict shaped like `target` (a pure dict of
+  jax.ShapeDtypeStruct, optionally with `sharding`), each array placed in its target sharding.
+
+  `src` is a converted dir (restored by Orbax directly into the shardings, each device reading
+  only its shard) or a PyTorch checkpoint (read on the host, mapped to our names, then
+  `jax.device_put` leaf by leaf). `kind` ("dit", "vae", "umt5") is checked against a converted
+  dir's config.json and inferred from `target` when None. Prints one line saying what it loaded.
+  A mismatch with `target` raises one ValueError listing missing / unexpected keys and shapes.
+  """
+  fmt = checkpoint_format(src)
+  want = {k: tuple(v.shape) for k, v in _flat(target).items()}
+  if fmt == "converted":
+    import orbax.checkpoint as ocp
+    kind = _converted_meta(src, kind)["kind"]
+    path = _local_or_gcs(src) / "params"
+    with ocp.StandardCheckpointer() as ckpt:
+      tree = ckpt.metadata(path).item_metadata.tree
+      check_match(src, {k: tuple(m.shape) for k, m in _flat(tree, lambda x: hasattr(x, "shape")).items()}, want)
+      out = ckpt.restore(path, target)
+    what = "converted Orbax checkpoint"
+  else:
+    kind = kind or _kind_of(target)
+    _check_kind(kind)
+    arrays, layout = pytorch_arrays(src, kind)
+    check_match(src, {k: np.shape(v) for k, v in arrays.items()}, want)
+    flat_target = _flat(target)
+
+    def put(path, leaf):
+      key = ".".join(_key(k) for k in path)
+      host = np.asarray(arrays[key]).astype(flat_target[key].dtype)
+      sharding = getattr(leaf, "sharding", None)
+      return jax.device_put(host, sharding) if sharding is not None else jnp.asarray(host)
+    out = jax.tree_util.tree_map_with_path(put, target)
+    what = f"PyTorch checkpoint ({layout} layout)"
+  print(f"loaded {kind} weights from {what}: {src}", flush=True)
+  return out
+
+
+def load_params(src: str, model: nnx.Module, kind: str | None = None) -> None:
+  """Restores checkpoint `src` (converted or PyTorch, see `restore_params`) into `model`'s base
+  parameters, keeping each array's sharding."""
   state = nnx.state(model, BASE_PARAMS)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.to_pure_dict())
-  nnx.replace_by_pure_dict(state, restore_params(src, target))
+
+  def abstract(x):
+    sharding = x.sharding if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) else None
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  nnx.replace_by_pure_dict(state, restore_params(src, jax.tree.map(abstract, state.to_pure_dict()), kind))
   nnx.update(model, state)
 
 
-CONVERTERS: dict[str, Callable] = {"dit": wan_dit_from_diffusers, "vae": wan_vae_from_path,
-                                   "umt5": umt5_from_path}
+def from_checkpoint(src: str, kind: str, **config_overrides) -> nnx.Module:
+  """A model built from the checkpoint's own config (plus overrides such as dtype) with its weights."""
+  from microverse_jax.models.umt5 import UMT5Encoder
+  from microverse_jax.models.wan_dit import WanDiT
+  from microverse_jax.models.wan_vae import WanVAE
+  cfg = checkpoint_config(src, kind, **config_overrides)
+  model = _build({"dit": WanDiT, "vae": WanVAE, "umt5": UMT5Encoder}[kind], cfg)
+  load_params(src, model, kind)
+  return model
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA files (DiffSynth / MicroVerse training outputs, diffusers, ComfyUI)
+# ---------------------------------------------------------------------------------------------
+_STEP_FILE = re.compile(r"^(?:step|epoch)-(\d+)\.safetensors$")
+
+
+def latest_lora(directory: str) -> str:
+  """The `step-N.safetensors` (or `epoch-N`) with the highest N in `directory` (step-10 beats step-9);
+  a directory holding a single .safetensors file gives that file."""
+  names = os.listdir(directory)
+  steps = [(int(m.group(1)), n) for n in names if (m := _STEP_FILE.match(n))]
+  if steps:
+    return os.path.join(directory, max(steps)[1])
+  files = sorted(n for n in names if n.endswith(".safetensors"))
+  if len(files) == 1:
+    return os.path.join(directory, files[0])
+  raise FileNotFoundError(f"{directory}: no step-N.safetensors LoRA file"
+                          + (f" and several other .safetensors files {files}: name one" if files else ""))
+
+
+def load_lora(src: str, model: nnx.Module, *, strict: bool = True) -> str:
+  """Loads a PEFT-named LoRA file into WanDiT `model` (see `lora.peft_to_lora` for the key names
+  and scale): into its LoRA params, or merged into the base kernels if it has none. `src`: a
+  .safetensors file, or a directory of training outputs (the highest step-N). Returns the file read."""
+  from microverse_jax.models import lora
+  if os.path.isdir(src):
+    src = latest_lora(src)
+  elif not os.path.isfile(src):
+    raise FileNotFoundError(f"{src}: no such LoRA file; expected a .safetensors file of PEFT LoRA weights "
+                            "(DiffSynth/MicroVerse step-N.safetensors, diffusers or ComfyUI) or a directory of them")
+  try:
+    factors = lora.peft_to_lora(read_checkpoint(src), model.cfg.num_layers)
+  except ValueError as e:
+    raise ValueError(f"{src}: {e}") from None
+  lora.set_lora(model, factors, src, strict=strict)
+  how = "into the LoRA params" if model.cfg.lora_rank else "merged into the base kernels"
+  print(f"loaded LoRA ({len(factors)} modules x {model.cfg.num_layers} blocks) {how}: {src}", flush=True)
+  return src
 
 
 def main(argv=None) -> None:
   import argparse
   parser = argparse.ArgumentParser(prog="python -m microverse_jax.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("kind", choices=sorted(CONVERTERS))
-  parser.add_argument("--src", required=True, help="source checkpoint directory or file")
+  parser.add_argument("kind", choices=KINDS)
+  parser.add_argument("--src", required=True, help="source checkpoint: a diffusers/transformers directory, "
+                      "an original Wan2.1 / DiffSynth .pth or .safetensors file, or a converted directory")
   parser.add_argument("--dst", required=True, help="output directory (Orbax checkpoint)")
   args = parser.parse_args(argv)
   print(f"converting {args.kind} from {args.src} ...", flush=True)
-  model = CONVERTERS[args.kind](args.src)
+  model = from_checkpoint(args.src, args.kind)
   save_params(model, args.dst, args.kind)
   n = sum(x.size for x in jax.tree.leaves(nnx.state(model, BASE_PARAMS)))
   print(f"wrote {n:,} parameters to {args.dst}", flush=True)

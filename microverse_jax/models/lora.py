@@ -1,10 +1,19 @@
-"""LoRA utilities. The factors live in `layers.Dense` (as `nnx.LoRAParam`); this merges them away."""
+"""LoRA utilities. The factors live in `layers.Dense` (as `nnx.LoRAParam`): merging them away, and
+PEFT-named LoRA files (DiffSynth / MicroVerse `step-N.safetensors`, diffusers, ComfyUI) in and out.
+
+PEFT stores per linear layer lora_A (r, in) and lora_B (out, r), delta W = scale * B @ A on torch's
+(out, in) weight; ours are a (in, r), b (r, out) on the (in, out) kernel, delta = lora_scale * a @ b,
+stacked over the block axis L. So a = A.T, b = B.T * scale / lora_scale.
+"""
 from __future__ import annotations
 
 import dataclasses
+import re
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from microverse_jax.models.layers import Dense
@@ -32,3 +41,152 @@ def lora_delta_norm(model: nnx.Module) -> jax.Array:
   sq = [jnp.sum(jnp.square(jnp.matmul(m.lora_a[...], m.lora_b[...]))) for _, m in nnx.iter_modules(model)
         if isinstance(m, Dense) and m.lora_a is not None]
   return jnp.sqrt(sum(sq)) if sq else jnp.zeros(())
+
+
+# ---------------------------------------------------------------------------------------------
+# PEFT LoRA files: DiffSynth / MicroVerse training outputs, diffusers, ComfyUI
+# ---------------------------------------------------------------------------------------------
+# Our Dense inside a Wan block -> (diffusers module name, original Wan / DiffSynth module name).
+WAN_BLOCK_MODULES = {
+    **{f"{ours}.{n}": (f"{diff}.to_{n}", f"{ours}.{n}") for ours, diff in (("self_attn", "attn1"),
+                                                                         ("cross_attn", "attn2")) for n in "qkv"},
+    "self_attn.o": ("attn1.to_out.0", "self_attn.o"), "cross_attn.o": ("attn2.to_out.0", "cross_attn.o"),
+    "ffn_in": ("ffn.net.0.proj", "ffn.0"), "ffn_out": ("ffn.net.2", "ffn.2"),
+}
+# Key templates of a LoRA file, per layout; `module` is the diffusers or original name.
+PEFT_LAYOUTS = {
+    "comfyui": ("diffusion_model.blocks.{i}.{module}.lora_{ab}.weight", "original"),
+    "diffusers": ("transformer.blocks.{i}.{module}.lora_{ab}.weight", "diffusers"),
+    "diffsynth": ("blocks.{i}.{module}.lora_{ab}.default.weight", "original"),
+}
+_NAMES = {name: ours for ours, names in WAN_BLOCK_MODULES.items() for name in names}
+_PREFIXES = ("base_model.model.", "model.diffusion_model.", "diffusion_model.", "transformer.", "pipe.dit.")
+_FACTOR = re.compile(r"^blocks\.(\d+)\.(.+)\.(lora_A|lora_B|lora_down|lora_up)(?:\.default)?\.weight$")
+_ALPHA = re.compile(r"^blocks\.(\d+)\.(.+)\.alpha$")
+
+
+def _strip(key: str) -> str:
+  for prefix in _PREFIXES:
+    key = key.removeprefix(prefix)
+  return key
+
+
+def peft_to_lora(sd: Mapping[str, np.ndarray], num_layers: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """PEFT-named LoRA tensors -> {our block module ("self_attn.q", "ffn_in", ...): (a (L, in, r), b (L, r, out))}
+  with delta = a @ b, the file's scale folded into b.
+
+  Keys: `blocks.{i}.{module}.lora_A[.default].weight` (r, in) and `lora_B` (out, r) (or kohya's
+  lora_down / lora_up), module named as in original Wan / DiffSynth (`self_attn.q`, `ffn.0`) or
+  diffusers (`attn1.to_q`, `ffn.net.0.proj`), optionally prefixed (`diffusion_model.`, `transformer.`,
+  `base_model.model.`, `pipe.dit.`). A `{module}.alpha` entry scales by alpha / r; without one the
+  scale is 1 (DiffSynth / PEFT with lora_alpha = r, diffusers with no network alphas).
+  Raises ValueError listing keys it cannot place and modules with missing layers.
+  """
+  factors: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+  unplaced = []
+  for key, value in sd.items():
+    name = _strip(key)
+    m = _FACTOR.match(name) or _ALPHA.match(name)
+    ours = _NAMES.get(m.group(2)) if m else None
+    if ours is None:
+      unplaced.append(key)
+      continue
+    part = "alpha" if m.re is _ALPHA else ("a" if m.group(3) in ("lora_A", "lora_down") else "b")
+    factors.setdefault((ours, int(m.group(1))), {})[part] = np.asarray(value, np.float32)
+  if unplaced:
+    raise ValueError(f"LoRA keys that match no LoRA target of the Wan DiT ({sorted(WAN_BLOCK_MODULES)}): "
+                     f"{sorted(unplaced)[:20]}{' ...' if len(unplaced) > 20 else ''}")
+  out, problems = {}, []
+  for module in sorted({m for m, _ in factors}):
+    layers = {i: f for (m, i), f in factors.items() if m == module}
+    absent = sorted(set(range(num_layers)) - set(layers))
+    extra = sorted(set(layers) - set(range(num_layers)))
+    half = [f"{module}@{i}" for i, f in layers.items() if not {"a", "b"} <= set(f)]
+    if absent or extra or half:
+      problems.append(f"{module}: layers missing {absent}, beyond the model's {num_layers} {extra}, "
+                      f"without both factors {half}")
+      continue
+    a_list, b_list = [], []
+    for i in range(num_layers):
+      f = layers[i]
+      rank = f["a"].shape[0]
+      scale = float(np.asarray(f["alpha"]).reshape(())) / rank if "alpha" in f else 1.0
+      a_list.append(f["a"].T)
+      b_list.append(f["b"].T * scale)
+    if len({a.shape for a in a_list}) > 1 or len({b.shape for b in b_list}) > 1:
+      problems.append(f"{module}: layers disagree in shape")
+      continue
+    out[module] = (np.stack(a_list), np.stack(b_list))
+  if problems:
+    raise ValueError("LoRA file is incomplete:\n  " + "\n  ".join(problems))
+  return out
+
+
+def _put(var, value: np.ndarray) -> None:
+  old = var[...]
+  sharding = getattr(old, "sharding", None)
+  var[...] = jax.device_put(value.astype(old.dtype), sharding) if sharding is not None else jnp.asarray(value, old.dtype)
+
+
+def set_lora(model: nnx.Module, factors: Mapping[str, tuple[np.ndarray, np.ndarray]], source: str, *,
+             strict: bool = True) -> None:
+  """Puts `peft_to_lora` factors into a WanDiT: into its LoRA params (b divided by the model's
+  alpha / rank; a smaller file rank is zero-padded), or merged into the base kernels of a model
+  without LoRA. `strict`: every LoRA target of the model must be in the file (else its b is zeroed).
+  Raises one ValueError listing modules missing / unexpected and shape or rank conflicts."""
+  blocks = model.blocks
+  targets = {name: _module(blocks, name) for name in WAN_BLOCK_MODULES}
+  with_lora = {n for n, m in targets.items() if m.lora_a is not None}
+  missing = sorted(with_lora - set(factors)) if strict else []
+  problems = [f"missing from the file (the model trains them; strict=False zeroes them): {missing}"] if missing else []
+  for name, (a, b) in sorted(factors.items()):
+    m = targets[name]
+    kernel = m.kernel[...].shape   # (L, in, out)
+    if a.shape[:2] != kernel[:2] or b.shape[::2] != kernel[::2]:
+      problems.append(f"{name}: file (L, in) {a.shape[:2]}, (L, out) {b.shape[::2]}; model {kernel[:2]}, "
+                      f"{kernel[::2]}")
+    elif m.lora_a is not None and a.shape[-1] > m.lora_a[...].shape[-1]:
+      problems.append(f"{name}: file rank {a.shape[-1]} > model lora_rank {m.lora_a[...].shape[-1]}")
+  if problems:
+    raise ValueError(f"{source}: LoRA does not fit the model:\n  " + "\n  ".join(problems))
+  for name, m in targets.items():
+    if name not in factors:
+      if m.lora_b is not None:
+        _put(m.lora_b, np.zeros(m.lora_b[...].shape, np.float32))
+      continue
+    a, b = factors[name]
+    if m.lora_a is None:  # no LoRA params: merge the delta into the kernel
+      _put(m.kernel, np.asarray(m.kernel[...], np.float32) + np.matmul(a, b))
+      continue
+    pad = m.lora_a[...].shape[-1] - a.shape[-1]
+    _put(m.lora_a, np.pad(a, ((0, 0), (0, 0), (0, pad))))
+    _put(m.lora_b, np.pad(b, ((0, 0), (0, pad), (0, 0))) / m.lora_scale)
+
+
+def _module(blocks: nnx.Module, name: str) -> Dense:
+  for part in name.split("."):
+    blocks = getattr(blocks, part)
+  return blocks
+
+
+def lora_state_dict(model: nnx.Module, layout: str = "comfyui") -> dict[str, np.ndarray]:
+  """The model's LoRA as PEFT tensors, per layer: lora_A (r, in), lora_B (out, r) with the model's
+  alpha / rank folded into lora_B (the file's scale is 1, no alpha entries). `layout`: a key of
+  PEFT_LAYOUTS: "comfyui" (`diffusion_model.blocks.0.self_attn.q.lora_A.weight`: ComfyUI, diffusers'
+  `load_lora_weights` and DiffSynth all read it), "diffusers", or "diffsynth"."""
+  if layout not in PEFT_LAYOUTS:
+    raise ValueError(f"layout={layout!r}: expected one of {sorted(PEFT_LAYOUTS)}")
+  template, naming = PEFT_LAYOUTS[layout]
+  out = {}
+  for name, (diffusers_name, original_name) in WAN_BLOCK_MODULES.items():
+    m = _module(model.blocks, name)
+    if m.lora_a is None:
+      continue
+    a, b = np.asarray(m.lora_a[...], np.float32), np.asarray(m.lora_b[...], np.float32) * m.lora_scale
+    module = diffusers_name if naming == "diffusers" else original_name
+    for i in range(a.shape[0]):
+      out[template.format(i=i, module=module, ab="A")] = np.ascontiguousarray(a[i].T)
+      out[template.format(i=i, module=module, ab="B")] = np.ascontiguousarray(b[i].T)
+  if not out:
+    raise ValueError("the model has no LoRA parameters (lora_rank=0): nothing to export")
+  return out
