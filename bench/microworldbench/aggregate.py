@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from microworldbench.judge import ReplyError, check_scores
+from microworldbench.progress import Progress
 from microworldbench.files import write_json_atomic
 from microworldbench.results import EVAL_KEY, load_results
 from microworldbench.rubrics import CATEGORIES, DIMENSIONS, RubricSet, Task, load_rubrics
@@ -198,17 +199,39 @@ def model_name(path: str, given: str | None) -> str:
 
 
 def aggregate(result_paths: list[str], rubrics: RubricSet, mode: str, names: list[str] | None = None,
-              resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
-  """{"mode", "rubrics", "models": {name: summary}} for several results files."""
+              resamples: int = 2000, seed: int = 0, progress: bool | None = None) -> dict[str, Any]:
+  """{"mode", "protocol", "rubrics", "models": {name: summary}} for several results files.
+
+  The judge protocol each file records (`evaluate --protocol`) must be the same in all of them:
+  scores judged with different prompts are not comparable. Files that record none (the official
+  evaluator's own, or older ones) go with any.
+  """
   if names and len(names) != len(result_paths):
     raise ValueError(f"--name: {len(names)} names for {len(result_paths)} results files")
+  loaded, protocols = [], {}
+  for path in result_paths:
+    results = load_results(path)
+    for item in results:
+      protocol = item.get("protocol")
+      if protocol is not None and not isinstance(protocol, str):
+        raise ValueError(f"{path}: task {item['index']}: 'protocol' {protocol!r} is not a string")
+      if protocol is not None:
+        protocols.setdefault(protocol, path)
+    loaded.append((path, results))
+  if len(protocols) > 1:
+    raise ValueError("results judged with different protocols cannot be compared: " +
+                     ", ".join(f"{p!r} ({path})" for p, path in sorted(protocols.items())) +
+                     "; aggregate each protocol on its own")
   models: dict[str, Any] = {}
-  for i, path in enumerate(result_paths):
+  bar = Progress(len(loaded), desc="scoring ", enabled=progress, unit="file")
+  for i, (path, results) in enumerate(loaded):
     name = model_name(path, names[i] if names else None)
     if name in models:
       raise ValueError(f"{path}: model name {name!r} used twice; pass --name")
-    models[name] = summarize(score_model(name, load_results(path), rubrics, mode), resamples, seed)
-  return {"mode": mode, "rubrics": rubrics.path, "models": models}
+    models[name] = summarize(score_model(name, results, rubrics, mode), resamples, seed)
+    bar.update("done")
+  bar.close()
+  return {"mode": mode, "protocol": next(iter(protocols), None), "rubrics": rubrics.path, "models": models}
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -217,14 +240,17 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
   p.add_argument("--results", nargs="+", required=True, help="<Model>_result.json files, one per model")
   p.add_argument("--rubrics", required=True, help="MWBenchRubrics_norm.json (the scoring weights)")
   p.add_argument("--tasks", required=True, help="finaltasks.json (categories)")
-  p.add_argument("--mode", choices=MODES, default="strict")
+  p.add_argument("--mode", choices=MODES, default="strict",
+                 help="'official': the official calculate_scores.py, defects included; 'strict': every criterion")
   p.add_argument("--name", nargs="+", help="model names, one per results file")
   p.add_argument("--json", help="write the summary JSON here")
   p.add_argument("--markdown", help="write a Markdown report here")
   p.add_argument("--plots", help="folder for PNG plots (needs matplotlib: pip install microworldbench[plots])")
   p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% CIs")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
   p.add_argument("--strict-rubrics", action="store_true", help="fail on any rubric anomaly")
+  p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                 help="show progress (default: a bar when stderr is a terminal, else a line every 30 s)")
   p.set_defaults(func=_main)
 
 
@@ -232,7 +258,7 @@ def _main(args: argparse.Namespace) -> int:
   from microworldbench import report
 
   rubrics = load_rubrics(args.rubrics, args.tasks, strict=args.strict_rubrics)
-  summary = aggregate(args.results, rubrics, args.mode, args.name, args.bootstrap, args.seed)
+  summary = aggregate(args.results, rubrics, args.mode, args.name, args.bootstrap, args.seed, args.progress)
   plots = report.write_plots(summary, args.plots) if args.plots else []
   if args.json:
     write_json_atomic(args.json, summary)

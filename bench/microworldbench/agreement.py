@@ -100,7 +100,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
   p = subparsers.add_parser("agreement", help="agreement (Cohen's kappa) between judges",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--results", nargs="+", required=True, help="results files of the same videos, one per judge")
-  p.add_argument("--rubrics", required=True)
+  p.add_argument("--rubrics", required=True, help="MWBenchRubrics.json or MWBenchRubrics_norm.json")
   p.add_argument("--name", nargs="+", help="judge names, one per results file")
   p.add_argument("--json", help="write the agreement JSON here")
   p.set_defaults(func=_main)

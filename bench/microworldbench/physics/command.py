@@ -16,6 +16,7 @@ import numpy as np
 
 from microworldbench.files import check_ids, write_json_atomic
 from microworldbench.physics import metrics, summarize
+from microworldbench.progress import Progress
 
 
 def read_prompts(path: str) -> list[dict]:
@@ -58,22 +59,29 @@ def read_video(path: str) -> np.ndarray:
   return np.stack(frames)
 
 
-def score_directory(videos_dir: str, rows: list[dict]) -> list[dict]:
-  """Per-video results (see `metrics.score_video`); a missing or unreadable video fails with a reason."""
+def score_video_file(videos_dir: str, row: dict) -> dict:
+  """The result of one row's video (see `metrics.score_video`); missing or unreadable: failed with a reason."""
+  path = os.path.join(videos_dir, f"{row['id']}.mp4")
+  failed = {"id": row["id"], "process": row["process"], "pass": False, "metrics": {}, "checks": {},
+            "curves": {}}
+  if not os.path.exists(path):
+    return {**failed, "reason": f"missing video {path}"}
+  try:
+    video = read_video(path)
+  except Exception as e:  # noqa: BLE001 - any decoder failure is this video's failure
+    return {**failed, "reason": f"unreadable video {path}: {type(e).__name__}: {e}"}
+  return metrics.score_video(video, row)
+
+
+def score_directory(videos_dir: str, rows: list[dict], progress: bool | None = None) -> list[dict]:
+  """Per-video results, in row order. Progress (done/total, rate, ETA) goes to stderr: a bar on
+  a terminal, periodic lines elsewhere (`progress`: None picks, False hides)."""
+  bar = Progress(len(rows), desc="physics ", enabled=progress, unit="video")
   results = []
   for row in rows:
-    path = os.path.join(videos_dir, f"{row['id']}.mp4")
-    failed = {"id": row["id"], "process": row["process"], "pass": False, "metrics": {}, "checks": {},
-              "curves": {}}
-    if not os.path.exists(path):
-      results.append({**failed, "reason": f"missing video {path}"})
-      continue
-    try:
-      video = read_video(path)
-    except Exception as e:  # noqa: BLE001 - any decoder failure is this video's failure
-      results.append({**failed, "reason": f"unreadable video {path}: {type(e).__name__}: {e}"})
-      continue
-    results.append(metrics.score_video(video, row))
+    results.append(score_video_file(videos_dir, row))
+    bar.update("pass" if results[-1]["pass"] else "fail")
+  bar.close()
   return results
 
 
@@ -91,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
   if not os.path.isdir(args.videos):
     raise ValueError(f"--videos {args.videos}: not a directory")
   rows = read_prompts(args.prompts)
-  results = score_directory(args.videos, rows)
+  results = score_directory(args.videos, rows, args.progress)
   summary = summarize(results)
   out = {"summary": summary, "rules": metrics.RULES, "videos": results}
   write_json_atomic(args.out, _json_safe(out))
@@ -113,4 +121,6 @@ def register_cli(subparsers) -> None:
   parser.add_argument("--prompts", required=True, help="prompts JSONL: id, process, params, size per row")
   parser.add_argument("--out", required=True, help="output JSON: summary, rules and per-video results")
   parser.add_argument("--report", default=None, help="folder for plots and report.md (needs matplotlib)")
+  parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                      help="show progress (default: a bar when stderr is a terminal, else a line every 30 s)")
   parser.set_defaults(func=run)
