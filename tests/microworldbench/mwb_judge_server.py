@@ -2,7 +2,7 @@
 
 Each request is matched to its item by the prompt (`TASK-<index>` in the task text, or `of task
 <index>` in the criteria when the task text is empty as in the official protocol, and the
-dimension title); `plans[(index, dimension)]` lists what to do on the 1st, 2nd, ... request for
+dimension title), or by `identify(prompt) -> (index, dimension)` when given; `plans[(index, dimension)]` lists what to do on the 1st, 2nd, ... request for
 that item, `default` after that. Actions:
   ok        200, the true scores (`truth`) for the criteria counted in the prompt
   fence     200, the true scores wrapped in a ```json fence with prose around
@@ -35,8 +35,9 @@ def truth(index: int, dimension: str, k: int) -> list[int]:
 class FakeJudge:
   def __init__(self, plans: dict[tuple[int, str], list[str]] | None = None, default: str = "ok",
                latency: float = 0.0, hang: float = 2.0, retry_after: str = "1",
-               error_body: bytes = b'{"error": {"message": "injected"}}'):
+               error_body: bytes = b'{"error": {"message": "injected"}}', identify=None):
     self.plans = dict(plans or {})
+    self.identify = identify
     self.error_body = error_body
     self.default, self.latency, self.hang, self.retry_after = default, latency, hang, retry_after
     self.log: list[dict[str, Any]] = []
@@ -95,10 +96,13 @@ class FakeJudge:
     first = payload["messages"][0]["content"]
     prompt = next(p["text"] for p in first if p["type"] == "text")
     images = [p["image_url"]["url"] for p in first if p["type"] == "image_url"]
-    found = re.search(r"TASK-(\d+)", prompt) or re.search(r"of task (\d+)", prompt)
-    index = int(found.group(1))
-    dimension = next(d for title, d in TITLES.items()
-                     if f"dimension {title}" in prompt or f"the {title} dimension" in prompt)
+    if self.identify is not None:
+      index, dimension = self.identify(prompt)
+    else:
+      found = re.search(r"TASK-(\d+)", prompt) or re.search(r"of task (\d+)", prompt)
+      index = int(found.group(1))
+      dimension = next(d for title, d in TITLES.items()
+                       if f"dimension {title}" in prompt or f"the {title} dimension" in prompt)
     k = len(re.findall(r"^\d+\. \[", prompt, flags=re.M))
     item = (index, dimension)
     with self._lock:
