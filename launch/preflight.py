@@ -79,8 +79,8 @@ def load_config(spec: str, overrides: Sequence[str] = ()):
   for flag in overrides:  # name the override at fault
     key = flag.partition("=")[0][len("--config."):]
     if key not in keys:
-      close = difflib.get_close_matches(key, keys, n=3)
-      hint = f"; did you mean {' or '.join(close)}?" if close else ""
+      close = difflib.get_close_matches(key, keys, n=1)
+      hint = f"; did you mean {close[0]}?" if close else ""
       raise PreflightError(f"{flag}: {config_path(spec)} has no config key {key!r}{hint}") from None
     try:
       _parse(spec, [flag])

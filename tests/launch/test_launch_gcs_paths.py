@@ -93,11 +93,11 @@ def test_trainer_metrics_on_gs_keep_every_row(fake_gcs, monkeypatch):
   from microverse_jax import train
   monkeypatch.setitem(record_writer.REGISTERED_FACTORIES, "gs", _FakeGcsEventWriterFactory())
   workdir = "gs://bucket/runs/tiny"
-  writer = train.MetricWriter(workdir)
+  writer = train.MetricWriter(workdir, resume_step=0)
   writer.write(1, {"loss": 1.0})
   writer.write(2, {"loss": 0.5})
   writer.tb.close()
-  writer = train.MetricWriter(workdir)  # resumed run
+  writer = train.MetricWriter(workdir, resume_step=2)  # resumed run
   writer.write(3, {"loss": 0.25})
   writer.tb.close()  # flushes its events while gs:// is still the fake
   rows = [json.loads(l) for l in epath.Path(workdir, "metrics.jsonl").read_text().splitlines()]
