@@ -1,34 +1,164 @@
-"""Exports a training run's DiT (EMA weights when present) with LoRA merged into the base kernels.
+"""Exports a trained DiT: as our converted checkpoint, as a diffusers model, or its LoRA as PEFT safetensors.
 
-  python -m microverse_jax.export --config=configs/FILE.py[:arg] --workdir=DIR --dst=DIR
+  python -m microverse_jax.export --config=configs/FILE.py[:arg] --workdir=DIR --dst=DIR                     # orbax
+  python -m microverse_jax.export --config=... --workdir=DIR --format=diffusers --dst=DIR
+  python -m microverse_jax.export --config=... --workdir=DIR --format=lora --dst=lora.safetensors [--layout=comfyui]
 
-The result is a converted checkpoint like `python -m microverse_jax.convert dit` writes: train from it
-with `--config.init_from=DIR` (and model.lora_rank=0), or sample it with `sample --checkpoint=DIR`.
+orbax: a converted checkpoint like `python -m microverse_jax.convert dit` writes, LoRA merged (EMA weights
+  when present): train from it with `--config.init_from=DIR` (model.lora_rank=0) or sample with `--checkpoint=DIR`.
+diffusers: a `WanTransformer3DModel` directory (config.json + diffusion_pytorch_model*.safetensors, LoRA
+  merged) for `WanTransformer3DModel.from_pretrained(DIR)` or `WanPipeline.from_pretrained(..., transformer=...)`.
+lora: the LoRA factors alone, PEFT names (see `models.lora.lora_state_dict`); "comfyui" keys
+  (`diffusion_model.blocks.0.self_attn.q.lora_A.weight`) load in ComfyUI, DiffSynth and diffusers'
+  `WanPipeline.load_lora_weights`; "diffusers" keys (`transformer.blocks.0.attn1.to_q.lora_A.weight`) in diffusers.
+Files are written with `safetensors.numpy`: no torch needed.
 """
 from __future__ import annotations
 
+import json
+import os
+
+import numpy as np
 from absl import app, flags
+from flax import nnx
 from ml_collections import config_flags
 
-from microverse_jax import convert, sample
-from microverse_jax.models.lora import merge_lora
+from microverse_jax import convert
+from microverse_jax.models.lora import PEFT_LAYOUTS, lora_state_dict, merge_lora
+
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
+DIFFUSERS_VERSION = "0.35.0"   # the config format version written; any diffusers with Wan2.1 reads it
 
 
-def export(c, workdir: str, dst: str):
-  """Loads the latest checkpoint of `workdir`, merges LoRA, writes `dst`; returns the merged model."""
-  merged = merge_lora(sample.load_model(c, workdir, None))
+def diffusers_config(cfg) -> dict:
+  """A diffusers `WanTransformer3DModel` config.json for our WanDiTConfig (text-to-video Wan2.1)."""
+  return {"_class_name": "WanTransformer3DModel", "_diffusers_version": DIFFUSERS_VERSION,
+          "patch_size": list(cfg.patch_size), "num_attention_heads": cfg.num_heads,
+          "attention_head_dim": cfg.head_dim, "in_channels": cfg.in_channels, "out_channels": cfg.out_channels,
+          "text_dim": cfg.text_dim, "freq_dim": cfg.freq_dim, "ffn_dim": cfg.ffn_dim, "num_layers": cfg.num_layers,
+          "cross_attn_norm": cfg.cross_attn_norm, "qk_norm": cfg.qk_norm, "eps": cfg.eps, "image_dim": None,
+          "added_kv_proj_dim": None, "rope_max_seq_len": cfg.rope_max_seq_len, "pos_embed_seq_len": None}
+
+
+def diffusers_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+  """Our WanDiT's weights (LoRA merged) under diffusers names, torch layouts: the inverse of
+  `convert.wan_dit_arrays`."""
+  cfg = model.cfg
+  merged = merge_lora(model) if cfg.lora_rank else model
+  ours = {".".join(map(str, k)): np.asarray(v[...], np.float32)
+          for k, v in nnx.to_flat_state(nnx.state(merged, convert.BASE_PARAMS))}
+  used, out = set(), {}
+
+  def take(key, i=None):
+    used.add(key)
+    return ours[key] if i is None else ours[key][i]
+
+  def linear(src, dst, i=None):
+    out[f"{dst}.weight"] = take(f"{src}.kernel", i).T
+    out[f"{dst}.bias"] = take(f"{src}.bias", i)
+
+  pt, ph, pw = cfg.patch_size   # (pt*ph*pw*C, E) -> (E, C, pt, ph, pw)
+  kernel = take("patch_embed.kernel").reshape(pt, ph, pw, cfg.in_channels, cfg.dim)
+  out["patch_embedding.weight"] = kernel.transpose(4, 3, 0, 1, 2)
+  out["patch_embedding.bias"] = take("patch_embed.bias")
+  for src, dst in (("time_embed_1", "condition_embedder.time_embedder.linear_1"),
+                   ("time_embed_2", "condition_embedder.time_embedder.linear_2"),
+                   ("time_proj", "condition_embedder.time_proj"),
+                   ("text_embed_1", "condition_embedder.text_embedder.linear_1"),
+                   ("text_embed_2", "condition_embedder.text_embedder.linear_2"), ("head", "proj_out")):
+    linear(src, dst)
+  out["scale_shift_table"] = take("head_modulation")[None]
+  for i in range(cfg.num_layers):
+    p = f"blocks.{i}"
+    for attn, src in (("attn1", "self_attn"), ("attn2", "cross_attn")):
+      for name, dst in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0")):
+        linear(f"blocks.{src}.{name}", f"{p}.{attn}.{dst}", i)
+      out[f"{p}.{attn}.norm_q.weight"] = take(f"blocks.{src}.norm_q.scale", i)
+      out[f"{p}.{attn}.norm_k.weight"] = take(f"blocks.{src}.norm_k.scale", i)
+    if cfg.cross_attn_norm:
+      out[f"{p}.norm2.weight"] = take("blocks.norm2.scale", i)
+      out[f"{p}.norm2.bias"] = take("blocks.norm2.bias", i)
+    linear("blocks.ffn_in", f"{p}.ffn.net.0.proj", i)
+    linear("blocks.ffn_out", f"{p}.ffn.net.2", i)
+    out[f"{p}.scale_shift_table"] = take("blocks.modulation", i)[None]
+  left = sorted(set(ours) - used)
+  if left:
+    raise ValueError(f"parameters with no diffusers name: {left}")
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def export_diffusers(model: nnx.Module, out_dir: str, *, dtype=np.float32, max_shard_bytes: int = 5 << 30) -> str:
+  """Writes `model` (LoRA merged) as a diffusers `WanTransformer3DModel` directory: config.json and
+  diffusion_pytorch_model.safetensors, or shards plus an index when larger than `max_shard_bytes`."""
+  from safetensors.numpy import save_file
+  sd = {k: v.astype(dtype) for k, v in diffusers_state_dict(model).items()}
+  os.makedirs(out_dir, exist_ok=True)
+  shards, size = [{}], 0
+  for key, value in sd.items():
+    if shards[-1] and size + value.nbytes > max_shard_bytes:
+      shards.append({})
+      size = 0
+    shards[-1][key] = value
+    size += value.nbytes
+  names = ([f"{DIFFUSERS_WEIGHTS}.safetensors"] if len(shards) == 1 else
+           [f"{DIFFUSERS_WEIGHTS}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+  for name, shard in zip(names, shards):
+    save_file(shard, os.path.join(out_dir, name + ".tmp"), metadata={"format": "pt"})
+    os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
+  if len(shards) > 1:
+    index = {"metadata": {"total_size": sum(v.nbytes for v in sd.values())},
+             "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
+    _write_json(os.path.join(out_dir, f"{DIFFUSERS_WEIGHTS}.safetensors.index.json"), index)
+  _write_json(os.path.join(out_dir, "config.json"), diffusers_config(model.cfg))
+  return out_dir
+
+
+def export_lora(model: nnx.Module, path: str, *, layout: str = "comfyui") -> str:
+  """Writes the model's LoRA factors as a PEFT safetensors file (scale folded into lora_B, so no
+  alpha entries are needed); `layout` is a key of `models.lora.PEFT_LAYOUTS`."""
+  from safetensors.numpy import save_file
+  sd = lora_state_dict(model, layout)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  save_file(sd, path + ".tmp", metadata={"format": "pt"})
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def _write_json(path: str, obj) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def export(c, workdir: str, dst: str, fmt: str = "orbax", layout: str = "comfyui"):
+  """Loads the latest checkpoint of `workdir` (EMA when present) and writes `dst` in format `fmt`
+  ("orbax", "diffusers" or "lora"); returns the model written (merged for orbax)."""
+  from microverse_jax import sample
+  model = sample.load_model(c, workdir, None)
+  if fmt == "lora":
+    export_lora(model, dst, layout=layout)
+    return model
+  if fmt == "diffusers":
+    export_diffusers(model, dst)
+    return model
+  if fmt != "orbax":
+    raise ValueError(f"format={fmt!r}: expected 'orbax', 'diffusers' or 'lora'")
+  merged = merge_lora(model)
   convert.save_params(merged, dst, "dit")
   return merged
 
 
 def main(argv):
   del argv
-  export(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.dst)
-  print(f"wrote {flags.FLAGS.dst}", flush=True)
+  F = flags.FLAGS
+  export(F.config, F.workdir, F.dst, F.format, F.layout)
+  print(f"wrote {F.dst} ({F.format})", flush=True)
 
 
 if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "The run's training config.")
   flags.DEFINE_string("workdir", None, "The training workdir (latest checkpoint).", required=True)
-  flags.DEFINE_string("dst", None, "Output directory.", required=True)
+  flags.DEFINE_string("dst", None, "Output directory (orbax, diffusers) or .safetensors file (lora).", required=True)
+  flags.DEFINE_enum("format", "orbax", ["orbax", "diffusers", "lora"], "What to write.")
+  flags.DEFINE_enum("layout", "comfyui", sorted(PEFT_LAYOUTS), "LoRA key names (--format=lora).")
   app.run(main)
