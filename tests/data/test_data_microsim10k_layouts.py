@@ -168,3 +168,18 @@ def test_cli_prints_what_it_found(tmp_path, mp4, capsys):
                                         ("test/x/metadata.jsonl", "test"), ("trainer/metadata.jsonl", None)])
 def test_path_split(path, split):
   assert path_split(path) == split
+
+
+def test_progress_total_and_eta(tmp_path, capsys):
+  """Issue 18 item 8: periodic lines with done/total, rate and ETA off a terminal (tqdm on one)."""
+  progress = build_dataset.Progress("build x", every_s=0.0, tty=False)
+  progress.start(4)
+  for _ in range(4):
+    progress.update(1)
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 4 and lines[0].startswith("build x 1/4 (25%)") and "ETA" in lines[0]
+  assert lines[-1].startswith("build x 4/4 (100%)") and lines[-1].endswith("ETA 0m00s")
+  build_dataset.main(["microsim_synth", f"--data_dir={tmp_path}", "--num_clips=3", "--num_frames=3", "--size=16"])
+  out = capsys.readouterr().out
+  assert "build microsim_synth 3/3 (100%)" in out
+  assert json.loads(out.strip().splitlines()[-1])["splits"] == {"train": 2, "validation": 1}
