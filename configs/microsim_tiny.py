@@ -34,7 +34,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict(dict(
       num_steps=2400, log_every=50, checkpoint_every=600, keep_checkpoints=2, seed=0,
-      profile_start=-1, profile_steps=3, caption_dropout=0.1))
+      profile_start=-1, profile_steps=3, caption_dropout=0.1,
+      on_nonfinite="stop"))
   c.eval = ml_collections.ConfigDict(dict(
       every=600, num_batches=2, buckets=(100, 300, 500, 700, 900),
       sample_every=2400, sample_steps=25, guidance=5.0, negative_prompt="", sampler="euler", fps=8,

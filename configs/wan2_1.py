@@ -11,7 +11,7 @@ trains on raw procedural clips through a tiny random Wan-VAE and umT5 instead.
 import ml_collections
 
 from microverse_jax.models.wan_dit import WanDiTConfig
-from microverse_jax.sample import NEGATIVE_PROMPT
+from microverse_jax.pipeline import NEGATIVE_PROMPT
 
 VARIANTS = {"1.3b", "14b", "lora", "full", "480p", "720p", "runlocal"}
 RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}
@@ -48,7 +48,8 @@ def get_config(arg: str = "1.3b,lora") -> ml_collections.ConfigDict:
   # 5 epochs (LoRA) / 2 epochs (full) of 9,601 clips at the global batch size.
   c.train = ml_collections.ConfigDict(dict(
       num_steps=(5 if lora else 2) * 9601 // c.data.batch_size, log_every=10, checkpoint_every=500,
-      keep_checkpoints=3, seed=0, profile_start=-1, profile_steps=3, caption_dropout=0.0))
+      keep_checkpoints=3, seed=0, profile_start=-1, profile_steps=3, caption_dropout=0.0,
+      on_nonfinite="stop"))
   c.eval = ml_collections.ConfigDict(dict(
       every=1000, num_batches=4, buckets=(100, 300, 500, 700, 900), sample_every=0, sample_steps=50,
       guidance=5.0, negative_prompt=NEGATIVE_PROMPT, sampler="euler", fps=15, physics=0,

@@ -18,12 +18,12 @@ import math
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 from jax.sharding import AxisType, Mesh
 from ml_collections import config_flags
 
-from microverse_jax import flops, sharding, train
+from microverse_jax import cli, factory, flops, sharding, train
 
 # generation -> (libtpu name, TensorCores per chip in the "-N" suffix, HBM bytes per chip, mesh rank)
 TPU_GENERATIONS = {"v5p": ("v5p", 2, 95 * 2**30, 3), "v5e": ("v5e", 1, 16 * 2**30, 2),
@@ -65,35 +65,30 @@ def compile_train_step(c, topology: Topology):
   from jax.experimental import topologies
   topo = topologies.get_topology_desc(platform="tpu", topology_name=topology.name)
   devices = list(topo.devices)
-  shape = train.validate(c, len(devices))
+  shape = factory.validate(c, len(devices))
   mesh = Mesh(np.asarray(devices).reshape([shape[a] for a in sharding.MESH_AXES]), sharding.MESH_AXES,
               axis_types=(AxisType.Auto,) * len(sharding.MESH_AXES))
   rules = sharding.logical_rules(c.sharding_rules.to_dict())
-  factory = train.StateFactory(c, mesh, rules)  # outside the mesh: optax runs init eagerly
+  states = factory.StateFactory(c, mesh, rules)  # outside the mesh: optax runs init eagerly
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    state, frozen = factory.abstract()
-    enc_graphdef, enc_state = None, {}
-    if c.data.source == "video":
-      enc = nnx.eval_shape(lambda: train.Encoders(c, rngs=nnx.Rngs(0)))
-      enc_graphdef, enc_state = nnx.split(enc)
-      replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-      enc_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), enc_state)
-    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+    state, frozen = states.abstract()
+    enc_graphdef, enc_state = factory.abstract_encoders(c, mesh, rules) if c.data.source == "video" else (None, {})
+    batch_sharding = factory.batch_sharding(mesh, rules)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
-             for k, v in train.batch_spec(c).items()}
-    step = train.jit_train_step(c, factory, train.make_encode(c, enc_graphdef))
+             for k, v in factory.batch_spec(c).items()}
+    step = train.jit_train_step(c, states, train.make_encode(c, enc_graphdef))
     compiled = step.lower(state, frozen, enc_state, batch).compile()
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   total = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
-  lat = train.latent_shape(c)
+  lat = factory.latent_shape(c)
   info = {"topology": topology.name, "chips": len(devices), "mesh": shape,
           "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
           "temp_bytes": mem.temp_size_in_bytes, "alias_bytes": mem.alias_size_in_bytes,
           "total_bytes": total, "hbm_bytes": topology.hbm_bytes, "fits": total <= topology.hbm_bytes,
           "compiled_flops_per_device": float((cost or {}).get("flops", float("nan"))),
-          "model_flops_per_step": flops.train_step_flops(factory.cfg, c.data.batch_size, lat[:3], c.text.max_length)}
+          "model_flops_per_step": flops.train_step_flops(states.cfg, c.data.batch_size, lat[:3], c.text.max_length)}
   return compiled, info
 
 
@@ -117,6 +112,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", None, "Training config.", lock_config=True)
+  config_flags.DEFINE_config_file("config", None, "Training config (default: the --workdir's saved one).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "A training workdir whose saved config.json to compile.")
   flags.DEFINE_string("topology", "v5p-8", "TPU topology, e.g. v5p-8, v5e-16, v6e-8, v5p:2x2x1.")
-  app.run(main)
+  cli.run(main, saved_config=True)

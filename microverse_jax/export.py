@@ -133,8 +133,8 @@ def _write_json(path: str, obj) -> None:
 def export(c, workdir: str, dst: str, fmt: str = "orbax", layout: str = "comfyui"):
   """Loads the latest checkpoint of `workdir` (EMA when present) and writes `dst` in format `fmt`
   ("orbax", "diffusers" or "lora"); returns the model written (merged for orbax)."""
-  from microverse_jax import sample
-  model = sample.load_model(c, workdir, None)
+  from microverse_jax import factory  # pylint: disable=g-import-not-at-top
+  model = factory.load_dit(c, workdir=workdir)
   if fmt == "lora":
     export_lora(model, dst, layout=layout)
     return model

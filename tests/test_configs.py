@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from microverse_jax import aot, train
+from microverse_jax import aot, factory
 from microverse_jax.models.wan_dit import WanDiTConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,9 +26,9 @@ def test_every_config_file_is_covered():
 @pytest.mark.parametrize("name,arg", [(n, a) for n, args in CONFIG_ARGS.items() for a in args])
 def test_config_loads_and_is_consistent(name, arg):
   c = importlib.import_module(f"configs.{name}").get_config(arg)
-  cfg = train.dit_config(c)
+  cfg = factory.dit_config(c)
   assert isinstance(cfg, WanDiTConfig)
-  assert train.latent_shape(c)[-1] == cfg.in_channels
+  assert factory.latent_shape(c)[-1] == cfg.in_channels
   assert c.model.text_dim == (4096 if c.text.preset == "umt5-xxl" else c.model.text_dim)
 
 

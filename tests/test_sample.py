@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import microsim_tiny
-from microverse_jax import sample, train
+from microverse_jax import factory, pipeline, sample, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,19 +27,19 @@ def trained(synth_data_dir, tmp_path_factory):
 
 def test_same_seed_same_video_and_valid_mp4(trained, tmp_path):
   c, workdir = trained
-  model = sample.load_model(c, workdir, None)
-  tokenizer, encoders = train.build_encoders(c)
+  pipe = pipeline.Pipeline.from_workdir(workdir)
+  model, tokenizer, encoders = pipe.model, pipe.tokenizer, pipe.encoders
   kwargs = dict(steps=3, guidance=4.0, shift=1.0, sampler="unipc", seed=7)
-  shape = train.latent_shape(c)
-  a = sample.generate(model, encoders, tokenizer, ["cells divide", "beads diffuse"], shape, **kwargs)
-  b = sample.generate(model, encoders, tokenizer, ["cells divide", "beads diffuse"], shape, batch_size=1,
+  shape = factory.latent_shape(c)
+  a = pipeline.generate(model, encoders, tokenizer, ["cells divide", "beads diffuse"], shape, **kwargs)
+  b = pipeline.generate(model, encoders, tokenizer, ["cells divide", "beads diffuse"], shape, batch_size=1,
                       **kwargs)
   assert len(a) == 2 and a[0].shape == (5, 16, 16, 3) and a[0].dtype == np.uint8
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
   assert not np.array_equal(a[0], a[1])
   path = tmp_path / "out.mp4"
-  sample.write_video(a[0], str(path), fps=8, strip=True)
+  pipeline.save_video(a[0], str(path), fps=8, strip=True)
   with av.open(str(path)) as container:
     stream = container.streams.video[0]
     frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
@@ -50,18 +50,17 @@ def test_same_seed_same_video_and_valid_mp4(trained, tmp_path):
 
 def test_guidance_one_skips_the_unconditional_pass_with_the_same_result(trained):
   c, workdir = trained
-  model = sample.load_model(c, workdir, None)
-  tokenizer, encoders = train.build_encoders(c)
+  pipe = pipeline.Pipeline.from_workdir(workdir)
+  model, tokenizer, encoders = pipe.model, pipe.tokenizer, pipe.encoders
   kwargs = dict(steps=3, shift=1.0, sampler="euler", seed=3)
-  args = (model, encoders, tokenizer, ["cells divide"], train.latent_shape(c))
-  alone = sample.generate(*args, guidance=1.0, **kwargs)[0]
-  with_uncond = sample.generate(*args, guidance=1.0 + 1e-6, **kwargs)[0]  # the CFG path, same maths
+  args = (model, encoders, tokenizer, ["cells divide"], factory.latent_shape(c))
+  alone = pipeline.generate(*args, guidance=1.0, **kwargs)[0]
+  with_uncond = pipeline.generate(*args, guidance=1.0 + 1e-6, **kwargs)[0]  # the CFG path, same maths
   assert np.abs(alone.astype(int) - with_uncond.astype(int)).max() <= 1
 
 
 def _run(args, **kw):
-  cmd = [sys.executable, "-m", "microverse_jax.sample", "--config=configs/microsim_tiny.py:test",
-         "--steps=2", "--shift=1.0", *args]
+  cmd = [sys.executable, "-m", "microverse_jax.sample", "--steps=2", "--shift=1.0", *args]
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, **kw)
 
 
@@ -71,8 +70,7 @@ def test_tasks_write_resume_and_feed_the_scorer(trained, synth_data_dir, tmp_pat
   tasks.write_text(json.dumps([{"index": i, "task": f"task {i}: a cell divides", "requirement": ""}
                                for i in (1, 2, 3)]))
   out = tmp_path / "videos"
-  common = [f"--workdir={workdir}", f"--config.data.data_dir={synth_data_dir}", f"--tasks={tasks}",
-            f"--out_dir={out}"]
+  common = [f"--workdir={workdir}", f"--rubrics={tasks}", f"--out={out}"]
   first = _run([*common, "--indices=1-2"])
   assert first.returncode == 0, first.stderr[-2000:]
   assert sorted(os.listdir(out)) == ["1.mp4", "2.mp4"]
@@ -92,11 +90,42 @@ def test_tasks_write_resume_and_feed_the_scorer(trained, synth_data_dir, tmp_pat
 def test_bad_input_is_named(trained, tmp_path):
   c, _ = trained
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
-    sample.load_model(c, str(tmp_path), None)
+    factory.load_dit(c, workdir=str(tmp_path))
   with pytest.raises(ValueError, match=r"tasks \[7\] are not in the task file"):
     sample.parse_indices("1-2,7", [1, 2, 3])
   from configs import wan2_1
   wan = wan2_1.get_config("1.3b,lora")
   with pytest.raises(ValueError, match="4k \\+ 1"):
-    train.latent_shape(wan, 80)
-  assert train.latent_shape(wan) == (21, 60, 104, 16)
+    factory.latent_shape(wan, 80)
+  assert factory.latent_shape(wan) == (21, 60, 104, 16)
+
+
+def test_the_workdir_describes_itself_and_overrides_apply(trained, tmp_path):
+  """No --config: the saved config.json is used; --config.key=value still overrides it."""
+  _, workdir = trained
+  out = tmp_path / "one.mp4"
+  run = _run([f"--workdir={workdir}", "--prompt=cells divide", f"--out={out}", "--config.eval.fps=4"])
+  assert run.returncode == 0, run.stderr[-2000:]
+  with av.open(str(out)) as container:
+    assert float(container.streams.video[0].average_rate) == 4
+  bad = _run([f"--workdir={workdir}", "--prompt=x", f"--out={out}", "--config.eval.fpz=4"])
+  assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) <= 2, bad.stderr
+  assert "--config.eval.fpz" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("rows,match", [
+    ([{"id": "../x", "caption": "a"}], r"'\.\./x'"),
+    ([{"id": "/abs/x", "caption": "a"}], r"'/abs/x'"),
+    ([{"id": ".hidden", "caption": "a"}], r"'\.hidden'"),
+    ([{"id": "a", "caption": "a"}, {"id": "a", "caption": "b"}], r"row 2: 'a' \(duplicate\)"),
+])
+def test_prompt_ids_that_would_escape_or_collide_are_refused_before_sampling(trained, tmp_path, rows, match):
+  _, workdir = trained
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  with pytest.raises(ValueError, match=match):
+    sample.load_prompts(str(prompts))
+  out = tmp_path / "videos"
+  run = _run([f"--workdir={workdir}", f"--prompts={prompts}", f"--out={out}"])
+  assert run.returncode == 2 and "Traceback" not in run.stderr
+  assert not out.exists() and not (tmp_path / "x.mp4").exists()

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from configs import microsim_tiny
-from microverse_jax import checkpoint, input_pipeline, sharding, train
+from microverse_jax import checkpoint, factory as factory_lib, input_pipeline, sharding, train
 from microverse_jax.models.lora import merge_lora
 from microverse_jax.models.wan_dit import WanDiT
 
@@ -118,8 +118,8 @@ def test_lora_changes_only_lora_params_and_merge_equals_base_plus_delta(synth_da
   c = tiny_config(synth_data_dir, **{"model.lora_rank": 4, "model.lora_alpha": 8.0, "train.num_steps": 2,
                                      "optim.lr": 1e-2})
   train.train(c, str(tmp_path))
-  mesh = sharding.make_mesh(train.validate(c, jax.device_count()))
-  factory = train.StateFactory(c, mesh, sharding.DEFAULT_RULES)
+  mesh = sharding.make_mesh(factory_lib.validate(c, jax.device_count()))
+  factory = factory_lib.StateFactory(c, mesh, sharding.DEFAULT_RULES)
   with jax.set_mesh(mesh):
     init_state, frozen = factory.create()
     abstract, _ = factory.abstract()
@@ -148,18 +148,59 @@ def test_lora_changes_only_lora_params_and_merge_equals_base_plus_delta(synth_da
   np.testing.assert_allclose(plain.blocks.self_attn.q.kernel[...], merged_attn.kernel[...], rtol=1e-6)
 
 
-def test_non_finite_loss_stops_with_last_good_checkpoint(synth_data_dir, tmp_path):
-  c = tiny_config(synth_data_dir, **{"optim.lr": 1e30, "optim.grad_clip": 0.0, "optim.warmup_steps": 0,
-                                     "train.checkpoint_every": 1, "train.num_steps": 4})
-  with pytest.raises(FloatingPointError, match="non-finite loss"):
-    train.train(c, str(tmp_path))
-  saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
-  assert saved and max(saved) < 4
-  mesh = sharding.make_mesh(train.validate(c, jax.device_count()))
-  factory = train.StateFactory(c, mesh, sharding.DEFAULT_RULES)
+def _saved_params(c, workdir, step):
+  mesh = sharding.make_mesh(factory_lib.validate(c, jax.device_count()))
+  factory = factory_lib.StateFactory(c, mesh, sharding.DEFAULT_RULES)
   with jax.set_mesh(mesh):
-    state = checkpoint.Checkpointer(str(tmp_path), async_save=False).restore(max(saved), factory.abstract()[0], None)
+    return checkpoint.Checkpointer(workdir, async_save=False).restore(step, factory.abstract()[0], None)
+
+
+def test_a_non_finite_update_is_never_saved(synth_data_dir, tmp_path):
+  """lr=inf: the loss of step 1 is finite (weights before the update) but the update is not."""
+  c = tiny_config(synth_data_dir, **{"optim.lr": float("inf"), "optim.grad_clip": 0.0,
+                                     "optim.warmup_steps": 0, "train.checkpoint_every": 1,
+                                     "train.num_steps": 4, "optim.schedule": "constant"})
+  with pytest.raises(FloatingPointError, match="non-finite update at step 1"):
+    train.train(c, str(tmp_path))
+  assert not [s for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
+
+
+def test_non_finite_updates_can_be_skipped_and_counted(synth_data_dir, tmp_path):
+  c = tiny_config(synth_data_dir, **{"optim.lr": float("inf"), "optim.grad_clip": 0.0,
+                                     "optim.warmup_steps": 0, "train.num_steps": 3,
+                                     "optim.schedule": "constant", "train.on_nonfinite": "skip"})
+  last = train.train(c, str(tmp_path))
+  assert last["skipped_updates"] == 3
+  state = _saved_params(c, str(tmp_path), 3)
+  assert int(state["skipped"]) == 3
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state["params"]))
+
+
+def test_metrics_after_a_resume_have_no_repeated_steps_and_no_bare_nan(synth_data_dir, tmp_path):
+  c = tiny_config(synth_data_dir, **{"train.num_steps": 4, "train.checkpoint_every": 2})
+  train.train(c, str(tmp_path))
+  path = tmp_path / "metrics.jsonl"
+  # As if the run died after logging step 3-4 but before checkpoint 4 landed: resume from 2.
+  import shutil
+  shutil.rmtree(tmp_path / "checkpoints" / "4")
+  writer = train.MetricWriter(str(tmp_path), resume_step=4)
+  writer.write(4, {"physics/pass_rate": float("nan")})
+  text = path.read_text()
+  assert "NaN" not in text and json.loads(text.splitlines()[-1])["physics/pass_rate"] is None
+  train.train(c, str(tmp_path))
+  steps = [json.loads(line)["step"] for line in path.read_text().splitlines() if '"loss"' in line]
+  assert steps == [1, 2, 3, 4]
+  assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_a_second_trainer_on_the_same_workdir_is_refused(synth_data_dir, tmp_path):
+  lock = train.WorkdirLock(str(tmp_path))
+  try:
+    with pytest.raises(FileExistsError, match=f"pid {os.getpid()}"):
+      train.train(tiny_config(synth_data_dir), str(tmp_path))
+  finally:
+    lock.release()
+  train.WorkdirLock(str(tmp_path)).release()  # released: free again
 
 
 @pytest.mark.parametrize("overrides,error,match", [
@@ -170,6 +211,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(synth_data_dir, tmp_pat
     ({"model.in_channels": 4}, ValueError, r"model.in_channels=4"),
     ({"diffusion.prediction": "eps"}, ValueError, r"diffusion.prediction='eps'"),
     ({"train.caption_dropout": 0.1, "data.source": "latents"}, ValueError, r"train.caption_dropout"),
+    ({"train.on_nonfinite": "ignore"}, ValueError, r"train.on_nonfinite='ignore'"),
 ])
 def test_bad_config_fails_before_compilation(synth_data_dir, tmp_path, overrides, error, match):
   with pytest.raises(error, match=match):
@@ -186,13 +228,13 @@ def test_unknown_config_key_is_rejected_by_name(tmp_path):
 def test_init_from_a_converted_checkpoint_sets_the_base_weights(synth_data_dir, tmp_path):
   from microverse_jax import convert
   c = tiny_config(synth_data_dir)
-  source = WanDiT(train.dit_config(c), rngs=nnx.Rngs(123))
+  source = WanDiT(factory_lib.dit_config(c), rngs=nnx.Rngs(123))
   convert.save_params(source, str(tmp_path / "ckpt"), "dit")
   want = nnx.state(source, nnx.Param).to_pure_dict()
   for lora_rank in (0, 4):
     c = tiny_config(synth_data_dir, **{"init_from": str(tmp_path / "ckpt"), "model.lora_rank": lora_rank})
-    mesh = sharding.make_mesh(train.validate(c, jax.device_count()))
-    factory = train.StateFactory(c, mesh, sharding.DEFAULT_RULES)
+    mesh = sharding.make_mesh(factory_lib.validate(c, jax.device_count()))
+    factory = factory_lib.StateFactory(c, mesh, sharding.DEFAULT_RULES)
     with jax.set_mesh(mesh):
       state, frozen = factory.create()
     base = frozen if lora_rank else state["params"]

@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from microverse_jax import diffusion, flops, train
+from microverse_jax import diffusion, factory, flops, train
 from microverse_jax.models.wan_dit import WanDiT, WanDiTConfig
 
 COMMON = dict(patch_size=(1, 2, 2), head_dim=64, in_channels=16, out_channels=16, text_dim=256,
@@ -69,7 +69,7 @@ def trainer_config(cfg: WanDiTConfig, batch: int) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.optim = ml_collections.ConfigDict(dict(**OPTIM, warmup_steps=0, schedule="constant", grad_clip=0.0,
                                            grad_accum=1, ema_decay=0.0))
-  c.train = ml_collections.ConfigDict(dict(num_steps=1000, caption_dropout=0.0))
+  c.train = ml_collections.ConfigDict(dict(num_steps=1000, caption_dropout=0.0, on_nonfinite="stop"))
   c.diffusion = ml_collections.ConfigDict(dict(shift=5.0, prediction="velocity"))
   c.data = ml_collections.ConfigDict(dict(batch_size=batch))
   return c
@@ -79,12 +79,12 @@ def make_ours(cfg: WanDiTConfig, fhw, text_len: int, batch: int, return_compiled
   """() -> runs one jitted training step of ours (state donated and carried over); with
   `return_compiled`, (run, the compiled step) for its memory analysis."""
   c = trainer_config(cfg, batch)
-  tx, schedule = train.make_optimizer(c)
+  tx, schedule = factory.make_optimizer(c)
   model = WanDiT(cfg, rngs=nnx.Rngs(0))
   graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
   params = params.to_pure_dict()
   state = {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(0)),
-           "params": params, "opt_state": tx.init(params)}
+           "skipped": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
   frozen = frozen.to_pure_dict()
   step_fn = train.make_train_step(c, graphdef, tx, schedule)
   rng = np.random.default_rng(0)

@@ -1,0 +1,128 @@
+"""What every command-line tool of the library shares: one-line errors, quiet logs, progress.
+
+  cli.run(main)   absl's app.run, but an expected user error (a mistyped config key, a missing file,
+                  a ValueError from validation) prints one line naming it and exits with status 2;
+                  `--verbose` shows the traceback and INFO logs.
+"""
+from __future__ import annotations
+
+import glob
+import logging as std_logging
+import os
+import sys
+import time
+from typing import Callable, Iterable, Iterator
+
+from absl import app, flags, logging
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+               FloatingPointError, KeyError, AttributeError, TypeError, flags.Error)
+
+flags.DEFINE_bool("verbose", False, "Show tracebacks and INFO logs (Orbax, JAX).")
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def describe(error: BaseException, argv: list[str]) -> str:
+  """One line for an expected error: names the flag, key or file at fault."""
+  text = str(error.args[0]) if error.args else str(error)
+  if isinstance(error, (AttributeError, KeyError)) and ("Did you mean" in text or "\n" not in text):
+    key = text.split("\n")[0].strip("'\"")
+    hint = text.split("\n")[1].strip() if "\n" in text else ""
+    given = [a for a in argv if a.startswith("--config.") and f".{key}" in a.split("=")[0]]
+    where = given[0].split("=")[0] if given else f"config key {key!r}"
+    return f"{where}: no such config key {key!r}" + (f" ({hint})" if hint else "")
+  if "Attempted" in text and "No such file" in text:
+    path = [line.strip() for line in text.splitlines() if line.strip().startswith("/")]
+    return f"config file not found: {path[0] if path else text.splitlines()[0]}"
+  return " ".join(text.split())
+
+
+def _select_platform() -> None:
+  """On a machine without a TPU, JAX skips probing libtpu (installed by the test extra), which
+  otherwise prints TPU initialisation errors."""
+  if os.environ.get("JAX_PLATFORMS"):
+    return
+  if not (glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or glob.glob("/dev/nvidia[0-9]*")):
+    import jax
+    jax.config.update("jax_platforms", "cpu")
+
+
+def run(main: Callable[[list[str]], None], *, saved_config: bool = False) -> None:
+  """Runs `main` under absl with the error and logging conventions above; `saved_config`: a missing
+  --config defaults to the --workdir's saved config.json."""
+  verbose = "--verbose" in sys.argv
+
+  def parse(argv):
+    try:
+      return flags.FLAGS(argv)
+    except USER_ERRORS as e:
+      if verbose:
+        raise
+      _fail(describe(e, argv))
+
+  def wrapped(argv):
+    _select_platform()
+    if not verbose:
+      logging.set_verbosity(logging.WARNING)
+      for name in ("absl", "orbax", "jax", "grain"):
+        std_logging.getLogger(name).setLevel(std_logging.WARNING)
+    try:
+      main(argv)
+    except USER_ERRORS as e:
+      if verbose:
+        raise
+      _fail(describe(e, argv))
+    except KeyboardInterrupt:
+      _fail("interrupted")
+
+  app.run(wrapped, argv=with_saved_config(sys.argv) if saved_config else sys.argv, flags_parser=parse)
+
+
+def progress(items: Iterable, total: int, desc: str, *, every_s: float = 30.0) -> Iterator:
+  """Yields `items`, showing done/total, rate and ETA: a tqdm bar on a terminal, else a plain line
+  every `every_s` seconds and at the end."""
+  if sys.stderr.isatty():
+    from tqdm import tqdm
+    yield from tqdm(items, total=total, desc=desc, dynamic_ncols=True)
+    return
+  start = last = time.time()
+  done = 0
+  for done, item in enumerate(items, 1):
+    yield item
+    now = time.time()
+    if now - last >= every_s or done == total:
+      print(progress_line(desc, done, total, now - start), flush=True)
+      last = now
+
+
+def progress_line(desc: str, done: int, total: int, elapsed: float, extra: str = "") -> str:
+  """'desc 50/2400 (2%) 4.2/s ETA 9m20s extra'."""
+  rate = done / elapsed if elapsed > 0 else 0.0
+  eta = (total - done) / rate if rate > 0 else float("nan")
+  return (f"{desc} {done}/{total} ({100 * done / max(total, 1):.0f}%) {rate:.3g}/s "
+          f"ETA {format_seconds(eta)}" + (f" {extra}" if extra else ""))
+
+
+def format_seconds(s: float) -> str:
+  if s != s:
+    return "?"
+  s = int(round(s))
+  return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def with_saved_config(argv: list[str]) -> list[str]:
+  """argv with `--config` pointing at WORKDIR/config.json when no --config is given but --workdir is
+  (`--config.key=value` overrides then apply to the saved config)."""
+  if any(a == "--config" or a.startswith("--config=") for a in argv):
+    return argv
+  workdir = next((a.split("=", 1)[1] for a in argv if a.startswith("--workdir=")), None)
+  if workdir is None and "--workdir" in argv[:-1]:
+    workdir = argv[argv.index("--workdir") + 1]
+  if workdir is None:
+    return argv
+  from microverse_jax import saved_config
+  return [argv[0], f"--config={saved_config.__file__}:{workdir}", *argv[1:]]

@@ -1,0 +1,77 @@
+"""What the trainer runs every N steps: the held-out loss, sample videos and physics scores."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from flax import nnx
+
+from microverse_jax import diffusion, factory, pipeline
+
+
+def make_eval_step(c, graphdef):
+  """Held-out loss at one fixed timestep bucket with fixed noise: comparable across runs."""
+  fm = diffusion.FlowMatching(shift=c.diffusion.shift, prediction=c.diffusion.prediction)
+
+  def eval_step(params, frozen, latents, context, valid, bucket, key):
+    model = nnx.merge(graphdef, params, frozen)
+    noise = jax.random.normal(key, latents.shape, jnp.float32)
+    x_t, t, target, _ = fm.training_inputs(latents, noise, jnp.full((latents.shape[0],), bucket))
+    v = fm.velocity(model(x_t, t, context), x_t, t)
+    per = jnp.mean(jnp.square(v - target), axis=tuple(range(1, latents.ndim)))
+    return jnp.sum(per * valid), jnp.sum(valid)
+
+  return jax.jit(eval_step)
+
+
+def held_out_loss(c, tokenizer, eval_step, encode, state, frozen, enc_state, mesh, rules) -> dict:
+  """Validation flow-matching loss per timestep bucket (fixed noise, fixed batches)."""
+  it = factory.load_batches(c, tokenizer, "validation", seed=0, shuffle=False, num_epochs=1,
+                            drop_remainder=False)
+  sums = {b: [0.0, 0.0] for b in c.eval.buckets}
+  for i, raw in zip(range(c.eval.num_batches), it):
+    valid = (raw["index"] >= 0).astype(np.float32)
+    batch = factory.to_global(raw, mesh, rules)
+    latents, context = encode(enc_state, batch)
+    valid = jax.make_array_from_process_local_data(factory.batch_sharding(mesh, rules), valid)
+    for b in c.eval.buckets:
+      key = jax.random.fold_in(jax.random.key(1234), i)
+      s, n = eval_step(state["params"], frozen, latents, context, valid, b, key)
+      sums[b][0] += float(s)
+      sums[b][1] += float(n)
+  out = {f"eval/loss_t{b}": s / max(n, 1) for b, (s, n) in sums.items()}
+  out["eval/loss"] = float(np.mean(list(out.values())))
+  return out
+
+
+def sample_model(state, frozen, graphdef):
+  """The DiT to sample: EMA weights when the run keeps them."""
+  return nnx.merge(graphdef, state.get("ema", state["params"]), frozen)
+
+
+def write_samples(c, workdir, step, model, tokenizer, encoders) -> list[np.ndarray]:
+  """Samples the config's prompts to WORKDIR/samples/step_<N>/<i>.mp4 (+ PNG strips); returns them."""
+  out_dir = epath.Path(workdir) / "samples" / f"step_{step}"
+  videos = pipeline.generate(model, encoders, tokenizer, list(c.eval.prompts), factory.latent_shape(c),
+                             seed=c.train.seed, **pipeline.config_settings(c))
+  if jax.process_index() == 0:
+    for i, v in enumerate(videos):
+      pipeline.save_video(v, str(out_dir / f"{i}.mp4"), fps=c.eval.fps, strip=True)
+    print(f"samples: {out_dir}", flush=True)
+  return videos
+
+
+def physics_scores(c, model, tokenizer, encoders) -> dict:
+  """Physics-fidelity scores (microworldbench physics) of videos sampled for the first
+  `eval.physics` validation clips of the procedural dataset (default build settings)."""
+  from data.microsim_synth import processes  # pylint: disable=g-import-not-at-top
+  from microworldbench.physics import score_videos  # pylint: disable=g-import-not-at-top
+  d = processes.DEFAULTS
+  val = [i for i in range(d["num_clips"]) if processes.split_of(i, d["num_clips"]) == "validation"]
+  specs = [processes.clip_spec(i, seed=d["seed"], num_frames=d["num_frames"], size=d["size"], fps=d["fps"])
+           for i in val[:c.eval.physics]]
+  videos = pipeline.generate(model, encoders, tokenizer, [s.caption for s in specs], factory.latent_shape(c),
+                             seed=c.train.seed, **pipeline.config_settings(c))
+  rows = [{"process": s.process, "params": s.params, "size": d["size"]} for s in specs]
+  return {k: v for k, v in score_videos(videos, rows).items() if k.count("/") <= 2}

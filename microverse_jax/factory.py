@@ -1,0 +1,364 @@
+"""Config -> objects, shared by train, sample, export, encode and aot: validation, the DiT and the
+frozen encoders (architecture from a checkpoint's own config), the optimizer, the sharded train
+state, and the batches. Everything is created directly into its sharding, never as a host copy.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from etils import epath
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from microverse_jax import checkpoint, convert, diffusion, input_pipeline, sharding
+from microverse_jax.models.umt5 import UMT5Config, UMT5Encoder
+from microverse_jax.models.wan_dit import WanDiT, WanDiTConfig
+from microverse_jax.models.wan_vae import WanVAE, WanVAEConfig
+
+# WanDiTConfig fields that say how to run the model, not what its weights are: a checkpoint's own
+# config gives the rest.
+RUN_FIELDS = ("dtype", "attention_impl", "remat_policy", "lora_rank", "lora_alpha", "lora_targets")
+
+
+# =============================================================================================
+# Architectures: a checkpoint's own config, else the config's preset (random init only)
+# =============================================================================================
+def dit_config(c: ml_collections.ConfigDict) -> WanDiTConfig:
+  """The DiT of `c.init_from` (its saved architecture, with the config's run fields), else `c.model`."""
+  fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in c.model.to_dict().items()}
+  if not c.init_from:
+    return WanDiTConfig(**fields)
+  return dataclasses.replace(_checkpoint_config(c.init_from, "dit"), **{k: fields[k] for k in RUN_FIELDS})
+
+
+def vae_config(c) -> WanVAEConfig | None:
+  """The Wan-VAE of `autoencoder.init_from`, else `autoencoder.preset`; None in pixel space."""
+  if c.autoencoder.kind != "wan_vae":
+    return None
+  if c.autoencoder.init_from:
+    return _checkpoint_config(c.autoencoder.init_from, "vae")
+  return WanVAEConfig.preset(c.autoencoder.preset)
+
+
+def text_config(c) -> UMT5Config:
+  """The umT5 of `text.init_from`, else `text.preset` (a byte-vocabulary one for tokenizer='bytes')."""
+  if c.text.init_from:
+    return _checkpoint_config(c.text.init_from, "umt5")
+  overrides = {"vocab_size": 259, "d_model": c.model.text_dim} if c.text.tokenizer == "bytes" else {}
+  return UMT5Config.preset(c.text.preset, **overrides)
+
+
+@functools.lru_cache(maxsize=32)
+def _checkpoint_config(path: str, kind: str):
+  return convert.checkpoint_config(path, kind)
+
+
+def latent_shape(c, num_frames=None, height=None, width=None) -> tuple[int, int, int, int]:
+  """(F', H', W', C) the DiT sees for a video size (default: the config's data size)."""
+  f, h, w = num_frames or c.data.num_frames, height or c.data.height, width or c.data.width
+  vae = vae_config(c)
+  if vae is None:
+    return f, h, w, 3
+  t, s = vae.temporal_factor, vae.spatial_factor
+  if (f - 1) % t or h % s or w % s:
+    raise ValueError(f"frames/height/width = {f}/{h}/{w}: the Wan-VAE needs frames = 1 + {t}k "
+                     f"(4k + 1 for Wan2.1's VAE) and sizes divisible by {s}")
+  return 1 + (f - 1) // t, h // s, w // s, vae.z_dim
+
+
+# =============================================================================================
+# Validation: before anything is compiled, naming the key at fault
+# =============================================================================================
+def _choice(key: str, value, allowed) -> None:
+  if value not in allowed:
+    raise ValueError(f"{key}={value!r}: expected one of {tuple(allowed)}")
+
+
+def validate(c, num_devices: int) -> dict[str, int]:
+  """Checks the config against the devices and itself; returns the resolved mesh shape."""
+  for key, path in (("init_from", c.init_from), ("text.init_from", c.text.init_from),
+                    ("autoencoder.init_from", c.autoencoder.init_from)):
+    if path and not epath.Path(path).expanduser().exists():
+      raise FileNotFoundError(f"{key}={path}: no such checkpoint")
+  mesh = sharding.resolve_mesh_shape(c.mesh.to_dict(), num_devices)
+  _choice("autoencoder.kind", c.autoencoder.kind, ("pixel", "wan_vae"))
+  _choice("data.source", c.data.source, ("video", "latents"))
+  _choice("diffusion.prediction", c.diffusion.prediction, diffusion.PREDICTIONS)
+  _choice("optim.schedule", c.optim.schedule, ("constant", "cosine"))
+  _choice("train.on_nonfinite", c.train.on_nonfinite, ("stop", "skip"))
+  shards = mesh["data"] * mesh["fsdp"]
+  micro, rem = divmod(c.data.batch_size, c.optim.grad_accum)
+  if rem or micro % shards:
+    raise ValueError(f"data.batch_size={c.data.batch_size} must split into optim.grad_accum="
+                     f"{c.optim.grad_accum} micro-batches divisible by the {shards} data shards "
+                     "(mesh.data x mesh.fsdp)")
+  if c.data.batch_size % jax.process_count():
+    raise ValueError(f"data.batch_size={c.data.batch_size} is not divisible by {jax.process_count()} processes")
+  cfg = dit_config(c)
+  lat = latent_shape(c)
+  if lat[-1] != cfg.in_channels:
+    raise ValueError(f"model.in_channels={cfg.in_channels}, but the {c.autoencoder.kind} autoencoder gives {lat[-1]}")
+  if text_config(c).d_model != cfg.text_dim:
+    raise ValueError(f"model.text_dim={cfg.text_dim}, but the text encoder gives {text_config(c).d_model}")
+  if cfg.num_heads % mesh["tensor"] or cfg.num_heads % mesh["context"]:
+    raise ValueError(f"model.num_heads={cfg.num_heads} must divide by mesh.tensor and mesh.context")
+  if c.train.caption_dropout and c.data.source != "video":
+    raise ValueError("train.caption_dropout needs data.source='video' (a latent cache stores encoded captions)")
+  if c.eval.physics and c.eval.sample_every:
+    try:
+      import microworldbench.physics  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      raise ValueError(f"eval.physics={c.eval.physics} needs the scorer package: pip install -e ./bench "
+                       "(or --config.eval.physics=0)") from None
+  return mesh
+
+
+# =============================================================================================
+# Frozen encoders: text (umT5) and video (pixel space or Wan-VAE), restored into their shardings
+# =============================================================================================
+class Encoders(nnx.Module):
+  """Frozen text encoder and autoencoder. text(ids (B,L), mask) -> (B, L, D); encode/decode video."""
+
+  def __init__(self, text_encoder: UMT5Encoder, vae: WanVAE | None):
+    self.text_encoder = text_encoder
+    self.vae = vae  # set once: nnx fixes an attribute's kind (data or static) at its first assignment
+
+  def text(self, ids, mask):
+    return self.text_encoder(ids, mask)
+
+  def encode(self, video):
+    """video (B, F, H, W, 3) in [-1, 1] -> latents (B, F', H', W', C), normalised."""
+    return video if self.vae is None else self.vae.normalize_latents(self.vae.encode(video))
+
+  def decode(self, latents):
+    return latents if self.vae is None else self.vae.decode(self.vae.denormalize_latents(latents))
+
+
+def shardings_of(state: nnx.State, mesh, rules) -> dict:
+  """Pure-dict tree of NamedShardings from each variable's logical axis names."""
+  out: dict = {}
+  for path, var in nnx.to_flat_state(state):
+    names = var.get_metadata().get("out_sharding") or (None,) * var.ndim
+    node = out
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = NamedSharding(mesh, sharding.logical_to_spec(names, rules))
+  return out
+
+
+def frozen_module(cls, cfg, *, init_from: str, kind: str, seed: int, mesh, rules, name: str):
+  """`cls(cfg)` with weights restored from `init_from` (converted or PyTorch) straight into their
+  shardings, or a seeded random init made sharded (said on stdout: never silently random)."""
+  abstract = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(seed)))
+  graphdef, state = nnx.split(abstract)
+  shard = shardings_of(state, mesh, rules)
+  if init_from:
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          state.to_pure_dict(), shard)
+    pure = convert.restore_params(init_from, target, kind=kind)
+  else:
+    print(f"{name}: seeded random weights (seed {seed}); set its init_from for real ones", flush=True)
+    pure = jax.jit(lambda: nnx.state(cls(cfg, rngs=nnx.Rngs(seed))).to_pure_dict(), out_shardings=shard)()
+  nnx.replace_by_pure_dict(state, pure)
+  return nnx.merge(graphdef, state)
+
+
+def build_tokenizer(c):
+  if c.text.tokenizer == "bytes":
+    return input_pipeline.ByteTokenizer(c.text.max_length)
+  from microverse_jax.models.umt5 import UMT5Tokenizer  # pylint: disable=g-import-not-at-top
+  return UMT5Tokenizer(c.text.tokenizer, max_length=c.text.max_length)
+
+
+def build_encoders(c, mesh, rules) -> tuple[object, Encoders]:
+  """(tokenizer, Encoders): umT5 sharded by the rules (embed over fsdp, heads/mlp over tensor), the
+  VAE replicated; weights from text.init_from / autoencoder.init_from, else seeded random."""
+  seed = c.train.seed + 1
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    text = frozen_module(UMT5Encoder, text_config(c), init_from=c.text.init_from, kind="umt5", seed=seed,
+                         mesh=mesh, rules=rules, name="text encoder")
+    vae_cfg = vae_config(c)
+    vae = None if vae_cfg is None else frozen_module(
+        WanVAE, vae_cfg, init_from=c.autoencoder.init_from, kind="vae", seed=seed, mesh=mesh, rules=rules,
+        name="Wan-VAE")
+  return build_tokenizer(c), Encoders(text, vae)
+
+
+def abstract_encoders(c, mesh, rules) -> tuple[nnx.GraphDef, dict]:
+  """(graphdef, state of ShapeDtypeStructs with shardings) of the encoders, for AOT compiles."""
+  seed = c.train.seed + 1
+  vae_cfg = vae_config(c)
+  enc = nnx.eval_shape(lambda: Encoders(UMT5Encoder(text_config(c), rngs=nnx.Rngs(seed)),
+                                        None if vae_cfg is None else WanVAE(vae_cfg, rngs=nnx.Rngs(seed))))
+  graphdef, state = nnx.split(enc)
+  shard = shardings_of(state, mesh, rules)
+  pure = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state.to_pure_dict(), shard)
+  nnx.replace_by_pure_dict(state, pure)
+  return graphdef, state
+
+
+# =============================================================================================
+# Train state: trainable params (all, or LoRA only), optimizer, EMA, step, RNG, skipped updates
+# =============================================================================================
+def trainable_filter(cfg: WanDiTConfig):
+  return nnx.LoRAParam if cfg.lora_rank else nnx.Param
+
+
+def make_optimizer(c):
+  o = c.optim
+  decay = max(c.train.num_steps - o.warmup_steps, 1)
+  if o.schedule == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(0.0, o.lr, max(o.warmup_steps, 1), o.warmup_steps + decay)
+  else:
+    lr = optax.join_schedules([optax.linear_schedule(0.0, o.lr, max(o.warmup_steps, 1)),
+                               optax.constant_schedule(o.lr)], [max(o.warmup_steps, 1)])
+  parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
+  parts.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
+  return optax.chain(*parts), lr
+
+
+class StateFactory:
+  """Creates the train state directly sharded (jit with out_shardings), never as a full host copy."""
+
+  def __init__(self, c, mesh, rules):
+    self.c, self.mesh, self.cfg = c, mesh, dit_config(c)
+    self.tx, self.schedule = make_optimizer(c)
+    abstract = nnx.eval_shape(lambda: WanDiT(self.cfg, rngs=nnx.Rngs(0)))
+    self.graphdef, params, frozen = nnx.split(abstract, trainable_filter(self.cfg), ...)
+    replicated = NamedSharding(mesh, P())
+    self.param_shardings = shardings_of(params, mesh, rules)
+    self.frozen_shardings = shardings_of(frozen, mesh, rules)
+    abstract_opt = jax.eval_shape(self.tx.init, params.to_pure_dict())
+    opt_shardings = optax.tree_map_params(self.tx, lambda _, s: s, abstract_opt, self.param_shardings,
+                                          transform_non_params=lambda _: replicated)
+    self.state_shardings = {"step": replicated, "rng": replicated, "skipped": replicated,
+                            "params": self.param_shardings, "opt_state": opt_shardings}
+    if c.optim.ema_decay > 0:
+      self.state_shardings["ema"] = self.param_shardings
+
+  def _init(self, seed):
+    model = WanDiT(self.cfg, rngs=nnx.Rngs(seed))
+    _, params, frozen = nnx.split(model, trainable_filter(self.cfg), ...)
+    params = params.to_pure_dict()
+    state = {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(seed)),
+             "skipped": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
+    if self.c.optim.ema_decay > 0:
+      state["ema"] = params
+    return state, frozen.to_pure_dict()
+
+  def create(self):
+    """(state, frozen) on the mesh; base weights from `init_from` when set."""
+    init = jax.jit(self._init, static_argnums=0, out_shardings=(self.state_shardings, self.frozen_shardings))
+    state, frozen = init(self.c.train.seed)
+    if self.c.init_from:  # base weights: the trainable params (full) or the frozen ones (LoRA)
+      if self.cfg.lora_rank:
+        frozen = convert.restore_params(self.c.init_from, checkpoint.abstract_like(frozen), kind="dit")
+      else:
+        state["params"] = convert.restore_params(self.c.init_from, checkpoint.abstract_like(state["params"]),
+                                                 kind="dit")
+        if "ema" in state:
+          state["ema"] = jax.tree.map(jnp.copy, state["params"])
+    return state, frozen
+
+  def create_frozen(self):
+    """Only the frozen (never checkpointed) params, for a resume: what `create` returns second."""
+    if self.c.init_from and self.cfg.lora_rank:
+      return convert.restore_params(self.c.init_from, self.abstract()[1], kind="dit")
+    return jax.jit(lambda: self._init(self.c.train.seed)[1], out_shardings=self.frozen_shardings)()
+
+  def abstract(self):
+    """ShapeDtypeStructs (with shardings) of (state, frozen), for restore and AOT compiles."""
+    shapes = jax.eval_shape(functools.partial(self._init, self.c.train.seed))
+    shard = (self.state_shardings, self.frozen_shardings)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shard)
+
+
+def load_dit(c, *, workdir: str | None = None, checkpoint_dir: str | None = None) -> WanDiT:
+  """The DiT to sample: a training workdir's latest checkpoint (EMA weights when present, base
+  weights as the run had them), or a converted / PyTorch checkpoint."""
+  mesh = sharding.make_mesh(validate(c, jax.device_count()))
+  rules = sharding.logical_rules(c.sharding_rules.to_dict())
+  if checkpoint_dir:
+    cfg = dataclasses.replace(_checkpoint_config(checkpoint_dir, "dit"),
+                              **{k: getattr(dit_config(c), k) for k in RUN_FIELDS if k != "lora_rank"}, lora_rank=0)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+      return frozen_module(WanDiT, cfg, init_from=checkpoint_dir, kind="dit", seed=0, mesh=mesh, rules=rules,
+                           name="DiT")
+  factory = StateFactory(c, mesh, rules)
+  if factory.cfg.lora_rank and not c.init_from:
+    print(f"LoRA base weights: the seeded random init of train.seed={c.train.seed}, as the run trained "
+          "them (its config has no init_from)", flush=True)
+  ckpt = checkpoint.Checkpointer(workdir, async_save=False)
+  step = ckpt.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"--workdir={workdir}: no checkpoint in {ckpt.directory}")
+  with jax.set_mesh(mesh):
+    abstract_state, _ = factory.abstract()
+    frozen = factory.create_frozen()
+    state = ckpt.restore(step, abstract_state, None)
+  ckpt.close()
+  print(f"loaded step {step} of {workdir}", flush=True)
+  return nnx.merge(factory.graphdef, state.get("ema", state["params"]), frozen)
+
+
+# =============================================================================================
+# Batches: per-process pipeline -> global arrays sharded by the rules' `batch` entry
+# =============================================================================================
+def batch_sharding(mesh, rules) -> NamedSharding:
+  return sharding.named_sharding(mesh, ("batch",), rules)
+
+
+def batch_spec(c) -> dict[str, jax.ShapeDtypeStruct]:
+  """Global batch shapes and dtypes for the config (what `to_global` makes of the pipeline's)."""
+  b, f, h, w = c.data.batch_size, c.data.num_frames, c.data.height, c.data.width
+  if c.data.source == "latents":
+    lat = latent_shape(c)
+    return {"latents": jax.ShapeDtypeStruct((b, *lat), jnp.float32),
+            "context": jax.ShapeDtypeStruct((b, c.text.max_length, c.model.text_dim), jnp.float32),
+            "context_mask": jax.ShapeDtypeStruct((b, c.text.max_length), jnp.bool_)}
+  return {"video": jax.ShapeDtypeStruct((b, f, h, w, 3), jnp.float32),
+          "text_ids": jax.ShapeDtypeStruct((b, c.text.max_length), jnp.int32),
+          "text_mask": jax.ShapeDtypeStruct((b, c.text.max_length), jnp.bool_)}
+
+
+def to_global(batch: dict, mesh, rules) -> dict:
+  """Per-process numpy batch -> global arrays, the batch axis sharded by the rules."""
+  spec = batch_sharding(mesh, rules)
+  return {k: jax.make_array_from_process_local_data(spec, v) for k, v in batch.items() if k != "index"}
+
+
+def load_batches(c, tokenizer, split: str, *, seed: int, shuffle: bool, num_epochs=None,
+                 drop_remainder=True):
+  """This process's batch iterator over `split` (Grain; checkpointable)."""
+  data_dir = os.path.expanduser(c.data.data_dir)
+  try:
+    source = input_pipeline.load_source(c.data.name, split, data_dir)
+  except ValueError:
+    if c.data.name != "microsim_synth":
+      raise
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    from microverse_jax import build_dataset  # pylint: disable=g-import-not-at-top
+    if jax.process_index() == 0:  # the offline dataset builds on first use (~15 s)
+      print(f"building microsim_synth in {data_dir} ...", flush=True)
+      build_dataset.build("microsim_synth", data_dir)
+    multihost_utils.sync_global_devices("microsim_synth built")
+    try:
+      source = input_pipeline.load_source(c.data.name, split, data_dir)
+    except ValueError:  # a host whose data_dir is its own local disk builds its own copy
+      build_dataset.build("microsim_synth", data_dir)
+      source = input_pipeline.load_source(c.data.name, split, data_dir)
+  per_process = c.data.batch_size // jax.process_count()
+  if c.data.source == "latents":
+    return input_pipeline.make_latent_iterator(
+        source, batch_size=per_process, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+        worker_count=c.data.worker_count, drop_remainder=drop_remainder)
+  return input_pipeline.make_video_iterator(
+      source, batch_size=per_process, num_frames=c.data.num_frames, height=c.data.height,
+      width=c.data.width, tokenizer=tokenizer, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+      worker_count=c.data.worker_count, frame_stride=c.data.frame_stride, drop_remainder=drop_remainder)
