@@ -102,7 +102,12 @@ def find_metadata(root: epath.Path, pattern: str | None = None) -> list[str]:
     raise ValueError(f"manual_dir {root} does not exist or is not a directory")
   files = _listing(root)
   if pattern:
-    found = sorted(str(p.relative_to(root)) for p in root.glob(pattern) if p.is_file())
+    try:
+      found = sorted(str(p.relative_to(root)) for p in root.glob(pattern) if p.is_file())
+    except (NotImplementedError, ValueError) as e:  # an absolute pattern, or one leaving the manual dir
+      raise ValueError(f"--metadata={pattern!r} must be a name or glob inside {root}: {e}") from None
+    if any(safe_relative_path(f) is None for f in found):
+      raise ValueError(f"--metadata={pattern!r} must be a name or glob inside {root}, not leave it")
     if not found:
       raise ValueError(f"--metadata={pattern!r} matches no file in {root}; files there: {_sample(files)}")
     return found

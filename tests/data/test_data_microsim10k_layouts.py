@@ -138,6 +138,9 @@ def test_flags_pick_files_and_columns(tmp_path, mp4):
   assert got == [("7", "m/a.mp4", "A", None), ("8", "m/b.mp4", "B", None)]
   with pytest.raises(ValueError, match=r"--metadata='nothing\*' matches no file.*notes.json"):
     _rows(tmp_path, metadata_file="nothing*")
+  for outside in ("../*", str(tmp_path / "notes.json"), "/etc/*"):
+    with pytest.raises(ValueError, match="must be a name or glob inside"):
+      _rows(tmp_path / "lists", metadata_file=outside)
 
 
 def test_unknown_layout_names_the_files_and_flags(tmp_path, mp4):
