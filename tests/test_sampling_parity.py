@@ -6,7 +6,6 @@ Also measures how far diffusers' stock scheduler grids are from ours (quoted in 
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

@@ -125,7 +125,8 @@ def peft_to_lora(sd: Mapping[str, np.ndarray], num_layers: int) -> dict[str, tup
 def _put(var, value: np.ndarray) -> None:
   old = var[...]
   sharding = getattr(old, "sharding", None)
-  var[...] = jax.device_put(value.astype(old.dtype), sharding) if sharding is not None else jnp.asarray(value, old.dtype)
+  value = np.asarray(value).astype(old.dtype)
+  var[...] = jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value)
 
 
 def set_lora(model: nnx.Module, factors: Mapping[str, tuple[np.ndarray, np.ndarray]], source: str, *,
