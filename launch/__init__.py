@@ -1,3 +1,3 @@
-"""Launchers: local CPU runs (launch.local), Cloud TPU VMs and queued resources (launch.tpu), GKE
-through XPK (launch.xpk), and config sweeps over any of them (launch.sweep). Every launcher takes
+"""Launchers: local CPU runs (microverse_jax.launch.local), Cloud TPU VMs and queued resources (microverse_jax.launch.tpu), GKE
+through XPK (microverse_jax.launch.xpk), and config sweeps over any of them (microverse_jax.launch.sweep). Every launcher takes
 --dry-run, which prints each command it would run."""

@@ -17,7 +17,7 @@ import difflib
 import os
 from typing import Sequence
 
-from launch import topologies
+from microverse_jax.launch import topologies
 
 
 class PreflightError(ValueError):
@@ -107,11 +107,7 @@ def check(spec: str, overrides: Sequence[str] = (), *, slice: topologies.TpuSlic
   if devices is None:
     return config
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the launcher needs no accelerator of its own
-  from microverse_jax import train  # the trainer's validate() (defined in factory, re-exported by train)
-  validate = getattr(train, "validate", None)
-  if validate is None:
-    from microverse_jax import factory
-    validate = factory.validate
+  from microverse_jax.factory import validate  # the trainer's own check  # pylint: disable=g-import-not-at-top
   what = where or f"--config={spec}"
   on = f"{slice.accelerator_type} ({devices} devices)" if slice else f"{devices} devices"
   try:

@@ -75,7 +75,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def program(spec, fallback: str) -> str:
-  """The name --help shows: `python -m launch.tpu`, as the module is run."""
+  """The name --help shows: `python -m microverse_jax.launch.tpu`, as the module is run."""
   return f"python -m {spec.name}" if spec is not None and spec.name != "__main__" else fallback
 
 

@@ -1,11 +1,11 @@
 """Sweeps: a config's `sweep(arg) -> list[dict]` of dotted-key overrides, expanded into runs with
 distinct, readable workdirs, and launched (locally one after another, on a TPU VM, or on XPK).
 
-  python -m launch.sweep --config=configs/wan2_1.py:1.3b,lora --workdir_root=gs://BUCKET/sweeps/lora --dry_run
-  python -m launch.sweep --config=configs/microsim_tiny.py:test --workdir_root=/tmp/sweep   # local, in sequence
-  python -m launch.sweep --config=... --workdir_root=gs://... --launcher=tpu --name=mv --zone=Z \
+  python -m microverse_jax.launch.sweep --config=configs/wan2_1.py:1.3b,lora --workdir_root=gs://BUCKET/sweeps/lora --dry_run
+  python -m microverse_jax.launch.sweep --config=configs/microsim_tiny.py:test --workdir_root=/tmp/sweep   # local, in sequence
+  python -m microverse_jax.launch.sweep --config=... --workdir_root=gs://... --launcher=tpu --name=mv --zone=Z \
       --accelerator_type=v5p-64 [--only=0,3-5]      # one slice, runs in sequence
-  python -m launch.sweep --config=... --workdir_root=gs://... --launcher=xpk --cluster=C \
+  python -m microverse_jax.launch.sweep --config=... --workdir_root=gs://... --launcher=xpk --cluster=C \
       --accelerator_type=v5p-64 --workload=mv-lr     # one workload per run: mv-lr-00, mv-lr-01, ...
 
 Run k of the sweep lands in WORKDIR_ROOT/<kk>_<key>=<value>_..., e.g. 03_lr=0.0001_lora_rank=16_lora_alpha=16
@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from etils import epath
 
-from launch import local, preflight, shell, tpu, xpk
+from microverse_jax.launch import local, preflight, shell, tpu, xpk
 from microverse_jax import files
 
 

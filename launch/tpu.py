@@ -1,7 +1,7 @@
 """Cloud TPU VMs: create a slice (directly or as a queued resource), install this repo on every
 worker, train on all workers at once, collect each worker's log, delete the slice.
 
-  python -m launch.tpu --name=mv-pod --zone=us-east5-a --project=PROJECT --accelerator_type=v5p-64 \
+  python -m microverse_jax.launch.tpu --name=mv-pod --zone=us-east5-a --project=PROJECT --accelerator_type=v5p-64 \
       --config=configs/wan2_1.py:1.3b,lora --workdir=gs://BUCKET/runs/lora --config.data.batch_size=32 \
       [--queued] [--spot | --reserved] [--repo_url=URL --branch=B] [--include_untracked] \
       [--steps=create,install,run,logs,delete] [--dry_run] [--config.optim.lr=2e-4 ...]
@@ -29,7 +29,7 @@ import tempfile
 import time
 from typing import Sequence
 
-from launch import preflight, shell, topologies
+from microverse_jax.launch import preflight, shell, topologies
 
 REMOTE_DIR = "microverse-jax"     # on each worker, relative to the home directory
 REMOTE_VENV = "microverse-venv"

@@ -1,6 +1,6 @@
 """GKE through XPK: one workload per run on an existing XPK cluster (v5e, v5p, v6e, TPU7x).
 
-  python -m launch.xpk --cluster=CLUSTER --project=PROJECT --zone=us-east5-a --accelerator_type=v5p-64 \
+  python -m microverse_jax.launch.xpk --cluster=CLUSTER --project=PROJECT --zone=us-east5-a --accelerator_type=v5p-64 \
       --workload=mv-lora --config=configs/wan2_1.py:1.3b,lora --workdir=gs://BUCKET/runs/lora \
       --config.data.batch_size=32 [--docker_image=python:3.11 | --docker_image=REGISTRY/IMAGE --noinstall] \
       [--steps=create,delete] [--dry_run] [--config.optim.lr=2e-4 ...]
@@ -23,7 +23,7 @@ import re
 import shlex
 from typing import Sequence
 
-from launch import preflight, shell, topologies, tpu
+from microverse_jax.launch import preflight, shell, topologies, tpu
 
 STEPS = ("create", "delete")
 _WORKLOAD = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")

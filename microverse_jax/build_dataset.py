@@ -98,7 +98,7 @@ def build(name: str, data_dir: str, *, manual_dir: str | None = None, metadata: 
   mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   if name == "microsim10k":
-    from data.microsim10k import DEFAULT_MAX_FILE_MB, Microsim10k  # pylint: disable=g-import-not-at-top
+    from microverse_jax.datasets.microsim10k import DEFAULT_MAX_FILE_MB, Microsim10k  # pylint: disable=g-import-not-at-top
     if not manual_dir or not epath.Path(manual_dir).is_dir():
       raise ValueError(f"microsim10k needs --manual_dir, the downloaded MicroSim-10K directory; got {manual_dir!r}")
     builder = Microsim10k(data_dir=data_dir, metadata_file=metadata, video_key=video_key,
@@ -113,7 +113,7 @@ def build(name: str, data_dir: str, *, manual_dir: str | None = None, metadata: 
         progress.close()
     return builder.data_path
   if name == "microsim_synth":
-    from data.microsim_synth import MicrosimSynth, export_prompts as write_prompts  # pylint: disable=g-import-not-at-top
+    from microverse_jax.datasets.microsim_synth import MicrosimSynth, export_prompts as write_prompts  # pylint: disable=g-import-not-at-top
     settings = {k: v for k, v in dict(num_clips=num_clips, seed=seed, num_frames=num_frames,
                                       size=size).items() if v is not None}
     builder = MicrosimSynth(data_dir=data_dir, **settings)

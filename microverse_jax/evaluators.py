@@ -65,7 +65,7 @@ def write_samples(c, workdir, step, model, tokenizer, encoders) -> list[np.ndarr
 def physics_scores(c, model, tokenizer, encoders) -> dict:
   """Physics-fidelity scores (microworldbench physics) of videos sampled for the first
   `eval.physics` validation clips of the procedural dataset (default build settings)."""
-  from data.microsim_synth import processes  # pylint: disable=g-import-not-at-top
+  from microverse_jax.datasets.microsim_synth import processes  # pylint: disable=g-import-not-at-top
   from microworldbench.physics import score_videos  # pylint: disable=g-import-not-at-top
   d = processes.DEFAULTS
   val = [i for i in range(d["num_clips"]) if processes.split_of(i, d["num_clips"]) == "validation"]

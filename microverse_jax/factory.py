@@ -141,15 +141,26 @@ class Encoders(nnx.Module):
 
 
 def shardings_of(state: nnx.State, mesh, rules) -> dict:
-  """Pure-dict tree of NamedShardings from each variable's logical axis names."""
+  """Pure-dict tree of NamedShardings from each variable's logical axis names. A dimension that
+  its mesh axes do not divide (e.g. a 259-token byte vocabulary over tensor=2) is replicated."""
   out: dict = {}
   for path, var in nnx.to_flat_state(state):
     names = var.get_metadata().get("out_sharding") or (None,) * var.ndim
+    spec = sharding.logical_to_spec(names, rules)
+    spec = P(*(axes if _divides(mesh, axes, dim) else None for axes, dim in zip(spec, var.shape)))
     node = out
     for key in path[:-1]:
       node = node.setdefault(key, {})
-    node[path[-1]] = NamedSharding(mesh, sharding.logical_to_spec(names, rules))
+    node[path[-1]] = NamedSharding(mesh, spec)
   return out
+
+
+def _divides(mesh, axes, dim: int) -> bool:
+  names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  size = 1
+  for name in names:
+    size *= mesh.shape[name]
+  return dim % size == 0
 
 
 def frozen_module(cls, cfg, *, init_from: str, kind: str, seed: int, mesh, rules, name: str):

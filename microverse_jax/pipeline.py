@@ -111,7 +111,7 @@ class Pipeline:
     used), or a DiT checkpoint alone (converted, exported or PyTorch) with the encoders that
     `config` names (default configs/wan2_1.py, whose encoders are random unless its init_froms are set)."""
     if config is None:
-      from configs import wan2_1  # pylint: disable=g-import-not-at-top
+      from microverse_jax.configs import wan2_1  # pylint: disable=g-import-not-at-top
       config = wan2_1.get_config("1.3b,full")
     parts = {k: os.path.join(checkpoint, k) for k in ("transformer", "vae", "text_encoder", "tokenizer")}
     if all(epath.Path(p).is_dir() for p in parts.values()):

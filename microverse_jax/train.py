@@ -234,7 +234,7 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
   # ---------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(mesh_shape)
   rules = sharding.logical_rules(c.sharding_rules.to_dict())
-  print(f"mesh {mesh_shape} over {jax.device_count()} {jax.devices()[0].platform} devices", flush=True)
+  print(f"mesh {mesh_shape} over {jax.device_count()} devices ({jax.devices()[0].platform})", flush=True)
 
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     # -------------------------------------------------------------- data

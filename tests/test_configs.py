@@ -25,7 +25,7 @@ def test_every_config_file_is_covered():
 
 @pytest.mark.parametrize("name,arg", [(n, a) for n, args in CONFIG_ARGS.items() for a in args])
 def test_config_loads_and_is_consistent(name, arg):
-  c = importlib.import_module(f"configs.{name}").get_config(arg)
+  c = importlib.import_module(f"microverse_jax.configs.{name}").get_config(arg)
   cfg = factory.dit_config(c)
   assert isinstance(cfg, WanDiTConfig)
   assert factory.latent_shape(c)[-1] == cfg.in_channels
@@ -33,7 +33,7 @@ def test_config_loads_and_is_consistent(name, arg):
 
 
 def test_wan_presets_match_the_paper():
-  from configs import wan2_1
+  from microverse_jax.configs import wan2_1
   small, big = wan2_1.get_config("1.3b,lora"), wan2_1.get_config("14b,full")
   assert (small.model.num_heads * small.model.head_dim, small.model.num_layers, small.model.lora_rank) == (1536, 30, 32)
   assert (big.model.num_heads * big.model.head_dim, big.model.ffn_dim, big.model.lora_rank) == (5120, 13824, 0)
@@ -57,7 +57,7 @@ def test_no_dead_config_keys():
   fields = set(WanDiTConfig.__dataclass_fields__)
   for name, args in CONFIG_ARGS.items():
     for arg in args:
-      c = importlib.import_module(f"configs.{name}").get_config(arg)
+      c = importlib.import_module(f"microverse_jax.configs.{name}").get_config(arg)
       for key in _leaf_keys(c):
         section, _, leaf = key.rpartition(".")
         if section == "model":
@@ -67,7 +67,7 @@ def test_no_dead_config_keys():
 
 
 def test_sweep_expands_to_distinct_valid_overrides():
-  from configs import wan2_1
+  from microverse_jax.configs import wan2_1
   runs = wan2_1.sweep("1.3b,lora")
   assert len(runs) == 9 and len({tuple(sorted(r.items())) for r in runs}) == 9
   c = wan2_1.get_config("1.3b,lora")
@@ -79,7 +79,7 @@ def test_sweep_expands_to_distinct_valid_overrides():
 
 
 def test_tiny_training_step_compiles_ahead_of_time_for_v5p():
-  from configs import microsim_tiny
+  from microverse_jax.configs import microsim_tiny
   topology = aot.parse_topology("v5p-8")
   assert (topology.name, topology.chips) == ("v5p:2x2x1", 4)
   assert aot.parse_topology("v5e-16").name == "v5e:4x4" and aot.parse_topology("v6e-8").name == "v6e:2x4"

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from configs import microsim_tiny
+from microverse_jax.configs import microsim_tiny
 from microverse_jax import factory, pipeline, sample, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +93,7 @@ def test_bad_input_is_named(trained, tmp_path):
     factory.load_dit(c, workdir=str(tmp_path))
   with pytest.raises(ValueError, match=r"tasks \[7\] are not in the task file"):
     sample.parse_indices("1-2,7", [1, 2, 3])
-  from configs import wan2_1
+  from microverse_jax.configs import wan2_1
   wan = wan2_1.get_config("1.3b,lora")
   with pytest.raises(ValueError, match="4k \\+ 1"):
     factory.latent_shape(wan, 80)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import microsim_tiny
+from microverse_jax.configs import microsim_tiny
 from microverse_jax import checkpoint, factory as factory_lib, input_pipeline, sharding, train
 from microverse_jax.models.lora import merge_lora
 from microverse_jax.models.wan_dit import WanDiT
@@ -81,7 +81,7 @@ def test_kill_9_after_a_checkpoint_then_resume_gives_identical_losses(reference_
 
 SHARDED = r"""
 import json, sys
-from configs import microsim_tiny
+from microverse_jax.configs import microsim_tiny
 from microverse_jax import train
 out = {}
 for name, mesh in json.loads(sys.argv[2]).items():

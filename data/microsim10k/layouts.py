@@ -32,7 +32,7 @@ import re
 
 from etils import epath
 
-from data.microsim10k.safe_files import Reader, Unusable, safe_relative_path
+from microverse_jax.datasets.microsim10k.safe_files import Reader, Unusable, safe_relative_path
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 VIDEO_KEYS = ("video", "file_name")

@@ -27,9 +27,9 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from data import clip_features, id_hash_fraction
-from data.microsim10k import layouts
-from data.microsim10k.safe_files import MB, Reader, Unusable
+from microverse_jax.datasets import clip_features, id_hash_fraction
+from microverse_jax.datasets.microsim10k import layouts
+from microverse_jax.datasets.microsim10k.safe_files import MB, Reader, Unusable
 from microverse_jax import files, video
 
 SKIPPED_FILENAME = "skipped.jsonl"

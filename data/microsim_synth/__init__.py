@@ -4,7 +4,7 @@ The generator (`render_clip`, `simulate_tracks`, `clip_spec`, `export_prompts`) 
 PyAV; the TFDS builder `MicrosimSynth` is imported on first use.
 """
 
-from data.microsim_synth.processes import (DEFAULTS, PROCESSES, ClipSpec, caption, clip_spec,
+from microverse_jax.datasets.microsim_synth.processes import (DEFAULTS, PROCESSES, ClipSpec, caption, clip_spec,
                                            export_prompts, render_clip, sample_params,
                                            simulate_tracks, split_of)
 
@@ -14,6 +14,6 @@ __all__ = ["DEFAULTS", "PROCESSES", "ClipSpec", "MicrosimSynth", "caption", "cli
 
 def __getattr__(name: str):
   if name == "MicrosimSynth":
-    from data.microsim_synth.microsim_synth_dataset_builder import MicrosimSynth  # pylint: disable=g-import-not-at-top
+    from microverse_jax.datasets.microsim_synth.microsim_synth_dataset_builder import MicrosimSynth  # pylint: disable=g-import-not-at-top
     return MicrosimSynth
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

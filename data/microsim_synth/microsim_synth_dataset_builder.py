@@ -11,9 +11,9 @@ import json
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data import clip_features
-from data.microsim_synth import processes
-from data.microsim_synth.processes import DEFAULTS, split_of
+from microverse_jax.datasets import clip_features
+from microverse_jax.datasets.microsim_synth import processes
+from microverse_jax.datasets.microsim_synth.processes import DEFAULTS, split_of
 from microverse_jax import video
 
 class MicrosimSynth(tfds.core.GeneratorBasedBuilder):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data.microsim_synth import render_clip
+from microverse_jax.datasets.microsim_synth import render_clip
 from microverse_jax import build_dataset, video
 
 tfds.disable_progress_bar()

@@ -6,7 +6,7 @@ import json
 import pytest
 import tensorflow_datasets as tfds
 
-from data.microsim10k import Reader, find_metadata, parse_rows, read_metadata, safe_relative_path
+from microverse_jax.datasets.microsim10k import Reader, find_metadata, parse_rows, read_metadata, safe_relative_path
 from microverse_jax import build_dataset, input_pipeline, video
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data.microsim_synth import export_prompts
+from microverse_jax.datasets.microsim_synth import export_prompts
 from microverse_jax import build_dataset, files, video
 
 tfds.disable_progress_bar()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data.microsim10k import Microsim10k, find_metadata, path_split
+from microverse_jax.datasets.microsim10k import Microsim10k, find_metadata, path_split
 from microverse_jax import build_dataset, video
 
 tfds.disable_progress_bar()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data.microsim_synth import (PROCESSES, caption, clip_spec, export_prompts, render_clip,
+from microverse_jax.datasets.microsim_synth import (PROCESSES, caption, clip_spec, export_prompts, render_clip,
                                  sample_params, simulate_tracks)
 from microverse_jax import build_dataset, video
 

@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from microverse_jax import train
+from microverse_jax import factory, train
 
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Workdir.")
@@ -55,7 +55,7 @@ class ConcatenatedShards:
 
 
 def main(argv):
-  real_load_batches, n = train.load_batches, _PROCESSES.value
+  real_load_batches, n = factory.load_batches, _PROCESSES.value
 
   def load_batches(c, tokenizer, split, **kwargs):
     if split != "train":
@@ -67,7 +67,7 @@ def main(argv):
         iterators.append(real_load_batches(c, tokenizer, split, **kwargs))
     return ConcatenatedShards(iterators)
 
-  with mock.patch.object(train, "load_batches", load_batches):
+  with mock.patch.object(factory, "load_batches", load_batches):
     train.main(argv)
 
 

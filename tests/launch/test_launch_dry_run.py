@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from launch import local, shell, topologies, tpu, xpk
+from microverse_jax.launch import local, shell, topologies, tpu, xpk
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "configs/wan2_1.py:1.3b,lora"

@@ -11,7 +11,7 @@ from etils.epath import backend as epath_backend
 from fsspec.implementations.memory import MemoryFileSystem
 from fsspec.registry import _registry as fsspec_classes  # protocol -> filesystem class
 
-from launch import sweep, topologies, tpu
+from microverse_jax.launch import sweep, topologies, tpu
 
 
 class FakeGCS(MemoryFileSystem):

@@ -14,7 +14,7 @@ import tarfile
 
 import pytest
 
-from launch import shell, topologies, tpu, xpk
+from microverse_jax.launch import shell, topologies, tpu, xpk
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "configs/microsim_tiny.py:test"

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from launch import local, shell, sweep, topologies, tpu, xpk
+from microverse_jax.launch import local, shell, sweep, topologies, tpu, xpk
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = "configs/microsim_tiny.py:test"
@@ -92,7 +92,7 @@ def test_sweep_preflight_calls_no_cloud_tool(cloud):
 
 
 def test_the_command_line_error_is_one_line_without_a_traceback(cloud):
-  result = subprocess.run([sys.executable, "-m", "launch.tpu", *TPU, f"--config={TINY}", "--config.optim.lrr=1"],
+  result = subprocess.run([sys.executable, "-m", "microverse_jax.launch.tpu", *TPU, f"--config={TINY}", "--config.optim.lrr=1"],
                           cwd=REPO, env={**os.environ}, capture_output=True, text=True, timeout=300)
   errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert result.returncode == 1 and errors == [
@@ -150,9 +150,9 @@ def test_the_workers_install_gcsfs_and_what_tensorboardx_needs_for_gs():
 
 
 # ---------------------------------------------------------------------------- flags and --help
-PARSERS = {"launch.tpu": tpu.parser(), "launch.xpk": xpk.parser(), "launch.local": local.parser(),
-           "launch.sweep": sweep.parser("local"), "launch.sweep tpu": sweep.parser("tpu"),
-           "launch.sweep xpk": sweep.parser("xpk")}
+PARSERS = {"microverse_jax.launch.tpu": tpu.parser(), "microverse_jax.launch.xpk": xpk.parser(), "microverse_jax.launch.local": local.parser(),
+           "microverse_jax.launch.sweep": sweep.parser("local"), "microverse_jax.launch.sweep tpu": sweep.parser("tpu"),
+           "microverse_jax.launch.sweep xpk": sweep.parser("xpk")}
 
 
 @pytest.mark.parametrize("name", PARSERS)

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from launch import sweep
+from microverse_jax.launch import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WAN = os.path.join(REPO, "configs", "wan2_1.py")

@@ -1,6 +1,6 @@
 """Physics-fidelity metrics: ground-truth procedural clips pass, deliberately wrong clips fail.
 
-Ground truth comes from data.microsim_synth.processes; the wrong clips (ballistic motion, plug flow,
+Ground truth comes from microverse_jax.datasets.microsim_synth.processes; the wrong clips (ballistic motion, plug flow,
 division into three, a blinking cell, particles rising, swimming away from the source) are drawn
 with the same renderer from tracks made here.
 """
@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from data.microsim_synth import processes
+from microverse_jax.datasets.microsim_synth import processes
 from microworldbench import cli
 from microworldbench.physics import RULES, score_video, score_videos
 from microworldbench.physics import tracks as tracklib
