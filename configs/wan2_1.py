@@ -11,10 +11,13 @@ trains on raw procedural clips through a tiny random Wan-VAE and umT5 instead.
 import ml_collections
 
 from microverse_jax.models.wan_dit import WanDiTConfig
-from microverse_jax.pipeline import NEGATIVE_PROMPT
 
 VARIANTS = {"1.3b", "14b", "lora", "full", "480p", "720p", "runlocal"}
 RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}
+# The official Wan2.1 / MicroVerse negative prompt (English rendering, as diffusers' WanPipeline docs give it).
+NEGATIVE_PROMPT = ("overexposed, static, blurry details, subtitles, watermark, worst quality, low quality, "
+                   "JPEG artifacts, ugly, deformed, extra fingers, poorly drawn hands, poorly drawn face, "
+                   "mutated, fused fingers, frozen frame, cluttered background")
 
 
 def get_config(arg: str = "1.3b,lora") -> ml_collections.ConfigDict:

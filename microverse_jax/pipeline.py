@@ -22,14 +22,9 @@ from flax import nnx
 
 from microverse_jax import diffusion, factory, files, sharding, video
 
-NEGATIVE_PROMPT = ("overexposed, static, blurry details, subtitles, watermark, worst quality, low quality, "
-                   "JPEG artifacts, ugly, deformed, extra fingers, poorly drawn hands, poorly drawn face, "
-                   "mutated, fused fingers, frozen frame, cluttered background")
-
-
 def generate(model, encoders, tokenizer, prompts: list[str], shape: tuple[int, int, int, int], *,
              steps: int = 50, guidance: float = 5.0, shift: float = 5.0, sampler: str = "euler",
-             seed: int = 42, negative_prompt: str = NEGATIVE_PROMPT, batch_size: int | None = None,
+             seed: int = 42, negative_prompt: str = "", batch_size: int | None = None,
              noise_ids: list[int] | None = None, prediction: str = "velocity",
              progress: bool = False) -> list[np.ndarray]:
   """Videos for `prompts` as uint8 (F, H, W, 3); `shape` is the latent (F', H', W', C) to sample
@@ -40,6 +35,7 @@ def generate(model, encoders, tokenizer, prompts: list[str], shape: tuple[int, i
   on batching, and a task keeps its noise when a run resumes.
   Prompts are batched `batch_size` at a time (default: the device count), data-parallel over devices.
   `prediction`: what the model outputs, "velocity" (Wan2.1) or "x0" (the config's diffusion.prediction).
+  `negative_prompt`: the unconditional text of CFG (configs/wan2_1.py holds the official one).
   """
   batch_size = batch_size or jax.device_count()
   encode_text = nnx.jit(lambda enc, ids, mask: enc.text(ids, mask))

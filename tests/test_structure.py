@@ -1,0 +1,93 @@
+"""The package's shape: imports point down only (no loops), no generic top-level names installed,
+and the trainer stays short."""
+import ast
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The folders installed under the project's namespace (setup.cfg package_dir).
+PACKAGES = {"microverse_jax": "microverse_jax", "microverse_jax.configs": "configs",
+            "microverse_jax.datasets": "data", "microverse_jax.launch": "launch"}
+
+
+def module_files(repo: str) -> dict[str, str]:
+  """Dotted module name -> file, for the library and the folders installed beside it."""
+  out = {}
+  for package, folder in PACKAGES.items():
+    root = os.path.join(repo, folder)
+    for dirpath, _, names in os.walk(root):
+      for name in names:
+        if name.endswith(".py"):
+          rel = os.path.relpath(os.path.join(dirpath, name), root)[:-3].replace(os.sep, ".")
+          rel = rel[:-len(".__init__")] if rel.endswith("__init__") else rel
+          out[package if rel == "__init__" else f"{package}.{rel}"] = os.path.join(dirpath, name)
+  return out
+
+
+def import_graph(repo: str) -> dict[str, set[str]]:
+  """Module -> the project modules it imports anywhere in its body (function-level imports too)."""
+  files = module_files(repo)
+  graph = {}
+  for module, path in files.items():
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    deps = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+      else:
+        continue
+      deps.update(n for n in names if n in files and n != module and not module.startswith(n + "."))
+    graph[module] = deps
+  return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+  found, state = [], {}
+
+  def visit(node, stack):
+    state[node] = "open"
+    for dep in sorted(graph.get(node, ())):
+      if state.get(dep) == "open":
+        found.append(stack[stack.index(dep):] + [dep])
+      elif dep not in state:
+        visit(dep, stack + [dep])
+    state[node] = "done"
+
+  for node in sorted(graph):
+    if node not in state:
+      visit(node, [node])
+  return found
+
+
+def test_no_import_loops():
+  assert cycles(import_graph(REPO)) == []
+
+
+def test_the_checker_sees_a_loop():
+  assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+def test_the_evaluators_and_factory_never_import_a_command_line_tool():
+  graph = import_graph(REPO)
+  clis = {f"microverse_jax.{m}" for m in ("train", "sample", "encode", "aot", "export")}
+  for module in ("microverse_jax.factory", "microverse_jax.evaluators", "microverse_jax.pipeline"):
+    assert not graph[module] & clis, (module, graph[module] & clis)
+
+
+def test_nothing_installs_generic_top_level_names():
+  import configparser
+  cfg = configparser.ConfigParser()
+  cfg.read(os.path.join(REPO, "setup.cfg"))
+  packages = cfg["options"]["packages"].split()
+  assert packages and all(p == "microverse_jax" or p.startswith("microverse_jax.") for p in packages)
+  for package, folder in PACKAGES.items():
+    if package != "microverse_jax":
+      assert f"{package} = {folder}" in cfg["options"]["package_dir"]
+
+
+def test_the_trainer_stays_short():
+  lines = open(os.path.join(REPO, "microverse_jax", "train.py"), encoding="utf-8").read().count("\n")
+  assert lines <= 380, lines
