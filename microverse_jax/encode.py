@@ -3,6 +3,11 @@
   python -m microverse_jax.encode --dataset=microsim10k --data_dir=DIR --split=train --out_dir=DIR \
       --num_frames=81 --height=480 --width=832 --vae=PATH --text_encoder=PATH --tokenizer=DIR
 
+--vae and --text_encoder take either format of the same weights: a converted Orbax dir (written by
+`python -m microverse_jax.convert vae|umt5`) or the PyTorch checkpoint (a diffusers / transformers
+directory, or the original Wan2.1 .pth); the architecture comes from the checkpoint's own config,
+and a line says which format was loaded.
+
 The cache is a TFDS ArrayRecord dataset OUT_DIR/<dataset>_latents/1.0.0/ whose records hold
   id, caption (str); latents bf16 (F', H', W', C); context bf16 (n, D), the n = number of caption
   tokens (eos included) rows of the text-encoder output; source_index int64.
@@ -222,15 +227,46 @@ def sharded_encoders(vae, text_encoder, devices=None) -> tuple[VideoEncoder, Tex
   return video_fn, text_fn
 
 
+def load_encoder(src: str, kind: str, dtype="bfloat16", devices=None):
+  """The Wan-VAE (kind "vae") or umT5 encoder (kind "umt5") of checkpoint `src`, either format: a
+  converted Orbax dir (`python -m microverse_jax.convert`) or a PyTorch checkpoint (diffusers /
+  transformers directory, original Wan2.1 .pth). The architecture is the checkpoint's own config
+  (`convert.checkpoint_config`); floating-point weights are restored as `dtype`, replicated over
+  `devices` (default: this host's), without a host copy of the whole model for converted dirs.
+  Prints which format it loaded (`convert.restore_params`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from microverse_jax import convert  # pylint: disable=g-import-not-at-top
+  from microverse_jax.models.umt5 import UMT5Encoder  # pylint: disable=g-import-not-at-top
+  from microverse_jax.models.wan_vae import WanVAE  # pylint: disable=g-import-not-at-top
+
+  classes = {"vae": WanVAE, "umt5": UMT5Encoder}
+  if kind not in classes:
+    raise ValueError(f"kind={kind!r}: expected one of {tuple(classes)}")
+  cfg = convert.checkpoint_config(src, kind)
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: classes[kind](cfg, rngs=nnx.Rngs(0))))
+  mesh = jax.sharding.Mesh(np.array(list(devices or jax.local_devices())), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  dtype = jnp.dtype(dtype)
+  target = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, dtype if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype,
+                                     sharding=replicated), state.to_pure_dict())
+  nnx.replace_by_pure_dict(state, convert.restore_params(src, target, kind=kind))
+  return nnx.merge(graphdef, state)
+
+
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(prog="python -m microverse_jax.encode", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--dataset", required=True, help="source dataset name, e.g. microsim10k")
   parser.add_argument("--data_dir", required=True)
   parser.add_argument("--split", default="train")
   parser.add_argument("--out_dir", required=True, help="cache root (local or gs://)")
-  parser.add_argument("--vae", required=True, help="Wan-VAE: diffusers directory or Wan2.1_VAE.pth")
-  parser.add_argument("--text_encoder", required=True,
-                      help="umT5 encoder: transformers directory or models_t5_umt5-xxl-enc-bf16.pth")
+  parser.add_argument("--vae", required=True, help="Wan-VAE: a converted dir (convert vae), a diffusers "
+                      "directory or Wan2.1_VAE.pth")
+  parser.add_argument("--text_encoder", required=True, help="umT5 encoder: a converted dir (convert umt5), "
+                      "a transformers directory or models_t5_umt5-xxl-enc-bf16.pth")
   parser.add_argument("--tokenizer", required=True, help="directory with the umT5 tokenizer.json or spiece.model")
   parser.add_argument("--dtype", default="bfloat16", help="encoder weight dtype")
   parser.add_argument("--text_length", type=int, default=512)
@@ -242,12 +278,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--shard_size", type=int, default=256, help="records per output shard")
   parser.add_argument("--worker_count", type=int, default=0)
   args = parser.parse_args(argv)
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from microverse_jax import convert  # pylint: disable=g-import-not-at-top
   from microverse_jax.models.umt5 import UMT5Tokenizer  # pylint: disable=g-import-not-at-top
-  dtype = jnp.dtype(args.dtype)
-  video_encoder, text_encoder = sharded_encoders(convert.wan_vae_from_path(args.vae, dtype),
-                                                 convert.umt5_from_path(args.text_encoder, dtype))
+  video_encoder, text_encoder = sharded_encoders(load_encoder(args.vae, "vae", args.dtype),
+                                                 load_encoder(args.text_encoder, "umt5", args.dtype))
   tokenizer = UMT5Tokenizer(args.tokenizer, max_length=args.text_length)
   source = input_pipeline.load_source(args.dataset, args.split, args.data_dir)
   stats = encode_split(source, args.out_dir, dataset=args.dataset, split=args.split,

@@ -114,6 +114,8 @@ class Pipeline:
       config = copy.deepcopy(config)
       config.autoencoder.init_from, config.text.init_from = parts["vae"], parts["text_encoder"]
       config.text.tokenizer, checkpoint = parts["tokenizer"], parts["transformer"]
+    config = copy.deepcopy(config)
+    config.init_from = checkpoint  # the DiT's architecture (validation, latent shape): the checkpoint's own
     return cls._build(config, factory.load_dit(config, checkpoint_dir=checkpoint))
 
   @classmethod

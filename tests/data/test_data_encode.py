@@ -206,16 +206,56 @@ def test_sharded_encoders_match_the_models(synth_train, tmp_path):
 
 
 def test_cli_wiring(synth_data_dir, tmp_path, monkeypatch, capsys):
-  from microverse_jax import convert
   from microverse_jax.models import umt5
 
-  monkeypatch.setattr(convert, "wan_vae_from_path", lambda src, dtype: PoolingVAE())
-  monkeypatch.setattr(convert, "umt5_from_path", lambda src, dtype: EmbeddingText())
+  loaded = []
+
+  def load_encoder(src, kind, dtype):
+    loaded.append((src, kind, dtype))
+    return {"vae": PoolingVAE, "umt5": EmbeddingText}[kind]()
+  monkeypatch.setattr(encode, "load_encoder", load_encoder)
   monkeypatch.setattr(umt5, "UMT5Tokenizer", lambda path, max_length: input_pipeline.ByteTokenizer(max_length))
   encode.main(["--dataset=microsim_synth", f"--data_dir={synth_data_dir}", "--split=validation",
                f"--out_dir={tmp_path}", "--vae=v", "--text_encoder=t", "--tokenizer=tok", "--text_length=24",
                "--num_frames=5", "--height=16", "--width=16", "--batch_size=1", "--shard_size=4"])
   assert "'finalized': True" in capsys.readouterr().out
+  assert loaded == [("v", "vae", "bfloat16"), ("t", "umt5", "bfloat16")]
   cache = input_pipeline.load_source("microsim_synth_latents", "validation", str(tmp_path))
   assert len(cache) == 1 and cache.dataset_info.metadata["text_length"] == 24
   assert cache[0]["latents"].shape == (3, 4, 4, 4)
+
+
+def test_load_encoder_takes_either_format(tmp_path, capsys):
+  """encode's --vae / --text_encoder: a PyTorch save_pretrained dir or its converted Orbax dir give the
+  same weights (as --dtype), each load saying which format it read; a bad path names what was expected."""
+  torch = pytest.importorskip("torch")
+  diffusers = pytest.importorskip("diffusers")
+  transformers = pytest.importorskip("transformers")
+  import jax
+  from microverse_jax import convert
+
+  torch.manual_seed(0)
+  diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
+                             temperal_downsample=[False, True], latents_mean=[0.0] * 4,
+                             latents_std=[1.0] * 4).save_pretrained(tmp_path / "vae")
+  transformers.UMT5EncoderModel(transformers.UMT5Config(
+      vocab_size=64, d_model=16, d_kv=4, d_ff=24, num_layers=1, num_heads=4, relative_attention_num_buckets=8,
+      relative_attention_max_distance=16)).save_pretrained(tmp_path / "text")
+  for kind, src in (("vae", "vae"), ("umt5", "text")):
+    convert.save_params(convert.from_checkpoint(str(tmp_path / src), kind), str(tmp_path / f"{kind}_converted"), kind)
+  capsys.readouterr()
+  for kind, src in (("vae", "vae"), ("umt5", "text")):
+    pytorch = encode.load_encoder(str(tmp_path / src), kind, "bfloat16")
+    converted = encode.load_encoder(str(tmp_path / f"{kind}_converted"), kind, "bfloat16")
+    out = capsys.readouterr().out
+    assert f"loaded {kind} weights from PyTorch checkpoint" in out and \
+        f"loaded {kind} weights from converted Orbax checkpoint" in out, out
+    a, b = nnx.state(pytorch, nnx.Param), nnx.state(converted, nnx.Param)
+    assert {x.dtype for x in jax.tree.leaves(a)} == {np.dtype(ml_dtypes.bfloat16)}
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+  ids, mask = np.array([[5, 9, 1, 0]], np.int32), np.array([[True, True, True, False]])
+  assert np.isfinite(np.asarray(converted(ids, mask), np.float32)).all()
+  with pytest.raises(FileNotFoundError, match="no checkpoint in this directory; expected a converted checkpoint"):
+    encode.load_encoder(str(tmp_path), "vae")
+  with pytest.raises(ValueError, match="kind='dit'"):
+    encode.load_encoder(str(tmp_path / "vae"), "dit")
