@@ -9,13 +9,14 @@ from __future__ import annotations
 import glob
 import logging as std_logging
 import os
+import re
 import sys
 import time
 from typing import Callable, Iterable, Iterator
 
 from absl import app, flags, logging
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+USER_ERRORS = (ValueError, OSError,
                FloatingPointError, KeyError, AttributeError, TypeError, flags.Error)
 
 flags.DEFINE_bool("verbose", False, "Show tracebacks and INFO logs (Orbax, JAX).")
@@ -29,15 +30,18 @@ def _fail(message: str) -> None:
 def describe(error: BaseException, argv: list[str]) -> str:
   """One line for an expected error: names the flag, key or file at fault."""
   text = str(error.args[0]) if error.args else str(error)
-  if isinstance(error, (AttributeError, KeyError)) and ("Did you mean" in text or "\n" not in text):
-    key = text.split("\n")[0].strip("'\"")
-    hint = text.split("\n")[1].strip() if "\n" in text else ""
-    given = [a for a in argv if a.startswith("--config.") and f".{key}" in a.split("=")[0]]
-    where = given[0].split("=")[0] if given else f"config key {key!r}"
-    return f"{where}: no such config key {key!r}" + (f" ({hint})" if hint else "")
-  if "Attempted" in text and "No such file" in text:
-    path = [line.strip() for line in text.splitlines() if line.strip().startswith("/")]
-    return f"config file not found: {path[0] if path else text.splitlines()[0]}"
+  if isinstance(error, OSError) and error.filename:
+    return f"{error.strerror}: {error.filename}"
+  if isinstance(error, (AttributeError, KeyError)):
+    guess = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+    key = guess.group(2) if guess else re.sub(r"[\\'\"]", "", text).split("\\n")[0].split("\n")[0]
+    given = [a.split("=")[0] for a in argv if a.startswith("--config.") and a.split("=")[0].endswith(f".{key}")]
+    where = given[0] if given else f"config key {key!r}"
+    return f"{where}: no such config key" + (f' (did you mean "{guess.group(1)}"?)' if guess else "")
+  if "Attempted" in text and "No such file" in text:  # config_flags lists the paths it tried
+    lines = text.splitlines()
+    tried = [lines[i + 1].strip() for i, line in enumerate(lines[:-1]) if line.strip().startswith("Attempted")]
+    return f"config file not found: {tried[0] if tried else lines[0]}"
   return " ".join(text.split())
 
 

@@ -119,6 +119,7 @@ def test_the_workdir_describes_itself_and_overrides_apply(trained, tmp_path):
     ([{"id": ".hidden", "caption": "a"}], r"'\.hidden'"),
     ([{"id": "a", "caption": "a"}, {"id": "a", "caption": "b"}], r"row 2: 'a' \(duplicate\)"),
 ])
+@pytest.mark.hostile
 def test_prompt_ids_that_would_escape_or_collide_are_refused_before_sampling(trained, tmp_path, rows, match):
   _, workdir = trained
   prompts = tmp_path / "prompts.jsonl"

@@ -155,6 +155,7 @@ def _saved_params(c, workdir, step):
     return checkpoint.Checkpointer(workdir, async_save=False).restore(step, factory.abstract()[0], None)
 
 
+@pytest.mark.hostile
 def test_a_non_finite_update_is_never_saved(synth_data_dir, tmp_path):
   """lr=inf: the loss of step 1 is finite (weights before the update) but the update is not."""
   c = tiny_config(synth_data_dir, **{"optim.lr": float("inf"), "optim.grad_clip": 0.0,
@@ -165,6 +166,7 @@ def test_a_non_finite_update_is_never_saved(synth_data_dir, tmp_path):
   assert not [s for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
 
 
+@pytest.mark.hostile
 def test_non_finite_updates_can_be_skipped_and_counted(synth_data_dir, tmp_path):
   c = tiny_config(synth_data_dir, **{"optim.lr": float("inf"), "optim.grad_clip": 0.0,
                                      "optim.warmup_steps": 0, "train.num_steps": 3,
@@ -176,6 +178,7 @@ def test_non_finite_updates_can_be_skipped_and_counted(synth_data_dir, tmp_path)
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state["params"]))
 
 
+@pytest.mark.hostile
 def test_metrics_after_a_resume_have_no_repeated_steps_and_no_bare_nan(synth_data_dir, tmp_path):
   c = tiny_config(synth_data_dir, **{"train.num_steps": 4, "train.checkpoint_every": 2})
   train.train(c, str(tmp_path))
@@ -193,6 +196,7 @@ def test_metrics_after_a_resume_have_no_repeated_steps_and_no_bare_nan(synth_dat
   assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+@pytest.mark.hostile
 def test_a_second_trainer_on_the_same_workdir_is_refused(synth_data_dir, tmp_path):
   lock = train.WorkdirLock(str(tmp_path))
   try:

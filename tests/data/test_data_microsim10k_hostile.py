@@ -15,6 +15,8 @@ import tensorflow_datasets as tfds
 from microverse_jax.datasets.microsim_synth import export_prompts
 from microverse_jax import build_dataset, files, video
 
+pytestmark = pytest.mark.hostile
+
 tfds.disable_progress_bar()
 
 

@@ -16,6 +16,8 @@ import pytest
 
 from microverse_jax.launch import shell, topologies, tpu, xpk
 
+pytestmark = pytest.mark.hostile
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "configs/microsim_tiny.py:test"
 INJECTED = "x$(touch${IFS}P)"  # runs `touch P` wherever a shell expands it unquoted

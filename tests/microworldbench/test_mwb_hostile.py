@@ -21,6 +21,8 @@ from microworldbench.judge import (Judge, JudgeFatalError, JudgeSettings, build_
                                    mask_secrets)
 from microworldbench.rubrics import load_rubrics
 
+pytestmark = pytest.mark.hostile
+
 DIMS = ("scientific", "visual", "instruction")
 KEY = "sk-hostile-0123456789abcdef"
 
