@@ -76,10 +76,23 @@ def read_checkpoint(src: str, pattern: str = "*.safetensors") -> dict[str, np.nd
     raise FileNotFoundError(f"checkpoint not found: {src}")
   if src.endswith(".safetensors"):
     return read_safetensors(src)
-  import torch  # only for original .pth releases
-  sd = torch.load(src, map_location="cpu", weights_only=True, mmap=True)
+  sd = _torch_load(src)
   sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
   return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+
+
+def _torch_load(src: str):
+  """An original .pth release, read with torch (>= 2.6, weights_only=True: tensors only, no pickled code)."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top  # only for original .pth releases
+  except ImportError:
+    raise ValueError(f"{src}: reading a .pth checkpoint needs torch >= 2.6 (pip install torch), or convert "
+                     "it to safetensors elsewhere") from None
+  major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+  if (major, minor) < (2, 6):
+    raise ValueError(f"{src}: torch {torch.__version__} is too old: .pth files are read only with torch >= 2.6 "
+                     "(torch.load with weights_only=True, which refuses pickled code)")
+  return torch.load(src, map_location="cpu", weights_only=True, mmap=True)
 
 
 def read_json(src: str, name: str = "config.json") -> dict:

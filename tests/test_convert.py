@@ -244,3 +244,14 @@ def test_lora_errors_name_the_problem(dit_dir, tmp_path):
     convert.load_lora(str(tmp_path / "empty"), model)
   with pytest.raises(FileNotFoundError, match=r"nope.safetensors: no such LoRA file"):
     convert.load_lora(str(tmp_path / "nope.safetensors"), model)
+
+
+@pytest.mark.hostile
+def test_pth_files_are_read_only_with_a_torch_that_refuses_pickled_code(tmp_path, monkeypatch):
+  import torch
+  path = tmp_path / "w.pth"
+  torch.save({"a": torch.ones(2)}, path)
+  assert convert.read_checkpoint(str(path))["a"].tolist() == [1.0, 1.0]
+  monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+  with pytest.raises(ValueError, match=r"torch 2.5.1\+cpu is too old.*>= 2.6"):
+    convert.read_checkpoint(str(path))
