@@ -136,7 +136,10 @@ def sample(velocity: VelocityFn, noise: jax.Array, num_steps: int, *, shift: flo
 
 
 def _lam(sigma: float) -> float:
-  return float(np.log(1 - sigma) - np.log(sigma)) if 0 < sigma < 1 else (np.inf if sigma == 0 else -np.inf)
+  """log(alpha / sigma) with alpha = 1 - sigma. Pure noise (sigma 1) counts as 1 - 1e-6, as diffusers'
+  UniPC does: a finite lambda keeps the second-order terms of the first updates."""
+  sigma = min(sigma, 1 - 1e-6)
+  return float(np.log(1 - sigma) - np.log(sigma)) if sigma > 0 else np.inf
 
 
 def _unipc_update(x, s, t, history, x0_new=None):
