@@ -15,7 +15,6 @@ on stdout every 30 s and at the end.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -136,10 +135,12 @@ def build(name: str, data_dir: str, *, manual_dir: str | None = None, metadata: 
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m microverse_jax.build_dataset", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("name", choices=DATASETS)
-  parser.add_argument("--data_dir", required=True, help="output root (local or gs://)")
+  from microverse_jax import cli  # pylint: disable=g-import-not-at-top
+  parser = cli.argument_parser(__doc__, "python -m microverse_jax.build_dataset")
+  parser.add_argument("name", choices=DATASETS, help="the dataset to build")
+  parser.add_argument("--data_dir", "--out", dest="data_dir", required=True, metavar="DIR",
+                      help="output root, a TFDS data_dir (local or gs://): what encode --data_dir and the "
+                      "config's data.data_dir read")
   parser.add_argument("--manual_dir", help="microsim10k: the downloaded release directory (or hub-cache snapshot)")
   parser.add_argument("--metadata", help="microsim10k: metadata file name or glob inside manual_dir, e.g. "
                       "'train/metadata.jsonl' or 'data/*.parquet' (default: autodetect, see docs/data.md)")
@@ -178,4 +179,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  from microverse_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.main_guard(main)

@@ -3,15 +3,24 @@
   cli.run(main)   absl's app.run, but an expected user error (a mistyped config key, a missing file,
                   a ValueError from validation) prints one line naming it and exits with status 2;
                   `--verbose` shows the traceback and INFO logs.
+  cli.main_guard(main)
+                  the same for an argparse CLI (convert, encode, build_dataset): `main(argv)` runs with
+                  one-line errors (exit status 2), `--verbose` shows the traceback.
+  cli.argument_parser(doc, prog)
+                  an argparse parser whose --help keeps the docstring's line breaks, shows each
+                  option's default and names the program as it is run (`python -m microverse_jax.X`).
 """
 from __future__ import annotations
 
+import argparse
+import copy
 import glob
 import logging as std_logging
 import os
 import re
 import sys
 import time
+import traceback
 from typing import Callable, Iterable, Iterator
 
 from absl import app, flags, logging
@@ -130,3 +139,63 @@ def with_saved_config(argv: list[str]) -> list[str]:
     return argv
   from microverse_jax import saved_config
   return [argv[0], f"--config={saved_config.__file__}:{workdir}", *argv[1:]]
+
+
+# ------------------------------------------------------------------------------ argparse CLIs
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """Keeps the description's line breaks (backslash continuations included), shows every option's
+  meaningful default, and names an option's value once: `--out DIR, --dst`."""
+
+  @staticmethod
+  def _shows_default(action: argparse.Action) -> bool:
+    text = action.help or ""
+    return not (not action.option_strings or action.required or "default" in text
+                or action.default in (None, False, argparse.SUPPRESS))
+
+  def _get_help_string(self, action: argparse.Action) -> str:
+    text = action.help or ""
+    if not self._shows_default(action):
+      return text
+    return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+  def _format_action(self, action: argparse.Action) -> str:
+    if not action.help and self._shows_default(action):  # argparse shows no help line at all otherwise
+      action = copy.copy(action)
+      action.help = "default: %(default)s"
+    return super()._format_action(action)
+
+  def _format_action_invocation(self, action: argparse.Action) -> str:
+    if not action.option_strings or action.nargs == 0:
+      return super()._format_action_invocation(action)
+    value = self._format_args(action, self._get_default_metavar_for_optional(action))
+    return ", ".join([f"{action.option_strings[0]} {value}", *action.option_strings[1:]])
+
+
+def argument_parser(doc: str | None, prog: str) -> argparse.ArgumentParser:
+  """A parser with the library's --help conventions (see `HelpFormatter`) and `--verbose`."""
+  parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter, allow_abbrev=False)
+  parser.add_argument("--verbose", action="store_true", help="on an error, show the whole traceback")
+  return parser
+
+
+def main_guard(main: Callable[[list[str]], object], argv: list[str] | None = None,
+               errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> None:
+  """Runs an argparse CLI's `main(argv)`: an expected user error (a bad path, weights, layout: a
+  ValueError or OSError) prints one line `error: ...` naming the file or key, and exits with status 2;
+  with `--verbose` the traceback comes first. Logs are quiet unless --verbose."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  verbose = "--verbose" in argv
+  if "jax" in sys.modules:
+    _select_platform()
+  if not verbose:
+    logging.set_verbosity(logging.WARNING)
+    for name in ("absl", "orbax", "jax", "grain"):
+      std_logging.getLogger(name).setLevel(std_logging.WARNING)
+  try:
+    main(argv)
+  except errors as e:
+    if verbose:
+      traceback.print_exc()
+    _fail(describe(e, argv))
+  except KeyboardInterrupt:
+    _fail("interrupted")

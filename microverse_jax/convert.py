@@ -1,12 +1,12 @@
 """Weight import from public PyTorch checkpoints into our Flax NNX models.
 
-  python -m microverse_jax.convert dit --src DIR --dst DIR     # diffusers or original Wan2.1 layout
-  python -m microverse_jax.convert vae --src DIR --dst DIR     # diffusers dir, or Wan2.1_VAE.pth
-  python -m microverse_jax.convert umt5 --src DIR --dst DIR    # transformers dir, or the original .pth
+  python -m microverse_jax.convert dit --src DIR --out DIR     # diffusers or original Wan2.1 layout
+  python -m microverse_jax.convert vae --src DIR --out DIR     # diffusers dir, or Wan2.1_VAE.pth
+  python -m microverse_jax.convert umt5 --src DIR --out DIR    # transformers dir, or the original .pth
 
 Sources are read without torch where possible (safetensors, single file or sharded with an index);
 `.pth` files need torch, imported only inside `read_checkpoint`. The destination is an Orbax
-checkpoint `DST/params` plus `DST/config.json` (the model config), which `load_params` and the
+checkpoint `OUT/params` plus `OUT/config.json` (the model config), which `load_params` and the
 trainer's `init_from` read back.
 
 One loading API takes either format (see docs/model.md):
@@ -23,7 +23,6 @@ import json
 import os
 import re
 import struct
-import sys
 from typing import Callable, Mapping
 
 import jax
@@ -674,20 +673,21 @@ def load_lora(src: str, model: nnx.Module, *, strict: bool = True) -> str:
 
 
 def main(argv=None) -> None:
-  import argparse
-  parser = argparse.ArgumentParser(prog="python -m microverse_jax.convert", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("kind", choices=KINDS)
-  parser.add_argument("--src", required=True, help="source checkpoint: a diffusers/transformers directory, "
-                      "an original Wan2.1 / DiffSynth .pth or .safetensors file, or a converted directory")
-  parser.add_argument("--dst", required=True, help="output directory (Orbax checkpoint)")
+  from microverse_jax import cli  # pylint: disable=g-import-not-at-top
+  parser = cli.argument_parser(__doc__, "python -m microverse_jax.convert")
+  parser.add_argument("kind", choices=KINDS, help="which model: the DiT, the Wan-VAE or the umT5 text encoder")
+  parser.add_argument("--src", required=True, metavar="PATH", help="source checkpoint: a diffusers/transformers "
+                      "directory, an original Wan2.1 / DiffSynth .pth or .safetensors file, or a converted directory")
+  parser.add_argument("--out", "--dst", dest="out", required=True, metavar="DIR",
+                      help="output directory (Orbax checkpoint + config.json); --dst: old spelling")
   args = parser.parse_args(argv)
   print(f"converting {args.kind} from {args.src} ...", flush=True)
   model = from_checkpoint(args.src, args.kind)
-  save_params(model, args.dst, args.kind)
+  save_params(model, args.out, args.kind)
   n = sum(x.size for x in jax.tree.leaves(nnx.state(model, BASE_PARAMS)))
-  print(f"wrote {n:,} parameters to {args.dst}", flush=True)
+  print(f"wrote {n:,} parameters to {args.out}", flush=True)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  from microverse_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.main_guard(main)

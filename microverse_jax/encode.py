@@ -1,6 +1,6 @@
 """Builds the latent cache: Wan-VAE latents and text-encoder states for every clip of a TFDS dataset.
 
-  python -m microverse_jax.encode --dataset=microsim10k --data_dir=DIR --split=train --out_dir=DIR \
+  python -m microverse_jax.encode --dataset=microsim10k --data_dir=DIR --split=train --out=DIR \
       --num_frames=81 --height=480 --width=832 --vae=PATH --text_encoder=PATH --tokenizer=DIR
 
 --vae and --text_encoder take either format of the same weights: a converted Orbax dir (written by
@@ -8,7 +8,7 @@
 directory, or the original Wan2.1 .pth); the architecture comes from the checkpoint's own config,
 and a line says which format was loaded.
 
-The cache is a TFDS ArrayRecord dataset OUT_DIR/<dataset>_latents/1.0.0/ whose records hold
+The cache is a TFDS ArrayRecord dataset OUT/<dataset>_latents/1.0.0/ whose records hold
   id, caption (str); latents bf16 (F', H', W', C); context bf16 (n, D), the n = number of caption
   tokens (eos included) rows of the text-encoder output; source_index int64.
 `input_pipeline.make_latent_iterator` reads it back, zero-padding context to the cache's
@@ -23,12 +23,10 @@ TFDS metadata once every shard of the split exists (the CLI waits for all hosts 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
 import re
-import sys
 import tempfile
 from typing import Callable
 
@@ -257,12 +255,13 @@ def load_encoder(src: str, kind: str, dtype="bfloat16", devices=None):
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m microverse_jax.encode", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  from microverse_jax import cli  # pylint: disable=g-import-not-at-top
+  parser = cli.argument_parser(__doc__, "python -m microverse_jax.encode")
   parser.add_argument("--dataset", required=True, help="source dataset name, e.g. microsim10k")
   parser.add_argument("--data_dir", required=True)
   parser.add_argument("--split", default="train")
-  parser.add_argument("--out_dir", required=True, help="cache root (local or gs://)")
+  parser.add_argument("--out", "--out_dir", dest="out_dir", required=True, metavar="DIR",
+                      help="cache root (local or gs://); --out_dir: old spelling")
   parser.add_argument("--vae", required=True, help="Wan-VAE: a converted dir (convert vae), a diffusers "
                       "directory or Wan2.1_VAE.pth")
   parser.add_argument("--text_encoder", required=True, help="umT5 encoder: a converted dir (convert umt5), "
@@ -300,4 +299,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  from microverse_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.main_guard(main)
