@@ -60,15 +60,32 @@ def parse_topology(spec: str) -> Topology:
   return Topology(f"{libtpu_name}:{grids[chips]}", chips, hbm)
 
 
-def compile_train_step(c, topology: Topology):
-  """Lowers and compiles the config's training step for `topology`; returns (compiled, info dict)."""
-  from jax.experimental import topologies
-  topo = topologies.get_topology_desc(platform="tpu", topology_name=topology.name)
-  devices = list(topo.devices)
+def _tpu_mesh(c, topology: Topology):
+  """(mesh shape, Mesh over the topology's devices, rules) for the config."""
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  devices = list(topologies.get_topology_desc(platform="tpu", topology_name=topology.name).devices)
   shape = factory.validate(c, len(devices))
   mesh = Mesh(np.asarray(devices).reshape([shape[a] for a in sharding.MESH_AXES]), sharding.MESH_AXES,
               axis_types=(AxisType.Auto,) * len(sharding.MESH_AXES))
-  rules = sharding.logical_rules(c.sharding_rules.to_dict())
+  return shape, mesh, sharding.logical_rules(c.sharding_rules.to_dict())
+
+
+def _report(compiled, topology: Topology, shape: dict, model_flops: float) -> dict:
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  total = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
+  return {"topology": topology.name, "chips": math.prod(shape.values()), "mesh": shape,
+          "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
+          "temp_bytes": mem.temp_size_in_bytes, "alias_bytes": mem.alias_size_in_bytes,
+          "total_bytes": total, "hbm_bytes": topology.hbm_bytes, "fits": total <= topology.hbm_bytes,
+          "compiled_flops_per_device": float((cost or {}).get("flops", float("nan"))),
+          "model_flops_per_step": model_flops}
+
+
+def compile_train_step(c, topology: Topology):
+  """Lowers and compiles the config's training step for `topology`; returns (compiled, info dict)."""
+  shape, mesh, rules = _tpu_mesh(c, topology)
   states = factory.StateFactory(c, mesh, rules)  # outside the mesh: optax runs init eagerly
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     state, frozen = states.abstract()
@@ -78,18 +95,24 @@ def compile_train_step(c, topology: Topology):
              for k, v in factory.batch_spec(c).items()}
     step = train.jit_train_step(c, states, train.make_encode(c, enc_graphdef))
     compiled = step.lower(state, frozen, enc_state, batch).compile()
-  mem = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  total = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
   lat = factory.latent_shape(c)
-  info = {"topology": topology.name, "chips": len(devices), "mesh": shape,
-          "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
-          "temp_bytes": mem.temp_size_in_bytes, "alias_bytes": mem.alias_size_in_bytes,
-          "total_bytes": total, "hbm_bytes": topology.hbm_bytes, "fits": total <= topology.hbm_bytes,
-          "compiled_flops_per_device": float((cost or {}).get("flops", float("nan"))),
-          "model_flops_per_step": flops.train_step_flops(states.cfg, c.data.batch_size, lat[:3], c.text.max_length)}
-  return compiled, info
+  return compiled, _report(compiled, topology, shape,
+                           flops.train_step_flops(states.cfg, c.data.batch_size, lat[:3], c.text.max_length))
+
+
+def compile_encoders(c, topology: Topology):
+  """Compiles the frozen encoders' program alone (umT5 on the captions, Wan-VAE on the clips of one
+  global batch, weights sharded by the rules): what the raw-video path and the latent cache run."""
+  c = c.copy_and_resolve_references()
+  c.data.source = "video"
+  shape, mesh, rules = _tpu_mesh(c, topology)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    enc_graphdef, enc_state = factory.abstract_encoders(c, mesh, rules)
+    batch_sharding = factory.batch_sharding(mesh, rules)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+             for k, v in factory.batch_spec(c).items()}
+    compiled = jax.jit(train.make_encode(c, enc_graphdef)).lower(enc_state, batch).compile()
+  return compiled, _report(compiled, topology, shape, float("nan"))
 
 
 def format_report(info: dict) -> str:
@@ -101,13 +124,16 @@ def format_report(info: dict) -> str:
       f"per-device total {gib(info['total_bytes'])} of {gib(info['hbm_bytes'])} HBM: "
       f"{'fits' if info['fits'] else 'DOES NOT FIT'}",
       f"step FLOPs: compiled {info['compiled_flops_per_device']:.3e} per device (XLA counts a scanned "
-      f"layer once and no Pallas kernel); "
-      f"model (3 x forward matmuls) {info['model_flops_per_step']:.3e} per step"])
+      f"layer once and no Pallas kernel)" + ("" if math.isnan(info["model_flops_per_step"]) else
+      f"; model (3 x forward matmuls) {info['model_flops_per_step']:.3e} per step")])
+
+
+PROGRAMS = {"train_step": compile_train_step, "encoders": compile_encoders}
 
 
 def main(argv):
   del argv
-  _, info = compile_train_step(flags.FLAGS.config, parse_topology(flags.FLAGS.topology))
+  _, info = PROGRAMS[flags.FLAGS.program](flags.FLAGS.config, parse_topology(flags.FLAGS.topology))
   print(format_report(info), flush=True)
 
 
@@ -116,4 +142,6 @@ if __name__ == "__main__":
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "A training workdir whose saved config.json to compile.")
   flags.DEFINE_string("topology", "v5p-8", "TPU topology, e.g. v5p-8, v5e-16, v6e-8, v5p:2x2x1.")
+  flags.DEFINE_enum("program", "train_step", list(PROGRAMS), "What to compile: the training step, or the "
+                    "frozen encoders alone (umT5 + Wan-VAE on one global batch).")
   cli.run(main, saved_config=True)
