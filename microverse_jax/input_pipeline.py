@@ -3,8 +3,14 @@
 Both pipelines run the same index plan, then load and batch:
 
   records 0..n-1 --shard by JAX process (p::P)--> --shuffle per epoch (seed)--> --repeat-->
-  --load (decode / deserialize; a bad record becomes a skip marker)--> --batch, skipping markers-->
-  --worker processes (optional)--> --count skips, to float32 (main process)--> numpy batches
+  --load (decode / deserialize; a bad record becomes a skip marker)--> --batch by length bucket,
+  skipping markers--> --worker processes (optional)--> --count skips, to float32 (main process)--> batches
+
+Length buckets: a clip shorter than num_frames is trained at the largest 4k + 1 frames it has (the
+recipe), rounded down to a bucket (`frame_buckets`, by default every 4k + 1 from 5 to num_frames);
+each batch holds one bucket, so it has one static shape (one compile per bucket). The batcher keeps
+one pending list per bucket and emits a bucket's batch when it fills; pending rows are part of the
+iterator state (as source indices, reloaded on restore), so a restored iterator replays exactly.
 
 Every process gets the same number of records per epoch. With `drop_remainder=True` the last
 n mod P records are left out of the plan and a last partial batch is dropped; with
@@ -129,32 +135,58 @@ def _index_plan(num_records: int, *, seed: int, shuffle: bool, num_epochs: int |
   return ds.repeat(num_epochs)
 
 
-class _LoadClip:
-  """Source index -> {video uint8 (F, H, W, 3), text_ids, text_mask, index}, or a _Skip marker."""
+def bucket_sizes(num_frames: int, buckets: Sequence[int] | None = None) -> tuple[int, ...]:
+  """The frame counts batches may have, ascending; the largest is num_frames.
 
-  def __init__(self, source, *, num_frames: int, height: int, width: int, frame_stride: int,
+  Default: every 4k + 1 from 5 to num_frames (the recipe exactly: a clip keeps the largest 4k + 1
+  frames it has). A given list (e.g. (17, 33, 49, 65, 81)) caps the number of compiles; a clip is then
+  trained at the largest bucket it reaches, and clips under the smallest bucket are skipped ('too_short').
+  """
+  if num_frames < 1 or num_frames % 4 != 1:
+    raise ValueError(f"num_frames must be 4k + 1 (1, 5, 9, ..., 81), got {num_frames}")
+  if not buckets:
+    return tuple(range(5, num_frames + 1, 4)) or (num_frames,)
+  out = tuple(sorted({int(b) for b in buckets}))
+  bad = [b for b in out if b < 1 or b % 4 != 1 or b > num_frames]
+  if bad:
+    raise ValueError(f"frame_buckets {list(buckets)}: {bad} not 4k + 1 in [1, num_frames={num_frames}]")
+  return out if out[-1] == num_frames else (*out, num_frames)
+
+
+def bucket_for(available: int, buckets: Sequence[int]) -> int:
+  """The bucket a clip with `available` usable frames is trained at: the largest one it reaches, 0 if none."""
+  n = video.recipe_num_frames(available, buckets[-1])
+  return max((b for b in buckets if b <= n), default=0) if n >= min(5, buckets[-1]) else 0
+
+
+class _LoadClip:
+  """Source index -> {video uint8 (F, H, W, 3), text_ids, text_mask, index}, or a _Skip marker.
+
+  F is the clip's bucket (`bucket_for`); padding rows (index -1) have the largest one."""
+
+  def __init__(self, source, *, buckets: tuple[int, ...], height: int, width: int, frame_stride: int,
                tokenizer: Tokenizer):
-    self.source, self.tokenizer = source, tokenizer
-    self.num_frames, self.height, self.width, self.frame_stride = num_frames, height, width, frame_stride
+    self.source, self.tokenizer, self.buckets = source, tokenizer, buckets
+    self.height, self.width, self.frame_stride = height, width, frame_stride
 
   def __call__(self, index: int) -> dict | _Skip:
     if index < 0:
       ids = np.zeros((self.tokenizer.max_length,), np.int32)
-      return {"video": np.zeros((self.num_frames, self.height, self.width, 3), np.uint8),
+      return {"video": np.zeros((self.buckets[-1], self.height, self.width, 3), np.uint8),
               "text_ids": ids, "text_mask": ids > 0, "index": np.int64(-1)}
     try:
       record = self.source[index]
-      available = video.usable_frames(int(record["num_frames"]), self.frame_stride)
-      if video.recipe_num_frames(available, self.num_frames) < self.num_frames:
+      frames = bucket_for(video.usable_frames(int(record["num_frames"]), self.frame_stride), self.buckets)
+      if not frames:
         return _Skip("too_short")
-      frames = video.decode_frames(record["video"], self.num_frames, stride=self.frame_stride,
-                                   height=self.height, width=self.width)
+      clip = video.decode_frames(record["video"], frames, stride=self.frame_stride,
+                                 height=self.height, width=self.width)
       caption = record["caption"]
       caption = caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
     except Exception:  # pylint: disable=broad-except  # any bad record is skipped and counted
       return _Skip("corrupt")
     ids, mask = self.tokenizer([caption])
-    return {"video": frames, "text_ids": ids[0], "text_mask": mask[0], "index": np.int64(index)}
+    return {"video": clip, "text_ids": ids[0], "text_mask": mask[0], "index": np.int64(index)}
 
 
 def _finalize_video(batch: dict) -> dict:
@@ -163,21 +195,27 @@ def _finalize_video(batch: dict) -> dict:
 
 
 class _BatchSkippingIterDataset(grain.IterDataset):
-  """Stacks `batch_size` loaded elements into one batch, dropping skip markers and counting them.
+  """Stacks `batch_size` loaded elements of one length bucket into a batch, dropping skip markers
+  and counting them.
 
-  Each batch carries `_skipped` int64 (len(SKIP_REASONS),): markers dropped while building it. At
-  the end of finite data, skips not followed by a full batch come in a batch holding only `_skipped`.
+  An element's bucket is the leading dim of its `bucket_key` array (frames or latent frames). Each
+  bucket fills its own pending list; a batch is emitted when one fills. At the end of finite data
+  the partial buckets are emitted in ascending order (padded with index -1 rows), or dropped with
+  drop_remainder. Each batch carries `_skipped` int64 (len(SKIP_REASONS),): markers dropped while
+  building it; skips not followed by a batch come in a batch holding only `_skipped`.
   """
 
-  def __init__(self, parent: grain.IterDataset, *, batch_size: int, drop_remainder: bool):
+  def __init__(self, parent: grain.IterDataset, *, batch_size: int, drop_remainder: bool,
+               loader: Callable[[int], Any], bucket_key: str):
     super().__init__(parent)
     self.batch_size, self.drop_remainder = batch_size, drop_remainder
+    self.loader, self.bucket_key = loader, bucket_key
 
   def __iter__(self) -> grain.DatasetIterator:
     return _BatchSkippingIterator(self._parent.__iter__(), self)
 
   def __str__(self) -> str:
-    return f"BatchSkippingIterDataset(batch_size={self.batch_size})"
+    return f"BatchSkippingIterDataset(batch_size={self.batch_size}, bucket_key={self.bucket_key})"
 
 
 class _BatchSkippingIterator(grain.DatasetIterator):
@@ -185,10 +223,20 @@ class _BatchSkippingIterator(grain.DatasetIterator):
   def __init__(self, parent: grain.DatasetIterator, config: _BatchSkippingIterDataset):
     super().__init__(parent)
     self._config = config
+    self._pending: dict[int, list[dict]] = {}
+
+  def _stack(self, elements: list[dict], skipped: np.ndarray) -> dict:
+    while len(elements) < self._config.batch_size:  # explicit padding, marked by index -1
+      pad = {k: np.zeros_like(v) for k, v in elements[0].items()}
+      pad["index"] = np.int64(-1)
+      elements.append(pad)
+    batch = {k: np.stack([e[k] for e in elements]) for k in elements[0]}
+    batch["_skipped"] = skipped
+    return batch
 
   def __next__(self) -> dict:
-    elements, skipped, consecutive = [], np.zeros(len(SKIP_REASONS), np.int64), 0
-    while len(elements) < self._config.batch_size:
+    skipped, consecutive = np.zeros(len(SKIP_REASONS), np.int64), 0
+    while True:
       try:
         element = next(self._parent)
       except StopIteration:
@@ -202,45 +250,51 @@ class _BatchSkippingIterator(grain.DatasetIterator):
                            f"num_frames and frame_stride")
         continue
       consecutive = 0
-      elements.append(element)
-    if not elements or (self._config.drop_remainder and len(elements) < self._config.batch_size):
-      if skipped.any():  # end of data: still report the skips, in a batch of counts only
-        return {"_skipped": skipped}
-      raise StopIteration
-    while len(elements) < self._config.batch_size:  # explicit padding, marked by index -1
-      pad = {k: np.zeros_like(v) for k, v in elements[0].items()}
-      pad["index"] = np.int64(-1)
-      elements.append(pad)
-    batch = {k: np.stack([e[k] for e in elements]) for k in elements[0]}
-    batch["_skipped"] = skipped
-    return batch
+      pending = self._pending.setdefault(int(element[self._config.bucket_key].shape[0]), [])
+      pending.append(element)
+      if len(pending) == self._config.batch_size:
+        self._pending = {k: v for k, v in self._pending.items() if v is not pending}
+        return self._stack(pending, skipped)
+    # End of data: the partial buckets, smallest first (or none with drop_remainder).
+    if self._config.drop_remainder:
+      self._pending = {}
+    if self._pending:
+      bucket = min(self._pending)
+      return self._stack(self._pending.pop(bucket), skipped)
+    if skipped.any():  # still report the skips, in a batch of counts only
+      return {"_skipped": skipped}
+    raise StopIteration
 
   def get_state(self) -> dict:
-    return self._parent.get_state()
+    # Pending rows as source indices (JSON-friendly); restoring reloads them with the loader.
+    return {"parent": self._parent.get_state(),
+            "pending": {str(k): [int(e["index"]) for e in v] for k, v in sorted(self._pending.items())}}
 
   def set_state(self, state: dict) -> None:
-    self._parent.set_state(state)
+    self._parent.set_state(state["parent"])
+    self._pending = {int(k): [self._config.loader(i) for i in v] for k, v in state["pending"].items()}
 
 
 class _FinalizeIterDataset(grain.IterDataset):
   """Outermost stage, in the main process: pops `_skipped` into `iterator.skip_counts` and converts
   the compact stored dtypes (uint8 video, bf16 latents) to float32, so workers send 2-4x fewer bytes."""
 
-  def __init__(self, parent: grain.IterDataset, finalize: Callable[[dict], dict]):
+  def __init__(self, parent: grain.IterDataset, finalize: Callable[[dict], dict], num_records: int):
     super().__init__(parent)
-    self.finalize = finalize
+    self.finalize, self.num_records = finalize, num_records
 
   def __iter__(self) -> grain.DatasetIterator:
-    return PipelineIterator(self._parent.__iter__(), self.finalize)
+    return PipelineIterator(self._parent.__iter__(), self.finalize, self.num_records)
 
 
 class PipelineIterator(grain.DatasetIterator):
   """The iterator both pipelines return. `skip_counts`: records skipped so far, by reason."""
 
-  def __init__(self, parent: grain.DatasetIterator, finalize: Callable[[dict], dict]):
+  def __init__(self, parent: grain.DatasetIterator, finalize: Callable[[dict], dict], num_records: int = 0):
     super().__init__(parent)
     self._finalize = finalize
     self._skipped = np.zeros(len(SKIP_REASONS), np.int64)
+    self.num_records = num_records  # records in the source (every process's, before sharding)
 
   @property
   def skip_counts(self) -> dict[str, int]:
@@ -262,7 +316,7 @@ class PipelineIterator(grain.DatasetIterator):
     self._skipped = np.asarray(state["skipped"], np.int64)
 
 
-def _build(source, loader, finalize, *, batch_size: int, seed: int, shuffle: bool,
+def _build(source, loader, finalize, bucket_key: str, *, batch_size: int, seed: int, shuffle: bool,
            num_epochs: int | None, worker_count: int, drop_remainder: bool,
            shard_index: int | None, shard_count: int | None, read_threads: int) -> PipelineIterator:
   if batch_size < 1:
@@ -271,41 +325,44 @@ def _build(source, loader, finalize, *, batch_size: int, seed: int, shuffle: boo
                      drop_remainder=drop_remainder, shard_index=shard_index, shard_count=shard_count)
   ds = plan.map(loader).to_iter_dataset(grain.ReadOptions(
       num_threads=read_threads, prefetch_buffer_size=max(2 * batch_size, read_threads)))
-  ds = _BatchSkippingIterDataset(ds, batch_size=batch_size, drop_remainder=drop_remainder)
+  ds = _BatchSkippingIterDataset(ds, batch_size=batch_size, drop_remainder=drop_remainder, loader=loader,
+                                 bucket_key=bucket_key)
   if worker_count > 0:
     if not flags.FLAGS.is_parsed():  # Grain reads its absl flags when it starts workers.
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=2))
-  return iter(_FinalizeIterDataset(ds, finalize))
+  return iter(_FinalizeIterDataset(ds, finalize, len(source)))
 
 
 def make_video_iterator(source, *, batch_size: int, num_frames: int, height: int, width: int,
                         tokenizer: Tokenizer, seed: int, shuffle: bool = True,
                         num_epochs: int | None = None, worker_count: int = 0, frame_stride: int = 1,
                         drop_remainder: bool = True, shard_index: int | None = None,
-                        shard_count: int | None = None, read_threads: int = 2) -> PipelineIterator:
+                        shard_count: int | None = None, read_threads: int = 2,
+                        frame_buckets: Sequence[int] | None = None) -> PipelineIterator:
   """Raw-video batches for this process from a clip source (`load_source`), decoded with PyAV.
 
-  Each clip gives its first `num_frames` frames (every `frame_stride`-th), resized bilinearly to cover
+  Each clip gives its first F frames (every `frame_stride`-th), resized bilinearly to cover
   height x width and centre-cropped, scaled to [-1, 1]; the caption is tokenised. num_frames must be
-  4k + 1 (the Wan-VAE rule). The recipe takes the largest 4k + 1 frames a shorter clip has; a batch
-  has one static shape, so clips shorter than num_frames are skipped instead (counted 'too_short').
+  4k + 1 (the Wan-VAE rule). F is num_frames, or for a shorter clip the largest 4k + 1 it has (the
+  recipe), rounded down to one of `frame_buckets` (default: every 4k + 1 from 5 to num_frames; see
+  `bucket_sizes`); each batch holds clips of one F. Clips under 5 frames (or under the smallest
+  bucket) are skipped and counted ('too_short'). frame_buckets=(num_frames,) skips every short clip.
 
   Yields dicts of numpy arrays (B = batch_size, the per-process batch):
-    video      float32 (B, F, H, W, 3) in [-1, 1]
+    video      float32 (B, F, H, W, 3) in [-1, 1], F one of the buckets
     text_ids   int32   (B, L)   L = tokenizer.max_length
     text_mask  bool    (B, L)
     index      int64   (B,)     source record index; -1 marks a padding row
   The shard is this JAX process's unless shard_index/shard_count are given. worker_count > 0 decodes
   in that many worker processes (spawned: call from under `if __name__ == "__main__":`).
   """
-  if num_frames < 1 or num_frames % 4 != 1:
-    raise ValueError(f"num_frames must be 4k + 1 (1, 5, 9, ..., 81), got {num_frames}")
+  buckets = bucket_sizes(num_frames, frame_buckets)
   if frame_stride < 1:
     raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
-  loader = _LoadClip(source, num_frames=num_frames, height=height, width=width,
+  loader = _LoadClip(source, buckets=buckets, height=height, width=width,
                      frame_stride=frame_stride, tokenizer=tokenizer)
-  return _build(source, loader, _finalize_video, batch_size=batch_size, seed=seed, shuffle=shuffle,
+  return _build(source, loader, _finalize_video, "video", batch_size=batch_size, seed=seed, shuffle=shuffle,
                 num_epochs=num_epochs, worker_count=worker_count, drop_remainder=drop_remainder,
                 shard_index=shard_index, shard_count=shard_count, read_threads=read_threads)
 
@@ -313,8 +370,8 @@ def make_video_iterator(source, *, batch_size: int, num_frames: int, height: int
 class _LoadLatents:
   """Source index -> {latents, context (L, D) zero-padded, context_mask, index}, or a _Skip marker."""
 
-  def __init__(self, source, *, text_length: int):
-    self.source, self.text_length = source, text_length
+  def __init__(self, source, *, text_length: int, latent_buckets: tuple[int, ...] = ()):
+    self.source, self.text_length, self.latent_buckets = source, text_length, latent_buckets
 
   def __call__(self, index: int) -> dict | _Skip:
     try:
@@ -324,6 +381,11 @@ class _LoadLatents:
       else:
         record = self.source[index]
         latents, tokens = record["latents"], record["context"]
+        if self.latent_buckets:  # causal VAE: the first F' latents are those of the first 1 + 4(F' - 1) frames
+          frames = max((b for b in self.latent_buckets if b <= latents.shape[0]), default=0)
+          if not frames:
+            return _Skip("too_short")
+          latents = latents[:frames]
       if tokens.shape[0] > self.text_length:
         return _Skip("corrupt")
       context = np.zeros((self.text_length, tokens.shape[-1]), tokens.dtype)
@@ -343,7 +405,8 @@ def _finalize_latents(batch: dict) -> dict:
 def make_latent_iterator(source, *, batch_size: int, seed: int, text_length: int | None = None,
                          shuffle: bool = True, num_epochs: int | None = None, worker_count: int = 0,
                          drop_remainder: bool = True, shard_index: int | None = None,
-                         shard_count: int | None = None, read_threads: int = 2) -> PipelineIterator:
+                         shard_count: int | None = None, read_threads: int = 2,
+                         latent_buckets: Sequence[int] = ()) -> PipelineIterator:
   """Batches from a latent cache written by `microverse_jax.encode` (the fast path at scale).
 
   Yields dicts of numpy arrays (B = per-process batch):
@@ -351,11 +414,17 @@ def make_latent_iterator(source, *, batch_size: int, seed: int, text_length: int
     context       float32 (B, L, D)            text-encoder states, zero past each caption's tokens
     context_mask  bool    (B, L)
     index         int64   (B,)                 source record index; -1 marks a padding row
-  L = text_length, by default the cache's own (its metadata `text_length`).
+  L = text_length, by default the cache's own (its metadata `text_length`). Batches are bucketed by
+  F' (a cache written with length buckets holds short clips at their own F'): one F' per batch.
+  `latent_buckets` (latent frame counts, e.g. 1 + (frames - 1) // 4 of the config's frame buckets)
+  crops each record to the largest bucket it reaches (exact: the Wan-VAE is causal in time) and skips
+  records under the smallest ('too_short'); empty keeps every F' of the cache.
   """
   if text_length is None:
     text_length = int(source.dataset_info.metadata["text_length"])
-  return _build(source, _LoadLatents(source, text_length=text_length), _finalize_latents, batch_size=batch_size,
+  loader = _LoadLatents(source, text_length=text_length, latent_buckets=tuple(sorted(latent_buckets)))
+  return _build(source, loader, _finalize_latents, "latents",
+                batch_size=batch_size,
                 seed=seed, shuffle=shuffle, num_epochs=num_epochs, worker_count=worker_count,
                 drop_remainder=drop_remainder, shard_index=shard_index, shard_count=shard_count,
                 read_threads=read_threads)

@@ -74,21 +74,29 @@ def test_frame_count_rule_and_stride(microsim10k_data_dir):
   lengths = [int(source[i]["num_frames"]) for i in range(len(source))]  # 9..14 frames
   with pytest.raises(ValueError, match="4k \\+ 1"):
     _iterator(source, num_frames=12)
+  # The recipe: a shorter clip is trained at the largest 4k + 1 frames it has (its length bucket).
   it = _iterator(source, num_frames=13, height=16, width=16, batch_size=1, shuffle=False, num_epochs=1)
+  frames = {int(b["index"][0]): b["video"].shape[1] for b in it}
+  assert frames == {i: video.recipe_num_frames(n, 13) for i, n in enumerate(lengths)}
+  assert it.skip_counts == {"corrupt": 0, "too_short": 0}
+  # One bucket (the old rule): clips shorter than num_frames are skipped and counted.
+  it = _iterator(source, num_frames=13, height=16, width=16, batch_size=1, shuffle=False, num_epochs=1,
+                 frame_buckets=(13,))
   kept = [int(b["index"][0]) for b in it]
   assert kept == [i for i, n in enumerate(lengths) if n >= 13]
   assert it.skip_counts == {"corrupt": 0, "too_short": sum(n < 13 for n in lengths)}
   # Stride 2 reads frames 0, 2, ..., so a 9-frame clip gives 5 frames.
   it = _iterator(source, num_frames=5, frame_stride=2, batch_size=1, shuffle=False, num_epochs=1)
   assert sum(1 for _ in it) == len(source) and it.skip_counts["too_short"] == 0
-  it = _iterator(source, num_frames=9, frame_stride=2, batch_size=1, shuffle=False, num_epochs=1)
+  it = _iterator(source, num_frames=9, frame_stride=2, batch_size=1, shuffle=False, num_epochs=1,
+                 frame_buckets=(9,))
   assert sum(1 for _ in it) == sum(((n - 1) // 2 + 1) >= 9 for n in lengths)
 
 
 def test_all_too_short_raises_instead_of_spinning(synth_train, monkeypatch):
   monkeypatch.setattr(input_pipeline, "_MAX_CONSECUTIVE_SKIPS", 40)
   with pytest.raises(ValueError, match="in a row failed to load"):
-    next(_iterator(synth_train, num_frames=13))
+    next(_iterator(synth_train, num_frames=13, frame_buckets=(13,)))
 
 
 def test_deterministic_under_seed_and_reshuffled_each_epoch(synth_train):
