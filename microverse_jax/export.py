@@ -1,8 +1,11 @@
 """Exports a trained DiT: as our converted checkpoint, as a diffusers model, or its LoRA as PEFT safetensors.
 
-  python -m microverse_jax.export --config=configs/FILE.py[:arg] --workdir=DIR --dst=DIR                     # orbax
-  python -m microverse_jax.export --config=... --workdir=DIR --format=diffusers --dst=DIR
-  python -m microverse_jax.export --config=... --workdir=DIR --format=lora --dst=lora.safetensors [--layout=comfyui]
+  python -m microverse_jax.export --workdir=DIR --out=DIR                                        # orbax
+  python -m microverse_jax.export --workdir=DIR --format=diffusers --out=DIR
+  python -m microverse_jax.export --workdir=DIR --format=lora --out=lora.safetensors [--layout=comfyui]
+
+The config is the workdir's saved config.json; `--config.key=value` overrides it and
+`--config=configs/FILE.py[:arg]` replaces it.
 
 orbax: a converted checkpoint like `python -m microverse_jax.convert dit` writes, LoRA merged (EMA weights
   when present): train from it with `--config.init_from=DIR` (model.lora_rank=0) or sample with `--checkpoint=DIR`.
@@ -19,7 +22,7 @@ import json
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
@@ -151,14 +154,21 @@ def export(c, workdir: str, dst: str, fmt: str = "orbax", layout: str = "comfyui
 def main(argv):
   del argv
   F = flags.FLAGS
-  export(F.config, F.workdir, F.dst, F.format, F.layout)
-  print(f"wrote {F.dst} ({F.format})", flush=True)
+  export(F.config, F.workdir, F.out, F.format, F.layout)
+  print(f"wrote {F.out} ({F.format})", flush=True)
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file("config", None, "The run's training config (default: the --workdir's saved "
+                                  "config.json).")
+  flags.DEFINE_string("workdir", None, "The training workdir (latest checkpoint).", required=True)
+  flags.DEFINE_string("out", None, "Output directory (orbax, diffusers) or .safetensors file (lora).", required=True)
+  flags.DEFINE_enum("format", "orbax", ["orbax", "diffusers", "lora"], "What to write.")
+  flags.DEFINE_enum("layout", "comfyui", sorted(PEFT_LAYOUTS), "LoRA key names (--format=lora).")
+  flags.DEFINE_alias("dst", "out")  # the old spelling, kept for one release
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", None, "The run's training config.")
-  flags.DEFINE_string("workdir", None, "The training workdir (latest checkpoint).", required=True)
-  flags.DEFINE_string("dst", None, "Output directory (orbax, diffusers) or .safetensors file (lora).", required=True)
-  flags.DEFINE_enum("format", "orbax", ["orbax", "diffusers", "lora"], "What to write.")
-  flags.DEFINE_enum("layout", "comfyui", sorted(PEFT_LAYOUTS), "LoRA key names (--format=lora).")
-  app.run(main)
+  from microverse_jax import cli  # pylint: disable=g-import-not-at-top
+  define_flags()
+  cli.run(main, saved_config=True)
