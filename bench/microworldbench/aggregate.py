@@ -248,9 +248,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
   p.add_argument("--plots", help="folder for PNG plots (needs matplotlib: pip install microworldbench[plots])")
   p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% CIs")
   p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
-  p.add_argument("--strict-rubrics", action="store_true", help="fail on any rubric anomaly")
-  p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+  p.add_argument("--strict_rubrics", "--strict-rubrics", action="store_true", help="fail on any rubric anomaly")
+  p.add_argument("--progress", action="store_true", default=None,
                  help="show progress (default: a bar when stderr is a terminal, else a line every 30 s)")
+  p.add_argument("--no_progress", "--no-progress", dest="progress", action="store_false", default=None,
+                 help="no progress output")
   p.set_defaults(func=_main)
 
 

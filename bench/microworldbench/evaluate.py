@@ -337,27 +337,34 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
   p.add_argument("--rubrics", required=True, help="MWBenchRubrics.json or MWBenchRubrics_norm.json")
   p.add_argument("--tasks", help="finaltasks.json (categories; optional here)")
   p.add_argument("--out", required=True, help="results JSON (resumed when it exists)")
-  p.add_argument("--judge-url", required=True, help="OpenAI-compatible base URL or /v1/chat/completions URL")
-  p.add_argument("--judge-model", required=True, help="model name sent to the judge, e.g. gpt-4o")
+  p.add_argument("--judge_url", "--judge-url", required=True,
+                 help="OpenAI-compatible base URL or /v1/chat/completions URL")
+  p.add_argument("--judge_model", "--judge-model", required=True, help="model name sent to the judge, e.g. gpt-4o")
   p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
-  p.add_argument("--num-frames", type=int, default=8, help="frames sampled per video")
+  p.add_argument("--num_frames", "--num-frames", type=int, default=8, help="frames sampled per video")
   p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
   p.add_argument("--retries", type=int, default=4, help="extra requests per item after errors or invalid replies")
   p.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
-  p.add_argument("--max-wait", type=float, default=120.0, help="cap on one wait, Retry-After included")
-  p.add_argument("--max-tokens", type=int, default=None, help="max_tokens sent to the judge (default: not sent)")
-  p.add_argument("--no-json-mode", action="store_true", help="do not send response_format=json_object")
+  p.add_argument("--max_wait", "--max-wait", type=float, default=120.0, help="cap on one wait, Retry-After included")
+  p.add_argument("--max_tokens", "--max-tokens", type=int, default=None,
+                 help="max_tokens sent to the judge (default: not sent)")
+  p.add_argument("--no_json_mode", "--no-json-mode", action="store_true",
+                 help="do not send response_format=json_object")
   p.add_argument("--indices", help="only these tasks, e.g. 1-20,33")
-  p.add_argument("--save-interval", type=float, default=30.0, help="seconds between full rewrites of --out")
-  p.add_argument("--strict-rubrics", action="store_true", help="fail on any rubric anomaly")
-  p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+  p.add_argument("--save_interval", "--save-interval", type=float, default=30.0,
+                 help="seconds between full rewrites of --out")
+  p.add_argument("--strict_rubrics", "--strict-rubrics", action="store_true", help="fail on any rubric anomaly")
+  p.add_argument("--progress", action="store_true", default=None,
                  help="show progress (default: a bar when stderr is a terminal, else a line every 30 s)")
+  p.add_argument("--no_progress", "--no-progress", dest="progress", action="store_false", default=None,
+                 help="no progress output")
   p.add_argument("--protocol", choices=official.PROTOCOLS, default="default",
-                 help="'official': the official evaluator's request exactly (needs --prompt-template)")
-  p.add_argument("--prompt-template", help="official_judge_prompt.txt, for --protocol official (read, never copied)")
-  p.add_argument("--allow-insecure-url", action="store_true",
-                 help="allow a plain-http --judge-url on another machine (the key would travel unencrypted)")
-  p.add_argument("--wait-for-lock", action="store_true",
+                 help="'official': the official evaluator's request exactly (needs --prompt_template)")
+  p.add_argument("--prompt_template", "--prompt-template",
+                 help="official_judge_prompt.txt, for --protocol official (read, never copied)")
+  p.add_argument("--allow_insecure_url", "--allow-insecure-url", action="store_true",
+                 help="allow a plain-http --judge_url on another machine (the key would travel unencrypted)")
+  p.add_argument("--wait_for_lock", "--wait-for-lock", action="store_true",
                  help="when another run holds --out, wait for it to finish instead of stopping at once")
   p.set_defaults(func=_main)
 

@@ -224,7 +224,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
   p.add_argument("--rubrics", required=True, help="MWBenchRubrics.json or MWBenchRubrics_norm.json")
   p.add_argument("--tasks", help="finaltasks.json (checks categories)")
   p.add_argument("--examples", type=int, default=3, help="examples shown per anomaly kind")
-  p.add_argument("--strict-rubrics", action="store_true", help="exit non-zero on any anomaly")
+  p.add_argument("--strict_rubrics", "--strict-rubrics", action="store_true", help="exit non-zero on any anomaly")
   p.set_defaults(func=_main)
 
 

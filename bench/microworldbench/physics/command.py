@@ -121,6 +121,8 @@ def register_cli(subparsers) -> None:
   parser.add_argument("--prompts", required=True, help="prompts JSONL: id, process, params, size per row")
   parser.add_argument("--out", required=True, help="output JSON: summary, rules and per-video results")
   parser.add_argument("--report", default=None, help="folder for plots and report.md (needs matplotlib)")
-  parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+  parser.add_argument("--progress", action="store_true", default=None,
                       help="show progress (default: a bar when stderr is a terminal, else a line every 30 s)")
+  parser.add_argument("--no_progress", "--no-progress", dest="progress", action="store_false", default=None,
+                      help="no progress output")
   parser.set_defaults(func=run)
