@@ -1,7 +1,8 @@
-"""Local CPU runs: one process, or several processes on this machine that form one multi-process
+r"""Local CPU runs: one process, or several processes on this machine that form one multi-process
 JAX run (what a multi-host TPU slice does, with simulated CPU devices).
 
-  python -m microverse_jax.launch.local --config=configs/microsim_tiny.py --workdir=workdir/tiny [--config.key=value ...]
+  python -m microverse_jax.launch.local --config=configs/microsim_tiny.py --workdir=workdir/tiny \
+      [--config.key=value ...]
   python -m microverse_jax.launch.local --config=configs/microsim_tiny.py:test --workdir=/tmp/mp \
       --num_processes=2 --devices_per_process=4 [--timeout=600] [--dry_run]
 

@@ -1,8 +1,9 @@
-"""Sweeps: a config's `sweep(arg) -> list[dict]` of dotted-key overrides, expanded into runs with
+r"""Sweeps: a config's `sweep(arg) -> list[dict]` of dotted-key overrides, expanded into runs with
 distinct, readable workdirs, and launched (locally one after another, on a TPU VM, or on XPK).
 
-  python -m microverse_jax.launch.sweep --config=configs/wan2_1.py:1.3b,lora --workdir_root=gs://BUCKET/sweeps/lora --dry_run
-  python -m microverse_jax.launch.sweep --config=configs/microsim_tiny.py:test --workdir_root=/tmp/sweep   # local, in sequence
+  python -m microverse_jax.launch.sweep --config=configs/wan2_1.py:1.3b,lora --workdir_root=gs://BUCKET/sweeps/lora \
+      --dry_run
+  python -m microverse_jax.launch.sweep --config=configs/microsim_tiny.py:test --workdir_root=/tmp/sweep  # locally
   python -m microverse_jax.launch.sweep --config=... --workdir_root=gs://... --launcher=tpu --name=mv --zone=Z \
       --accelerator_type=v5p-64 [--only=0,3-5]      # one slice, runs in sequence
   python -m microverse_jax.launch.sweep --config=... --workdir_root=gs://... --launcher=xpk --cluster=C \
@@ -28,8 +29,8 @@ from typing import Any, Sequence
 
 from etils import epath
 
-from microverse_jax.launch import local, preflight, shell, tpu, xpk
 from microverse_jax import files
+from microverse_jax.launch import local, preflight, shell, tpu, xpk
 
 
 @dataclasses.dataclass(frozen=True)

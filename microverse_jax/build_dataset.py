@@ -112,7 +112,7 @@ def build(name: str, data_dir: str, *, manual_dir: str | None = None, metadata: 
         progress.close()
     return builder.data_path
   if name == "microsim_synth":
-    from microverse_jax.datasets.microsim_synth import MicrosimSynth, export_prompts as write_prompts  # pylint: disable=g-import-not-at-top
+    from microverse_jax.datasets.microsim_synth import MicrosimSynth, export_prompts as write_prompts
     settings = {k: v for k, v in dict(num_clips=num_clips, seed=seed, num_frames=num_frames,
                                       size=size).items() if v is not None}
     builder = MicrosimSynth(data_dir=data_dir, **settings)

@@ -1,4 +1,4 @@
-"""Builds the latent cache: Wan-VAE latents and text-encoder states for every clip of a TFDS dataset.
+r"""Builds the latent cache: Wan-VAE latents and text-encoder states for every clip of a TFDS dataset.
 
   python -m microverse_jax.encode --dataset=microsim10k --data_dir=DIR --split=train --out=DIR \
       --num_frames=81 --height=480 --width=832 --vae=PATH --text_encoder=PATH --tokenizer=DIR

@@ -3,8 +3,6 @@ and the trainer stays short."""
 import ast
 import os
 
-import pytest
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The folders installed under the project's namespace (setup.cfg package_dir).
 PACKAGES = {"microverse_jax": "microverse_jax", "microverse_jax.configs": "configs",

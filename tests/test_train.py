@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from microverse_jax.configs import microsim_tiny
 from microverse_jax import checkpoint, factory as factory_lib, input_pipeline, sharding, train
+from microverse_jax.configs import microsim_tiny
 from microverse_jax.models.lora import merge_lora
 from microverse_jax.models.wan_dit import WanDiT
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from microworldbench.files import write_json_atomic
 from microworldbench.judge import ReplyError, check_scores
 from microworldbench.progress import Progress
-from microworldbench.files import write_json_atomic
 from microworldbench.results import EVAL_KEY, load_results
 from microworldbench.rubrics import CATEGORIES, DIMENSIONS, RubricSet, Task, load_rubrics
 

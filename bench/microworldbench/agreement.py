@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from microworldbench.aggregate import model_name
-from microworldbench.judge import ReplyError, check_scores
 from microworldbench.files import write_json_atomic
+from microworldbench.judge import ReplyError, check_scores
 from microworldbench.results import EVAL_KEY, load_results
 from microworldbench.rubrics import DIMENSIONS, RubricSet, load_rubrics
 

@@ -24,11 +24,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from microworldbench import frames as frames_lib
-from microworldbench import official
+from microworldbench import frames as frames_lib, official
 from microworldbench.files import FileLock
-from microworldbench.judge import (API_KEY_ENV, Judge, JudgeFatalError, JudgeInterrupted,
-                                   JudgeSettings, ReplyError, Verdict, build_prompt, check_scores)
+from microworldbench.judge import (
+  API_KEY_ENV,
+  Judge,
+  JudgeFatalError,
+  JudgeInterrupted,
+  JudgeSettings,
+  ReplyError,
+  Verdict,
+  build_prompt,
+  check_scores,
+)
 from microworldbench.progress import Progress
 from microworldbench.results import EVAL_KEY, ResultStore
 from microworldbench.rubrics import DIMENSIONS, RubricSet, Task, load_rubrics

@@ -15,8 +15,6 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_step  # noqa: E402  (sets XLA_FLAGS before jax is imported)
-
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -24,6 +22,7 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import train_step  # noqa: E402  (sets XLA_FLAGS before jax is imported)
 from flax import nnx  # noqa: E402
 
 from microverse_jax import diffusion  # noqa: E402

@@ -15,8 +15,6 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_step  # noqa: E402  (sets XLA_FLAGS before jax is imported)
-
 import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
@@ -25,6 +23,7 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import train_step  # noqa: E402  (sets XLA_FLAGS before jax is imported)
 
 from microverse_jax import flops  # noqa: E402
 

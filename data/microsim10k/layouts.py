@@ -1,11 +1,11 @@
 """The metadata layouts of MicroSim-10K a user may hold, found and read into rows.
 
-| layout                      | metadata files                                  | video column | caption column          |
-|-----------------------------|-------------------------------------------------|--------------|-------------------------|
-| official (DiffSynth)        | one top-level .json / .jsonl / .csv / .parquet  | `video`      | `prompt`                |
-| Hugging Face folder         | `metadata.jsonl` / `.csv` / `.parquet`          | `file_name`  | `text`/`caption`/`prompt` |
-| Hugging Face splits         | `train/metadata.jsonl`, `validation/...`, ...    | `file_name`  | as above                |
-| shards                      | `metadata-00000-of-00004.jsonl`, ... or `data/train-*.parquet` | either | as above  |
+| layout               | metadata files                                  | video column | caption column            |
+|----------------------|-------------------------------------------------|--------------|---------------------------|
+| official (DiffSynth) | one top-level .json / .jsonl / .csv / .parquet  | `video`      | `prompt`                  |
+| Hugging Face folder  | `metadata.jsonl` / `.csv` / `.parquet`          | `file_name`  | `text`/`caption`/`prompt` |
+| Hugging Face splits  | `train/metadata.jsonl`, `validation/...`, ...   | `file_name`  | as above                  |
+| shards               | `metadata-00000-of-00004.jsonl`, ... or `data/train-*.parquet` | either | as above |
 
 Autodetection, in order: files named `metadata*` anywhere (hidden folders skipped), else `*.parquet`
 anywhere, else the one top-level .json/.jsonl/.csv/.parquet file. `--metadata` (a name or glob relative
@@ -77,7 +77,8 @@ class MetadataFile:
   rows: list[Row]
 
   def describe(self) -> str:
-    split = f"column '{SPLIT_KEY}'" if SPLIT_KEY in self.columns else (f"'{self.split}' (path)" if self.split else "hash")
+    split = (f"column '{SPLIT_KEY}'" if SPLIT_KEY in self.columns
+             else f"'{self.split}' (path)" if self.split else "hash")
     return (f"{self.path}: {len(self.rows)} rows; columns {self.columns}; video={self.keys.video!r} "
             f"caption={self.keys.caption!r} id={self.keys.id!r}; split {split}")
 

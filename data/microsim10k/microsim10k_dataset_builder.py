@@ -27,10 +27,10 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
+from microverse_jax import files, video
 from microverse_jax.datasets import clip_features, id_hash_fraction
 from microverse_jax.datasets.microsim10k import layouts
 from microverse_jax.datasets.microsim10k.safe_files import MB, Reader, Unusable
-from microverse_jax import files, video
 
 SKIPPED_FILENAME = "skipped.jsonl"
 DEFAULT_MAX_FILE_MB = 512  # a MicroSim-10K clip is a few MB; larger files are skipped, not loaded

@@ -4,9 +4,18 @@ The generator (`render_clip`, `simulate_tracks`, `clip_spec`, `export_prompts`) 
 PyAV; the TFDS builder `MicrosimSynth` is imported on first use.
 """
 
-from microverse_jax.datasets.microsim_synth.processes import (DEFAULTS, PROCESSES, ClipSpec, caption, clip_spec,
-                                           export_prompts, render_clip, sample_params,
-                                           simulate_tracks, split_of)
+from microverse_jax.datasets.microsim_synth.processes import (
+  DEFAULTS,
+  PROCESSES,
+  ClipSpec,
+  caption,
+  clip_spec,
+  export_prompts,
+  render_clip,
+  sample_params,
+  simulate_tracks,
+  split_of,
+)
 
 __all__ = ["DEFAULTS", "PROCESSES", "ClipSpec", "MicrosimSynth", "caption", "clip_spec",
            "export_prompts", "render_clip", "sample_params", "simulate_tracks", "split_of"]

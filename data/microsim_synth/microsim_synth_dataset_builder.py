@@ -11,10 +11,11 @@ import json
 import numpy as np
 import tensorflow_datasets as tfds
 
+from microverse_jax import video
 from microverse_jax.datasets import clip_features
 from microverse_jax.datasets.microsim_synth import processes
 from microverse_jax.datasets.microsim_synth.processes import DEFAULTS, split_of
-from microverse_jax import video
+
 
 class MicrosimSynth(tfds.core.GeneratorBasedBuilder):
   """Procedural microscopy clips (Brownian motion, Poiseuille flow, division, sedimentation, chemotaxis)."""

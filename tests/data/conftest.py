@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from microverse_jax.datasets.microsim_synth import render_clip
 from microverse_jax import build_dataset, video
+from microverse_jax.datasets.microsim_synth import render_clip
 
 tfds.disable_progress_bar()
 

@@ -70,7 +70,8 @@ def test_cache_round_trip(synth_train, synth_data_dir, tmp_path):
       np.testing.assert_array_equal(record["latents"], fake_video_encoder(frames[None])[0].astype(ml_dtypes.bfloat16))
       ids, mask = input_pipeline.ByteTokenizer(L)([original["caption"].decode()])
       assert record["context"].shape == (mask.sum(), D)  # only the caption's tokens are stored
-      np.testing.assert_array_equal(record["context"], fake_text_encoder(ids, mask)[0, :mask.sum()].astype(ml_dtypes.bfloat16))
+      context = fake_text_encoder(ids, mask)[0, :mask.sum()]
+      np.testing.assert_array_equal(record["context"], context.astype(ml_dtypes.bfloat16))
 
 
 def test_latent_iterator(synth_train, tmp_path):
@@ -232,6 +233,7 @@ def test_load_encoder_takes_either_format(tmp_path, capsys):
   diffusers = pytest.importorskip("diffusers")
   transformers = pytest.importorskip("transformers")
   import jax
+
   from microverse_jax import convert
 
   torch.manual_seed(0)

@@ -6,8 +6,8 @@ import json
 import pytest
 import tensorflow_datasets as tfds
 
-from microverse_jax.datasets.microsim10k import Reader, find_metadata, parse_rows, read_metadata, safe_relative_path
 from microverse_jax import build_dataset, input_pipeline, video
+from microverse_jax.datasets.microsim10k import Reader, find_metadata, parse_rows, read_metadata, safe_relative_path
 
 
 def _dataset_dir(data_dir: str):
@@ -78,7 +78,8 @@ def test_metadata_formats(tmp_path):
   csv_dir.mkdir()
   (csv_dir / "meta.csv").write_text('id,video,prompt\na,v/a.mp4,"p, with comma"\n,v/b.mp4,q\n')
   meta = read_metadata(Reader(csv_dir, 1 << 20), "meta.csv")
-  assert [(r.id, r.video, r.caption) for r in meta.rows] == [("a", "v/a.mp4", "p, with comma"), ("v/b.mp4", "v/b.mp4", "q")]
+  assert [(r.id, r.video, r.caption) for r in meta.rows] == [("a", "v/a.mp4", "p, with comma"),
+                                                             ("v/b.mp4", "v/b.mp4", "q")]
   (csv_dir / "other.json").write_text("[]")
   with pytest.raises(ValueError, match=r"unknown MicroSim-10K layout.*meta.csv.*other.json.*--metadata"):
     find_metadata(csv_dir)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from microverse_jax.datasets.microsim_synth import export_prompts
 from microverse_jax import build_dataset, files, video
+from microverse_jax.datasets.microsim_synth import export_prompts
 
 pytestmark = pytest.mark.hostile
 
@@ -70,7 +70,8 @@ def test_non_utf8_csv_and_json_array(tmp_path, mp4):
     _manual(root, mp4, [])
     (root / "metadata.jsonl").unlink()
     if kind == "csv":
-      data = b"\xef\xbb\xbfid,video,prompt\nok1,videos/ok1.mp4,good\nbad,videos/ok2.mp4,caf\xe9\nok3,videos/ok3.mp4,fine\n"
+      data = (b"\xef\xbb\xbfid,video,prompt\nok1,videos/ok1.mp4,good\nbad,videos/ok2.mp4,caf\xe9\n"
+              b"ok3,videos/ok3.mp4,fine\n")
     else:
       data = b'[{"id": "ok1", "video": "videos/ok1.mp4", "prompt": "good"}, {"id": "bad", "video": ' \
              b'"videos/ok2.mp4", "prompt": "caf\xe9"}, {"id": "ok3", "video": "videos/ok3.mp4", "prompt": "x"}]'

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from microverse_jax.datasets.microsim10k import Microsim10k, find_metadata, path_split
 from microverse_jax import build_dataset, video
+from microverse_jax.datasets.microsim10k import Microsim10k, find_metadata, path_split
 
 tfds.disable_progress_bar()
 
@@ -57,7 +57,8 @@ def test_official_diffsynth_layout(tmp_path, mp4, kind):
       writer.writeheader()
       writer.writerows([{"id": "", **r} if "id" not in r else r for r in rows])
   got, _, lines = _rows(tmp_path)
-  assert got == [("a", "videos/a.mp4", "A cell divides.", None), ("videos/b.mp4", "videos/b.mp4", "Beads diffuse.", None)]
+  assert got == [("a", "videos/a.mp4", "A cell divides.", None),
+                 ("videos/b.mp4", "videos/b.mp4", "Beads diffuse.", None)]
   assert "2 rows" in "\n".join(lines) and "video='video' caption='prompt'" in "\n".join(lines)
 
 
@@ -166,7 +167,8 @@ def test_cli_prints_what_it_found(tmp_path, mp4, capsys):
   assert sum(summary["splits"].values()) == 3 and summary["skipped"] == 1
 
 
-@pytest.mark.parametrize("path,split", [("train/metadata.jsonl", "train"), ("data/validation-0-of-1.parquet", "validation"),
+@pytest.mark.parametrize("path,split", [("train/metadata.jsonl", "train"),
+                                        ("data/validation-0-of-1.parquet", "validation"),
                                         ("val/metadata.csv", "validation"), ("metadata.jsonl", None),
                                         ("test/x/metadata.jsonl", "test"), ("trainer/metadata.jsonl", None)])
 def test_path_split(path, split):

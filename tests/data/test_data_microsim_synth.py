@@ -7,9 +7,16 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from microverse_jax.datasets.microsim_synth import (PROCESSES, caption, clip_spec, export_prompts, render_clip,
-                                 sample_params, simulate_tracks)
 from microverse_jax import build_dataset, video
+from microverse_jax.datasets.microsim_synth import (
+  PROCESSES,
+  caption,
+  clip_spec,
+  export_prompts,
+  render_clip,
+  sample_params,
+  simulate_tracks,
+)
 
 BIG = 20000  # a field so large that walls never matter
 

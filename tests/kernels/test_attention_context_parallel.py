@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 
-
 TOL = 2e-5  # fp32; the sharded program does the same arithmetic in another order
 
 

@@ -14,8 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from microverse_jax.kernels.attention import api, attention, attention_reference
-from microverse_jax.kernels.attention import flash_gpu, flash_tpu
+from microverse_jax.kernels.attention import api, attention, attention_reference, flash_gpu, flash_tpu
 
 # name: (B, Tq, Tk, N, D, dtype, mask kind)
 CASES = {

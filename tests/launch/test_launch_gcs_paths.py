@@ -90,6 +90,7 @@ def test_sweep_workdirs_and_manifest_on_gs(fake_gcs):
 def test_trainer_metrics_on_gs_keep_every_row(fake_gcs, monkeypatch):
   """metrics.jsonl in a gs:// workdir must hold every logged step, also after a restart."""
   from tensorboardX import record_writer
+
   from microverse_jax import train
   monkeypatch.setitem(record_writer.REGISTERED_FACTORIES, "gs", _FakeGcsEventWriterFactory())
   workdir = "gs://bucket/runs/tiny"

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from microverse_jax.launch import local, shell
 from microverse_jax import build_dataset, sharding
+from microverse_jax.launch import local, shell
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT_S = 420

@@ -92,8 +92,9 @@ def test_sweep_preflight_calls_no_cloud_tool(cloud):
 
 
 def test_the_command_line_error_is_one_line_without_a_traceback(cloud):
-  result = subprocess.run([sys.executable, "-m", "microverse_jax.launch.tpu", *TPU, f"--config={TINY}", "--config.optim.lrr=1"],
-                          cwd=REPO, env={**os.environ}, capture_output=True, text=True, timeout=300)
+  result = subprocess.run([sys.executable, "-m", "microverse_jax.launch.tpu", *TPU, f"--config={TINY}",
+                           "--config.optim.lrr=1"], cwd=REPO, env={**os.environ}, capture_output=True, text=True,
+                          timeout=300)
   errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert result.returncode == 1 and errors == [
       "error: --config.optim.lrr=1: configs/microsim_tiny.py has no config key 'optim.lrr'; did you mean "
@@ -150,7 +151,8 @@ def test_the_workers_install_gcsfs_and_what_tensorboardx_needs_for_gs():
 
 
 # ---------------------------------------------------------------------------- flags and --help
-PARSERS = {"microverse_jax.launch.tpu": tpu.parser(), "microverse_jax.launch.xpk": xpk.parser(), "microverse_jax.launch.local": local.parser(),
+PARSERS = {"microverse_jax.launch.tpu": tpu.parser(), "microverse_jax.launch.xpk": xpk.parser(),
+           "microverse_jax.launch.local": local.parser(),
            "microverse_jax.launch.sweep": sweep.parser("local"), "microverse_jax.launch.sweep tpu": sweep.parser("tpu"),
            "microverse_jax.launch.sweep xpk": sweep.parser("xpk")}
 

@@ -69,7 +69,8 @@ def test_clashing_short_keys_use_full_keys_and_values_read_well(tmp_path):
 
 
 @pytest.mark.parametrize("body, message", [
-    ('def sweep(arg=""):\n  return [{"optim.learning_rate": 1.0}]\n', r"sweep\(''\)\[0\]: no config key 'optim.learning_rate'"),
+    ('def sweep(arg=""):\n  return [{"optim.learning_rate": 1.0}]\n',
+     r"sweep\(''\)\[0\]: no config key 'optim.learning_rate'"),
     ('def sweep(arg=""):\n  return [{"optimizer.lr": 1.0}]\n', r"no config key 'optimizer'"),
     ('def sweep(arg=""):\n  return [{"optim.steps": "many"}]\n', r"optim.steps='many' does not fit"),
     ('def sweep(arg=""):\n  return [{"optim.lr": 1.0}, {"optim.lr": 1.0}]\n', "repeated runs"),
@@ -117,7 +118,8 @@ def test_tpu_sweep_creates_once_and_runs_each_workdir(capsys, monkeypatch):
               "--name=mv-sweep", "--zone=us-east5-a", "--accelerator_type=v5p-64", "--repo_url=https://x/r.git",
               "--only=1,2", "--dry_run", "--config.data.batch_size=32"])
   commands = [shlex.split(l) for l in _lines(capsys.readouterr().out)]
-  assert [c[4] for c in commands] == ["create", "ssh", "ssh", *["scp"] * 8, "ssh", *["scp"] * 8]  # install, run 1 + logs, run 2 + logs
+  # install, run 1 + logs, run 2 + logs
+  assert [c[4] for c in commands] == ["create", "ssh", "ssh", *["scp"] * 8, "ssh", *["scp"] * 8]
   runs = [c for c in commands if c[4] == "ssh" and "microverse_jax.train" in c[-1]]
   assert len(runs) == 2
   assert "--workdir=gs://b/sw/01_lr=5e-05_lora_rank=32_lora_alpha=32 --config.optim.lr=5e-05" in runs[0][-1]

@@ -2,8 +2,8 @@
 
 Each request is matched to its item by the prompt (`TASK-<index>` in the task text, or `of task
 <index>` in the criteria when the task text is empty as in the official protocol, and the
-dimension title), or by `identify(prompt) -> (index, dimension)` when given; `plans[(index, dimension)]` lists what to do on the 1st, 2nd, ... request for
-that item, `default` after that. Actions:
+dimension title), or by `identify(prompt) -> (index, dimension)` when given; `plans[(index, dimension)]`
+lists what to do on the 1st, 2nd, ... request for that item, `default` after that. Actions:
   ok        200, the true scores (`truth`) for the criteria counted in the prompt
   fence     200, the true scores wrapped in a ```json fence with prose around
   500 / 400 / 401 / 413   that HTTP status

@@ -17,8 +17,7 @@ from mwb_judge_server import FakeJudge, truth
 from microworldbench import files
 from microworldbench.cli import main
 from microworldbench.evaluate import evaluate
-from microworldbench.judge import (Judge, JudgeFatalError, JudgeSettings, build_prompt, check_judge_url,
-                                   mask_secrets)
+from microworldbench.judge import Judge, JudgeFatalError, JudgeSettings, build_prompt, check_judge_url, mask_secrets
 from microworldbench.rubrics import load_rubrics
 
 pytestmark = pytest.mark.hostile
@@ -176,7 +175,7 @@ def test_resume_skips_and_counts_hostile_journal_lines(bench_dir):
     asked = {e["item"] for e in server.log}
   assert summary.already_done == 1 and summary.scored == 8 and (1, "scientific") not in asked
   assert len(summary.skipped_journal_lines) == 7
-  assert "7 journal lines skipped" in summary.report() 
+  assert "7 journal lines skipped" in summary.report()
   assert "line 5: unknown dimension 'smell'" in summary.skipped_journal_lines
   assert _scored(paths["out"]) == {(i, d): truth(i, d, 5) for i in range(1, 4) for d in DIMS}
 

@@ -10,8 +10,16 @@ import pytest
 from mwb_helpers import make_task
 from mwb_judge_server import FakeJudge, truth
 
-from microworldbench.judge import (Judge, JudgeFatalError, JudgeSettings, ReplyError, build_prompt,
-                                   chat_completions_url, parse_reply, retry_after_seconds)
+from microworldbench.judge import (
+  Judge,
+  JudgeFatalError,
+  JudgeSettings,
+  ReplyError,
+  build_prompt,
+  chat_completions_url,
+  parse_reply,
+  retry_after_seconds,
+)
 from microworldbench.rubrics import Criterion, Task
 
 KEY = "sk-test-SECRET-123"

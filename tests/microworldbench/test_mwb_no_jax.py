@@ -15,7 +15,8 @@ class _NoJax(importlib.abc.MetaPathFinder):
       raise ImportError(f"blocked: {name}")
 sys.meta_path.insert(0, _NoJax())
 import microworldbench, microworldbench.cli
-from microworldbench import aggregate, agreement, evaluate, files, frames, judge, official, progress, report, results, rubrics
+from microworldbench import (aggregate, agreement, evaluate, files, frames, judge, official, progress, report, results,
+                             rubrics)
 assert not [m for m in sys.modules if m.split(".")[0] in ("jax", "jaxlib", "flax")], "jax was imported"
 sys.argv = ["microworldbench", "--help"]
 try:

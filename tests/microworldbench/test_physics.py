@@ -17,8 +17,7 @@ import pytest
 
 from microverse_jax.datasets.microsim_synth import processes
 from microworldbench import cli
-from microworldbench.physics import RULES, score_video, score_videos
-from microworldbench.physics import tracks as tracklib
+from microworldbench.physics import RULES, score_video, score_videos, tracks as tracklib
 
 SIZE, FRAMES = 64, 17
 BENCH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench")

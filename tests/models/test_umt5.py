@@ -19,8 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 from microverse_jax import sharding  # noqa: E402
 from microverse_jax.convert import umt5_from_original, umt5_from_transformers  # noqa: E402
-from microverse_jax.models.umt5 import (UMT5Config, UMT5Encoder, UMT5Tokenizer,  # noqa: E402
-                                        relative_position_buckets)
+from microverse_jax.models.umt5 import UMT5Config, UMT5Encoder, UMT5Tokenizer, relative_position_buckets  # noqa: E402
 
 CONFIGS = {  # two tiny configs: few buckets / short max distance, and Wan's 32 buckets / 128
     "small_buckets": dict(vocab_size=100, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
@@ -119,7 +118,8 @@ def test_mismatched_checkpoints_give_clear_errors(tmp_path):
   ref.save_pretrained(str(src))
   config = json.loads((src / "config.json").read_text())
   for name, change, message in (("layers", {"num_layers": 3}, r"missing key 'encoder\.block\.2\."),
-                                ("width", {"d_ff": 64}, r"shape mismatch at blocks\.wi_0\.kernel.*\(2, 32, 48\).*\(2, 32, 64\)"),
+                                ("width", {"d_ff": 64},
+                                 r"shape mismatch at blocks\.wi_0\.kernel.*\(2, 32, 48\).*\(2, 32, 64\)"),
                                 ("t5", {"model_type": "t5"}, r"model_type='t5'")):
     bad = tmp_path / name
     bad.mkdir()
@@ -260,8 +260,9 @@ def test_sentencepiece_model_works_too(tmp_path):
   corpus = tmp_path / "corpus.txt"
   corpus.write_text("\n".join(["a red blood cell squeezes through a capillary",
                                "a cell divides in two", "a virus enters a cell"] * 20))
-  spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "spiece"), vocab_size=28, hard_vocab_limit=False, minloglevel=2,
-                                 pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram")
+  spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "spiece"), vocab_size=28,
+                                 hard_vocab_limit=False, minloglevel=2, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                 model_type="unigram")
   tok = pickle.loads(pickle.dumps(UMT5Tokenizer(str(tmp_path), max_length=8)))
   ids, mask = tok(["a cell", "a red blood cell squeezes through a capillary"])
   assert ids.shape == (2, 8)

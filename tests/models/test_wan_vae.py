@@ -219,7 +219,8 @@ def test_bad_inputs_give_clear_errors(reference_dir, vae, tmp_path):
   bad.mkdir()
   os.symlink(os.path.join(src, "diffusion_pytorch_model.safetensors"), bad / "diffusion_pytorch_model.safetensors")
   (bad / "config.json").write_text(json.dumps({**config, "base_dim": 16}))
-  with pytest.raises(ValueError, match=r"shape mismatch at decoder\.conv_in\.bias: checkpoint \(16,\), model expects \(32,\)"):
+  expected = r"shape mismatch at decoder\.conv_in\.bias: checkpoint \(16,\), model expects \(32,\)"
+  with pytest.raises(ValueError, match=expected):
     wan_vae_from_diffusers(str(bad))
   (bad / "config.json").write_text(json.dumps({**config, "num_res_blocks": 2}))
   with pytest.raises(ValueError, match=r"missing: \['decoder\.up_blocks\.0\.resnets\.2"):
