@@ -130,3 +130,15 @@ def test_prompt_ids_that_would_escape_or_collide_are_refused_before_sampling(tra
   run = _run([f"--workdir={workdir}", f"--prompts={prompts}", f"--out={out}"])
   assert run.returncode == 2 and "Traceback" not in run.stderr
   assert not out.exists() and not (tmp_path / "x.mp4").exists()
+
+
+def test_the_readme_python_example_runs(trained, tmp_path, monkeypatch):
+  """The README's Pipeline snippet, verbatim but for the workdir it names."""
+  _, workdir = trained
+  readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+  snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
+  assert 'Pipeline.from_workdir("workdir/tiny")' in snippet
+  monkeypatch.chdir(tmp_path)
+  exec(snippet.replace('"workdir/tiny"', repr(workdir)), {})  # pylint: disable=exec-used
+  with av.open(str(tmp_path / "out.mp4")) as container:
+    assert len(list(container.decode(container.streams.video[0]))) == 5
