@@ -26,26 +26,32 @@ def generate(model, encoders, tokenizer, prompts: list[str], shape: tuple[int, i
              steps: int = 50, guidance: float = 5.0, shift: float = 5.0, sampler: str = "euler",
              seed: int = 42, negative_prompt: str = "", batch_size: int | None = None,
              noise_ids: list[int] | None = None, prediction: str = "velocity",
-             progress: bool = False) -> list[np.ndarray]:
+             progress: bool = False, same_noise: bool = False, tiled: bool = False,
+             step_cache: float = 0.0, cfg_cache: bool = False) -> list[np.ndarray]:
   """Videos for `prompts` as uint8 (F, H, W, 3); `shape` is the latent (F', H', W', C) to sample
   (`factory.latent_shape`). Conditional and unconditional passes share a batch; guidance 1 runs
   only the conditional one.
 
   Prompt i gets the noise of key fold_in(key(seed), noise_ids[i]) (default i): results do not depend
-  on batching, and a task keeps its noise when a run resumes.
+  on batching, and a task keeps its noise when a run resumes. same_noise=True gives every prompt
+  noise id 0 (the official inference.py: one seed for every prompt). tiled: Wan-VAE tiled decode.
   Prompts are batched `batch_size` at a time (default: the device count), data-parallel over devices.
   `prediction`: what the model outputs, "velocity" (Wan2.1) or "x0" (the config's diffusion.prediction).
   `negative_prompt`: the unconditional text of CFG (configs/wan2_1.py holds the official one).
+  `step_cache` (> 0: reuse the last velocity while the input barely moved, see diffusion.sample) and
+  `cfg_cache` (the unconditional pass every other step only, see diffusion.guided) trade accuracy
+  for speed; both are off by default.
   """
   batch_size = batch_size or jax.device_count()
   encode_text = nnx.jit(lambda enc, ids, mask: enc.text(ids, mask))
   velocity = nnx.jit(lambda m, x, t, ctx: diffusion.to_velocity(
       m(x, t, ctx), x, t / diffusion.NUM_TRAIN_TIMESTEPS, prediction))
-  decode = nnx.jit(lambda enc, z: enc.decode(z))
+  decode = nnx.jit(lambda enc, z: enc.decode(z, tiled=tiled))
   if guidance != 1.0:  # guidance 1 is the conditional velocity alone: no unconditional pass
     neg_ids, neg_mask = tokenizer([negative_prompt])
     uncond = encode_text(encoders, jnp.asarray(neg_ids), jnp.asarray(neg_mask))
   noise_ids = list(range(len(prompts))) if noise_ids is None else noise_ids
+  noise_ids = [0] * len(prompts) if same_noise else noise_ids
   out = []
   for start in range(0, len(prompts), batch_size):
     chunk = prompts[start:start + batch_size]
@@ -57,9 +63,11 @@ def generate(model, encoders, tokenizer, prompts: list[str], shape: tuple[int, i
       fn = lambda x, t: velocity(model, x, t, cond)
     else:
       context = jnp.concatenate([cond, jnp.broadcast_to(uncond, cond.shape)])
-      fn = diffusion.guided(lambda x, t: velocity(model, x, t, context), guidance)
+      cond_only = (lambda x, t: velocity(model, x, t, cond)) if cfg_cache else None
+      fn = diffusion.guided(lambda x, t: velocity(model, x, t, context), guidance, cond_only=cond_only)
     report = (lambda i: print(f"  step {i + 1}/{steps}", end="\r", flush=True)) if progress else None
-    latents = diffusion.sample(fn, noise, steps, shift=shift, sampler=sampler, callback=report)
+    latents = diffusion.sample(fn, noise, steps, shift=shift, sampler=sampler, callback=report,
+                               step_cache=step_cache)
     frames = np.asarray(decode(encoders, latents))
     out.extend(np.clip(np.round((frames + 1) * 127.5), 0, 255).astype(np.uint8))
   return out
@@ -68,7 +76,11 @@ def generate(model, encoders, tokenizer, prompts: list[str], shape: tuple[int, i
 def config_settings(c) -> dict:
   """`generate` keyword arguments from a training config (eval.*, diffusion.*)."""
   return dict(steps=c.eval.sample_steps, guidance=c.eval.guidance, shift=c.diffusion.shift,
-              sampler=c.eval.sampler, negative_prompt=c.eval.negative_prompt, prediction=c.diffusion.prediction)
+              sampler=c.eval.sampler, negative_prompt=c.eval.negative_prompt, prediction=c.diffusion.prediction,
+              same_noise=c.eval.same_noise if "same_noise" in c.eval else False,
+              tiled=c.eval.tiled_decode if "tiled_decode" in c.eval else False,
+              step_cache=c.eval.step_cache if "step_cache" in c.eval else 0.0,
+              cfg_cache=c.eval.cfg_cache if "cfg_cache" in c.eval else False)
 
 
 def save_video(frames: np.ndarray, path: str, *, fps: float = 15.0, strip: bool = False) -> None:

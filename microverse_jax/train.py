@@ -228,9 +228,6 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _train(c, workdir: str, mesh_shape: dict) -> dict:
-  if jax.process_index() == 0:
-    files.write_text(epath.Path(workdir) / "config.json", c.to_json_best_effort(indent=1))
-
   # ---------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(mesh_shape)
   rules = sharding.logical_rules(c.sharding_rules.to_dict())
@@ -241,6 +238,11 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
     needs_encoders = c.data.source == "video" or c.eval.sample_every > 0
     tokenizer, encoders = factory_lib.build_encoders(c, mesh, rules) if needs_encoders else (None, None)
     train_iter = factory_lib.load_batches(c, tokenizer, "train", seed=c.train.seed, shuffle=True)
+    if c.train.num_steps <= 0:  # the official schedule: epochs over the train split (held-out excluded)
+      c.train.num_steps = factory_lib.resolve_num_steps(c, train_iter.num_records)
+      print(f"train.num_steps = {c.train.num_steps:,} ({train_iter.num_records:,} train clips)", flush=True)
+    if jax.process_index() == 0:
+      files.write_text(epath.Path(workdir) / "config.json", c.to_json_best_effort(indent=1))
 
     # -------------------------------------------------------------- model and state
     factory = factory_lib.StateFactory(c, mesh, rules)
@@ -273,17 +275,23 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
     lat = factory_lib.latent_shape(c)
     step_flops = flops.train_step_flops(factory.cfg, c.data.batch_size, lat[:3], c.text.max_length)
     peak = flops.peak_flops(jax.devices()[0])
-    compiled = None
+    compiled = {}  # one compiled step per batch shape (length buckets: a few, each compiled once)
     profiling = c.train.profile_start >= 0 and jax.process_index() == 0
     last, t0, t_steps, t_start, first_step = {}, time.time(), step, time.time(), step
     while step < c.train.num_steps:
       batch = factory_lib.to_global(next(train_iter), mesh, rules)
-      if compiled is None:
-        compiled = train_step.lower(state, frozen, enc_state, batch).compile()
-        t0 = t_start = time.time()
+      shape = tuple((k, v.shape) for k, v in sorted(batch.items()))
+      if shape not in compiled:
+        t_compile = time.time()
+        compiled[shape] = train_step.lower(state, frozen, enc_state, batch).compile()
+        t_compile = time.time() - t_compile
+        t0, t_start = t0 + t_compile, t_start + t_compile  # rates count steps, not compiles
+        if jax.process_index() == 0:
+          print(f"compiled the step for {' '.join(f'{k}{v}' for k, v in shape)} in {t_compile:.1f} s "
+                f"({len(compiled)} shape{'s' if len(compiled) > 1 else ''})", flush=True)
       if profiling and step == c.train.profile_start:
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
-      state, metrics = compiled(state, frozen, enc_state, batch)
+      state, metrics = compiled[shape](state, frozen, enc_state, batch)
       step += 1
       if profiling and step == c.train.profile_start + c.train.profile_steps:
         jax.profiler.stop_trace()

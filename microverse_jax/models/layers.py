@@ -23,7 +23,8 @@ def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Axes) -> nnx.Param:
 class Dense(nnx.Module):
   """y = x @ kernel + bias, optionally plus a LoRA delta (alpha / rank) * x @ lora_a @ lora_b.
 
-  kernel: (in, out) with logical `axes`; LoRA factors are `nnx.LoRAParam`s (lora_b starts at zero).
+  kernel: (in, out) with logical `axes`; LoRA factors are `nnx.LoRAParam`s, initialised as PEFT does (lora_a
+  kaiming-uniform with a=sqrt(5): U(+-1/sqrt(in)); lora_b zeros).
   """
 
   def __init__(self, din: int, dout: int, axes: Axes, *, rngs: nnx.Rngs, use_bias: bool = True,
@@ -33,7 +34,10 @@ class Dense(nnx.Module):
     self.dtype = dtype
     self.lora_scale = lora_alpha / lora_rank if lora_rank else 0.0
     if lora_rank:
-      a = nnx.initializers.he_uniform()(rngs.params(), (din, lora_rank), jnp.float32)
+      # PEFT's init: torch kaiming_uniform_(A, a=sqrt(5)) on A (r, in), i.e. U(-1/sqrt(in), 1/sqrt(in))
+      # (gain sqrt(2 / (1 + 5)) x sqrt(3 / fan_in)); B zeros, so the delta starts at zero.
+      a = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")(
+          rngs.params(), (din, lora_rank), jnp.float32)
       self.lora_a = nnx.LoRAParam(a, out_sharding=(axes[0], None))
       self.lora_b = nnx.LoRAParam(jnp.zeros((lora_rank, dout), jnp.float32), out_sharding=(None, axes[-1]))
     else:
