@@ -39,6 +39,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       every=600, num_batches=2, buckets=(100, 300, 500, 700, 900),
       sample_every=2400, sample_steps=25, guidance=5.0, negative_prompt="", sampler="euler", fps=8,
+      step_cache=0.0, cfg_cache=False,  # sampling caches, off (docs/sampling.md)
       physics=16,
       prompts=(
           "Fluorescence microscopy, 64x64 px field, 17 frames at 8 fps: 16 fluorescent beads of radius "

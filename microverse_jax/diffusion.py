@@ -92,24 +92,37 @@ def to_velocity(out: jax.Array, x_t: jax.Array, sigma: jax.Array, prediction: st
 VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x, t (B,)) -> v
 
 
-def guided(velocity: Callable, guidance: float) -> Callable:
+def guided(velocity: Callable, guidance: float, *, cond_only: Callable | None = None) -> Callable:
   """Classifier-free guidance for a model run on [cond; uncond] stacked on the batch axis.
 
   velocity(x2 (2B, ...), t2 (2B,)) -> v2; returns v_uncond + guidance * (v_cond - v_uncond).
+  CFG cache: with `cond_only(x (B, ...), t (B,)) -> v_cond`, every other call runs the conditional
+  pass alone and reuses the guidance term v_cond - v_uncond of the call before (off when None).
   """
+  state = {"calls": 0, "delta": None}
+
   def fn(x, t):
+    reuse = cond_only is not None and state["calls"] % 2 == 1
+    state["calls"] += 1
+    if reuse:
+      return cond_only(x, t) + (guidance - 1.0) * state["delta"]
     v = velocity(jnp.concatenate([x, x]), jnp.concatenate([t, t]))
     v_cond, v_uncond = jnp.split(v, 2)
-    return v_uncond + guidance * (v_cond - v_uncond)
+    state["delta"] = v_cond - v_uncond
+    return v_uncond + guidance * state["delta"]
   return fn
 
 
 def sample(velocity: VelocityFn, noise: jax.Array, num_steps: int, *, shift: float = 5.0,
-           sampler: str = "euler", callback: Callable[[int], None] | None = None) -> jax.Array:
+           sampler: str = "euler", callback: Callable[[int], None] | None = None,
+           step_cache: float = 0.0, stats: dict | None = None) -> jax.Array:
   """Integrates dx/dsigma = v from sigma = 1 (noise) to 0 and returns x0.
 
   velocity(x, t) is called once per step with t = 1000 sigma broadcast to (B,).
   sampler: "euler" (x += v (sigma_next - sigma)) or "unipc" (UniPC, order 2, bh2, data prediction).
+  step_cache: a step reuses the last velocity instead of calling the model while the input has
+  moved less than this relative L1 distance since the last call (TeaCache-style; 0 = off). The
+  first and last steps always call the model. `stats`, if given, gets "model_calls".
   """
   if sampler not in ("euler", "unipc"):
     raise ValueError(f"sampler={sampler!r}: expected 'euler' or 'unipc'")
@@ -118,9 +131,12 @@ def sample(velocity: VelocityFn, noise: jax.Array, num_steps: int, *, shift: flo
   batch = x.shape[0]
   history: list[tuple[float, jax.Array]] = []  # (lambda, x0 prediction) of past steps
   last_x = None
+  v, x_called, calls = None, None, 0
   for i in range(num_steps):
     s, s_next = sigmas[i], sigmas[i + 1]
-    v = velocity(x, jnp.full((batch,), s * NUM_TRAIN_TIMESTEPS, jnp.float32)).astype(jnp.float32)
+    if not (step_cache > 0 and 0 < i < num_steps - 1 and _moved(x, x_called) < step_cache):
+      v = velocity(x, jnp.full((batch,), s * NUM_TRAIN_TIMESTEPS, jnp.float32)).astype(jnp.float32)
+      x_called, calls = x, calls + 1
     if sampler == "euler":
       x = x + v * (s_next - s)
     else:
@@ -132,7 +148,14 @@ def sample(velocity: VelocityFn, noise: jax.Array, num_steps: int, *, shift: flo
       x = x0 if s_next == 0 else _unipc_update(x, s, s_next, history)
     if callback is not None:
       callback(i)
+  if stats is not None:
+    stats["model_calls"] = calls
   return x
+
+
+def _moved(x: jax.Array, ref: jax.Array) -> float:
+  """Relative L1 distance of x from ref."""
+  return float(jnp.mean(jnp.abs(x - ref)) / (jnp.mean(jnp.abs(ref)) + 1e-8))
 
 
 def _lam(sigma: float) -> float:

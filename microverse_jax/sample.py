@@ -105,7 +105,8 @@ def main(argv):
     pipe = pipeline.Pipeline.from_pretrained(F.checkpoint, config=c)
   per = F.batch_size or jax.device_count()
   flagged = dict(steps=F.steps, guidance=F.guidance, shift=F.shift, sampler=F.sampler,
-                 negative_prompt=F.negative_prompt)  # flags given on the command line win
+                 negative_prompt=F.negative_prompt, step_cache=F.step_cache,
+                 cfg_cache=F.cfg_cache)  # flags given on the command line win
   settings = {k: v for k, v in flagged.items() if v is not None}
   chunks = [jobs[i:i + per] for i in range(0, len(jobs), per)]
   for chunk in cli.progress(chunks, len(chunks), f"generating {len(jobs)} videos, batches"):
@@ -141,6 +142,10 @@ def define_flags() -> None:
                       "`microworldbench physics`.")
   flags.DEFINE_string("split", None, "Only rows of this split from --prompts (e.g. validation).")
   flags.DEFINE_integer("batch_size", None, "Prompts per batch (default: device count).")
+  flags.DEFINE_float("step_cache", None, "Reuse the last velocity while the input moved less than this "
+                     "relative L1 distance, e.g. 0.05 (default: eval.step_cache, 0 = off).")
+  flags.DEFINE_bool("cfg_cache", None, "Run the unconditional pass every other step only "
+                    "(default: eval.cfg_cache, off).")
   # Old spellings, kept for one release.
   flags.DEFINE_alias("output", "out")
   flags.DEFINE_alias("out_dir", "out")

@@ -90,3 +90,40 @@ def test_x0_prediction_clips_the_denominator_for_training():
   np.testing.assert_allclose(v[:, 0], [20.0, 2.0], rtol=1e-6)
   with pytest.raises(ValueError, match="prediction='eps'"):
     diffusion.to_velocity(out, x, jnp.array([0.5, 0.5]), "eps")
+
+
+def _ode(x, t):
+  """A smooth velocity field: the flow towards 0.3 * sin(x)."""
+  return x - 0.3 * jnp.sin(x)
+
+
+def test_step_cache_off_is_the_plain_sampler_and_on_skips_calls_staying_close():
+  noise = jax.random.normal(jax.random.key(0), (2, 3, 4, 4, 3))
+  plain_stats, off_stats, on_stats = {}, {}, {}
+  plain = diffusion.sample(_ode, noise, 30, shift=3.0, stats=plain_stats)
+  off = diffusion.sample(_ode, noise, 30, shift=3.0, step_cache=0.0, stats=off_stats)
+  np.testing.assert_array_equal(plain, off)
+  assert plain_stats["model_calls"] == off_stats["model_calls"] == 30
+  on = diffusion.sample(_ode, noise, 30, shift=3.0, step_cache=0.05, stats=on_stats)
+  assert 2 <= on_stats["model_calls"] < 30
+  assert float(jnp.abs(on - plain).max()) < 0.1 * float(jnp.abs(plain).max())
+
+
+def test_cfg_cache_reuses_the_guidance_term_every_other_call():
+  calls = {"both": 0, "cond": 0}
+
+  def both(x2, t2):
+    calls["both"] += 1
+    x, _ = jnp.split(x2, 2)
+    return jnp.concatenate([x + 1.0, x])  # v_cond - v_uncond = 1 everywhere
+
+  def cond_only(x, t):
+    calls["cond"] += 1
+    return x + 1.0
+
+  cached = diffusion.guided(both, 4.0, cond_only=cond_only)
+  full = diffusion.guided(both, 4.0)
+  x, t = jnp.ones((2, 3)), jnp.zeros((2,))
+  for _ in range(4):
+    np.testing.assert_allclose(cached(x, t), full(x, t))
+  assert calls == {"both": 6, "cond": 2}  # cached: 2 full + 2 cond-only; full: 4
