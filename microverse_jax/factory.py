@@ -414,7 +414,9 @@ def load_batches(c, tokenizer, split: str, *, seed: int, shuffle: bool, num_epoc
     from microverse_jax import build_dataset  # pylint: disable=g-import-not-at-top
     if jax.process_index() == 0:  # the offline dataset builds on first use (~15 s)
       print(f"building microsim_synth in {data_dir} ...", flush=True)
-      build_dataset.build("microsim_synth", data_dir)
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      tfds.disable_progress_bar()  # our own progress line instead of TFDS's bars
+      build_dataset.build("microsim_synth", data_dir, progress=build_dataset.Progress("build microsim_synth"))
     multihost_utils.sync_global_devices("microsim_synth built")
     try:
       source = input_pipeline.load_source(c.data.name, split, data_dir)
