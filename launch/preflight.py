@@ -7,7 +7,8 @@ costs no slice.
      them (ml_collections' config flags with a locked config);
   3. where the slice is known: the trainer's own `validate(config, num_devices)` (mesh vs the slice's
      devices, batch vs the data shards, model vs mesh, init_from checkpoints exist), and the global
-     batch vs the slice's hosts (one process per host).
+     batch vs the slice's hosts (one process per host). Multislice (num_slices > 1): the mesh over
+     slices x devices, its dcn_* keys against the slice count, the batch over every slice's hosts.
 
 Every failure is a PreflightError with one line naming the file, the key or the value at fault.
 """
@@ -97,21 +98,24 @@ def _get(config, key: str):
 
 
 def check(spec: str, overrides: Sequence[str] = (), *, slice: topologies.TpuSlice | None = None,
-          devices: int | None = None, hosts: int = 1, remote: bool = True, where: str = ""):
-  """Loads the config with its overrides and, when the devices are known (a TPU `slice`, or `devices`
-  over `hosts` processes), validates it against them. Returns the config; raises PreflightError."""
+          devices: int | None = None, hosts: int = 1, remote: bool = True, where: str = "",
+          num_slices: int = 1):
+  """Loads the config with its overrides and, when the devices are known (a TPU `slice` x `num_slices`,
+  or `devices` over `hosts` processes), validates it against them. Returns the config; raises PreflightError."""
   check_config_file(spec, remote=remote)
   config = load_config(spec, overrides)
   if slice is not None:
-    devices, hosts = slice.devices, slice.hosts
+    devices, hosts = slice.devices * num_slices, slice.hosts * num_slices
   if devices is None:
     return config
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the launcher needs no accelerator of its own
   from microverse_jax.factory import validate  # the trainer's own check  # pylint: disable=g-import-not-at-top
   what = where or f"--config={spec}"
   on = f"{slice.accelerator_type} ({devices} devices)" if slice else f"{devices} devices"
+  if slice is not None and num_slices > 1:
+    on = f"{num_slices} x {slice.accelerator_type} ({devices} devices)"
   try:
-    validate(config, devices)
+    validate(config, devices, num_slices if slice is not None else None)
   except (ValueError, FileNotFoundError) as e:
     raise PreflightError(f"{what} on {on}: {e}") from None
   if config.data.batch_size % hosts:

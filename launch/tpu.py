@@ -3,7 +3,7 @@ worker, train on all workers at once, collect each worker's log, delete the slic
 
   python -m microverse_jax.launch.tpu --name=mv-pod --zone=us-east5-a --project=PROJECT --accelerator_type=v5p-64 \
       --config=configs/wan2_1.py:1.3b,lora --workdir=gs://BUCKET/runs/lora --config.data.batch_size=32 \
-      [--queued] [--spot | --reserved] [--repo_url=URL --branch=B] [--include_untracked] \
+      [--queued] [--num_slices=N] [--spot | --reserved] [--repo_url=URL --branch=B] [--include_untracked] \
       [--steps=create,install,run,logs,delete] [--dry_run] [--config.optim.lr=2e-4 ...]
 
 Before any gcloud call the launcher checks the names, the config and its overrides, and the config
@@ -13,6 +13,11 @@ that .gitignore does not exclude, and lists them), or clones --repo_url there, t
 `-e ./bench -e '.[tpu]'` into a Python 3.11 venv made with uv (TPU VM images ship Python 3.10).
 A multi-host slice runs the trainer on every worker (`--worker=all`) with MICROVERSE_DISTRIBUTED=1,
 which makes it call jax.distributed.initialize(); its workdir must be shared: gs://.
+Multislice (--num_slices=N, N > 1; needs --queued): one queued resource with `--node-count=N` makes N
+slices NAME-0 .. NAME-(N-1) joined by the DCN; the TPU runtime sets the MEGASCALE_* variables on every
+worker, and the trainer spans the slices with the config's mesh (mesh.dcn_data / mesh.dcn_fsdp, default:
+the slices go on data; docs/multislice.md). Commands then go to every node: `queued-resources ssh
+--node=all --worker=all`, and logs come back as RUN.slice-<s>.worker-<i>.log.
 Logs: every worker tees its output to ~/microverse-logs/RUN.log; `logs` copies them to
 --log_dir/RUN.worker-<i>.log. `logs` and `delete` also run when training fails.
 """
@@ -40,10 +45,11 @@ STEPS = ("create", "install", "run", "logs", "delete")
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
-def check_workdir(tpu: topologies.TpuSlice, workdir: str) -> None:
-  """Multi-host slices need a workdir every worker sees (Orbax writes from all of them)."""
-  if tpu.multi_host and not workdir.startswith("gs://"):
-    raise ValueError(f"--workdir={workdir}: {tpu.accelerator_type} has {tpu.hosts} workers, which "
+def check_workdir(tpu: topologies.TpuSlice, workdir: str, num_slices: int = 1) -> None:
+  """Multi-host slices (and multislice runs) need a workdir every worker sees (Orbax writes from all)."""
+  if (tpu.multi_host or num_slices > 1) and not workdir.startswith("gs://"):
+    where = f"{num_slices} x {tpu.accelerator_type}" if num_slices > 1 else tpu.accelerator_type
+    raise ValueError(f"--workdir={workdir}: {where} has {tpu.hosts * num_slices} workers, which "
                      f"need a shared gs:// workdir for checkpoints and metrics")
 
 
@@ -61,6 +67,7 @@ class TpuVm:
   repo_url: str | None = None     # git clone URL; None: copy the local working tree
   branch: str | None = None
   python_version: str = "3.11"
+  num_slices: int = 1             # multislice: a queued resource of num_slices nodes (slices)
 
   def __post_init__(self):
     if not _NAME.fullmatch(self.name):
@@ -71,10 +78,24 @@ class TpuVm:
                        f"GKE only; launch it with launch/xpk.py")
     if self.spot and self.reserved:
       raise ValueError("--spot and --reserved exclude each other")
+    if self.num_slices < 1:
+      raise ValueError(f"--num_slices={self.num_slices}: expected a positive count of slices")
+    if self.num_slices > 1 and not self.queued:
+      raise ValueError(f"--num_slices={self.num_slices}: multislice TPU VMs are created through a queued "
+                       "resource; add --queued")
     if not self.zone:
       raise ValueError("--zone is required")
     shell.check_zone(self.zone)
     shell.check_project(self.project)
+
+  @property
+  def multislice(self) -> bool:
+    return self.num_slices > 1
+
+  @property
+  def nodes(self) -> list[str]:
+    """The TPU VM names: the slice itself, or a multislice queued resource's NAME-0 .. NAME-(N-1)."""
+    return [f"{self.name}-{i}" for i in range(self.num_slices)] if self.multislice else [self.name]
 
   @property
   def version(self) -> str:
@@ -91,7 +112,9 @@ class TpuVm:
     """Create the slice; for a queued resource, then the status query to poll until ACTIVE."""
     if self.queued:
       return [
-          ["gcloud", "compute", "tpus", "queued-resources", "create", self.name, f"--node-id={self.name}",
+          ["gcloud", "compute", "tpus", "queued-resources", "create", self.name,
+           *([f"--node-count={self.num_slices}", f"--node-prefix={self.name}"] if self.multislice
+             else [f"--node-id={self.name}"]),
            *self._where(), f"--accelerator-type={self.slice.accelerator_type}",
            f"--runtime-version={self.version}", *self._capacity()],
           self.queued_state_command(),
@@ -112,12 +135,16 @@ class TpuVm:
 
   # ------------------------------------------------------------------ on the workers
   def ssh(self, script: str, worker: str = "all") -> list[str]:
-    """Runs `script` in the login shell (bash) on `worker` ("all" or an index); all at once."""
+    """Runs `script` in the login shell (bash) on `worker` ("all" or an index); all at once. Multislice:
+    on that worker of every slice (`queued-resources ssh --node=all`)."""
+    if self.multislice:
+      return ["gcloud", "compute", "tpus", "queued-resources", "ssh", self.name, *self._where(),
+              "--node=all", f"--worker={worker}", f"--command={script}"]
     return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", self.name, *self._where(),
             f"--worker={worker}", f"--command={script}"]
 
   def scp(self, source: str, destination: str, worker: str = "all") -> list[str]:
-    """Copies between here and workers; remote paths are NAME:path (relative to the home directory)."""
+    """Copies between here and workers; remote paths are NODE:path (relative to the home directory)."""
     return ["gcloud", "compute", "tpus", "tpu-vm", "scp", source, destination, *self._where(),
             f"--worker={worker}"]
 
@@ -135,22 +162,25 @@ class TpuVm:
       raise ValueError("install: pass the working-tree tarball, or set --repo_url")
     fetch = (f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && tar xzf {TARBALL} -C {REMOTE_DIR} && "
              f"rm -f {TARBALL}")
-    return [self.scp(tarball, f"{self.name}:{TARBALL}"), self.ssh(f"set -euo pipefail; {fetch} && {setup}")]
+    return [*(self.scp(tarball, f"{node}:{TARBALL}") for node in self.nodes),
+            self.ssh(f"set -euo pipefail; {fetch} && {setup}")]
 
   def run_command(self, train: Sequence[str], run_name: str) -> list[str]:
     """The trainer on every worker, its output teed to ~/microverse-logs/RUN.log; exits with its status."""
-    env = "MICROVERSE_DISTRIBUTED=1 " if self.slice.multi_host else ""
+    env = "MICROVERSE_DISTRIBUTED=1 " if self.slice.multi_host or self.multislice else ""
     log = shlex.quote(f"{shell.check_run_name(run_name)}.log")
     script = (f"set -o pipefail; mkdir -p ~/{REMOTE_LOGS} && cd {REMOTE_DIR} && "
               f"{env}{shlex.join(train)} 2>&1 | tee ~/{REMOTE_LOGS}/{log}")
     return self.ssh(script)
 
   def logs_commands(self, run_name: str, log_dir: str) -> list[list[str]]:
-    """One copy per worker (their logs share a name): LOG_DIR/RUN.worker-<i>.log."""
+    """One copy per worker (their logs share a name): LOG_DIR/RUN.worker-<i>.log; multislice:
+    LOG_DIR/RUN.slice-<s>.worker-<i>.log."""
     shell.check_run_name(run_name)
-    return [self.scp(f"{self.name}:{REMOTE_LOGS}/{run_name}.log",
-                     os.path.join(log_dir, f"{run_name}.worker-{i}.log"), worker=str(i))
-            for i in self.slice.workers]
+    return [self.scp(f"{node}:{REMOTE_LOGS}/{run_name}.log",
+                     os.path.join(log_dir, f"{run_name}.{f'slice-{s}.' if self.multislice else ''}worker-{i}.log"),
+                     worker=str(i))
+            for s, node in enumerate(self.nodes) for i in self.slice.workers]
 
 
 def train_command(config: str, workdir: str, overrides: Sequence[str] = ()) -> list[str]:
@@ -283,6 +313,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  help="e.g. v5litepod-16, v5p-64, v6e-8 (--tpu_type: the old spelling)")
   g.add_argument("--version", default=None, help="TPU VM runtime (default: the generation's)")
   g.add_argument("--queued", action="store_true", help="create through a queued resource")
+  g.add_argument("--num_slices", type=int, default=1,
+                 help="multislice: N slices of --accelerator_type joined by the DCN (needs --queued)")
   g.add_argument("--spot", action="store_true", help="spot capacity")
   g.add_argument("--reserved", action="store_true", help="reserved capacity")
   g.add_argument("--repo_url", default=None, help="git clone this on the workers instead of copying")
@@ -298,7 +330,7 @@ def vm_from_args(args: argparse.Namespace) -> TpuVm:
   return TpuVm(name=args.name, zone=args.zone, project=args.project,
                slice=topologies.parse(args.accelerator_type), queued=args.queued, spot=args.spot,
                reserved=args.reserved, runtime_version=args.version, repo_url=args.repo_url,
-               branch=args.branch)
+               branch=args.branch, num_slices=args.num_slices)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -311,15 +343,17 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
   args, extra = parser().parse_known_args(argv)
   vm = vm_from_args(args)
-  check_workdir(vm.slice, args.workdir)
+  check_workdir(vm.slice, args.workdir, vm.num_slices)
   run_name = shell.run_name(args.workdir)
   overrides = shell.check_override_flags(extra)
   config = preflight.check_config_file(args.config, remote=True)
-  preflight.check(args.config, overrides, slice=vm.slice)
+  preflight.check(args.config, overrides, slice=vm.slice, num_slices=vm.num_slices)
   train = train_command(args.config, args.workdir, overrides)
   runner = shell.Runner(args.dry_run)
   runner.note(f"{vm.slice.accelerator_type}: {vm.slice.chips} chips, {vm.slice.hosts} worker(s) of "
-              f"{vm.slice.chips_per_host} chips, topology {vm.slice.topology}, runtime {vm.version}")
+              f"{vm.slice.chips_per_host} chips, topology {vm.slice.topology}, runtime {vm.version}"
+              + (f"; x {vm.num_slices} slices over the DCN ({vm.num_slices * vm.slice.chips} chips: "
+                 f"nodes {', '.join(vm.nodes)})" if vm.multislice else ""))
   launch(vm, [(run_name, train)], args.steps.split(","), runner,
          log_dir=args.log_dir or os.path.join("logs", vm.name), include_untracked=args.include_untracked,
          needed=[config])

@@ -3,7 +3,7 @@
   python -m microverse_jax.launch.xpk --cluster=CLUSTER --project=PROJECT --zone=us-east5-a --accelerator_type=v5p-64 \
       --workload=mv-lora --config=configs/wan2_1.py:1.3b,lora --workdir=gs://BUCKET/runs/lora \
       --config.data.batch_size=32 [--docker_image=python:3.11 | --docker_image=REGISTRY/IMAGE --noinstall] \
-      [--steps=create,delete] [--dry_run] [--config.optim.lr=2e-4 ...]
+      [--num_slices=N] [--steps=create,delete] [--dry_run] [--config.optim.lr=2e-4 ...]
 
 Before any xpk call the launcher checks the names, the config and its overrides, and the config
 against the slice (launch/preflight.py).
@@ -14,6 +14,9 @@ With a base image that is not in a registry (the default python:3.11) XPK builds
 (gcr.io/..., *-docker.pkg.dev/...) is used as it is (`--docker-image`): build it with the repo inside
 and pass --noinstall. GKE sets TPU_WORKER_HOSTNAMES on multi-host slices, so the trainer initialises
 jax.distributed by itself. Logs go to Cloud Logging (`xpk workload list` shows the link).
+Multislice: --num_slices=N (XPK's --num-slices) runs the workload on N slices of --accelerator_type
+joined by the DCN; XPK (JobSet) sets MEGASCALE_* on every host and the trainer spans the slices with
+the config's mesh (mesh.dcn_data / mesh.dcn_fsdp; default: the slices go on data). docs/multislice.md.
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ class XpkWorkload:
   script_dir: str = "."
   install: bool = True
   priority: str | None = None
+  num_slices: int = 1
 
   def __post_init__(self):
     if not _WORKLOAD.fullmatch(self.workload):
@@ -61,6 +65,8 @@ class XpkWorkload:
     shell.check_zone(self.zone)
     shell.check_name(self.docker_image, "--docker_image", _IMAGE, "expected an image name like python:3.11 "
                      "or REGISTRY/IMAGE:TAG")
+    if self.num_slices < 1:
+      raise ValueError(f"--num_slices={self.num_slices}: expected a positive count of slices")
     if self.priority is not None and self.priority not in PRIORITIES:
       raise ValueError(f"--priority={self.priority!r}: expected one of {', '.join(PRIORITIES)}")
 
@@ -78,7 +84,7 @@ class XpkWorkload:
     image = ([f"--docker-image={self.docker_image}"] if is_registry_image(self.docker_image) else
              [f"--base-docker-image={self.docker_image}", f"--script-dir={self.script_dir}"])
     return ["xpk", "workload", "create", *self._where(), f"--workload={self.workload}",
-            f"--tpu-type={self.slice.accelerator_type}", "--num-slices=1", *image,
+            f"--tpu-type={self.slice.accelerator_type}", f"--num-slices={self.num_slices}", *image,
             *([f"--priority={self.priority}"] if self.priority else []),
             f"--command={self.container_command(train)}"]
 
@@ -116,6 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   g.add_argument("--noinstall", "--no_install", "--no-install", dest="install", action="store_false",
                  help="run a prebuilt image as it is")
   g.add_argument("--priority", default=None, choices=PRIORITIES, help="the workload's priority")
+  g.add_argument("--num_slices", type=int, default=1, help="multislice: N slices joined by the DCN")
   g.add_argument("--steps", default="create", help=f"subset of {','.join(STEPS)}")
 
 
@@ -123,7 +130,7 @@ def workload_from_args(args: argparse.Namespace, name: str | None = None) -> Xpk
   return XpkWorkload(cluster=args.cluster, workload=name or args.workload,
                      slice=topologies.parse(args.accelerator_type), project=args.project, zone=args.zone,
                      docker_image=args.docker_image, script_dir=args.script_dir, install=args.install,
-                     priority=args.priority)
+                     priority=args.priority, num_slices=args.num_slices)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -136,9 +143,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
   args, extra = parser().parse_known_args(argv)
   workload = workload_from_args(args)
-  tpu.check_workdir(workload.slice, args.workdir)
+  tpu.check_workdir(workload.slice, args.workdir, workload.num_slices)
   overrides = shell.check_override_flags(extra)
-  preflight.check(args.config, overrides, slice=workload.slice, remote=True)
+  preflight.check(args.config, overrides, slice=workload.slice, num_slices=workload.num_slices, remote=True)
   train = train_command(args.config, args.workdir, overrides)
   launch(workload, train, args.steps.split(","), shell.Runner(args.dry_run))
 
