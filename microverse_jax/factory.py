@@ -97,6 +97,12 @@ def validate(c, num_devices: int, num_slices: int | None = None) -> dict[str, in
   _choice("diffusion.prediction", c.diffusion.prediction, diffusion.PREDICTIONS)
   _choice("optim.schedule", c.optim.schedule, ("constant", "cosine"))
   _choice("train.on_nonfinite", c.train.on_nonfinite, ("stop", "skip"))
+  _choice("optim.param_dtype", param_dtype(c), ("float32", "bfloat16"))
+  _choice("optim.lr_scaling", lr_scaling(c)[0], ("none", "linear", "sqrt"))
+  input_pipeline.bucket_sizes(c.data.num_frames, frame_buckets(c))  # names a bad bucket list
+  if c.train.num_steps <= 0 and num_epochs(c) <= 0:
+    raise ValueError(f"train.num_steps={c.train.num_steps}: give it, or train.num_epochs > 0 to compute it "
+                     "from the train split")
   shards = mesh["data"] * mesh["fsdp"]
   micro, rem = divmod(c.data.batch_size, c.optim.grad_accum)
   if rem or micro % shards:
@@ -141,8 +147,9 @@ class Encoders(nnx.Module):
     """video (B, F, H, W, 3) in [-1, 1] -> latents (B, F', H', W', C), normalised."""
     return video if self.vae is None else self.vae.normalize_latents(self.vae.encode(video))
 
-  def decode(self, latents):
-    return latents if self.vae is None else self.vae.decode(self.vae.denormalize_latents(latents))
+  def decode(self, latents, tiled: bool = False):
+    """tiled: the Wan-VAE decodes overlapping spatial tiles one after another (bounded memory)."""
+    return latents if self.vae is None else self.vae.decode(self.vae.denormalize_latents(latents), tiled=tiled)
 
 
 def shardings_of(state: nnx.State, mesh, rules) -> dict:
@@ -226,14 +233,57 @@ def trainable_filter(cfg: WanDiTConfig):
   return nnx.LoRAParam if cfg.lora_rank else nnx.Param
 
 
+# =============================================================================================
+# The recipe's knobs with defaults for configs that predate them (saved config.json files too)
+# =============================================================================================
+def param_dtype(c) -> str:
+  """optim.param_dtype: dtype of the trained weights and AdamW moments (float32 master weights, or
+  bfloat16 as the official runs keep everything). Frozen weights follow it too."""
+  return c.optim.param_dtype if "param_dtype" in c.optim else "float32"
+
+
+def lr_scaling(c) -> tuple[str, int]:
+  """(optim.lr_scaling, optim.reference_batch): optim.lr is the rate at the reference batch."""
+  if "lr_scaling" not in c.optim:
+    return "none", c.data.batch_size
+  return c.optim.lr_scaling, c.optim.reference_batch
+
+
+def scaled_lr(c) -> float:
+  """optim.lr scaled from optim.reference_batch to data.batch_size: "linear" lr * B / B_ref, "sqrt"
+  lr * sqrt(B / B_ref) (the rule for Adam-type optimizers), "none" lr unchanged."""
+  rule, ref = lr_scaling(c)
+  ratio = c.data.batch_size / ref
+  return c.optim.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[rule]
+
+
+def frame_buckets(c) -> tuple[int, ...]:
+  """data.frame_buckets (empty: every 4k + 1 from 5 to data.num_frames; see input_pipeline.bucket_sizes)."""
+  return tuple(c.data.frame_buckets) if "frame_buckets" in c.data else ()
+
+
+def num_epochs(c) -> int:
+  return c.train.num_epochs if "num_epochs" in c.train else 0
+
+
+def resolve_num_steps(c, train_records: int) -> int:
+  """train.num_steps, or when it is <= 0: train.num_epochs x ceil(train_records x data.dataset_repeat /
+  data.batch_size), the official schedule (an epoch is dataset_repeat passes over the train split)."""
+  if c.train.num_steps > 0:
+    return int(c.train.num_steps)
+  repeat = c.data.dataset_repeat if "dataset_repeat" in c.data else 1
+  return num_epochs(c) * -(-train_records * repeat // c.data.batch_size)
+
+
 def make_optimizer(c):
   o = c.optim
+  peak = scaled_lr(c)
   decay = max(c.train.num_steps - o.warmup_steps, 1)
   if o.schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(0.0, o.lr, max(o.warmup_steps, 1), o.warmup_steps + decay)
+    lr = optax.warmup_cosine_decay_schedule(0.0, peak, max(o.warmup_steps, 1), o.warmup_steps + decay)
   else:
-    lr = optax.join_schedules([optax.linear_schedule(0.0, o.lr, max(o.warmup_steps, 1)),
-                               optax.constant_schedule(o.lr)], [max(o.warmup_steps, 1)])
+    lr = optax.join_schedules([optax.linear_schedule(0.0, peak, max(o.warmup_steps, 1)),
+                               optax.constant_schedule(peak)], [max(o.warmup_steps, 1)])
   parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
   parts.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
   return optax.chain(*parts), lr
@@ -261,12 +311,14 @@ class StateFactory:
   def _init(self, seed):
     model = WanDiT(self.cfg, rngs=nnx.Rngs(seed))
     _, params, frozen = nnx.split(model, trainable_filter(self.cfg), ...)
-    params = params.to_pure_dict()
+    dtype = jnp.dtype(param_dtype(self.c))
+    cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    params, frozen = (jax.tree.map(cast, x.to_pure_dict()) for x in (params, frozen))
     state = {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(seed)),
              "skipped": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
     if self.c.optim.ema_decay > 0:
       state["ema"] = params
-    return state, frozen.to_pure_dict()
+    return state, frozen
 
   def create(self):
     """(state, frozen) on the mesh; base weights from `init_from` when set."""
@@ -362,7 +414,9 @@ def load_batches(c, tokenizer, split: str, *, seed: int, shuffle: bool, num_epoc
     from microverse_jax import build_dataset  # pylint: disable=g-import-not-at-top
     if jax.process_index() == 0:  # the offline dataset builds on first use (~15 s)
       print(f"building microsim_synth in {data_dir} ...", flush=True)
-      build_dataset.build("microsim_synth", data_dir)
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      tfds.disable_progress_bar()  # our own progress line instead of TFDS's bars
+      build_dataset.build("microsim_synth", data_dir, progress=build_dataset.Progress("build microsim_synth"))
     multihost_utils.sync_global_devices("microsim_synth built")
     try:
       source = input_pipeline.load_source(c.data.name, split, data_dir)
@@ -371,10 +425,13 @@ def load_batches(c, tokenizer, split: str, *, seed: int, shuffle: bool, num_epoc
       source = input_pipeline.load_source(c.data.name, split, data_dir)
   per_process = c.data.batch_size // jax.process_count()
   if c.data.source == "latents":
+    buckets = input_pipeline.bucket_sizes(c.data.num_frames, frame_buckets(c))
     return input_pipeline.make_latent_iterator(
         source, batch_size=per_process, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-        worker_count=c.data.worker_count, drop_remainder=drop_remainder)
+        worker_count=c.data.worker_count, drop_remainder=drop_remainder,
+        latent_buckets=tuple(latent_shape(c, num_frames=b)[0] for b in buckets))
   return input_pipeline.make_video_iterator(
       source, batch_size=per_process, num_frames=c.data.num_frames, height=c.data.height,
       width=c.data.width, tokenizer=tokenizer, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-      worker_count=c.data.worker_count, frame_stride=c.data.frame_stride, drop_remainder=drop_remainder)
+      worker_count=c.data.worker_count, frame_stride=c.data.frame_stride, drop_remainder=drop_remainder,
+      frame_buckets=frame_buckets(c))
