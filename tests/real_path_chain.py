@@ -9,6 +9,7 @@ flags appended (steps, batch, task indices: what makes a CPU run of a few minute
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -113,6 +114,7 @@ class Step:
   def __init__(self, name: str):
     self.name, self.done = name, threading.Event()
     self.returncode, self.stdout, self.stderr, self.seconds, self.argv = None, "", "", 0.0, []
+    self.priority, self.proc = 0, None
 
   def describe(self) -> str:
     return (f"{self.name} exited {self.returncode} after {self.seconds:.0f}s: {shlex.join(self.argv)}\n"
@@ -126,12 +128,15 @@ class Chain:
                timeout: int = 900):
     self.paths, self.steps, self.timeout = paths, steps, timeout
     self.env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", **(env or {})}
-    self.slots = threading.Semaphore(parallel)
+    self.parallel, self.running, self.waiting = parallel, 0, []
+    self.slot_free = threading.Condition()
     self.lock = threading.Lock()
     self.runs: dict[str, Step] = {}
+    self.closed = False
 
   def start(self, *names: str) -> None:
-    """Starts `names` (and what they need) in the background."""
+    """Starts `names` (and what they need) in the background; when slots are short, steps started
+    earlier go first (list the critical path first)."""
     for name in names:
       self._start(name)
 
@@ -139,8 +144,10 @@ class Chain:
     with self.lock:
       if name in self.runs:
         return self.runs[name]
-      step = self.runs[name] = Step(name)
     needs = [self._start(n) for n in NEEDS.get(name, [])]
+    with self.lock:
+      step = self.runs[name] = Step(name)
+      step.priority = len(self.runs)
     threading.Thread(target=self._run, args=(step, needs), daemon=True).start()
     return step
 
@@ -153,19 +160,47 @@ class Chain:
         step.stderr = f"not run: {failed} failed"
         return
       step.argv = argv(step.name, self.paths, self.steps)
-      with self.slots:
+      with self._slot(step.priority):
         t0 = time.time()
-        try:
-          proc = subprocess.run(step.argv, cwd=REPO, env=self.env, capture_output=True, text=True,
-                                timeout=self.timeout)
-          step.returncode, step.stdout, step.stderr = proc.returncode, proc.stdout, proc.stderr
-        except subprocess.TimeoutExpired as e:
-          step.stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-          step.stderr = f"timed out after {self.timeout}s"
+        if self.closed:
+          step.stderr = "not run: the chain was closed"
+          return
+        with subprocess.Popen(step.argv, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) as proc:
+          step.proc = proc
+          try:
+            step.stdout, step.stderr = proc.communicate(timeout=self.timeout)
+          except subprocess.TimeoutExpired:
+            proc.kill()
+            step.stdout, step.stderr = proc.communicate()
+            step.stderr += f"\ntimed out after {self.timeout}s"
+          step.returncode = proc.returncode
         step.seconds = time.time() - t0
       print(f"[real path] {step.name}: exit {step.returncode}, {step.seconds:.0f}s", flush=True)
     finally:
       step.done.set()
+
+  @contextlib.contextmanager
+  def _slot(self, priority: int):
+    """One of `parallel` slots; among waiting steps, the lowest priority number gets the next one."""
+    with self.slot_free:
+      self.waiting.append(priority)
+      self.slot_free.wait_for(lambda: self.running < self.parallel and min(self.waiting) == priority)
+      self.waiting.remove(priority)
+      self.running += 1
+    try:
+      yield
+    finally:
+      with self.slot_free:
+        self.running -= 1
+        self.slot_free.notify_all()
+
+  def close(self) -> None:
+    """Runs nothing more and kills the steps still running (their result: not 0)."""
+    self.closed = True
+    for step in list(self.runs.values()):
+      if step.proc is not None and step.proc.poll() is None:
+        step.proc.kill()
 
   def result(self, name: str) -> Step:
     """Runs `name` if needed, waits, and asserts it exited 0 (the assertion shows its output)."""

@@ -38,8 +38,9 @@ from mwb_judge_server import FakeJudge  # noqa: E402
 BENCH = os.path.join(rp.REPO, "..", "shared", "microworldbench")
 BENCH_FILES = ("MWBenchRubrics.json", "MWBenchRubrics_norm.json", "finaltasks.json")
 DIMENSIONS = {"Scientific Accuracy": "scientific", "Visual Quality": "visual", "Instruction Following": "instruction"}
-CHEAP = ("convert_dit", "convert_vae", "convert_umt5", "build", "encode", "encode_pytorch", "train_lora_latents",
-         "train_full_video", "sample_wan", "sample_lora_latents", "evaluate_lora_latents", "evaluate_wan", "aggregate")
+# In start order: the critical path (convert, encode, LoRA, its samples) first.
+CHEAP = ("convert_dit", "convert_vae", "convert_umt5", "build", "encode", "train_lora_latents", "sample_lora_latents",
+         "evaluate_lora_latents", "train_full_video", "sample_wan", "evaluate_wan", "aggregate", "encode_pytorch")
 HEAVY = ("train_full_latents", "train_lora_video", "sample_full_video", "sample_converted", "evaluate_full_video",
          "evaluate_converted")
 TASKS = (1, 2)
@@ -76,6 +77,7 @@ def chain(tmp_path_factory):
   chain, judge = _make_chain(tmp_path_factory, rp.TRAIN_STEPS)
   chain.start(*CHEAP)
   yield chain
+  chain.close()
   judge.__exit__(None, None, None)
 
 
@@ -204,6 +206,7 @@ def heavy_chain(tmp_path_factory):
   chain, judge = _make_chain(tmp_path_factory, 4)
   chain.start(*CHEAP, *HEAVY)
   yield chain
+  chain.close()
   judge.__exit__(None, None, None)
 
 
@@ -214,6 +217,7 @@ def test_heavy_every_mode_and_source(heavy_chain):
     rows = _check_training(chain, name, lora="lora" in name, steps=4)
     assert len(rows) >= 1
   for name in ("lora_latents", "full_video", "wan", "converted"):
+    chain.result(f"sample_{name}")
     _check_videos(os.path.join(chain.paths["OUT"], name))
     _check_evaluate(chain, name)
   converted = chain.result("sample_converted").stdout
