@@ -76,6 +76,10 @@ def run(main: Callable[[list[str]], None], *, saved_config: bool = False) -> Non
       if verbose:
         raise
       _fail(describe(e, argv))
+    except SystemExit as e:  # absl exits 1 after printing --help; asking for help is no error
+      if e.code == 1 and any(a in ("--help", "-h", "-?", "--helpfull", "--helpshort") for a in argv):
+        sys.exit(0)
+      raise
 
   def wrapped(argv):
     _select_platform()

@@ -111,7 +111,7 @@ class Pipeline:
     (WORKDIR/config.json) and encoders."""
     from microverse_jax import saved_config  # pylint: disable=g-import-not-at-top
     c = config or saved_config.get_config(workdir)
-    return cls._build(c, factory.load_dit(c, workdir=workdir))
+    return cls.build(c, factory.load_dit(c, workdir=workdir))
 
   @classmethod
   def from_pretrained(cls, checkpoint: str, config=None) -> "Pipeline":
@@ -128,10 +128,11 @@ class Pipeline:
       config.text.tokenizer, checkpoint = parts["tokenizer"], parts["transformer"]
     config = copy.deepcopy(config)
     config.init_from = checkpoint  # the DiT's architecture (validation, latent shape): the checkpoint's own
-    return cls._build(config, factory.load_dit(config, checkpoint_dir=checkpoint))
+    return cls.build(config, factory.load_dit(config, checkpoint_dir=checkpoint))
 
   @classmethod
-  def _build(cls, c, model) -> "Pipeline":
+  def build(cls, c, model) -> "Pipeline":
+    """A Pipeline around a DiT you already hold, with the encoders and settings of config `c`."""
     mesh = sharding.make_mesh(factory.validate(c, jax.device_count()))
     tokenizer, encoders = factory.build_encoders(c, mesh, sharding.logical_rules(c.sharding_rules.to_dict()))
     return cls(c, model, tokenizer, encoders)
