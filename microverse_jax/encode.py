@@ -235,6 +235,7 @@ def load_encoder(src: str, kind: str, dtype="bfloat16", devices=None):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
+
   from microverse_jax import convert  # pylint: disable=g-import-not-at-top
   from microverse_jax.models.umt5 import UMT5Encoder  # pylint: disable=g-import-not-at-top
   from microverse_jax.models.wan_vae import WanVAE  # pylint: disable=g-import-not-at-top

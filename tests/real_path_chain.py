@@ -27,11 +27,13 @@ JUDGE_MODEL = "gpt-4o"
 # MicroSim-10K manual download, TFDS data, the latent cache, workdirs, videos, the benchmark files.
 VARIABLES = ("WAN", "CKPT", "MANUAL", "DATA", "CACHE", "RUNS", "OUT", "BENCH", "JUDGE_URL")
 
-_ENCODERS = "--config.autoencoder.init_from=$CKPT/vae --config.text.init_from=$CKPT/umt5 --config.text.tokenizer=$WAN/tokenizer"
-_TRAIN = "python -m microverse_jax.train --config=configs/wan2_1.py:1.3b,{mode} --workdir=$RUNS/{run} --config.init_from=$CKPT/dit " + _ENCODERS
+_ENCODERS = ("--config.autoencoder.init_from=$CKPT/vae --config.text.init_from=$CKPT/umt5 "
+             "--config.text.tokenizer=$WAN/tokenizer")
+_TRAIN = ("python -m microverse_jax.train --config=configs/wan2_1.py:1.3b,{mode} --workdir=$RUNS/{run} "
+          "--config.init_from=$CKPT/dit " + _ENCODERS)
 _LATENTS = " --config.data.name=microsim10k_latents --config.data.source=latents --config.data.data_dir=$CACHE"
 _VIDEO = " --config.data.name=microsim10k --config.data.source=video --config.data.data_dir=$DATA"
-_ENCODE = ("python -m microverse_jax.encode --dataset=microsim10k --data_dir=$DATA --split=train --out_dir={out} "
+_ENCODE = ("python -m microverse_jax.encode --dataset=microsim10k --data_dir=$DATA --split=train --out={out} "
            "--num_frames={{frames}} --height={{height}} --width={{width}} --vae={vae} --text_encoder={text} "
            "--tokenizer=$WAN/tokenizer")
 _RUBRICS = "--rubrics=$BENCH/MWBenchRubrics.json"
@@ -41,9 +43,9 @@ _SAMPLE_CKPT = ("python -m microverse_jax.sample --checkpoint={ckpt} --config=co
                 + _RUBRICS + " --out=$OUT/{name} --num_frames={{frames}} --height={{height}} --width={{width}}")
 
 COMMANDS = {
-    "convert_dit": "python -m microverse_jax.convert dit --src=$WAN/transformer --dst=$CKPT/dit",
-    "convert_vae": "python -m microverse_jax.convert vae --src=$WAN/vae --dst=$CKPT/vae",
-    "convert_umt5": "python -m microverse_jax.convert umt5 --src=$WAN/text_encoder --dst=$CKPT/umt5",
+    "convert_dit": "python -m microverse_jax.convert dit --src=$WAN/transformer --out=$CKPT/dit",
+    "convert_vae": "python -m microverse_jax.convert vae --src=$WAN/vae --out=$CKPT/vae",
+    "convert_umt5": "python -m microverse_jax.convert umt5 --src=$WAN/text_encoder --out=$CKPT/umt5",
     "build": "python -m microverse_jax.build_dataset microsim10k --manual_dir=$MANUAL --data_dir=$DATA",
     "encode": _ENCODE.format(out="$CACHE", vae="$CKPT/vae", text="$CKPT/umt5"),
     "encode_pytorch": _ENCODE.format(out="$CACHE_PYTORCH", vae="$WAN/vae", text="$WAN/text_encoder"),
@@ -51,7 +53,8 @@ COMMANDS = {
     "train_full_latents": _TRAIN.format(mode="full", run="full_latents") + _LATENTS,
     "train_lora_video": _TRAIN.format(mode="lora", run="lora_video") + _VIDEO,
     "train_full_video": _TRAIN.format(mode="full", run="full_video") + _VIDEO,
-    "sample_lora_latents": f"python -m microverse_jax.sample --workdir=$RUNS/lora_latents {_RUBRICS} --out=$OUT/lora_latents",
+    "sample_lora_latents": f"python -m microverse_jax.sample --workdir=$RUNS/lora_latents {_RUBRICS} "
+                           "--out=$OUT/lora_latents",
     "sample_full_video": f"python -m microverse_jax.sample --workdir=$RUNS/full_video {_RUBRICS} --out=$OUT/full_video",
     "sample_wan": _SAMPLE_CKPT.format(ckpt="$WAN", enc="", name="wan"),
     "sample_converted": _SAMPLE_CKPT.format(ckpt="$CKPT/dit", enc=" " + _ENCODERS, name="converted"),
