@@ -1,0 +1,89 @@
+"""The official MicroVerse recipe, selectable in configs/wan2_1.py (docs/recipe.md)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from microverse_jax import factory, pipeline, sharding
+from microverse_jax.configs import microsim_tiny, wan2_1
+from microverse_jax.models.layers import Dense
+
+# MicroVerse train/inference.py, DEFAULT_NEGATIVE_PROMPT, verbatim.
+OFFICIAL_NEGATIVE_PROMPT = (
+    "Overexposed, static, blurry details, subtitles, watermark, "
+    "worst quality, low quality, JPEG artifacts, ugly, deformed, "
+    "extra fingers, poorly drawn hands, poorly drawn face, mutated, "
+    "fused fingers, frozen frame, cluttered background"
+)
+
+
+def test_lora_init_is_peft():
+  """PEFT: A ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0."""
+  din, rank = 1536, 32
+  with nnx.use_eager_sharding(False):
+    layer = Dense(din, 64, ("embed", "mlp"), rngs=nnx.Rngs(0), lora_rank=rank, lora_alpha=32.0)
+  a, b = np.asarray(layer.lora_a[...]), np.asarray(layer.lora_b[...])
+  bound = 1 / np.sqrt(din)
+  assert a.shape == (din, rank) and np.abs(a).max() <= bound and np.abs(a).max() > 0.99 * bound
+  np.testing.assert_allclose(a.std(), bound / np.sqrt(3), rtol=0.02)  # uniform, not normal or he
+  assert not b.any()
+
+
+def test_official_variant_matches_the_scripts():
+  for mode, lr, repeat, epochs in (("lora", 1e-4, 100, 5), ("full", 1e-5, 1, 2)):
+    c = wan2_1.get_config(f"1.3b,{mode},official")
+    assert (c.data.batch_size, c.optim.lr, factory.scaled_lr(c)) == (2, lr, lr)
+    assert (c.data.dataset_repeat, c.train.num_epochs, c.train.num_steps) == (repeat, epochs, 0)
+    assert factory.param_dtype(c) == "bfloat16" and c.eval.same_noise and c.eval.tiled_decode
+    assert c.eval.negative_prompt == wan2_1.NEGATIVE_PROMPT == OFFICIAL_NEGATIVE_PROMPT
+    assert (c.eval.guidance, c.eval.sample_steps, c.diffusion.shift, c.eval.fps) == (5.0, 50, 5.0, 15)
+    settings = pipeline.config_settings(c)
+    assert settings["same_noise"] and settings["tiled"] and settings["negative_prompt"] == OFFICIAL_NEGATIVE_PROMPT
+  default = wan2_1.get_config("1.3b,lora")
+  assert factory.param_dtype(default) == "float32" and not default.eval.same_noise
+  # The learning-rate rule: lr is given at the official batch 2, scaled by sqrt(B / 2).
+  assert default.data.batch_size == 8 and factory.scaled_lr(default) == pytest.approx(2e-4)
+  default.optim.lr_scaling = "linear"
+  assert factory.scaled_lr(default) == pytest.approx(4e-4)
+  default.optim.lr_scaling = "none"
+  assert factory.scaled_lr(default) == pytest.approx(1e-4)
+  # Configs without the keys (microsim_tiny, saved config.json files) keep their lr and fp32.
+  tiny = microsim_tiny.get_config("test")
+  assert factory.scaled_lr(tiny) == tiny.optim.lr and factory.param_dtype(tiny) == "float32"
+  assert pipeline.config_settings(tiny)["same_noise"] is False
+
+
+def test_steps_come_from_the_train_split_only():
+  train_clips = 9121  # MicroSim-10K's 9,601 clips less the held-out 5% (480)
+  lora, full = wan2_1.get_config("1.3b,lora,official"), wan2_1.get_config("14b,full,official")
+  assert factory.resolve_num_steps(lora, train_clips) == 5 * train_clips * 100 // 2 == 2_280_250
+  assert factory.resolve_num_steps(full, train_clips) == 2 * -(-train_clips // 2) == 9_122
+  lora.train.num_steps = 7
+  assert factory.resolve_num_steps(lora, train_clips) == 7
+  lora.train.update(num_steps=0, num_epochs=0)
+  with pytest.raises(ValueError, match="train.num_epochs"):
+    factory.validate(lora, 1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_param_dtype_sets_weights_and_adam_moments(dtype):
+  c = microsim_tiny.get_config("test")
+  c.optim.param_dtype = dtype
+  mesh = sharding.make_mesh(factory.validate(c, jax.device_count()))
+  rules = sharding.logical_rules(c.sharding_rules.to_dict())
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    state, frozen = factory.StateFactory(c, mesh, rules).abstract()
+  floats = [x.dtype for x in jax.tree.leaves((state["params"], state["opt_state"], frozen))
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  assert floats and set(floats) == {jnp.dtype(dtype)}
+  c.optim.param_dtype = "float16"
+  with pytest.raises(ValueError, match="optim.param_dtype"):
+    factory.validate(c, jax.device_count())
+
+
+def test_bad_frame_buckets_are_named():
+  c = microsim_tiny.get_config("test")
+  c.data.frame_buckets = (3,)
+  with pytest.raises(ValueError, match="frame_buckets"):
+    factory.validate(c, jax.device_count())
