@@ -99,7 +99,10 @@ def validate(c, num_devices: int, num_slices: int | None = None) -> dict[str, in
   _choice("train.on_nonfinite", c.train.on_nonfinite, ("stop", "skip"))
   _choice("optim.param_dtype", param_dtype(c), ("float32", "bfloat16"))
   _choice("optim.lr_scaling", lr_scaling(c)[0], ("none", "linear", "sqrt"))
-  input_pipeline.bucket_sizes(c.data.num_frames, frame_buckets(c))  # names a bad bucket list
+  input_pipeline.bucket_sizes(c.data.num_frames, tuple(c.data.get("frame_buckets", ())))  # names a bad list
+  if jax.process_count() > 1 and jax.process_index() == 0:
+    print(f"{jax.process_count()} processes: one length bucket ({c.data.num_frames} frames); shorter clips "
+          "are skipped and counted (docs/recipe.md)", flush=True)
   if c.train.num_steps <= 0 and num_epochs(c) <= 0:
     raise ValueError(f"train.num_steps={c.train.num_steps}: give it, or train.num_epochs > 0 to compute it "
                      "from the train split")
@@ -258,7 +261,12 @@ def scaled_lr(c) -> float:
 
 
 def frame_buckets(c) -> tuple[int, ...]:
-  """data.frame_buckets (empty: every 4k + 1 from 5 to data.num_frames; see input_pipeline.bucket_sizes)."""
+  """data.frame_buckets (empty: every 4k + 1 from 5 to data.num_frames; see input_pipeline.bucket_sizes).
+
+  With several JAX processes each one buckets its own shard, so one step's per-process batches could
+  differ in shape: there the single bucket data.num_frames is used (short clips skipped, counted)."""
+  if jax.process_count() > 1:
+    return (c.data.num_frames,)
   return tuple(c.data.frame_buckets) if "frame_buckets" in c.data else ()
 
 
