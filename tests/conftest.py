@@ -7,7 +7,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")  # silences libtpu's host probing warnings
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # AOT compiles only; no TPU is held
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# fp32 references in full precision on GPUs too (their default fp32 matmul is TF32); no-op on CPU.
+jax.config.update("jax_default_matmul_precision", "highest")
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ import argparse
 import importlib.util
 import os
 
-import jax
 import pytest
 
 BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "perf", "attention.py")
@@ -26,7 +25,7 @@ def test_attention_bench_rows():
   assert [(r["case"], r["impl"], r["mode"]) for r in rows] == [
       (c, i, m) for c in ("self", "cross") for i in ("xla", "cudnn") for m in ("fwd", "fwd+bwd")]
   for row in rows:
-    if row["impl"] == "cudnn" and jax.default_backend() != "gpu":
+    if row["impl"] == "cudnn":  # fp32 is refused by cuDNN (and there is no cuDNN off GPUs)
       assert "error" in row  # reported as failed; the run goes on
       continue
     flops = 4 * 1 * 2 * 64 * row["Tk"] * 16 * (3.5 if row["mode"] == "fwd+bwd" else 1)

@@ -73,7 +73,9 @@ def _check_inputs(q, k, v, kv_mask):
 
 
 def _cudnn(q, k, v, kv_mask):
-  mask = None if kv_mask is None else kv_mask[:, None, None, :]
+  # cuDNN takes a mask only at its full (B, 1, Tq, Tk) size (a (B, 1, 1, Tk) one is refused).
+  mask = None if kv_mask is None else jnp.broadcast_to(kv_mask[:, None, None, :],
+                                                       (q.shape[0], 1, q.shape[1], k.shape[1]))
   out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
   if kv_mask is None:
     return out

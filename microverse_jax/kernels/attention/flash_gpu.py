@@ -54,6 +54,12 @@ CHIP_BLOCK_SIZES = {
 }
 
 
+def _dot(a, b, trans_b: bool = False):
+  """a @ b (or a @ b.T) of 2-D blocks, accumulated in fp32 (pl.dot left Pallas in JAX 0.12)."""
+  return jax.lax.dot_general(a, b, (((1,), (1 if trans_b else 0,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
 def default_block_sizes(device_kind: str | None = None) -> BlockSizes:
   """Block sizes for a GPU `device_kind` (e.g. "NVIDIA H100 80GB HBM3"); the local device's when None."""
   return lookup_block_sizes(CHIP_BLOCK_SIZES, BlockSizes(), device_kind)
@@ -96,7 +102,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, mask_ref, o_ref, lse_ref, *, scale: flo
   def body(j, carry, tail):
     acc, m_prev, l_prev = carry
     ks = pl.ds(j * bk, bk)
-    s = pl.dot(q, k_ref[ks, :], trans_b=True) * qk_scale               # (bq, bk) fp32
+    s = _dot(q, k_ref[ks, :], trans_b=True) * qk_scale               # (bq, bk) fp32
     valid = _valid_keys(j, bk, kv_len, mask_ref, tail)
     if valid is not None:
       s = jnp.where(valid, s, MASK_VALUE)
@@ -106,7 +112,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, mask_ref, o_ref, lse_ref, *, scale: flo
     if valid is not None:
       p = jnp.where(valid, p, 0.0)
     v = v_ref[ks, :]
-    acc = acc * alpha[:, None] + pl.dot(p.astype(v.dtype), v)
+    acc = acc * alpha[:, None] + _dot(p.astype(v.dtype), v)
     return acc, m_new, l_prev * alpha + jnp.sum(p, axis=1)
 
   init = (jnp.zeros((bq, d), jnp.float32), jnp.full((bq,), MASK_VALUE, jnp.float32),
@@ -131,14 +137,14 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, mask_ref, dk_r
     dk, dv = carry
     qs = pl.ds(i * bq, bq)
     q, do = q_ref[qs, :], do_ref[qs, :]
-    s_t = pl.dot(k, q, trans_b=True) * qk_scale                            # (bk, bq)
+    s_t = _dot(k, q, trans_b=True) * qk_scale                            # (bk, bq)
     p_t = jnp.exp2(s_t - lse_ref[qs][None, :])
     if valid is not None:
       p_t = jnp.where(valid, p_t, 0.0)
-    dv = dv + pl.dot(p_t.astype(do.dtype), do)
-    dp_t = pl.dot(v, do, trans_b=True)                                    # (bk, bq)
+    dv = dv + _dot(p_t.astype(do.dtype), do)
+    dp_t = _dot(v, do, trans_b=True)                                    # (bk, bq)
     ds_t = p_t * (dp_t - delta_ref[qs][None, :])
-    dk = dk + pl.dot(ds_t.astype(q.dtype), q)
+    dk = dk + _dot(ds_t.astype(q.dtype), q)
     return dk, dv
 
   zeros = jnp.zeros((bk, d), jnp.float32)
@@ -158,12 +164,12 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, mask_ref, dq_ref
   def body(j, dq, tail):
     ks = pl.ds(j * bk, bk)
     k, v = k_ref[ks, :], v_ref[ks, :]
-    p = jnp.exp2(pl.dot(q, k, trans_b=True) * qk_scale - lse)              # (bq, bk)
+    p = jnp.exp2(_dot(q, k, trans_b=True) * qk_scale - lse)              # (bq, bk)
     valid = _valid_keys(j, bk, kv_len, mask_ref, tail)
     if valid is not None:
       p = jnp.where(valid, p, 0.0)
-    ds = p * (pl.dot(do, v, trans_b=True) - delta)
-    return dq + pl.dot(ds.astype(k.dtype), k)
+    ds = p * (_dot(do, v, trans_b=True) - delta)
+    return dq + _dot(ds.astype(k.dtype), k)
 
   dq = _loop_key_blocks(bk, kv_len, k_ref.shape[0] // bk, body, jnp.zeros((bq, d), jnp.float32))
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
