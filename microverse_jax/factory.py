@@ -50,7 +50,7 @@ def text_config(c) -> UMT5Config:
   """The umT5 of `text.init_from`, else `text.preset` (a byte-vocabulary one for tokenizer='bytes')."""
   if c.text.init_from:
     return _checkpoint_config(c.text.init_from, "umt5")
-  overrides = {"vocab_size": 259, "d_model": c.model.text_dim} if c.text.tokenizer == "bytes" else {}
+  overrides = {"vocab_size": 259, "d_model": dit_config(c).text_dim} if c.text.tokenizer == "bytes" else {}
   return UMT5Config.preset(c.text.preset, **overrides)
 
 
@@ -396,7 +396,7 @@ def batch_spec(c) -> dict[str, jax.ShapeDtypeStruct]:
   if c.data.source == "latents":
     lat = latent_shape(c)
     return {"latents": jax.ShapeDtypeStruct((b, *lat), jnp.float32),
-            "context": jax.ShapeDtypeStruct((b, c.text.max_length, c.model.text_dim), jnp.float32),
+            "context": jax.ShapeDtypeStruct((b, c.text.max_length, dit_config(c).text_dim), jnp.float32),
             "context_mask": jax.ShapeDtypeStruct((b, c.text.max_length), jnp.bool_)}
   return {"video": jax.ShapeDtypeStruct((b, f, h, w, 3), jnp.float32),
           "text_ids": jax.ShapeDtypeStruct((b, c.text.max_length), jnp.int32),
