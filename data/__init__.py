@@ -15,7 +15,9 @@ import numpy as np
 def clip_features(**extra):
   """The shared clip features (a tfds FeaturesDict), plus dataset-specific `extra` ones."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # the generator needs no TFDS
-  return tfds.features.FeaturesDict({
+
+  return tfds.features.FeaturesDict(
+    {
       "id": tfds.features.Text(),
       "caption": tfds.features.Text(),
       "video": tfds.features.Scalar(dtype=np.object_, doc="encoded video bytes (mp4), as stored"),
@@ -24,7 +26,8 @@ def clip_features(**extra):
       "height": tfds.features.Scalar(dtype=np.int32),
       "width": tfds.features.Scalar(dtype=np.int32),
       **extra,
-  })
+    }
+  )
 
 
 def id_hash_fraction(clip_id: str) -> float:

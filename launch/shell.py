@@ -6,6 +6,7 @@ Flags follow absl's convention, like the trainer's: underscores (`--dry_run`, `-
 booleans as `--flag` / `--noflag`. Older spellings (`--dry-run`, `--tpu_type`, `--no-install`) are kept
 as aliases for one release.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,9 @@ INSTALL_TARGETS = ("-e", "./bench", "-e", f".[{INSTALL_EXTRA}]")
 
 # Run names (a workdir's last part) become remote file names: keep them to shell-inert characters.
 RUN_NAME = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=+-]*")
-ZONE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")                      # us-east5-a, europe-west4-b
+ZONE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")  # us-east5-a, europe-west4-b
 PROJECT = re.compile(r"([a-z0-9.-]+:)?[a-z][-a-z0-9]{4,28}[a-z0-9]")  # my-proj, example.com:my-proj
-CLUSTER = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")             # GKE: at most 40 characters
+CLUSTER = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")  # GKE: at most 40 characters
 
 
 def check_name(value: str | None, flag: str, pattern: re.Pattern, rule: str) -> None:
@@ -39,21 +40,30 @@ def check_zone(zone: str | None) -> None:
 
 
 def check_project(project: str | None) -> None:
-  check_name(project, "--project", PROJECT, "expected a Google Cloud project id (6-30 lowercase letters, "
-             "digits and '-', starting with a letter)")
+  check_name(
+    project,
+    "--project",
+    PROJECT,
+    "expected a Google Cloud project id (6-30 lowercase letters, digits and '-', starting with a letter)",
+  )
 
 
 def check_cluster(cluster: str | None) -> None:
-  check_name(cluster, "--cluster", CLUSTER, "GKE cluster names are lowercase letters, digits and '-', "
-             "start with a letter, at most 40 characters")
+  check_name(
+    cluster,
+    "--cluster",
+    CLUSTER,
+    "GKE cluster names are lowercase letters, digits and '-', start with a letter, at most 40 characters",
+  )
 
 
 def check_run_name(name: str, workdir: str | None = None) -> str:
   """The run name (the workdir's last part) names log files on every worker and here."""
   if not RUN_NAME.fullmatch(name):
     where = f"--workdir={workdir}: its last part {name!r}" if workdir else f"run name {name!r}"
-    raise ValueError(f"{where} names the run's log files; use only letters, digits and . _ = + - "
-                     f"(not starting with '.')")
+    raise ValueError(
+      f"{where} names the run's log files; use only letters, digits and . _ = + - (not starting with '.')"
+    )
   return name
 
 
@@ -68,8 +78,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
   def _get_help_string(self, action):
     text = action.help or ""
-    if (action.required or action.default in (None, argparse.SUPPRESS) or isinstance(action.default, bool)
-        or "%(default)" in text or not action.option_strings):
+    if (
+      action.required
+      or action.default in (None, argparse.SUPPRESS)
+      or isinstance(action.default, bool)
+      or "%(default)" in text
+      or not action.option_strings
+    ):
       return text
     return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
@@ -82,14 +97,20 @@ def program(spec, fallback: str) -> str:
 def parser(doc: str | None, prog: str) -> argparse.ArgumentParser:
   """The flags every launcher takes: --dry_run and --verbose."""
   p = argparse.ArgumentParser(prog=prog, description=doc, allow_abbrev=False, formatter_class=HelpFormatter)
-  p.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true",
-                 help="check everything, print every command, run none")
+  p.add_argument(
+    "--dry_run",
+    "--dry-run",
+    dest="dry_run",
+    action="store_true",
+    help="check everything, print every command, run none",
+  )
   p.add_argument("--verbose", action="store_true", help="on an error, show the whole traceback")
   return p
 
 
-def base_parser(doc: str | None, workdir_help: str | None = None, *,
-                prog: str | None = None) -> argparse.ArgumentParser:
+def base_parser(
+  doc: str | None, workdir_help: str | None = None, *, prog: str | None = None
+) -> argparse.ArgumentParser:
   """--config, --workdir, --dry_run, --verbose (trainer --config.KEY=VALUE overrides pass through)."""
   p = parser(doc, prog or os.path.basename(sys.argv[0]))
   p.add_argument("--config", required=True, help="configs/FILE.py[:arg], relative to the repo root")
@@ -129,13 +150,14 @@ def check_override_flags(flags: Sequence[str]) -> list[str]:
   """Passes through trainer flags given after the launcher's own (only --config.KEY=VALUE)."""
   for flag in flags:
     if not flag.startswith("--config.") or "=" not in flag:
-      raise ValueError(f"unexpected argument {flag!r}: the launcher passes on only trainer config "
-                       f"overrides of the form --config.KEY=VALUE")
+      raise ValueError(
+        f"unexpected argument {flag!r}: the launcher passes on only trainer config "
+        f"overrides of the form --config.KEY=VALUE"
+      )
   return list(flags)
 
 
-def train_argv(config: str, workdir: str, overrides: Sequence[str] = (), *,
-               python: str = "python") -> list[str]:
+def train_argv(config: str, workdir: str, overrides: Sequence[str] = (), *, python: str = "python") -> list[str]:
   """The trainer's command line: python -m microverse_jax.train --config=... --workdir=... [overrides]."""
   if not config or not workdir:
     raise ValueError(f"--config ({config!r}) and --workdir ({workdir!r}) are both required")
@@ -165,15 +187,24 @@ class Runner:
     print(render(argv, env), file=self.out, flush=True)
     return argv
 
-  def __call__(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-               timeout: float | None = None, check: bool = True,
-               capture: bool = False) -> subprocess.CompletedProcess | None:
+  def __call__(
+    self,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    check: bool = True,
+    capture: bool = False,
+  ) -> subprocess.CompletedProcess | None:
     argv = self.show(argv, env)
     if self.dry_run:
       return None
-    result = subprocess.run(argv, timeout=timeout, text=True, capture_output=capture,
-                            env={**os.environ, **env} if env else None)
+    result = subprocess.run(
+      argv, timeout=timeout, text=True, capture_output=capture, env={**os.environ, **env} if env else None
+    )
     if check and result.returncode:
-      raise RuntimeError(f"command failed with exit code {result.returncode}: {shlex.join(argv)}"
-                         + (f"\n{result.stderr[-2000:]}" if capture else ""))
+      raise RuntimeError(
+        f"command failed with exit code {result.returncode}: {shlex.join(argv)}"
+        + (f"\n{result.stderr[-2000:]}" if capture else "")
+      )
     return result

@@ -16,6 +16,7 @@ WORKDIR_ROOT/sweep.json lists the runs. Extra --config.KEY=VALUE flags apply to 
 slice or XPK, each run's config (with its overrides) is also validated against the slice before the
 first cloud call (launch/preflight.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,9 @@ from microverse_jax.launch import local, preflight, shell, tpu, xpk
 @dataclasses.dataclass(frozen=True)
 class SweepRun:
   index: int
-  name: str                   # the workdir's last component
+  name: str  # the workdir's last component
   workdir: str
-  overrides: dict[str, Any]   # dotted config key -> value
+  overrides: dict[str, Any]  # dotted config key -> value
 
   def flags(self) -> list[str]:
     return shell.override_flags(self.overrides)
@@ -77,7 +78,7 @@ def _apply(config, key: str, value: Any, where: str) -> None:
   node, parts = config, key.split(".")
   for i, part in enumerate(parts[:-1]):
     if part not in node:
-      raise ValueError(f"{where}: no config key {'.'.join(parts[:i + 1])!r} (in override {key!r})")
+      raise ValueError(f"{where}: no config key {'.'.join(parts[: i + 1])!r} (in override {key!r})")
     node = node[part]
   if not hasattr(node, "keys") or parts[-1] not in node:
     raise ValueError(f"{where}: no config key {key!r}")
@@ -135,8 +136,7 @@ def write_manifest(workdir_root: str, config_spec: str, runs: Sequence[SweepRun]
   """WORKDIR_ROOT/sweep.json: the config and every run's workdir and overrides (written atomically,
   replacing the manifest of an earlier launch)."""
   final = epath.Path(workdir_root) / "sweep.json"
-  files.write_text(final, json.dumps({"config": config_spec, "runs": [dataclasses.asdict(r) for r in runs]},
-                                     indent=1))
+  files.write_text(final, json.dumps({"config": config_spec, "runs": [dataclasses.asdict(r) for r in runs]}, indent=1))
   return final
 
 
@@ -144,8 +144,12 @@ def parser(launcher: str = "local") -> argparse.ArgumentParser:
   p = shell.parser(__doc__, shell.program(__spec__, "launch/sweep.py"))
   p.add_argument("--config", required=True, help="configs/FILE.py[:arg], FILE has sweep(arg)")
   p.add_argument("--workdir_root", required=True, help="local directory or gs://BUCKET/...")
-  p.add_argument("--launcher", choices=("local", "tpu", "xpk"), default="local",
-                 help="where the runs go (each launcher adds its own flags)")
+  p.add_argument(
+    "--launcher",
+    choices=("local", "tpu", "xpk"),
+    default="local",
+    help="where the runs go (each launcher adds its own flags)",
+  )
   p.add_argument("--only", default=None, help="run indices to launch, e.g. 0,3-5")
   if launcher == "tpu":
     tpu.add_arguments(p)
@@ -177,8 +181,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   else:
     slice = None
   for r in runs:
-    preflight.check(args.config, r.flags() + common, slice=slice, remote=launcher != "local",
-                    where=f"run {r.index} ({r.name})")
+    preflight.check(
+      args.config, r.flags() + common, slice=slice, remote=launcher != "local", where=f"run {r.index} ({r.name})"
+    )
   for r in runs:
     runner.note(f"run {r.index}: {r.workdir}  {json.dumps(r.overrides)}")
   if not args.dry_run:
@@ -190,12 +195,18 @@ def main(argv: Sequence[str] | None = None) -> None:
       local.run(train, runner, timeout=args.timeout)
   elif launcher == "tpu":
     jobs = [(r.name, tpu.train_command(args.config, r.workdir, r.flags() + common)) for r in runs]
-    tpu.launch(vm, jobs, args.steps.split(","), runner, log_dir=args.log_dir or os.path.join("logs", vm.name),
-               include_untracked=args.include_untracked, needed=[preflight.config_path(args.config)])
+    tpu.launch(
+      vm,
+      jobs,
+      args.steps.split(","),
+      runner,
+      log_dir=args.log_dir or os.path.join("logs", vm.name),
+      include_untracked=args.include_untracked,
+      needed=[preflight.config_path(args.config)],
+    )
   else:
     for r, workload in zip(runs, workloads):
-      xpk.launch(workload, xpk.train_command(args.config, r.workdir, r.flags() + common),
-                 args.steps.split(","), runner)
+      xpk.launch(workload, xpk.train_command(args.config, r.workdir, r.flags() + common), args.steps.split(","), runner)
 
 
 if __name__ == "__main__":

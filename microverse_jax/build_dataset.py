@@ -41,6 +41,7 @@ class Progress:
     self.started = self.last = time.monotonic()
     if self.tty:
       import tqdm  # pylint: disable=g-import-not-at-top
+
       self.bar = tqdm.tqdm(total=self.total, desc=self.desc, unit="clip", dynamic_ncols=True)
 
   def update(self, n: int = 1) -> None:
@@ -57,10 +58,14 @@ class Progress:
     """'desc 50/2400 (2%) 4.2/s ETA 9m20s'."""
     rate = self.done / elapsed if elapsed > 0 else 0.0
     eta = int(round((self.total - self.done) / rate)) if rate > 0 else None
-    eta_text = "?" if eta is None else (f"{eta // 3600}h{eta % 3600 // 60:02d}m" if eta >= 3600
-                                        else f"{eta // 60}m{eta % 60:02d}s")
-    return (f"{self.desc} {self.done}/{self.total} ({100 * self.done / max(self.total, 1):.0f}%) "
-            f"{rate:.3g}/s ETA {eta_text}")
+    eta_text = (
+      "?"
+      if eta is None
+      else (f"{eta // 3600}h{eta % 3600 // 60:02d}m" if eta >= 3600 else f"{eta // 60}m{eta % 60:02d}s")
+    )
+    return (
+      f"{self.desc} {self.done}/{self.total} ({100 * self.done / max(self.total, 1):.0f}%) {rate:.3g}/s ETA {eta_text}"
+    )
 
   def close(self) -> None:
     if self.bar is not None:
@@ -70,10 +75,12 @@ class Progress:
 
 def _counted(generate, progress: Progress):
   """Wraps a builder's _generate_examples so every example yielded advances `progress`."""
+
   def wrapped(*args, **kwargs):
     for example in generate(*args, **kwargs):
       yield example
       progress.update(1)
+
   return wrapped
 
 
@@ -83,43 +90,75 @@ def _existing_settings(path: epath.Path) -> dict | None:
   return dict(tfds.builder_from_directory(str(path)).info.metadata or {}).get("build_settings")
 
 
-def build(name: str, data_dir: str, *, manual_dir: str | None = None, metadata: str | None = None,
-          video_key: str | None = None, caption_key: str | None = None, id_key: str | None = None,
-          follow_symlinks: bool = False, max_file_mb: float | None = None,
-          validation_fraction: float = 0.05, num_clips: int | None = None, seed: int | None = None,
-          num_frames: int | None = None, size: int | None = None, overwrite: bool = False,
-          export_prompts: str | None = None, log=None, progress: Progress | None = None) -> epath.Path:
+def build(
+  name: str,
+  data_dir: str,
+  *,
+  manual_dir: str | None = None,
+  metadata: str | None = None,
+  video_key: str | None = None,
+  caption_key: str | None = None,
+  id_key: str | None = None,
+  follow_symlinks: bool = False,
+  max_file_mb: float | None = None,
+  validation_fraction: float = 0.05,
+  num_clips: int | None = None,
+  seed: int | None = None,
+  num_frames: int | None = None,
+  size: int | None = None,
+  overwrite: bool = False,
+  export_prompts: str | None = None,
+  log=None,
+  progress: Progress | None = None,
+) -> epath.Path:
   """Builds dataset `name` under `data_dir` and returns its directory (DATA_DIR/name/version).
 
   `log` receives what microsim10k's autodetection found (one line per metadata file); `progress`
   shows clips done of the total (None: no progress display).
   """
-  mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
-          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  mode = (
+    tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+    if overwrite
+    else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+  )
   if name == "microsim10k":
     from microverse_jax.datasets.microsim10k import DEFAULT_MAX_FILE_MB, Microsim10k  # pylint: disable=g-import-not-at-top
+
     if not manual_dir or not epath.Path(manual_dir).is_dir():
       raise ValueError(f"microsim10k needs --manual_dir, the downloaded MicroSim-10K directory; got {manual_dir!r}")
-    builder = Microsim10k(data_dir=data_dir, metadata_file=metadata, video_key=video_key,
-                          caption_key=caption_key, id_key=id_key, follow_symlinks=follow_symlinks,
-                          max_file_mb=max_file_mb or DEFAULT_MAX_FILE_MB,
-                          validation_fraction=validation_fraction, log=log, progress=progress)
+    builder = Microsim10k(
+      data_dir=data_dir,
+      metadata_file=metadata,
+      video_key=video_key,
+      caption_key=caption_key,
+      id_key=id_key,
+      follow_symlinks=follow_symlinks,
+      max_file_mb=max_file_mb or DEFAULT_MAX_FILE_MB,
+      validation_fraction=validation_fraction,
+      log=log,
+      progress=progress,
+    )
     try:
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          manual_dir=manual_dir, download_mode=mode))
+      builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode)
+      )
     finally:
       if progress is not None:
         progress.close()
     return builder.data_path
   if name == "microsim_synth":
     from microverse_jax.datasets.microsim_synth import MicrosimSynth, export_prompts as write_prompts
-    settings = {k: v for k, v in dict(num_clips=num_clips, seed=seed, num_frames=num_frames,
-                                      size=size).items() if v is not None}
+
+    settings = {
+      k: v for k, v in dict(num_clips=num_clips, seed=seed, num_frames=num_frames, size=size).items() if v is not None
+    }
     builder = MicrosimSynth(data_dir=data_dir, **settings)
     existing = _existing_settings(builder.data_path)
     if existing is not None and existing != builder.build_settings and not overwrite:
-      raise ValueError(f"{builder.data_path} holds microsim_synth built with {existing}, not "
-                       f"{builder.build_settings}; pass --overwrite or another --data_dir")
+      raise ValueError(
+        f"{builder.data_path} holds microsim_synth built with {existing}, not "
+        f"{builder.build_settings}; pass --overwrite or another --data_dir"
+      )
     if progress is not None:  # the builder has no progress hook: count what its generator yields
       progress.start(builder.build_settings["num_clips"])
       builder._generate_examples = _counted(builder._generate_examples, progress)  # pylint: disable=protected-access
@@ -136,24 +175,41 @@ def build(name: str, data_dir: str, *, manual_dir: str | None = None, metadata: 
 
 def main(argv: list[str] | None = None) -> None:
   from microverse_jax import cli  # pylint: disable=g-import-not-at-top
+
   parser = cli.argument_parser(__doc__, "python -m microverse_jax.build_dataset")
   parser.add_argument("name", choices=DATASETS, help="the dataset to build")
-  parser.add_argument("--data_dir", "--out", dest="data_dir", required=True, metavar="DIR",
-                      help="output root, a TFDS data_dir (local or gs://): what encode --data_dir and the "
-                      "config's data.data_dir read")
+  parser.add_argument(
+    "--data_dir",
+    "--out",
+    dest="data_dir",
+    required=True,
+    metavar="DIR",
+    help="output root, a TFDS data_dir (local or gs://): what encode --data_dir and the config's data.data_dir read",
+  )
   parser.add_argument("--manual_dir", help="microsim10k: the downloaded release directory (or hub-cache snapshot)")
-  parser.add_argument("--metadata", help="microsim10k: metadata file name or glob inside manual_dir, e.g. "
-                      "'train/metadata.jsonl' or 'data/*.parquet' (default: autodetect, see docs/data.md)")
+  parser.add_argument(
+    "--metadata",
+    help="microsim10k: metadata file name or glob inside manual_dir, e.g. "
+    "'train/metadata.jsonl' or 'data/*.parquet' (default: autodetect, see docs/data.md)",
+  )
   parser.add_argument("--video_key", help="microsim10k: the video path column (default: video, else file_name)")
   parser.add_argument("--caption_key", help="microsim10k: the caption column (default: prompt, text, caption)")
   parser.add_argument("--id_key", help="microsim10k: the id column (default: id if present, else the video path)")
-  parser.add_argument("--follow_symlinks", action="store_true",
-                      help="microsim10k: follow symlinks that land outside manual_dir (links into a Hugging "
-                      "Face hub cache's blobs/ are followed without it)")
-  parser.add_argument("--max_file_mb", type=float, default=None,
-                      help="microsim10k: larger videos are skipped (default 512)")
-  parser.add_argument("--validation_fraction", type=float, default=0.05,
-                      help="microsim10k: share of ids held out where no split is published (default 0.05)")
+  parser.add_argument(
+    "--follow_symlinks",
+    action="store_true",
+    help="microsim10k: follow symlinks that land outside manual_dir (links into a Hugging "
+    "Face hub cache's blobs/ are followed without it)",
+  )
+  parser.add_argument(
+    "--max_file_mb", type=float, default=None, help="microsim10k: larger videos are skipped (default 512)"
+  )
+  parser.add_argument(
+    "--validation_fraction",
+    type=float,
+    default=0.05,
+    help="microsim10k: share of ids held out where no split is published (default 0.05)",
+  )
   parser.add_argument("--num_clips", type=int, help="microsim_synth: number of clips (default 320)")
   parser.add_argument("--seed", type=int, help="microsim_synth: base seed (default 0)")
   parser.add_argument("--num_frames", type=int, help="microsim_synth: frames per clip (default 17)")
@@ -162,13 +218,26 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--overwrite", action="store_true", help="rebuild even if the dataset exists")
   args = parser.parse_args(argv)
   tfds.disable_progress_bar()
-  path = build(args.name, args.data_dir, manual_dir=args.manual_dir, metadata=args.metadata,
-               video_key=args.video_key, caption_key=args.caption_key, id_key=args.id_key,
-               follow_symlinks=args.follow_symlinks, max_file_mb=args.max_file_mb,
-               validation_fraction=args.validation_fraction, num_clips=args.num_clips, seed=args.seed,
-               num_frames=args.num_frames, size=args.size, overwrite=args.overwrite,
-               export_prompts=args.export_prompts, log=lambda line: print(f"{args.name}: {line}", flush=True),
-               progress=Progress(f"build {args.name}"))
+  path = build(
+    args.name,
+    args.data_dir,
+    manual_dir=args.manual_dir,
+    metadata=args.metadata,
+    video_key=args.video_key,
+    caption_key=args.caption_key,
+    id_key=args.id_key,
+    follow_symlinks=args.follow_symlinks,
+    max_file_mb=args.max_file_mb,
+    validation_fraction=args.validation_fraction,
+    num_clips=args.num_clips,
+    seed=args.seed,
+    num_frames=args.num_frames,
+    size=args.size,
+    overwrite=args.overwrite,
+    export_prompts=args.export_prompts,
+    log=lambda line: print(f"{args.name}: {line}", flush=True),
+    progress=Progress(f"build {args.name}"),
+  )
   info = tfds.builder_from_directory(str(path)).info
   summary = {"path": str(path), "splits": {k: v.num_examples for k, v in info.splits.items()}}
   skipped = path / "skipped.jsonl"
@@ -180,4 +249,5 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
   from microverse_jax import cli  # pylint: disable=g-import-not-at-top
+
   cli.main_guard(main)

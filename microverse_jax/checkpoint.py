@@ -1,4 +1,5 @@
 """Orbax checkpoints of the train state and the data iterator, under WORKDIR/checkpoints/<step>/."""
+
 from __future__ import annotations
 
 import os
@@ -18,9 +19,9 @@ class Checkpointer:
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
     self.directory = epath.Path(workdir) / "checkpoints"
     self.manager = ocp.CheckpointManager(
-        self.directory if str(self.directory).startswith("gs://") else os.path.abspath(self.directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                             create=True))
+      self.directory if str(self.directory).startswith("gs://") else os.path.abspath(self.directory),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
+    )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

@@ -1,15 +1,16 @@
 """What every command-line tool of the library shares: one-line errors, quiet logs, progress.
 
-  cli.run(main)   absl's app.run, but an expected user error (a mistyped config key, a missing file,
-                  a ValueError from validation) prints one line naming it and exits with status 2;
-                  `--verbose` shows the traceback and INFO logs.
-  cli.main_guard(main)
-                  the same for an argparse CLI (convert, encode, build_dataset): `main(argv)` runs with
-                  one-line errors (exit status 2), `--verbose` shows the traceback.
-  cli.argument_parser(doc, prog)
-                  an argparse parser whose --help keeps the docstring's line breaks, shows each
-                  option's default and names the program as it is run (`python -m microverse_jax.X`).
+cli.run(main)   absl's app.run, but an expected user error (a mistyped config key, a missing file,
+                a ValueError from validation) prints one line naming it and exits with status 2;
+                `--verbose` shows the traceback and INFO logs.
+cli.main_guard(main)
+                the same for an argparse CLI (convert, encode, build_dataset): `main(argv)` runs with
+                one-line errors (exit status 2), `--verbose` shows the traceback.
+cli.argument_parser(doc, prog)
+                an argparse parser whose --help keeps the docstring's line breaks, shows each
+                option's default and names the program as it is run (`python -m microverse_jax.X`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,7 @@ from typing import Callable, Iterable, Iterator
 
 from absl import app, flags, logging
 
-USER_ERRORS = (ValueError, OSError,
-               FloatingPointError, KeyError, AttributeError, TypeError, flags.Error)
+USER_ERRORS = (ValueError, OSError, FloatingPointError, KeyError, AttributeError, TypeError, flags.Error)
 
 flags.DEFINE_bool("verbose", False, "Show tracebacks and INFO logs (Orbax, JAX).")
 
@@ -61,6 +61,7 @@ def _select_platform() -> None:
     return
   if not (glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or glob.glob("/dev/nvidia[0-9]*")):
     import jax
+
     jax.config.update("jax_platforms", "cpu")
 
 
@@ -104,6 +105,7 @@ def progress(items: Iterable, total: int, desc: str, *, every_s: float = 30.0) -
   every `every_s` seconds and at the end."""
   if sys.stderr.isatty():
     from tqdm import tqdm
+
     yield from tqdm(items, total=total, desc=desc, dynamic_ncols=True)
     return
   start = last = time.time()
@@ -120,8 +122,9 @@ def progress_line(desc: str, done: int, total: int, elapsed: float, extra: str =
   """'desc 50/2400 (2%) 4.2/s ETA 9m20s extra'."""
   rate = done / elapsed if elapsed > 0 else 0.0
   eta = (total - done) / rate if rate > 0 else float("nan")
-  return (f"{desc} {done}/{total} ({100 * done / max(total, 1):.0f}%) {rate:.3g}/s "
-          f"ETA {format_seconds(eta)}" + (f" {extra}" if extra else ""))
+  return f"{desc} {done}/{total} ({100 * done / max(total, 1):.0f}%) {rate:.3g}/s ETA {format_seconds(eta)}" + (
+    f" {extra}" if extra else ""
+  )
 
 
 def format_seconds(s: float) -> str:
@@ -142,6 +145,7 @@ def with_saved_config(argv: list[str]) -> list[str]:
   if workdir is None:
     return argv
   from microverse_jax import saved_config
+
   return [argv[0], f"--config={saved_config.__file__}:{workdir}", *argv[1:]]
 
 
@@ -153,8 +157,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
   @staticmethod
   def _shows_default(action: argparse.Action) -> bool:
     text = action.help or ""
-    return not (not action.option_strings or action.required or "default" in text
-                or action.default in (None, False, argparse.SUPPRESS))
+    return not (
+      not action.option_strings
+      or action.required
+      or "default" in text
+      or action.default in (None, False, argparse.SUPPRESS)
+    )
 
   def _get_help_string(self, action: argparse.Action) -> str:
     text = action.help or ""
@@ -182,8 +190,11 @@ def argument_parser(doc: str | None, prog: str) -> argparse.ArgumentParser:
   return parser
 
 
-def main_guard(main: Callable[[list[str]], object], argv: list[str] | None = None,
-               errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> None:
+def main_guard(
+  main: Callable[[list[str]], object],
+  argv: list[str] | None = None,
+  errors: tuple[type[BaseException], ...] = (ValueError, OSError),
+) -> None:
   """Runs an argparse CLI's `main(argv)`: an expected user error (a bad path, weights, layout: a
   ValueError or OSError) prints one line `error: ...` naming the file or key, and exits with status 2;
   with `--verbose` the traceback comes first. Logs are quiet unless --verbose."""

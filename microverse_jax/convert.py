@@ -15,6 +15,7 @@ One loading API takes either format (see docs/model.md):
   load_params(src, model, kind)        the same, into a model's base parameters
   load_lora(src, model)                a PEFT LoRA (DiffSynth/MicroVerse `step-N.safetensors`, diffusers)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,9 +32,18 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-              "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-              "BOOL": np.bool_}
+_ST_DTYPES = {
+  "F64": np.float64,
+  "F32": np.float32,
+  "F16": np.float16,
+  "BF16": ml_dtypes.bfloat16,
+  "I64": np.int64,
+  "I32": np.int32,
+  "I16": np.int16,
+  "I8": np.int8,
+  "U8": np.uint8,
+  "BOOL": np.bool_,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,12 +95,15 @@ def _torch_load(src: str):
   try:
     import torch  # pylint: disable=g-import-not-at-top  # only for original .pth releases
   except ImportError:
-    raise ValueError(f"{src}: reading a .pth checkpoint needs torch >= 2.6 (pip install torch), or convert "
-                     "it to safetensors elsewhere") from None
+    raise ValueError(
+      f"{src}: reading a .pth checkpoint needs torch >= 2.6 (pip install torch), or convert it to safetensors elsewhere"
+    ) from None
   major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
   if (major, minor) < (2, 6):
-    raise ValueError(f"{src}: torch {torch.__version__} is too old: .pth files are read only with torch >= 2.6 "
-                     "(torch.load with weights_only=True, which refuses pickled code)")
+    raise ValueError(
+      f"{src}: torch {torch.__version__} is too old: .pth files are read only with torch >= 2.6 "
+      "(torch.load with weights_only=True, which refuses pickled code)"
+    )
   return torch.load(src, map_location="cpu", weights_only=True, mmap=True)
 
 
@@ -117,12 +130,14 @@ def assign(model: nnx.Module, arrays: Mapping[str, np.ndarray], source: str, dty
   flat = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(state)}
   missing, unexpected = sorted(set(flat) - set(arrays)), sorted(set(arrays) - set(flat))
   if missing or unexpected:
-    raise ValueError(f"{source}: checkpoint does not match the model.\n  missing: {missing}\n"
-                     f"  unexpected: {unexpected}")
+    raise ValueError(
+      f"{source}: checkpoint does not match the model.\n  missing: {missing}\n  unexpected: {unexpected}"
+    )
   for key, var in flat.items():
     if tuple(arrays[key].shape) != tuple(var.shape):
-      raise ValueError(f"{source}: shape mismatch at {key}: checkpoint {tuple(arrays[key].shape)}, "
-                       f"model {tuple(var.shape)}")
+      raise ValueError(
+        f"{source}: shape mismatch at {key}: checkpoint {tuple(arrays[key].shape)}, model {tuple(var.shape)}"
+      )
     var[...] = jnp.asarray(np.asarray(arrays[key], dtype=np.float32), dtype)
   nnx.update(model, state)
 
@@ -144,17 +159,26 @@ def _take(sd, src: str, dst: str, out: dict, pop: set, fn: Callable = lambda a: 
 # ---------------------------------------------------------------------------------------------
 # Original Wan2.1 release names -> diffusers names (substring renames, applied in order).
 _WAN_ORIGINAL_RENAMES = (
-    ("time_embedding.0", "condition_embedder.time_embedder.linear_1"),
-    ("time_embedding.2", "condition_embedder.time_embedder.linear_2"),
-    ("text_embedding.0", "condition_embedder.text_embedder.linear_1"),
-    ("text_embedding.2", "condition_embedder.text_embedder.linear_2"),
-    ("time_projection.1", "condition_embedder.time_proj"),
-    ("self_attn.", "attn1."), ("cross_attn.", "attn2."),
-    (".o.", ".to_out.0."), (".q.", ".to_q."), (".k.", ".to_k."), (".v.", ".to_v."),
-    ("head.modulation", "scale_shift_table"), ("head.head", "proj_out"), ("modulation", "scale_shift_table"),
-    ("ffn.0", "ffn.net.0.proj"), ("ffn.2", "ffn.net.2"),
-    # The original's norm3 is the cross-attention norm (diffusers norm2) and vice versa.
-    ("norm2", "norm__swap"), ("norm3", "norm2"), ("norm__swap", "norm3"),
+  ("time_embedding.0", "condition_embedder.time_embedder.linear_1"),
+  ("time_embedding.2", "condition_embedder.time_embedder.linear_2"),
+  ("text_embedding.0", "condition_embedder.text_embedder.linear_1"),
+  ("text_embedding.2", "condition_embedder.text_embedder.linear_2"),
+  ("time_projection.1", "condition_embedder.time_proj"),
+  ("self_attn.", "attn1."),
+  ("cross_attn.", "attn2."),
+  (".o.", ".to_out.0."),
+  (".q.", ".to_q."),
+  (".k.", ".to_k."),
+  (".v.", ".to_v."),
+  ("head.modulation", "scale_shift_table"),
+  ("head.head", "proj_out"),
+  ("modulation", "scale_shift_table"),
+  ("ffn.0", "ffn.net.0.proj"),
+  ("ffn.2", "ffn.net.2"),
+  # The original's norm3 is the cross-attention norm (diffusers norm2) and vice versa.
+  ("norm2", "norm__swap"),
+  ("norm3", "norm2"),
+  ("norm__swap", "norm3"),
 )
 
 
@@ -164,7 +188,7 @@ _DIT_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "pipe.dit.", "tra
 def _strip_prefix(key: str) -> str:
   for prefix in _DIT_PREFIXES:
     if key.startswith(prefix):
-      return key[len(prefix):]
+      return key[len(prefix) :]
   return key
 
 
@@ -183,23 +207,41 @@ def wan_original_to_diffusers(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndar
 def wan_dit_config_from_json(cfg: dict, **overrides):
   """Our WanDiTConfig from a diffusers config.json or an original Wan2.1 config.json."""
   from microverse_jax.models.wan_dit import WanDiTConfig
+
   if "num_attention_heads" in cfg:  # diffusers
-    fields = dict(patch_size=tuple(cfg["patch_size"]), num_heads=cfg["num_attention_heads"],
-                  head_dim=cfg["attention_head_dim"], in_channels=cfg["in_channels"],
-                  out_channels=cfg["out_channels"] or cfg["in_channels"], text_dim=cfg["text_dim"],
-                  freq_dim=cfg["freq_dim"], ffn_dim=cfg["ffn_dim"], num_layers=cfg["num_layers"],
-                  eps=cfg["eps"], rope_max_seq_len=cfg.get("rope_max_seq_len", 1024),
-                  qk_norm=cfg.get("qk_norm"), cross_attn_norm=cfg.get("cross_attn_norm", True))
+    fields = dict(
+      patch_size=tuple(cfg["patch_size"]),
+      num_heads=cfg["num_attention_heads"],
+      head_dim=cfg["attention_head_dim"],
+      in_channels=cfg["in_channels"],
+      out_channels=cfg["out_channels"] or cfg["in_channels"],
+      text_dim=cfg["text_dim"],
+      freq_dim=cfg["freq_dim"],
+      ffn_dim=cfg["ffn_dim"],
+      num_layers=cfg["num_layers"],
+      eps=cfg["eps"],
+      rope_max_seq_len=cfg.get("rope_max_seq_len", 1024),
+      qk_norm=cfg.get("qk_norm"),
+      cross_attn_norm=cfg.get("cross_attn_norm", True),
+    )
     for key in ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len"):
       if cfg.get(key) is not None:
         raise ValueError(f"config.json: {key}={cfg[key]} (image-conditioned Wan) is not supported")
   elif "dim" in cfg and "num_heads" in cfg:  # original Wan2.1 release
-    fields = dict(patch_size=tuple(cfg.get("patch_size", (1, 2, 2))), num_heads=cfg["num_heads"],
-                  head_dim=cfg["dim"] // cfg["num_heads"], in_channels=cfg["in_dim"],
-                  out_channels=cfg["out_dim"], text_dim=cfg.get("text_dim", 4096),
-                  freq_dim=cfg["freq_dim"], ffn_dim=cfg["ffn_dim"], num_layers=cfg["num_layers"],
-                  eps=cfg.get("eps", 1e-6), qk_norm="rms_norm_across_heads" if cfg.get("qk_norm", True) else None,
-                  cross_attn_norm=cfg.get("cross_attn_norm", True))
+    fields = dict(
+      patch_size=tuple(cfg.get("patch_size", (1, 2, 2))),
+      num_heads=cfg["num_heads"],
+      head_dim=cfg["dim"] // cfg["num_heads"],
+      in_channels=cfg["in_dim"],
+      out_channels=cfg["out_dim"],
+      text_dim=cfg.get("text_dim", 4096),
+      freq_dim=cfg["freq_dim"],
+      ffn_dim=cfg["ffn_dim"],
+      num_layers=cfg["num_layers"],
+      eps=cfg.get("eps", 1e-6),
+      qk_norm="rms_norm_across_heads" if cfg.get("qk_norm", True) else None,
+      cross_attn_norm=cfg.get("cross_attn_norm", True),
+    )
   else:
     raise ValueError("config.json is neither a diffusers WanTransformer3DModel nor an original Wan2.1 config")
   return WanDiTConfig(**{**fields, **overrides})
@@ -216,23 +258,30 @@ def wan_dit_config_from_state_dict(sd: Mapping[str, np.ndarray], **overrides):
   """A WanDiTConfig inferred from tensor shapes, for checkpoints without a config.json (DiffSynth /
   MicroVerse full fine-tunes). The head count is not in the shapes: Wan2.1 uses head_dim 128."""
   from microverse_jax.models.wan_dit import WanDiTConfig
+
   sd = _diffusers_names(sd)
   try:
     e, c, *patch = sd["patch_embedding.weight"].shape
     out = sd["proj_out.weight"].shape[0] // int(np.prod(patch))
-    fields = dict(patch_size=tuple(patch), in_channels=c, out_channels=out,
-                  text_dim=sd["condition_embedder.text_embedder.linear_1.weight"].shape[1],
-                  freq_dim=sd["condition_embedder.time_embedder.linear_1.weight"].shape[1],
-                  ffn_dim=sd["blocks.0.ffn.net.0.proj.weight"].shape[0],
-                  num_layers=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
-                  qk_norm="rms_norm_across_heads" if "blocks.0.attn1.norm_q.weight" in sd else None,
-                  cross_attn_norm="blocks.0.norm2.weight" in sd)
+    fields = dict(
+      patch_size=tuple(patch),
+      in_channels=c,
+      out_channels=out,
+      text_dim=sd["condition_embedder.text_embedder.linear_1.weight"].shape[1],
+      freq_dim=sd["condition_embedder.time_embedder.linear_1.weight"].shape[1],
+      ffn_dim=sd["blocks.0.ffn.net.0.proj.weight"].shape[0],
+      num_layers=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
+      qk_norm="rms_norm_across_heads" if "blocks.0.attn1.norm_q.weight" in sd else None,
+      cross_attn_norm="blocks.0.norm2.weight" in sd,
+    )
   except KeyError as e:
     raise ValueError(f"not a Wan2.1 DiT state dict: missing key {e.args[0]!r}") from None
   head_dim = overrides.pop("head_dim", 128)
   if e % head_dim:
-    raise ValueError(f"model width {e} is not a multiple of head_dim {head_dim}; put a config.json "
-                     "(diffusers or original Wan2.1) beside the checkpoint")
+    raise ValueError(
+      f"model width {e} is not a multiple of head_dim {head_dim}; put a config.json "
+      "(diffusers or original Wan2.1) beside the checkpoint"
+    )
   return WanDiTConfig(**{**fields, "num_heads": e // head_dim, "head_dim": head_dim, **overrides})
 
 
@@ -241,15 +290,23 @@ def wan_dit_arrays(sd: Mapping[str, np.ndarray], num_layers: int) -> dict[str, n
   sd = _diffusers_names(sd)
   out, used = {}, set()
   w = sd["patch_embedding.weight"]  # (E, C, pt, ph, pw) -> (pt*ph*pw*C, E)
-  _take(sd, "patch_embedding.weight", "patch_embed.kernel", out, used,
-        lambda a: np.transpose(a, (2, 3, 4, 1, 0)).reshape(-1, w.shape[0]))
+  _take(
+    sd,
+    "patch_embedding.weight",
+    "patch_embed.kernel",
+    out,
+    used,
+    lambda a: np.transpose(a, (2, 3, 4, 1, 0)).reshape(-1, w.shape[0]),
+  )
   _take(sd, "patch_embedding.bias", "patch_embed.bias", out, used)
-  for src, dst in (("condition_embedder.time_embedder.linear_1", "time_embed_1"),
-                   ("condition_embedder.time_embedder.linear_2", "time_embed_2"),
-                   ("condition_embedder.time_proj", "time_proj"),
-                   ("condition_embedder.text_embedder.linear_1", "text_embed_1"),
-                   ("condition_embedder.text_embedder.linear_2", "text_embed_2"),
-                   ("proj_out", "head")):
+  for src, dst in (
+    ("condition_embedder.time_embedder.linear_1", "time_embed_1"),
+    ("condition_embedder.time_embedder.linear_2", "time_embed_2"),
+    ("condition_embedder.time_proj", "time_proj"),
+    ("condition_embedder.text_embedder.linear_1", "text_embed_1"),
+    ("condition_embedder.text_embedder.linear_2", "text_embed_2"),
+    ("proj_out", "head"),
+  ):
     _linear(sd, src, dst, out, used)
   _take(sd, "scale_shift_table", "head_modulation", out, used, lambda a: a[0])
   layers = []
@@ -280,6 +337,7 @@ def wan_dit_arrays(sd: Mapping[str, np.ndarray], num_layers: int) -> dict[str, n
 
 def _checked(fn):
   """Turns a KeyError from a mapping function into a clear 'missing key' error."""
+
   def wrapper(src, *args, **kwargs):
     try:
       return fn(src, *args, **kwargs)
@@ -289,6 +347,7 @@ def _checked(fn):
       if str(e).startswith(str(src)):
         raise
       raise ValueError(f"{src}: {e}") from None
+
   return wrapper
 
 
@@ -297,6 +356,7 @@ def wan_dit_from_diffusers(src: str, dtype=jnp.float32, **config_overrides):
   """A WanDiT from a diffusers `WanTransformer3DModel.save_pretrained` directory, or an original
   Wan2.1 release directory (`config.json` + `diffusion_pytorch_model*.safetensors`)."""
   from microverse_jax.models.wan_dit import WanDiT
+
   cfg = wan_dit_config_from_json(read_json(src), **config_overrides)
   model = nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
   model = _materialize(model)
@@ -322,6 +382,7 @@ def _build(model_cls, cfg) -> nnx.Module:
 def wan_vae_from_diffusers(src: str, dtype=jnp.float32, **config_overrides):
   """A WanVAE from a diffusers `AutoencoderKLWan.save_pretrained` directory."""
   from microverse_jax.models.wan_vae import WanVAE, wan_vae_arrays, wan_vae_config_from_diffusers
+
   model = _build(WanVAE, wan_vae_config_from_diffusers(read_json(src), **config_overrides))
   assign(model, wan_vae_arrays(model, read_checkpoint(src), "diffusers"), src, dtype)
   return model
@@ -332,6 +393,7 @@ def wan_vae_from_original(src: str, dtype=jnp.float32, **config_overrides):
   """A WanVAE from the original `Wan2.1_VAE.pth` (a file, or a directory holding it); the config
   is the "wan2.1" preset unless overridden."""
   from microverse_jax.models.wan_vae import WanVAE, WanVAEConfig, wan_vae_arrays
+
   if os.path.isdir(src):
     src = os.path.join(src, "Wan2.1_VAE.pth")
   model = _build(WanVAE, WanVAEConfig.preset("wan2.1", **config_overrides))
@@ -349,8 +411,11 @@ def wan_vae_from_path(src: str, dtype=jnp.float32):
   """A diffusers directory (has config.json), the original .pth file / directory, or a converted dir."""
   if checkpoint_format(src) == "converted":
     return _cast(from_checkpoint(src, "vae"), dtype)
-  if os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")) and \
-     not os.path.exists(os.path.join(src, _VAE_PTH)):
+  if (
+    os.path.isdir(src)
+    and os.path.exists(os.path.join(src, "config.json"))
+    and not os.path.exists(os.path.join(src, _VAE_PTH))
+  ):
     return wan_vae_from_diffusers(src, dtype)
   return wan_vae_from_original(src, dtype)
 
@@ -359,6 +424,7 @@ def wan_vae_from_path(src: str, dtype=jnp.float32):
 def umt5_from_transformers(src: str, dtype=jnp.float32, **config_overrides):
   """A UMT5Encoder from a transformers `UMT5EncoderModel.save_pretrained` directory."""
   from microverse_jax.models.umt5 import UMT5Encoder, umt5_arrays, umt5_config_from_transformers
+
   cfg = umt5_config_from_transformers(read_json(src), **config_overrides)
   model = _build(UMT5Encoder, cfg)
   assign(model, umt5_arrays(read_checkpoint(src), cfg.num_layers, "transformers"), src, dtype)
@@ -370,6 +436,7 @@ def umt5_from_original(src: str, dtype=jnp.float32, **config_overrides):
   """A UMT5Encoder from Wan's `models_t5_umt5-xxl-enc-bf16.pth` (a file, or a directory holding
   it); the config is inferred from the tensor shapes."""
   from microverse_jax.models.umt5 import UMT5Encoder, umt5_arrays, umt5_config_from_original
+
   if os.path.isdir(src):
     src = os.path.join(src, "models_t5_umt5-xxl-enc-bf16.pth")
   sd = read_checkpoint(src)
@@ -383,8 +450,11 @@ def umt5_from_path(src: str, dtype=jnp.float32):
   """A transformers directory (has config.json), the original .pth file / directory, or a converted dir."""
   if checkpoint_format(src) == "converted":
     return _cast(from_checkpoint(src, "umt5"), dtype)
-  if os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")) and \
-     not os.path.exists(os.path.join(src, _UMT5_PTH)):
+  if (
+    os.path.isdir(src)
+    and os.path.exists(os.path.join(src, "config.json"))
+    and not os.path.exists(os.path.join(src, _UMT5_PTH))
+  ):
     return umt5_from_transformers(src, dtype)
   return umt5_from_original(src, dtype)
 
@@ -395,6 +465,7 @@ def umt5_from_path(src: str, dtype=jnp.float32):
 def save_params(model: nnx.Module, dst: str, kind: str) -> None:
   """Writes base parameters to `dst/params` (Orbax) and the config to `dst/config.json`."""
   import orbax.checkpoint as ocp
+
   dst = _local_or_gcs(dst)
   state = nnx.state(model, BASE_PARAMS).to_pure_dict()
   with ocp.StandardCheckpointer() as ckpt:
@@ -407,6 +478,7 @@ def save_params(model: nnx.Module, dst: str, kind: str) -> None:
 def _local_or_gcs(path: str):
   """An epath.Path; local paths made absolute (Orbax needs them so), gs:// kept as is."""
   from etils import epath
+
   return epath.Path(path) if str(path).startswith("gs://") else epath.Path(os.path.abspath(path))
 
 
@@ -414,9 +486,11 @@ def _local_or_gcs(path: str):
 # One loading API: a converted Orbax dir or a PyTorch checkpoint, either one
 # ---------------------------------------------------------------------------------------------
 KINDS = ("dit", "vae", "umt5")
-EXPECTED = ("a converted checkpoint (params/ + config.json, written by `python -m microverse_jax.convert`), "
-            "a diffusers/transformers `save_pretrained` directory (config.json + *.safetensors), or a "
-            ".pth/.safetensors file (original Wan2.1, DiffSynth/MicroVerse)")
+EXPECTED = (
+  "a converted checkpoint (params/ + config.json, written by `python -m microverse_jax.convert`), "
+  "a diffusers/transformers `save_pretrained` directory (config.json + *.safetensors), or a "
+  ".pth/.safetensors file (original Wan2.1, DiffSynth/MicroVerse)"
+)
 _VAE_PTH, _UMT5_PTH = "Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth"
 
 
@@ -426,7 +500,7 @@ def _check_kind(kind: str) -> None:
 
 
 def checkpoint_format(src: str) -> str:
-  """"converted" (a `save_params` directory) or "pytorch" (anything `read_checkpoint` reads).
+  """ "converted" (a `save_params` directory) or "pytorch" (anything `read_checkpoint` reads).
 
   Raises FileNotFoundError naming the path and what was expected."""
   path = str(src)
@@ -434,8 +508,10 @@ def checkpoint_format(src: str) -> str:
     p = _local_or_gcs(path)
     if (p / "params").is_dir() and (p / "config.json").exists():
       return "converted"
-    raise FileNotFoundError(f"{src}: not a converted checkpoint (no params/ + config.json); gs:// paths "
-                            f"hold converted checkpoints only. Expected {EXPECTED}")
+    raise FileNotFoundError(
+      f"{src}: not a converted checkpoint (no params/ + config.json); gs:// paths "
+      f"hold converted checkpoints only. Expected {EXPECTED}"
+    )
   if os.path.isdir(path):
     if os.path.isdir(os.path.join(path, "params")):
       if not os.path.exists(os.path.join(path, "config.json")):
@@ -446,8 +522,9 @@ def checkpoint_format(src: str) -> str:
     raise FileNotFoundError(f"{src}: no checkpoint in this directory; expected {EXPECTED}")
   if os.path.isfile(path) and path.endswith((".safetensors", ".pth", ".pt", ".bin")):
     return "pytorch"
-  raise FileNotFoundError(f"{src}: {'not a checkpoint file' if os.path.exists(path) else 'no such file or directory'}"
-                          f"; expected {EXPECTED}")
+  raise FileNotFoundError(
+    f"{src}: {'not a checkpoint file' if os.path.exists(path) else 'no such file or directory'}; expected {EXPECTED}"
+  )
 
 
 def _converted_meta(src: str, kind: str | None) -> dict:
@@ -463,6 +540,7 @@ def _config_class(kind: str):
   from microverse_jax.models.umt5 import UMT5Config
   from microverse_jax.models.wan_dit import WanDiTConfig
   from microverse_jax.models.wan_vae import WanVAEConfig
+
   return {"dit": WanDiTConfig, "vae": WanVAEConfig, "umt5": UMT5Config}[kind]
 
 
@@ -474,7 +552,7 @@ def _pytorch_layout(src: str, kind: str) -> tuple[str, str]:
     return ("diffusers" if has_json or src.endswith(".safetensors") else "original"), src
   name = _VAE_PTH if kind == "vae" else _UMT5_PTH
   if os.path.isdir(src) and os.path.exists(os.path.join(src, name)):
-    return "original", os.path.join(src, name)   # a Wan2.1 release directory
+    return "original", os.path.join(src, name)  # a Wan2.1 release directory
   if has_json:
     return ("diffusers" if kind == "vae" else "transformers"), src
   if os.path.isdir(src):
@@ -503,10 +581,12 @@ def checkpoint_config(src: str, kind: str, **overrides):
       return wan_dit_config_from_state_dict(read_checkpoint(path), **overrides)
     if kind == "vae":
       from microverse_jax.models.wan_vae import WanVAEConfig, wan_vae_config_from_diffusers
+
       if layout == "diffusers":
         return wan_vae_config_from_diffusers(read_json(path), **overrides)
       return WanVAEConfig.preset("wan2.1", **overrides)
     from microverse_jax.models.umt5 import umt5_config_from_original, umt5_config_from_transformers
+
     if layout == "transformers":
       return umt5_config_from_transformers(read_json(path), **overrides)
     return umt5_config_from_original(read_checkpoint(path), **overrides)
@@ -527,9 +607,11 @@ def pytorch_arrays(src: str, kind: str, cfg=None) -> tuple[dict[str, np.ndarray]
     cfg = cfg or checkpoint_config(src, kind)
     if kind == "vae":
       from microverse_jax.models.wan_vae import WanVAE, wan_vae_arrays
+
       abstract = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
       return wan_vae_arrays(abstract, read_checkpoint(path), layout), layout
     from microverse_jax.models.umt5 import umt5_arrays
+
     return umt5_arrays(read_checkpoint(path), cfg.num_layers, layout), layout
   except KeyError as e:
     raise ValueError(f"{src}: checkpoint is missing key {e.args[0]!r}") from None
@@ -552,8 +634,11 @@ def _flat(tree, is_leaf=None) -> dict:
 def check_match(src: str, have: Mapping[str, tuple], want: Mapping[str, tuple]) -> None:
   """One ValueError listing missing keys, unexpected keys and shape differences (both shapes)."""
   missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-  shapes = [f"{k}: checkpoint {tuple(have[k])}, model {tuple(want[k])}" for k in sorted(set(have) & set(want))
-            if tuple(have[k]) != tuple(want[k])]
+  shapes = [
+    f"{k}: checkpoint {tuple(have[k])}, model {tuple(want[k])}"
+    for k in sorted(set(have) & set(want))
+    if tuple(have[k]) != tuple(want[k])
+  ]
   if missing or unexpected or shapes:
     lines = [f"{src}: checkpoint does not match the model"]
     lines += [f"  missing ({len(missing)}): {missing}"] if missing else []
@@ -584,6 +669,7 @@ def restore_params(src: str, target, kind: str | None = None):
   want = {k: tuple(v.shape) for k, v in _flat(target).items()}
   if fmt == "converted":
     import orbax.checkpoint as ocp
+
     kind = _converted_meta(src, kind)["kind"]
     path = _local_or_gcs(src) / "params"
     with ocp.StandardCheckpointer() as ckpt:
@@ -603,6 +689,7 @@ def restore_params(src: str, target, kind: str | None = None):
       host = np.asarray(arrays[key]).astype(flat_target[key].dtype)
       sharding = getattr(leaf, "sharding", None)
       return jax.device_put(host, sharding) if sharding is not None else jnp.asarray(host)
+
     out = jax.tree_util.tree_map_with_path(put, target)
     what = f"PyTorch checkpoint ({layout} layout)"
   print(f"loaded {kind} weights from {what}: {src}", flush=True)
@@ -617,6 +704,7 @@ def load_params(src: str, model: nnx.Module, kind: str | None = None) -> None:
   def abstract(x):
     sharding = x.sharding if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) else None
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
   nnx.replace_by_pure_dict(state, restore_params(src, jax.tree.map(abstract, state.to_pure_dict()), kind))
   nnx.update(model, state)
 
@@ -626,6 +714,7 @@ def from_checkpoint(src: str, kind: str, **config_overrides) -> nnx.Module:
   from microverse_jax.models.umt5 import UMT5Encoder
   from microverse_jax.models.wan_dit import WanDiT
   from microverse_jax.models.wan_vae import WanVAE
+
   cfg = checkpoint_config(src, kind, **config_overrides)
   model = _build({"dit": WanDiT, "vae": WanVAE, "umt5": UMT5Encoder}[kind], cfg)
   load_params(src, model, kind)
@@ -648,8 +737,10 @@ def latest_lora(directory: str) -> str:
   files = sorted(n for n in names if n.endswith(".safetensors"))
   if len(files) == 1:
     return os.path.join(directory, files[0])
-  raise FileNotFoundError(f"{directory}: no step-N.safetensors LoRA file"
-                          + (f" and several other .safetensors files {files}: name one" if files else ""))
+  raise FileNotFoundError(
+    f"{directory}: no step-N.safetensors LoRA file"
+    + (f" and several other .safetensors files {files}: name one" if files else "")
+  )
 
 
 def load_lora(src: str, model: nnx.Module, *, strict: bool = True) -> str:
@@ -657,11 +748,14 @@ def load_lora(src: str, model: nnx.Module, *, strict: bool = True) -> str:
   and scale): into its LoRA params, or merged into the base kernels if it has none. `src`: a
   .safetensors file, or a directory of training outputs (the highest step-N). Returns the file read."""
   from microverse_jax.models import lora
+
   if os.path.isdir(src):
     src = latest_lora(src)
   elif not os.path.isfile(src):
-    raise FileNotFoundError(f"{src}: no such LoRA file; expected a .safetensors file of PEFT LoRA weights "
-                            "(DiffSynth/MicroVerse step-N.safetensors, diffusers or ComfyUI) or a directory of them")
+    raise FileNotFoundError(
+      f"{src}: no such LoRA file; expected a .safetensors file of PEFT LoRA weights "
+      "(DiffSynth/MicroVerse step-N.safetensors, diffusers or ComfyUI) or a directory of them"
+    )
   try:
     factors = lora.peft_to_lora(read_checkpoint(src), model.cfg.num_layers)
   except ValueError as e:
@@ -674,12 +768,24 @@ def load_lora(src: str, model: nnx.Module, *, strict: bool = True) -> str:
 
 def main(argv=None) -> None:
   from microverse_jax import cli  # pylint: disable=g-import-not-at-top
+
   parser = cli.argument_parser(__doc__, "python -m microverse_jax.convert")
   parser.add_argument("kind", choices=KINDS, help="which model: the DiT, the Wan-VAE or the umT5 text encoder")
-  parser.add_argument("--src", required=True, metavar="PATH", help="source checkpoint: a diffusers/transformers "
-                      "directory, an original Wan2.1 / DiffSynth .pth or .safetensors file, or a converted directory")
-  parser.add_argument("--out", "--dst", dest="out", required=True, metavar="DIR",
-                      help="output directory (Orbax checkpoint + config.json); --dst: old spelling")
+  parser.add_argument(
+    "--src",
+    required=True,
+    metavar="PATH",
+    help="source checkpoint: a diffusers/transformers "
+    "directory, an original Wan2.1 / DiffSynth .pth or .safetensors file, or a converted directory",
+  )
+  parser.add_argument(
+    "--out",
+    "--dst",
+    dest="out",
+    required=True,
+    metavar="DIR",
+    help="output directory (Orbax checkpoint + config.json); --dst: old spelling",
+  )
   args = parser.parse_args(argv)
   print(f"converting {args.kind} from {args.src} ...", flush=True)
   model = from_checkpoint(args.src, args.kind)
@@ -690,4 +796,5 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
   from microverse_jax import cli  # pylint: disable=g-import-not-at-top
+
   cli.main_guard(main)

@@ -4,6 +4,7 @@ Noise level sigma in [0, 1]: x_sigma = (1 - sigma) * x0 + sigma * noise; the mod
 velocity v = noise - x0 at timestep t = 1000 * sigma. Sigmas are shifted towards noise:
 sigma' = s * sigma / (1 + (s - 1) * sigma).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,6 +26,7 @@ class FlowMatching:
   """The training grid: sigma = shift(linspace(1, 0, 1001)[:-1]), t = 1000 sigma, loss weights w(t).
 
   `prediction`: what the model outputs ("velocity" or "x0", see `to_velocity`)."""
+
   shift: float = 5.0
   prediction: str = "velocity"
 
@@ -71,8 +73,7 @@ def inference_sigmas(num_steps: int, shift: float = 5.0) -> np.ndarray:
 PREDICTIONS = ("velocity", "x0")
 
 
-def to_velocity(out: jax.Array, x_t: jax.Array, sigma: jax.Array, prediction: str,
-                min_sigma: float = 0.0) -> jax.Array:
+def to_velocity(out: jax.Array, x_t: jax.Array, sigma: jax.Array, prediction: str, min_sigma: float = 0.0) -> jax.Array:
   """The velocity a model output stands for. out, x_t: (B, ...); sigma: (B,).
 
   "velocity": out is v (Wan2.1). "x0": out is the clean sample, v = (x_t - out) / sigma, the
@@ -110,12 +111,21 @@ def guided(velocity: Callable, guidance: float, *, cond_only: Callable | None = 
     v_cond, v_uncond = jnp.split(v, 2)
     state["delta"] = v_cond - v_uncond
     return v_uncond + guidance * state["delta"]
+
   return fn
 
 
-def sample(velocity: VelocityFn, noise: jax.Array, num_steps: int, *, shift: float = 5.0,
-           sampler: str = "euler", callback: Callable[[int], None] | None = None,
-           step_cache: float = 0.0, stats: dict | None = None) -> jax.Array:
+def sample(
+  velocity: VelocityFn,
+  noise: jax.Array,
+  num_steps: int,
+  *,
+  shift: float = 5.0,
+  sampler: str = "euler",
+  callback: Callable[[int], None] | None = None,
+  step_cache: float = 0.0,
+  stats: dict | None = None,
+) -> jax.Array:
   """Integrates dx/dsigma = v from sigma = 1 (noise) to 0 and returns x0.
 
   velocity(x, t) is called once per step with t = 1000 sigma broadcast to (B,).

@@ -46,20 +46,25 @@ TextEncoder = Callable[[np.ndarray, np.ndarray], np.ndarray]  # ids int32 (B, L)
 def cache_features() -> tfds.features.FeaturesDict:
   """Features of a latent-cache record (dynamic shapes: one feature spec serves every resolution)."""
   bf16 = ml_dtypes.bfloat16
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       "id": tfds.features.Text(),
       "caption": tfds.features.Text(),
-      "latents": tfds.features.Tensor(shape=(None, None, None, None), dtype=bf16,
-                                      encoding=tfds.features.Encoding.BYTES, doc="(F', H', W', C)"),
-      "context": tfds.features.Tensor(shape=(None, None), dtype=bf16,
-                                      encoding=tfds.features.Encoding.BYTES, doc="(n tokens, D)"),
+      "latents": tfds.features.Tensor(
+        shape=(None, None, None, None), dtype=bf16, encoding=tfds.features.Encoding.BYTES, doc="(F', H', W', C)"
+      ),
+      "context": tfds.features.Tensor(
+        shape=(None, None), dtype=bf16, encoding=tfds.features.Encoding.BYTES, doc="(n tokens, D)"
+      ),
       "source_index": tfds.features.Scalar(dtype=np.int64),
-  })
+    }
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class _SourceRange:
   """Records [start, stop) of a random-access source, as a source of its own."""
+
   source: object
   start: int
   stop: int
@@ -96,11 +101,25 @@ def _write_array_record(path: epath.Path, records: list[bytes]) -> None:
       os.remove(tmp)
 
 
-def encode_split(source, out_dir: str, *, dataset: str, split: str, video_encoder: VideoEncoder,
-                 text_encoder: TextEncoder, tokenizer: input_pipeline.Tokenizer, num_frames: int,
-                 height: int, width: int, frame_stride: int = 1, batch_size: int = 8,
-                 shard_size: int = 256, worker_count: int = 0, process_index: int | None = None,
-                 process_count: int | None = None) -> dict:
+def encode_split(
+  source,
+  out_dir: str,
+  *,
+  dataset: str,
+  split: str,
+  video_encoder: VideoEncoder,
+  text_encoder: TextEncoder,
+  tokenizer: input_pipeline.Tokenizer,
+  num_frames: int,
+  height: int,
+  width: int,
+  frame_stride: int = 1,
+  batch_size: int = 8,
+  shard_size: int = 256,
+  worker_count: int = 0,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> dict:
   """Encodes `source` (a clip source from `load_source`) into OUT_DIR/<dataset>_latents/1.0.0/.
 
   Returns {"path", "shards_written", "shards_skipped" (already complete), "records", "skipped"
@@ -108,14 +127,21 @@ def encode_split(source, out_dir: str, *, dataset: str, split: str, video_encode
   """
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
+
     process_index, process_count = jax.process_index(), jax.process_count()
   name = f"{dataset}_latents"
   split_dir = epath.Path(out_dir) / name / VERSION
   split_dir.mkdir(parents=True, exist_ok=True)
   features = cache_features()
   num_shards = max(1, math.ceil(len(source) / shard_size))
-  stats = {"path": str(split_dir), "shards_written": 0, "shards_skipped": 0, "records": 0,
-           "skipped": dict.fromkeys(input_pipeline.SKIP_REASONS, 0), "finalized": False}
+  stats = {
+    "path": str(split_dir),
+    "shards_written": 0,
+    "shards_skipped": 0,
+    "records": 0,
+    "skipped": dict.fromkeys(input_pipeline.SKIP_REASONS, 0),
+    "finalized": False,
+  }
   for shard in range(process_index, num_shards, process_count):
     path = shard_path(split_dir, name, split, shard, num_shards)
     if path.exists():
@@ -123,10 +149,21 @@ def encode_split(source, out_dir: str, *, dataset: str, split: str, video_encode
       continue
     start, stop = shard * shard_size, min(len(source), (shard + 1) * shard_size)
     batches = input_pipeline.make_video_iterator(
-        _SourceRange(source, start, stop), batch_size=batch_size, num_frames=num_frames, height=height,
-        width=width, tokenizer=tokenizer, seed=0, shuffle=False, num_epochs=1,
-        worker_count=worker_count, frame_stride=frame_stride, drop_remainder=False,
-        shard_index=0, shard_count=1)
+      _SourceRange(source, start, stop),
+      batch_size=batch_size,
+      num_frames=num_frames,
+      height=height,
+      width=width,
+      tokenizer=tokenizer,
+      seed=0,
+      shuffle=False,
+      num_epochs=1,
+      worker_count=worker_count,
+      frame_stride=frame_stride,
+      drop_remainder=False,
+      shard_index=0,
+      shard_count=1,
+    )
     records = []
     for batch in batches:
       latents = np.asarray(video_encoder(batch["video"])).astype(ml_dtypes.bfloat16)
@@ -135,27 +172,41 @@ def encode_split(source, out_dir: str, *, dataset: str, split: str, video_encode
         if local_index < 0:
           continue
         record = source[start + int(local_index)]
-        records.append(features.serialize_example({
-            "id": record["id"], "caption": record["caption"], "latents": latents[row],
-            "context": context[row, :int(batch["text_mask"][row].sum())],
-            "source_index": start + int(local_index)}))
+        records.append(
+          features.serialize_example(
+            {
+              "id": record["id"],
+              "caption": record["caption"],
+              "latents": latents[row],
+              "context": context[row, : int(batch["text_mask"][row].sum())],
+              "source_index": start + int(local_index),
+            }
+          )
+        )
     for reason, count in batches.skip_counts.items():
       stats["skipped"][reason] += count
     _write_array_record(path, records)
     stats["shards_written"] += 1
     stats["records"] += len(records)
   if process_index == 0:
-    stats["finalized"] = finalize(out_dir, dataset=dataset, text_length=tokenizer.max_length,
-                                  num_frames=num_frames, height=height, width=width,
-                                  frame_stride=frame_stride)
+    stats["finalized"] = finalize(
+      out_dir,
+      dataset=dataset,
+      text_length=tokenizer.max_length,
+      num_frames=num_frames,
+      height=height,
+      width=width,
+      frame_stride=frame_stride,
+    )
   return stats
 
 
 _SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<split>[^-.]+)\.array_record-(?P<shard>\d{5})-of-(?P<total>\d{5})$")
 
 
-def finalize(out_dir: str, *, dataset: str, text_length: int, num_frames: int, height: int,
-             width: int, frame_stride: int) -> bool:
+def finalize(
+  out_dir: str, *, dataset: str, text_length: int, num_frames: int, height: int, width: int, frame_stride: int
+) -> bool:
   """Writes TFDS metadata for every split whose shards are all present; False if none is complete."""
   name = f"{dataset}_latents"
   split_dir = epath.Path(out_dir) / name / VERSION
@@ -169,8 +220,7 @@ def finalize(out_dir: str, *, dataset: str, text_length: int, num_frames: int, h
   complete = {s: files for s, files in shards.items() if len(files) == totals[s]}
   if not complete:
     return False
-  template = tfds.core.ShardedFileTemplate(data_dir=split_dir, dataset_name=name,
-                                           filetype_suffix="array_record")
+  template = tfds.core.ShardedFileTemplate(data_dir=split_dir, dataset_name=name, filetype_suffix="array_record")
   split_infos = []
   for split, files in sorted(complete.items()):
     lengths = []
@@ -178,14 +228,24 @@ def finalize(out_dir: str, *, dataset: str, text_length: int, num_frames: int, h
       reader = array_record_module.ArrayRecordReader(os.fspath(files[i]))
       lengths.append(reader.num_records())
       reader.close()
-    split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=0,
-                                           filename_template=template))
+    split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=0, filename_template=template))
   tfds.folder_dataset.write_metadata(
-      data_dir=split_dir, features=cache_features(), split_infos=split_infos, version=VERSION,
-      filename_template=template, check_data=False,
-      description=f"Wan-VAE latents and text-encoder states of {dataset}.",
-      metadata=tfds.core.MetadataDict(text_length=text_length, num_frames=num_frames, height=height,
-                                      width=width, frame_stride=frame_stride, source_dataset=dataset))
+    data_dir=split_dir,
+    features=cache_features(),
+    split_infos=split_infos,
+    version=VERSION,
+    filename_template=template,
+    check_data=False,
+    description=f"Wan-VAE latents and text-encoder states of {dataset}.",
+    metadata=tfds.core.MetadataDict(
+      text_length=text_length,
+      num_frames=num_frames,
+      height=height,
+      width=width,
+      frame_stride=frame_stride,
+      source_dataset=dataset,
+    ),
+  )
   return True
 
 
@@ -213,8 +273,9 @@ def sharded_encoders(vae, text_encoder, devices=None) -> tuple[VideoEncoder, Tex
 
   @jax.jit
   def encode_text(state, ids, mask):
-    return nnx.merge(text_def, state)(jax.lax.with_sharding_constraint(ids, batch),
-                                      jax.lax.with_sharding_constraint(mask, batch))
+    return nnx.merge(text_def, state)(
+      jax.lax.with_sharding_constraint(ids, batch), jax.lax.with_sharding_constraint(mask, batch)
+    )
 
   def video_fn(video):
     return np.asarray(encode_video(vae_state, jax.device_put(video, batch)))
@@ -249,24 +310,38 @@ def load_encoder(src: str, kind: str, dtype="bfloat16", devices=None):
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   dtype = jnp.dtype(dtype)
   target = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, dtype if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype,
-                                     sharding=replicated), state.to_pure_dict())
+    lambda s: jax.ShapeDtypeStruct(
+      s.shape, dtype if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype, sharding=replicated
+    ),
+    state.to_pure_dict(),
+  )
   nnx.replace_by_pure_dict(state, convert.restore_params(src, target, kind=kind))
   return nnx.merge(graphdef, state)
 
 
 def main(argv: list[str] | None = None) -> None:
   from microverse_jax import cli  # pylint: disable=g-import-not-at-top
+
   parser = cli.argument_parser(__doc__, "python -m microverse_jax.encode")
   parser.add_argument("--dataset", required=True, help="source dataset name, e.g. microsim10k")
   parser.add_argument("--data_dir", required=True)
   parser.add_argument("--split", default="train")
-  parser.add_argument("--out", "--out_dir", dest="out_dir", required=True, metavar="DIR",
-                      help="cache root (local or gs://); --out_dir: old spelling")
-  parser.add_argument("--vae", required=True, help="Wan-VAE: a converted dir (convert vae), a diffusers "
-                      "directory or Wan2.1_VAE.pth")
-  parser.add_argument("--text_encoder", required=True, help="umT5 encoder: a converted dir (convert umt5), "
-                      "a transformers directory or models_t5_umt5-xxl-enc-bf16.pth")
+  parser.add_argument(
+    "--out",
+    "--out_dir",
+    dest="out_dir",
+    required=True,
+    metavar="DIR",
+    help="cache root (local or gs://); --out_dir: old spelling",
+  )
+  parser.add_argument(
+    "--vae", required=True, help="Wan-VAE: a converted dir (convert vae), a diffusers directory or Wan2.1_VAE.pth"
+  )
+  parser.add_argument(
+    "--text_encoder",
+    required=True,
+    help="umT5 encoder: a converted dir (convert umt5), a transformers directory or models_t5_umt5-xxl-enc-bf16.pth",
+  )
   parser.add_argument("--tokenizer", required=True, help="directory with the umT5 tokenizer.json or spiece.model")
   parser.add_argument("--dtype", default="bfloat16", help="encoder weight dtype")
   parser.add_argument("--text_length", type=int, default=512)
@@ -279,26 +354,48 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--worker_count", type=int, default=0)
   args = parser.parse_args(argv)
   from microverse_jax.models.umt5 import UMT5Tokenizer  # pylint: disable=g-import-not-at-top
-  video_encoder, text_encoder = sharded_encoders(load_encoder(args.vae, "vae", args.dtype),
-                                                 load_encoder(args.text_encoder, "umt5", args.dtype))
+
+  video_encoder, text_encoder = sharded_encoders(
+    load_encoder(args.vae, "vae", args.dtype), load_encoder(args.text_encoder, "umt5", args.dtype)
+  )
   tokenizer = UMT5Tokenizer(args.tokenizer, max_length=args.text_length)
   source = input_pipeline.load_source(args.dataset, args.split, args.data_dir)
-  stats = encode_split(source, args.out_dir, dataset=args.dataset, split=args.split,
-                       video_encoder=video_encoder, text_encoder=text_encoder, tokenizer=tokenizer,
-                       num_frames=args.num_frames, height=args.height, width=args.width,
-                       frame_stride=args.frame_stride, batch_size=args.batch_size,
-                       shard_size=args.shard_size, worker_count=args.worker_count)
+  stats = encode_split(
+    source,
+    args.out_dir,
+    dataset=args.dataset,
+    split=args.split,
+    video_encoder=video_encoder,
+    text_encoder=text_encoder,
+    tokenizer=tokenizer,
+    num_frames=args.num_frames,
+    height=args.height,
+    width=args.width,
+    frame_stride=args.frame_stride,
+    batch_size=args.batch_size,
+    shard_size=args.shard_size,
+    worker_count=args.worker_count,
+  )
   import jax  # pylint: disable=g-import-not-at-top
+
   if jax.process_count() > 1:  # the other hosts' shards exist once everyone is here
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     multihost_utils.sync_global_devices("microverse_jax.encode")
     if jax.process_index() == 0 and not stats["finalized"]:
-      stats["finalized"] = finalize(args.out_dir, dataset=args.dataset, text_length=args.text_length,
-                                    num_frames=args.num_frames, height=args.height, width=args.width,
-                                    frame_stride=args.frame_stride)
+      stats["finalized"] = finalize(
+        args.out_dir,
+        dataset=args.dataset,
+        text_length=args.text_length,
+        num_frames=args.num_frames,
+        height=args.height,
+        width=args.width,
+        frame_stride=args.frame_stride,
+      )
   print(stats)
 
 
 if __name__ == "__main__":
   from microverse_jax import cli  # pylint: disable=g-import-not-at-top
+
   cli.main_guard(main)

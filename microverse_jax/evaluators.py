@@ -1,4 +1,5 @@
 """What the trainer runs every N steps: the held-out loss, sample videos and physics scores."""
+
 from __future__ import annotations
 
 import jax
@@ -27,8 +28,7 @@ def make_eval_step(c, graphdef):
 
 def held_out_loss(c, tokenizer, eval_step, encode, state, frozen, enc_state, mesh, rules) -> dict:
   """Validation flow-matching loss per timestep bucket (fixed noise, fixed batches)."""
-  it = factory.load_batches(c, tokenizer, "validation", seed=0, shuffle=False, num_epochs=1,
-                            drop_remainder=False)
+  it = factory.load_batches(c, tokenizer, "validation", seed=0, shuffle=False, num_epochs=1, drop_remainder=False)
   sums = {b: [0.0, 0.0] for b in c.eval.buckets}
   for i, raw in zip(range(c.eval.num_batches), it):
     valid = (raw["index"] >= 0).astype(np.float32)
@@ -53,8 +53,15 @@ def sample_model(state, frozen, graphdef):
 def write_samples(c, workdir, step, model, tokenizer, encoders) -> list[np.ndarray]:
   """Samples the config's prompts to WORKDIR/samples/step_<N>/<i>.mp4 (+ PNG strips); returns them."""
   out_dir = epath.Path(workdir) / "samples" / f"step_{step}"
-  videos = pipeline.generate(model, encoders, tokenizer, list(c.eval.prompts), factory.latent_shape(c),
-                             seed=c.train.seed, **pipeline.config_settings(c))
+  videos = pipeline.generate(
+    model,
+    encoders,
+    tokenizer,
+    list(c.eval.prompts),
+    factory.latent_shape(c),
+    seed=c.train.seed,
+    **pipeline.config_settings(c),
+  )
   if jax.process_index() == 0:
     for i, v in enumerate(videos):
       pipeline.save_video(v, str(out_dir / f"{i}.mp4"), fps=c.eval.fps, strip=True)
@@ -67,11 +74,21 @@ def physics_scores(c, model, tokenizer, encoders) -> dict:
   `eval.physics` validation clips of the procedural dataset (default build settings)."""
   from microverse_jax.datasets.microsim_synth import processes  # pylint: disable=g-import-not-at-top
   from microworldbench.physics import score_videos  # pylint: disable=g-import-not-at-top
+
   d = processes.DEFAULTS
   val = [i for i in range(d["num_clips"]) if processes.split_of(i, d["num_clips"]) == "validation"]
-  specs = [processes.clip_spec(i, seed=d["seed"], num_frames=d["num_frames"], size=d["size"], fps=d["fps"])
-           for i in val[:c.eval.physics]]
-  videos = pipeline.generate(model, encoders, tokenizer, [s.caption for s in specs], factory.latent_shape(c),
-                             seed=c.train.seed, **pipeline.config_settings(c))
+  specs = [
+    processes.clip_spec(i, seed=d["seed"], num_frames=d["num_frames"], size=d["size"], fps=d["fps"])
+    for i in val[: c.eval.physics]
+  ]
+  videos = pipeline.generate(
+    model,
+    encoders,
+    tokenizer,
+    [s.caption for s in specs],
+    factory.latent_shape(c),
+    seed=c.train.seed,
+    **pipeline.config_settings(c),
+  )
   rows = [{"process": s.process, "params": s.params, "size": d["size"]} for s in specs]
   return {k: v for k, v in score_videos(videos, rows).items() if k.count("/") <= 2}

@@ -16,6 +16,7 @@ lora: the LoRA factors alone, PEFT names (see `models.lora.lora_state_dict`); "c
   `WanPipeline.load_lora_weights`; "diffusers" keys (`transformer.blocks.0.attn1.to_q.lora_A.weight`) in diffusers.
 Files are written with `safetensors.numpy`: no torch needed.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,17 +31,31 @@ from microverse_jax import convert
 from microverse_jax.models.lora import PEFT_LAYOUTS, lora_state_dict, merge_lora
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
-DIFFUSERS_VERSION = "0.35.0"   # the config format version written; any diffusers with Wan2.1 reads it
+DIFFUSERS_VERSION = "0.35.0"  # the config format version written; any diffusers with Wan2.1 reads it
 
 
 def diffusers_config(cfg) -> dict:
   """A diffusers `WanTransformer3DModel` config.json for our WanDiTConfig (text-to-video Wan2.1)."""
-  return {"_class_name": "WanTransformer3DModel", "_diffusers_version": DIFFUSERS_VERSION,
-          "patch_size": list(cfg.patch_size), "num_attention_heads": cfg.num_heads,
-          "attention_head_dim": cfg.head_dim, "in_channels": cfg.in_channels, "out_channels": cfg.out_channels,
-          "text_dim": cfg.text_dim, "freq_dim": cfg.freq_dim, "ffn_dim": cfg.ffn_dim, "num_layers": cfg.num_layers,
-          "cross_attn_norm": cfg.cross_attn_norm, "qk_norm": cfg.qk_norm, "eps": cfg.eps, "image_dim": None,
-          "added_kv_proj_dim": None, "rope_max_seq_len": cfg.rope_max_seq_len, "pos_embed_seq_len": None}
+  return {
+    "_class_name": "WanTransformer3DModel",
+    "_diffusers_version": DIFFUSERS_VERSION,
+    "patch_size": list(cfg.patch_size),
+    "num_attention_heads": cfg.num_heads,
+    "attention_head_dim": cfg.head_dim,
+    "in_channels": cfg.in_channels,
+    "out_channels": cfg.out_channels,
+    "text_dim": cfg.text_dim,
+    "freq_dim": cfg.freq_dim,
+    "ffn_dim": cfg.ffn_dim,
+    "num_layers": cfg.num_layers,
+    "cross_attn_norm": cfg.cross_attn_norm,
+    "qk_norm": cfg.qk_norm,
+    "eps": cfg.eps,
+    "image_dim": None,
+    "added_kv_proj_dim": None,
+    "rope_max_seq_len": cfg.rope_max_seq_len,
+    "pos_embed_seq_len": None,
+  }
 
 
 def diffusers_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
@@ -48,8 +63,10 @@ def diffusers_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
   `convert.wan_dit_arrays`."""
   cfg = model.cfg
   merged = merge_lora(model) if cfg.lora_rank else model
-  ours = {".".join(map(str, k)): np.asarray(v[...], np.float32)
-          for k, v in nnx.to_flat_state(nnx.state(merged, convert.BASE_PARAMS))}
+  ours = {
+    ".".join(map(str, k)): np.asarray(v[...], np.float32)
+    for k, v in nnx.to_flat_state(nnx.state(merged, convert.BASE_PARAMS))
+  }
   used, out = set(), {}
 
   def take(key, i=None):
@@ -60,15 +77,18 @@ def diffusers_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     out[f"{dst}.weight"] = take(f"{src}.kernel", i).T
     out[f"{dst}.bias"] = take(f"{src}.bias", i)
 
-  pt, ph, pw = cfg.patch_size   # (pt*ph*pw*C, E) -> (E, C, pt, ph, pw)
+  pt, ph, pw = cfg.patch_size  # (pt*ph*pw*C, E) -> (E, C, pt, ph, pw)
   kernel = take("patch_embed.kernel").reshape(pt, ph, pw, cfg.in_channels, cfg.dim)
   out["patch_embedding.weight"] = kernel.transpose(4, 3, 0, 1, 2)
   out["patch_embedding.bias"] = take("patch_embed.bias")
-  for src, dst in (("time_embed_1", "condition_embedder.time_embedder.linear_1"),
-                   ("time_embed_2", "condition_embedder.time_embedder.linear_2"),
-                   ("time_proj", "condition_embedder.time_proj"),
-                   ("text_embed_1", "condition_embedder.text_embedder.linear_1"),
-                   ("text_embed_2", "condition_embedder.text_embedder.linear_2"), ("head", "proj_out")):
+  for src, dst in (
+    ("time_embed_1", "condition_embedder.time_embedder.linear_1"),
+    ("time_embed_2", "condition_embedder.time_embedder.linear_2"),
+    ("time_proj", "condition_embedder.time_proj"),
+    ("text_embed_1", "condition_embedder.text_embedder.linear_1"),
+    ("text_embed_2", "condition_embedder.text_embedder.linear_2"),
+    ("head", "proj_out"),
+  ):
     linear(src, dst)
   out["scale_shift_table"] = take("head_modulation")[None]
   for i in range(cfg.num_layers):
@@ -94,6 +114,7 @@ def export_diffusers(model: nnx.Module, out_dir: str, *, dtype=np.float32, max_s
   """Writes `model` (LoRA merged) as a diffusers `WanTransformer3DModel` directory: config.json and
   diffusion_pytorch_model.safetensors, or shards plus an index when larger than `max_shard_bytes`."""
   from safetensors.numpy import save_file
+
   sd = {k: v.astype(dtype) for k, v in diffusers_state_dict(model).items()}
   os.makedirs(out_dir, exist_ok=True)
   shards, size = [{}], 0
@@ -103,14 +124,19 @@ def export_diffusers(model: nnx.Module, out_dir: str, *, dtype=np.float32, max_s
       size = 0
     shards[-1][key] = value
     size += value.nbytes
-  names = ([f"{DIFFUSERS_WEIGHTS}.safetensors"] if len(shards) == 1 else
-           [f"{DIFFUSERS_WEIGHTS}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+  names = (
+    [f"{DIFFUSERS_WEIGHTS}.safetensors"]
+    if len(shards) == 1
+    else [f"{DIFFUSERS_WEIGHTS}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+  )
   for name, shard in zip(names, shards):
     save_file(shard, os.path.join(out_dir, name + ".tmp"), metadata={"format": "pt"})
     os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
   if len(shards) > 1:
-    index = {"metadata": {"total_size": sum(v.nbytes for v in sd.values())},
-             "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
+    index = {
+      "metadata": {"total_size": sum(v.nbytes for v in sd.values())},
+      "weight_map": {k: name for name, shard in zip(names, shards) for k in shard},
+    }
     _write_json(os.path.join(out_dir, f"{DIFFUSERS_WEIGHTS}.safetensors.index.json"), index)
   _write_json(os.path.join(out_dir, "config.json"), diffusers_config(model.cfg))
   return out_dir
@@ -120,6 +146,7 @@ def export_lora(model: nnx.Module, path: str, *, layout: str = "comfyui") -> str
   """Writes the model's LoRA factors as a PEFT safetensors file (scale folded into lora_B, so no
   alpha entries are needed); `layout` is a key of `models.lora.PEFT_LAYOUTS`."""
   from safetensors.numpy import save_file
+
   sd = lora_state_dict(model, layout)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   save_file(sd, path + ".tmp", metadata={"format": "pt"})
@@ -137,6 +164,7 @@ def export(c, workdir: str, dst: str, fmt: str = "orbax", layout: str = "comfyui
   """Loads the latest checkpoint of `workdir` (EMA when present) and writes `dst` in format `fmt`
   ("orbax", "diffusers" or "lora"); returns the model written (merged for orbax)."""
   from microverse_jax import factory  # pylint: disable=g-import-not-at-top
+
   model = factory.load_dit(c, workdir=workdir)
   if fmt == "lora":
     export_lora(model, dst, layout=layout)
@@ -159,8 +187,9 @@ def main(argv):
 
 
 def define_flags() -> None:
-  config_flags.DEFINE_config_file("config", None, "The run's training config (default: the --workdir's saved "
-                                  "config.json).")
+  config_flags.DEFINE_config_file(
+    "config", None, "The run's training config (default: the --workdir's saved config.json)."
+  )
   flags.DEFINE_string("workdir", None, "The training workdir (latest checkpoint).", required=True)
   flags.DEFINE_string("out", None, "Output directory (orbax, diffusers) or .safetensors file (lora).", required=True)
   flags.DEFINE_enum("format", "orbax", ["orbax", "diffusers", "lora"], "What to write.")
@@ -170,5 +199,6 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   from microverse_jax import cli  # pylint: disable=g-import-not-at-top
+
   define_flags()
   cli.run(main, saved_config=True)

@@ -2,6 +2,7 @@
 frozen encoders (architecture from a checkpoint's own config), the optimizer, the sharded train
 state, and the batches. Everything is created directly into its sharding, never as a host copy.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,8 +68,10 @@ def latent_shape(c, num_frames=None, height=None, width=None) -> tuple[int, int,
     return f, h, w, 3
   t, s = vae.temporal_factor, vae.spatial_factor
   if (f - 1) % t or h % s or w % s:
-    raise ValueError(f"frames/height/width = {f}/{h}/{w}: the Wan-VAE needs frames = 1 + {t}k "
-                     f"(4k + 1 for Wan2.1's VAE) and sizes divisible by {s}")
+    raise ValueError(
+      f"frames/height/width = {f}/{h}/{w}: the Wan-VAE needs frames = 1 + {t}k "
+      f"(4k + 1 for Wan2.1's VAE) and sizes divisible by {s}"
+    )
   return 1 + (f - 1) // t, h // s, w // s, vae.z_dim
 
 
@@ -84,8 +87,11 @@ def validate(c, num_devices: int, num_slices: int | None = None) -> dict[str, in
   """Checks the config against the devices and itself; returns the resolved mesh shape (global axes,
   with the slice split in `.dcn`). num_slices: of a multislice run; None: the running devices' own
   count when they are the ones meant and span several slices, else the config's mesh.dcn_* product."""
-  for key, path in (("init_from", c.init_from), ("text.init_from", c.text.init_from),
-                    ("autoencoder.init_from", c.autoencoder.init_from)):
+  for key, path in (
+    ("init_from", c.init_from),
+    ("text.init_from", c.text.init_from),
+    ("autoencoder.init_from", c.autoencoder.init_from),
+  ):
     if path and not epath.Path(path).expanduser().exists():
       raise FileNotFoundError(f"{key}={path}: no such checkpoint")
   if num_slices is None and num_devices == jax.device_count():
@@ -101,17 +107,23 @@ def validate(c, num_devices: int, num_slices: int | None = None) -> dict[str, in
   _choice("optim.lr_scaling", lr_scaling(c)[0], ("none", "linear", "sqrt"))
   input_pipeline.bucket_sizes(c.data.num_frames, tuple(c.data.get("frame_buckets", ())))  # names a bad list
   if jax.process_count() > 1 and jax.process_index() == 0:
-    print(f"{jax.process_count()} processes: one length bucket ({c.data.num_frames} frames); shorter clips "
-          "are skipped and counted (docs/recipe.md)", flush=True)
+    print(
+      f"{jax.process_count()} processes: one length bucket ({c.data.num_frames} frames); shorter clips "
+      "are skipped and counted (docs/recipe.md)",
+      flush=True,
+    )
   if c.train.num_steps <= 0 and num_epochs(c) <= 0:
-    raise ValueError(f"train.num_steps={c.train.num_steps}: give it, or train.num_epochs > 0 to compute it "
-                     "from the train split")
+    raise ValueError(
+      f"train.num_steps={c.train.num_steps}: give it, or train.num_epochs > 0 to compute it from the train split"
+    )
   shards = mesh["data"] * mesh["fsdp"]
   micro, rem = divmod(c.data.batch_size, c.optim.grad_accum)
   if rem or micro % shards:
-    raise ValueError(f"data.batch_size={c.data.batch_size} must split into optim.grad_accum="
-                     f"{c.optim.grad_accum} micro-batches divisible by the {shards} data shards "
-                     "(mesh.data x mesh.fsdp)")
+    raise ValueError(
+      f"data.batch_size={c.data.batch_size} must split into optim.grad_accum="
+      f"{c.optim.grad_accum} micro-batches divisible by the {shards} data shards "
+      "(mesh.data x mesh.fsdp)"
+    )
   if c.data.batch_size % jax.process_count():
     raise ValueError(f"data.batch_size={c.data.batch_size} is not divisible by {jax.process_count()} processes")
   cfg = dit_config(c)
@@ -128,8 +140,9 @@ def validate(c, num_devices: int, num_slices: int | None = None) -> dict[str, in
     try:
       import microworldbench.physics  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     except ImportError:
-      raise ValueError(f"eval.physics={c.eval.physics} needs the scorer package: pip install -e ./bench "
-                       "(or --config.eval.physics=0)") from None
+      raise ValueError(
+        f"eval.physics={c.eval.physics} needs the scorer package: pip install -e ./bench (or --config.eval.physics=0)"
+      ) from None
   return mesh
 
 
@@ -185,8 +198,9 @@ def frozen_module(cls, cfg, *, init_from: str, kind: str, seed: int, mesh, rules
   graphdef, state = nnx.split(abstract)
   shard = shardings_of(state, mesh, rules)
   if init_from:
-    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          state.to_pure_dict(), shard)
+    target = jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state.to_pure_dict(), shard
+    )
     pure = convert.restore_params(init_from, target, kind=kind)
   else:
     print(f"{name}: seeded random weights (seed {seed}); set its init_from for real ones", flush=True)
@@ -199,6 +213,7 @@ def build_tokenizer(c):
   if c.text.tokenizer == "bytes":
     return input_pipeline.ByteTokenizer(c.text.max_length)
   from microverse_jax.models.umt5 import UMT5Tokenizer  # pylint: disable=g-import-not-at-top
+
   return UMT5Tokenizer(c.text.tokenizer, max_length=c.text.max_length)
 
 
@@ -207,12 +222,31 @@ def build_encoders(c, mesh, rules) -> tuple[object, Encoders]:
   VAE replicated; weights from text.init_from / autoencoder.init_from, else seeded random."""
   seed = c.train.seed + 1
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    text = frozen_module(UMT5Encoder, text_config(c), init_from=c.text.init_from, kind="umt5", seed=seed,
-                         mesh=mesh, rules=rules, name="text encoder")
+    text = frozen_module(
+      UMT5Encoder,
+      text_config(c),
+      init_from=c.text.init_from,
+      kind="umt5",
+      seed=seed,
+      mesh=mesh,
+      rules=rules,
+      name="text encoder",
+    )
     vae_cfg = vae_config(c)
-    vae = None if vae_cfg is None else frozen_module(
-        WanVAE, vae_cfg, init_from=c.autoencoder.init_from, kind="vae", seed=seed, mesh=mesh, rules=rules,
-        name="Wan-VAE")
+    vae = (
+      None
+      if vae_cfg is None
+      else frozen_module(
+        WanVAE,
+        vae_cfg,
+        init_from=c.autoencoder.init_from,
+        kind="vae",
+        seed=seed,
+        mesh=mesh,
+        rules=rules,
+        name="Wan-VAE",
+      )
+    )
   return build_tokenizer(c), Encoders(text, vae)
 
 
@@ -220,8 +254,12 @@ def abstract_encoders(c, mesh, rules) -> tuple[nnx.GraphDef, dict]:
   """(graphdef, state of ShapeDtypeStructs with shardings) of the encoders, for AOT compiles."""
   seed = c.train.seed + 1
   vae_cfg = vae_config(c)
-  enc = nnx.eval_shape(lambda: Encoders(UMT5Encoder(text_config(c), rngs=nnx.Rngs(seed)),
-                                        None if vae_cfg is None else WanVAE(vae_cfg, rngs=nnx.Rngs(seed))))
+  enc = nnx.eval_shape(
+    lambda: Encoders(
+      UMT5Encoder(text_config(c), rngs=nnx.Rngs(seed)),
+      None if vae_cfg is None else WanVAE(vae_cfg, rngs=nnx.Rngs(seed)),
+    )
+  )
   graphdef, state = nnx.split(enc)
   shard = shardings_of(state, mesh, rules)
   pure = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state.to_pure_dict(), shard)
@@ -257,7 +295,7 @@ def scaled_lr(c) -> float:
   lr * sqrt(B / B_ref) (the rule for Adam-type optimizers), "none" lr unchanged."""
   rule, ref = lr_scaling(c)
   ratio = c.data.batch_size / ref
-  return c.optim.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio ** 0.5}[rule]
+  return c.optim.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[rule]
 
 
 def frame_buckets(c) -> tuple[int, ...]:
@@ -290,8 +328,10 @@ def make_optimizer(c):
   if o.schedule == "cosine":
     lr = optax.warmup_cosine_decay_schedule(0.0, peak, max(o.warmup_steps, 1), o.warmup_steps + decay)
   else:
-    lr = optax.join_schedules([optax.linear_schedule(0.0, peak, max(o.warmup_steps, 1)),
-                               optax.constant_schedule(peak)], [max(o.warmup_steps, 1)])
+    lr = optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, max(o.warmup_steps, 1)), optax.constant_schedule(peak)],
+      [max(o.warmup_steps, 1)],
+    )
   parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
   parts.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
   return optax.chain(*parts), lr
@@ -309,10 +349,16 @@ class StateFactory:
     self.param_shardings = shardings_of(params, mesh, rules)
     self.frozen_shardings = shardings_of(frozen, mesh, rules)
     abstract_opt = jax.eval_shape(self.tx.init, params.to_pure_dict())
-    opt_shardings = optax.tree_map_params(self.tx, lambda _, s: s, abstract_opt, self.param_shardings,
-                                          transform_non_params=lambda _: replicated)
-    self.state_shardings = {"step": replicated, "rng": replicated, "skipped": replicated,
-                            "params": self.param_shardings, "opt_state": opt_shardings}
+    opt_shardings = optax.tree_map_params(
+      self.tx, lambda _, s: s, abstract_opt, self.param_shardings, transform_non_params=lambda _: replicated
+    )
+    self.state_shardings = {
+      "step": replicated,
+      "rng": replicated,
+      "skipped": replicated,
+      "params": self.param_shardings,
+      "opt_state": opt_shardings,
+    }
     if c.optim.ema_decay > 0:
       self.state_shardings["ema"] = self.param_shardings
 
@@ -322,8 +368,13 @@ class StateFactory:
     dtype = jnp.dtype(param_dtype(self.c))
     cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
     params, frozen = (jax.tree.map(cast, x.to_pure_dict()) for x in (params, frozen))
-    state = {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(seed)),
-             "skipped": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
+    state = {
+      "step": jnp.zeros((), jnp.int32),
+      "rng": jax.random.key_data(jax.random.key(seed)),
+      "skipped": jnp.zeros((), jnp.int32),
+      "params": params,
+      "opt_state": self.tx.init(params),
+    }
     if self.c.optim.ema_decay > 0:
       state["ema"] = params
     return state, frozen
@@ -336,8 +387,9 @@ class StateFactory:
       if self.cfg.lora_rank:
         frozen = convert.restore_params(self.c.init_from, checkpoint.abstract_like(frozen), kind="dit")
       else:
-        state["params"] = convert.restore_params(self.c.init_from, checkpoint.abstract_like(state["params"]),
-                                                 kind="dit")
+        state["params"] = convert.restore_params(
+          self.c.init_from, checkpoint.abstract_like(state["params"]), kind="dit"
+        )
         if "ema" in state:
           state["ema"] = jax.tree.map(jnp.copy, state["params"])
     return state, frozen
@@ -361,15 +413,22 @@ def load_dit(c, *, workdir: str | None = None, checkpoint_dir: str | None = None
   mesh = sharding.make_mesh(validate(c, jax.device_count()))
   rules = sharding.logical_rules(c.sharding_rules.to_dict())
   if checkpoint_dir:
-    cfg = dataclasses.replace(_checkpoint_config(checkpoint_dir, "dit"),
-                              **{k: getattr(dit_config(c), k) for k in RUN_FIELDS if k != "lora_rank"}, lora_rank=0)
+    cfg = dataclasses.replace(
+      _checkpoint_config(checkpoint_dir, "dit"),
+      **{k: getattr(dit_config(c), k) for k in RUN_FIELDS if k != "lora_rank"},
+      lora_rank=0,
+    )
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-      return frozen_module(WanDiT, cfg, init_from=checkpoint_dir, kind="dit", seed=0, mesh=mesh, rules=rules,
-                           name="DiT")
+      return frozen_module(
+        WanDiT, cfg, init_from=checkpoint_dir, kind="dit", seed=0, mesh=mesh, rules=rules, name="DiT"
+      )
   factory = StateFactory(c, mesh, rules)
   if factory.cfg.lora_rank and not c.init_from:
-    print(f"LoRA base weights: the seeded random init of train.seed={c.train.seed}, as the run trained "
-          "them (its config has no init_from)", flush=True)
+    print(
+      f"LoRA base weights: the seeded random init of train.seed={c.train.seed}, as the run trained "
+      "them (its config has no init_from)",
+      flush=True,
+    )
   ckpt = checkpoint.Checkpointer(workdir, async_save=False)
   step = ckpt.latest_step()
   if step is None:
@@ -395,12 +454,16 @@ def batch_spec(c) -> dict[str, jax.ShapeDtypeStruct]:
   b, f, h, w = c.data.batch_size, c.data.num_frames, c.data.height, c.data.width
   if c.data.source == "latents":
     lat = latent_shape(c)
-    return {"latents": jax.ShapeDtypeStruct((b, *lat), jnp.float32),
-            "context": jax.ShapeDtypeStruct((b, c.text.max_length, dit_config(c).text_dim), jnp.float32),
-            "context_mask": jax.ShapeDtypeStruct((b, c.text.max_length), jnp.bool_)}
-  return {"video": jax.ShapeDtypeStruct((b, f, h, w, 3), jnp.float32),
-          "text_ids": jax.ShapeDtypeStruct((b, c.text.max_length), jnp.int32),
-          "text_mask": jax.ShapeDtypeStruct((b, c.text.max_length), jnp.bool_)}
+    return {
+      "latents": jax.ShapeDtypeStruct((b, *lat), jnp.float32),
+      "context": jax.ShapeDtypeStruct((b, c.text.max_length, dit_config(c).text_dim), jnp.float32),
+      "context_mask": jax.ShapeDtypeStruct((b, c.text.max_length), jnp.bool_),
+    }
+  return {
+    "video": jax.ShapeDtypeStruct((b, f, h, w, 3), jnp.float32),
+    "text_ids": jax.ShapeDtypeStruct((b, c.text.max_length), jnp.int32),
+    "text_mask": jax.ShapeDtypeStruct((b, c.text.max_length), jnp.bool_),
+  }
 
 
 def to_global(batch: dict, mesh, rules) -> dict:
@@ -409,8 +472,7 @@ def to_global(batch: dict, mesh, rules) -> dict:
   return {k: jax.make_array_from_process_local_data(spec, v) for k, v in batch.items() if k != "index"}
 
 
-def load_batches(c, tokenizer, split: str, *, seed: int, shuffle: bool, num_epochs=None,
-                 drop_remainder=True):
+def load_batches(c, tokenizer, split: str, *, seed: int, shuffle: bool, num_epochs=None, drop_remainder=True):
   """This process's batch iterator over `split` (Grain; checkpointable)."""
   data_dir = os.path.expanduser(c.data.data_dir)
   try:
@@ -419,10 +481,13 @@ def load_batches(c, tokenizer, split: str, *, seed: int, shuffle: bool, num_epoc
     if c.data.name != "microsim_synth":
       raise
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     from microverse_jax import build_dataset  # pylint: disable=g-import-not-at-top
+
     if jax.process_index() == 0:  # the offline dataset builds on first use (~15 s)
       print(f"building microsim_synth in {data_dir} ...", flush=True)
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
       tfds.disable_progress_bar()  # our own progress line instead of TFDS's bars
       build_dataset.build("microsim_synth", data_dir, progress=build_dataset.Progress("build microsim_synth"))
     multihost_utils.sync_global_devices("microsim_synth built")
@@ -435,11 +500,27 @@ def load_batches(c, tokenizer, split: str, *, seed: int, shuffle: bool, num_epoc
   if c.data.source == "latents":
     buckets = input_pipeline.bucket_sizes(c.data.num_frames, frame_buckets(c))
     return input_pipeline.make_latent_iterator(
-        source, batch_size=per_process, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-        worker_count=c.data.worker_count, drop_remainder=drop_remainder,
-        latent_buckets=tuple(latent_shape(c, num_frames=b)[0] for b in buckets))
+      source,
+      batch_size=per_process,
+      seed=seed,
+      shuffle=shuffle,
+      num_epochs=num_epochs,
+      worker_count=c.data.worker_count,
+      drop_remainder=drop_remainder,
+      latent_buckets=tuple(latent_shape(c, num_frames=b)[0] for b in buckets),
+    )
   return input_pipeline.make_video_iterator(
-      source, batch_size=per_process, num_frames=c.data.num_frames, height=c.data.height,
-      width=c.data.width, tokenizer=tokenizer, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-      worker_count=c.data.worker_count, frame_stride=c.data.frame_stride, drop_remainder=drop_remainder,
-      frame_buckets=frame_buckets(c))
+    source,
+    batch_size=per_process,
+    num_frames=c.data.num_frames,
+    height=c.data.height,
+    width=c.data.width,
+    tokenizer=tokenizer,
+    seed=seed,
+    shuffle=shuffle,
+    num_epochs=num_epochs,
+    worker_count=c.data.worker_count,
+    frame_stride=c.data.frame_stride,
+    drop_remainder=drop_remainder,
+    frame_buckets=frame_buckets(c),
+  )

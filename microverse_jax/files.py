@@ -5,6 +5,7 @@ Local paths: a uniquely named temp file in the same folder, fsync, `os.replace` 
 fsync of the folder. Remote paths (gs://): a uniquely named temp object, then a copy over the
 target (GCS object writes are atomic per object) and the temp removed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -84,6 +85,9 @@ def check_ids(ids: Iterable, what: str = "id") -> list[str]:
     seen.add(i)
   if bad or dup:
     rows = bad + dup
-    raise ValueError(f"{len(rows)} bad {what}s (allowed: [A-Za-z0-9_.-]+, no leading dot, no duplicates): "
-                     + "; ".join(rows[:10]) + (" ..." if len(rows) > 10 else ""))
+    raise ValueError(
+      f"{len(rows)} bad {what}s (allowed: [A-Za-z0-9_.-]+, no leading dot, no duplicates): "
+      + "; ".join(rows[:10])
+      + (" ..." if len(rows) > 10 else "")
+    )
   return ids

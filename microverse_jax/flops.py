@@ -3,13 +3,23 @@
 MFU = 3 x forward matmul FLOPs per step / (step time x peak x chips). Forward matmul FLOPs count the
 projections, QK^T, PV, cross-attention and FFN (2 FLOPs per multiply-add).
 """
+
 from __future__ import annotations
 
 import math
 
 # Peak dense bf16 FLOP/s per chip.
-PEAK_FLOPS = {"v5 lite": 197e12, "v5e": 197e12, "v5p": 459e12, "v5": 459e12, "v6 lite": 918e12,
-              "v6e": 918e12, "v7": 2307e12, "h100": 989e12, "h200": 989e12}
+PEAK_FLOPS = {
+  "v5 lite": 197e12,
+  "v5e": 197e12,
+  "v5p": 459e12,
+  "v5": 459e12,
+  "v6 lite": 918e12,
+  "v6e": 918e12,
+  "v7": 2307e12,
+  "h100": 989e12,
+  "h200": 989e12,
+}
 
 
 def dit_forward_flops(cfg, latent_shape: tuple[int, int, int], text_len: int) -> float:
@@ -17,12 +27,14 @@ def dit_forward_flops(cfg, latent_shape: tuple[int, int, int], text_len: int) ->
   e, ffn = cfg.dim, cfg.ffn_dim
   patch = math.prod(cfg.patch_size)
   t = math.prod(s // p for s, p in zip(latent_shape, cfg.patch_size))
-  layer = (4 * t * e * e          # self-attention q, k, v, o
-           + 2 * t * t * e        # QK^T and PV over video tokens
-           + 2 * t * e * e        # cross-attention q, o
-           + 2 * text_len * e * e  # cross-attention k, v over the text
-           + 2 * t * text_len * e  # cross-attention QK^T and PV
-           + 2 * t * e * ffn)     # FFN
+  layer = (
+    4 * t * e * e  # self-attention q, k, v, o
+    + 2 * t * t * e  # QK^T and PV over video tokens
+    + 2 * t * e * e  # cross-attention q, o
+    + 2 * text_len * e * e  # cross-attention k, v over the text
+    + 2 * t * text_len * e  # cross-attention QK^T and PV
+    + 2 * t * e * ffn
+  )  # FFN
   embed = t * patch * (cfg.in_channels + cfg.out_channels) * e + text_len * (cfg.text_dim + e) * e
   return 2.0 * (cfg.num_layers * layer + embed)
 

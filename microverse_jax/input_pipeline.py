@@ -28,10 +28,10 @@ import dataclasses
 import math
 from typing import Any, Callable, Protocol, Sequence
 
-from absl import flags
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags
 from etils import epath
 
 from microverse_jax import video
@@ -42,10 +42,10 @@ _MAX_CONSECUTIVE_SKIPS = 1000
 
 class Tokenizer(Protocol):
   """Text -> token ids. `__call__(texts)` returns ids int32 (n, L) and mask bool (n, L), L = max_length."""
+
   max_length: int
 
-  def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    ...
+  def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class ByteTokenizer:
@@ -64,8 +64,8 @@ class ByteTokenizer:
   def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     ids = np.zeros((len(texts), self.max_length), np.int32)
     for row, text in enumerate(texts):
-      data = np.frombuffer(text.encode("utf-8")[:self.max_length - 1], np.uint8).astype(np.int32) + 3
-      ids[row, :len(data)] = data
+      data = np.frombuffer(text.encode("utf-8")[: self.max_length - 1], np.uint8).astype(np.int32) + 3
+      ids[row, : len(data)] = data
       ids[row, len(data)] = 1
     return ids, ids > 0
 
@@ -86,13 +86,14 @@ def load_source(name: str, split: str, data_dir: str) -> Any:
         except ValueError:
           continue
   if not versions:
-    raise ValueError(f"dataset {name!r} not found in {data_dir} (no {root}/<version>/dataset_info.json); "
-                     f"build it with `python -m microverse_jax.build_dataset {name} --data_dir={data_dir}`")
+    raise ValueError(
+      f"dataset {name!r} not found in {data_dir} (no {root}/<version>/dataset_info.json); "
+      f"build it with `python -m microverse_jax.build_dataset {name} --data_dir={data_dir}`"
+    )
   path = max(versions, key=lambda v: v[0])[1]
   builder = tfds.builder_from_directory(str(path))
   if split not in builder.info.splits:
-    raise ValueError(f"dataset {name!r} at {path} has no split {split!r}; "
-                     f"splits: {sorted(builder.info.splits.keys())}")
+    raise ValueError(f"dataset {name!r} at {path} has no split {split!r}; splits: {sorted(builder.info.splits.keys())}")
   return builder.as_data_source(split=split)
 
 
@@ -104,6 +105,7 @@ class _Skip:
 @dataclasses.dataclass(frozen=True)
 class _ShardRecord:
   """Position i of shard `shard_index` of `shard_count` -> source record index."""
+
   shard_index: int
   shard_count: int
 
@@ -115,11 +117,20 @@ def _padding_index(_: int) -> int:
   return -1
 
 
-def _index_plan(num_records: int, *, seed: int, shuffle: bool, num_epochs: int | None,
-                drop_remainder: bool, shard_index: int | None, shard_count: int | None) -> grain.MapDataset:
+def _index_plan(
+  num_records: int,
+  *,
+  seed: int,
+  shuffle: bool,
+  num_epochs: int | None,
+  drop_remainder: bool,
+  shard_index: int | None,
+  shard_count: int | None,
+) -> grain.MapDataset:
   """Source record indices this process reads, in order (-1 = padding row)."""
   if shard_index is None or shard_count is None:
     import jax  # pylint: disable=g-import-not-at-top
+
     shard_index, shard_count = jax.process_index(), jax.process_count()
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
@@ -164,23 +175,29 @@ class _LoadClip:
 
   F is the clip's bucket (`bucket_for`); padding rows (index -1) have the largest one."""
 
-  def __init__(self, source, *, buckets: tuple[int, ...], height: int, width: int, frame_stride: int,
-               tokenizer: Tokenizer):
+  def __init__(
+    self, source, *, buckets: tuple[int, ...], height: int, width: int, frame_stride: int, tokenizer: Tokenizer
+  ):
     self.source, self.tokenizer, self.buckets = source, tokenizer, buckets
     self.height, self.width, self.frame_stride = height, width, frame_stride
 
   def __call__(self, index: int) -> dict | _Skip:
     if index < 0:
       ids = np.zeros((self.tokenizer.max_length,), np.int32)
-      return {"video": np.zeros((self.buckets[-1], self.height, self.width, 3), np.uint8),
-              "text_ids": ids, "text_mask": ids > 0, "index": np.int64(-1)}
+      return {
+        "video": np.zeros((self.buckets[-1], self.height, self.width, 3), np.uint8),
+        "text_ids": ids,
+        "text_mask": ids > 0,
+        "index": np.int64(-1),
+      }
     try:
       record = self.source[index]
       frames = bucket_for(video.usable_frames(int(record["num_frames"]), self.frame_stride), self.buckets)
       if not frames:
         return _Skip("too_short")
-      clip = video.decode_frames(record["video"], frames, stride=self.frame_stride,
-                                 height=self.height, width=self.width)
+      clip = video.decode_frames(
+        record["video"], frames, stride=self.frame_stride, height=self.height, width=self.width
+      )
       caption = record["caption"]
       caption = caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
     except Exception:  # pylint: disable=broad-except  # any bad record is skipped and counted
@@ -205,8 +222,15 @@ class _BatchSkippingIterDataset(grain.IterDataset):
   building it; skips not followed by a batch come in a batch holding only `_skipped`.
   """
 
-  def __init__(self, parent: grain.IterDataset, *, batch_size: int, drop_remainder: bool,
-               loader: Callable[[int], Any], bucket_key: str):
+  def __init__(
+    self,
+    parent: grain.IterDataset,
+    *,
+    batch_size: int,
+    drop_remainder: bool,
+    loader: Callable[[int], Any],
+    bucket_key: str,
+  ):
     super().__init__(parent)
     self.batch_size, self.drop_remainder = batch_size, drop_remainder
     self.loader, self.bucket_key = loader, bucket_key
@@ -219,7 +243,6 @@ class _BatchSkippingIterDataset(grain.IterDataset):
 
 
 class _BatchSkippingIterator(grain.DatasetIterator):
-
   def __init__(self, parent: grain.DatasetIterator, config: _BatchSkippingIterDataset):
     super().__init__(parent)
     self._config = config
@@ -245,9 +268,11 @@ class _BatchSkippingIterator(grain.DatasetIterator):
         skipped[SKIP_REASONS.index(element.reason)] += 1
         consecutive += 1
         if consecutive >= _MAX_CONSECUTIVE_SKIPS:
-          raise ValueError(f"{consecutive} records in a row failed to load "
-                           f"({dict(zip(SKIP_REASONS, skipped.tolist()))}); check the dataset, "
-                           f"num_frames and frame_stride")
+          raise ValueError(
+            f"{consecutive} records in a row failed to load "
+            f"({dict(zip(SKIP_REASONS, skipped.tolist()))}); check the dataset, "
+            f"num_frames and frame_stride"
+          )
         continue
       consecutive = 0
       pending = self._pending.setdefault(int(element[self._config.bucket_key].shape[0]), [])
@@ -267,8 +292,10 @@ class _BatchSkippingIterator(grain.DatasetIterator):
 
   def get_state(self) -> dict:
     # Pending rows as source indices (JSON-friendly); restoring reloads them with the loader.
-    return {"parent": self._parent.get_state(),
-            "pending": {str(k): [int(e["index"]) for e in v] for k, v in sorted(self._pending.items())}}
+    return {
+      "parent": self._parent.get_state(),
+      "pending": {str(k): [int(e["index"]) for e in v] for k, v in sorted(self._pending.items())},
+    }
 
   def set_state(self, state: dict) -> None:
     self._parent.set_state(state["parent"])
@@ -316,17 +343,39 @@ class PipelineIterator(grain.DatasetIterator):
     self._skipped = np.asarray(state["skipped"], np.int64)
 
 
-def _build(source, loader, finalize, bucket_key: str, *, batch_size: int, seed: int, shuffle: bool,
-           num_epochs: int | None, worker_count: int, drop_remainder: bool,
-           shard_index: int | None, shard_count: int | None, read_threads: int) -> PipelineIterator:
+def _build(
+  source,
+  loader,
+  finalize,
+  bucket_key: str,
+  *,
+  batch_size: int,
+  seed: int,
+  shuffle: bool,
+  num_epochs: int | None,
+  worker_count: int,
+  drop_remainder: bool,
+  shard_index: int | None,
+  shard_count: int | None,
+  read_threads: int,
+) -> PipelineIterator:
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  plan = _index_plan(len(source), seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                     drop_remainder=drop_remainder, shard_index=shard_index, shard_count=shard_count)
-  ds = plan.map(loader).to_iter_dataset(grain.ReadOptions(
-      num_threads=read_threads, prefetch_buffer_size=max(2 * batch_size, read_threads)))
-  ds = _BatchSkippingIterDataset(ds, batch_size=batch_size, drop_remainder=drop_remainder, loader=loader,
-                                 bucket_key=bucket_key)
+  plan = _index_plan(
+    len(source),
+    seed=seed,
+    shuffle=shuffle,
+    num_epochs=num_epochs,
+    drop_remainder=drop_remainder,
+    shard_index=shard_index,
+    shard_count=shard_count,
+  )
+  ds = plan.map(loader).to_iter_dataset(
+    grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * batch_size, read_threads))
+  )
+  ds = _BatchSkippingIterDataset(
+    ds, batch_size=batch_size, drop_remainder=drop_remainder, loader=loader, bucket_key=bucket_key
+  )
   if worker_count > 0:
     if not flags.FLAGS.is_parsed():  # Grain reads its absl flags when it starts workers.
       flags.FLAGS.mark_as_parsed()
@@ -334,12 +383,25 @@ def _build(source, loader, finalize, bucket_key: str, *, batch_size: int, seed: 
   return iter(_FinalizeIterDataset(ds, finalize, len(source)))
 
 
-def make_video_iterator(source, *, batch_size: int, num_frames: int, height: int, width: int,
-                        tokenizer: Tokenizer, seed: int, shuffle: bool = True,
-                        num_epochs: int | None = None, worker_count: int = 0, frame_stride: int = 1,
-                        drop_remainder: bool = True, shard_index: int | None = None,
-                        shard_count: int | None = None, read_threads: int = 2,
-                        frame_buckets: Sequence[int] | None = None) -> PipelineIterator:
+def make_video_iterator(
+  source,
+  *,
+  batch_size: int,
+  num_frames: int,
+  height: int,
+  width: int,
+  tokenizer: Tokenizer,
+  seed: int,
+  shuffle: bool = True,
+  num_epochs: int | None = None,
+  worker_count: int = 0,
+  frame_stride: int = 1,
+  drop_remainder: bool = True,
+  shard_index: int | None = None,
+  shard_count: int | None = None,
+  read_threads: int = 2,
+  frame_buckets: Sequence[int] | None = None,
+) -> PipelineIterator:
   """Raw-video batches for this process from a clip source (`load_source`), decoded with PyAV.
 
   Each clip gives its first F frames (every `frame_stride`-th), resized bilinearly to cover
@@ -360,11 +422,24 @@ def make_video_iterator(source, *, batch_size: int, num_frames: int, height: int
   buckets = bucket_sizes(num_frames, frame_buckets)
   if frame_stride < 1:
     raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
-  loader = _LoadClip(source, buckets=buckets, height=height, width=width,
-                     frame_stride=frame_stride, tokenizer=tokenizer)
-  return _build(source, loader, _finalize_video, "video", batch_size=batch_size, seed=seed, shuffle=shuffle,
-                num_epochs=num_epochs, worker_count=worker_count, drop_remainder=drop_remainder,
-                shard_index=shard_index, shard_count=shard_count, read_threads=read_threads)
+  loader = _LoadClip(
+    source, buckets=buckets, height=height, width=width, frame_stride=frame_stride, tokenizer=tokenizer
+  )
+  return _build(
+    source,
+    loader,
+    _finalize_video,
+    "video",
+    batch_size=batch_size,
+    seed=seed,
+    shuffle=shuffle,
+    num_epochs=num_epochs,
+    worker_count=worker_count,
+    drop_remainder=drop_remainder,
+    shard_index=shard_index,
+    shard_count=shard_count,
+    read_threads=read_threads,
+  )
 
 
 class _LoadLatents:
@@ -389,11 +464,15 @@ class _LoadLatents:
       if tokens.shape[0] > self.text_length:
         return _Skip("corrupt")
       context = np.zeros((self.text_length, tokens.shape[-1]), tokens.dtype)
-      context[:tokens.shape[0]] = tokens
+      context[: tokens.shape[0]] = tokens
     except Exception:  # pylint: disable=broad-except  # any bad record is skipped and counted
       return _Skip("corrupt")
-    return {"latents": latents, "context": context,
-            "context_mask": np.arange(self.text_length) < tokens.shape[0], "index": np.int64(index)}
+    return {
+      "latents": latents,
+      "context": context,
+      "context_mask": np.arange(self.text_length) < tokens.shape[0],
+      "index": np.int64(index),
+    }
 
 
 def _finalize_latents(batch: dict) -> dict:
@@ -402,11 +481,21 @@ def _finalize_latents(batch: dict) -> dict:
   return batch
 
 
-def make_latent_iterator(source, *, batch_size: int, seed: int, text_length: int | None = None,
-                         shuffle: bool = True, num_epochs: int | None = None, worker_count: int = 0,
-                         drop_remainder: bool = True, shard_index: int | None = None,
-                         shard_count: int | None = None, read_threads: int = 2,
-                         latent_buckets: Sequence[int] = ()) -> PipelineIterator:
+def make_latent_iterator(
+  source,
+  *,
+  batch_size: int,
+  seed: int,
+  text_length: int | None = None,
+  shuffle: bool = True,
+  num_epochs: int | None = None,
+  worker_count: int = 0,
+  drop_remainder: bool = True,
+  shard_index: int | None = None,
+  shard_count: int | None = None,
+  read_threads: int = 2,
+  latent_buckets: Sequence[int] = (),
+) -> PipelineIterator:
   """Batches from a latent cache written by `microverse_jax.encode` (the fast path at scale).
 
   Yields dicts of numpy arrays (B = per-process batch):
@@ -423,8 +512,18 @@ def make_latent_iterator(source, *, batch_size: int, seed: int, text_length: int
   if text_length is None:
     text_length = int(source.dataset_info.metadata["text_length"])
   loader = _LoadLatents(source, text_length=text_length, latent_buckets=tuple(sorted(latent_buckets)))
-  return _build(source, loader, _finalize_latents, "latents",
-                batch_size=batch_size,
-                seed=seed, shuffle=shuffle, num_epochs=num_epochs, worker_count=worker_count,
-                drop_remainder=drop_remainder, shard_index=shard_index, shard_count=shard_count,
-                read_threads=read_threads)
+  return _build(
+    source,
+    loader,
+    _finalize_latents,
+    "latents",
+    batch_size=batch_size,
+    seed=seed,
+    shuffle=shuffle,
+    num_epochs=num_epochs,
+    worker_count=worker_count,
+    drop_remainder=drop_remainder,
+    shard_index=shard_index,
+    shard_count=shard_count,
+    read_threads=read_threads,
+  )

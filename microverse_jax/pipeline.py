@@ -8,6 +8,7 @@
 `generate` is the sampler under it (classifier-free guidance over the flow-matching ODE, then the
 decoder), shared by the sample CLI and the trainer's evaluators.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,12 +23,29 @@ from flax import nnx
 
 from microverse_jax import diffusion, factory, files, sharding, video
 
-def generate(model, encoders, tokenizer, prompts: list[str], shape: tuple[int, int, int, int], *,
-             steps: int = 50, guidance: float = 5.0, shift: float = 5.0, sampler: str = "euler",
-             seed: int = 42, negative_prompt: str = "", batch_size: int | None = None,
-             noise_ids: list[int] | None = None, prediction: str = "velocity",
-             progress: bool = False, same_noise: bool = False, tiled: bool = False,
-             step_cache: float = 0.0, cfg_cache: bool = False) -> list[np.ndarray]:
+
+def generate(
+  model,
+  encoders,
+  tokenizer,
+  prompts: list[str],
+  shape: tuple[int, int, int, int],
+  *,
+  steps: int = 50,
+  guidance: float = 5.0,
+  shift: float = 5.0,
+  sampler: str = "euler",
+  seed: int = 42,
+  negative_prompt: str = "",
+  batch_size: int | None = None,
+  noise_ids: list[int] | None = None,
+  prediction: str = "velocity",
+  progress: bool = False,
+  same_noise: bool = False,
+  tiled: bool = False,
+  step_cache: float = 0.0,
+  cfg_cache: bool = False,
+) -> list[np.ndarray]:
   """Videos for `prompts` as uint8 (F, H, W, 3); `shape` is the latent (F', H', W', C) to sample
   (`factory.latent_shape`). Conditional and unconditional passes share a batch; guidance 1 runs
   only the conditional one.
@@ -44,8 +62,9 @@ def generate(model, encoders, tokenizer, prompts: list[str], shape: tuple[int, i
   """
   batch_size = batch_size or jax.device_count()
   encode_text = nnx.jit(lambda enc, ids, mask: enc.text(ids, mask))
-  velocity = nnx.jit(lambda m, x, t, ctx: diffusion.to_velocity(
-      m(x, t, ctx), x, t / diffusion.NUM_TRAIN_TIMESTEPS, prediction))
+  velocity = nnx.jit(
+    lambda m, x, t, ctx: diffusion.to_velocity(m(x, t, ctx), x, t / diffusion.NUM_TRAIN_TIMESTEPS, prediction)
+  )
   decode = nnx.jit(lambda enc, z: enc.decode(z, tiled=tiled))
   if guidance != 1.0:  # guidance 1 is the conditional velocity alone: no unconditional pass
     neg_ids, neg_mask = tokenizer([negative_prompt])
@@ -54,11 +73,15 @@ def generate(model, encoders, tokenizer, prompts: list[str], shape: tuple[int, i
   noise_ids = [0] * len(prompts) if same_noise else noise_ids
   out = []
   for start in range(0, len(prompts), batch_size):
-    chunk = prompts[start:start + batch_size]
+    chunk = prompts[start : start + batch_size]
     ids, mask = tokenizer(chunk)
     cond = encode_text(encoders, jnp.asarray(ids), jnp.asarray(mask))
-    noise = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.key(seed), noise_ids[start + i]), shape)
-                       for i in range(len(chunk))])
+    noise = jnp.stack(
+      [
+        jax.random.normal(jax.random.fold_in(jax.random.key(seed), noise_ids[start + i]), shape)
+        for i in range(len(chunk))
+      ]
+    )
     if guidance == 1.0:
       fn = lambda x, t: velocity(model, x, t, cond)
     else:
@@ -66,8 +89,7 @@ def generate(model, encoders, tokenizer, prompts: list[str], shape: tuple[int, i
       cond_only = (lambda x, t: velocity(model, x, t, cond)) if cfg_cache else None
       fn = diffusion.guided(lambda x, t: velocity(model, x, t, context), guidance, cond_only=cond_only)
     report = (lambda i: print(f"  step {i + 1}/{steps}", end="\r", flush=True)) if progress else None
-    latents = diffusion.sample(fn, noise, steps, shift=shift, sampler=sampler, callback=report,
-                               step_cache=step_cache)
+    latents = diffusion.sample(fn, noise, steps, shift=shift, sampler=sampler, callback=report, step_cache=step_cache)
     frames = np.asarray(decode(encoders, latents))
     out.extend(np.clip(np.round((frames + 1) * 127.5), 0, 255).astype(np.uint8))
   return out
@@ -75,12 +97,18 @@ def generate(model, encoders, tokenizer, prompts: list[str], shape: tuple[int, i
 
 def config_settings(c) -> dict:
   """`generate` keyword arguments from a training config (eval.*, diffusion.*)."""
-  return dict(steps=c.eval.sample_steps, guidance=c.eval.guidance, shift=c.diffusion.shift,
-              sampler=c.eval.sampler, negative_prompt=c.eval.negative_prompt, prediction=c.diffusion.prediction,
-              same_noise=c.eval.same_noise if "same_noise" in c.eval else False,
-              tiled=c.eval.tiled_decode if "tiled_decode" in c.eval else False,
-              step_cache=c.eval.step_cache if "step_cache" in c.eval else 0.0,
-              cfg_cache=c.eval.cfg_cache if "cfg_cache" in c.eval else False)
+  return dict(
+    steps=c.eval.sample_steps,
+    guidance=c.eval.guidance,
+    shift=c.diffusion.shift,
+    sampler=c.eval.sampler,
+    negative_prompt=c.eval.negative_prompt,
+    prediction=c.diffusion.prediction,
+    same_noise=c.eval.same_noise if "same_noise" in c.eval else False,
+    tiled=c.eval.tiled_decode if "tiled_decode" in c.eval else False,
+    step_cache=c.eval.step_cache if "step_cache" in c.eval else 0.0,
+    cfg_cache=c.eval.cfg_cache if "cfg_cache" in c.eval else False,
+  )
 
 
 def save_video(frames: np.ndarray, path: str, *, fps: float = 15.0, strip: bool = False) -> None:
@@ -88,6 +116,7 @@ def save_video(frames: np.ndarray, path: str, *, fps: float = 15.0, strip: bool 
   files.write_bytes(path, video.encode_mp4(frames, fps))
   if strip:
     from PIL import Image  # pylint: disable=g-import-not-at-top
+
     buffer = io.BytesIO()  # PIL cannot write gs:// paths; epath can
     Image.fromarray(filmstrip(frames)).save(buffer, format="PNG")
     files.write_bytes(epath.Path(path).with_suffix(".png"), buffer.getvalue())
@@ -110,6 +139,7 @@ class Pipeline:
     """A training run's latest checkpoint (EMA weights when present) with the run's own config
     (WORKDIR/config.json) and encoders."""
     from microverse_jax import saved_config  # pylint: disable=g-import-not-at-top
+
     c = config or saved_config.get_config(workdir)
     return cls.build(c, factory.load_dit(c, workdir=workdir))
 
@@ -120,6 +150,7 @@ class Pipeline:
     `config` names (default configs/wan2_1.py, whose encoders are random unless its init_froms are set)."""
     if config is None:
       from microverse_jax.configs import wan2_1  # pylint: disable=g-import-not-at-top
+
       config = wan2_1.get_config("1.3b,full")
     parts = {k: os.path.join(checkpoint, k) for k in ("transformer", "vae", "text_encoder", "tokenizer")}
     if all(epath.Path(p).is_dir() for p in parts.values()):
@@ -137,11 +168,26 @@ class Pipeline:
     tokenizer, encoders = factory.build_encoders(c, mesh, sharding.logical_rules(c.sharding_rules.to_dict()))
     return cls(c, model, tokenizer, encoders)
 
-  def __call__(self, prompts: list[str] | str, *, num_frames: int | None = None, height: int | None = None,
-               width: int | None = None, seed: int = 42, **settings) -> list[np.ndarray]:
+  def __call__(
+    self,
+    prompts: list[str] | str,
+    *,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    seed: int = 42,
+    **settings,
+  ) -> list[np.ndarray]:
     """uint8 videos (F, H, W, 3), one per prompt. `settings` override the config's: steps,
     guidance, shift, sampler, negative_prompt, batch_size, noise_ids, progress."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     shape = factory.latent_shape(self.config, num_frames, height, width)
-    return generate(self.model, self.encoders, self.tokenizer, prompts, shape, seed=seed,
-                    **{**config_settings(self.config), **settings})
+    return generate(
+      self.model,
+      self.encoders,
+      self.tokenizer,
+      prompts,
+      shape,
+      seed=seed,
+      **{**config_settings(self.config), **settings},
+    )

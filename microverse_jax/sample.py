@@ -11,6 +11,7 @@ negative prompt, shift, sampler and fps default to the config's (configs/wan2_1.
 official MicroVerse inference: 50 Euler steps, shift 5, CFG 5.0 with the official negative prompt,
 15 fps). Seed 42. Videos are written atomically; finished files are skipped on a rerun.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ from microverse_jax import cli, factory, files, pipeline
 
 
 def parse_indices(spec: str, available: list[int]) -> list[int]:
-  """"1-10,15" -> [1..10, 15]; every index must be a task in the file."""
+  """ "1-10,15" -> [1..10, 15]; every index must be a task in the file."""
   if not spec:
     return sorted(available)
   out = []
@@ -33,8 +34,9 @@ def parse_indices(spec: str, available: list[int]) -> list[int]:
     out.extend(range(int(lo), int(hi or lo) + 1))
   missing = sorted(set(out) - set(available))
   if missing:
-    raise ValueError(f"--indices: tasks {missing[:10]} are not in the task file "
-                     f"(it has {min(available)}..{max(available)})")
+    raise ValueError(
+      f"--indices: tasks {missing[:10]} are not in the task file (it has {min(available)}..{max(available)})"
+    )
   return out
 
 
@@ -104,14 +106,28 @@ def main(argv):
   else:
     pipe = pipeline.Pipeline.from_pretrained(F.checkpoint, config=c)
   per = F.batch_size or jax.device_count()
-  flagged = dict(steps=F.steps, guidance=F.guidance, shift=F.shift, sampler=F.sampler,
-                 negative_prompt=F.negative_prompt, step_cache=F.step_cache,
-                 cfg_cache=F.cfg_cache)  # flags given on the command line win
+  flagged = dict(
+    steps=F.steps,
+    guidance=F.guidance,
+    shift=F.shift,
+    sampler=F.sampler,
+    negative_prompt=F.negative_prompt,
+    step_cache=F.step_cache,
+    cfg_cache=F.cfg_cache,
+  )  # flags given on the command line win
   settings = {k: v for k, v in flagged.items() if v is not None}
-  chunks = [jobs[i:i + per] for i in range(0, len(jobs), per)]
+  chunks = [jobs[i : i + per] for i in range(0, len(jobs), per)]
   for chunk in cli.progress(chunks, len(chunks), f"generating {len(jobs)} videos, batches"):
-    videos = pipe([t for _, t, _ in chunk], num_frames=F.num_frames, height=F.height,
-                  width=F.width, seed=F.seed, batch_size=per, noise_ids=[i for i, _, _ in chunk], **settings)
+    videos = pipe(
+      [t for _, t, _ in chunk],
+      num_frames=F.num_frames,
+      height=F.height,
+      width=F.width,
+      seed=F.seed,
+      batch_size=per,
+      noise_ids=[i for i, _, _ in chunk],
+      **settings,
+    )
     for frames, (_, _, path) in zip(videos, chunk):
       pipeline.save_video(frames, path, fps=c.eval.fps if F.fps is None else F.fps)
       print(f"wrote {path}", flush=True)
@@ -120,11 +136,16 @@ def main(argv):
 def define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Config (default: the --workdir's saved config.json).")
   flags.DEFINE_string("workdir", None, "Training workdir: its latest checkpoint and its config.")
-  flags.DEFINE_string("checkpoint", None, "A DiT checkpoint instead: converted, exported, diffusers or "
-                      "original Wan (a diffusers WanPipeline folder brings its encoders too).")
+  flags.DEFINE_string(
+    "checkpoint",
+    None,
+    "A DiT checkpoint instead: converted, exported, diffusers or "
+    "original Wan (a diffusers WanPipeline folder brings its encoders too).",
+  )
   flags.DEFINE_string("prompt", None, "One prompt.")
-  flags.DEFINE_string("out", None, "Output: the mp4 for --prompt (default out.mp4), a folder for "
-                      "--rubrics / --prompts.")
+  flags.DEFINE_string(
+    "out", None, "Output: the mp4 for --prompt (default out.mp4), a folder for --rubrics / --prompts."
+  )
   flags.DEFINE_string("negative_prompt", None, "Negative prompt for CFG (default: eval.negative_prompt).")
   flags.DEFINE_integer("steps", None, "Sampling steps (default: eval.sample_steps).")
   flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (default: eval.guidance).")
@@ -135,17 +156,22 @@ def define_flags() -> None:
   flags.DEFINE_integer("height", None, "Height (default: data.height).")
   flags.DEFINE_integer("width", None, "Width (default: data.width).")
   flags.DEFINE_float("fps", None, "Frames per second of the mp4 (default: eval.fps).")
-  flags.DEFINE_string("rubrics", None, "MicroWorldBench rubric file (MWBenchRubrics.json): one "
-                      "<index>.mp4 per task.")
+  flags.DEFINE_string("rubrics", None, "MicroWorldBench rubric file (MWBenchRubrics.json): one <index>.mp4 per task.")
   flags.DEFINE_string("indices", "", "Task indices for --rubrics, e.g. 1-459 or 3,5-9 (default: all).")
-  flags.DEFINE_string("prompts", None, "Prompts JSONL (id, caption): one <id>.mp4 per row, e.g. for "
-                      "`microworldbench physics`.")
+  flags.DEFINE_string(
+    "prompts", None, "Prompts JSONL (id, caption): one <id>.mp4 per row, e.g. for `microworldbench physics`."
+  )
   flags.DEFINE_string("split", None, "Only rows of this split from --prompts (e.g. validation).")
   flags.DEFINE_integer("batch_size", None, "Prompts per batch (default: device count).")
-  flags.DEFINE_float("step_cache", None, "Reuse the last velocity while the input moved less than this "
-                     "relative L1 distance, e.g. 0.05 (default: eval.step_cache, 0 = off).")
-  flags.DEFINE_bool("cfg_cache", None, "Run the unconditional pass every other step only "
-                    "(default: eval.cfg_cache, off).")
+  flags.DEFINE_float(
+    "step_cache",
+    None,
+    "Reuse the last velocity while the input moved less than this "
+    "relative L1 distance, e.g. 0.05 (default: eval.step_cache, 0 = off).",
+  )
+  flags.DEFINE_bool(
+    "cfg_cache", None, "Run the unconditional pass every other step only (default: eval.cfg_cache, off)."
+  )
   # Old spellings, kept for one release.
   flags.DEFINE_alias("output", "out")
   flags.DEFINE_alias("out_dir", "out")

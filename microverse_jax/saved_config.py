@@ -1,5 +1,6 @@
 """A workdir's saved config as an ml_collections config file, so CLIs that read a workdir need no
 --config: `--config=<this file>:WORKDIR` (what `cli.with_saved_config` inserts), overrides apply."""
+
 import json
 
 import ml_collections

@@ -6,6 +6,7 @@ Rerunning the same command resumes from the latest checkpoint in DIR/checkpoints
 at the current step and exits. A local workdir is locked while a run uses it. Projects fork a
 config, not this file; config -> objects lives in factory.py, the periodic evaluations in evaluators.py.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -27,8 +28,8 @@ from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
-from microverse_jax import checkpoint, cli, diffusion, evaluators, files, flops, sharding
-from microverse_jax import factory as factory_lib
+from microverse_jax import checkpoint, cli, diffusion, evaluators, factory as factory_lib, files, flops, sharding
+
 
 # =============================================================================================
 # The step
@@ -60,10 +61,12 @@ def make_train_step(c, graphdef, tx, schedule):
       loss, grads = grad_fn(state["params"], frozen, latents, context, key)
     else:
       split = lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:])
+
       def micro(carry, xs):
         lat, ctx, i = xs
         loss, g = grad_fn(state["params"], frozen, lat, ctx, jax.random.fold_in(key, i))
         return jax.tree.map(jnp.add, carry, (loss, g)), None
+
       zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state["params"]))
       (loss, grads), _ = jax.lax.scan(micro, zeros, (split(latents), split(context), jnp.arange(accum)))
       loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
@@ -78,8 +81,13 @@ def make_train_step(c, graphdef, tx, schedule):
       new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
       new["skipped"] = state["skipped"] + (~finite).astype(jnp.int32)
     new["step"] = state["step"] + 1
-    return new, {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
-                 "finite": finite, "skipped_updates": new["skipped"]}
+    return new, {
+      "loss": loss,
+      "grad_norm": grad_norm,
+      "lr": schedule(state["step"]),
+      "finite": finite,
+      "skipped_updates": new["skipped"],
+    }
 
   return step
 
@@ -95,19 +103,22 @@ def drop_captions(batch: dict, key, rate: float) -> dict:
   ids, mask = batch["text_ids"], batch["text_mask"]
   drop = jax.random.bernoulli(key, rate, (ids.shape[0], 1))
   first = jnp.arange(ids.shape[1]) == 0
-  return {**batch, "text_ids": jnp.where(drop, first.astype(ids.dtype), ids),
-          "text_mask": jnp.where(drop, first, mask)}
+  return {**batch, "text_ids": jnp.where(drop, first.astype(ids.dtype), ids), "text_mask": jnp.where(drop, first, mask)}
 
 
 def jit_train_step(c, factory: factory_lib.StateFactory, encode):
   """The jitted step(state, frozen, encoder_state, batch) -> (state, metrics); state is donated."""
   step_fn = make_train_step(c, factory.graphdef, factory.tx, factory.schedule)
-  return jax.jit(lambda s, f, e, b: step_fn(s, f, functools.partial(encode, e), b),
-                 donate_argnums=(0,), out_shardings=(factory.state_shardings, None))
+  return jax.jit(
+    lambda s, f, e, b: step_fn(s, f, functools.partial(encode, e), b),
+    donate_argnums=(0,),
+    out_shardings=(factory.state_shardings, None),
+  )
 
 
 def make_encode(c, enc_graphdef):
   """encode(enc_state, batch) -> (latents (B,F',H',W',C) fp32, context (B,L,D)); frozen (no gradient)."""
+
   def encode(enc_state, batch):
     if c.data.source == "latents":
       return batch["latents"], batch["context"]
@@ -115,6 +126,7 @@ def make_encode(c, enc_graphdef):
     latents = enc.encode(batch["video"])
     context = enc.text(batch["text_ids"], batch["text_mask"])
     return jax.lax.stop_gradient(latents.astype(jnp.float32)), jax.lax.stop_gradient(context)
+
   return encode
 
 
@@ -130,6 +142,7 @@ class MetricWriter:
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
     self.path = epath.Path(workdir) / "metrics.jsonl"
     self.lines = []
     if self.path.exists():
@@ -157,6 +170,7 @@ class MetricWriter:
     """Each sample as a strip of 8 frames."""
     if self.enabled:
       from microverse_jax.pipeline import filmstrip  # pylint: disable=g-import-not-at-top
+
       for i, v in enumerate(videos):
         self.tb.add_image(f"samples/{i}", filmstrip(v), step, dataformats="HWC")
       self.tb.flush()
@@ -166,6 +180,7 @@ class MetricWriter:
     if not self.enabled:
       return
     from tensorboardX.summary import hparams  # pylint: disable=g-import-not-at-top
+
     flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flatten(c.to_dict()).items()}
     for summary in hparams(flat, {"loss": float("nan")}):
       self.tb.file_writer.add_summary(summary)
@@ -287,8 +302,11 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
         t_compile = time.time() - t_compile
         t0, t_start = t0 + t_compile, t_start + t_compile  # rates count steps, not compiles
         if jax.process_index() == 0:
-          print(f"compiled the step for {' '.join(f'{k}{v}' for k, v in shape)} in {t_compile:.1f} s "
-                f"({len(compiled)} shape{'s' if len(compiled) > 1 else ''})", flush=True)
+          print(
+            f"compiled the step for {' '.join(f'{k}{v}' for k, v in shape)} in {t_compile:.1f} s "
+            f"({len(compiled)} shape{'s' if len(compiled) > 1 else ''})",
+            flush=True,
+          )
       if profiling and step == c.train.profile_start:
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
       state, metrics = compiled[shape](state, frozen, enc_state, batch)
@@ -298,10 +316,11 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
       if c.train.on_nonfinite == "stop" and not bool(metrics["finite"]):
         ckpt.close()
         raise FloatingPointError(
-            f"non-finite update at step {step} (loss {float(metrics['loss'])}, grad norm "
-            f"{float(metrics['grad_norm'])}): not saved; the last good checkpoint (step "
-            f"{ckpt.latest_step()}) is intact in {ckpt.directory}. --config.train.on_nonfinite=skip "
-            "skips such updates instead")
+          f"non-finite update at step {step} (loss {float(metrics['loss'])}, grad norm "
+          f"{float(metrics['grad_norm'])}): not saved; the last good checkpoint (step "
+          f"{ckpt.latest_step()}) is intact in {ckpt.directory}. --config.train.on_nonfinite=skip "
+          "skips such updates instead"
+        )
       if step % c.train.log_every == 0 or step == c.train.num_steps:
         now = time.time()
         dt = (now - t0) / max(step - t_steps, 1)
@@ -312,12 +331,14 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
         writer.write(step, last)
         if jax.process_index() == 0:
           rate = (step - first_step) / max(now - t_start, 1e-9)
-          print(f"step {step}/{c.train.num_steps} loss {last['loss']:.4g} {rate:.3g} steps/s "
-                f"ETA {cli.format_seconds((c.train.num_steps - step) / rate)}", flush=True)
+          print(
+            f"step {step}/{c.train.num_steps} loss {last['loss']:.4g} {rate:.3g} steps/s "
+            f"ETA {cli.format_seconds((c.train.num_steps - step) / rate)}",
+            flush=True,
+          )
         t0, t_steps = now, step
       if c.eval.every and step % c.eval.every == 0:
-        held_out = evaluators.held_out_loss(c, tokenizer, eval_step, encode_jit, state, frozen, enc_state,
-                                            mesh, rules)
+        held_out = evaluators.held_out_loss(c, tokenizer, eval_step, encode_jit, state, frozen, enc_state, mesh, rules)
         writer.write(step, held_out)
         print("held-out " + " ".join(f"{k[5:]}={v:.4g}" for k, v in held_out.items()), flush=True)
       if c.eval.sample_every and step % c.eval.sample_every == 0:
@@ -326,8 +347,7 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
         if c.eval.physics:
           scores = evaluators.physics_scores(c, model, tokenizer, encoders)
           writer.write(step, scores)
-          print("physics " + " ".join(f"{k[8:]}={v:.3g}" for k, v in scores.items()
-                                      if k.count("/") == 1), flush=True)
+          print("physics " + " ".join(f"{k[8:]}={v:.3g}" for k, v in scores.items() if k.count("/") == 1), flush=True)
       if step % c.train.checkpoint_every == 0 or step == c.train.num_steps or stop["signal"]:
         ckpt.save(step, state, train_iter, force=True)
       if stop["signal"]:

@@ -18,6 +18,7 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
   """What `probe` learns about an encoded video by decoding every frame."""
+
   num_frames: int
   fps: float
   height: int
@@ -81,8 +82,12 @@ def probe(data: bytes) -> VideoInfo:
       for _ in container.decode(stream):
         count += 1
       rate = stream.average_rate or stream.base_rate or stream.guessed_rate
-      info = VideoInfo(num_frames=count, fps=float(rate) if rate else 0.0,
-                       height=stream.codec_context.height, width=stream.codec_context.width)
+      info = VideoInfo(
+        num_frames=count,
+        fps=float(rate) if rate else 0.0,
+        height=stream.codec_context.height,
+        width=stream.codec_context.width,
+      )
   except (av.FFmpegError, EOFError, OSError) as e:
     raise ValueError(f"unreadable video: {e}") from e
   if count == 0:
@@ -95,12 +100,12 @@ def probe(data: bytes) -> VideoInfo:
 def _cover_size(height: int, width: int, target_height: int, target_width: int) -> tuple[int, int]:
   """The smallest (h, w) with the source's aspect ratio that covers the target."""
   scale = max(target_height / height, target_width / width)
-  return (max(target_height, math.ceil(height * scale - 1e-6)),
-          max(target_width, math.ceil(width * scale - 1e-6)))
+  return (max(target_height, math.ceil(height * scale - 1e-6)), max(target_width, math.ceil(width * scale - 1e-6)))
 
 
-def decode_frames(data: bytes, num_frames: int, *, stride: int = 1,
-                  height: int | None = None, width: int | None = None) -> np.ndarray:
+def decode_frames(
+  data: bytes, num_frames: int, *, stride: int = 1, height: int | None = None, width: int | None = None
+) -> np.ndarray:
   """Decodes the first `num_frames` frames taken every `stride` frames -> uint8 (F, H, W, 3).
 
   With `height` and `width`, each frame is resized bilinearly to cover (height, width), keeping its
@@ -123,10 +128,9 @@ def decode_frames(data: bytes, num_frames: int, *, stride: int = 1,
           frames.append(frame.to_ndarray(format="rgb24"))
         else:
           cover_h, cover_w = _cover_size(frame.height, frame.width, height, width)
-          rgb = frame.to_ndarray(format="rgb24", width=cover_w, height=cover_h,
-                                 interpolation="BILINEAR")
+          rgb = frame.to_ndarray(format="rgb24", width=cover_w, height=cover_h, interpolation="BILINEAR")
           top, left = (cover_h - height) // 2, (cover_w - width) // 2
-          frames.append(rgb[top:top + height, left:left + width])
+          frames.append(rgb[top : top + height, left : left + width])
         if len(frames) == num_frames:
           break
   except (av.FFmpegError, EOFError, OSError, IndexError) as e:

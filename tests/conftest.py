@@ -1,4 +1,5 @@
 """Test set-up: CPU only (libtpu is installed for ahead-of-time TPU compiles, not for running)."""
+
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 def synth_data_dir(tmp_path_factory):
   """A small microsim_synth dataset (48 clips of 9 frames at 32x32), built once per session."""
   from microverse_jax import build_dataset
+
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   build_dataset.build("microsim_synth", data_dir, num_clips=48, num_frames=9, size=32)
   return data_dir
@@ -30,9 +32,12 @@ def run_on_cpu_devices():
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
   def run(args, num_devices: int, *, timeout: int = 600, pythonpath=()):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}",
-           "PYTHONPATH": os.pathsep.join([repo, *pythonpath, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, *args], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    env = {
+      **os.environ,
+      "JAX_PLATFORMS": "cpu",
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}",
+      "PYTHONPATH": os.pathsep.join([repo, *pythonpath, os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run([sys.executable, *args], cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+
   return run

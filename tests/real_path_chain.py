@@ -7,6 +7,7 @@ flags appended (steps, batch, task indices: what makes a CPU run of a few minute
 
 `Chain` runs steps as subprocesses, each after the steps it needs, at most `parallel` at a time.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,67 +28,91 @@ JUDGE_MODEL = "gpt-4o"
 # MicroSim-10K manual download, TFDS data, the latent cache, workdirs, videos, the benchmark files.
 VARIABLES = ("WAN", "CKPT", "MANUAL", "DATA", "CACHE", "RUNS", "OUT", "BENCH", "JUDGE_URL")
 
-_ENCODERS = ("--config.autoencoder.init_from=$CKPT/vae --config.text.init_from=$CKPT/umt5 "
-             "--config.text.tokenizer=$WAN/tokenizer")
-_TRAIN = ("python -m microverse_jax.train --config=configs/wan2_1.py:1.3b,{mode} --workdir=$RUNS/{run} "
-          "--config.init_from=$CKPT/dit " + _ENCODERS)
+_ENCODERS = (
+  "--config.autoencoder.init_from=$CKPT/vae --config.text.init_from=$CKPT/umt5 --config.text.tokenizer=$WAN/tokenizer"
+)
+_TRAIN = (
+  "python -m microverse_jax.train --config=configs/wan2_1.py:1.3b,{mode} --workdir=$RUNS/{run} "
+  "--config.init_from=$CKPT/dit " + _ENCODERS
+)
 _LATENTS = " --config.data.name=microsim10k_latents --config.data.source=latents --config.data.data_dir=$CACHE"
 _VIDEO = " --config.data.name=microsim10k --config.data.source=video --config.data.data_dir=$DATA"
-_ENCODE = ("python -m microverse_jax.encode --dataset=microsim10k --data_dir=$DATA --split=train --out={out} "
-           "--num_frames={{frames}} --height={{height}} --width={{width}} --vae={vae} --text_encoder={text} "
-           "--tokenizer=$WAN/tokenizer")
+_ENCODE = (
+  "python -m microverse_jax.encode --dataset=microsim10k --data_dir=$DATA --split=train --out={out} "
+  "--num_frames={{frames}} --height={{height}} --width={{width}} --vae={vae} --text_encoder={text} "
+  "--tokenizer=$WAN/tokenizer"
+)
 _RUBRICS = "--rubrics=$BENCH/MWBenchRubrics.json"
-_EVALUATE = ("microworldbench evaluate --videos=$OUT/{name} " + _RUBRICS + " --tasks=$BENCH/finaltasks.json "
-             "--out=$OUT/{name}_result.json --judge-url=$JUDGE_URL --judge-model=" + JUDGE_MODEL)
-_SAMPLE_CKPT = ("python -m microverse_jax.sample --checkpoint={ckpt} --config=configs/wan2_1.py:1.3b,full{enc} "
-                + _RUBRICS + " --out=$OUT/{name} --num_frames={{frames}} --height={{height}} --width={{width}}")
+_EVALUATE = (
+  "microworldbench evaluate --videos=$OUT/{name} " + _RUBRICS + " --tasks=$BENCH/finaltasks.json "
+  "--out=$OUT/{name}_result.json --judge-url=$JUDGE_URL --judge-model=" + JUDGE_MODEL
+)
+_SAMPLE_CKPT = (
+  "python -m microverse_jax.sample --checkpoint={ckpt} --config=configs/wan2_1.py:1.3b,full{enc} "
+  + _RUBRICS
+  + " --out=$OUT/{name} --num_frames={{frames}} --height={{height}} --width={{width}}"
+)
 
 COMMANDS = {
-    "convert_dit": "python -m microverse_jax.convert dit --src=$WAN/transformer --out=$CKPT/dit",
-    "convert_vae": "python -m microverse_jax.convert vae --src=$WAN/vae --out=$CKPT/vae",
-    "convert_umt5": "python -m microverse_jax.convert umt5 --src=$WAN/text_encoder --out=$CKPT/umt5",
-    "build": "python -m microverse_jax.build_dataset microsim10k --manual_dir=$MANUAL --data_dir=$DATA",
-    "encode": _ENCODE.format(out="$CACHE", vae="$CKPT/vae", text="$CKPT/umt5"),
-    "encode_pytorch": _ENCODE.format(out="$CACHE_PYTORCH", vae="$WAN/vae", text="$WAN/text_encoder"),
-    "train_lora_latents": _TRAIN.format(mode="lora", run="lora_latents") + _LATENTS,
-    "train_full_latents": _TRAIN.format(mode="full", run="full_latents") + _LATENTS,
-    "train_lora_video": _TRAIN.format(mode="lora", run="lora_video") + _VIDEO,
-    "train_full_video": _TRAIN.format(mode="full", run="full_video") + _VIDEO,
-    "sample_lora_latents": f"python -m microverse_jax.sample --workdir=$RUNS/lora_latents {_RUBRICS} "
-                           "--out=$OUT/lora_latents",
-    "sample_full_video": f"python -m microverse_jax.sample --workdir=$RUNS/full_video {_RUBRICS} --out=$OUT/full_video",
-    "sample_wan": _SAMPLE_CKPT.format(ckpt="$WAN", enc="", name="wan"),
-    "sample_converted": _SAMPLE_CKPT.format(ckpt="$CKPT/dit", enc=" " + _ENCODERS, name="converted"),
-    "evaluate_lora_latents": _EVALUATE.format(name="lora_latents"),
-    "evaluate_wan": _EVALUATE.format(name="wan"),
-    "evaluate_full_video": _EVALUATE.format(name="full_video"),
-    "evaluate_converted": _EVALUATE.format(name="converted"),
-    "aggregate": ("microworldbench aggregate --results $OUT/lora_latents_result.json $OUT/wan_result.json "
-                  "--name microverse-lora wan2.1 --rubrics=$BENCH/MWBenchRubrics_norm.json "
-                  "--tasks=$BENCH/finaltasks.json --markdown=$OUT/report.md"),
+  "convert_dit": "python -m microverse_jax.convert dit --src=$WAN/transformer --out=$CKPT/dit",
+  "convert_vae": "python -m microverse_jax.convert vae --src=$WAN/vae --out=$CKPT/vae",
+  "convert_umt5": "python -m microverse_jax.convert umt5 --src=$WAN/text_encoder --out=$CKPT/umt5",
+  "build": "python -m microverse_jax.build_dataset microsim10k --manual_dir=$MANUAL --data_dir=$DATA",
+  "encode": _ENCODE.format(out="$CACHE", vae="$CKPT/vae", text="$CKPT/umt5"),
+  "encode_pytorch": _ENCODE.format(out="$CACHE_PYTORCH", vae="$WAN/vae", text="$WAN/text_encoder"),
+  "train_lora_latents": _TRAIN.format(mode="lora", run="lora_latents") + _LATENTS,
+  "train_full_latents": _TRAIN.format(mode="full", run="full_latents") + _LATENTS,
+  "train_lora_video": _TRAIN.format(mode="lora", run="lora_video") + _VIDEO,
+  "train_full_video": _TRAIN.format(mode="full", run="full_video") + _VIDEO,
+  "sample_lora_latents": f"python -m microverse_jax.sample --workdir=$RUNS/lora_latents {_RUBRICS} "
+  "--out=$OUT/lora_latents",
+  "sample_full_video": f"python -m microverse_jax.sample --workdir=$RUNS/full_video {_RUBRICS} --out=$OUT/full_video",
+  "sample_wan": _SAMPLE_CKPT.format(ckpt="$WAN", enc="", name="wan"),
+  "sample_converted": _SAMPLE_CKPT.format(ckpt="$CKPT/dit", enc=" " + _ENCODERS, name="converted"),
+  "evaluate_lora_latents": _EVALUATE.format(name="lora_latents"),
+  "evaluate_wan": _EVALUATE.format(name="wan"),
+  "evaluate_full_video": _EVALUATE.format(name="full_video"),
+  "evaluate_converted": _EVALUATE.format(name="converted"),
+  "aggregate": (
+    "microworldbench aggregate --results $OUT/lora_latents_result.json $OUT/wan_result.json "
+    "--name microverse-lora wan2.1 --rubrics=$BENCH/MWBenchRubrics_norm.json "
+    "--tasks=$BENCH/finaltasks.json --markdown=$OUT/report.md"
+  ),
 }
 # $CACHE_PYTORCH: the docs show one encode command (either format); the tests also run it from the
 # PyTorch folders into a second cache and compare the two.
 
-INDICES = "1-2"                          # benchmark tasks sampled and judged in the tests
+INDICES = "1-2"  # benchmark tasks sampled and judged in the tests
 TRAIN_STEPS = 2
-_TINY_TRAIN = ["--config.data.num_frames={frames}", "--config.data.height={height}", "--config.data.width={width}",
-               "--config.data.batch_size=2", "--config.data.worker_count=0", "--config.train.num_steps={steps}"]
+_TINY_TRAIN = [
+  "--config.data.num_frames={frames}",
+  "--config.data.height={height}",
+  "--config.data.width={width}",
+  "--config.data.batch_size=2",
+  "--config.data.worker_count=0",
+  "--config.train.num_steps={steps}",
+]
 TINY_EXTRA = {
-    "encode": ["--batch_size=2"], "encode_pytorch": ["--batch_size=2"],
-    **{k: _TINY_TRAIN for k in COMMANDS if k.startswith("train_")},
-    **{k: [f"--indices={INDICES}", "--steps=2", "--batch_size=2"] for k in COMMANDS if k.startswith("sample_")},
-    **{k: [f"--indices={INDICES}", "--no-progress", "--timeout=30"] for k in COMMANDS if k.startswith("evaluate_")},
-    "aggregate": ["--bootstrap=100", "--no-progress"],
+  "encode": ["--batch_size=2"],
+  "encode_pytorch": ["--batch_size=2"],
+  **{k: _TINY_TRAIN for k in COMMANDS if k.startswith("train_")},
+  **{k: [f"--indices={INDICES}", "--steps=2", "--batch_size=2"] for k in COMMANDS if k.startswith("sample_")},
+  **{k: [f"--indices={INDICES}", "--no-progress", "--timeout=30"] for k in COMMANDS if k.startswith("evaluate_")},
+  "aggregate": ["--bootstrap=100", "--no-progress"],
 }
 NEEDS = {
-    "encode": ["build", "convert_vae", "convert_umt5"], "encode_pytorch": ["build"],
-    **{k: ["convert_dit", "convert_vae", "convert_umt5", "encode" if k.endswith("latents") else "build"]
-       for k in COMMANDS if k.startswith("train_")},
-    "sample_lora_latents": ["train_lora_latents"], "sample_full_video": ["train_full_video"],
-    "sample_converted": ["convert_dit", "convert_vae", "convert_umt5"],
-    **{k: ["sample_" + k[len("evaluate_"):]] for k in COMMANDS if k.startswith("evaluate_")},
-    "aggregate": ["evaluate_lora_latents", "evaluate_wan"],
+  "encode": ["build", "convert_vae", "convert_umt5"],
+  "encode_pytorch": ["build"],
+  **{
+    k: ["convert_dit", "convert_vae", "convert_umt5", "encode" if k.endswith("latents") else "build"]
+    for k in COMMANDS
+    if k.startswith("train_")
+  },
+  "sample_lora_latents": ["train_lora_latents"],
+  "sample_full_video": ["train_full_video"],
+  "sample_converted": ["convert_dit", "convert_vae", "convert_umt5"],
+  **{k: ["sample_" + k[len("evaluate_") :]] for k in COMMANDS if k.startswith("evaluate_")},
+  "aggregate": ["evaluate_lora_latents", "evaluate_wan"],
 }
 
 
@@ -120,15 +145,18 @@ class Step:
     self.priority, self.proc = 0, None
 
   def describe(self) -> str:
-    return (f"{self.name} exited {self.returncode} after {self.seconds:.0f}s: {shlex.join(self.argv)}\n"
-            f"--- stdout (tail)\n{self.stdout[-3000:]}\n--- stderr (tail)\n{self.stderr[-3000:]}")
+    return (
+      f"{self.name} exited {self.returncode} after {self.seconds:.0f}s: {shlex.join(self.argv)}\n"
+      f"--- stdout (tail)\n{self.stdout[-3000:]}\n--- stderr (tail)\n{self.stderr[-3000:]}"
+    )
 
 
 class Chain:
   """Runs COMMANDS steps in subprocesses (cwd: the repo), each once, after the steps it NEEDS."""
 
-  def __init__(self, paths: dict[str, str], *, parallel: int = 2, steps: int = TRAIN_STEPS, env=None,
-               timeout: int = 900):
+  def __init__(
+    self, paths: dict[str, str], *, parallel: int = 2, steps: int = TRAIN_STEPS, env=None, timeout: int = 900
+  ):
     self.paths, self.steps, self.timeout = paths, steps, timeout
     self.env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", **(env or {})}
     self.parallel, self.running, self.waiting = parallel, 0, []
@@ -168,8 +196,9 @@ class Chain:
         if self.closed:
           step.stderr = "not run: the chain was closed"
           return
-        with subprocess.Popen(step.argv, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) as proc:
+        with subprocess.Popen(
+          step.argv, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as proc:
           step.proc = proc
           try:
             step.stdout, step.stderr = proc.communicate(timeout=self.timeout)

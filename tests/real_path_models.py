@@ -7,22 +7,50 @@ here on a few hundred generated sentences, saved as T5 tokenizer files) and sche
 Sizes match `configs/wan2_1.py:...,runlocal`: DiT 2 layers x 2 heads x 16, text_dim 32, 4 latent
 channels; VAE 2x temporal, 4x spatial; umT5 2 layers, d_model 32.
 """
+
 from __future__ import annotations
 
 import itertools
 import os
 
-PIECES = 80          # sentencepiece vocabulary (a few hundred sentences allow at most ~94)
-VOCAB = 128          # rows of the umT5 embedding table (>= PIECES, as umT5-XXL has spare rows)
+PIECES = 80  # sentencepiece vocabulary (a few hundred sentences allow at most ~94)
+VOCAB = 128  # rows of the umT5 embedding table (>= PIECES, as umT5-XXL has spare rows)
 TEXT_DIM = 32
 
-_SUBJECTS = ["a red blood cell", "the virus", "a neuron", "the mitochondrion", "a bacterium", "the nucleus",
-             "an axon", "the platelet", "a macrophage", "the cell membrane", "a protein", "the blood vessel"]
-_VERBS = ["divides into two", "flows along the vessel", "enters the cell", "squeezes through a capillary",
-          "releases vesicles", "fuses with the membrane", "moves under the microscope", "glows in red light",
-          "swells and bursts", "binds to the receptor"]
-_TAILS = ["slowly.", "in a dark field.", "with translucent texture.", "as fibres tighten.",
-          "under the microscope, clearly visible.", "while the flow halts."]
+_SUBJECTS = [
+  "a red blood cell",
+  "the virus",
+  "a neuron",
+  "the mitochondrion",
+  "a bacterium",
+  "the nucleus",
+  "an axon",
+  "the platelet",
+  "a macrophage",
+  "the cell membrane",
+  "a protein",
+  "the blood vessel",
+]
+_VERBS = [
+  "divides into two",
+  "flows along the vessel",
+  "enters the cell",
+  "squeezes through a capillary",
+  "releases vesicles",
+  "fuses with the membrane",
+  "moves under the microscope",
+  "glows in red light",
+  "swells and bursts",
+  "binds to the receptor",
+]
+_TAILS = [
+  "slowly.",
+  "in a dark field.",
+  "with translucent texture.",
+  "as fibres tighten.",
+  "under the microscope, clearly visible.",
+  "while the flow halts.",
+]
 
 
 def sentences() -> list[str]:
@@ -44,9 +72,18 @@ def train_tokenizer(out_dir: str) -> str:
   corpus = os.path.join(out_dir, "tokenizer_corpus.txt")
   with open(corpus, "w", encoding="utf-8") as f:
     f.write("\n".join(sentences()) + "\n")
-  spm.SentencePieceTrainer.train(input=corpus, model_prefix=os.path.join(tok_dir, "spiece"), vocab_size=PIECES,
-                                 model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                 character_coverage=1.0, minloglevel=2)
+  spm.SentencePieceTrainer.train(
+    input=corpus,
+    model_prefix=os.path.join(tok_dir, "spiece"),
+    vocab_size=PIECES,
+    model_type="unigram",
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    character_coverage=1.0,
+    minloglevel=2,
+  )
   os.remove(corpus)
   os.remove(os.path.join(tok_dir, "spiece.vocab"))
   staging = os.path.join(out_dir, "tokenizer_staging")
@@ -65,37 +102,64 @@ def save_wan_pipeline(root: str, seed: int = 0) -> str:
 
   torch.manual_seed(seed)
   dit = diffusers.WanTransformer3DModel(
-      patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
-      text_dim=TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=2, rope_max_seq_len=32).eval()
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=4,
+    out_channels=4,
+    text_dim=TEXT_DIM,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    rope_max_seq_len=32,
+  ).eval()
   with torch.no_grad():  # diffusers zero-initialises some projections: make every weight matter
     for p in dit.parameters():
       p.add_(0.05 * torch.randn_like(p))
   vae = diffusers.AutoencoderKLWan(
-      base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
-      temperal_downsample=[False, True], latents_mean=[0.1, -0.2, 0.3, 0.0],
-      latents_std=[1.5, 0.8, 1.2, 1.0]).eval()
-  text = transformers.UMT5EncoderModel(transformers.UMT5Config(
-      vocab_size=VOCAB, d_model=TEXT_DIM, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
-      relative_attention_num_buckets=8, relative_attention_max_distance=16)).eval()
+    base_dim=8,
+    z_dim=4,
+    dim_mult=[1, 2, 2],
+    num_res_blocks=1,
+    attn_scales=[],
+    temperal_downsample=[False, True],
+    latents_mean=[0.1, -0.2, 0.3, 0.0],
+    latents_std=[1.5, 0.8, 1.2, 1.0],
+  ).eval()
+  text = transformers.UMT5EncoderModel(
+    transformers.UMT5Config(
+      vocab_size=VOCAB,
+      d_model=TEXT_DIM,
+      d_kv=8,
+      d_ff=48,
+      num_layers=2,
+      num_heads=4,
+      relative_attention_num_buckets=8,
+      relative_attention_max_distance=16,
+    )
+  ).eval()
   tok_dir = train_tokenizer(root)
   tokenizer = transformers.AutoTokenizer.from_pretrained(tok_dir)
   scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0)
-  pipe = diffusers.WanPipeline(tokenizer=tokenizer, text_encoder=text, vae=vae, transformer=dit,
-                               scheduler=scheduler)
+  pipe = diffusers.WanPipeline(tokenizer=tokenizer, text_encoder=text, vae=vae, transformer=dit, scheduler=scheduler)
   pipe.save_pretrained(root)
   return root
 
 
-CAPTIONS = ["A red blood cell flows along the vessel slowly.", "The virus enters the cell in a dark field.",
-            "A neuron releases vesicles under the microscope, clearly visible.",
-            "The mitochondrion divides into two with translucent texture.",
-            "A macrophage squeezes through a capillary while the flow halts.",
-            "The platelet binds to the receptor as fibres tighten."]
+CAPTIONS = [
+  "A red blood cell flows along the vessel slowly.",
+  "The virus enters the cell in a dark field.",
+  "A neuron releases vesicles under the microscope, clearly visible.",
+  "The mitochondrion divides into two with translucent texture.",
+  "A macrophage squeezes through a capillary while the flow halts.",
+  "The platelet binds to the receptor as fibres tighten.",
+]
 
 
 def clip(i: int, num_frames: int, size: int = 32):
   """uint8 (F, size, size, 3): a bright disc drifting across a coloured gradient (clip i)."""
   import numpy as np
+
   yy, xx = np.mgrid[:size, :size] / size
   frames = []
   for t in range(num_frames):
@@ -112,6 +176,7 @@ def write_manual_dir(root: str, num_clips: int = 6, size: int = 32) -> str:
   import csv
 
   from microverse_jax import video
+
   os.makedirs(os.path.join(root, "videos"), exist_ok=True)
   rows = []
   for i in range(num_clips):

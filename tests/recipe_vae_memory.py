@@ -6,6 +6,7 @@ Prints one JSON line: XLA's compiled memory analysis (temp, argument, output byt
 one clip with the released Wan2.1 VAE architecture (random weights), the compile time, and with
 `run` the device's measured peak bytes and the decode time (second call).
 """
+
 import json
 import sys
 import time
@@ -25,12 +26,22 @@ def main(frames, height, width, mode, dtype, run=""):
   decode = jax.jit(lambda state, latents: nnx.merge(graphdef, state).decode(latents, tiled=mode == "tiled"))
   t = time.time()
   compiled = decode.lower(abstract, z).compile()
-  out = {"frames": frames, "height": height, "width": width, "mode": mode, "dtype": dtype,
-         "device": jax.devices()[0].device_kind, "compile_s": round(time.time() - t, 1)}
+  out = {
+    "frames": frames,
+    "height": height,
+    "width": width,
+    "mode": mode,
+    "dtype": dtype,
+    "device": jax.devices()[0].device_kind,
+    "compile_s": round(time.time() - t, 1),
+  }
   mem = compiled.memory_analysis()
   if mem is not None:
-    out.update(temp_gib=mem.temp_size_in_bytes / 2**30, argument_gib=mem.argument_size_in_bytes / 2**30,
-               output_gib=mem.output_size_in_bytes / 2**30)
+    out.update(
+      temp_gib=mem.temp_size_in_bytes / 2**30,
+      argument_gib=mem.argument_size_in_bytes / 2**30,
+      output_gib=mem.output_size_in_bytes / 2**30,
+    )
   if run:
     state = jax.jit(lambda: nnx.state(WanVAE(cfg, rngs=nnx.Rngs(0))))()
     latents = jax.random.normal(jax.random.key(0), z.shape, z.dtype)

@@ -1,4 +1,5 @@
 """Ahead-of-time compiles of the frozen encoders for a TPU topology (libtpu, no TPU)."""
+
 from microverse_jax import aot
 from microverse_jax.configs import wan2_1
 

@@ -1,5 +1,6 @@
 """The command-line experience: quiet by default, one-line errors, TensorBoard with samples and the
 config, a batch sharded by the rules table."""
+
 import glob
 import os
 import struct
@@ -17,21 +18,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _train(args, tmp_path, env_drop=("JAX_PLATFORMS", "TPU_ACCELERATOR_TYPE")):
   """The trainer CLI as a user runs it: no JAX_PLATFORMS set (libtpu is installed by the test extra)."""
   env = {k: v for k, v in os.environ.items() if k not in env_drop}
-  cmd = [sys.executable, "-m", "microverse_jax.train", "--config=configs/microsim_tiny.py:test",
-         f"--workdir={tmp_path / 'wd'}", *args]
+  cmd = [
+    sys.executable,
+    "-m",
+    "microverse_jax.train",
+    "--config=configs/microsim_tiny.py:test",
+    f"--workdir={tmp_path / 'wd'}",
+    *args,
+  ]
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 def _events(logdir):
   """(tag, kind) of every summary value in a TensorBoard log folder (TFRecord framing read by hand)."""
   from tensorboardX.proto import event_pb2
+
   out = set()
   for path in glob.glob(os.path.join(logdir, "events*")):
     data = open(path, "rb").read()
     pos = 0
     while pos < len(data):
-      (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      (length,) = struct.unpack("<Q", data[pos : pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
       pos += 12 + length + 4
       for value in event.summary.value:
         out.add((value.tag, value.WhichOneof("value")))
@@ -39,8 +47,10 @@ def _events(logdir):
 
 
 def test_a_four_step_run_is_quiet_and_tensorboard_gets_samples_config_and_scalars(synth_data_dir, tmp_path):
-  run = _train([f"--config.data.data_dir={synth_data_dir}", "--config.eval.sample_every=4",
-                "--config.eval.sample_steps=2"], tmp_path)
+  run = _train(
+    [f"--config.data.data_dir={synth_data_dir}", "--config.eval.sample_every=4", "--config.eval.sample_steps=2"],
+    tmp_path,
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   lines = (run.stdout + run.stderr).strip().splitlines()
   assert len(lines) <= 40, "\n".join(lines)
@@ -51,10 +61,13 @@ def test_a_four_step_run_is_quiet_and_tensorboard_gets_samples_config_and_scalar
   assert any(tag.startswith("_hparams_") for tag, _ in tags) and any(t.startswith("config") for t, _ in tags)
 
 
-@pytest.mark.parametrize("args,names", [
+@pytest.mark.parametrize(
+  "args,names",
+  [
     (["--config.optim.lrr=1"], ["--config.optim.lrr", 'did you mean "lr"']),
     (["--config.diffusion.prediction=eps"], ["diffusion.prediction='eps'"]),
-])
+  ],
+)
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, names):
   run = _train(args, tmp_path)
   assert run.returncode == 2

@@ -6,6 +6,7 @@ status 2, and `--verbose` shows the traceback.
 The library's argparse CLIs, the launchers and the bench are checked in-process; the absl CLIs (whose
 flags are defined under `__main__`) and the `python -m` wiring of the error handling in subprocesses,
 all started at once."""
+
 from __future__ import annotations
 
 import ast
@@ -26,13 +27,20 @@ ARGPARSE = {"convert": convert, "encode": encode, "build_dataset": build_dataset
 LAUNCHERS = ("tpu", "xpk", "local", "sweep")
 BENCH = ("evaluate", "aggregate", "physics", "rubrics", "agreement")
 BAD_PATHS = {  # a missing file or folder each: one line naming it, exit 2
-    "convert": (["dit", "--src=/nonexistent/wan", "--out=/tmp/never"], "/nonexistent/wan"),
-    "encode": (["--dataset=microsim_synth", "--data_dir=/nonexistent/tfds", "--out=/tmp/never",
-                "--vae=/nonexistent/vae", "--text_encoder=/nonexistent/t5", "--tokenizer=/nonexistent/tok"],
-               "/nonexistent/vae"),
-    "build_dataset": (["microsim10k", "--manual_dir=/nonexistent/release", "--out=/tmp/never"],
-                      "/nonexistent/release"),
-    "export": (["--workdir=/nonexistent/run", "--out=/tmp/never"], "/nonexistent/run"),
+  "convert": (["dit", "--src=/nonexistent/wan", "--out=/tmp/never"], "/nonexistent/wan"),
+  "encode": (
+    [
+      "--dataset=microsim_synth",
+      "--data_dir=/nonexistent/tfds",
+      "--out=/tmp/never",
+      "--vae=/nonexistent/vae",
+      "--text_encoder=/nonexistent/t5",
+      "--tokenizer=/nonexistent/tok",
+    ],
+    "/nonexistent/vae",
+  ),
+  "build_dataset": (["microsim10k", "--manual_dir=/nonexistent/release", "--out=/tmp/never"], "/nonexistent/release"),
+  "export": (["--workdir=/nonexistent/run", "--out=/tmp/never"], "/nonexistent/run"),
 }
 
 
@@ -46,8 +54,12 @@ def processes():
   concurrently."""
   cmds = {f"help {m}": [f"microverse_jax.{m}", "--help"] for m in ABSL}
   cmds |= {f"bad {m}": [f"microverse_jax.{m}", *args] for m, (args, _) in BAD_PATHS.items()}
-  running = {k: subprocess.Popen([sys.executable, "-m", *c], cwd=REPO, env=_env(), text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for k, c in cmds.items()}
+  running = {
+    k: subprocess.Popen(
+      [sys.executable, "-m", *c], cwd=REPO, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    for k, c in cmds.items()
+  }
   done = {}
   for key, proc in running.items():
     out, err = proc.communicate(timeout=300)
@@ -79,8 +91,11 @@ def test_argparse_cli_help_names_the_program_shows_defaults_and_keeps_line_break
   assert text.startswith(f"usage: python -m microverse_jax.{name} [-h] [--verbose]"), text[:200]
   assert f"{name}.py" not in text.splitlines()[0]
   assert "(default: None)" not in text and "(default: False)" not in text
-  expected = {"convert": "--out DIR, --dst", "encode": "--split SPLIT         default: train",
-              "build_dataset": "--data_dir DIR, --out"}[name]
+  expected = {
+    "convert": "--out DIR, --dst",
+    "encode": "--split SPLIT         default: train",
+    "build_dataset": "--data_dir DIR, --out",
+  }[name]
   assert expected in text
   if name == "encode":
     assert "(default: 8)" in text and "--out DIR, --out_dir" in text
@@ -112,6 +127,7 @@ def test_launcher_help_names_the_program_and_keeps_line_breaks(name):
 @pytest.mark.parametrize("command", BENCH)
 def test_bench_help_names_the_program(command, capsys):
   from microworldbench.cli import main
+
   with pytest.raises(SystemExit) as e:
     main([command, "--help"])
   text = capsys.readouterr().out
@@ -122,22 +138,77 @@ def test_bench_help_names_the_program(command, capsys):
 # ---------------------------------------------------------------------------- flag spellings
 def test_bench_flags_take_underscores_and_the_old_hyphens():
   from microworldbench.cli import build_parser
+
   parser = build_parser()
   base = ["--videos", "v", "--rubrics", "r", "--out", "o"]
-  new = parser.parse_args(["evaluate", *base, "--judge_url", "http://x", "--judge_model", "m", "--num_frames", "4",
-                           "--max_wait", "3", "--max_tokens", "9", "--no_json_mode", "--save_interval", "2",
-                           "--strict_rubrics", "--no_progress", "--prompt_template", "t", "--allow_insecure_url",
-                           "--wait_for_lock"])
-  old = parser.parse_args(["evaluate", *base, "--judge-url", "http://x", "--judge-model", "m", "--num-frames", "4",
-                           "--max-wait", "3", "--max-tokens", "9", "--no-json-mode", "--save-interval", "2",
-                           "--strict-rubrics", "--no-progress", "--prompt-template", "t", "--allow-insecure-url",
-                           "--wait-for-lock"])
+  new = parser.parse_args(
+    [
+      "evaluate",
+      *base,
+      "--judge_url",
+      "http://x",
+      "--judge_model",
+      "m",
+      "--num_frames",
+      "4",
+      "--max_wait",
+      "3",
+      "--max_tokens",
+      "9",
+      "--no_json_mode",
+      "--save_interval",
+      "2",
+      "--strict_rubrics",
+      "--no_progress",
+      "--prompt_template",
+      "t",
+      "--allow_insecure_url",
+      "--wait_for_lock",
+    ]
+  )
+  old = parser.parse_args(
+    [
+      "evaluate",
+      *base,
+      "--judge-url",
+      "http://x",
+      "--judge-model",
+      "m",
+      "--num-frames",
+      "4",
+      "--max-wait",
+      "3",
+      "--max-tokens",
+      "9",
+      "--no-json-mode",
+      "--save-interval",
+      "2",
+      "--strict-rubrics",
+      "--no-progress",
+      "--prompt-template",
+      "t",
+      "--allow-insecure-url",
+      "--wait-for-lock",
+    ]
+  )
   assert vars(new) == vars(old)
-  assert (new.judge_url, new.num_frames, new.max_wait, new.max_tokens, new.no_json_mode, new.progress,
-          new.strict_rubrics, new.wait_for_lock) == ("http://x", 4, 3.0, 9, True, False, True, True)
+  assert (
+    new.judge_url,
+    new.num_frames,
+    new.max_wait,
+    new.max_tokens,
+    new.no_json_mode,
+    new.progress,
+    new.strict_rubrics,
+    new.wait_for_lock,
+  ) == ("http://x", 4, 3.0, 9, True, False, True, True)
   assert parser.parse_args(["evaluate", *base, "--judge_url", "u", "--judge_model", "m"]).progress is None
-  assert parser.parse_args(["aggregate", "--results", "a", "--rubrics", "r", "--tasks", "t", "--strict_rubrics",
-                            "--progress"]).progress is True
+  assert (
+    parser.parse_args(
+      ["aggregate", "--results", "a", "--rubrics", "r", "--tasks", "t", "--strict_rubrics", "--progress"]
+    ).progress
+    is True
+  )
   assert parser.parse_args(["rubrics", "--rubrics", "r", "--strict_rubrics"]).strict_rubrics
   physics = parser.parse_args(["physics", "--videos", "v", "--prompts", "p", "--out", "o", "--no_progress"])
   assert physics.progress is False
@@ -182,12 +253,14 @@ def test_main_guard_is_one_line_and_verbose_shows_the_traceback(capsys):
 
   def bug(argv):
     raise RuntimeError("a bug, not a user error")
+
   with pytest.raises(RuntimeError):
     cli.main_guard(bug, [])
 
 
 def test_bench_errors_are_one_line_and_verbose_shows_the_traceback(tmp_path, capsys):
   from microworldbench.cli import main
+
   missing = str(tmp_path / "missing.json")
   assert main(["rubrics", "--rubrics", missing]) == 2
   err = capsys.readouterr().err.strip().splitlines()

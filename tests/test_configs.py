@@ -1,4 +1,5 @@
 """Every config loads, builds a model config, reads every key it sets; sweeps expand; AOT compiles."""
+
 import glob
 import importlib
 import itertools
@@ -12,9 +13,9 @@ from microverse_jax.models.wan_dit import WanDiTConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_ARGS = {
-    "microsim_tiny": ["", "test"],
-    "wan2_1": [",".join(v) for v in itertools.product(("1.3b", "14b"), ("lora", "full"), ("480p", "720p"))]
-              + ["14b,lora,runlocal", "1.3b,full,runlocal"],
+  "microsim_tiny": ["", "test"],
+  "wan2_1": [",".join(v) for v in itertools.product(("1.3b", "14b"), ("lora", "full"), ("480p", "720p"))]
+  + ["14b,lora,runlocal", "1.3b,full,runlocal"],
 }
 
 
@@ -34,6 +35,7 @@ def test_config_loads_and_is_consistent(name, arg):
 
 def test_wan_presets_match_the_paper():
   from microverse_jax.configs import wan2_1
+
   small, big = wan2_1.get_config("1.3b,lora"), wan2_1.get_config("14b,full")
   assert (small.model.num_heads * small.model.head_dim, small.model.num_layers, small.model.lora_rank) == (1536, 30, 32)
   assert (big.model.num_heads * big.model.head_dim, big.model.ffn_dim, big.model.lora_rank) == (5120, 13824, 0)
@@ -52,8 +54,9 @@ def _leaf_keys(c, prefix=""):
 
 def test_no_dead_config_keys():
   """Every key a config sets is read: model.* are WanDiTConfig fields; others appear in the code."""
-  sources = "\n".join(open(p).read() for p in glob.glob(os.path.join(REPO, "microverse_jax", "**", "*.py"),
-                                                          recursive=True))
+  sources = "\n".join(
+    open(p).read() for p in glob.glob(os.path.join(REPO, "microverse_jax", "**", "*.py"), recursive=True)
+  )
   fields = set(WanDiTConfig.__dataclass_fields__)
   for name, args in CONFIG_ARGS.items():
     for arg in args:
@@ -68,6 +71,7 @@ def test_no_dead_config_keys():
 
 def test_sweep_expands_to_distinct_valid_overrides():
   from microverse_jax.configs import wan2_1
+
   runs = wan2_1.sweep("1.3b,lora")
   assert len(runs) == 9 and len({tuple(sorted(r.items())) for r in runs}) == 9
   c = wan2_1.get_config("1.3b,lora")
@@ -80,6 +84,7 @@ def test_sweep_expands_to_distinct_valid_overrides():
 
 def test_tiny_training_step_compiles_ahead_of_time_for_v5p():
   from microverse_jax.configs import microsim_tiny
+
   topology = aot.parse_topology("v5p-8")
   assert (topology.name, topology.chips) == ("v5p:2x2x1", 4)
   assert aot.parse_topology("v5e-16").name == "v5e:4x4" and aot.parse_topology("v6e-8").name == "v6e:2x4"

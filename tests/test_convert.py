@@ -1,5 +1,6 @@
 """One weight-loading API for both formats (converted Orbax dirs and PyTorch checkpoints), and
 PEFT LoRA import (DiffSynth / MicroVerse step-N.safetensors, diffusers naming)."""
+
 import os
 
 import jax
@@ -16,17 +17,38 @@ from microverse_jax import convert  # noqa: E402
 from microverse_jax.models.lora import merge_lora  # noqa: E402
 from microverse_jax.models.wan_dit import WanDiT  # noqa: E402
 
-TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4,
-            out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, rope_max_seq_len=32)
+TINY = dict(
+  patch_size=(1, 2, 2),
+  num_attention_heads=2,
+  attention_head_dim=16,
+  in_channels=4,
+  out_channels=4,
+  text_dim=32,
+  freq_dim=32,
+  ffn_dim=64,
+  num_layers=2,
+  rope_max_seq_len=32,
+)
 # diffusers -> original Wan / DiffSynth names (what DiffSynth's WanModel calls its modules).
-TO_ORIGINAL = (("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
-               ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
-               ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
-               ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
-               ("condition_embedder.time_proj", "time_projection.1"), ("attn1.", "self_attn."),
-               ("attn2.", "cross_attn."), ("to_out.0.", "o."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."),
-               ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2"), ("norm2", "normX"), ("norm3", "norm2"),
-               ("normX", "norm3"), ("proj_out", "head.head"))
+TO_ORIGINAL = (
+  ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
+  ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
+  ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
+  ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
+  ("condition_embedder.time_proj", "time_projection.1"),
+  ("attn1.", "self_attn."),
+  ("attn2.", "cross_attn."),
+  ("to_out.0.", "o."),
+  ("to_q.", "q."),
+  ("to_k.", "k."),
+  ("to_v.", "v."),
+  ("ffn.net.0.proj", "ffn.0"),
+  ("ffn.net.2", "ffn.2"),
+  ("norm2", "normX"),
+  ("norm3", "norm2"),
+  ("normX", "norm3"),
+  ("proj_out", "head.head"),
+)
 
 
 def to_original(key: str) -> str:
@@ -68,7 +90,7 @@ def test_both_formats_give_the_same_config_and_weights(dit_dir, converted_dir, c
   assert cfg == convert.checkpoint_config(converted_dir, "dit")
   assert (cfg.num_heads, cfg.head_dim, cfg.num_layers, cfg.ffn_dim) == (2, 16, 2, 64)
   target = _target(cfg)
-  from_torch = convert.restore_params(dit_dir, target)              # kind inferred from the target
+  from_torch = convert.restore_params(dit_dir, target)  # kind inferred from the target
   assert "loaded dit weights from PyTorch checkpoint (diffusers layout)" in capsys.readouterr().out
   from_orbax = convert.restore_params(converted_dir, target, kind="dit")
   assert "loaded dit weights from converted Orbax checkpoint" in capsys.readouterr().out
@@ -78,8 +100,11 @@ def test_both_formats_give_the_same_config_and_weights(dit_dir, converted_dir, c
   # load_params and from_checkpoint take either format too.
   model = convert.from_checkpoint(dit_dir, "dit")
   direct = convert.wan_dit_from_diffusers(dit_dir)
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               nnx.state(model, nnx.Param).to_pure_dict(), nnx.state(direct, nnx.Param).to_pure_dict())
+  jax.tree.map(
+    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+    nnx.state(model, nnx.Param).to_pure_dict(),
+    nnx.state(direct, nnx.Param).to_pure_dict(),
+  )
 
 
 @pytest.mark.parametrize("source", ["pytorch", "converted"])
@@ -87,6 +112,7 @@ def test_mismatch_is_one_error_listing_keys_and_both_shapes(dit_dir, converted_d
   src = dit_dir if source == "pytorch" else converted_dir
   cfg = convert.checkpoint_config(src, "dit")
   import dataclasses
+
   target = _target(dataclasses.replace(cfg, ffn_dim=48, cross_attn_norm=False), sharded=False)
   with pytest.raises(ValueError) as e:
     convert.restore_params(src, target, kind="dit")
@@ -104,8 +130,11 @@ def test_kind_and_path_errors_name_what_was_expected(dit_dir, converted_dir, tmp
   with pytest.raises(ValueError, match=r"kind='unet'"):
     convert.checkpoint_config(dit_dir, "unet")
   for bad, why in ((tmp_path / "nope", "no such file or directory"), (tmp_path, "no checkpoint in this directory")):
-    with pytest.raises(FileNotFoundError, match=rf"{bad}: {why}; expected a converted checkpoint \(params/ "
-                                                r"\+ config.json.*diffusers/transformers.*\.pth/\.safetensors"):
+    with pytest.raises(
+      FileNotFoundError,
+      match=rf"{bad}: {why}; expected a converted checkpoint \(params/ "
+      r"\+ config.json.*diffusers/transformers.*\.pth/\.safetensors",
+    ):
       convert.restore_params(str(bad), {}, kind="dit")
   (tmp_path / "notes.txt").write_text("x")
   with pytest.raises(FileNotFoundError, match="notes.txt: not a checkpoint file"):
@@ -117,7 +146,7 @@ def test_diffsynth_full_checkpoint_loads_through_the_same_path(dit_dir, tmp_path
   sd = convert.read_checkpoint(dit_dir)
   path = str(tmp_path / "step-100.safetensors")
   save_file({to_original(k): np.ascontiguousarray(v) for k, v in sd.items()}, path)
-  cfg = convert.checkpoint_config(path, "dit", head_dim=16)   # Wan2.1's head_dim is 128; tiny is 16
+  cfg = convert.checkpoint_config(path, "dit", head_dim=16)  # Wan2.1's head_dim is 128; tiny is 16
   assert cfg == convert.checkpoint_config(dit_dir, "dit", rope_max_seq_len=1024)
   got = convert.restore_params(path, _target(cfg), kind="dit")
   assert "original Wan / DiffSynth layout" in capsys.readouterr().out
@@ -130,40 +159,78 @@ def test_diffsynth_full_checkpoint_loads_through_the_same_path(dit_dir, tmp_path
 def test_vae_and_umt5_load_from_either_format(tmp_path):
   transformers = pytest.importorskip("transformers")
   torch.manual_seed(0)
-  diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
-                             temperal_downsample=[False, True], latents_mean=[0.] * 4,
-                             latents_std=[1.] * 4).save_pretrained(tmp_path / "vae")
-  transformers.UMT5EncoderModel(transformers.UMT5Config(
-      vocab_size=50, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-      relative_attention_max_distance=16)).save_pretrained(tmp_path / "umt5")
+  diffusers.AutoencoderKLWan(
+    base_dim=8,
+    z_dim=4,
+    dim_mult=[1, 2, 2],
+    num_res_blocks=1,
+    attn_scales=[],
+    temperal_downsample=[False, True],
+    latents_mean=[0.0] * 4,
+    latents_std=[1.0] * 4,
+  ).save_pretrained(tmp_path / "vae")
+  transformers.UMT5EncoderModel(
+    transformers.UMT5Config(
+      vocab_size=50,
+      d_model=16,
+      d_kv=4,
+      d_ff=24,
+      num_layers=2,
+      num_heads=4,
+      relative_attention_num_buckets=8,
+      relative_attention_max_distance=16,
+    )
+  ).save_pretrained(tmp_path / "umt5")
   for kind in ("vae", "umt5"):
     src = str(tmp_path / kind)
     model = convert.from_checkpoint(src, kind)
     convert.save_params(model, str(tmp_path / f"{kind}_converted"), kind)
     again = convert.from_checkpoint(str(tmp_path / f"{kind}_converted"), kind)
     assert again.cfg == model.cfg
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-                 nnx.state(model, nnx.Param).to_pure_dict(), nnx.state(again, nnx.Param).to_pure_dict())
+    jax.tree.map(
+      lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+      nnx.state(model, nnx.Param).to_pure_dict(),
+      nnx.state(again, nnx.Param).to_pure_dict(),
+    )
     assert convert.wan_vae_from_path(str(tmp_path / "vae_converted")).cfg.z_dim == 4 if kind == "vae" else True
 
 
 # ---------------------------------------------------------------------------------------------
 # LoRA import
 # ---------------------------------------------------------------------------------------------
-MODULES = {"self_attn.q": 32, "self_attn.k": 32, "self_attn.v": 32, "self_attn.o": 32, "cross_attn.q": 32,
-           "cross_attn.k": 32, "cross_attn.v": 32, "cross_attn.o": 32, "ffn.0": 64, "ffn.2": 32}
+MODULES = {
+  "self_attn.q": 32,
+  "self_attn.k": 32,
+  "self_attn.v": 32,
+  "self_attn.o": 32,
+  "cross_attn.q": 32,
+  "cross_attn.k": 32,
+  "cross_attn.v": 32,
+  "cross_attn.o": 32,
+  "ffn.0": 64,
+  "ffn.2": 32,
+}
 IN_DIM = {"ffn.2": 64}
-DIFFUSERS_NAMES = {**{f"{o}.{n}": f"{d}.to_{n}" for o, d in (("self_attn", "attn1"), ("cross_attn", "attn2"))
-                      for n in "qkv"}, "self_attn.o": "attn1.to_out.0", "cross_attn.o": "attn2.to_out.0",
-                   "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2"}
+DIFFUSERS_NAMES = {
+  **{f"{o}.{n}": f"{d}.to_{n}" for o, d in (("self_attn", "attn1"), ("cross_attn", "attn2")) for n in "qkv"},
+  "self_attn.o": "attn1.to_out.0",
+  "cross_attn.o": "attn2.to_out.0",
+  "ffn.0": "ffn.net.0.proj",
+  "ffn.2": "ffn.net.2",
+}
 
 
 def _peft_lora(rank, seed, layers=2):
   """DiffSynth-style PEFT tensors {blocks.i.module: (A (r, in), B (out, r))}, B nonzero."""
   rng = np.random.default_rng(seed)
-  return {f"blocks.{i}.{m}": (rng.standard_normal((rank, IN_DIM.get(m, 32))).astype(np.float32) * 0.1,
-                              rng.standard_normal((out, rank)).astype(np.float32) * 0.1)
-          for i in range(layers) for m, out in MODULES.items()}
+  return {
+    f"blocks.{i}.{m}": (
+      rng.standard_normal((rank, IN_DIM.get(m, 32))).astype(np.float32) * 0.1,
+      rng.standard_normal((out, rank)).astype(np.float32) * 0.1,
+    )
+    for i in range(layers)
+    for m, out in MODULES.items()
+  }
 
 
 def _merged_dir(dit_dir, lora, scale, dst):
@@ -193,17 +260,23 @@ def test_diffsynth_lora_directory_loads_its_highest_step(dit_dir, tmp_path, caps
   lora = _peft_lora(rank=4, seed=1)
   runs = tmp_path / "runs"
   runs.mkdir()
-  save_file({f"{k}.lora_{ab}.default.weight": v for k, (a, b) in lora.items() for ab, v in (("A", a), ("B", b))},
-            str(runs / "step-10.safetensors"))
-  save_file({f"{k}.lora_{ab}.default.weight": 0 * v for k, (a, b) in _peft_lora(4, 2).items()
-             for ab, v in (("A", a), ("B", b))}, str(runs / "step-9.safetensors"))
+  save_file(
+    {f"{k}.lora_{ab}.default.weight": v for k, (a, b) in lora.items() for ab, v in (("A", a), ("B", b))},
+    str(runs / "step-10.safetensors"),
+  )
+  save_file(
+    {
+      f"{k}.lora_{ab}.default.weight": 0 * v for k, (a, b) in _peft_lora(4, 2).items() for ab, v in (("A", a), ("B", b))
+    },
+    str(runs / "step-9.safetensors"),
+  )
   assert convert.latest_lora(str(runs)) == str(runs / "step-10.safetensors")
-  model = _lora_model(dit_dir, rank=8, alpha=32.0)   # file rank 4 < model rank 8; alpha/rank 4 != 1
+  model = _lora_model(dit_dir, rank=8, alpha=32.0)  # file rank 4 < model rank 8; alpha/rank 4 != 1
   assert convert.load_lora(str(runs), model).endswith("step-10.safetensors")
   assert "into the LoRA params" in capsys.readouterr().out
   reference = convert.from_checkpoint(_merged_dir(dit_dir, lora, 1.0, tmp_path / "merged"), "dit")
   _assert_same_kernels(model, reference)
-  plain = convert.from_checkpoint(dit_dir, "dit")   # a model without LoRA gets the delta merged
+  plain = convert.from_checkpoint(dit_dir, "dit")  # a model without LoRA gets the delta merged
   convert.load_lora(str(runs / "step-10.safetensors"), plain)
   _assert_same_kernels(plain, reference)
 
@@ -216,7 +289,7 @@ def test_diffusers_named_lora_with_alpha_entries(dit_dir, tmp_path):
     name = DIFFUSERS_NAMES[module]
     sd[f"transformer.blocks.{i}.{name}.lora_down.weight"] = a
     sd[f"transformer.blocks.{i}.{name}.lora_up.weight"] = b
-    sd[f"transformer.blocks.{i}.{name}.alpha"] = np.asarray(2.0, np.float32)   # scale 2 / 4
+    sd[f"transformer.blocks.{i}.{name}.alpha"] = np.asarray(2.0, np.float32)  # scale 2 / 4
   save_file(sd, str(tmp_path / "lora.safetensors"))
   model = _lora_model(dit_dir, rank=4, alpha=4.0)
   convert.load_lora(str(tmp_path / "lora.safetensors"), model)
@@ -226,8 +299,10 @@ def test_diffusers_named_lora_with_alpha_entries(dit_dir, tmp_path):
 def test_lora_errors_name_the_problem(dit_dir, tmp_path):
   lora = _peft_lora(rank=4, seed=4)
   keep = {k: v for k, v in lora.items() if not k.endswith("ffn.2")}
-  save_file({f"{k}.lora_{ab}.weight": v for k, (a, b) in keep.items() for ab, v in (("A", a), ("B", b))},
-            str(tmp_path / "partial.safetensors"))
+  save_file(
+    {f"{k}.lora_{ab}.weight": v for k, (a, b) in keep.items() for ab, v in (("A", a), ("B", b))},
+    str(tmp_path / "partial.safetensors"),
+  )
   model = _lora_model(dit_dir, rank=4, alpha=4.0)
   with pytest.raises(ValueError, match=r"(?s)partial.safetensors: LoRA does not fit.*missing from the file.*'ffn_out'"):
     convert.load_lora(str(tmp_path / "partial.safetensors"), model)
@@ -249,6 +324,7 @@ def test_lora_errors_name_the_problem(dit_dir, tmp_path):
 @pytest.mark.hostile
 def test_pth_files_are_read_only_with_a_torch_that_refuses_pickled_code(tmp_path, monkeypatch):
   import torch
+
   path = tmp_path / "w.pth"
   torch.save({"a": torch.ones(2)}, path)
   assert convert.read_checkpoint(str(path))["a"].tolist() == [1.0, 1.0]

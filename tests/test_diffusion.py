@@ -1,4 +1,5 @@
 """Flow-matching schedule facts and samplers against the exact flow of Gaussian data."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,9 +36,9 @@ MU, STD = 2.0, 0.5
 def exact_velocity(x, t):
   """E[noise - x0 | x_sigma] for x0 ~ N(MU, STD^2), noise ~ N(0, 1)."""
   s = (t / 1000.0)[:, None]
-  var = (1 - s) ** 2 * STD ** 2 + s ** 2
+  var = (1 - s) ** 2 * STD**2 + s**2
   centred = x - (1 - s) * MU
-  e_x0 = MU + (1 - s) * STD ** 2 / var * centred
+  e_x0 = MU + (1 - s) * STD**2 / var * centred
   e_noise = s / var * centred
   return e_noise - e_x0
 
@@ -48,8 +49,9 @@ def endpoint_error(sampler, steps, shift=1.0):
   return float(jnp.abs(x0 - (MU + STD * noise)).max())  # the exact flow maps noise e to MU + STD e
 
 
-@pytest.mark.parametrize("sampler,steps,shift,tol", [
-    ("euler", 100, 1.0, 0.03), ("unipc", 20, 1.0, 0.02), ("unipc", 50, 5.0, 0.01)])
+@pytest.mark.parametrize(
+  "sampler,steps,shift,tol", [("euler", 100, 1.0, 0.03), ("unipc", 20, 1.0, 0.02), ("unipc", 50, 5.0, 0.01)]
+)
 def test_samplers_reach_the_exact_endpoint(sampler, steps, shift, tol):
   assert endpoint_error(sampler, steps, shift) < tol
 
@@ -67,8 +69,8 @@ def test_guidance_combines_cond_and_uncond():
 def exact_x0(x, t):
   """E[x0 | x_sigma] for the same Gaussian data: what an x0-predicting model outputs."""
   s = (t / 1000.0)[:, None]
-  var = (1 - s) ** 2 * STD ** 2 + s ** 2
-  return MU + (1 - s) * STD ** 2 / var * (x - (1 - s) * MU)
+  var = (1 - s) ** 2 * STD**2 + s**2
+  return MU + (1 - s) * STD**2 / var * (x - (1 - s) * MU)
 
 
 def test_x0_prediction_is_the_same_flow_as_velocity_prediction():
@@ -79,8 +81,9 @@ def test_x0_prediction_is_the_same_flow_as_velocity_prediction():
   assert diffusion.to_velocity(x, x, t / 1000, "velocity") is x
   noise = jax.random.normal(jax.random.key(0), (256, 1))
   via_v = diffusion.sample(exact_velocity, noise, 20, sampler="unipc")
-  via_x0 = diffusion.sample(lambda x, t: diffusion.to_velocity(exact_x0(x, t), x, t / 1000, "x0"), noise, 20,
-                            sampler="unipc")
+  via_x0 = diffusion.sample(
+    lambda x, t: diffusion.to_velocity(exact_x0(x, t), x, t / 1000, "x0"), noise, 20, sampler="unipc"
+  )
   np.testing.assert_allclose(via_x0, via_v, atol=1e-5)
 
 

@@ -1,4 +1,5 @@
 """Export to the PyTorch ecosystem: diffusers on the exported weights gives our model's velocity."""
+
 import os
 
 import jax
@@ -13,8 +14,18 @@ pytest.importorskip("peft")  # diffusers' LoRA loading runs on PEFT
 
 from microverse_jax import convert, export  # noqa: E402
 
-TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4,
-            out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, rope_max_seq_len=32)
+TINY = dict(
+  patch_size=(1, 2, 2),
+  num_attention_heads=2,
+  attention_head_dim=16,
+  in_channels=4,
+  out_channels=4,
+  text_dim=32,
+  freq_dim=32,
+  ffn_dim=64,
+  num_layers=2,
+  rope_max_seq_len=32,
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +59,7 @@ def _velocities(model, torch_model):
 def test_lora_changes_the_velocity(lora_model):
   path, model = lora_model
   ours, base = _velocities(model, diffusers.WanTransformer3DModel.from_pretrained(path).eval())
-  assert np.abs(ours - base).max() > 1e-2   # the delta matters, so the parity below means something
+  assert np.abs(ours - base).max() > 1e-2  # the delta matters, so the parity below means something
 
 
 def test_full_dit_exports_as_a_diffusers_model(lora_model, tmp_path):
@@ -58,7 +69,7 @@ def test_full_dit_exports_as_a_diffusers_model(lora_model, tmp_path):
   assert os.path.exists(os.path.join(out, "diffusion_pytorch_model.safetensors.index.json"))  # sharded
   ours, ref = _velocities(model, diffusers.WanTransformer3DModel.from_pretrained(out).eval())
   assert np.abs(ours - ref).max() <= 1e-4, np.abs(ours - ref).max()
-  again = convert.from_checkpoint(out, "dit")   # and it reads back through our loader
+  again = convert.from_checkpoint(out, "dit")  # and it reads back through our loader
   ours_again, _ = _velocities(again, diffusers.WanTransformer3DModel.from_pretrained(out).eval())
   assert np.abs(ours_again - ours).max() <= 1e-5
 
@@ -68,8 +79,13 @@ def test_lora_exports_for_diffusers_load_lora_weights(lora_model, tmp_path, layo
   path, model = lora_model
   lora_file = export.export_lora(model, str(tmp_path / "lora.safetensors"), layout=layout)
   transformer = diffusers.WanTransformer3DModel.from_pretrained(path).eval()
-  pipe = diffusers.WanPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
-                               scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0))
+  pipe = diffusers.WanPipeline(
+    tokenizer=None,
+    text_encoder=None,
+    vae=None,
+    transformer=transformer,
+    scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0),
+  )
   pipe.load_lora_weights(lora_file)
   ours, ref = _velocities(model, pipe.transformer)
   assert np.abs(ours - ref).max() <= 1e-4, np.abs(ours - ref).max()
@@ -79,8 +95,9 @@ def test_diffsynth_layout_round_trips_through_our_importer(lora_model, tmp_path)
   path, model = lora_model
   lora_file = export.export_lora(model, str(tmp_path / "step-7.safetensors"), layout="diffsynth")
   from safetensors.numpy import load_file
+
   assert "blocks.0.self_attn.q.lora_A.default.weight" in load_file(lora_file)
-  fresh = convert.from_checkpoint(path, "dit", lora_rank=4, lora_alpha=4.0)   # another alpha: rescaled
+  fresh = convert.from_checkpoint(path, "dit", lora_rank=4, lora_alpha=4.0)  # another alpha: rescaled
   convert.load_lora(str(tmp_path), fresh)
   a, _ = _velocities(model, diffusers.WanTransformer3DModel.from_pretrained(path).eval())
   b, _ = _velocities(fresh, diffusers.WanTransformer3DModel.from_pretrained(path).eval())

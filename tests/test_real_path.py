@@ -13,6 +13,7 @@ The default (CI) variant runs that chain (two subprocesses at a time, ~4 min on 
 `heavy` one adds full-from-latents and LoRA-from-video training with more steps, sampling a
 full-video workdir and the converted checkpoint, and judging those too.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,10 +40,29 @@ BENCH = os.path.join(rp.REPO, "..", "shared", "microworldbench")
 BENCH_FILES = ("MWBenchRubrics.json", "MWBenchRubrics_norm.json", "finaltasks.json")
 DIMENSIONS = {"Scientific Accuracy": "scientific", "Visual Quality": "visual", "Instruction Following": "instruction"}
 # In start order: the critical path (convert, encode, LoRA, its samples) first.
-CHEAP = ("convert_dit", "convert_vae", "convert_umt5", "build", "encode", "train_lora_latents", "sample_lora_latents",
-         "evaluate_lora_latents", "train_full_video", "sample_wan", "evaluate_wan", "aggregate", "encode_pytorch")
-HEAVY = ("train_full_latents", "train_lora_video", "sample_full_video", "sample_converted", "evaluate_full_video",
-         "evaluate_converted")
+CHEAP = (
+  "convert_dit",
+  "convert_vae",
+  "convert_umt5",
+  "build",
+  "encode",
+  "train_lora_latents",
+  "sample_lora_latents",
+  "evaluate_lora_latents",
+  "train_full_video",
+  "sample_wan",
+  "evaluate_wan",
+  "aggregate",
+  "encode_pytorch",
+)
+HEAVY = (
+  "train_full_latents",
+  "train_lora_video",
+  "sample_full_video",
+  "sample_converted",
+  "evaluate_full_video",
+  "evaluate_converted",
+)
 TASKS = (1, 2)
 
 
@@ -55,6 +75,7 @@ def task_judge(rubrics_path: str) -> FakeJudge:
     flat = " ".join(prompt.split())
     index = next((i for i, text in texts.items() if text in flat), 0)
     return index, next(d for title, d in DIMENSIONS.items() if f"dimension {title}" in flat)
+
   return FakeJudge(identify=identify)
 
 
@@ -88,6 +109,7 @@ def _metrics(workdir: str) -> list[dict]:
 
 def _check_videos(folder: str, tasks=TASKS, frames: int = rp.TINY["frames"]) -> None:
   from microverse_jax import video
+
   for i in tasks:
     with open(os.path.join(folder, f"{i}.mp4"), "rb") as f:
       info = video.probe(f.read())
@@ -96,7 +118,7 @@ def _check_videos(folder: str, tasks=TASKS, frames: int = rp.TINY["frames"]) -> 
 
 def _check_training(chain, name: str, lora: bool, steps: int):
   out = chain.result(name).stdout
-  workdir = os.path.join(chain.paths["RUNS"], name[len("train_"):])
+  workdir = os.path.join(chain.paths["RUNS"], name[len("train_") :])
   rows = _metrics(workdir)
   assert [r["step"] for r in rows][-1] == steps and all(math.isfinite(r["loss"]) for r in rows), rows
   assert os.path.isdir(os.path.join(workdir, "checkpoints", str(steps)))
@@ -137,6 +159,7 @@ def test_build_microsim10k(chain):
   summary = json.loads(out.strip().splitlines()[-1])
   assert sum(summary["splits"].values()) == 6 and summary["skipped"] == 0, out
   from microverse_jax import input_pipeline
+
   train = input_pipeline.load_source("microsim10k", "train", chain.paths["DATA"])
   assert len(train) == summary["splits"]["train"] >= 4
 
@@ -148,6 +171,7 @@ def test_encode_either_format_gives_the_same_cache(chain):
   assert "loaded vae weights from PyTorch checkpoint (diffusers layout)" in pytorch.stdout, pytorch.stdout
   assert "loaded umt5 weights from PyTorch checkpoint (transformers layout)" in pytorch.stdout
   from microverse_jax import input_pipeline
+
   a = input_pipeline.load_source("microsim10k_latents", "train", chain.paths["CACHE"])
   b = input_pipeline.load_source("microsim10k_latents", "train", chain.paths["CACHE_PYTORCH"])
   source = input_pipeline.load_source("microsim10k", "train", chain.paths["DATA"])

@@ -1,4 +1,5 @@
 """The official MicroVerse recipe, selectable in configs/wan2_1.py (docs/recipe.md)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,10 +12,10 @@ from microverse_jax.models.layers import Dense
 
 # MicroVerse train/inference.py, DEFAULT_NEGATIVE_PROMPT, verbatim.
 OFFICIAL_NEGATIVE_PROMPT = (
-    "Overexposed, static, blurry details, subtitles, watermark, "
-    "worst quality, low quality, JPEG artifacts, ugly, deformed, "
-    "extra fingers, poorly drawn hands, poorly drawn face, mutated, "
-    "fused fingers, frozen frame, cluttered background"
+  "Overexposed, static, blurry details, subtitles, watermark, "
+  "worst quality, low quality, JPEG artifacts, ugly, deformed, "
+  "extra fingers, poorly drawn hands, poorly drawn face, mutated, "
+  "fused fingers, frozen frame, cluttered background"
 )
 
 
@@ -74,8 +75,11 @@ def test_param_dtype_sets_weights_and_adam_moments(dtype):
   rules = sharding.logical_rules(c.sharding_rules.to_dict())
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     state, frozen = factory.StateFactory(c, mesh, rules).abstract()
-  floats = [x.dtype for x in jax.tree.leaves((state["params"], state["opt_state"], frozen))
-            if jnp.issubdtype(x.dtype, jnp.floating)]
+  floats = [
+    x.dtype
+    for x in jax.tree.leaves((state["params"], state["opt_state"], frozen))
+    if jnp.issubdtype(x.dtype, jnp.floating)
+  ]
   assert floats and set(floats) == {jnp.dtype(dtype)}
   c.optim.param_dtype = "float16"
   with pytest.raises(ValueError, match="optim.param_dtype"):

@@ -1,4 +1,5 @@
 """Sampling: deterministic videos from a tiny trained checkpoint, task lists, resume, clear errors."""
+
 import json
 import os
 import subprocess
@@ -8,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from microverse_jax.configs import microsim_tiny
 from microverse_jax import factory, pipeline, sample, train
+from microverse_jax.configs import microsim_tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,8 +33,7 @@ def test_same_seed_same_video_and_valid_mp4(trained, tmp_path):
   kwargs = dict(steps=3, guidance=4.0, shift=1.0, sampler="unipc", seed=7)
   shape = factory.latent_shape(c)
   a = pipeline.generate(model, encoders, tokenizer, ["cells divide", "beads diffuse"], shape, **kwargs)
-  b = pipeline.generate(model, encoders, tokenizer, ["cells divide", "beads diffuse"], shape, batch_size=1,
-                      **kwargs)
+  b = pipeline.generate(model, encoders, tokenizer, ["cells divide", "beads diffuse"], shape, batch_size=1, **kwargs)
   assert len(a) == 2 and a[0].shape == (5, 16, 16, 3) and a[0].dtype == np.uint8
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
@@ -67,8 +67,9 @@ def _run(args, **kw):
 def test_tasks_write_resume_and_feed_the_scorer(trained, synth_data_dir, tmp_path):
   _, workdir = trained
   tasks = tmp_path / "tasks.json"
-  tasks.write_text(json.dumps([{"index": i, "task": f"task {i}: a cell divides", "requirement": ""}
-                               for i in (1, 2, 3)]))
+  tasks.write_text(
+    json.dumps([{"index": i, "task": f"task {i}: a cell divides", "requirement": ""} for i in (1, 2, 3)])
+  )
   out = tmp_path / "videos"
   common = [f"--workdir={workdir}", f"--rubrics={tasks}", f"--out={out}"]
   first = _run([*common, "--indices=1-2"])
@@ -84,6 +85,7 @@ def test_tasks_write_resume_and_feed_the_scorer(trained, synth_data_dir, tmp_pat
   assert sorted(p for p in os.listdir(out) if p.endswith(".mp4")) == ["1.mp4", "2.mp4", "3.mp4"]
   assert os.path.getmtime(out / "1.mp4") == kept
   from microworldbench import frames
+
   assert frames.read_frames(str(out / "3.mp4"), 4).shape == (4, 16, 16, 3)
 
 
@@ -94,6 +96,7 @@ def test_bad_input_is_named(trained, tmp_path):
   with pytest.raises(ValueError, match=r"tasks \[7\] are not in the task file"):
     sample.parse_indices("1-2,7", [1, 2, 3])
   from microverse_jax.configs import wan2_1
+
   wan = wan2_1.get_config("1.3b,lora")
   with pytest.raises(ValueError, match="4k \\+ 1"):
     factory.latent_shape(wan, 80)
@@ -113,12 +116,15 @@ def test_the_workdir_describes_itself_and_overrides_apply(trained, tmp_path):
   assert "--config.eval.fpz" in bad.stderr and "Traceback" not in bad.stderr
 
 
-@pytest.mark.parametrize("rows,match", [
+@pytest.mark.parametrize(
+  "rows,match",
+  [
     ([{"id": "../x", "caption": "a"}], r"'\.\./x'"),
     ([{"id": "/abs/x", "caption": "a"}], r"'/abs/x'"),
     ([{"id": ".hidden", "caption": "a"}], r"'\.hidden'"),
     ([{"id": "a", "caption": "a"}, {"id": "a", "caption": "b"}], r"row 2: 'a' \(duplicate\)"),
-])
+  ],
+)
 @pytest.mark.hostile
 def test_prompt_ids_that_would_escape_or_collide_are_refused_before_sampling(trained, tmp_path, rows, match):
   _, workdir = trained

@@ -3,6 +3,7 @@ and prompts, with the scheduler set to our sigma grid: Euler and UniPC, classifi
 
 Also measures how far diffusers' stock scheduler grids are from ours (quoted in docs/model.md).
 """
+
 import os
 
 import jax
@@ -23,7 +24,7 @@ except ImportError:
   from microverse_jax.sample import generate  # noqa: E402
 
 SHIFT, STEPS, GUIDANCE, SEED, MAX_LEN = 5.0, 4, 3.0, 7, 12
-FRAMES, SIZE = 5, 32                     # video; latents (3, 8, 8, 4): VAE 2x temporal, 4x spatial
+FRAMES, SIZE = 5, 32  # video; latents (3, 8, 8, 4): VAE 2x temporal, 4x spatial
 LATENT = (3, SIZE // 4, SIZE // 4, 4)
 PROMPTS = ["a red cell divides in two", "a virus enters a cell"]
 NEGATIVE = "blurry static"
@@ -49,20 +50,46 @@ def parts(tmp_path_factory):
   """Tiny random diffusers/transformers parts saved with save_pretrained, a word-level tokenizer,
   and our models converted from those directories."""
   from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
   root = tmp_path_factory.mktemp("wan_tiny")
   torch.manual_seed(0)
-  dit = diffusers.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
-                                        in_channels=4, out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64,
-                                        num_layers=2, rope_max_seq_len=32).eval()
+  dit = diffusers.WanTransformer3DModel(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=4,
+    out_channels=4,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    rope_max_seq_len=32,
+  ).eval()
   with torch.no_grad():
     for p in dit.parameters():
       p.add_(0.05 * torch.randn_like(p))
-  vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
-                                   temperal_downsample=[False, True], latents_mean=[0.1, -0.2, 0.3, 0.0],
-                                   latents_std=[1.5, 0.8, 1.2, 1.0]).eval()
-  text = transformers.UMT5EncoderModel(transformers.UMT5Config(
-      vocab_size=32, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
-      relative_attention_num_buckets=8, relative_attention_max_distance=16)).eval()
+  vae = diffusers.AutoencoderKLWan(
+    base_dim=8,
+    z_dim=4,
+    dim_mult=[1, 2, 2],
+    num_res_blocks=1,
+    attn_scales=[],
+    temperal_downsample=[False, True],
+    latents_mean=[0.1, -0.2, 0.3, 0.0],
+    latents_std=[1.5, 0.8, 1.2, 1.0],
+  ).eval()
+  text = transformers.UMT5EncoderModel(
+    transformers.UMT5Config(
+      vocab_size=32,
+      d_model=32,
+      d_kv=8,
+      d_ff=48,
+      num_layers=2,
+      num_heads=4,
+      relative_attention_num_buckets=8,
+      relative_attention_max_distance=16,
+    )
+  ).eval()
   for name, module in (("transformer", dit), ("vae", vae), ("text_encoder", text)):
     module.save_pretrained(root / name)
   vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(dict.fromkeys(WORDS))}}
@@ -71,12 +98,16 @@ def parts(tmp_path_factory):
   tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
   os.makedirs(root / "tokenizer")
   tok.save(str(root / "tokenizer" / "tokenizer.json"))
-  hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(root / "tokenizer" / "tokenizer.json"),
-                                                pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-  ours = {kind: convert.from_checkpoint(str(root / name), kind)
-          for kind, name in (("dit", "transformer"), ("vae", "vae"), ("umt5", "text_encoder"))}
-  return dict(dit=dit, vae=vae, text=text, hf_tok=hf_tok, tokenizer=UMT5Tokenizer(str(root / "tokenizer"), MAX_LEN),
-              ours=ours)
+  hf_tok = transformers.PreTrainedTokenizerFast(
+    tokenizer_file=str(root / "tokenizer" / "tokenizer.json"), pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+  )
+  ours = {
+    kind: convert.from_checkpoint(str(root / name), kind)
+    for kind, name in (("dit", "transformer"), ("vae", "vae"), ("umt5", "text_encoder"))
+  }
+  return dict(
+    dit=dit, vae=vae, text=text, hf_tok=hf_tok, tokenizer=UMT5Tokenizer(str(root / "tokenizer"), MAX_LEN), ours=ours
+  )
 
 
 def _scheduler(name: str):
@@ -84,14 +115,16 @@ def _scheduler(name: str):
   if name == "euler":
     sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=SHIFT)
   else:
-    sched = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                              flow_shift=SHIFT, solver_order=2, solver_type="bh2")
+    sched = diffusers.UniPCMultistepScheduler(
+      prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=SHIFT, solver_order=2, solver_type="bh2"
+    )
   stock = sched.set_timesteps
 
   def ours(num_inference_steps=None, device=None, **kwargs):
     stock(sigmas=np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1].copy(), device=device)
     # UniPC hands the model integer timesteps (floor(1000 sigma): 937 for 937.5); ours are exact.
     sched.timesteps = (sched.sigmas[:-1] * sched.config.num_train_timesteps).to(torch.float32)
+
   sched.set_timesteps = ours
   return sched
 
@@ -100,9 +133,20 @@ def _ours(parts, sampler):
   """(final latents (B, F', H', W', C), uint8 videos) from `generate`."""
   captured = []
   encoders = Encoders(parts["ours"]["umt5"], parts["ours"]["vae"], captured)
-  videos = generate(parts["ours"]["dit"], encoders, parts["tokenizer"], PROMPTS, LATENT, steps=STEPS,
-                    guidance=GUIDANCE, shift=SHIFT, sampler=sampler, seed=SEED, negative_prompt=NEGATIVE,
-                    batch_size=2)
+  videos = generate(
+    parts["ours"]["dit"],
+    encoders,
+    parts["tokenizer"],
+    PROMPTS,
+    LATENT,
+    steps=STEPS,
+    guidance=GUIDANCE,
+    shift=SHIFT,
+    sampler=sampler,
+    seed=SEED,
+    negative_prompt=NEGATIVE,
+    batch_size=2,
+  )
   return np.concatenate(captured), np.stack(videos).astype(np.float64)
 
 
@@ -111,22 +155,34 @@ def _diffusers(parts, sampler):
   sched = _scheduler(sampler)
   sched.set_timesteps(STEPS)
   assert np.abs(sched.sigmas.numpy() - diffusion.inference_sigmas(STEPS, SHIFT)).max() < 2e-6
-  pipe = diffusers.WanPipeline(tokenizer=parts["hf_tok"], text_encoder=parts["text"], vae=parts["vae"],
-                               transformer=parts["dit"], scheduler=sched)
-  noise = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(SEED), i), LATENT))
-                    for i in range(len(PROMPTS))])   # what generate draws for prompt i
+  pipe = diffusers.WanPipeline(
+    tokenizer=parts["hf_tok"], text_encoder=parts["text"], vae=parts["vae"], transformer=parts["dit"], scheduler=sched
+  )
+  noise = np.stack(
+    [np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(SEED), i), LATENT)) for i in range(len(PROMPTS))]
+  )  # what generate draws for prompt i
   final = {}
 
   def keep(pipeline, i, t, kwargs):
     final["latents"] = kwargs["latents"].clone()
     return kwargs
+
   with torch.no_grad():
-    out = pipe(prompt=PROMPTS, negative_prompt=NEGATIVE, height=SIZE, width=SIZE, num_frames=FRAMES,
-               num_inference_steps=STEPS, guidance_scale=GUIDANCE, max_sequence_length=MAX_LEN,
-               latents=torch.from_numpy(noise).permute(0, 4, 1, 2, 3), output_type="np",
-               callback_on_step_end=keep).frames
+    out = pipe(
+      prompt=PROMPTS,
+      negative_prompt=NEGATIVE,
+      height=SIZE,
+      width=SIZE,
+      num_frames=FRAMES,
+      num_inference_steps=STEPS,
+      guidance_scale=GUIDANCE,
+      max_sequence_length=MAX_LEN,
+      latents=torch.from_numpy(noise).permute(0, 4, 1, 2, 3),
+      output_type="np",
+      callback_on_step_end=keep,
+    ).frames
   latents = final["latents"].permute(0, 2, 3, 4, 1).numpy()
-  assert np.abs(latents - noise).max() > 0.5          # the sampler moved: a non-trivial comparison
+  assert np.abs(latents - noise).max() > 0.5  # the sampler moved: a non-trivial comparison
   return latents, np.round(np.asarray(out) * 255.0)
 
 
@@ -137,7 +193,7 @@ def _assert_parity(ours, ref, sampler):
   assert ours_frames.shape == ref_frames.shape == (2, FRAMES, SIZE, SIZE, 3)
   assert latent_err <= 1e-5, latent_err
   assert frame_err <= 1, frame_err
-  assert ours_frames.std() > 1                        # frames are not a constant image
+  assert ours_frames.std() > 1  # frames are not a constant image
 
 
 def test_euler_generate_equals_diffusers_wan_pipeline(parts):
@@ -155,8 +211,7 @@ def stock_grid_difference(num_steps: int, sampler: str = "euler") -> float:
   if sampler == "euler":
     sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=SHIFT)
   else:
-    sched = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                              flow_shift=SHIFT)
+    sched = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=SHIFT)
   sched.set_timesteps(num_steps)
   return float(np.abs(sched.sigmas.numpy().astype(np.float64) - diffusion.inference_sigmas(num_steps, SHIFT)).max())
 

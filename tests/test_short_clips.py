@@ -1,5 +1,6 @@
 """Short clips are trained, not skipped: length buckets (one static shape per batch), exact resume
 with pending rows, the latent cache's buckets, and a mixed-length (9-29 frames) training run."""
+
 from __future__ import annotations
 
 import json
@@ -40,13 +41,20 @@ def mixed_data_dir(tmp_path_factory) -> str:
 
 
 def _records(lengths):
-  return [{"id": f"r{i}", "caption": f"clip {i}", "video": _clip(n, i), "num_frames": n}
-          for i, n in enumerate(lengths)]
+  return [{"id": f"r{i}", "caption": f"clip {i}", "video": _clip(n, i), "num_frames": n} for i, n in enumerate(lengths)]
 
 
 def _iterator(source, **overrides):
-  kwargs = dict(batch_size=2, num_frames=17, height=16, width=16, tokenizer=input_pipeline.ByteTokenizer(16),
-                seed=5, shard_index=0, shard_count=1)
+  kwargs = dict(
+    batch_size=2,
+    num_frames=17,
+    height=16,
+    width=16,
+    tokenizer=input_pipeline.ByteTokenizer(16),
+    seed=5,
+    shard_index=0,
+    shard_count=1,
+  )
   kwargs.update(overrides)
   return input_pipeline.make_video_iterator(source, **kwargs)
 
@@ -125,16 +133,36 @@ class _LatentSource(list):
 
 def test_latent_cache_is_bucketed_and_cropped():
   rng = np.random.default_rng(0)
-  cache = _LatentSource({"latents": rng.normal(size=(f, 2, 2, 4)).astype(np.float32),
-                         "context": np.ones((3, 8), np.float32)} for f in (1, 3, 5, 2, 5, 4, 3))
-  it = input_pipeline.make_latent_iterator(cache, batch_size=2, seed=0, text_length=4, shuffle=False,
-                                           num_epochs=1, drop_remainder=False, shard_index=0, shard_count=1)
+  cache = _LatentSource(
+    {"latents": rng.normal(size=(f, 2, 2, 4)).astype(np.float32), "context": np.ones((3, 8), np.float32)}
+    for f in (1, 3, 5, 2, 5, 4, 3)
+  )
+  it = input_pipeline.make_latent_iterator(
+    cache,
+    batch_size=2,
+    seed=0,
+    text_length=4,
+    shuffle=False,
+    num_epochs=1,
+    drop_remainder=False,
+    shard_index=0,
+    shard_count=1,
+  )
   for b in it:  # no buckets given: each F' of the cache is its own bucket
     rows = b["index"][b["index"] >= 0]
     assert all(cache[int(i)]["latents"].shape[0] == b["latents"].shape[1] for i in rows)
   # Latent buckets (2, 3, 5) = frames (5, 9, 17): records are cropped to the largest they reach.
-  it = input_pipeline.make_latent_iterator(cache, batch_size=1, seed=0, text_length=4, shuffle=False,
-                                           num_epochs=1, shard_index=0, shard_count=1, latent_buckets=(2, 3, 5))
+  it = input_pipeline.make_latent_iterator(
+    cache,
+    batch_size=1,
+    seed=0,
+    text_length=4,
+    shuffle=False,
+    num_epochs=1,
+    shard_index=0,
+    shard_count=1,
+    latent_buckets=(2, 3, 5),
+  )
   got = {int(b["index"][0]): b["latents"][0] for b in it}
   assert {i: x.shape[0] for i, x in got.items()} == {1: 3, 2: 5, 3: 2, 4: 5, 5: 3, 6: 3}
   np.testing.assert_array_equal(got[5], cache[5]["latents"][:3])

@@ -1,12 +1,17 @@
 """The package's shape: imports point down only (no loops), no generic top-level names installed,
 and the trainer stays short."""
+
 import ast
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The folders installed under the project's namespace (setup.cfg package_dir).
-PACKAGES = {"microverse_jax": "microverse_jax", "microverse_jax.configs": "configs",
-            "microverse_jax.datasets": "data", "microverse_jax.launch": "launch"}
+PACKAGES = {
+  "microverse_jax": "microverse_jax",
+  "microverse_jax.configs": "configs",
+  "microverse_jax.datasets": "data",
+  "microverse_jax.launch": "launch",
+}
 
 
 def module_files(repo: str) -> dict[str, str]:
@@ -18,7 +23,7 @@ def module_files(repo: str) -> dict[str, str]:
       for name in names:
         if name.endswith(".py"):
           rel = os.path.relpath(os.path.join(dirpath, name), root)[:-3].replace(os.sep, ".")
-          rel = rel[:-len(".__init__")] if rel.endswith("__init__") else rel
+          rel = rel[: -len(".__init__")] if rel.endswith("__init__") else rel
           out[package if rel == "__init__" else f"{package}.{rel}"] = os.path.join(dirpath, name)
   return out
 
@@ -49,7 +54,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     state[node] = "open"
     for dep in sorted(graph.get(node, ())):
       if state.get(dep) == "open":
-        found.append(stack[stack.index(dep):] + [dep])
+        found.append(stack[stack.index(dep) :] + [dep])
       elif dep not in state:
         visit(dep, stack + [dep])
     state[node] = "done"
@@ -77,6 +82,7 @@ def test_the_evaluators_and_factory_never_import_a_command_line_tool():
 
 def test_nothing_installs_generic_top_level_names():
   import configparser
+
   cfg = configparser.ConfigParser()
   cfg.read(os.path.join(REPO, "setup.cfg"))
   packages = cfg["options"]["packages"].split()

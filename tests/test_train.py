@@ -1,4 +1,5 @@
 """The trainer: runs, resumes exactly after kill -9, shards, trains LoRA only, fails early on bad input."""
+
 import dataclasses
 import json
 import os
@@ -59,9 +60,16 @@ def test_main_writes_metrics_checkpoints_and_config(reference_run):
 
 def test_kill_9_after_a_checkpoint_then_resume_gives_identical_losses(reference_run, synth_data_dir, tmp_path):
   workdir = str(tmp_path / "killed")
-  cmd = [sys.executable, "-m", "microverse_jax.train", "--config=configs/microsim_tiny.py:test",
-         f"--workdir={workdir}", f"--config.data.data_dir={synth_data_dir}", "--config.train.num_steps=6",
-         "--config.train.checkpoint_every=2"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "microverse_jax.train",
+    "--config=configs/microsim_tiny.py:test",
+    f"--workdir={workdir}",
+    f"--config.data.data_dir={synth_data_dir}",
+    "--config.train.num_steps=6",
+    "--config.train.checkpoint_every=2",
+  ]
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
   while not os.path.isdir(os.path.join(workdir, "checkpoints", "2")) and time.time() < deadline:
@@ -101,10 +109,8 @@ def test_sharded_meshes_match_single_device(synth_data_dir, tmp_path, run_on_cpu
   meshes = {"single": dict(data=1)}
   single = run_on_cpu_devices(["-c", SHARDED, synth_data_dir, json.dumps(meshes), str(tmp_path)], 1)
   assert single.returncode == 0, single.stderr[-3000:]
-  meshes = {"data8": dict(data=8), "fsdp8": dict(data=1, fsdp=8),
-            "d2f2t2": dict(data=2, fsdp=2, tensor=2)}
-  sharded = run_on_cpu_devices(["-c", SHARDED, synth_data_dir, json.dumps(meshes), str(tmp_path)], 8,
-                               timeout=900)
+  meshes = {"data8": dict(data=8), "fsdp8": dict(data=1, fsdp=8), "d2f2t2": dict(data=2, fsdp=2, tensor=2)}
+  sharded = run_on_cpu_devices(["-c", SHARDED, synth_data_dir, json.dumps(meshes), str(tmp_path)], 8, timeout=900)
   assert sharded.returncode == 0, sharded.stderr[-3000:]
   ref = json.loads(single.stdout.split("LOSSES")[-1])["single"]
   got = json.loads(sharded.stdout.split("LOSSES")[-1])
@@ -115,8 +121,9 @@ def test_sharded_meshes_match_single_device(synth_data_dir, tmp_path, run_on_cpu
 
 
 def test_lora_changes_only_lora_params_and_merge_equals_base_plus_delta(synth_data_dir, tmp_path):
-  c = tiny_config(synth_data_dir, **{"model.lora_rank": 4, "model.lora_alpha": 8.0, "train.num_steps": 2,
-                                     "optim.lr": 1e-2})
+  c = tiny_config(
+    synth_data_dir, **{"model.lora_rank": 4, "model.lora_alpha": 8.0, "train.num_steps": 2, "optim.lr": 1e-2}
+  )
   train.train(c, str(tmp_path))
   mesh = sharding.make_mesh(factory_lib.validate(c, jax.device_count()))
   factory = factory_lib.StateFactory(c, mesh, sharding.DEFAULT_RULES)
@@ -127,8 +134,9 @@ def test_lora_changes_only_lora_params_and_merge_equals_base_plus_delta(synth_da
     state = ckpt.restore(2, abstract, None)
   leaves = jax.tree_util.tree_flatten_with_path(state["params"])[0]
   assert leaves and all(str(path[-1].key).startswith("lora_") for path, _ in leaves)
-  changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(state["params"]),
-                                                    jax.tree.leaves(init_state["params"]))]
+  changed = [
+    not np.allclose(a, b) for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(init_state["params"]))
+  ]
   assert any(changed)
   model = nnx.merge(factory.graphdef, state["params"], frozen)
   merged = merge_lora(model)
@@ -142,6 +150,7 @@ def test_lora_changes_only_lora_params_and_merge_equals_base_plus_delta(synth_da
   np.testing.assert_allclose(merged(x, t, ctx), model(x, t, ctx), rtol=1e-4, atol=1e-5)
   # The exported checkpoint is the merged model, loadable with lora_rank=0.
   from microverse_jax import convert, export
+
   export.export(c, str(tmp_path), str(tmp_path / "merged"))
   plain = WanDiT(dataclasses.replace(factory.cfg, lora_rank=0), rngs=nnx.Rngs(5))
   convert.load_params(str(tmp_path / "merged"), plain)
@@ -158,9 +167,17 @@ def _saved_params(c, workdir, step):
 @pytest.mark.hostile
 def test_a_non_finite_update_is_never_saved(synth_data_dir, tmp_path):
   """lr=inf: the loss of step 1 is finite (weights before the update) but the update is not."""
-  c = tiny_config(synth_data_dir, **{"optim.lr": float("inf"), "optim.grad_clip": 0.0,
-                                     "optim.warmup_steps": 0, "train.checkpoint_every": 1,
-                                     "train.num_steps": 4, "optim.schedule": "constant"})
+  c = tiny_config(
+    synth_data_dir,
+    **{
+      "optim.lr": float("inf"),
+      "optim.grad_clip": 0.0,
+      "optim.warmup_steps": 0,
+      "train.checkpoint_every": 1,
+      "train.num_steps": 4,
+      "optim.schedule": "constant",
+    },
+  )
   with pytest.raises(FloatingPointError, match="non-finite update at step 1"):
     train.train(c, str(tmp_path))
   assert not [s for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
@@ -168,9 +185,17 @@ def test_a_non_finite_update_is_never_saved(synth_data_dir, tmp_path):
 
 @pytest.mark.hostile
 def test_non_finite_updates_can_be_skipped_and_counted(synth_data_dir, tmp_path):
-  c = tiny_config(synth_data_dir, **{"optim.lr": float("inf"), "optim.grad_clip": 0.0,
-                                     "optim.warmup_steps": 0, "train.num_steps": 3,
-                                     "optim.schedule": "constant", "train.on_nonfinite": "skip"})
+  c = tiny_config(
+    synth_data_dir,
+    **{
+      "optim.lr": float("inf"),
+      "optim.grad_clip": 0.0,
+      "optim.warmup_steps": 0,
+      "train.num_steps": 3,
+      "optim.schedule": "constant",
+      "train.on_nonfinite": "skip",
+    },
+  )
   last = train.train(c, str(tmp_path))
   assert last["skipped_updates"] == 3
   state = _saved_params(c, str(tmp_path), 3)
@@ -185,6 +210,7 @@ def test_metrics_after_a_resume_have_no_repeated_steps_and_no_bare_nan(synth_dat
   path = tmp_path / "metrics.jsonl"
   # As if the run died after logging step 3-4 but before checkpoint 4 landed: resume from 2.
   import shutil
+
   shutil.rmtree(tmp_path / "checkpoints" / "4")
   writer = train.MetricWriter(str(tmp_path), resume_step=4)
   writer.write(4, {"physics/pass_rate": float("nan")})
@@ -207,7 +233,9 @@ def test_a_second_trainer_on_the_same_workdir_is_refused(synth_data_dir, tmp_pat
   train.WorkdirLock(str(tmp_path)).release()  # released: free again
 
 
-@pytest.mark.parametrize("overrides,error,match", [
+@pytest.mark.parametrize(
+  "overrides,error,match",
+  [
     ({"mesh.data": 3}, ValueError, r"mesh"),
     ({"optim.grad_accum": 3}, ValueError, r"data.batch_size=4"),
     ({"init_from": "/nonexistent/ckpt"}, FileNotFoundError, r"init_from=/nonexistent/ckpt"),
@@ -216,21 +244,29 @@ def test_a_second_trainer_on_the_same_workdir_is_refused(synth_data_dir, tmp_pat
     ({"diffusion.prediction": "eps"}, ValueError, r"diffusion.prediction='eps'"),
     ({"train.caption_dropout": 0.1, "data.source": "latents"}, ValueError, r"train.caption_dropout"),
     ({"train.on_nonfinite": "ignore"}, ValueError, r"train.on_nonfinite='ignore'"),
-])
+  ],
+)
 def test_bad_config_fails_before_compilation(synth_data_dir, tmp_path, overrides, error, match):
   with pytest.raises(error, match=match):
     train.train(tiny_config(synth_data_dir, **overrides), str(tmp_path))
 
 
 def test_unknown_config_key_is_rejected_by_name(tmp_path):
-  cmd = [sys.executable, "-m", "microverse_jax.train", "--config=configs/microsim_tiny.py:test",
-         f"--workdir={tmp_path}", "--config.train.num_stepz=3"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "microverse_jax.train",
+    "--config=configs/microsim_tiny.py:test",
+    f"--workdir={tmp_path}",
+    "--config.train.num_stepz=3",
+  ]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and "num_stepz" in out.stderr
 
 
 def test_init_from_a_converted_checkpoint_sets_the_base_weights(synth_data_dir, tmp_path):
   from microverse_jax import convert
+
   c = tiny_config(synth_data_dir)
   source = WanDiT(factory_lib.dit_config(c), rngs=nnx.Rngs(123))
   convert.save_params(source, str(tmp_path / "ckpt"), "dit")

@@ -5,6 +5,7 @@ judge (OpenAI-compatible client, strict replies), results (resumable results fil
 aggregate (official and strict scores, bootstrap CIs), agreement (judge agreement), report
 (Markdown and PNG plots), cli (the `microworldbench` command).
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
 """`python -m microworldbench ...` runs the CLI."""
+
 from __future__ import annotations
 
 import sys

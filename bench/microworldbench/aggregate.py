@@ -11,6 +11,7 @@ unparsed are dropped. `strict` matches the K scores to the K criteria of each di
 order, requires exactly K values in {0, 1}, and reports tasks without three valid dimensions as
 incomplete instead of averaging them in.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -173,19 +174,19 @@ def summarize(scores: ModelScores, resamples: int = 2000, seed: int = 0) -> dict
     return empty if m is None else m
 
   return {
-      "mode": scores.mode,
-      "valid_tasks": len(scores.tasks),
-      "overall": mean(totals),
-      "categories": {c: mean(v) for c, v in by_cat.items()},
-      "dimensions": {d: mean(v) for d, v in by_dim.items()},
-      "category_tasks": {c: len(v) for c, v in by_cat.items()},
-      "ci95": {
-          "overall": bootstrap_ci(totals, resamples, rng),
-          "categories": {c: bootstrap_ci(v, resamples, rng) for c, v in by_cat.items()},
-          "dimensions": {d: bootstrap_ci(v, resamples, rng) for d, v in by_dim.items()},
-      },
-      "incomplete_tasks": {str(i): r for i, r in sorted(scores.incomplete.items())},
-      "missing_tasks": scores.missing,
+    "mode": scores.mode,
+    "valid_tasks": len(scores.tasks),
+    "overall": mean(totals),
+    "categories": {c: mean(v) for c, v in by_cat.items()},
+    "dimensions": {d: mean(v) for d, v in by_dim.items()},
+    "category_tasks": {c: len(v) for c, v in by_cat.items()},
+    "ci95": {
+      "overall": bootstrap_ci(totals, resamples, rng),
+      "categories": {c: bootstrap_ci(v, resamples, rng) for c, v in by_cat.items()},
+      "dimensions": {d: bootstrap_ci(v, resamples, rng) for d, v in by_dim.items()},
+    },
+    "incomplete_tasks": {str(i): r for i, r in sorted(scores.incomplete.items())},
+    "missing_tasks": scores.missing,
   }
 
 
@@ -194,12 +195,19 @@ def model_name(path: str, given: str | None) -> str:
     return given
   base = os.path.basename(path)
   if base.endswith("_result.json"):
-    return base[:-len("_result.json")]
+    return base[: -len("_result.json")]
   return os.path.splitext(base)[0]
 
 
-def aggregate(result_paths: list[str], rubrics: RubricSet, mode: str, names: list[str] | None = None,
-              resamples: int = 2000, seed: int = 0, progress: bool | None = None) -> dict[str, Any]:
+def aggregate(
+  result_paths: list[str],
+  rubrics: RubricSet,
+  mode: str,
+  names: list[str] | None = None,
+  resamples: int = 2000,
+  seed: int = 0,
+  progress: bool | None = None,
+) -> dict[str, Any]:
   """{"mode", "protocol", "rubrics", "models": {name: summary}} for several results files.
 
   The judge protocol each file records (`evaluate --protocol`) must be the same in all of them:
@@ -219,9 +227,11 @@ def aggregate(result_paths: list[str], rubrics: RubricSet, mode: str, names: lis
         protocols.setdefault(protocol, path)
     loaded.append((path, results))
   if len(protocols) > 1:
-    raise ValueError("results judged with different protocols cannot be compared: " +
-                     ", ".join(f"{p!r} ({path})" for p, path in sorted(protocols.items())) +
-                     "; aggregate each protocol on its own")
+    raise ValueError(
+      "results judged with different protocols cannot be compared: "
+      + ", ".join(f"{p!r} ({path})" for p, path in sorted(protocols.items()))
+      + "; aggregate each protocol on its own"
+    )
   models: dict[str, Any] = {}
   bar = Progress(len(loaded), desc="scoring ", enabled=progress, unit="file")
   for i, (path, results) in enumerate(loaded):
@@ -235,13 +245,21 @@ def aggregate(result_paths: list[str], rubrics: RubricSet, mode: str, names: lis
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-  p = subparsers.add_parser("aggregate", help="scores, CIs, report and plots from results files",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = subparsers.add_parser(
+    "aggregate",
+    help="scores, CIs, report and plots from results files",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument("--results", nargs="+", required=True, help="<Model>_result.json files, one per model")
   p.add_argument("--rubrics", required=True, help="MWBenchRubrics_norm.json (the scoring weights)")
   p.add_argument("--tasks", required=True, help="finaltasks.json (categories)")
-  p.add_argument("--mode", choices=MODES, default="strict",
-                 help="'official': the official calculate_scores.py, defects included; 'strict': every criterion")
+  p.add_argument(
+    "--mode",
+    choices=MODES,
+    default="strict",
+    help="'official': the official calculate_scores.py, defects included; 'strict': every criterion",
+  )
   p.add_argument("--name", nargs="+", help="model names, one per results file")
   p.add_argument("--json", help="write the summary JSON here")
   p.add_argument("--markdown", help="write a Markdown report here")
@@ -249,10 +267,15 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
   p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% CIs")
   p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
   p.add_argument("--strict_rubrics", "--strict-rubrics", action="store_true", help="fail on any rubric anomaly")
-  p.add_argument("--progress", action="store_true", default=None,
-                 help="show progress (default: a bar when stderr is a terminal, else a line every 30 s)")
-  p.add_argument("--no_progress", "--no-progress", dest="progress", action="store_false", default=None,
-                 help="no progress output")
+  p.add_argument(
+    "--progress",
+    action="store_true",
+    default=None,
+    help="show progress (default: a bar when stderr is a terminal, else a line every 30 s)",
+  )
+  p.add_argument(
+    "--no_progress", "--no-progress", dest="progress", action="store_false", default=None, help="no progress output"
+  )
   p.set_defaults(func=_main)
 
 
@@ -270,4 +293,3 @@ def _main(args: argparse.Namespace) -> int:
   if rubrics.anomalies:
     print(f"({len(rubrics.anomalies)} rubric anomalies: {rubrics.anomaly_counts()})", file=sys.stderr)
   return 0
-

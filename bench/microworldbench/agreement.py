@@ -4,6 +4,7 @@ Every criterion decision (task, dimension, criterion) judged validly by both jud
 one paired binary rating; per pair we report percent agreement and Cohen's kappa, overall, per
 dimension and per criterion kind (positive / penalty), and the mean pairwise kappa over pairs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,46 +60,60 @@ def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float | None:
 def _stats(keys: list, da: dict, db: dict) -> dict[str, Any]:
   a = np.array([da[k] for k in keys], dtype=np.int8)
   b = np.array([db[k] for k in keys], dtype=np.int8)
-  return {"decisions": len(keys), "percent_agreement": float(np.mean(a == b) * 100) if keys else None,
-          "kappa": cohen_kappa(a, b)}
+  return {
+    "decisions": len(keys),
+    "percent_agreement": float(np.mean(a == b) * 100) if keys else None,
+    "kappa": cohen_kappa(a, b),
+  }
 
 
 def agreement(judged: dict[str, list[dict[str, Any]]], rubrics: RubricSet) -> dict[str, Any]:
   """Pairwise agreement between judges: {"judges", "pairs": [...], "mean_kappa"}."""
   if len(judged) < 2:
     raise ValueError(f"agreement needs results from two or more judges, got {len(judged)}")
-  sign = {(t.index, d, c.number): c.sign for t in rubrics.tasks.values() for d in DIMENSIONS
-          for c in t.criteria[d]}
+  sign = {(t.index, d, c.number): c.sign for t in rubrics.tasks.values() for d in DIMENSIONS for c in t.criteria[d]}
   per_judge = {name: decisions(results, rubrics) for name, results in judged.items()}
   pairs = []
   for (na, da), (nb, db) in itertools.combinations(per_judge.items(), 2):
     keys = sorted(set(da) & set(db))
     entry = {"a": na, "b": nb, "tasks": len({k[0] for k in keys}), **_stats(keys, da, db)}
     entry["dimensions"] = {d: _stats([k for k in keys if k[1] == d], da, db) for d in DIMENSIONS}
-    entry["kinds"] = {kind: _stats([k for k in keys if sign[k] == s], da, db)
-                      for kind, s in (("positive", 1), ("penalty", -1))}
+    entry["kinds"] = {
+      kind: _stats([k for k in keys if sign[k] == s], da, db) for kind, s in (("positive", 1), ("penalty", -1))
+    }
     pairs.append(entry)
   kappas = [p["kappa"] for p in pairs if p["kappa"] is not None]
-  return {"judges": list(judged), "pairs": pairs,
-          "mean_kappa": sum(kappas) / len(kappas) if kappas else None}
+  return {"judges": list(judged), "pairs": pairs, "mean_kappa": sum(kappas) / len(kappas) if kappas else None}
 
 
 def markdown(result: dict[str, Any]) -> str:
   def f(v, spec):
     return "–" if v is None else format(v, spec)
-  lines = ["| Judge A | Judge B | Tasks | Decisions | Agreement % | Kappa | " +
-           " | ".join(f"Kappa {d}" for d in DIMENSIONS) + " |", "|---" * (6 + len(DIMENSIONS)) + "|"]
+
+  lines = [
+    "| Judge A | Judge B | Tasks | Decisions | Agreement % | Kappa | "
+    + " | ".join(f"Kappa {d}" for d in DIMENSIONS)
+    + " |",
+    "|---" * (6 + len(DIMENSIONS)) + "|",
+  ]
   for p in result["pairs"]:
-    lines.append(f"| {p['a']} | {p['b']} | {p['tasks']} | {p['decisions']} | "
-                 f"{f(p['percent_agreement'], '.1f')} | {f(p['kappa'], '.3f')} | " +
-                 " | ".join(f(p["dimensions"][d]["kappa"], ".3f") for d in DIMENSIONS) + " |")
+    lines.append(
+      f"| {p['a']} | {p['b']} | {p['tasks']} | {p['decisions']} | "
+      f"{f(p['percent_agreement'], '.1f')} | {f(p['kappa'], '.3f')} | "
+      + " | ".join(f(p["dimensions"][d]["kappa"], ".3f") for d in DIMENSIONS)
+      + " |"
+    )
   lines += ["", f"Mean pairwise kappa: {f(result['mean_kappa'], '.3f')}"]
   return "\n".join(lines)
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-  p = subparsers.add_parser("agreement", help="agreement (Cohen's kappa) between judges",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = subparsers.add_parser(
+    "agreement",
+    help="agreement (Cohen's kappa) between judges",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument("--results", nargs="+", required=True, help="results files of the same videos, one per judge")
   p.add_argument("--rubrics", required=True, help="MWBenchRubrics.json or MWBenchRubrics_norm.json")
   p.add_argument("--name", nargs="+", help="judge names, one per results file")
@@ -121,5 +136,3 @@ def _main(args: argparse.Namespace) -> int:
     write_json_atomic(args.json, result)
   print(markdown(result))
   return 0
-
-

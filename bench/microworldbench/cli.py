@@ -7,6 +7,7 @@ Flags are spelled with underscores (`--judge_url`), as in the library's CLIs; th
 spellings (`--judge-url`) still parse, for one release. Bad input or a missing file is one line
 `microworldbench <command>: error: ...` and exit status 2; `--verbose` shows the traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,11 +18,11 @@ from microworldbench import aggregate, agreement, evaluate, rubrics
 from microworldbench.physics import command as physics
 
 SUBCOMMANDS = (
-    rubrics.register_cli,
-    evaluate.register_cli,
-    aggregate.register_cli,
-    agreement.register_cli,
-    physics.register_cli,
+  rubrics.register_cli,
+  evaluate.register_cli,
+  aggregate.register_cli,
+  agreement.register_cli,
+  physics.register_cli,
 )
 
 
@@ -37,16 +38,22 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
   def _get_help_string(self, action: argparse.Action) -> str:
     text = action.help or ""
-    if ("%(default)" in text or not action.option_strings or action.required
-        or action.default in (None, False, argparse.SUPPRESS)):
+    if (
+      "%(default)" in text
+      or not action.option_strings
+      or action.required
+      or action.default in (None, False, argparse.SUPPRESS)
+    ):
       return text
     return f"{text} (default: %(default)s)".strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="microworldbench", formatter_class=HelpFormatter,
-      description="MicroWorldBench scorer: judge videos against the rubrics, aggregate the scores (no JAX).")
+    prog="microworldbench",
+    formatter_class=HelpFormatter,
+    description="MicroWorldBench scorer: judge videos against the rubrics, aggregate the scores (no JAX).",
+  )
   subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   for register in SUBCOMMANDS:
     register(subparsers)

@@ -10,6 +10,7 @@ stops at once naming that pid, or with --wait-for-lock waits for the first to fi
 --prompt-template; 8 frames at JPEG quality 100; a body of model + messages only; its parse rule).
 The protocol is recorded in the results file, and one file never mixes two.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,8 +79,9 @@ def item_done(item: dict[str, Any] | None, task: Task, dimension: str, protocol:
   status = item.get("status")
   status = status.get(dimension) if isinstance(status, dict) else None
   numbers = criteria_numbers(task, dimension, protocol)
-  if status is not None and (not isinstance(status, dict) or status.get("state") != "scored"
-                             or status.get("criteria") != numbers):
+  if status is not None and (
+    not isinstance(status, dict) or status.get("state") != "scored" or status.get("criteria") != numbers
+  ):
     return False
   evaluation = item.get(EVAL_KEY[dimension])
   parsed = evaluation.get("parsed_result") if isinstance(evaluation, dict) else None
@@ -103,10 +105,17 @@ class _FramePrefetcher:
   its frames, not its JPEGs).
   """
 
-  def __init__(self, videos: dict[int, str], units: list[tuple[int, str]], num_frames: int,
-               ahead: int, stop: threading.Event, workers: int = 2,
-               ladder: tuple[tuple[int, int | None], ...] = frames_lib.ENCODING_LADDER,
-               keep_frames: bool = False):
+  def __init__(
+    self,
+    videos: dict[int, str],
+    units: list[tuple[int, str]],
+    num_frames: int,
+    ahead: int,
+    stop: threading.Event,
+    workers: int = 2,
+    ladder: tuple[tuple[int, int | None], ...] = frames_lib.ENCODING_LADDER,
+    keep_frames: bool = False,
+  ):
     self._videos, self._num_frames, self._stop = videos, num_frames, stop
     self._ladder, self._keep_frames = ladder, keep_frames
     self._users = collections.Counter(i for i, _ in units)
@@ -136,9 +145,12 @@ class _FramePrefetcher:
         if (index, level) not in self._smaller:
           quality, side = self._ladder[level]
           self._smaller[(index, level)] = (
-              frames_lib.jpeg_data_urls(frames, quality, side) if frames is not None
-              else frames_lib.reencode_data_urls(base, quality, side))
+            frames_lib.jpeg_data_urls(frames, quality, side)
+            if frames is not None
+            else frames_lib.reencode_data_urls(base, quality, side)
+          )
         return self._smaller[(index, level)]
+
     return at_level
 
   def release(self, index: int) -> None:
@@ -170,8 +182,10 @@ class Summary:
   def report(self) -> str:
     lines = [f"scored {self.scored}, failed {self.failed}, already done {self.already_done}"]
     if self.skipped_journal_lines:
-      lines.append(f"{len(self.skipped_journal_lines)} journal lines skipped (their items were redone): "
-                   f"{_short(self.skipped_journal_lines, 3)}")
+      lines.append(
+        f"{len(self.skipped_journal_lines)} journal lines skipped (their items were redone): "
+        f"{_short(self.skipped_journal_lines, 3)}"
+      )
     if self.missing_videos:
       lines.append(f"{len(self.missing_videos)} tasks have no video: {_short(self.missing_videos)}")
     if self.unmatched_videos:
@@ -194,10 +208,19 @@ def _short(items: list, n: int = 10) -> str:
   return ", ".join(map(str, items[:n])) + (f" ... (+{len(items) - n})" if len(items) > n else "")
 
 
-def evaluate(rubrics: RubricSet, videos_dir: str, out: str, settings: JudgeSettings,
-             num_frames: int = 8, concurrency: int = 8, indices: set[int] | None = None,
-             save_interval: float = 30.0, progress: bool | None = None, template: str | None = None,
-             wait_for_lock: bool = False) -> Summary:
+def evaluate(
+  rubrics: RubricSet,
+  videos_dir: str,
+  out: str,
+  settings: JudgeSettings,
+  num_frames: int = 8,
+  concurrency: int = 8,
+  indices: set[int] | None = None,
+  save_interval: float = 30.0,
+  progress: bool | None = None,
+  template: str | None = None,
+  wait_for_lock: bool = False,
+) -> Summary:
   """Judges every (task, dimension) whose video is in `videos_dir` and is not done in `out`.
 
   `settings.protocol == "official"` needs `template` (the official prompt template's text) and
@@ -215,15 +238,27 @@ def evaluate(rubrics: RubricSet, videos_dir: str, out: str, settings: JudgeSetti
   judge = Judge(settings)  # Checks the URL and the protocol before anything is read or locked.
   videos, ignored = find_videos(videos_dir)
   with FileLock(out + ".lock", f"--out {out}", wait=wait_for_lock):
-    return _evaluate_locked(rubrics, videos, ignored, out, settings, judge, num_frames, concurrency,
-                            indices, save_interval, progress, template)
+    return _evaluate_locked(
+      rubrics,
+      videos,
+      ignored,
+      out,
+      settings,
+      judge,
+      num_frames,
+      concurrency,
+      indices,
+      save_interval,
+      progress,
+      template,
+    )
 
 
-def _evaluate_locked(rubrics, videos, ignored, out, settings, judge, num_frames, concurrency, indices,
-                     save_interval, progress, template) -> Summary:
+def _evaluate_locked(
+  rubrics, videos, ignored, out, settings, judge, num_frames, concurrency, indices, save_interval, progress, template
+) -> Summary:
   protocol = settings.protocol
-  summary = Summary(unmatched_videos=ignored + [p for i, p in sorted(videos.items())
-                                                if i not in rubrics.tasks])
+  summary = Summary(unmatched_videos=ignored + [p for i, p in sorted(videos.items()) if i not in rubrics.tasks])
   wanted = sorted(i for i in rubrics.tasks if indices is None or i in indices)
   summary.missing_videos = [i for i in wanted if i not in videos]
   store = ResultStore(out)
@@ -231,13 +266,17 @@ def _evaluate_locked(rubrics, videos, ignored, out, settings, judge, num_frames,
   judges = {item["judge_model"] for item in store.items.values() if isinstance(item.get("judge_model"), str)}
   if judges - {settings.model}:
     store.close()
-    raise ValueError(f"{out}: judged by {sorted(judges)}, not {settings.model!r}; mixing judges in one "
-                     f"results file would mix their scores: use another --out")
+    raise ValueError(
+      f"{out}: judged by {sorted(judges)}, not {settings.model!r}; mixing judges in one "
+      f"results file would mix their scores: use another --out"
+    )
   protocols = {item["protocol"] for item in store.items.values() if isinstance(item.get("protocol"), str)}
   if protocols - {protocol}:
     store.close()
-    raise ValueError(f"{out}: judged with --protocol {'/'.join(sorted(protocols))}, not {protocol!r}; "
-                     f"one results file holds one protocol: use another --out")
+    raise ValueError(
+      f"{out}: judged with --protocol {'/'.join(sorted(protocols))}, not {protocol!r}; "
+      f"one results file holds one protocol: use another --out"
+    )
   units = []
   for index in wanted:
     if index not in videos:
@@ -249,8 +288,9 @@ def _evaluate_locked(rubrics, videos, ignored, out, settings, judge, num_frames,
         units.append((index, dim))
   stop = judge.stop
   ladder = official.ENCODING_LADDER if protocol == "official" else frames_lib.ENCODING_LADDER
-  frames = _FramePrefetcher(videos, units, num_frames, ahead=concurrency + 4, stop=stop, ladder=ladder,
-                            keep_frames=protocol == "official")
+  frames = _FramePrefetcher(
+    videos, units, num_frames, ahead=concurrency + 4, stop=stop, ladder=ladder, keep_frames=protocol == "official"
+  )
 
   def prompt_for(task: Task, dim: str) -> str:
     if protocol == "official":
@@ -271,17 +311,29 @@ def _evaluate_locked(rubrics, videos, ignored, out, settings, judge, num_frames,
         verdict = Verdict(False, None, None, f"unreadable video: {e}", 0)
       else:
         try:
-          verdict = judge.judge(prompt_for(task, dim), images, len(criteria_numbers(task, dim, protocol)),
-                                levels=len(ladder))
+          verdict = judge.judge(
+            prompt_for(task, dim), images, len(criteria_numbers(task, dim, protocol)), levels=len(ladder)
+          )
         except JudgeFatalError:
           stop.set()  # At once, so that no other worker starts a request.
           raise
     finally:
       frames.release(index)
-    status = {"state": "scored" if verdict.ok else "failed", "reason": verdict.reason,
-              "requests": verdict.requests, "criteria": criteria_numbers(task, dim, protocol)}
-    store.record(index, videos[index], dim, {"raw_response": verdict.raw, "parsed_result": verdict.parsed},
-                 status, settings.model, protocol)
+    status = {
+      "state": "scored" if verdict.ok else "failed",
+      "reason": verdict.reason,
+      "requests": verdict.requests,
+      "criteria": criteria_numbers(task, dim, protocol),
+    }
+    store.record(
+      index,
+      videos[index],
+      dim,
+      {"raw_response": verdict.raw, "parsed_result": verdict.parsed},
+      status,
+      settings.model,
+      protocol,
+    )
     with lock:
       if verdict.ok:
         summary.scored += 1
@@ -339,14 +391,19 @@ def api_key_from_env() -> str | None:
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-  p = subparsers.add_parser("evaluate", help="judge a folder of <index>.mp4 videos",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = subparsers.add_parser(
+    "evaluate",
+    help="judge a folder of <index>.mp4 videos",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument("--videos", required=True, help="folder of <index>.mp4 videos")
   p.add_argument("--rubrics", required=True, help="MWBenchRubrics.json or MWBenchRubrics_norm.json")
   p.add_argument("--tasks", help="finaltasks.json (categories; optional here)")
   p.add_argument("--out", required=True, help="results JSON (resumed when it exists)")
-  p.add_argument("--judge_url", "--judge-url", required=True,
-                 help="OpenAI-compatible base URL or /v1/chat/completions URL")
+  p.add_argument(
+    "--judge_url", "--judge-url", required=True, help="OpenAI-compatible base URL or /v1/chat/completions URL"
+  )
   p.add_argument("--judge_model", "--judge-model", required=True, help="model name sent to the judge, e.g. gpt-4o")
   p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
   p.add_argument("--num_frames", "--num-frames", type=int, default=8, help="frames sampled per video")
@@ -354,26 +411,49 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
   p.add_argument("--retries", type=int, default=4, help="extra requests per item after errors or invalid replies")
   p.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
   p.add_argument("--max_wait", "--max-wait", type=float, default=120.0, help="cap on one wait, Retry-After included")
-  p.add_argument("--max_tokens", "--max-tokens", type=int, default=None,
-                 help="max_tokens sent to the judge (default: not sent)")
-  p.add_argument("--no_json_mode", "--no-json-mode", action="store_true",
-                 help="do not send response_format=json_object")
+  p.add_argument(
+    "--max_tokens", "--max-tokens", type=int, default=None, help="max_tokens sent to the judge (default: not sent)"
+  )
+  p.add_argument(
+    "--no_json_mode", "--no-json-mode", action="store_true", help="do not send response_format=json_object"
+  )
   p.add_argument("--indices", help="only these tasks, e.g. 1-20,33")
-  p.add_argument("--save_interval", "--save-interval", type=float, default=30.0,
-                 help="seconds between full rewrites of --out")
+  p.add_argument(
+    "--save_interval", "--save-interval", type=float, default=30.0, help="seconds between full rewrites of --out"
+  )
   p.add_argument("--strict_rubrics", "--strict-rubrics", action="store_true", help="fail on any rubric anomaly")
-  p.add_argument("--progress", action="store_true", default=None,
-                 help="show progress (default: a bar when stderr is a terminal, else a line every 30 s)")
-  p.add_argument("--no_progress", "--no-progress", dest="progress", action="store_false", default=None,
-                 help="no progress output")
-  p.add_argument("--protocol", choices=official.PROTOCOLS, default="default",
-                 help="'official': the official evaluator's request exactly (needs --prompt_template)")
-  p.add_argument("--prompt_template", "--prompt-template",
-                 help="official_judge_prompt.txt, for --protocol official (read, never copied)")
-  p.add_argument("--allow_insecure_url", "--allow-insecure-url", action="store_true",
-                 help="allow a plain-http --judge_url on another machine (the key would travel unencrypted)")
-  p.add_argument("--wait_for_lock", "--wait-for-lock", action="store_true",
-                 help="when another run holds --out, wait for it to finish instead of stopping at once")
+  p.add_argument(
+    "--progress",
+    action="store_true",
+    default=None,
+    help="show progress (default: a bar when stderr is a terminal, else a line every 30 s)",
+  )
+  p.add_argument(
+    "--no_progress", "--no-progress", dest="progress", action="store_false", default=None, help="no progress output"
+  )
+  p.add_argument(
+    "--protocol",
+    choices=official.PROTOCOLS,
+    default="default",
+    help="'official': the official evaluator's request exactly (needs --prompt_template)",
+  )
+  p.add_argument(
+    "--prompt_template",
+    "--prompt-template",
+    help="official_judge_prompt.txt, for --protocol official (read, never copied)",
+  )
+  p.add_argument(
+    "--allow_insecure_url",
+    "--allow-insecure-url",
+    action="store_true",
+    help="allow a plain-http --judge_url on another machine (the key would travel unencrypted)",
+  )
+  p.add_argument(
+    "--wait_for_lock",
+    "--wait-for-lock",
+    action="store_true",
+    help="when another run holds --out, wait for it to finish instead of stopping at once",
+  )
   p.set_defaults(func=_main)
 
 
@@ -382,20 +462,39 @@ def _main(args: argparse.Namespace) -> int:
   if rubrics.anomalies:
     print(rubrics.summary(), file=sys.stderr)
   if args.protocol == "official" and (args.max_tokens or args.no_json_mode):
-    raise ValueError("--max-tokens and --no-json-mode change the default protocol's body only; "
-                     "--protocol official sends model + messages and nothing else")
+    raise ValueError(
+      "--max-tokens and --no-json-mode change the default protocol's body only; "
+      "--protocol official sends model + messages and nothing else"
+    )
   template = official.load_template(args.prompt_template) if args.prompt_template else None
-  settings = JudgeSettings(url=args.judge_url, model=args.judge_model, api_key=api_key_from_env(),
-                           timeout=args.timeout, retries=args.retries, backoff=args.backoff,
-                           max_wait=args.max_wait, json_mode=not args.no_json_mode,
-                           max_tokens=args.max_tokens, protocol=args.protocol,
-                           allow_insecure_url=args.allow_insecure_url)
+  settings = JudgeSettings(
+    url=args.judge_url,
+    model=args.judge_model,
+    api_key=api_key_from_env(),
+    timeout=args.timeout,
+    retries=args.retries,
+    backoff=args.backoff,
+    max_wait=args.max_wait,
+    json_mode=not args.no_json_mode,
+    max_tokens=args.max_tokens,
+    protocol=args.protocol,
+    allow_insecure_url=args.allow_insecure_url,
+  )
   previous = signal.signal(signal.SIGTERM, _raise_interrupt)
   try:
-    summary = evaluate(rubrics, args.videos, args.out, settings, num_frames=args.num_frames,
-                       concurrency=args.concurrency, indices=_parse_indices(args.indices),
-                       save_interval=args.save_interval, progress=args.progress, template=template,
-                       wait_for_lock=args.wait_for_lock)
+    summary = evaluate(
+      rubrics,
+      args.videos,
+      args.out,
+      settings,
+      num_frames=args.num_frames,
+      concurrency=args.concurrency,
+      indices=_parse_indices(args.indices),
+      save_interval=args.save_interval,
+      progress=args.progress,
+      template=template,
+      wait_for_lock=args.wait_for_lock,
+    )
   finally:
     signal.signal(signal.SIGTERM, previous)
   print(summary.report(), file=sys.stderr)

@@ -6,6 +6,7 @@ a temporary file with a unique name in the same folder, fsync, `os.replace`, the
 folder, so that a reader sees the old file or the new one, never half of one, and two writers
 never share a temporary name.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -84,8 +85,7 @@ def check_ids(ids: list[tuple[str, Any]], what: str = "id") -> None:
   first: dict[str, str] = {}
   for where, value in ids:
     if not isinstance(value, str) or not ID_RE.fullmatch(value) or value.startswith("."):
-      problems.append(f"{where}: {what} {value!r} is not a safe file name "
-                      f"([A-Za-z0-9_.-]+, no leading dot)")
+      problems.append(f"{where}: {what} {value!r} is not a safe file name ([A-Za-z0-9_.-]+, no leading dot)")
     elif value in first:
       problems.append(f"{where}: {what} {value!r} repeats {first[value]}")
     else:
@@ -116,8 +116,9 @@ class FileLock:
       holder = self._holder()
       os.close(self._fd)
       if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-        raise LockHeld(f"{what} is in use by pid {holder} (lock {path}); wait for it to finish, "
-                       f"or pass --wait-for-lock") from None
+        raise LockHeld(
+          f"{what} is in use by pid {holder} (lock {path}); wait for it to finish, or pass --wait-for-lock"
+        ) from None
       raise
     os.ftruncate(self._fd, 0)
     os.pwrite(self._fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)

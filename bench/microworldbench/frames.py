@@ -3,6 +3,7 @@
 Frames are taken at the centres of N equal segments of the video, as the official evaluator
 does: position i = int(i * T/N + T/(2N)) for a video of T frames (T // 2 when N = 1).
 """
+
 from __future__ import annotations
 
 import base64
@@ -22,8 +23,7 @@ class VideoError(RuntimeError):
 def frame_positions(total_frames: int, num_frames: int) -> list[int]:
   """Indices of `num_frames` frames at segment centres of a `total_frames`-frame video."""
   if total_frames <= 0 or num_frames <= 0:
-    raise ValueError(f"frame_positions: need total_frames > 0 and num_frames > 0, "
-                     f"got {total_frames}, {num_frames}")
+    raise ValueError(f"frame_positions: need total_frames > 0 and num_frames > 0, got {total_frames}, {num_frames}")
   if num_frames == 1:
     return [total_frames // 2]
   step = total_frames / num_frames
@@ -101,6 +101,7 @@ def reencode_data_urls(urls: list[str], quality: int, max_side: int | None) -> l
   """JPEG data URLs -> the same frames re-encoded at `quality`, downscaled to `max_side`."""
   from PIL import Image
 
-  frames = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))).convert("RGB"))
-                     for u in urls])
+  frames = np.stack(
+    [np.asarray(Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))).convert("RGB")) for u in urls]
+  )
   return jpeg_data_urls(frames, quality, max_side)

@@ -13,6 +13,7 @@ cut or stored; the key never appears in a repr. A URL that is neither https nor 
 local machine is refused unless `allow_insecure_url`, and a URL that cannot work (bad scheme,
 unknown host, nobody listening before any answer) stops the run at once.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,9 +33,9 @@ from microworldbench import official
 from microworldbench.rubrics import Task
 
 DIMENSION_TITLES = {
-    "scientific": "Scientific Accuracy",
-    "visual": "Visual Quality",
-    "instruction": "Instruction Following",
+  "scientific": "Scientific Accuracy",
+  "visual": "Visual Quality",
+  "instruction": "Instruction Following",
 }
 API_KEY_ENV = ("MICROWORLDBENCH_API_KEY", "EVAL_API_KEY", "OPENAI_API_KEY")
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
@@ -63,11 +64,14 @@ def check_judge_url(url: str, allow_insecure: bool = False) -> str:
   except ValueError as e:
     raise ValueError(f"--judge-url {shown!r}: not a URL ({e})") from None
   if parts.scheme not in ("http", "https") or not host:
-    raise ValueError(f"--judge-url {shown!r}: expected http(s)://host[:port][/v1], "
-                     f"got scheme {parts.scheme!r} and host {host!r}")
+    raise ValueError(
+      f"--judge-url {shown!r}: expected http(s)://host[:port][/v1], got scheme {parts.scheme!r} and host {host!r}"
+    )
   if parts.scheme == "http" and host not in LOCAL_HOSTS and not allow_insecure:
-    raise ValueError(f"--judge-url {shown!r}: plain http to another machine would send the API key "
-                     f"and the videos unencrypted; use https, or pass --allow-insecure-url")
+    raise ValueError(
+      f"--judge-url {shown!r}: plain http to another machine would send the API key "
+      f"and the videos unencrypted; use https, or pass --allow-insecure-url"
+    )
   return url
 
 
@@ -87,8 +91,9 @@ def _cause_chain(e: BaseException):
 def url_error(e: requests.RequestException, reached: bool) -> str | None:
   """Why a request error means the URL itself cannot work (fatal at once), or None when it may be
   transient. Connection refused counts as fatal only before the endpoint has ever answered."""
-  if isinstance(e, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
-                    requests.exceptions.MissingSchema)):
+  if isinstance(
+    e, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema)
+  ):
     return f"invalid URL ({type(e).__name__})"
   if not isinstance(e, requests.ConnectionError) or isinstance(e, requests.Timeout):
     return None
@@ -106,23 +111,25 @@ def build_prompt(task: Task, dimension: str, num_frames: int) -> str:
   criteria = task.criteria[dimension]
   lines = []
   for i, c in enumerate(criteria, start=1):
-    kind = "Positive point (1 = the video meets it)" if c.sign > 0 else \
-        "Penalty point (1 = the video shows this problem)"
+    kind = (
+      "Positive point (1 = the video meets it)" if c.sign > 0 else "Penalty point (1 = the video shows this problem)"
+    )
     lines.append(f"{i}. [{kind}] {c.text}")
   k = len(criteria)
   return (
-      f"You are an expert judge of scientific animation videos of the microscopic world. "
-      f"Assess one generated video in the dimension {title}.\n\n"
-      f"Task description:\n{task.task}\n\n"
-      f"Detailed requirements:\n{task.requirement}\n\n"
-      f"{title} criteria ({k}):\n" + "\n".join(lines) + "\n\n"
-      f"You are shown {num_frames} frames of the video in chronological order. For each criterion "
-      f"answer 1 or 0: for a positive point 1 means it is met; for a penalty point 1 means the "
-      f"problem is present. Judge only what the frames show.\n\n"
-      f"Reply with one JSON object and nothing else:\n"
-      f'{{"scores": [{", ".join(f"<0 or 1 for criterion {i}>" for i in range(1, k + 1))}], '
-      f'"reasoning": "<one or two sentences per criterion>"}}\n'
-      f'"scores" must hold exactly {k} integers, in criterion order.')
+    f"You are an expert judge of scientific animation videos of the microscopic world. "
+    f"Assess one generated video in the dimension {title}.\n\n"
+    f"Task description:\n{task.task}\n\n"
+    f"Detailed requirements:\n{task.requirement}\n\n"
+    f"{title} criteria ({k}):\n" + "\n".join(lines) + "\n\n"
+    f"You are shown {num_frames} frames of the video in chronological order. For each criterion "
+    f"answer 1 or 0: for a positive point 1 means it is met; for a penalty point 1 means the "
+    f"problem is present. Judge only what the frames show.\n\n"
+    f"Reply with one JSON object and nothing else:\n"
+    f'{{"scores": [{", ".join(f"<0 or 1 for criterion {i}>" for i in range(1, k + 1))}], '
+    f'"reasoning": "<one or two sentences per criterion>"}}\n'
+    f'"scores" must hold exactly {k} integers, in criterion order.'
+  )
 
 
 class ReplyError(ValueError):
@@ -155,7 +162,7 @@ def parse_reply(content: Any, num_criteria: int) -> dict[str, Any]:
     if start < 0 or end <= start:
       raise ReplyError("no JSON object in the reply") from None
     try:
-      obj = json.loads(text[start:end + 1])
+      obj = json.loads(text[start : end + 1])
     except json.JSONDecodeError as e:
       raise ReplyError(f"reply is not valid JSON ({e.msg})") from None
   if not isinstance(obj, dict) or "scores" not in obj:
@@ -210,6 +217,7 @@ class JudgeSettings:
 @dataclasses.dataclass(frozen=True)
 class Verdict:
   """The outcome of judging one task in one dimension."""
+
   ok: bool
   parsed: dict[str, Any] | None  # {"scores", "reasoning"} when ok.
   raw: str | None  # The last reply text, if any.
@@ -268,8 +276,7 @@ class Judge:
       payload["max_tokens"] = self.settings.max_tokens
     return payload
 
-  def judge(self, prompt: str, images: Callable[[int], list[str]], num_criteria: int,
-            levels: int = 1) -> Verdict:
+  def judge(self, prompt: str, images: Callable[[int], list[str]], num_criteria: int, levels: int = 1) -> Verdict:
     """Judges one item. `images(level)` gives the frame data URLs at encoding level `level`
     (0 = best; a 413 steps to the next of `levels`)."""
     headers = {"Content-Type": "application/json"}
@@ -281,13 +288,17 @@ class Judge:
     while True:
       if self._stop.is_set():
         raise JudgeInterrupted("stopping")
-      user = {"role": "user", "content": [{"type": "text", "text": prompt}] + [
-          {"type": "image_url", "image_url": {"url": u}} for u in images(level)]}
+      user = {
+        "role": "user",
+        "content": [{"type": "text", "text": prompt}]
+        + [{"type": "image_url", "image_url": {"url": u}} for u in images(level)],
+      }
       requests_made += 1
       wait = None
       try:
-        response = self._session().post(self.endpoint, headers=headers, timeout=self.settings.timeout,
-                                        json=self._payload([user] + reask))
+        response = self._session().post(
+          self.endpoint, headers=headers, timeout=self.settings.timeout, json=self._payload([user] + reask)
+        )
       except requests.Timeout:
         reason = f"timeout after {self.settings.timeout:g}s"
       except requests.RequestException as e:
@@ -313,30 +324,34 @@ class Judge:
               return Verdict(True, parse_reply(content, num_criteria), raw, None, requests_made)
             except ReplyError as e:
               reason, wait = f"invalid reply: {e}", 0.0  # Re-ask at once.
-              reask = [{"role": "assistant", "content": raw},
-                       {"role": "user", "content":
-                        f"That reply cannot be used: {e}. Answer again with only the JSON object; "
-                        f'"scores" must hold exactly {num_criteria} integers, each 0 or 1, '
-                        f"in criterion order."}]
+              reask = [
+                {"role": "assistant", "content": raw},
+                {
+                  "role": "user",
+                  "content": f"That reply cannot be used: {e}. Answer again with only the JSON object; "
+                  f'"scores" must hold exactly {num_criteria} integers, each 0 or 1, '
+                  f"in criterion order.",
+                },
+              ]
         elif status == 413:
           level += 1
           if level < levels:
             continue  # Re-encode smaller; does not use a retry.
-          return Verdict(False, None, raw, "HTTP 413: payload too large at the smallest frame encoding",
-                         requests_made)
+          return Verdict(False, None, raw, "HTTP 413: payload too large at the smallest frame encoding", requests_made)
         elif status in _FATAL_STATUS:
-          raise JudgeFatalError(self._scrub(
+          raise JudgeFatalError(
+            self._scrub(
               f"HTTP {status} from {self.endpoint}: {self._body(response)} (check --judge-url, "
-              f"--judge-model and the API key in {'/'.join(API_KEY_ENV)})"))
+              f"--judge-model and the API key in {'/'.join(API_KEY_ENV)})"
+            )
+          )
         elif status in _RETRYABLE_STATUS:
           reason = f"HTTP {status}"
           if status == 429 or status == 503:
             wait = retry_after_seconds(response.headers.get("Retry-After"))
         else:
-          return Verdict(False, None, raw, self._scrub(f"HTTP {status}: {self._body(response)}"),
-                         requests_made)
+          return Verdict(False, None, raw, self._scrub(f"HTTP {status}: {self._body(response)}"), requests_made)
       retries += 1
       if retries > self.settings.retries:
-        return Verdict(False, None, raw, self._scrub(f"{reason} (after {requests_made} requests)"),
-                       requests_made)
+        return Verdict(False, None, raw, self._scrub(f"{reason} (after {requests_made} requests)"), requests_made)
       self._wait(wait if wait is not None else self._backoff(retries))

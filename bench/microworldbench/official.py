@@ -12,6 +12,7 @@ MicroVerse repository) sends, reproduced exactly, for `evaluate --protocol offic
 - Body: `{"model", "messages": [one user message: the text, then the 8 images]}`, nothing else.
 - Parse: the text from the first `{` to the last `}` as JSON; a failure is stored as null.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,11 @@ from typing import Any
 PROTOCOLS = ("default", "official")
 NUM_FRAMES = 8
 ENCODING_LADDER: tuple[tuple[int, int | None], ...] = ((100, None), (30, None), (20, None), (10, None))
-DIMENSION_NAMES = {"scientific": "Scientific Accuracy", "visual": "Visual Quality",
-                   "instruction": "Instruction Following"}
+DIMENSION_NAMES = {
+  "scientific": "Scientific Accuracy",
+  "visual": "Visual Quality",
+  "instruction": "Instruction Following",
+}
 PLACEHOLDERS = ("dim_name", "task_desc", "detailed_req", "rubrics_text")
 _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 
@@ -36,8 +40,10 @@ def load_template(path: str) -> str:
     raise ValueError(f"--prompt-template {path}: cannot read ({e})") from None
   missing = [p for p in PLACEHOLDERS if "{" + p + "}" not in template]
   if missing:
-    raise ValueError(f"--prompt-template {path}: no placeholder {', '.join('{' + p + '}' for p in missing)}; "
-                     f"is it official_judge_prompt.txt?")
+    raise ValueError(
+      f"--prompt-template {path}: no placeholder {', '.join('{' + p + '}' for p in missing)}; "
+      f"is it official_judge_prompt.txt?"
+    )
   return template
 
 
@@ -60,8 +66,12 @@ def build_prompt(template: str, task, dimension: str) -> str:
   """The official prompt for one task (`rubrics.Task`) and dimension, filled in one pass (text
   that itself looks like a placeholder is not filled again)."""
   task_desc, detailed_req = task.official_text
-  values = {"dim_name": DIMENSION_NAMES[dimension], "task_desc": task_desc, "detailed_req": detailed_req,
-            "rubrics_text": rubrics_text(task.raw[dimension])}
+  values = {
+    "dim_name": DIMENSION_NAMES[dimension],
+    "task_desc": task_desc,
+    "detailed_req": detailed_req,
+    "rubrics_text": rubrics_text(task.raw[dimension]),
+  }
   return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], template)
 
 
@@ -78,7 +88,7 @@ def parse_reply(content: Any) -> dict[str, Any] | None:
   if start < 0 or end <= start:
     return None
   try:
-    obj = json.loads(content[start:end + 1], parse_constant=lambda name: None)
+    obj = json.loads(content[start : end + 1], parse_constant=lambda name: None)
   except json.JSONDecodeError:
     return None
   return obj if isinstance(obj, dict) else None

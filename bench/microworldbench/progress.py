@@ -4,6 +4,7 @@ On a terminal: a tqdm bar when tqdm is installed (it is optional here), else a s
 own. Elsewhere (a log file, CI): one plain line every `every` seconds and one at the end, e.g.
 `judging 120/459 (26%) failed 2 scored 118 | 3.1/s ETA 1m52s`.
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,8 +27,16 @@ class Progress:
   forces a bar, False shows nothing.
   """
 
-  def __init__(self, total: int, desc: str = "", enabled: bool | None = None,
-               stream: TextIO | None = None, width: int = 30, unit: str = "it", every: float = 30.0):
+  def __init__(
+    self,
+    total: int,
+    desc: str = "",
+    enabled: bool | None = None,
+    stream: TextIO | None = None,
+    width: int = 30,
+    unit: str = "it",
+    every: float = 30.0,
+  ):
     self.stream = stream or sys.stderr
     tty = bool(getattr(self.stream, "isatty", lambda: False)())
     self.mode = "off" if enabled is False else "bar" if (enabled or tty) else "lines"
@@ -43,8 +52,7 @@ class Progress:
       except ImportError:
         pass
       else:
-        self._tqdm = tqdm(total=total, desc=desc.strip() or None, unit=unit, file=self.stream,
-                          dynamic_ncols=True)
+        self._tqdm = tqdm(total=total, desc=desc.strip() or None, unit=unit, file=self.stream, dynamic_ncols=True)
 
   def update(self, outcome: str) -> None:
     with self._lock:

@@ -2,6 +2,7 @@
 
 Plots need matplotlib (`pip install microworldbench[plots]`); it is imported only here, when asked.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,22 +29,32 @@ def _ranked(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def markdown_tables(summary: dict[str, Any]) -> str:
   """Coverage, Table 1 (overall and categories) and Table 2 (overall and dimensions), with 95% CIs."""
   ranked = _ranked(summary)
-  lines = [f"Mode: `{summary['mode']}`. Scores in %, bootstrap 95% CI over tasks in brackets.", "",
-           "| Model | Valid tasks | Incomplete | Missing |", "|---|---|---|---|"]
+  lines = [
+    f"Mode: `{summary['mode']}`. Scores in %, bootstrap 95% CI over tasks in brackets.",
+    "",
+    "| Model | Valid tasks | Incomplete | Missing |",
+    "|---|---|---|---|",
+  ]
   for name, m in ranked:
     lines.append(f"| {name} | {m['valid_tasks']} | {len(m['incomplete_tasks'])} | {len(m['missing_tasks'])} |")
-  for title, key, groups in (("Overall and categories", "categories", CATEGORIES),
-                             ("Overall and dimensions", "dimensions", DIMENSIONS)):
-    lines += ["", f"**{title}**", "", "| Model | Overall | " + " | ".join(g.capitalize() for g in groups) + " |",
-              "|---" * (len(groups) + 2) + "|"]
+  for title, key, groups in (
+    ("Overall and categories", "categories", CATEGORIES),
+    ("Overall and dimensions", "dimensions", DIMENSIONS),
+  ):
+    lines += [
+      "",
+      f"**{title}**",
+      "",
+      "| Model | Overall | " + " | ".join(g.capitalize() for g in groups) + " |",
+      "|---" * (len(groups) + 2) + "|",
+    ]
     for name, m in ranked:
       cells = [_fmt(m[key][g], m["ci95"][key][g]) for g in groups]
       lines.append(f"| {name} | {_fmt(m['overall'], m['ci95']['overall'])} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
-def write_markdown(summary: dict[str, Any], path: str, plots: list[str],
-                   rubrics: RubricSet | None = None) -> None:
+def write_markdown(summary: dict[str, Any], path: str, plots: list[str], rubrics: RubricSet | None = None) -> None:
   """Writes the Markdown report (tables, incomplete tasks, rubric anomalies, plot links)."""
   parts = ["# MicroWorldBench report", "", markdown_tables(summary)]
   for p in plots:
@@ -61,6 +72,7 @@ def write_plots(summary: dict[str, Any], out_dir: str) -> list[str]:
   """Grouped bar charts with 95% CI error bars: `categories.png`, `dimensions.png`."""
   try:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
   except ImportError:

@@ -13,6 +13,7 @@ why in `status`. While a run is going, every finished item is also appended to `
 skipping (and counting) any line that is not a well-formed entry. One process at a time writes a
 results file: `evaluate` holds `<file>.lock` (see `files.FileLock`) while its store is open.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,7 @@ from microworldbench.files import write_json_atomic
 from microworldbench.rubrics import DIMENSIONS
 
 EVAL_KEY = {dim: f"{dim}_eval" for dim in DIMENSIONS}
-__all__ = ["EVAL_KEY", "ResultStore", "journal_entry_problem", "load_results", "status_problem",
-           "write_json_atomic"]
+__all__ = ["EVAL_KEY", "ResultStore", "journal_entry_problem", "load_results", "status_problem", "write_json_atomic"]
 
 
 def journal_entry_problem(entry: Any) -> str | None:
@@ -63,8 +63,7 @@ def load_results(path: str) -> list[dict[str, Any]]:
       raise ValueError(f"{path}: entry {i} has no integer 'index'")
     problem = status_problem(item.get("status"))
     if problem:
-      raise ValueError(f"{path}: task {item['index']}: malformed 'status' ({problem}); "
-                       f"fix or delete that entry")
+      raise ValueError(f"{path}: task {item['index']}: malformed 'status' ({problem}); fix or delete that entry")
   return data
 
 
@@ -131,10 +130,24 @@ class ResultStore:
       item["status"] = {}
     item["status"][entry["dimension"]] = entry["status"]
 
-  def record(self, index: int, video_path: str, dimension: str, evaluation: dict[str, Any],
-             status: dict[str, Any], judge_model: str, protocol: str | None = None) -> None:
-    entry = {"index": index, "video_path": video_path, "dimension": dimension, "eval": evaluation,
-             "status": status, "judge_model": judge_model}
+  def record(
+    self,
+    index: int,
+    video_path: str,
+    dimension: str,
+    evaluation: dict[str, Any],
+    status: dict[str, Any],
+    judge_model: str,
+    protocol: str | None = None,
+  ) -> None:
+    entry = {
+      "index": index,
+      "video_path": video_path,
+      "dimension": dimension,
+      "eval": evaluation,
+      "status": status,
+      "judge_model": judge_model,
+    }
     if protocol:
       entry["protocol"] = protocol
     line = json.dumps(entry, ensure_ascii=False) + "\n"

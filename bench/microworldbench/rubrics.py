@@ -9,6 +9,7 @@ Loading keeps two views of every block: `criteria` (ordered by N, validated, wha
 sees and what `strict` scoring uses) and `raw` (the block as stored, what `official` scoring
 reads, since the official formula depends on the raw keys).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,7 @@ _CANONICAL_WEIGHT_RE = re.compile(r"\d+\.\d+")
 @dataclasses.dataclass(frozen=True)
 class Criterion:
   """One rubric line: `number` is N of dN; sign +1 (met is good) or -1 (penalty)."""
+
   number: int
   text: str
   sign: int
@@ -50,6 +52,7 @@ class Task:
 @dataclasses.dataclass(frozen=True)
 class Anomaly:
   """Something unusual in a rubric file; `code` is a short stable tag."""
+
   index: int | None
   dimension: str | None
   code: str
@@ -100,8 +103,7 @@ def _parse_weight(value: Any, where: str) -> float:
   return weight
 
 
-def _parse_block(index: int, dim: str, block: Any, path: str,
-                 anomalies: list[Anomaly]) -> tuple[Criterion, ...]:
+def _parse_block(index: int, dim: str, block: Any, path: str, anomalies: list[Anomaly]) -> tuple[Criterion, ...]:
   where = f"{path}: task {index} rubrics_{dim}"
   if not isinstance(block, dict) or not block:
     raise RubricError(f"{where}: expected a non-empty dict of dN/sN/wN, got {block!r:.80}")
@@ -114,15 +116,17 @@ def _parse_block(index: int, dim: str, block: Any, path: str,
     parts[int(match.group(2))][match.group(1)] = value
   numbers = sorted(parts)
   if numbers != list(range(1, len(numbers) + 1)):
-    anomalies.append(Anomaly(index, dim, "renumbered",
-                             f"criteria numbered {numbers}, not 1..{len(numbers)}"))
+    anomalies.append(Anomaly(index, dim, "renumbered", f"criteria numbered {numbers}, not 1..{len(numbers)}"))
   criteria = []
   for n in numbers:
     p = parts[n]
     missing = [k for k in "dsw" if k not in p]
     if missing:
-      anomalies.append(Anomaly(index, dim, "incomplete_criterion",
-                               f"criterion {n} lacks {'/'.join(k + str(n) for k in missing)}; skipped"))
+      anomalies.append(
+        Anomaly(
+          index, dim, "incomplete_criterion", f"criterion {n} lacks {'/'.join(k + str(n) for k in missing)}; skipped"
+        )
+      )
       continue
     sign = {"+1": 1, "-1": -1, "1": 1}.get(str(p["s"]).strip())
     if sign is None:
@@ -142,8 +146,9 @@ def _parse_block(index: int, dim: str, block: Any, path: str,
   if not criteria:
     raise RubricError(f"{where}: no complete criterion (dN, sN and wN)")
   if sum(c.weight for c in criteria if c.sign > 0) <= 0.0:
-    anomalies.append(Anomaly(index, dim, "no_positive_weight",
-                             "positive weights sum to 0; the dimension cannot be normalised"))
+    anomalies.append(
+      Anomaly(index, dim, "no_positive_weight", "positive weights sum to 0; the dimension cannot be normalised")
+    )
   return tuple(criteria)
 
 
@@ -187,8 +192,9 @@ def load_rubrics(path: str, tasks_path: str | None = None, strict: bool = False)
         task_text, requirement = str(item.get(task_key, "")), str(item.get(req_key, ""))
         break
     if not task_text.strip():
-      anomalies.append(Anomaly(index, None, "missing_task_text",
-                               "no text under task/任务; the judge would see an empty task"))
+      anomalies.append(
+        Anomaly(index, None, "missing_task_text", "no text under task/任务; the judge would see an empty task")
+      )
     criteria, raw = {}, {}
     for dim in DIMENSIONS:
       key = f"rubrics_{dim}"
@@ -199,8 +205,7 @@ def load_rubrics(path: str, tasks_path: str | None = None, strict: bool = False)
       counts[len(criteria[dim])] += 1
     category = categories.get(index) if tasks_path else None
     if tasks_path and category not in CATEGORIES:
-      anomalies.append(Anomaly(index, None, "missing_category",
-                               f"category {category!r} is not one of {CATEGORIES}"))
+      anomalies.append(Anomaly(index, None, "missing_category", f"category {category!r} is not one of {CATEGORIES}"))
     official_text = tuple("" if item.get(k) is None else str(item[k]) for k in TASK_TEXT_KEYS[1])
     tasks[index] = Task(index, task_text, requirement, category, criteria, raw, official_text)
   if counts:
@@ -208,8 +213,9 @@ def load_rubrics(path: str, tasks_path: str | None = None, strict: bool = False)
     for t in tasks.values():
       for dim in DIMENSIONS:
         if len(t.criteria[dim]) != usual:
-          anomalies.append(Anomaly(t.index, dim, "criteria_count",
-                                   f"{len(t.criteria[dim])} criteria, most blocks have {usual}"))
+          anomalies.append(
+            Anomaly(t.index, dim, "criteria_count", f"{len(t.criteria[dim])} criteria, most blocks have {usual}")
+          )
   string_weights = sum(a.code == "string_weight" for a in anomalies)
   if string_weights == sum(len(t.criteria[d]) for t in tasks.values() for d in DIMENSIONS):
     anomalies = [a for a in anomalies if a.code != "string_weight"]  # All strings: the file's convention.

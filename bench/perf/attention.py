@@ -13,6 +13,7 @@ Timings are the median of --iters runs of a jitted function after --warmup runs.
 programs are compiled ahead of time for a TPU topology (tokens sharded over `context`, examples over
 `data` = chips / context, --batch examples per data shard) and the per-device memory is reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,9 @@ import jax.numpy as jnp
 from microverse_jax.kernels.attention import attention
 
 IMPLS_BY_BACKEND = {
-    "cpu": ("xla",),
-    "gpu": ("cudnn", "pallas_gpu", "xla"),
-    "tpu": ("pallas_tpu", "splash", "xla"),
+  "cpu": ("xla",),
+  "gpu": ("cudnn", "pallas_gpu", "xla"),
+  "tpu": ("pallas_tpu", "splash", "xla"),
 }
 
 
@@ -51,6 +52,7 @@ def _programs(impl: str, mask):
   def fwd_bwd(q, k, v):
     def loss(q, k, v):
       return jnp.sum(fwd(q, k, v).astype(jnp.float32))
+
     return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
 
   return {"fwd": jax.jit(fwd), "fwd+bwd": jax.jit(fwd_bwd)}
@@ -64,8 +66,11 @@ def compile_only(args) -> list[dict]:
 
   devices = topologies.get_topology_desc(platform="tpu", topology_name=args.aot).devices
   data = len(devices) // args.context
-  mesh = Mesh(np.array(devices).reshape(data, 1, 1, args.context), ("data", "fsdp", "tensor", "context"),
-              axis_types=(AxisType.Auto,) * 4)
+  mesh = Mesh(
+    np.array(devices).reshape(data, 1, 1, args.context),
+    ("data", "fsdp", "tensor", "context"),
+    axis_types=(AxisType.Auto,) * 4,
+  )
   impls = args.impls.split(",") if args.impls else IMPLS_BY_BACKEND["tpu"]
   b, t, n, d, l = args.batch * data, args.seq, args.heads, args.head_dim, args.text_len
   dtype = jnp.dtype(args.dtype)
@@ -77,17 +82,32 @@ def compile_only(args) -> list[dict]:
   for case, (qkv, masked, tk) in {"self": ((x, x, x), False, t), "cross": ((x, txt, txt), True, l)}.items():
     for impl in impls:
       for mode in ("fwd", "fwd+bwd"):
+
         def program(q, k, v, m):
           return _programs(impl, m)[mode](q, k, v)
-        row = dict(case=case, impl=impl, mode=mode, B=b, Tq=t, Tk=tk, N=n, D=d, dtype=dtype.name,
-                   topology=args.aot, context=args.context)
+
+        row = dict(
+          case=case,
+          impl=impl,
+          mode=mode,
+          B=b,
+          Tq=t,
+          Tk=tk,
+          N=n,
+          D=d,
+          dtype=dtype.name,
+          topology=args.aot,
+          context=args.context,
+        )
         try:
           with jax.set_mesh(mesh):
             compiled = jax.jit(program).lower(*qkv, mask if masked else None).compile()
           mem = compiled.memory_analysis()
-          row.update(arguments_mib=mem.argument_size_in_bytes / 2**20,
-                     temp_mib=mem.temp_size_in_bytes / 2**20,
-                     outputs_mib=mem.output_size_in_bytes / 2**20)
+          row.update(
+            arguments_mib=mem.argument_size_in_bytes / 2**20,
+            temp_mib=mem.temp_size_in_bytes / 2**20,
+            outputs_mib=mem.output_size_in_bytes / 2**20,
+          )
         except Exception as e:  # e.g. the xla impl's T x T logits do not fit
           row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         rows.append(row)
@@ -114,8 +134,7 @@ def run(args) -> list[dict]:
         flops = flops_fwd * (3.5 if mode == "fwd+bwd" else 1.0)
         try:
           seconds = _timed(fn, qkv, args.warmup, args.iters)
-          row = dict(case=case, impl=impl, mode=mode, ms=seconds * 1e3,
-                     tflops=flops / seconds / 1e12)
+          row = dict(case=case, impl=impl, mode=mode, ms=seconds * 1e3, tflops=flops / seconds / 1e12)
         except Exception as e:  # e.g. cudnn without a GPU, out of memory: report and go on
           row = dict(case=case, impl=impl, mode=mode, error=f"{type(e).__name__}: {str(e)[:200]}")
         row.update(B=b, Tq=t, Tk=tk, N=n, D=d, dtype=dtype.name)
@@ -129,11 +148,14 @@ def _format(row: dict) -> str:
   if "error" in row:
     return f"| {row['case']} | {row['impl']} | {row['mode']} | {shape} | failed: {row['error']} |"
   if "temp_mib" in row:
-    return (f"| {row['case']} | {row['impl']} | {row['mode']} | {shape} | "
-            f"args {row['arguments_mib']:.0f} MiB, temp {row['temp_mib']:.0f} MiB, "
-            f"out {row['outputs_mib']:.0f} MiB per device |")
-  return (f"| {row['case']} | {row['impl']} | {row['mode']} | {shape} | "
-          f"{row['ms']:.2f} ms | {row['tflops']:.3f} TFLOP/s |")
+    return (
+      f"| {row['case']} | {row['impl']} | {row['mode']} | {shape} | "
+      f"args {row['arguments_mib']:.0f} MiB, temp {row['temp_mib']:.0f} MiB, "
+      f"out {row['outputs_mib']:.0f} MiB per device |"
+    )
+  return (
+    f"| {row['case']} | {row['impl']} | {row['mode']} | {shape} | {row['ms']:.2f} ms | {row['tflops']:.3f} TFLOP/s |"
+  )
 
 
 def main():
@@ -159,8 +181,7 @@ def main():
     rows = compile_only(args)
   else:
     device = jax.devices()[0].device_kind
-    print(f"# device: {device} ({jax.default_backend()}), {jax.device_count()} device(s), "
-          f"jax {jax.__version__}")
+    print(f"# device: {device} ({jax.default_backend()}), {jax.device_count()} device(s), jax {jax.__version__}")
     print("| case | impl | mode | shape | time | throughput |\n|---|---|---|---|---|---|")
     rows = run(args)
   if args.json:

@@ -43,25 +43,48 @@ def synthetic_clips(num_clips: int, *, num_frames: int = 81, height: int = 720, 
     for f in range(num_frames):
       value = 0.5 + 0.3 * np.sin((xx + (3 + i) * f) / 37.0) * np.cos((yy - 2 * f) / (29.0 + i))
       frames[f] = (np.clip(value, 0, 1) * 255).astype(np.uint8)[..., None]
-    records.append({"id": f"clip{i}", "caption": "A synthetic benchmark clip. " * 20,
-                    "video": video.encode_mp4(frames, fps=15, crf=23), "num_frames": num_frames,
-                    "fps": 15.0, "height": height, "width": width})
+    records.append(
+      {
+        "id": f"clip{i}",
+        "caption": "A synthetic benchmark clip. " * 20,
+        "video": video.encode_mp4(frames, fps=15, crf=23),
+        "num_frames": num_frames,
+        "fps": 15.0,
+        "height": height,
+        "width": width,
+      }
+    )
   return records
 
 
 def measure(source, *, num_frames: int, height: int, width: int, workers: int, clips: int) -> dict:
   it = input_pipeline.make_video_iterator(
-      source, batch_size=1, num_frames=num_frames, height=height, width=width,
-      tokenizer=input_pipeline.ByteTokenizer(512), seed=0, worker_count=workers, read_threads=1,
-      shard_index=0, shard_count=1)
+    source,
+    batch_size=1,
+    num_frames=num_frames,
+    height=height,
+    width=width,
+    tokenizer=input_pipeline.ByteTokenizer(512),
+    seed=0,
+    worker_count=workers,
+    read_threads=1,
+    shard_index=0,
+    shard_count=1,
+  )
   for _ in range(max(2, workers * 2)):  # warm-up: worker start-up and first reads
     next(it)
   start = time.perf_counter()
   for _ in range(clips):
     next(it)
   rate = clips / (time.perf_counter() - start)
-  return {"frames": num_frames, "height": height, "width": width, "workers": workers,
-          "clips_per_s": round(rate, 3), "clips_per_s_per_worker": round(rate / max(1, workers), 3)}
+  return {
+    "frames": num_frames,
+    "height": height,
+    "width": width,
+    "workers": workers,
+    "clips_per_s": round(rate, 3),
+    "clips_per_s_per_worker": round(rate / max(1, workers), 3),
+  }
 
 
 def main() -> None:
@@ -79,12 +102,29 @@ def main() -> None:
     build_dataset.build("microsim_synth", data_dir)
     source = input_pipeline.load_source("microsim_synth", "train", data_dir)
     for w in workers:
-      print(json.dumps({"config": "tiny", **measure(source, num_frames=data.num_frames, height=data.height,
-                                                    width=data.width, workers=w, clips=args.clips)}), flush=True)
+      print(
+        json.dumps(
+          {
+            "config": "tiny",
+            **measure(
+              source, num_frames=data.num_frames, height=data.height, width=data.width, workers=w, clips=args.clips
+            ),
+          }
+        ),
+        flush=True,
+      )
   records = synthetic_clips(3)
   for w in workers:
-    print(json.dumps({"config": "480x832x81", "source": "720x1280 h264", **measure(
-        records, num_frames=81, height=480, width=832, workers=w, clips=args.full_clips)}), flush=True)
+    print(
+      json.dumps(
+        {
+          "config": "480x832x81",
+          "source": "720x1280 h264",
+          **measure(records, num_frames=81, height=480, width=832, workers=w, clips=args.full_clips),
+        }
+      ),
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

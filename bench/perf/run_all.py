@@ -7,6 +7,7 @@ lists each command, its exit status and wall time, and the log tail with its fig
   python bench/perf/run_all.py --only=train_step,sampling --log_dir=/tmp/perf_logs
   python bench/perf/run_all.py --tiny              # smallest sizes: checks that each one runs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,19 +21,41 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # name -> (cheap arguments, tiny arguments)
 BENCHMARKS = {
-    "train_step": (["--sizes=base", "--repeats=3"], ["--sizes=tiny", "--repeats=1", "--no-peak"]),
-    "scaling": (["--frames=2,4,8", "--heads=4,6,8", "--repeats=2"],
-                ["--size=tiny", "--frames=1,2", "--heads=1,2", "--repeats=1"]),
-    "sampling": (["--steps=4", "--repeats=2"], ["--size=tiny", "--steps=2", "--repeats=1"]),
-    "attention": (["--impls=xla", "--seq=1024", "--heads=6", "--head-dim=64", "--text-len=64",
-                   "--text-valid=40", "--dtype=float32", "--iters=3"],
-                  ["--impls=xla", "--seq=64", "--heads=2", "--head-dim=16", "--text-len=8",
-                   "--text-valid=5", "--dtype=float32", "--warmup=1", "--iters=1"]),
-    "data_pipeline": (["--clips=10", "--full_clips=2", "--workers=0"],
-                      ["--clips=2", "--full_clips=1", "--workers=0"]),
-    "scorer": (["--tasks=16", "--latency=0.2", "--concurrency=8", "--frames=9", "--height=64", "--width=64"],
-               ["--tasks=2", "--latency=0.01", "--concurrency=2", "--frames=3", "--height=32", "--width=32"]),
-    "vae_memory": (["--height=64", "--width=64", "--frames", "17"], ["--height=32", "--width=32", "--frames", "5"]),
+  "train_step": (["--sizes=base", "--repeats=3"], ["--sizes=tiny", "--repeats=1", "--no-peak"]),
+  "scaling": (
+    ["--frames=2,4,8", "--heads=4,6,8", "--repeats=2"],
+    ["--size=tiny", "--frames=1,2", "--heads=1,2", "--repeats=1"],
+  ),
+  "sampling": (["--steps=4", "--repeats=2"], ["--size=tiny", "--steps=2", "--repeats=1"]),
+  "attention": (
+    [
+      "--impls=xla",
+      "--seq=1024",
+      "--heads=6",
+      "--head-dim=64",
+      "--text-len=64",
+      "--text-valid=40",
+      "--dtype=float32",
+      "--iters=3",
+    ],
+    [
+      "--impls=xla",
+      "--seq=64",
+      "--heads=2",
+      "--head-dim=16",
+      "--text-len=8",
+      "--text-valid=5",
+      "--dtype=float32",
+      "--warmup=1",
+      "--iters=1",
+    ],
+  ),
+  "data_pipeline": (["--clips=10", "--full_clips=2", "--workers=0"], ["--clips=2", "--full_clips=1", "--workers=0"]),
+  "scorer": (
+    ["--tasks=16", "--latency=0.2", "--concurrency=8", "--frames=9", "--height=64", "--width=64"],
+    ["--tasks=2", "--latency=0.01", "--concurrency=2", "--frames=3", "--height=32", "--width=32"],
+  ),
+  "vae_memory": (["--height=64", "--width=64", "--frames", "17"], ["--height=32", "--width=32", "--frames", "5"]),
 }
 
 
@@ -49,8 +72,14 @@ def run_one(name: str, args: list[str], log_dir: str, timeout: float) -> dict:
   with tempfile.NamedTemporaryFile("w", dir=log_dir, delete=False) as f:
     f.write(" ".join(cmd) + "\n" + out)
   os.replace(f.name, log)
-  return {"name": name, "command": " ".join(["python", os.path.relpath(cmd[1]), *args]), "rc": rc,
-          "seconds": seconds, "log": log, "tail": [l for l in out.splitlines() if l.strip()][-4:]}
+  return {
+    "name": name,
+    "command": " ".join(["python", os.path.relpath(cmd[1]), *args]),
+    "rc": rc,
+    "seconds": seconds,
+    "log": log,
+    "tail": [l for l in out.splitlines() if l.strip()][-4:],
+  }
 
 
 def main(argv=None) -> list[dict]:
@@ -74,8 +103,11 @@ def main(argv=None) -> list[dict]:
     for line in result["tail"]:
       print(f"   {line}", flush=True)
   failed = [r["name"] for r in results if r["rc"] != 0]
-  print(f"benchmarks: {len(results) - len(failed)} ran, {len(failed)} failed" + (f" {failed}" if failed else "")
-        + f"; logs in {log_dir}")
+  print(
+    f"benchmarks: {len(results) - len(failed)} ran, {len(failed)} failed"
+    + (f" {failed}" if failed else "")
+    + f"; logs in {log_dir}"
+  )
   if failed:
     sys.exit(1)
   return results

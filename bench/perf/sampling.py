@@ -9,6 +9,7 @@ it; the reference is the same loop in PyTorch under `torch.inference_mode()`.
   python bench/perf/sampling.py                        # base size, 1 video, 8 steps
   python bench/perf/sampling.py --size=wide --steps=20 --repeats=3
 """
+
 from __future__ import annotations
 
 import os
@@ -55,6 +56,7 @@ def make_ours(cfg, fhw, text_len: int, videos: int, steps: int):
 def make_torch(cfg, fhw, text_len: int, videos: int, steps: int):
   """() -> latents of one full PyTorch sampling run (np array, channels-last)."""
   import torch
+
   torch.set_num_threads(train_step.THREADS)
   model = train_step.torch_model(cfg).eval()
   noise, context = _inputs(cfg, fhw, text_len, videos)
@@ -99,8 +101,10 @@ def main(argv=None) -> dict:
   result = {"size": args.size, "videos": args.videos, "steps": args.steps, "threads": train_step.THREADS}
   for name, ts in times.items():
     result[f"{name}_steps_per_s"] = args.steps / statistics.median(ts)
-  line = (f"sampling {args.size}: {args.videos} video(s), CFG batch {2 * args.videos}, {args.steps} Euler steps | "
-          f"ours {result['ours_steps_per_s']:.2f} steps/s")
+  line = (
+    f"sampling {args.size}: {args.videos} video(s), CFG batch {2 * args.videos}, {args.steps} Euler steps | "
+    f"ours {result['ours_steps_per_s']:.2f} steps/s"
+  )
   if args.torch:
     result["speedup_vs_torch"] = result["ours_steps_per_s"] / result["torch_steps_per_s"]
     line += f" | torch {result['torch_steps_per_s']:.2f} steps/s | ours is {result['speedup_vs_torch']:.2f}x torch"

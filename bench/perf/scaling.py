@@ -9,6 +9,7 @@ the least-squares slope of log(time) and log(memory) against log(T) or log(E).
   python bench/perf/scaling.py                                  # table + PNG in /tmp/scaling
   python bench/perf/scaling.py --frames=2,4,8,16 --heads=4,6,8,12 --out=/tmp/scaling
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,14 @@ def measure(size: str, repeats: int, **overrides) -> dict:
     run()
     times.append(time.perf_counter() - start)
   tokens = int(np.prod([s // p for s, p in zip(fhw, cfg.patch_size)]))
-  return {"frames": fhw[0], "tokens": tokens, "dim": cfg.dim, "step_s": statistics.median(times),
-          "peak_bytes": int(peak), "model_gflop": flops.train_step_flops(cfg, batch, fhw, text_len) / 1e9}
+  return {
+    "frames": fhw[0],
+    "tokens": tokens,
+    "dim": cfg.dim,
+    "step_s": statistics.median(times),
+    "peak_bytes": int(peak),
+    "model_gflop": flops.train_step_flops(cfg, batch, fhw, text_len) / 1e9,
+  }
 
 
 def fit_exponent(x, y) -> float:
@@ -57,14 +64,18 @@ def fit_exponent(x, y) -> float:
 
 
 def sweep(size: str, frames: list[int], heads: list[int], repeats: int) -> dict:
-  rows = {"frames": [measure(size, repeats, frames=f) for f in frames],
-          "width": [measure(size, repeats, num_heads=n) for n in heads]}
+  rows = {
+    "frames": [measure(size, repeats, frames=f) for f in frames],
+    "width": [measure(size, repeats, num_heads=n) for n in heads],
+  }
   fits = {}
   for axis, key in (("frames", "tokens"), ("width", "dim")):
     xs = [r[key] for r in rows[axis]]
-    fits[axis] = {"time": fit_exponent(xs, [r["step_s"] for r in rows[axis]]),
-                  "memory": fit_exponent(xs, [r["peak_bytes"] for r in rows[axis]]),
-                  "flops": fit_exponent(xs, [r["model_gflop"] for r in rows[axis]])}
+    fits[axis] = {
+      "time": fit_exponent(xs, [r["step_s"] for r in rows[axis]]),
+      "memory": fit_exponent(xs, [r["peak_bytes"] for r in rows[axis]]),
+      "flops": fit_exponent(xs, [r["model_gflop"] for r in rows[axis]]),
+    }
   return {"size": size, "rows": rows, "exponents": fits}
 
 
@@ -75,8 +86,10 @@ def table(result: dict) -> str:
     lines.append(f"| {axis} sweep: {key} | step (s) | peak memory (MiB) | model GFLOP | GFLOP/s |")
     lines.append("|---|---|---|---|---|")
     for r in result["rows"][axis]:
-      lines.append(f"| {r[key]} | {r['step_s']:.3f} | {r['peak_bytes'] / 2**20:.0f} | "
-                   f"{r['model_gflop']:.1f} | {r['model_gflop'] / r['step_s']:.1f} |")
+      lines.append(
+        f"| {r[key]} | {r['step_s']:.3f} | {r['peak_bytes'] / 2**20:.0f} | "
+        f"{r['model_gflop']:.1f} | {r['model_gflop'] / r['step_s']:.1f} |"
+      )
     lines.append(f"| fitted exponent | {fit['time']:.2f} | {fit['memory']:.2f} | {fit['flops']:.2f} | |")
     lines.append("")
   return "\n".join(lines)
@@ -84,8 +97,10 @@ def table(result: dict) -> str:
 
 def plot(result: dict, path: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for ax, (axis, key, label) in zip(axes, (("frames", "tokens", "video tokens T"), ("width", "dim", "model width E"))):
     rows, fit = result["rows"][axis], result["exponents"][axis]

@@ -7,6 +7,7 @@ flight, and prints the achieved wall time against the ideal bound calls x latenc
 
   python bench/perf/scorer.py --tasks 64 --latency 0.5 --concurrency 16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -120,19 +121,24 @@ def main() -> None:
     payload_kb = sum(map(len, sample)) / 1024
     settings = JudgeSettings(url=f"http://127.0.0.1:{port}", model="fixed-latency", timeout=60.0)
     start = time.perf_counter()
-    summary = evaluate(rubrics, videos, os.path.join(work, "results.json"), settings,
-                       concurrency=args.concurrency, progress=False)
+    summary = evaluate(
+      rubrics, videos, os.path.join(work, "results.json"), settings, concurrency=args.concurrency, progress=False
+    )
     wall = time.perf_counter() - start
   finally:
     judge.terminate()
     shutil.rmtree(work, ignore_errors=True)
   calls = summary.scored + summary.failed
   ideal = calls * args.latency / args.concurrency
-  print(f"tasks {args.tasks}, calls {calls} (scored {summary.scored}, failed {summary.failed}), "
-        f"latency {args.latency}s, concurrency {args.concurrency}, "
-        f"videos {args.frames}x{args.height}x{args.width}, images {payload_kb:.0f} KiB per request")
-  print(f"achieved {wall:.2f}s, ideal bound {ideal:.2f}s, ratio ideal/achieved {ideal / wall:.3f}, "
-        f"{calls / wall:.1f} calls/s")
+  print(
+    f"tasks {args.tasks}, calls {calls} (scored {summary.scored}, failed {summary.failed}), "
+    f"latency {args.latency}s, concurrency {args.concurrency}, "
+    f"videos {args.frames}x{args.height}x{args.width}, images {payload_kb:.0f} KiB per request"
+  )
+  print(
+    f"achieved {wall:.2f}s, ideal bound {ideal:.2f}s, ratio ideal/achieved {ideal / wall:.3f}, "
+    f"{calls / wall:.1f} calls/s"
+  )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ difference and PSNR of each cached video against the uncached one, and with --ph
   python bench/perf/step_cache.py --converted=DIR --config=configs/wan2_1.py:1.3b,lora,runlocal
   python bench/perf/step_cache.py                                            # a tiny random DiT
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ from microverse_jax import factory, pipeline
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
   mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-  return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+  return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def load(args) -> pipeline.Pipeline:
@@ -37,7 +38,9 @@ def load(args) -> pipeline.Pipeline:
   if args.converted:
     return pipeline.Pipeline.from_pretrained(args.converted, config=c)
   from flax import nnx  # pylint: disable=g-import-not-at-top
+
   from microverse_jax.models.wan_dit import WanDiT  # pylint: disable=g-import-not-at-top
+
   return pipeline.Pipeline.build(c, WanDiT(factory.dit_config(c), rngs=nnx.Rngs(0)))
 
 
@@ -45,10 +48,13 @@ def prompts_for(args, pipe) -> tuple[list[str], list[dict] | None]:
   if not args.physics:
     return list(pipe.config.eval.prompts), None
   from microverse_jax.datasets.microsim_synth import processes  # pylint: disable=g-import-not-at-top
+
   d = processes.DEFAULTS
   val = [i for i in range(d["num_clips"]) if processes.split_of(i, d["num_clips"]) == "validation"]
-  specs = [processes.clip_spec(i, seed=d["seed"], num_frames=d["num_frames"], size=d["size"], fps=d["fps"])
-           for i in val[:args.physics]]
+  specs = [
+    processes.clip_spec(i, seed=d["seed"], num_frames=d["num_frames"], size=d["size"], fps=d["fps"])
+    for i in val[: args.physics]
+  ]
   return [s.caption for s in specs], [{"process": s.process, "params": s.params, "size": d["size"]} for s in specs]
 
 
@@ -65,8 +71,11 @@ def main(argv=None) -> None:
   pipe = load(args)
   prompts, rows = prompts_for(args, pipe)
   base = {} if args.steps is None else {"steps": args.steps}
-  settings = {"none": {}, **{f"step_cache={t}": {"step_cache": float(t)} for t in args.thresholds.split(",")},
-              "cfg_cache": {"cfg_cache": True}}
+  settings = {
+    "none": {},
+    **{f"step_cache={t}": {"step_cache": float(t)} for t in args.thresholds.split(",")},
+    "cfg_cache": {"cfg_cache": True},
+  }
   times = {name: [] for name in settings}
   videos = {name: pipe(prompts, seed=0, **base, **kw) for name, kw in settings.items()}  # also compiles
   for _ in range(args.repeats):
@@ -78,9 +87,12 @@ def main(argv=None) -> None:
   scores = {}
   if rows is not None:
     from microworldbench.physics import score_videos  # pylint: disable=g-import-not-at-top
+
     scores = {name: score_videos(v, rows) for name, v in videos.items()}
-  print(f"{len(prompts)} prompts, {pipe.config.eval.sample_steps if args.steps is None else args.steps} steps, "
-        f"guidance {pipe.config.eval.guidance}")
+  print(
+    f"{len(prompts)} prompts, {pipe.config.eval.sample_steps if args.steps is None else args.steps} steps, "
+    f"guidance {pipe.config.eval.guidance}"
+  )
   print("| setting | median s | speed-up | max abs diff (uint8) | PSNR dB | physics pass | flicker pass |")
   print("|---|---|---|---|---|---|---|")
   t0 = statistics.median(times["none"])
@@ -89,8 +101,10 @@ def main(argv=None) -> None:
     diff = max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(videos[name], ref))
     quality = min(psnr(a, b) for a, b in zip(videos[name], ref))
     s = scores.get(name, {})
-    print(f"| {name} | {t:.2f} | {t0 / t:.2f}x | {diff} | {quality:.1f} | "
-          f"{s.get('physics/pass_rate', float('nan')):.2f} | {s.get('physics/check/flicker', float('nan')):.2f} |")
+    print(
+      f"| {name} | {t:.2f} | {t0 / t:.2f}x | {diff} | {quality:.1f} | "
+      f"{s.get('physics/pass_rate', float('nan')):.2f} | {s.get('physics/check/flicker', float('nan')):.2f} |"
+    )
 
 
 if __name__ == "__main__":

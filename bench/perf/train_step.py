@@ -17,6 +17,7 @@ Sizes (fp32, batch 2, patch (1, 2, 2), 16 latent channels, text width 256 x 64 t
   wide  6 layers, 10 heads x 64, FFN 2560, latents 5x16x16 (320 tokens)  ~145 GFLOP
   long  6 layers, 6 heads x 64, FFN 1536, latents 9x24x24 (1296 tokens)  ~290 GFLOP
 """
+
 from __future__ import annotations
 
 import os
@@ -39,14 +40,19 @@ from flax import nnx
 from microverse_jax import diffusion, factory, flops, train
 from microverse_jax.models.wan_dit import WanDiT, WanDiTConfig
 
-COMMON = dict(patch_size=(1, 2, 2), head_dim=64, in_channels=16, out_channels=16, text_dim=256,
-              freq_dim=256, rope_max_seq_len=1024)
+COMMON = dict(
+  patch_size=(1, 2, 2), head_dim=64, in_channels=16, out_channels=16, text_dim=256, freq_dim=256, rope_max_seq_len=1024
+)
 SIZES = {  # name -> (model fields, latents (F, H, W), text tokens, batch)
-    "base": (dict(num_heads=6, ffn_dim=1536, num_layers=6), (5, 16, 16), 64, 2),
-    "wide": (dict(num_heads=10, ffn_dim=2560, num_layers=6), (5, 16, 16), 64, 2),
-    "long": (dict(num_heads=6, ffn_dim=1536, num_layers=6), (9, 24, 24), 64, 2),
-    "tiny": (dict(num_heads=2, ffn_dim=128, num_layers=2, head_dim=16, text_dim=32, freq_dim=32,
-                  in_channels=4, out_channels=4), (3, 8, 8), 8, 2),
+  "base": (dict(num_heads=6, ffn_dim=1536, num_layers=6), (5, 16, 16), 64, 2),
+  "wide": (dict(num_heads=10, ffn_dim=2560, num_layers=6), (5, 16, 16), 64, 2),
+  "long": (dict(num_heads=6, ffn_dim=1536, num_layers=6), (9, 24, 24), 64, 2),
+  "tiny": (
+    dict(num_heads=2, ffn_dim=128, num_layers=2, head_dim=16, text_dim=32, freq_dim=32, in_channels=4, out_channels=4),
+    (3, 8, 8),
+    8,
+    2,
+  ),
 }
 # How ours runs on CPU. dots_saveable (keep matmul outputs, recompute the elementwise ops in the
 # backward pass) is 1.21x faster than no remat here: fewer per-layer residual buffers for the
@@ -67,8 +73,9 @@ def model_config(size: str, **overrides) -> tuple[WanDiTConfig, tuple[int, int, 
 def trainer_config(cfg: WanDiTConfig, batch: int) -> ml_collections.ConfigDict:
   """The few trainer fields `train.make_train_step` / `make_optimizer` read."""
   c = ml_collections.ConfigDict()
-  c.optim = ml_collections.ConfigDict(dict(**OPTIM, warmup_steps=0, schedule="constant", grad_clip=0.0,
-                                           grad_accum=1, ema_decay=0.0))
+  c.optim = ml_collections.ConfigDict(
+    dict(**OPTIM, warmup_steps=0, schedule="constant", grad_clip=0.0, grad_accum=1, ema_decay=0.0)
+  )
   c.train = ml_collections.ConfigDict(dict(num_steps=1000, caption_dropout=0.0, on_nonfinite="stop"))
   c.diffusion = ml_collections.ConfigDict(dict(shift=5.0, prediction="velocity"))
   c.data = ml_collections.ConfigDict(dict(batch_size=batch))
@@ -83,13 +90,20 @@ def make_ours(cfg: WanDiTConfig, fhw, text_len: int, batch: int, return_compiled
   model = WanDiT(cfg, rngs=nnx.Rngs(0))
   graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
   params = params.to_pure_dict()
-  state = {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(0)),
-           "skipped": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+  state = {
+    "step": jnp.zeros((), jnp.int32),
+    "rng": jax.random.key_data(jax.random.key(0)),
+    "skipped": jnp.zeros((), jnp.int32),
+    "params": params,
+    "opt_state": tx.init(params),
+  }
   frozen = frozen.to_pure_dict()
   step_fn = train.make_train_step(c, graphdef, tx, schedule)
   rng = np.random.default_rng(0)
-  batch_arrays = {"latents": jnp.asarray(rng.standard_normal((batch, *fhw, cfg.in_channels), np.float32)),
-                  "context": jnp.asarray(rng.standard_normal((batch, text_len, cfg.text_dim), np.float32))}
+  batch_arrays = {
+    "latents": jnp.asarray(rng.standard_normal((batch, *fhw, cfg.in_channels), np.float32)),
+    "context": jnp.asarray(rng.standard_normal((batch, text_len, cfg.text_dim), np.float32)),
+  }
   encode = lambda b: (b["latents"], b["context"])
   jitted = jax.jit(lambda s, f, b: step_fn(s, f, encode, b), donate_argnums=(0,))
   jitted = jitted.lower(state, frozen, batch_arrays).compile()
@@ -107,22 +121,38 @@ def torch_model(cfg: WanDiTConfig):
   """diffusers' WanTransformer3DModel with the same architecture (the test-only reference)."""
   import torch
   from diffusers import WanTransformer3DModel
+
   torch.manual_seed(0)
   return WanTransformer3DModel(
-      patch_size=cfg.patch_size, num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
-      in_channels=cfg.in_channels, out_channels=cfg.out_channels, text_dim=cfg.text_dim,
-      freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
-      cross_attn_norm=cfg.cross_attn_norm, qk_norm=cfg.qk_norm, eps=cfg.eps,
-      rope_max_seq_len=cfg.rope_max_seq_len)
+    patch_size=cfg.patch_size,
+    num_attention_heads=cfg.num_heads,
+    attention_head_dim=cfg.head_dim,
+    in_channels=cfg.in_channels,
+    out_channels=cfg.out_channels,
+    text_dim=cfg.text_dim,
+    freq_dim=cfg.freq_dim,
+    ffn_dim=cfg.ffn_dim,
+    num_layers=cfg.num_layers,
+    cross_attn_norm=cfg.cross_attn_norm,
+    qk_norm=cfg.qk_norm,
+    eps=cfg.eps,
+    rope_max_seq_len=cfg.rope_max_seq_len,
+  )
 
 
 def make_torch(cfg: WanDiTConfig, fhw, text_len: int, batch: int):
   """() -> runs one PyTorch training step of diffusers' WanTransformer3DModel (same config)."""
   import torch
+
   torch.set_num_threads(THREADS)
   model = torch_model(cfg).train()
-  opt = torch.optim.AdamW(model.parameters(), lr=OPTIM["lr"], betas=(OPTIM["b1"], OPTIM["b2"]),
-                          eps=OPTIM["eps"], weight_decay=OPTIM["weight_decay"])
+  opt = torch.optim.AdamW(
+    model.parameters(),
+    lr=OPTIM["lr"],
+    betas=(OPTIM["b1"], OPTIM["b2"]),
+    eps=OPTIM["eps"],
+    weight_decay=OPTIM["weight_decay"],
+  )
   fm = diffusion.FlowMatching(shift=5.0)
   sigmas, weights = torch.from_numpy(fm.sigmas), torch.from_numpy(fm.loss_weights)
   rng = np.random.default_rng(0)
@@ -149,12 +179,13 @@ def matmul_peak(n: int = 3072, iters: int = 5) -> dict[str, float]:
   out = {}
   a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
   mm = jax.jit(jnp.dot)
-  out["jax"] = 2 * n ** 3 / _best_time(lambda: mm(a, a).block_until_ready(), iters) / 1e9
+  out["jax"] = 2 * n**3 / _best_time(lambda: mm(a, a).block_until_ready(), iters) / 1e9
   try:
     import torch
+
     torch.set_num_threads(THREADS)
     t = torch.from_numpy(np.asarray(a))
-    out["torch"] = 2 * n ** 3 / _best_time(lambda: torch.mm(t, t), iters) / 1e9
+    out["torch"] = 2 * n**3 / _best_time(lambda: torch.mm(t, t), iters) / 1e9
   except ImportError:
     pass
   return out
@@ -188,10 +219,19 @@ def bench_size(size: str, repeats: int, with_torch: bool, overrides: dict) -> di
       times[name].append(time.perf_counter() - start)
       if not np.isfinite(loss):
         raise FloatingPointError(f"{name}: non-finite loss {loss} at size {size}")
-  row = {"size": size, "batch": batch, "latents": list(fhw), "text_len": text_len,
-         "dim": cfg.dim, "ffn": cfg.ffn_dim, "layers": cfg.num_layers,
-         "tokens": int(np.prod([s // p for s, p in zip(fhw, cfg.patch_size)])),
-         "model_gflop": step_flops / 1e9, "warmup_s": warmup_s, "overrides": overrides}
+  row = {
+    "size": size,
+    "batch": batch,
+    "latents": list(fhw),
+    "text_len": text_len,
+    "dim": cfg.dim,
+    "ffn": cfg.ffn_dim,
+    "layers": cfg.num_layers,
+    "tokens": int(np.prod([s // p for s, p in zip(fhw, cfg.patch_size)])),
+    "model_gflop": step_flops / 1e9,
+    "warmup_s": warmup_s,
+    "overrides": overrides,
+  }
   for name, ts in times.items():
     med = statistics.median(ts)
     row[f"{name}_s"] = med
@@ -236,12 +276,16 @@ def main(argv=None) -> list[dict]:
       if args.torch:
         row["torch_cpu_mfu"] = row["torch_gflops"] / best_peak
     rows.append(row)
-    line = (f"{size:5s} T={row['tokens']:5d} E={row['dim']:4d} {row['model_gflop']:7.1f} GFLOP/step | "
-            f"ours {row['ours_s']:.3f} s ({row['ours_gflops']:.0f} GFLOP/s")
+    line = (
+      f"{size:5s} T={row['tokens']:5d} E={row['dim']:4d} {row['model_gflop']:7.1f} GFLOP/step | "
+      f"ours {row['ours_s']:.3f} s ({row['ours_gflops']:.0f} GFLOP/s"
+    )
     line += f", MFU {row['ours_cpu_mfu']:.0%})" if best_peak else ")"
     if args.torch:
-      line += (f" | torch {row['torch_s']:.3f} s ({row['torch_gflops']:.0f} GFLOP/s)"
-               f" | ours is {row['speedup_vs_torch']:.2f}x torch")
+      line += (
+        f" | torch {row['torch_s']:.3f} s ({row['torch_gflops']:.0f} GFLOP/s)"
+        f" | ours is {row['speedup_vs_torch']:.2f}x torch"
+      )
     print(line, flush=True)
   if args.json:
     with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(args.json)), delete=False) as f:

@@ -7,6 +7,7 @@ the default backend for the Wan2.1 VAE, and prints a markdown table. "chunked" i
 (1 + 4 frames per scan step); "one-shot" puts all frames after the first in one step, which is
 what the activations would cost without the causal feature cache.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ def main() -> None:
   args = parser.parse_args()
   base = WanVAEConfig.preset("wan2.1")
   s, t = base.spatial_factor, base.temporal_factor
-  mib = lambda n: f"{n / 2 ** 20:,.1f}"
+  mib = lambda n: f"{n / 2**20:,.1f}"
   print(f"Wan2.1 VAE, batch {args.batch}, {args.height}x{args.width}, fp32, backend {jax.default_backend()}\n")
   print("| op | frames | mode | args MiB | output MiB | temp MiB |")
   print("|---|---|---|---|---|---|")
@@ -44,8 +45,10 @@ def main() -> None:
     latent_frames = 1 + (frames - 1) // t
     video = (args.batch, frames, args.height, args.width, 3)
     latents = (args.batch, latent_frames, args.height // s, args.width // s, base.z_dim)
-    for op, shape, one_shot in (("encode", video, dict(encode_chunk_frames=frames - 1)),
-                                ("decode", latents, dict(decode_chunk_latents=latent_frames - 1))):
+    for op, shape, one_shot in (
+      ("encode", video, dict(encode_chunk_frames=frames - 1)),
+      ("decode", latents, dict(decode_chunk_latents=latent_frames - 1)),
+    ):
       for mode, cfg in (("chunked", base), ("one-shot", dataclasses.replace(base, **one_shot))):
         m = compiled_memory(cfg, op, shape)
         print(f"| {op} | {frames} | {mode} | {mib(m['args'])} | {mib(m['out'])} | {mib(m['temp'])} |", flush=True)

@@ -39,11 +39,21 @@ VIDEO_KEYS = ("video", "file_name")
 CAPTION_KEYS = ("prompt", "text", "caption")
 ID_KEYS = ("id",)
 SPLIT_KEY = "split"
-SPLITS = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
-          "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
+SPLITS = {
+  "train": "train",
+  "training": "train",
+  "validation": "validation",
+  "valid": "validation",
+  "val": "validation",
+  "dev": "validation",
+  "test": "test",
+  "testing": "test",
+}
 METADATA_CAP = 1024 << 20  # bytes; a metadata file larger than 1 GiB is not MicroSim-10K
-FLAGS_HINT = ("pass --metadata=NAME_OR_GLOB (relative to --manual_dir) and, where the columns differ, "
-              "--video_key, --caption_key, --id_key")
+FLAGS_HINT = (
+  "pass --metadata=NAME_OR_GLOB (relative to --manual_dir) and, where the columns differ, "
+  "--video_key, --caption_key, --id_key"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +66,7 @@ class Keys:
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One metadata row: usable (reason None) or skipped with a reason."""
+
   file: str
   row: int
   id: str | None = None
@@ -77,10 +88,11 @@ class MetadataFile:
   rows: list[Row]
 
   def describe(self) -> str:
-    split = (f"column '{SPLIT_KEY}'" if SPLIT_KEY in self.columns
-             else f"'{self.split}' (path)" if self.split else "hash")
-    return (f"{self.path}: {len(self.rows)} rows; columns {self.columns}; video={self.keys.video!r} "
-            f"caption={self.keys.caption!r} id={self.keys.id!r}; split {split}")
+    split = f"column '{SPLIT_KEY}'" if SPLIT_KEY in self.columns else f"'{self.split}' (path)" if self.split else "hash"
+    return (
+      f"{self.path}: {len(self.rows)} rows; columns {self.columns}; video={self.keys.video!r} "
+      f"caption={self.keys.caption!r} id={self.keys.id!r}; split {split}"
+    )
 
 
 def _listing(root: epath.Path) -> list[str]:
@@ -90,11 +102,15 @@ def _listing(root: epath.Path) -> list[str]:
     for folder, dirs, files in os.walk(os.fspath(root)):
       dirs[:] = sorted(d for d in dirs if not d.startswith("."))
       rel = os.path.relpath(folder, os.fspath(root))
-      found += [posixpath.normpath(posixpath.join(rel.replace(os.sep, "/"), f)) for f in sorted(files)
-                if not f.startswith(".")]
+      found += [
+        posixpath.normpath(posixpath.join(rel.replace(os.sep, "/"), f)) for f in sorted(files) if not f.startswith(".")
+      ]
     return found
-  return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                if not any(part.startswith(".") for part in p.relative_to(root).parts) and p.is_file())
+  return sorted(
+    str(p.relative_to(root))
+    for p in root.rglob("*")
+    if not any(part.startswith(".") for part in p.relative_to(root).parts) and p.is_file()
+  )
 
 
 def find_metadata(root: epath.Path, pattern: str | None = None) -> list[str]:
@@ -121,9 +137,15 @@ def find_metadata(root: epath.Path, pattern: str | None = None) -> list[str]:
       return found
   if len(top) == 1:
     return top
-  raise ValueError(f"unknown MicroSim-10K layout in {root}: " + (
-      f"several top-level metadata files {top} and none named metadata*" if top else
-      "no metadata file (.json, .jsonl, .csv, .parquet)") + f"; files there: {_sample(files)}; {FLAGS_HINT}")
+  raise ValueError(
+    f"unknown MicroSim-10K layout in {root}: "
+    + (
+      f"several top-level metadata files {top} and none named metadata*"
+      if top
+      else "no metadata file (.json, .jsonl, .csv, .parquet)"
+    )
+    + f"; files there: {_sample(files)}; {FLAGS_HINT}"
+  )
 
 
 def _sample(files: list[str], n: int = 12) -> str:
@@ -242,8 +264,14 @@ def _convert(file: str, n: int, raw: dict | str, keys: Keys, split: str | None) 
     reason = f"unknown split {row_split!r} (expected train, validation or test)"
   if reason is not None:
     return Row(file, n, id=clip_id, video=raw_video if isinstance(raw_video, str) else None, reason=reason)
-  return Row(file, n, id=clip_id, video=video, caption=caption.strip(),
-             split=SPLITS[row_split] if row_split is not None else None)
+  return Row(
+    file,
+    n,
+    id=clip_id,
+    video=video,
+    caption=caption.strip(),
+    split=SPLITS[row_split] if row_split is not None else None,
+  )
 
 
 def read_metadata(reader: Reader, path: str, keys: Keys = Keys()) -> MetadataFile:
@@ -254,14 +282,25 @@ def read_metadata(reader: Reader, path: str, keys: Keys = Keys()) -> MetadataFil
     raise ValueError(f"metadata file {path} in {reader.root}: {e}") from None
   raw = parse_rows(path, data)
   columns = sorted({k for r in raw if isinstance(r, dict) for k in r if isinstance(k, str)})
-  picked = Keys(video=_pick(columns, keys.video, VIDEO_KEYS), caption=_pick(columns, keys.caption, CAPTION_KEYS),
-                id=_pick(columns, keys.id, ID_KEYS))
+  picked = Keys(
+    video=_pick(columns, keys.video, VIDEO_KEYS),
+    caption=_pick(columns, keys.caption, CAPTION_KEYS),
+    id=_pick(columns, keys.id, ID_KEYS),
+  )
   if raw and (picked.video is None or picked.caption is None or (keys.id and picked.id is None)):
-    missing = [f"{what} ({flag or '|'.join(defaults)})" for what, got, flag, defaults in (
-        ("video", picked.video, keys.video, VIDEO_KEYS), ("caption", picked.caption, keys.caption, CAPTION_KEYS),
-        ("id", picked.id if keys.id else "-", keys.id, ID_KEYS)) if got is None]
-    raise ValueError(f"unknown MicroSim-10K layout: metadata file {path} ({len(raw)} rows) has columns {columns}, "
-                     f"none for {', '.join(missing)}; {FLAGS_HINT}")
+    missing = [
+      f"{what} ({flag or '|'.join(defaults)})"
+      for what, got, flag, defaults in (
+        ("video", picked.video, keys.video, VIDEO_KEYS),
+        ("caption", picked.caption, keys.caption, CAPTION_KEYS),
+        ("id", picked.id if keys.id else "-", keys.id, ID_KEYS),
+      )
+      if got is None
+    ]
+    raise ValueError(
+      f"unknown MicroSim-10K layout: metadata file {path} ({len(raw)} rows) has columns {columns}, "
+      f"none for {', '.join(missing)}; {FLAGS_HINT}"
+    )
   split = path_split(path)
   rows = [_convert(path, n, r, picked, split) for n, r in enumerate(raw)]
   return MetadataFile(path=path, columns=columns, keys=picked, split=split, rows=rows)

@@ -41,19 +41,29 @@ class Microsim10k(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.1.0")
   RELEASE_NOTES = {
-      "1.0.0": "Encoded videos as stored, deterministic hash-of-id validation split.",
-      "1.1.0": "Every release layout (DiffSynth, Hugging Face, splits, shards, Parquet); published splits win.",
+    "1.0.0": "Encoded videos as stored, deterministic hash-of-id validation split.",
+    "1.1.0": "Every release layout (DiffSynth, Hugging Face, splits, shards, Parquet); published splits win.",
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download the gated Hugging Face dataset wangrongsheng/MicroVerse (MicroSim-10K) and pass its
   directory (or its hub-cache snapshot) as --manual_dir. Every layout in docs/data.md is read.
   """
 
-  def __init__(self, *, validation_fraction: float = 0.05, metadata_file: str | None = None,
-               video_key: str | None = None, caption_key: str | None = None, id_key: str | None = None,
-               follow_symlinks: bool = False, max_file_mb: float = DEFAULT_MAX_FILE_MB,
-               probe_threads: int | None = None, log: Callable[[str], None] | None = None,
-               progress=None, **kwargs):
+  def __init__(
+    self,
+    *,
+    validation_fraction: float = 0.05,
+    metadata_file: str | None = None,
+    video_key: str | None = None,
+    caption_key: str | None = None,
+    id_key: str | None = None,
+    follow_symlinks: bool = False,
+    max_file_mb: float = DEFAULT_MAX_FILE_MB,
+    probe_threads: int | None = None,
+    log: Callable[[str], None] | None = None,
+    progress=None,
+    **kwargs,
+  ):
     """`progress`: an object with start(total) and update(n) (see build_dataset.Progress), or None."""
     if not 0.0 <= validation_fraction < 1.0:
       raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
@@ -73,9 +83,11 @@ class Microsim10k(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self, description=__doc__, features=clip_features(),
-        homepage="https://huggingface.co/datasets/wangrongsheng/MicroVerse",
-        metadata=tfds.core.MetadataDict(validation_fraction=self.validation_fraction),
+      builder=self,
+      description=__doc__,
+      features=clip_features(),
+      homepage="https://huggingface.co/datasets/wangrongsheng/MicroVerse",
+      metadata=tfds.core.MetadataDict(validation_fraction=self.validation_fraction),
     )
 
   def _skip(self, row: layouts.Row, reason: str | None = None) -> None:
@@ -117,8 +129,13 @@ class Microsim10k(tfds.core.GeneratorBasedBuilder):
       validation = {min(fractions, key=fractions.get)}  # smallest hash: never empty
     for row in hashed:
       splits["validation" if row.id in validation else "train"].append(row)
-    how = ("published" if not hashed else f"published + hash ({self.validation_fraction:g})" if published
-           else f"hash of id ({self.validation_fraction:g})")
+    how = (
+      "published"
+      if not hashed
+      else f"published + hash ({self.validation_fraction:g})"
+      if published
+      else f"hash of id ({self.validation_fraction:g})"
+    )
     self.log(f"splits ({how}): " + ", ".join(f"{k} {len(v)}" for k, v in sorted(splits.items()) if v))
     return {k: v for k, v in splits.items() if v}
 
@@ -140,14 +157,15 @@ class Microsim10k(tfds.core.GeneratorBasedBuilder):
     if firsts.get("validation", (None,))[0] is None and hashed_validation and firsts.get("train", (None,))[0]:
       by_hash = sorted(firsts["train"][1], key=lambda r: id_hash_fraction(r.id))
       first, rest = self._first_usable(reader, by_hash)
-      tried = {r.id for r in by_hash[:len(by_hash) - len(rest)]}  # read once: not again in train
+      tried = {r.id for r in by_hash[: len(by_hash) - len(rest)]}  # read once: not again in train
       firsts["train"] = (firsts["train"][0], [r for r in firsts["train"][1] if r.id not in tried])
       firsts["validation"] = (first, [])
     for name, (first, _) in firsts.items():
       if first is None:
         self.log(f"split {name}: no usable clip, left out")
-    generators = {name: self._generate_examples(reader, first, rest)
-                  for name, (first, rest) in firsts.items() if first is not None}
+    generators = {
+      name: self._generate_examples(reader, first, rest) for name, (first, rest) in firsts.items() if first is not None
+    }
     if not generators:
       raise ValueError(f"no usable clips in {manual_dir}; skipped rows: {self.skipped[:20]}")
     return generators
@@ -177,7 +195,7 @@ class Microsim10k(tfds.core.GeneratorBasedBuilder):
     for n, row in enumerate(rows):
       clip = self._loaded(row, self._load(reader, row))
       if clip is not None:
-        return clip, rows[n + 1:]
+        return clip, rows[n + 1 :]
     return None, []
 
   def _generate_examples(self, reader: Reader, first: tuple, rows: list[layouts.Row]) -> Iterator:
@@ -186,16 +204,25 @@ class Microsim10k(tfds.core.GeneratorBasedBuilder):
     todo, pending = iter(rows), collections.deque()
 
     def example(row, data, info):
-      return row.id, {"id": row.id, "caption": row.caption, "video": data, "num_frames": info.num_frames,
-                      "fps": info.fps, "height": info.height, "width": info.width}
+      return row.id, {
+        "id": row.id,
+        "caption": row.caption,
+        "video": data,
+        "num_frames": info.num_frames,
+        "fps": info.fps,
+        "height": info.height,
+        "width": info.width,
+      }
 
     yield example(*first)
     with concurrent.futures.ThreadPoolExecutor(self.probe_threads) as pool:
+
       def fill():
         for row in todo:
           pending.append((row, pool.submit(self._load, reader, row)))
           if len(pending) >= window:
             return
+
       fill()
       while pending:
         row, future = pending.popleft()
@@ -207,6 +234,5 @@ class Microsim10k(tfds.core.GeneratorBasedBuilder):
   def _download_and_prepare(self, dl_manager, download_config):
     super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
     # self.data_path is the incomplete directory here: the report is renamed along with the data.
-    report = "".join(json.dumps(row) + "\n" for row in sorted(
-        self.skipped, key=lambda r: (r["file"] or "", r["row"])))
+    report = "".join(json.dumps(row) + "\n" for row in sorted(self.skipped, key=lambda r: (r["file"] or "", r["row"])))
     files.write_text(self.data_path / SKIPPED_FILENAME, report)

@@ -46,6 +46,7 @@ def hub_blobs_dir(real_root: str) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class Reader:
   """Reads files below `root` under the rules above."""
+
   root: epath.Path
   max_bytes: int
   follow_symlinks: bool = False

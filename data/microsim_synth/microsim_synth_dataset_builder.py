@@ -23,48 +23,77 @@ class MicrosimSynth(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Five processes, mp4 video, ground-truth params and tracks."}
 
-  def __init__(self, *, num_clips: int = DEFAULTS["num_clips"], seed: int = DEFAULTS["seed"],
-               num_frames: int = DEFAULTS["num_frames"], size: int = DEFAULTS["size"],
-               fps: float = DEFAULTS["fps"], **kwargs):
+  def __init__(
+    self,
+    *,
+    num_clips: int = DEFAULTS["num_clips"],
+    seed: int = DEFAULTS["seed"],
+    num_frames: int = DEFAULTS["num_frames"],
+    size: int = DEFAULTS["size"],
+    fps: float = DEFAULTS["fps"],
+    **kwargs,
+  ):
     if num_clips < 2:
       raise ValueError(f"num_clips must be >= 2 (train and validation splits), got {num_clips}")
     if num_frames < 1 or size < 8 or size % 2:
       raise ValueError(f"need num_frames >= 1 and an even size >= 8, got {num_frames} and {size}")
-    self.build_settings = {"num_clips": int(num_clips), "seed": int(seed), "num_frames": int(num_frames),
-                           "size": int(size), "fps": float(fps)}
+    self.build_settings = {
+      "num_clips": int(num_clips),
+      "seed": int(seed),
+      "num_frames": int(num_frames),
+      "size": int(size),
+      "fps": float(fps),
+    }
     super().__init__(**{"file_format": "array_record", **kwargs})
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=clip_features(
-            process=tfds.features.Text(doc=f"one of {processes.PROCESSES}"),
-            params=tfds.features.Text(doc="ground-truth parameters, JSON; units px and frames"),
-            tracks=tfds.features.Tensor(shape=(None, None, 2), dtype=np.float32,
-                                        encoding=tfds.features.Encoding.ZLIB,
-                                        doc="body centres (F, N, 2) as (y, x) px"),
+      builder=self,
+      description=__doc__,
+      features=clip_features(
+        process=tfds.features.Text(doc=f"one of {processes.PROCESSES}"),
+        params=tfds.features.Text(doc="ground-truth parameters, JSON; units px and frames"),
+        tracks=tfds.features.Tensor(
+          shape=(None, None, 2),
+          dtype=np.float32,
+          encoding=tfds.features.Encoding.ZLIB,
+          doc="body centres (F, N, 2) as (y, x) px",
         ),
-        metadata=tfds.core.MetadataDict(build_settings=self.build_settings),
+      ),
+      metadata=tfds.core.MetadataDict(build_settings=self.build_settings),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager
     n = self.build_settings["num_clips"]
-    return {split: self._generate_examples([i for i in range(n) if split_of(i, n) == split])
-            for split in ("train", "validation")}
+    return {
+      split: self._generate_examples([i for i in range(n) if split_of(i, n) == split])
+      for split in ("train", "validation")
+    }
 
   def _generate_examples(self, indices):
     s = self.build_settings
     for i in indices:
       spec = processes.clip_spec(i, seed=s["seed"], num_frames=s["num_frames"], size=s["size"], fps=s["fps"])
-      frames = processes.render_clip(spec.process, spec.params, num_frames=s["num_frames"],
-                                     size=s["size"], seed=spec.seed)
-      tracks = processes.simulate_tracks(spec.process, spec.params, num_frames=s["num_frames"],
-                                         size=s["size"], seed=spec.seed)
+      frames = processes.render_clip(
+        spec.process, spec.params, num_frames=s["num_frames"], size=s["size"], seed=spec.seed
+      )
+      tracks = processes.simulate_tracks(
+        spec.process, spec.params, num_frames=s["num_frames"], size=s["size"], seed=spec.seed
+      )
       clip_id = f"synth_{i:06d}"
-      yield clip_id, {
-          "id": clip_id, "caption": spec.caption, "video": video.encode_mp4(frames, s["fps"], crf=15),
-          "num_frames": s["num_frames"], "fps": s["fps"], "height": s["size"], "width": s["size"],
-          "process": spec.process, "params": json.dumps(spec.params, sort_keys=True), "tracks": tracks,
-      }
+      yield (
+        clip_id,
+        {
+          "id": clip_id,
+          "caption": spec.caption,
+          "video": video.encode_mp4(frames, s["fps"], crf=15),
+          "num_frames": s["num_frames"],
+          "fps": s["fps"],
+          "height": s["size"],
+          "width": s["size"],
+          "process": spec.process,
+          "params": json.dumps(spec.params, sort_keys=True),
+          "tracks": tracks,
+        },
+      )

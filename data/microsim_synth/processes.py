@@ -47,6 +47,7 @@ DEFAULTS = {"num_clips": 320, "seed": 0, "num_frames": 17, "size": 64, "fps": 8.
 @dataclasses.dataclass(frozen=True)
 class ClipSpec:
   """What one dataset clip shows: process, ground-truth params, caption and the render seed."""
+
   process: str
   params: dict
   caption: str
@@ -64,29 +65,46 @@ def sample_params(process: str, rng: np.random.Generator, *, size: int, num_fram
   s = size / 64.0
   u = lambda lo, hi: round(float(rng.uniform(lo, hi)), 3)
   if process == "brownian":
-    return {"num_particles": int(rng.integers(6, 17)), "radius_px": u(1.2 * s, 2.2 * s),
-            "diffusion_px2_per_frame": u(0.1 * s * s, 1.5 * s * s)}
+    return {
+      "num_particles": int(rng.integers(6, 17)),
+      "radius_px": u(1.2 * s, 2.2 * s),
+      "diffusion_px2_per_frame": u(0.1 * s * s, 1.5 * s * s),
+    }
   if process == "poiseuille":
-    return {"num_cells": int(rng.integers(4, 9)), "cell_radius_px": u(3.5 * s, 4.5 * s),
-            "vessel_radius_px": u(0.28 * size, 0.4 * size),
-            "max_velocity_px_per_frame": u(1.0 * s, 4.0 * s)}
+    return {
+      "num_cells": int(rng.integers(4, 9)),
+      "cell_radius_px": u(3.5 * s, 4.5 * s),
+      "vessel_radius_px": u(0.28 * size, 0.4 * size),
+      "max_velocity_px_per_frame": u(1.0 * s, 4.0 * s),
+    }
   if process == "division":
     start = int(rng.integers(1, max(2, num_frames // 3)))
     cleavage = int(rng.integers(max(2, num_frames // 3), max(3, num_frames // 2) + 1))
     cleavage = max(1, min(cleavage, num_frames - 2 - start))
-    return {"cell_radius_px": u(0.14 * size, 0.2 * size), "division_start_frame": start,
-            "cleavage_frames": cleavage, "axis_angle_deg": u(0.0, 180.0)}
+    return {
+      "cell_radius_px": u(0.14 * size, 0.2 * size),
+      "division_start_frame": start,
+      "cleavage_frames": cleavage,
+      "axis_angle_deg": u(0.0, 180.0),
+    }
   if process == "sedimentation":
-    return {"num_particles": int(rng.integers(8, 17)), "radius_px": u(1.5 * s, 2.5 * s),
-            "settling_velocity_px_per_frame": u(0.5 * s, 2.5 * s),
-            "diffusion_px2_per_frame": u(0.05 * s * s, 0.4 * s * s)}
+    return {
+      "num_particles": int(rng.integers(8, 17)),
+      "radius_px": u(1.5 * s, 2.5 * s),
+      "settling_velocity_px_per_frame": u(0.5 * s, 2.5 * s),
+      "diffusion_px2_per_frame": u(0.05 * s * s, 0.4 * s * s),
+    }
   corner = rng.integers(0, 4)
   margin = 0.06 * size
-  return {"num_bacteria": int(rng.integers(8, 15)), "run_speed_px_per_frame": u(1.0 * s, 2.5 * s),
-          "tumble_probability_per_frame": u(0.2, 0.5), "chemotactic_bias": u(0.5, 0.9),
-          "source_y_px": round(margin if corner < 2 else size - 1 - margin, 3),
-          "source_x_px": round(margin if corner % 2 == 0 else size - 1 - margin, 3),
-          "length_px": u(3.0 * s, 4.5 * s)}
+  return {
+    "num_bacteria": int(rng.integers(8, 15)),
+    "run_speed_px_per_frame": u(1.0 * s, 2.5 * s),
+    "tumble_probability_per_frame": u(0.2, 0.5),
+    "chemotactic_bias": u(0.5, 0.9),
+    "source_y_px": round(margin if corner < 2 else size - 1 - margin, 3),
+    "source_x_px": round(margin if corner % 2 == 0 else size - 1 - margin, 3),
+    "length_px": u(3.0 * s, 4.5 * s),
+  }
 
 
 def _reflect(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -96,8 +114,9 @@ def _reflect(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
   return lo + np.where(y > span, 2 * span - y, y)
 
 
-def _simulate(process: str, params: dict, num_frames: int, size: int,
-              rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+def _simulate(
+  process: str, params: dict, num_frames: int, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, dict]:
   """Returns tracks float64 (F, N, 2) (y, x) px and per-frame render state (radii, headings)."""
   F, hi = num_frames, size - 1.0
   if process in ("brownian", "sedimentation"):
@@ -151,8 +170,9 @@ def _simulate(process: str, params: dict, num_frames: int, size: int,
   headings[0] = heading
   for t in range(1, F):
     to_source = source - pos[t - 1]
-    cos_phi = ((np.cos(heading) * to_source[:, 1] + np.sin(heading) * to_source[:, 0])
-               / np.maximum(np.linalg.norm(to_source, axis=1), 1e-6))
+    cos_phi = (np.cos(heading) * to_source[:, 1] + np.sin(heading) * to_source[:, 0]) / np.maximum(
+      np.linalg.norm(to_source, axis=1), 1e-6
+    )
     tumble = rng.random(n) < p0 * (1.0 - b * cos_phi)
     heading = np.where(tumble, rng.uniform(0, 2 * np.pi, n), heading)
     pos[t] = _reflect(pos[t - 1] + v * np.stack([np.sin(heading), np.cos(heading)], -1), 0.0, hi)
@@ -160,8 +180,7 @@ def _simulate(process: str, params: dict, num_frames: int, size: int,
   return pos, {"heading": headings}
 
 
-def simulate_tracks(process: str, params: dict, *, num_frames: int, size: int,
-                    seed: int) -> np.ndarray:
+def simulate_tracks(process: str, params: dict, *, num_frames: int, size: int, seed: int) -> np.ndarray:
   """Ground-truth body centres float32 (F, N, 2) (y, x) px; the same ones `render_clip` draws."""
   _check_process(process)
   return _simulate(process, params, num_frames, size, np.random.default_rng(seed))[0].astype(np.float32)
@@ -256,9 +275,12 @@ def render_clip(process: str, params: dict, *, num_frames: int, size: int, seed:
   rng = np.random.default_rng(seed)
   tracks, state = _simulate(process, params, num_frames, size, rng)
   chunk = 8  # frames drawn at once: bounds the (frames, bodies, H, W) distance fields
-  image = np.concatenate([
-      _draw(process, params, tracks[i:i + chunk], {k: v[i:i + chunk] for k, v in state.items()}, size)
-      for i in range(0, num_frames, chunk)])
+  image = np.concatenate(
+    [
+      _draw(process, params, tracks[i : i + chunk], {k: v[i : i + chunk] for k, v in state.items()}, size)
+      for i in range(0, num_frames, chunk)
+    ]
+  )
   image = _gaussian_blur(image, sigma=0.7 * max(1.0, size / 64))
   noise_rng = np.random.default_rng([seed, 1])
   y = np.linspace(-1, 1, size)
@@ -268,8 +290,13 @@ def render_clip(process: str, params: dict, *, num_frames: int, size: int, seed:
   return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
 
 
-_MODALITY = {"brownian": "Fluorescence", "poiseuille": "Bright-field", "division": "Phase-contrast",
-             "sedimentation": "Bright-field", "chemotaxis": "Dark-field"}
+_MODALITY = {
+  "brownian": "Fluorescence",
+  "poiseuille": "Bright-field",
+  "division": "Phase-contrast",
+  "sedimentation": "Bright-field",
+  "chemotaxis": "Dark-field",
+}
 
 
 def _where(y: float, x: float, size: int) -> str:
@@ -283,36 +310,45 @@ def caption(process: str, params: dict, *, num_frames: int, size: int, fps: floa
   _check_process(process)
   p = params
   if process == "brownian":
-    body = (f"{p['num_particles']} fluorescent beads of radius {p['radius_px']:.1f} px undergo free "
-            f"Brownian motion with diffusion coefficient D = {p['diffusion_px2_per_frame']:.2f} px^2/frame "
-            f"(each frame a displacement of standard deviation sqrt(2D) per axis, no drift), "
-            f"reflecting off the edges of the field")
+    body = (
+      f"{p['num_particles']} fluorescent beads of radius {p['radius_px']:.1f} px undergo free "
+      f"Brownian motion with diffusion coefficient D = {p['diffusion_px2_per_frame']:.2f} px^2/frame "
+      f"(each frame a displacement of standard deviation sqrt(2D) per axis, no drift), "
+      f"reflecting off the edges of the field"
+    )
   elif process == "poiseuille":
-    body = (f"{p['num_cells']} red blood cells, biconcave discs of radius {p['cell_radius_px']:.1f} px, "
-            f"are carried from left to right through a horizontal blood vessel of radius "
-            f"{p['vessel_radius_px']:.1f} px by laminar Poiseuille flow: a parabolic velocity profile "
-            f"with {p['max_velocity_px_per_frame']:.2f} px/frame on the vessel axis falling to zero at the walls, "
-            f"so cells near the centre overtake cells near the walls")
+    body = (
+      f"{p['num_cells']} red blood cells, biconcave discs of radius {p['cell_radius_px']:.1f} px, "
+      f"are carried from left to right through a horizontal blood vessel of radius "
+      f"{p['vessel_radius_px']:.1f} px by laminar Poiseuille flow: a parabolic velocity profile "
+      f"with {p['max_velocity_px_per_frame']:.2f} px/frame on the vessel axis falling to zero at the walls, "
+      f"so cells near the centre overtake cells near the walls"
+    )
   elif process == "division":
-    body = (f"a single round cell of radius {p['cell_radius_px']:.1f} px divides into two daughter cells: "
-            f"cleavage starts at frame {p['division_start_frame']} and takes {p['cleavage_frames']} frames, "
-            f"the daughters (radius {p['cell_radius_px'] * 2 ** (-1 / 3):.1f} px, volume conserved) separating "
-            f"along an axis at {p['axis_angle_deg']:.0f} degrees from horizontal until they touch")
+    body = (
+      f"a single round cell of radius {p['cell_radius_px']:.1f} px divides into two daughter cells: "
+      f"cleavage starts at frame {p['division_start_frame']} and takes {p['cleavage_frames']} frames, "
+      f"the daughters (radius {p['cell_radius_px'] * 2 ** (-1 / 3):.1f} px, volume conserved) separating "
+      f"along an axis at {p['axis_angle_deg']:.0f} degrees from horizontal until they touch"
+    )
   elif process == "sedimentation":
-    body = (f"{p['num_particles']} particles of radius {p['radius_px']:.1f} px sediment under gravity towards "
-            f"the bottom of the field at the Stokes terminal velocity {p['settling_velocity_px_per_frame']:.2f} "
-            f"px/frame while diffusing with D = {p['diffusion_px2_per_frame']:.2f} px^2/frame, "
-            f"and come to rest on the bottom")
+    body = (
+      f"{p['num_particles']} particles of radius {p['radius_px']:.1f} px sediment under gravity towards "
+      f"the bottom of the field at the Stokes terminal velocity {p['settling_velocity_px_per_frame']:.2f} "
+      f"px/frame while diffusing with D = {p['diffusion_px2_per_frame']:.2f} px^2/frame, "
+      f"and come to rest on the bottom"
+    )
   else:
     where = _where(p["source_y_px"], p["source_x_px"], size)
-    body = (f"{p['num_bacteria']} rod-shaped bacteria {p['length_px']:.1f} px long swim by run-and-tumble "
-            f"chemotaxis towards a chemoattractant source at the {where} corner "
-            f"(x = {p['source_x_px']:.0f} px, y = {p['source_y_px']:.0f} px): runs at "
-            f"{p['run_speed_px_per_frame']:.2f} px/frame, tumbling with probability "
-            f"{p['tumble_probability_per_frame']:.2f} per frame, reduced by a chemotactic bias of "
-            f"{p['chemotactic_bias']:.2f} when heading up the gradient")
-  return (f"{_MODALITY[process]} microscopy, {size}x{size} px field, {num_frames} frames at {fps:g} fps: "
-          f"{body}.")
+    body = (
+      f"{p['num_bacteria']} rod-shaped bacteria {p['length_px']:.1f} px long swim by run-and-tumble "
+      f"chemotaxis towards a chemoattractant source at the {where} corner "
+      f"(x = {p['source_x_px']:.0f} px, y = {p['source_y_px']:.0f} px): runs at "
+      f"{p['run_speed_px_per_frame']:.2f} px/frame, tumbling with probability "
+      f"{p['tumble_probability_per_frame']:.2f} per frame, reduced by a chemotactic bias of "
+      f"{p['chemotactic_bias']:.2f} when heading up the gradient"
+    )
+  return f"{_MODALITY[process]} microscopy, {size}x{size} px field, {num_frames} frames at {fps:g} fps: {body}."
 
 
 def clip_spec(index: int, *, seed: int, num_frames: int, size: int, fps: float) -> ClipSpec:
@@ -323,8 +359,12 @@ def clip_spec(index: int, *, seed: int, num_frames: int, size: int, fps: float) 
   process = PROCESSES[index % len(PROCESSES)]
   clip_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
   params = sample_params(process, np.random.default_rng([clip_seed, 7]), size=size, num_frames=num_frames)
-  return ClipSpec(process=process, params=params, seed=clip_seed,
-                  caption=caption(process, params, num_frames=num_frames, size=size, fps=fps))
+  return ClipSpec(
+    process=process,
+    params=params,
+    seed=clip_seed,
+    caption=caption(process, params, num_frames=num_frames, size=size, fps=fps),
+  )
 
 
 def split_of(index: int, num_clips: int) -> str:
@@ -332,9 +372,15 @@ def split_of(index: int, num_clips: int) -> str:
   return "validation" if index >= num_clips - max(1, num_clips // 10) else "train"
 
 
-def export_prompts(path: str | os.PathLike, *, num_clips: int = DEFAULTS["num_clips"],
-                   seed: int = DEFAULTS["seed"], num_frames: int = DEFAULTS["num_frames"],
-                   size: int = DEFAULTS["size"], fps: float = DEFAULTS["fps"]) -> int:
+def export_prompts(
+  path: str | os.PathLike,
+  *,
+  num_clips: int = DEFAULTS["num_clips"],
+  seed: int = DEFAULTS["seed"],
+  num_frames: int = DEFAULTS["num_frames"],
+  size: int = DEFAULTS["size"],
+  fps: float = DEFAULTS["fps"],
+) -> int:
   """Writes the dataset's prompts as JSONL without rendering; returns the number of rows.
 
   Each row: {"id", "split", "process", "params" (units px, frames), "caption", "seed" (render seed),
@@ -344,9 +390,20 @@ def export_prompts(path: str | os.PathLike, *, num_clips: int = DEFAULTS["num_cl
   rows = []
   for i, clip_id in enumerate(ids):
     spec = clip_spec(i, seed=seed, num_frames=num_frames, size=size, fps=fps)
-    rows.append(json.dumps({
-        "id": clip_id, "split": split_of(i, num_clips), "process": spec.process,
-        "params": spec.params, "caption": spec.caption, "seed": spec.seed,
-        "num_frames": num_frames, "size": size, "fps": fps}))
+    rows.append(
+      json.dumps(
+        {
+          "id": clip_id,
+          "split": split_of(i, num_clips),
+          "process": spec.process,
+          "params": spec.params,
+          "caption": spec.caption,
+          "seed": spec.seed,
+          "num_frames": num_frames,
+          "size": size,
+          "fps": fps,
+        }
+      )
+    )
   files.write_text(path, "\n".join(rows) + "\n")  # atomic, replaces an earlier export
   return len(rows)

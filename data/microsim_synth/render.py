@@ -7,6 +7,7 @@ the ground truth with `microworldbench physics` next to a model's samples:
       --num_frames=9 --size=32     # what the tiny model trains on: first 9 frames at 32x32
   microworldbench physics --videos=gt64 --prompts=prompts.jsonl --out=gt64.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,9 @@ from microverse_jax import files, video
 from microverse_jax.datasets.microsim_synth import processes
 
 
-def render(prompts: str, out: str, *, num_frames: int | None = None, size: int | None = None,
-           split: str | None = None) -> int:
+def render(
+  prompts: str, out: str, *, num_frames: int | None = None, size: int | None = None, split: str | None = None
+) -> int:
   """Writes <out>/<id>.mp4 for each row (of `split`); `num_frames`/`size` resample as the input
   pipeline does (first frames, resized). Returns the number of videos written."""
   with open(prompts, encoding="utf-8") as f:
@@ -26,8 +28,7 @@ def render(prompts: str, out: str, *, num_frames: int | None = None, size: int |
   rows = [r for r in rows if split is None or r.get("split") == split]
   files.check_ids([r["id"] for r in rows], what=f"prompt id in {prompts}")
   for r in rows:
-    clip = processes.render_clip(r["process"], r["params"], num_frames=r["num_frames"], size=r["size"],
-                                 seed=r["seed"])
+    clip = processes.render_clip(r["process"], r["params"], num_frames=r["num_frames"], size=r["size"], seed=r["seed"])
     data = video.encode_mp4(clip, r["fps"], crf=15)
     if num_frames or size:
       frames = video.decode_frames(data, num_frames or r["num_frames"], height=size, width=size)
@@ -37,8 +38,11 @@ def render(prompts: str, out: str, *, num_frames: int | None = None, size: int |
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(prog="python -m microverse_jax.datasets.microsim_synth.render", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m microverse_jax.datasets.microsim_synth.render",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument("--prompts", required=True, help="prompts JSONL (build_dataset microsim_synth --export_prompts)")
   p.add_argument("--out", required=True, help="output folder for <id>.mp4")
   p.add_argument("--num_frames", type=int, default=None, help="keep the first N frames (default: all)")

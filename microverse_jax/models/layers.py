@@ -3,6 +3,7 @@
 Parameters are fp32 and carry logical axis names (see `microverse_jax.sharding`); computation
 runs in the module's `dtype`. Norms always compute in fp32.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -27,8 +28,18 @@ class Dense(nnx.Module):
   kaiming-uniform with a=sqrt(5): U(+-1/sqrt(in)); lora_b zeros).
   """
 
-  def __init__(self, din: int, dout: int, axes: Axes, *, rngs: nnx.Rngs, use_bias: bool = True,
-               dtype=jnp.float32, lora_rank: int = 0, lora_alpha: float = 1.0):
+  def __init__(
+    self,
+    din: int,
+    dout: int,
+    axes: Axes,
+    *,
+    rngs: nnx.Rngs,
+    use_bias: bool = True,
+    dtype=jnp.float32,
+    lora_rank: int = 0,
+    lora_alpha: float = 1.0,
+  ):
     self.kernel = param(rngs, nnx.initializers.lecun_normal(), (din, dout), axes)
     self.bias = param(rngs, nnx.initializers.zeros, (dout,), axes[-1:]) if use_bias else None
     self.dtype = dtype
@@ -37,7 +48,8 @@ class Dense(nnx.Module):
       # PEFT's init: torch kaiming_uniform_(A, a=sqrt(5)) on A (r, in), i.e. U(-1/sqrt(in), 1/sqrt(in))
       # (gain sqrt(2 / (1 + 5)) x sqrt(3 / fan_in)); B zeros, so the delta starts at zero.
       a = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")(
-          rngs.params(), (din, lora_rank), jnp.float32)
+        rngs.params(), (din, lora_rank), jnp.float32
+      )
       self.lora_a = nnx.LoRAParam(a, out_sharding=(axes[0], None))
       self.lora_b = nnx.LoRAParam(jnp.zeros((lora_rank, dout), jnp.float32), out_sharding=(None, axes[-1]))
     else:

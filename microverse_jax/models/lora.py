@@ -5,6 +5,7 @@ PEFT stores per linear layer lora_A (r, in) and lora_B (out, r), delta W = scale
 (out, in) weight; ours are a (in, r), b (r, out) on the (in, out) kernel, delta = lora_scale * a @ b,
 stacked over the block axis L. So a = A.T, b = B.T * scale / lora_scale.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,11 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
 
 def lora_delta_norm(model: nnx.Module) -> jax.Array:
   """Global norm of all LoRA deltas (0 for a fresh LoRA model: lora_b starts at zero)."""
-  sq = [jnp.sum(jnp.square(jnp.matmul(m.lora_a[...], m.lora_b[...]))) for _, m in nnx.iter_modules(model)
-        if isinstance(m, Dense) and m.lora_a is not None]
+  sq = [
+    jnp.sum(jnp.square(jnp.matmul(m.lora_a[...], m.lora_b[...])))
+    for _, m in nnx.iter_modules(model)
+    if isinstance(m, Dense) and m.lora_a is not None
+  ]
   return jnp.sqrt(sum(sq)) if sq else jnp.zeros(())
 
 
@@ -48,16 +52,21 @@ def lora_delta_norm(model: nnx.Module) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 # Our Dense inside a Wan block -> (diffusers module name, original Wan / DiffSynth module name).
 WAN_BLOCK_MODULES = {
-    **{f"{ours}.{n}": (f"{diff}.to_{n}", f"{ours}.{n}") for ours, diff in (("self_attn", "attn1"),
-                                                                         ("cross_attn", "attn2")) for n in "qkv"},
-    "self_attn.o": ("attn1.to_out.0", "self_attn.o"), "cross_attn.o": ("attn2.to_out.0", "cross_attn.o"),
-    "ffn_in": ("ffn.net.0.proj", "ffn.0"), "ffn_out": ("ffn.net.2", "ffn.2"),
+  **{
+    f"{ours}.{n}": (f"{diff}.to_{n}", f"{ours}.{n}")
+    for ours, diff in (("self_attn", "attn1"), ("cross_attn", "attn2"))
+    for n in "qkv"
+  },
+  "self_attn.o": ("attn1.to_out.0", "self_attn.o"),
+  "cross_attn.o": ("attn2.to_out.0", "cross_attn.o"),
+  "ffn_in": ("ffn.net.0.proj", "ffn.0"),
+  "ffn_out": ("ffn.net.2", "ffn.2"),
 }
 # Key templates of a LoRA file, per layout; `module` is the diffusers or original name.
 PEFT_LAYOUTS = {
-    "comfyui": ("diffusion_model.blocks.{i}.{module}.lora_{ab}.weight", "original"),
-    "diffusers": ("transformer.blocks.{i}.{module}.lora_{ab}.weight", "diffusers"),
-    "diffsynth": ("blocks.{i}.{module}.lora_{ab}.default.weight", "original"),
+  "comfyui": ("diffusion_model.blocks.{i}.{module}.lora_{ab}.weight", "original"),
+  "diffusers": ("transformer.blocks.{i}.{module}.lora_{ab}.weight", "diffusers"),
+  "diffsynth": ("blocks.{i}.{module}.lora_{ab}.default.weight", "original"),
 }
 _NAMES = {name: ours for ours, names in WAN_BLOCK_MODULES.items() for name in names}
 _PREFIXES = ("base_model.model.", "model.diffusion_model.", "diffusion_model.", "transformer.", "pipe.dit.")
@@ -94,8 +103,10 @@ def peft_to_lora(sd: Mapping[str, np.ndarray], num_layers: int) -> dict[str, tup
     part = "alpha" if m.re is _ALPHA else ("a" if m.group(3) in ("lora_A", "lora_down") else "b")
     factors.setdefault((ours, int(m.group(1))), {})[part] = np.asarray(value, np.float32)
   if unplaced:
-    raise ValueError(f"LoRA keys that match no LoRA target of the Wan DiT ({sorted(WAN_BLOCK_MODULES)}): "
-                     f"{sorted(unplaced)[:20]}{' ...' if len(unplaced) > 20 else ''}")
+    raise ValueError(
+      f"LoRA keys that match no LoRA target of the Wan DiT ({sorted(WAN_BLOCK_MODULES)}): "
+      f"{sorted(unplaced)[:20]}{' ...' if len(unplaced) > 20 else ''}"
+    )
   out, problems = {}, []
   for module in sorted({m for m, _ in factors}):
     layers = {i: f for (m, i), f in factors.items() if m == module}
@@ -103,8 +114,9 @@ def peft_to_lora(sd: Mapping[str, np.ndarray], num_layers: int) -> dict[str, tup
     extra = sorted(set(layers) - set(range(num_layers)))
     half = [f"{module}@{i}" for i, f in layers.items() if not {"a", "b"} <= set(f)]
     if absent or extra or half:
-      problems.append(f"{module}: layers missing {absent}, beyond the model's {num_layers} {extra}, "
-                      f"without both factors {half}")
+      problems.append(
+        f"{module}: layers missing {absent}, beyond the model's {num_layers} {extra}, without both factors {half}"
+      )
       continue
     a_list, b_list = [], []
     for i in range(num_layers):
@@ -129,8 +141,9 @@ def _put(var, value: np.ndarray) -> None:
   var[...] = jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value)
 
 
-def set_lora(model: nnx.Module, factors: Mapping[str, tuple[np.ndarray, np.ndarray]], source: str, *,
-             strict: bool = True) -> None:
+def set_lora(
+  model: nnx.Module, factors: Mapping[str, tuple[np.ndarray, np.ndarray]], source: str, *, strict: bool = True
+) -> None:
   """Puts `peft_to_lora` factors into a WanDiT: into its LoRA params (b divided by the model's
   alpha / rank; a smaller file rank is zero-padded), or merged into the base kernels of a model
   without LoRA. `strict`: every LoRA target of the model must be in the file (else its b is zeroed).
@@ -142,10 +155,9 @@ def set_lora(model: nnx.Module, factors: Mapping[str, tuple[np.ndarray, np.ndarr
   problems = [f"missing from the file (the model trains them; strict=False zeroes them): {missing}"] if missing else []
   for name, (a, b) in sorted(factors.items()):
     m = targets[name]
-    kernel = m.kernel[...].shape   # (L, in, out)
+    kernel = m.kernel[...].shape  # (L, in, out)
     if a.shape[:2] != kernel[:2] or b.shape[::2] != kernel[::2]:
-      problems.append(f"{name}: file (L, in) {a.shape[:2]}, (L, out) {b.shape[::2]}; model {kernel[:2]}, "
-                      f"{kernel[::2]}")
+      problems.append(f"{name}: file (L, in) {a.shape[:2]}, (L, out) {b.shape[::2]}; model {kernel[:2]}, {kernel[::2]}")
     elif m.lora_a is not None and a.shape[-1] > m.lora_a[...].shape[-1]:
       problems.append(f"{name}: file rank {a.shape[-1]} > model lora_rank {m.lora_a[...].shape[-1]}")
   if problems:

@@ -13,6 +13,7 @@ is 'embed' (FSDP) and heads / FFN width are 'heads' / 'mlp' (tensor), the vocabu
 umt5-xxl (5.7B parameters, 23 GB fp32) never needs one device's whole memory: build it with
 `nnx.eval_shape` and restore each device's shard (see README).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,16 +42,25 @@ class UMT5Config:
   num_buckets: int = 32
   max_distance: int = 128
   eps: float = 1e-6
-  max_length: int = 512     # tokens per prompt (Wan pads / truncates to 512)
-  dtype: str = "float32"    # compute dtype; parameters stay fp32, norms and softmax compute in fp32
+  max_length: int = 512  # tokens per prompt (Wan pads / truncates to 512)
+  dtype: str = "float32"  # compute dtype; parameters stay fp32, norms and softmax compute in fp32
 
   @classmethod
   def preset(cls, name: str, **overrides) -> "UMT5Config":
     """Named sizes: "umt5-xxl" (Wan2.1's text encoder) or "tiny" (CPU tests)."""
     presets = {
-        "umt5-xxl": {},
-        "tiny": dict(vocab_size=128, d_model=32, d_ff=48, num_layers=2, num_heads=4, d_kv=8,
-                     num_buckets=8, max_distance=16, max_length=16),
+      "umt5-xxl": {},
+      "tiny": dict(
+        vocab_size=128,
+        d_model=32,
+        d_ff=48,
+        num_layers=2,
+        num_heads=4,
+        d_kv=8,
+        num_buckets=8,
+        max_distance=16,
+        max_length=16,
+      ),
     }
     if name.lower() not in presets:
       raise ValueError(f"unknown UMT5 preset {name!r}; expected one of {sorted(presets)}")
@@ -70,8 +80,11 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
   rel = np.abs(rel)
   max_exact = half // 2
   with np.errstate(divide="ignore"):
-    scaled = (np.log(rel.astype(np.float32) / np.float32(max_exact))
-              / np.float32(math.log(max_distance / max_exact)) * np.float32(half - max_exact))
+    scaled = (
+      np.log(rel.astype(np.float32) / np.float32(max_exact))
+      / np.float32(math.log(max_distance / max_exact))
+      * np.float32(half - max_exact)
+    )
   large = np.minimum(max_exact + np.where(rel < max_exact, 0, scaled).astype(np.int64), half - 1)
   return (buckets + np.where(rel < max_exact, rel, large)).astype(np.int32)
 
@@ -87,8 +100,7 @@ class UMT5Block(nnx.Module):
     self.k = Dense(e, h, ("embed", "heads"), rngs=rngs, use_bias=False, dtype=dt)
     self.v = Dense(e, h, ("embed", "heads"), rngs=rngs, use_bias=False, dtype=dt)
     self.o = Dense(h, e, ("heads", "embed"), rngs=rngs, use_bias=False, dtype=dt)
-    self.relative_bias = param(rngs, nnx.initializers.normal(1.0), (cfg.num_buckets, cfg.num_heads),
-                               (None, "heads"))
+    self.relative_bias = param(rngs, nnx.initializers.normal(1.0), (cfg.num_buckets, cfg.num_heads), (None, "heads"))
     self.norm2 = RMSNorm(e, ("embed",), rngs=rngs, eps=cfg.eps)
     self.wi_0 = Dense(e, cfg.d_ff, ("embed", "mlp"), rngs=rngs, use_bias=False, dtype=dt)
     self.wi_1 = Dense(e, cfg.d_ff, ("embed", "mlp"), rngs=rngs, use_bias=False, dtype=dt)
@@ -100,7 +112,7 @@ class UMT5Block(nnx.Module):
     b, l, _ = x.shape
     h = self.norm1(x)
     q, k, v = (f(h).reshape(b, l, cfg.num_heads, cfg.d_kv) for f in (self.q, self.k, self.v))
-    bias = jnp.take(self.relative_bias[...], buckets, axis=0).transpose(2, 0, 1)       # (N, L, L)
+    bias = jnp.take(self.relative_bias[...], buckets, axis=0).transpose(2, 0, 1)  # (N, L, L)
     logits = jnp.einsum("blnd,bmnd->bnlm", q, k, preferred_element_type=jnp.float32) + bias
     logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
@@ -117,8 +129,9 @@ class UMT5Encoder(nnx.Module):
   def __init__(self, cfg: UMT5Config, *, rngs: nnx.Rngs):
     self.cfg = cfg
     with nnx.use_eager_sharding(False):  # shardings are applied by jit / restore (see README)
-      self.token_embedding = param(rngs, nnx.initializers.normal(1.0), (cfg.vocab_size, cfg.d_model),
-                                   ("vocab", "embed"))
+      self.token_embedding = param(
+        rngs, nnx.initializers.normal(1.0), (cfg.vocab_size, cfg.d_model), ("vocab", "embed")
+      )
 
       @nnx.split_rngs(splits=cfg.num_layers)
       @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -162,8 +175,10 @@ class UMT5Tokenizer:
     candidates = [os.path.join(self.path, n) for n in ("tokenizer.json", "spiece.model")]
     found = [c for c in candidates if os.path.isfile(c)]
     if not found:
-      raise FileNotFoundError(f"no umT5 tokenizer in {self.path}: expected tokenizer.json or spiece.model "
-                              "(e.g. the tokenizer files of google/umt5-xxl, downloaded beforehand)")
+      raise FileNotFoundError(
+        f"no umT5 tokenizer in {self.path}: expected tokenizer.json or spiece.model "
+        "(e.g. the tokenizer files of google/umt5-xxl, downloaded beforehand)"
+      )
     self.file = found[0]
     self._backend = None
 
@@ -174,12 +189,14 @@ class UMT5Tokenizer:
     if self._backend is None:
       if self.file.endswith(".json"):
         from tokenizers import Tokenizer
+
         tok = Tokenizer.from_file(self.file)
         tok.enable_truncation(self.max_length)
         tok.no_padding()
         self._backend = tok
       else:
         import sentencepiece
+
         self._backend = sentencepiece.SentencePieceProcessor(model_file=self.file)
     return self._backend
 
@@ -192,11 +209,11 @@ class UMT5Tokenizer:
       seqs, pad = [e.ids for e in backend.encode_batch(texts)], backend.token_to_id("<pad>") or 0
     else:
       eos, pad = backend.eos_id(), max(backend.pad_id(), 0)
-      seqs = [s[:self.max_length - 1] + [eos] for s in backend.encode(texts)]
+      seqs = [s[: self.max_length - 1] + [eos] for s in backend.encode(texts)]
     ids = np.full((len(texts), self.max_length), pad, np.int32)
     mask = np.zeros((len(texts), self.max_length), bool)
     for i, s in enumerate(seqs):
-      ids[i, :len(s)], mask[i, :len(s)] = s, True
+      ids[i, : len(s)], mask[i, : len(s)] = s, True
     return ids, mask
 
 
@@ -205,46 +222,68 @@ class UMT5Tokenizer:
 # ---------------------------------------------------------------------------------------------
 # (ours, transformers key under encoder.block.{i}., original key under blocks.{i}., transposed)
 _LAYER_KEYS = (
-    ("norm1.scale", "layer.0.layer_norm.weight", "norm1.weight", False),
-    ("q.kernel", "layer.0.SelfAttention.q.weight", "attn.q.weight", True),
-    ("k.kernel", "layer.0.SelfAttention.k.weight", "attn.k.weight", True),
-    ("v.kernel", "layer.0.SelfAttention.v.weight", "attn.v.weight", True),
-    ("o.kernel", "layer.0.SelfAttention.o.weight", "attn.o.weight", True),
-    ("relative_bias", "layer.0.SelfAttention.relative_attention_bias.weight",
-     "pos_embedding.embedding.weight", False),
-    ("norm2.scale", "layer.1.layer_norm.weight", "norm2.weight", False),
-    ("wi_0.kernel", "layer.1.DenseReluDense.wi_0.weight", "ffn.gate.0.weight", True),
-    ("wi_1.kernel", "layer.1.DenseReluDense.wi_1.weight", "ffn.fc1.weight", True),
-    ("wo.kernel", "layer.1.DenseReluDense.wo.weight", "ffn.fc2.weight", True),
+  ("norm1.scale", "layer.0.layer_norm.weight", "norm1.weight", False),
+  ("q.kernel", "layer.0.SelfAttention.q.weight", "attn.q.weight", True),
+  ("k.kernel", "layer.0.SelfAttention.k.weight", "attn.k.weight", True),
+  ("v.kernel", "layer.0.SelfAttention.v.weight", "attn.v.weight", True),
+  ("o.kernel", "layer.0.SelfAttention.o.weight", "attn.o.weight", True),
+  ("relative_bias", "layer.0.SelfAttention.relative_attention_bias.weight", "pos_embedding.embedding.weight", False),
+  ("norm2.scale", "layer.1.layer_norm.weight", "norm2.weight", False),
+  ("wi_0.kernel", "layer.1.DenseReluDense.wi_0.weight", "ffn.gate.0.weight", True),
+  ("wi_1.kernel", "layer.1.DenseReluDense.wi_1.weight", "ffn.fc1.weight", True),
+  ("wo.kernel", "layer.1.DenseReluDense.wo.weight", "ffn.fc2.weight", True),
 )
 
 
 def umt5_config_from_transformers(cfg: dict, **overrides) -> UMT5Config:
   """Our config from a transformers UMT5Config config.json."""
   if cfg.get("model_type", "umt5") != "umt5":
-    raise ValueError(f"config.json: model_type={cfg.get('model_type')!r}; expected 'umt5' (T5 shares one "
-                     "position bias across layers and is not supported)")
+    raise ValueError(
+      f"config.json: model_type={cfg.get('model_type')!r}; expected 'umt5' (T5 shares one "
+      "position bias across layers and is not supported)"
+    )
   if cfg.get("feed_forward_proj", "gated-gelu") != "gated-gelu":
     raise ValueError(f"config.json: feed_forward_proj={cfg['feed_forward_proj']!r}; expected 'gated-gelu'")
-  fields = {ours: cfg[theirs] for ours, theirs in (
-      ("vocab_size", "vocab_size"), ("d_model", "d_model"), ("d_ff", "d_ff"), ("num_layers", "num_layers"),
-      ("num_heads", "num_heads"), ("d_kv", "d_kv"), ("num_buckets", "relative_attention_num_buckets"),
-      ("max_distance", "relative_attention_max_distance"), ("eps", "layer_norm_epsilon")) if theirs in cfg}
+  fields = {
+    ours: cfg[theirs]
+    for ours, theirs in (
+      ("vocab_size", "vocab_size"),
+      ("d_model", "d_model"),
+      ("d_ff", "d_ff"),
+      ("num_layers", "num_layers"),
+      ("num_heads", "num_heads"),
+      ("d_kv", "d_kv"),
+      ("num_buckets", "relative_attention_num_buckets"),
+      ("max_distance", "relative_attention_max_distance"),
+      ("eps", "layer_norm_epsilon"),
+    )
+    if theirs in cfg
+  }
   return UMT5Config(**{**fields, **overrides})
 
 
 def umt5_config_from_original(sd, **overrides) -> UMT5Config:
   """Infers the config of an original Wan `T5Encoder` state dict from its shapes (max_distance 128)."""
-  for key in ("token_embedding.weight", "blocks.0.attn.q.weight", "blocks.0.ffn.fc1.weight",
-              "blocks.0.pos_embedding.embedding.weight"):
+  for key in (
+    "token_embedding.weight",
+    "blocks.0.attn.q.weight",
+    "blocks.0.ffn.fc1.weight",
+    "blocks.0.pos_embedding.embedding.weight",
+  ):
     if key not in sd:
       raise ValueError(f"original umT5 checkpoint: missing key {key!r}")
   vocab, d_model = sd["token_embedding.weight"].shape
   num_buckets, num_heads = sd["blocks.0.pos_embedding.embedding.weight"].shape
   num_layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-  fields = dict(vocab_size=vocab, d_model=d_model, d_ff=sd["blocks.0.ffn.fc1.weight"].shape[0],
-                num_layers=num_layers, num_heads=num_heads, num_buckets=num_buckets,
-                d_kv=sd["blocks.0.attn.q.weight"].shape[0] // num_heads)
+  fields = dict(
+    vocab_size=vocab,
+    d_model=d_model,
+    d_ff=sd["blocks.0.ffn.fc1.weight"].shape[0],
+    num_layers=num_layers,
+    num_heads=num_heads,
+    num_buckets=num_buckets,
+    d_kv=sd["blocks.0.attn.q.weight"].shape[0] // num_heads,
+  )
   return UMT5Config(**{**fields, **overrides})
 
 
@@ -276,6 +315,8 @@ def umt5_arrays(sd, num_layers: int, layout: str = "transformers") -> dict[str, 
     out[f"blocks.{ours}"] = np.stack([take(prefix.format(i) + name, transpose) for i in range(num_layers)])
   leftover = sorted(set(sd) - used)
   if leftover:
-    raise ValueError(f"umT5 checkpoint ({layout} layout): unexpected keys {leftover[:20]}"
-                     f"{' ...' if len(leftover) > 20 else ''} (is num_layers={num_layers} right?)")
+    raise ValueError(
+      f"umT5 checkpoint ({layout} layout): unexpected keys {leftover[:20]}"
+      f"{' ...' if len(leftover) > 20 else ''} (is num_layers={num_layers} right?)"
+    )
   return out

@@ -8,6 +8,7 @@ N heads, D head dim, L text tokens, E model width (N * D).
               cross-attention to the projected text context, adaLN-modulated GELU FFN
   head: adaLN-modulated LayerNorm, projection, unpatchify --> velocity (B, F, H, W, C_out)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,7 @@ from flax import nnx
 
 from microverse_jax import sharding
 from microverse_jax.kernels.attention.api import attention
-from microverse_jax.models.layers import (Dense, LayerNorm, RMSNorm, apply_rope, param, rope_3d,
-                                          timestep_embedding)
+from microverse_jax.models.layers import Dense, LayerNorm, RMSNorm, apply_rope, param, rope_3d, timestep_embedding
 
 LORA_TARGETS = ("q", "k", "v", "o", "ffn_in", "ffn_out")
 
@@ -41,10 +41,10 @@ class WanDiTConfig:
   qk_norm: str | None = "rms_norm_across_heads"
   cross_attn_norm: bool = True
   # Beyond the architecture: how to run it.
-  dtype: str = "float32"              # compute dtype; parameters stay fp32
-  attention_impl: str = "auto"        # see microverse_jax.kernels.attention.api
-  remat_policy: str = "none"          # "none" or a name in jax.checkpoint_policies
-  lora_rank: int = 0                  # 0 = no LoRA parameters
+  dtype: str = "float32"  # compute dtype; parameters stay fp32
+  attention_impl: str = "auto"  # see microverse_jax.kernels.attention.api
+  remat_policy: str = "none"  # "none" or a name in jax.checkpoint_policies
+  lora_rank: int = 0  # 0 = no LoRA parameters
   lora_alpha: float = 32.0
   lora_targets: tuple[str, ...] = LORA_TARGETS
 
@@ -56,10 +56,19 @@ class WanDiTConfig:
   def preset(cls, name: str, **overrides) -> "WanDiTConfig":
     """Named sizes: "1.3B" and "14B" (Wan2.1 T2V), or "tiny" for CPU tests."""
     presets = {
-        "1.3B": dict(num_heads=12, ffn_dim=8960, num_layers=30),
-        "14B": dict(num_heads=40, ffn_dim=13824, num_layers=40),
-        "tiny": dict(num_heads=2, head_dim=16, in_channels=4, out_channels=4, text_dim=32,
-                     freq_dim=32, ffn_dim=64, num_layers=2, rope_max_seq_len=32),
+      "1.3B": dict(num_heads=12, ffn_dim=8960, num_layers=30),
+      "14B": dict(num_heads=40, ffn_dim=13824, num_layers=40),
+      "tiny": dict(
+        num_heads=2,
+        head_dim=16,
+        in_channels=4,
+        out_channels=4,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=64,
+        num_layers=2,
+        rope_max_seq_len=32,
+      ),
     }
     key = name.upper() if name.upper() in presets else name.lower()
     if key not in presets:
@@ -116,7 +125,7 @@ class WanBlock(nnx.Module):
     lora = lambda n: dict(lora_rank=cfg.lora_rank if n in cfg.lora_targets else 0, lora_alpha=cfg.lora_alpha)
     self.ffn_in = Dense(e, cfg.ffn_dim, ("embed", "mlp"), rngs=rngs, dtype=dt, **lora("ffn_in"))
     self.ffn_out = Dense(cfg.ffn_dim, e, ("mlp", "embed"), rngs=rngs, dtype=dt, **lora("ffn_out"))
-    self.modulation = param(rngs, nnx.initializers.normal(e ** -0.5), (6, e), (None, "embed"))
+    self.modulation = param(rngs, nnx.initializers.normal(e**-0.5), (6, e), (None, "embed"))
     self.dtype = dt
 
   def __call__(self, h, context, time_mod, rope, context_mask):
@@ -140,8 +149,9 @@ class WanDiT(nnx.Module):
     self.cfg = cfg
     e, f32 = cfg.dim, jnp.float32
     with nnx.use_eager_sharding(False):  # sharding is applied by jit out_shardings (see train.py)
-      self.patch_embed = Dense(math.prod(cfg.patch_size) * cfg.in_channels, e, (None, "embed"),
-                               rngs=rngs, dtype=jnp.dtype(cfg.dtype))
+      self.patch_embed = Dense(
+        math.prod(cfg.patch_size) * cfg.in_channels, e, (None, "embed"), rngs=rngs, dtype=jnp.dtype(cfg.dtype)
+      )
       self.time_embed_1 = Dense(cfg.freq_dim, e, (None, "embed"), rngs=rngs, dtype=f32)
       self.time_embed_2 = Dense(e, e, ("mlp", "embed"), rngs=rngs, dtype=f32)
       self.time_proj = Dense(e, 6 * e, ("embed", "mlp"), rngs=rngs, dtype=f32)
@@ -155,9 +165,10 @@ class WanDiT(nnx.Module):
 
       self.blocks = make_blocks(rngs)
       self.head_norm = LayerNorm(e, ("embed",), rngs=rngs, eps=cfg.eps)
-      self.head = Dense(e, math.prod(cfg.patch_size) * cfg.out_channels, ("embed", None), rngs=rngs,
-                        dtype=jnp.dtype(cfg.dtype))
-      self.head_modulation = param(rngs, nnx.initializers.normal(e ** -0.5), (2, e), (None, "embed"))
+      self.head = Dense(
+        e, math.prod(cfg.patch_size) * cfg.out_channels, ("embed", None), rngs=rngs, dtype=jnp.dtype(cfg.dtype)
+      )
+      self.head_modulation = param(rngs, nnx.initializers.normal(e**-0.5), (2, e), (None, "embed"))
 
   def _check(self, latents, timesteps, context, context_mask):
     cfg = self.cfg

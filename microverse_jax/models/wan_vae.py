@@ -19,6 +19,7 @@ the logical name `spatial_axis` (e.g. 'tokens' puts H on the context mesh axis; 
 convolution halos). The checkpoint key mappings (diffusers, original Wan2.1) are at the bottom;
 the loaders are in `microverse_jax.convert`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,10 +32,42 @@ from flax import nnx
 from microverse_jax import sharding
 from microverse_jax.models.layers import param
 
-WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-                      0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
-WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
-                     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+WAN21_LATENTS_MEAN = (
+  -0.7571,
+  -0.7089,
+  -0.9113,
+  0.1075,
+  -0.1745,
+  0.9653,
+  -0.1517,
+  1.5508,
+  0.4134,
+  -0.0715,
+  0.5517,
+  -0.3632,
+  -0.1922,
+  -0.9497,
+  0.2503,
+  -0.2921,
+)
+WAN21_LATENTS_STD = (
+  2.8184,
+  1.4541,
+  2.3275,
+  2.6558,
+  1.2196,
+  1.7708,
+  2.6052,
+  2.0743,
+  3.2687,
+  2.1526,
+  2.8652,
+  1.5579,
+  1.6382,
+  1.1253,
+  2.8251,
+  1.9160,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,30 +80,40 @@ class WanVAEConfig:
   latents_mean: tuple[float, ...] = WAN21_LATENTS_MEAN
   latents_std: tuple[float, ...] = WAN21_LATENTS_STD
   # Beyond the architecture: how to run it.
-  dtype: str = "float32"            # compute dtype; parameters stay fp32, norms compute in fp32
-  encode_chunk_frames: int = 0      # video frames per encode step after the first; 0 = temporal factor
-  decode_chunk_latents: int = 1     # latent frames per decode step after the first
-  spatial_axis: str | None = None   # logical axis for the rows (H) of activations, e.g. "tokens"
-  tile_sample_size: int = 256       # tiled decode: tile edge in pixels
-  tile_sample_stride: int = 192     # tiled decode: pixels between tile starts (overlap is blended)
+  dtype: str = "float32"  # compute dtype; parameters stay fp32, norms compute in fp32
+  encode_chunk_frames: int = 0  # video frames per encode step after the first; 0 = temporal factor
+  decode_chunk_latents: int = 1  # latent frames per decode step after the first
+  spatial_axis: str | None = None  # logical axis for the rows (H) of activations, e.g. "tokens"
+  tile_sample_size: int = 256  # tiled decode: tile edge in pixels
+  tile_sample_stride: int = 192  # tiled decode: pixels between tile starts (overlap is blended)
 
   def __post_init__(self):
-    for name, v in (("dim_mult", self.dim_mult), ("temporal_downsample", self.temporal_downsample),
-                    ("latents_mean", self.latents_mean), ("latents_std", self.latents_std)):
+    for name, v in (
+      ("dim_mult", self.dim_mult),
+      ("temporal_downsample", self.temporal_downsample),
+      ("latents_mean", self.latents_mean),
+      ("latents_std", self.latents_std),
+    ):
       object.__setattr__(self, name, tuple(v))
     if len(self.temporal_downsample) != len(self.dim_mult) - 1:
-      raise ValueError(f"WanVAEConfig: temporal_downsample {self.temporal_downsample} needs "
-                       f"len(dim_mult) - 1 = {len(self.dim_mult) - 1} entries")
+      raise ValueError(
+        f"WanVAEConfig: temporal_downsample {self.temporal_downsample} needs "
+        f"len(dim_mult) - 1 = {len(self.dim_mult) - 1} entries"
+      )
     for name in ("latents_mean", "latents_std"):
       if len(getattr(self, name)) != self.z_dim:
         raise ValueError(f"WanVAEConfig: {name} has {len(getattr(self, name))} entries, z_dim={self.z_dim}")
     if self.encode_chunk_frames % self.temporal_factor:
-      raise ValueError(f"WanVAEConfig: encode_chunk_frames={self.encode_chunk_frames} must be a multiple "
-                       f"of the temporal factor {self.temporal_factor}")
+      raise ValueError(
+        f"WanVAEConfig: encode_chunk_frames={self.encode_chunk_frames} must be a multiple "
+        f"of the temporal factor {self.temporal_factor}"
+      )
     if self.decode_chunk_latents < 1 or not 0 < self.tile_sample_stride <= self.tile_sample_size:
-      raise ValueError("WanVAEConfig: decode_chunk_latents >= 1 and 0 < tile_sample_stride <= "
-                       f"tile_sample_size required, got {self.decode_chunk_latents}, "
-                       f"{self.tile_sample_stride}, {self.tile_sample_size}")
+      raise ValueError(
+        "WanVAEConfig: decode_chunk_latents >= 1 and 0 < tile_sample_stride <= "
+        f"tile_sample_size required, got {self.decode_chunk_latents}, "
+        f"{self.tile_sample_stride}, {self.tile_sample_size}"
+      )
 
   @property
   def spatial_factor(self) -> int:
@@ -84,9 +127,16 @@ class WanVAEConfig:
   def preset(cls, name: str, **overrides) -> "WanVAEConfig":
     """Named sizes: "wan2.1" (the released VAE) or "tiny" (CPU tests: 4x spatial, 2x temporal)."""
     presets = {
-        "wan2.1": {},
-        "tiny": dict(base_dim=8, z_dim=4, dim_mult=(1, 2, 2), num_res_blocks=1,
-                     temporal_downsample=(False, True), latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4),
+      "wan2.1": {},
+      "tiny": dict(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=(1, 2, 2),
+        num_res_blocks=1,
+        temporal_downsample=(False, True),
+        latents_mean=(0.0,) * 4,
+        latents_std=(1.0,) * 4,
+      ),
     }
     if name.lower() not in presets:
       raise ValueError(f"unknown WanVAE preset {name!r}; expected one of {sorted(presets)}")
@@ -123,9 +173,12 @@ class _Conv(nnx.Module):
     kernel = self.kernel[...]
     kernel = kernel[None] if kernel.ndim == 4 else kernel
     y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), window_strides=stride,
-        padding=((0, 0), (pad_hw, pad_hw), (pad_hw, pad_hw)),
-        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+      x.astype(self.dtype),
+      kernel.astype(self.dtype),
+      window_strides=stride,
+      padding=((0, 0), (pad_hw, pad_hw), (pad_hw, pad_hw)),
+      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+    )
     return y + self.bias[...].astype(self.dtype)
 
 
@@ -142,7 +195,7 @@ class _CausalConv3d(_Conv):
       if prev is None:
         prev = jnp.zeros((x.shape[0], self.k - 1, *x.shape[2:]), x.dtype)
       x = jnp.concatenate([prev.astype(x.dtype), x], axis=1)
-      cache.write(x[:, -(self.k - 1):])
+      cache.write(x[:, -(self.k - 1) :])
     return super().__call__(x, pad_hw=self.k // 2)
 
 
@@ -151,7 +204,7 @@ class _RMSNorm(nnx.Module):
 
   def __init__(self, dim: int, *, rngs: nnx.Rngs):
     self.gamma = param(rngs, nnx.initializers.ones, (dim,), (None,))
-    self.scale = dim ** 0.5
+    self.scale = dim**0.5
 
   def __call__(self, x):
     xf = x.astype(jnp.float32)
@@ -160,7 +213,6 @@ class _RMSNorm(nnx.Module):
 
 
 class _ResidualBlock(nnx.Module):
-
   def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs, dtype):
     self.norm1 = _RMSNorm(cin, rngs=rngs)
     self.conv1 = _CausalConv3d(cin, cout, 3, rngs=rngs, dtype=dtype)
@@ -191,7 +243,6 @@ class _AttentionBlock(nnx.Module):
 
 
 class _MidBlock(nnx.Module):
-
   def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype):
     self.resnets = nnx.List([_ResidualBlock(dim, dim, rngs=rngs, dtype=dtype) for _ in range(2)])
     self.attention = _AttentionBlock(dim, rngs=rngs, dtype=dtype)
@@ -238,10 +289,10 @@ class _Resample(nnx.Module):
 
 
 class _UpBlock(nnx.Module):
-
   def __init__(self, cin: int, cout: int, num_resnets: int, mode: str | None, *, rngs, dtype):
-    self.resnets = nnx.List([_ResidualBlock(cin if i == 0 else cout, cout, rngs=rngs, dtype=dtype)
-                             for i in range(num_resnets)])
+    self.resnets = nnx.List(
+      [_ResidualBlock(cin if i == 0 else cout, cout, rngs=rngs, dtype=dtype) for i in range(num_resnets)]
+    )
     self.upsampler = _Resample(cout, mode, rngs=rngs, dtype=dtype) if mode else None
 
   def __call__(self, x, cache: _CausalCache):
@@ -251,7 +302,6 @@ class _UpBlock(nnx.Module):
 
 
 class _Encoder(nnx.Module):
-
   def __init__(self, cfg: WanVAEConfig, *, rngs: nnx.Rngs, dtype):
     dims = [cfg.base_dim * m for m in (1, *cfg.dim_mult)]
     self.conv_in = _CausalConv3d(3, dims[0], 3, rngs=rngs, dtype=dtype)
@@ -278,7 +328,6 @@ class _Encoder(nnx.Module):
 
 
 class _Decoder(nnx.Module):
-
   def __init__(self, cfg: WanVAEConfig, *, rngs: nnx.Rngs, dtype):
     dims = [cfg.base_dim * m for m in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
     temporal_upsample = cfg.temporal_downsample[::-1]
@@ -289,8 +338,7 @@ class _Decoder(nnx.Module):
       mode = None
       if i < len(temporal_upsample):
         mode = "up3d" if temporal_upsample[i] else "up2d"
-      blocks.append(_UpBlock(cin // 2 if i > 0 else cin, cout, cfg.num_res_blocks + 1, mode,
-                             rngs=rngs, dtype=dtype))
+      blocks.append(_UpBlock(cin // 2 if i > 0 else cin, cout, cfg.num_res_blocks + 1, mode, rngs=rngs, dtype=dtype))
     self.up_blocks = nnx.List(blocks)
     self.norm_out = _RMSNorm(dims[-1], rngs=rngs)
     self.conv_out = _CausalConv3d(dims[-1], 3, 3, rngs=rngs, dtype=dtype)
@@ -314,11 +362,11 @@ def _run_chunked(step, x, chunk: int):
   b, n = rest.shape[:2]
   full = n // chunk
   if full:
-    xs = rest[:, :full * chunk].reshape(b, full, chunk, *rest.shape[2:]).swapaxes(0, 1)
+    xs = rest[:, : full * chunk].reshape(b, full, chunk, *rest.shape[2:]).swapaxes(0, 1)
     cache, ys = jax.lax.scan(step, cache, xs)
     outs.append(ys.swapaxes(0, 1).reshape(b, -1, *ys.shape[3:]))
   if n % chunk:
-    outs.append(step(cache, rest[:, full * chunk:])[1])
+    outs.append(step(cache, rest[:, full * chunk :])[1])
   return jnp.concatenate(outs, axis=1)
 
 
@@ -353,9 +401,11 @@ class WanVAE(nnx.Module):
     if video.ndim != 5 or video.shape[-1] != 3:
       raise ValueError(f"WanVAE.encode: expected video (B, F, H, W, 3) channels-last, got {video.shape}")
     if (video.shape[1] - 1) % t:
-      raise ValueError(f"WanVAE.encode: F={video.shape[1]} frames; the {t}x temporal compression needs "
-                       f"F = 1 + {t}k (e.g. {1 + t * ((video.shape[1] - 1) // t)} or "
-                       f"{1 + t * ((video.shape[1] - 1) // t + 1)})")
+      raise ValueError(
+        f"WanVAE.encode: F={video.shape[1]} frames; the {t}x temporal compression needs "
+        f"F = 1 + {t}k (e.g. {1 + t * ((video.shape[1] - 1) // t)} or "
+        f"{1 + t * ((video.shape[1] - 1) // t + 1)})"
+      )
     if video.shape[2] % s or video.shape[3] % s:
       raise ValueError(f"WanVAE.encode: H, W = {video.shape[2:4]} must be multiples of {s}")
 
@@ -363,7 +413,7 @@ class WanVAE(nnx.Module):
       cache = _CausalCache(prev)
       x = sharding.constrain(chunk.astype(self.encoder.conv_in.dtype), self.encoder.activation_axes)
       out = self.quant_conv(self.encoder(x, cache))
-      return cache.new, out[..., :cfg.z_dim].astype(jnp.float32)
+      return cache.new, out[..., : cfg.z_dim].astype(jnp.float32)
 
     return _run_chunked(step, video, cfg.encode_chunk_frames or t)
 
@@ -395,18 +445,21 @@ class WanVAE(nnx.Module):
     h, w = latents.shape[2:4]
     if h <= tile and w <= tile:
       return self._decode_untiled(latents)
-    rows = [[self._decode_untiled(latents[:, :, i:i + tile, j:j + tile]) for j in range(0, w, stride)]
-            for i in range(0, h, stride)]
+    rows = [
+      [self._decode_untiled(latents[:, :, i : i + tile, j : j + tile]) for j in range(0, w, stride)]
+      for i in range(0, h, stride)
+    ]
     out_rows = []
     for i, row in enumerate(rows):
-      for j in range(len(row)):   # tiles are blended in place, top then left, as the reference does
+      for j in range(len(row)):  # tiles are blended in place, top then left, as the reference does
         if i > 0:
           row[j] = _blend(rows[i - 1][j], row[j], blend, axis=2)
         if j > 0:
           row[j] = _blend(row[j - 1], row[j], blend, axis=3)
-      out_rows.append(jnp.concatenate([t[:, :, :cfg.tile_sample_stride, :cfg.tile_sample_stride]
-                                       for t in row], axis=3))
-    return jnp.concatenate(out_rows, axis=2)[:, :, :h * s, :w * s]
+      out_rows.append(
+        jnp.concatenate([t[:, :, : cfg.tile_sample_stride, : cfg.tile_sample_stride] for t in row], axis=3)
+      )
+    return jnp.concatenate(out_rows, axis=2)[:, :, : h * s, : w * s]
 
   def normalize_latents(self, latents: jax.Array) -> jax.Array:
     """(mean - latents_mean) / latents_std per channel: what the DiT is trained on."""
@@ -423,16 +476,31 @@ class WanVAE(nnx.Module):
 # ---------------------------------------------------------------------------------------------
 def wan_vae_config_from_diffusers(cfg: dict, **overrides) -> WanVAEConfig:
   """Our config from a diffusers `AutoencoderKLWan` config.json (Wan2.1 layout only)."""
-  unsupported = {"attn_scales": [], "is_residual": False, "patch_size": None, "in_channels": 3,
-                 "out_channels": 3, "decoder_base_dim": None}
+  unsupported = {
+    "attn_scales": [],
+    "is_residual": False,
+    "patch_size": None,
+    "in_channels": 3,
+    "out_channels": 3,
+    "decoder_base_dim": None,
+  }
   for key, ok in unsupported.items():
     value = cfg.get(key, ok)
     if value != ok and not (key == "decoder_base_dim" and value == cfg.get("base_dim")):
       raise ValueError(f"config.json: {key}={value!r} is not supported (Wan2.1 VAE needs {ok!r})")
-  fields = {ours: cfg[theirs] for ours, theirs in (
-      ("base_dim", "base_dim"), ("z_dim", "z_dim"), ("dim_mult", "dim_mult"),
-      ("num_res_blocks", "num_res_blocks"), ("temporal_downsample", "temperal_downsample"),
-      ("latents_mean", "latents_mean"), ("latents_std", "latents_std")) if theirs in cfg}
+  fields = {
+    ours: cfg[theirs]
+    for ours, theirs in (
+      ("base_dim", "base_dim"),
+      ("z_dim", "z_dim"),
+      ("dim_mult", "dim_mult"),
+      ("num_res_blocks", "num_res_blocks"),
+      ("temporal_downsample", "temperal_downsample"),
+      ("latents_mean", "latents_mean"),
+      ("latents_std", "latents_std"),
+    )
+    if theirs in cfg
+  }
   return WanVAEConfig(**{**fields, **overrides})
 
 
@@ -452,11 +520,20 @@ def _original_key(path: str, cfg: WanVAEConfig) -> str:
     i, j = int(parts[2]), (int(parts[4]) if parts[3] == "resnets" else cfg.num_res_blocks + 1)
     parts = ["decoder", "upsamples", str(i * (cfg.num_res_blocks + 2) + j), *parts[5:]]
   key = ".".join(parts)
-  for ours, theirs in ((".norm1.", ".residual.0."), (".conv1.", ".residual.2."), (".norm2.", ".residual.3."),
-                       (".conv2.", ".residual.6."), (".conv_shortcut.", ".shortcut."),
-                       (".conv_in.", ".conv1."), (".mid_block.resnets.0.", ".middle.0."),
-                       (".mid_block.attentions.0.", ".middle.1."), (".mid_block.resnets.1.", ".middle.2."),
-                       (".norm_out.", ".head.0."), (".conv_out.", ".head.2."), (".down_blocks.", ".downsamples.")):
+  for ours, theirs in (
+    (".norm1.", ".residual.0."),
+    (".conv1.", ".residual.2."),
+    (".norm2.", ".residual.3."),
+    (".conv2.", ".residual.6."),
+    (".conv_shortcut.", ".shortcut."),
+    (".conv_in.", ".conv1."),
+    (".mid_block.resnets.0.", ".middle.0."),
+    (".mid_block.attentions.0.", ".middle.1."),
+    (".mid_block.resnets.1.", ".middle.2."),
+    (".norm_out.", ".head.0."),
+    (".conv_out.", ".head.2."),
+    (".down_blocks.", ".downsamples."),
+  ):
     key = key.replace(ours, theirs)
   return key
 
@@ -473,8 +550,10 @@ def wan_vae_arrays(model: WanVAE, sd, layout: str = "diffusers") -> dict[str, np
   src = {p: (_diffusers_key(p) if layout == "diffusers" else _original_key(p, model.cfg)) for p in names}
   missing, unexpected = sorted(set(src.values()) - set(sd)), sorted(set(sd) - set(src.values()))
   if missing or unexpected:
-    raise ValueError(f"Wan VAE checkpoint ({layout} layout) does not match the model config.\n"
-                     f"  missing: {missing}\n  unexpected: {unexpected}")
+    raise ValueError(
+      f"Wan VAE checkpoint ({layout} layout) does not match the model config.\n"
+      f"  missing: {missing}\n  unexpected: {unexpected}"
+    )
   out = {}
   for path, shape in sorted(names.items()):
     a = np.asarray(sd[src[path]])
@@ -483,7 +562,9 @@ def wan_vae_arrays(model: WanVAE, sd, layout: str = "diffusers") -> dict[str, np
     elif a.size == int(np.prod(shape)) and len(shape) == 1:
       a = a.reshape(shape)
     if tuple(a.shape) != tuple(shape):
-      raise ValueError(f"Wan VAE checkpoint: shape mismatch at {src[path]}: checkpoint "
-                       f"{tuple(np.shape(sd[src[path]]))}, model expects {tuple(shape)} (channels-last)")
+      raise ValueError(
+        f"Wan VAE checkpoint: shape mismatch at {src[path]}: checkpoint "
+        f"{tuple(np.shape(sd[src[path]]))}, model expects {tuple(shape)} (channels-last)"
+      )
     out[path] = a
   return out

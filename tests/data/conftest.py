@@ -1,4 +1,5 @@
 """Fixtures for the data tests: a tiny microsim_synth build and a microsim10k manual dir with bad rows."""
+
 from __future__ import annotations
 
 import json
@@ -54,11 +55,11 @@ def manual_dir(tmp_path_factory):
   (root / "videos" / "corrupt.mp4").write_bytes(good[: len(good) // 2])
   (root.parent / "outside.mp4").write_bytes(good)
   rows += [
-      {"id": "corrupt", "video": "videos/corrupt.mp4", "prompt": "corrupt"},
-      {"id": "missing", "video": "videos/missing.mp4", "prompt": "missing"},
-      {"id": "escape", "video": "../outside.mp4", "prompt": "escapes the manual dir"},
-      {"id": "absolute", "video": str(root / "videos" / "clip1.mp4"), "prompt": "absolute path"},
-      {"id": "noprompt", "video": "videos/clip2.mp4"},
+    {"id": "corrupt", "video": "videos/corrupt.mp4", "prompt": "corrupt"},
+    {"id": "missing", "video": "videos/missing.mp4", "prompt": "missing"},
+    {"id": "escape", "video": "../outside.mp4", "prompt": "escapes the manual dir"},
+    {"id": "absolute", "video": str(root / "videos" / "clip1.mp4"), "prompt": "absolute path"},
+    {"id": "noprompt", "video": "videos/clip2.mp4"},
   ]
   (root / "metadata.json").write_text(json.dumps(rows))
   return root

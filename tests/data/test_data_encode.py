@@ -1,4 +1,5 @@
 """Latent cache: writer/reader round trip with fake encoders, shard-by-shard resume, multi-process."""
+
 from __future__ import annotations
 
 import os
@@ -39,10 +40,20 @@ class CountingEncoder:
 
 
 def _encode(source, out_dir, *, split="train", video_encoder=fake_video_encoder, **kwargs):
-  defaults = dict(dataset="microsim_synth", split=split, video_encoder=video_encoder,
-                  text_encoder=fake_text_encoder, tokenizer=input_pipeline.ByteTokenizer(L),
-                  num_frames=F, height=H, width=W, batch_size=2, shard_size=4,
-                  process_index=0, process_count=1)
+  defaults = dict(
+    dataset="microsim_synth",
+    split=split,
+    video_encoder=video_encoder,
+    text_encoder=fake_text_encoder,
+    tokenizer=input_pipeline.ByteTokenizer(L),
+    num_frames=F,
+    height=H,
+    width=W,
+    batch_size=2,
+    shard_size=4,
+    process_index=0,
+    process_count=1,
+  )
   defaults.update(kwargs)
   return encode.encode_split(source, str(out_dir), **defaults)
 
@@ -70,7 +81,7 @@ def test_cache_round_trip(synth_train, synth_data_dir, tmp_path):
       np.testing.assert_array_equal(record["latents"], fake_video_encoder(frames[None])[0].astype(ml_dtypes.bfloat16))
       ids, mask = input_pipeline.ByteTokenizer(L)([original["caption"].decode()])
       assert record["context"].shape == (mask.sum(), D)  # only the caption's tokens are stored
-      context = fake_text_encoder(ids, mask)[0, :mask.sum()]
+      context = fake_text_encoder(ids, mask)[0, : mask.sum()]
       np.testing.assert_array_equal(record["context"], context.astype(ml_dtypes.bfloat16))
 
 
@@ -160,8 +171,15 @@ def test_sharded_encoders_run_nnx_modules(synth_train, tmp_path):
   np.testing.assert_allclose(video_fn(clip), np.asarray(vae.normalize_latents(vae.encode(clip))), atol=1e-5)
   ids, mask = input_pipeline.ByteTokenizer(12)(["a cell divides", "beads diffuse"])
   np.testing.assert_allclose(text_fn(ids, mask), np.asarray(text(ids, mask)), atol=1e-6)
-  stats = _encode(encode._SourceRange(synth_train, 0, 3), tmp_path, video_encoder=video_fn, text_encoder=text_fn,
-                  num_frames=5, height=16, width=16)
+  stats = _encode(
+    encode._SourceRange(synth_train, 0, 3),
+    tmp_path,
+    video_encoder=video_fn,
+    text_encoder=text_fn,
+    num_frames=5,
+    height=16,
+    width=16,
+  )
   assert stats["records"] == 3 and stats["finalized"]
   cache = input_pipeline.load_source("microsim_synth_latents", "train", str(tmp_path))
   assert cache[0]["latents"].shape == (3, 4, 4, 4) and cache[0]["context"].shape[-1] == 8
@@ -199,8 +217,15 @@ def test_sharded_encoders_match_the_models(synth_train, tmp_path):
   np.testing.assert_allclose(video_fn(clip), np.asarray(vae.normalize_latents(vae.encode(clip))), atol=1e-5)
   ids, mask = input_pipeline.ByteTokenizer(12)(["a cell divides", "beads diffuse"])
   np.testing.assert_allclose(text_fn(ids, mask), np.asarray(text(ids, mask)), atol=1e-5)
-  stats = _encode(encode._SourceRange(synth_train, 0, 3), tmp_path, video_encoder=video_fn, text_encoder=text_fn,
-                  num_frames=5, height=16, width=16)
+  stats = _encode(
+    encode._SourceRange(synth_train, 0, 3),
+    tmp_path,
+    video_encoder=video_fn,
+    text_encoder=text_fn,
+    num_frames=5,
+    height=16,
+    width=16,
+  )
   assert stats["records"] == 3 and stats["finalized"]
   cache = input_pipeline.load_source("microsim_synth_latents", "train", str(tmp_path))
   assert cache[0]["latents"].shape == (3, 4, 4, 4) and cache[0]["context"].shape[-1] == 32
@@ -214,11 +239,26 @@ def test_cli_wiring(synth_data_dir, tmp_path, monkeypatch, capsys):
   def load_encoder(src, kind, dtype):
     loaded.append((src, kind, dtype))
     return {"vae": PoolingVAE, "umt5": EmbeddingText}[kind]()
+
   monkeypatch.setattr(encode, "load_encoder", load_encoder)
   monkeypatch.setattr(umt5, "UMT5Tokenizer", lambda path, max_length: input_pipeline.ByteTokenizer(max_length))
-  encode.main(["--dataset=microsim_synth", f"--data_dir={synth_data_dir}", "--split=validation",
-               f"--out_dir={tmp_path}", "--vae=v", "--text_encoder=t", "--tokenizer=tok", "--text_length=24",
-               "--num_frames=5", "--height=16", "--width=16", "--batch_size=1", "--shard_size=4"])
+  encode.main(
+    [
+      "--dataset=microsim_synth",
+      f"--data_dir={synth_data_dir}",
+      "--split=validation",
+      f"--out_dir={tmp_path}",
+      "--vae=v",
+      "--text_encoder=t",
+      "--tokenizer=tok",
+      "--text_length=24",
+      "--num_frames=5",
+      "--height=16",
+      "--width=16",
+      "--batch_size=1",
+      "--shard_size=4",
+    ]
+  )
   assert "'finalized': True" in capsys.readouterr().out
   assert loaded == [("v", "vae", "bfloat16"), ("t", "umt5", "bfloat16")]
   cache = input_pipeline.load_source("microsim_synth_latents", "validation", str(tmp_path))
@@ -237,12 +277,28 @@ def test_load_encoder_takes_either_format(tmp_path, capsys):
   from microverse_jax import convert
 
   torch.manual_seed(0)
-  diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
-                             temperal_downsample=[False, True], latents_mean=[0.0] * 4,
-                             latents_std=[1.0] * 4).save_pretrained(tmp_path / "vae")
-  transformers.UMT5EncoderModel(transformers.UMT5Config(
-      vocab_size=64, d_model=16, d_kv=4, d_ff=24, num_layers=1, num_heads=4, relative_attention_num_buckets=8,
-      relative_attention_max_distance=16)).save_pretrained(tmp_path / "text")
+  diffusers.AutoencoderKLWan(
+    base_dim=8,
+    z_dim=4,
+    dim_mult=[1, 2, 2],
+    num_res_blocks=1,
+    attn_scales=[],
+    temperal_downsample=[False, True],
+    latents_mean=[0.0] * 4,
+    latents_std=[1.0] * 4,
+  ).save_pretrained(tmp_path / "vae")
+  transformers.UMT5EncoderModel(
+    transformers.UMT5Config(
+      vocab_size=64,
+      d_model=16,
+      d_kv=4,
+      d_ff=24,
+      num_layers=1,
+      num_heads=4,
+      relative_attention_num_buckets=8,
+      relative_attention_max_distance=16,
+    )
+  ).save_pretrained(tmp_path / "text")
   for kind, src in (("vae", "vae"), ("umt5", "text")):
     convert.save_params(convert.from_checkpoint(str(tmp_path / src), kind), str(tmp_path / f"{kind}_converted"), kind)
   capsys.readouterr()
@@ -250,8 +306,10 @@ def test_load_encoder_takes_either_format(tmp_path, capsys):
     pytorch = encode.load_encoder(str(tmp_path / src), kind, "bfloat16")
     converted = encode.load_encoder(str(tmp_path / f"{kind}_converted"), kind, "bfloat16")
     out = capsys.readouterr().out
-    assert f"loaded {kind} weights from PyTorch checkpoint" in out and \
-        f"loaded {kind} weights from converted Orbax checkpoint" in out, out
+    assert (
+      f"loaded {kind} weights from PyTorch checkpoint" in out
+      and f"loaded {kind} weights from converted Orbax checkpoint" in out
+    ), out
     a, b = nnx.state(pytorch, nnx.Param), nnx.state(converted, nnx.Param)
     assert {x.dtype for x in jax.tree.leaves(a)} == {np.dtype(ml_dtypes.bfloat16)}
     jax.tree.map(np.testing.assert_array_equal, a, b)

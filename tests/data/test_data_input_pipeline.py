@@ -1,4 +1,5 @@
 """Raw-video Grain pipeline: shapes, ranges, the frame rule, determinism, exact resume, sharding, skips."""
+
 from __future__ import annotations
 
 import pickle
@@ -19,8 +20,16 @@ def synth_train(synth_data_dir):
 
 
 def _iterator(source, **overrides):
-  kwargs = dict(batch_size=4, num_frames=F, height=H, width=W, tokenizer=input_pipeline.ByteTokenizer(32),
-                seed=7, shard_index=0, shard_count=1)
+  kwargs = dict(
+    batch_size=4,
+    num_frames=F,
+    height=H,
+    width=W,
+    tokenizer=input_pipeline.ByteTokenizer(32),
+    seed=7,
+    shard_index=0,
+    shard_count=1,
+  )
   kwargs.update(overrides)
   return input_pipeline.make_video_iterator(source, **kwargs)
 
@@ -80,16 +89,16 @@ def test_frame_count_rule_and_stride(microsim10k_data_dir):
   assert frames == {i: video.recipe_num_frames(n, 13) for i, n in enumerate(lengths)}
   assert it.skip_counts == {"corrupt": 0, "too_short": 0}
   # One bucket (the old rule): clips shorter than num_frames are skipped and counted.
-  it = _iterator(source, num_frames=13, height=16, width=16, batch_size=1, shuffle=False, num_epochs=1,
-                 frame_buckets=(13,))
+  it = _iterator(
+    source, num_frames=13, height=16, width=16, batch_size=1, shuffle=False, num_epochs=1, frame_buckets=(13,)
+  )
   kept = [int(b["index"][0]) for b in it]
   assert kept == [i for i, n in enumerate(lengths) if n >= 13]
   assert it.skip_counts == {"corrupt": 0, "too_short": sum(n < 13 for n in lengths)}
   # Stride 2 reads frames 0, 2, ..., so a 9-frame clip gives 5 frames.
   it = _iterator(source, num_frames=5, frame_stride=2, batch_size=1, shuffle=False, num_epochs=1)
   assert sum(1 for _ in it) == len(source) and it.skip_counts["too_short"] == 0
-  it = _iterator(source, num_frames=9, frame_stride=2, batch_size=1, shuffle=False, num_epochs=1,
-                 frame_buckets=(9,))
+  it = _iterator(source, num_frames=9, frame_stride=2, batch_size=1, shuffle=False, num_epochs=1, frame_buckets=(9,))
   assert sum(1 for _ in it) == sum(((n - 1) // 2 + 1) >= 9 for n in lengths)
 
 
@@ -138,8 +147,7 @@ def test_process_shards_are_disjoint_and_cover(synth_train, drop_remainder):
   n = len(synth_train)  # 11: odd, so the remainder matters
   shards = []
   for p in range(2):
-    it = _iterator(synth_train, batch_size=2, num_epochs=1, shard_index=p, shard_count=2,
-                   drop_remainder=drop_remainder)
+    it = _iterator(synth_train, batch_size=2, num_epochs=1, shard_index=p, shard_count=2, drop_remainder=drop_remainder)
     shards.append(np.concatenate([b["index"] for b in it]))
   real = [set(s[s >= 0].tolist()) for s in shards]
   assert not real[0] & real[1]

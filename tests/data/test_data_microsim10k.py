@@ -1,4 +1,5 @@
 """microsim10k builder: valid clips land in train/validation, every bad row is skipped and reported."""
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,7 @@ def test_validation_split_is_a_deterministic_function_of_ids(microsim10k_data_di
   for split in ("train", "validation"):
     first = _dataset_dir(microsim10k_data_dir).as_data_source(split=split)
     second = tfds.builder_from_directory(str(again)).as_data_source(split=split)
-    assert sorted(first[i]["id"] for i in range(len(first))) == sorted(
-        second[i]["id"] for i in range(len(second)))
+    assert sorted(first[i]["id"] for i in range(len(first))) == sorted(second[i]["id"] for i in range(len(second)))
 
 
 def test_load_source_and_cli(microsim10k_data_dir, manual_dir, valid_ids, tmp_path, capsys):
@@ -78,16 +78,30 @@ def test_metadata_formats(tmp_path):
   csv_dir.mkdir()
   (csv_dir / "meta.csv").write_text('id,video,prompt\na,v/a.mp4,"p, with comma"\n,v/b.mp4,q\n')
   meta = read_metadata(Reader(csv_dir, 1 << 20), "meta.csv")
-  assert [(r.id, r.video, r.caption) for r in meta.rows] == [("a", "v/a.mp4", "p, with comma"),
-                                                             ("v/b.mp4", "v/b.mp4", "q")]
+  assert [(r.id, r.video, r.caption) for r in meta.rows] == [
+    ("a", "v/a.mp4", "p, with comma"),
+    ("v/b.mp4", "v/b.mp4", "q"),
+  ]
   (csv_dir / "other.json").write_text("[]")
   with pytest.raises(ValueError, match=r"unknown MicroSim-10K layout.*meta.csv.*other.json.*--metadata"):
     find_metadata(csv_dir)
 
 
-@pytest.mark.parametrize("value,expected", [
-    ("videos/a.mp4", "videos/a.mp4"), ("./videos//a.mp4", "videos/a.mp4"),
-    ("videos/../a.mp4", "a.mp4"), ("../a.mp4", None), ("videos/../../a.mp4", None),
-    ("/abs/a.mp4", None), ("C:\\x\\a.mp4", None), ("..\\a.mp4", None), ("", None), (None, None), (3, None)])
+@pytest.mark.parametrize(
+  "value,expected",
+  [
+    ("videos/a.mp4", "videos/a.mp4"),
+    ("./videos//a.mp4", "videos/a.mp4"),
+    ("videos/../a.mp4", "a.mp4"),
+    ("../a.mp4", None),
+    ("videos/../../a.mp4", None),
+    ("/abs/a.mp4", None),
+    ("C:\\x\\a.mp4", None),
+    ("..\\a.mp4", None),
+    ("", None),
+    (None, None),
+    (3, None),
+  ],
+)
 def test_safe_relative_path(value, expected):
   assert safe_relative_path(value) == expected

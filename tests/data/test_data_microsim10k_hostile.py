@@ -1,5 +1,6 @@
 """Hostile MicroSim-10K input (issue 17 items 5, 4 and 6): every bad row becomes a skipped row with a
 reason; the build never crashes, hangs, leaves the manual dir or reads a video twice."""
+
 from __future__ import annotations
 
 import builtins
@@ -42,18 +43,21 @@ def _manual(root, mp4, rows, names=("ok1", "ok2", "ok3")):
 def _build(manual, data_dir, **flags):
   path = build_dataset.build("microsim10k", str(data_dir), manual_dir=str(manual), **flags)
   info = tfds.builder_from_directory(str(path)).info
-  ids = sorted(tfds.builder_from_directory(str(path)).as_data_source(split=s)[i]["id"].decode()
-               for s, split in info.splits.items() for i in range(split.num_examples))
+  ids = sorted(
+    tfds.builder_from_directory(str(path)).as_data_source(split=s)[i]["id"].decode()
+    for s, split in info.splits.items()
+    for i in range(split.num_examples)
+  )
   skipped = [json.loads(line) for line in (path / "skipped.jsonl").read_text().splitlines()]
   return ids, {r["id"] if r["id"] is not None else f"row{r['row']}": r["reason"] for r in skipped}
 
 
 def test_nul_byte_lone_surrogate_and_non_utf8_lines_are_skipped(tmp_path, mp4):
   rows = [
-      {"id": "nul", "video": "videos/ok1.mp4\u0000.txt", "prompt": "a NUL byte in the path"},
-      b'{"id": "surrogate", "video": "videos/ok2.mp4", "prompt": "lone \\ud800 surrogate"}',
-      b'{"id": "latin1", "video": "videos/ok3.mp4", "prompt": "caf\xe9"}',  # not UTF-8
-      b'{"id": "surrogate_id\\udc80", "video": "videos/ok1.mp4", "prompt": "fine"}',
+    {"id": "nul", "video": "videos/ok1.mp4\u0000.txt", "prompt": "a NUL byte in the path"},
+    b'{"id": "surrogate", "video": "videos/ok2.mp4", "prompt": "lone \\ud800 surrogate"}',
+    b'{"id": "latin1", "video": "videos/ok3.mp4", "prompt": "caf\xe9"}',  # not UTF-8
+    b'{"id": "surrogate_id\\udc80", "video": "videos/ok1.mp4", "prompt": "fine"}',
   ]
   ids, reasons = _build(_manual(tmp_path / "m", mp4, rows), tmp_path / "out")
   assert ids == ["ok1", "ok2", "ok3"]
@@ -70,11 +74,14 @@ def test_non_utf8_csv_and_json_array(tmp_path, mp4):
     _manual(root, mp4, [])
     (root / "metadata.jsonl").unlink()
     if kind == "csv":
-      data = (b"\xef\xbb\xbfid,video,prompt\nok1,videos/ok1.mp4,good\nbad,videos/ok2.mp4,caf\xe9\n"
-              b"ok3,videos/ok3.mp4,fine\n")
+      data = (
+        b"\xef\xbb\xbfid,video,prompt\nok1,videos/ok1.mp4,good\nbad,videos/ok2.mp4,caf\xe9\nok3,videos/ok3.mp4,fine\n"
+      )
     else:
-      data = b'[{"id": "ok1", "video": "videos/ok1.mp4", "prompt": "good"}, {"id": "bad", "video": ' \
-             b'"videos/ok2.mp4", "prompt": "caf\xe9"}, {"id": "ok3", "video": "videos/ok3.mp4", "prompt": "x"}]'
+      data = (
+        b'[{"id": "ok1", "video": "videos/ok1.mp4", "prompt": "good"}, {"id": "bad", "video": '
+        b'"videos/ok2.mp4", "prompt": "caf\xe9"}, {"id": "ok3", "video": "videos/ok3.mp4", "prompt": "x"}]'
+      )
     (root / f"metadata.{kind}").write_bytes(data)
     ids, reasons = _build(root, tmp_path / f"out_{kind}")
     assert ids == ["ok1", "ok3"] and reasons == {"bad": "caption is not valid UTF-8 (lone surrogate)"}
@@ -154,9 +161,11 @@ def test_each_video_is_read_once(tmp_path, mp4, monkeypatch):
 
 
 def test_symlinks_followed_only_inside_the_manual_dir(tmp_path, mp4):
-  rows = [{"id": "inside", "video": "links/inside.mp4", "prompt": "link to a clip in the manual dir"},
-          {"id": "outside", "video": "links/outside.mp4", "prompt": "link leaving the manual dir"},
-          {"id": "dirlink", "video": "elsewhere/secret.mp4", "prompt": "folder link leaving the manual dir"}]
+  rows = [
+    {"id": "inside", "video": "links/inside.mp4", "prompt": "link to a clip in the manual dir"},
+    {"id": "outside", "video": "links/outside.mp4", "prompt": "link leaving the manual dir"},
+    {"id": "dirlink", "video": "elsewhere/secret.mp4", "prompt": "folder link leaving the manual dir"},
+  ]
   manual = _manual(tmp_path / "m", mp4, rows)
   (tmp_path / "secret").mkdir()
   (tmp_path / "secret" / "secret.mp4").write_bytes(mp4)
@@ -166,8 +175,10 @@ def test_symlinks_followed_only_inside_the_manual_dir(tmp_path, mp4):
   os.symlink(tmp_path / "secret", manual / "elsewhere")
   ids, reasons = _build(manual, tmp_path / "out")
   assert ids == ["inside", "ok1", "ok2", "ok3"]
-  assert reasons == {"outside": "symlink target outside manual_dir (pass --follow_symlinks to follow it)",
-                     "dirlink": "symlink target outside manual_dir (pass --follow_symlinks to follow it)"}
+  assert reasons == {
+    "outside": "symlink target outside manual_dir (pass --follow_symlinks to follow it)",
+    "dirlink": "symlink target outside manual_dir (pass --follow_symlinks to follow it)",
+  }
   ids, reasons = _build(manual, tmp_path / "out_follow", follow_symlinks=True)
   assert ids == ["dirlink", "inside", "ok1", "ok2", "ok3", "outside"] and not reasons
 
@@ -195,8 +206,10 @@ def test_hugging_face_hub_cache_snapshot_links_into_blobs(tmp_path, mp4):
 def test_metadata_fifo_is_an_error_not_a_hang(tmp_path):
   (tmp_path / "m").mkdir()
   os.mkfifo(tmp_path / "m" / "metadata.jsonl")
-  with _Watchdog(tmp_path / "m" / "metadata.jsonl") as watchdog, pytest.raises(
-      ValueError, match="metadata.jsonl.*not a regular file"):
+  with (
+    _Watchdog(tmp_path / "m" / "metadata.jsonl") as watchdog,
+    pytest.raises(ValueError, match="metadata.jsonl.*not a regular file"),
+  ):
     build_dataset.build("microsim10k", str(tmp_path / "out"), manual_dir=str(tmp_path / "m"))
   assert not watchdog.fired
 

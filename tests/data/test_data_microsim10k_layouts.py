@@ -1,4 +1,5 @@
 """microsim10k reads every layout a user may hold (issue 16 part 1): one small fixture per layout."""
+
 from __future__ import annotations
 
 import csv
@@ -38,14 +39,18 @@ def _rows(root, **flags):
 
 def _split_ids(data_dir) -> dict:
   source = tfds.builder_from_directory(f"{data_dir}/microsim10k/1.1.0")
-  return {name: sorted(source.as_data_source(split=name)[i]["id"].decode()
-                       for i in range(info.num_examples)) for name, info in source.info.splits.items()}
+  return {
+    name: sorted(source.as_data_source(split=name)[i]["id"].decode() for i in range(info.num_examples))
+    for name, info in source.info.splits.items()
+  }
 
 
 @pytest.mark.parametrize("kind", ["json", "jsonl", "csv"])
 def test_official_diffsynth_layout(tmp_path, mp4, kind):
-  rows = [{"video": "videos/a.mp4", "prompt": "A cell divides.", "id": "a"},
-          {"video": "videos/b.mp4", "prompt": "Beads diffuse."}]
+  rows = [
+    {"video": "videos/a.mp4", "prompt": "A cell divides.", "id": "a"},
+    {"video": "videos/b.mp4", "prompt": "Beads diffuse."},
+  ]
   _videos(tmp_path, ["videos/a.mp4", "videos/b.mp4"], mp4)
   if kind == "json":
     (tmp_path / "MicroSim-10K.json").write_text(json.dumps(rows))
@@ -57,8 +62,10 @@ def test_official_diffsynth_layout(tmp_path, mp4, kind):
       writer.writeheader()
       writer.writerows([{"id": "", **r} if "id" not in r else r for r in rows])
   got, _, lines = _rows(tmp_path)
-  assert got == [("a", "videos/a.mp4", "A cell divides.", None),
-                 ("videos/b.mp4", "videos/b.mp4", "Beads diffuse.", None)]
+  assert got == [
+    ("a", "videos/a.mp4", "A cell divides.", None),
+    ("videos/b.mp4", "videos/b.mp4", "Beads diffuse.", None),
+  ]
   assert "2 rows" in "\n".join(lines) and "video='video' caption='prompt'" in "\n".join(lines)
 
 
@@ -67,8 +74,11 @@ def test_hugging_face_folder_layout(tmp_path, mp4, caption_key):
   """metadata.jsonl with file_name + a caption column, the videos beside it (here in a subfolder)."""
   _videos(tmp_path, ["clips/x/a.mp4", "clips/x/b.mp4"], mp4)
   (tmp_path / "clips" / "metadata.jsonl").write_text(
-      json.dumps({"file_name": "x/a.mp4", caption_key: "first"}) + "\n"
-      + json.dumps({"file_name": "x/b.mp4", caption_key: "second"}) + "\n")
+    json.dumps({"file_name": "x/a.mp4", caption_key: "first"})
+    + "\n"
+    + json.dumps({"file_name": "x/b.mp4", caption_key: "second"})
+    + "\n"
+  )
   got, _, _ = _rows(tmp_path)
   assert got == [("clips/x/a.mp4", "clips/x/a.mp4", "first", None), ("clips/x/b.mp4", "clips/x/b.mp4", "second", None)]
 
@@ -79,34 +89,45 @@ def test_hugging_face_split_folders_win_over_the_hash(tmp_path, mp4):
     _videos(tmp_path / split, [f"{n}.mp4" for n in members], mp4)
     if split == "validation":  # a CSV in one split and JSONL in the others: each file read on its own
       (tmp_path / split / "metadata.csv").write_text(
-          "file_name,caption\n" + "".join(f"{n}.mp4,caption {n}\n" for n in members))
+        "file_name,caption\n" + "".join(f"{n}.mp4,caption {n}\n" for n in members)
+      )
     else:
       (tmp_path / split / "metadata.jsonl").write_text(
-          "".join(json.dumps({"file_name": f"{n}.mp4", "text": f"caption {n}", "id": n}) + "\n" for n in members))
+        "".join(json.dumps({"file_name": f"{n}.mp4", "text": f"caption {n}", "id": n}) + "\n" for n in members)
+      )
   data_dir = tmp_path.parent / "out_splits"
   build_dataset.build("microsim10k", str(data_dir), manual_dir=str(tmp_path), validation_fraction=0.5)
-  assert _split_ids(data_dir) == {"train": ["c0", "c1", "c2", "c3"], "validation": ["validation/c4.mp4"],
-                                  "test": ["c5"]}
+  assert _split_ids(data_dir) == {
+    "train": ["c0", "c1", "c2", "c3"],
+    "validation": ["validation/c4.mp4"],
+    "test": ["c5"],
+  }
 
 
 def test_shards_and_split_column(tmp_path, mp4):
   _videos(tmp_path, [f"v/{i}.mp4" for i in range(4)], mp4)
   for shard in range(2):
-    (tmp_path / f"metadata-{shard:05d}-of-00002.jsonl").write_text("".join(
+    (tmp_path / f"metadata-{shard:05d}-of-00002.jsonl").write_text(
+      "".join(
         json.dumps({"file_name": f"v/{i}.mp4", "text": f"t{i}", "split": ["train", "val"][i % 2]}) + "\n"
-        for i in (2 * shard, 2 * shard + 1)))
+        for i in (2 * shard, 2 * shard + 1)
+      )
+    )
   got, builder, lines = _rows(tmp_path)
   assert [r[3] for r in got] == ["train", "validation"] * 2
   assert len(builder.metadata) == 2 and "split column 'split'" in "\n".join(lines)
   splits = builder.assign_splits(builder.read_layout(tmp_path))
-  assert {k: [r.id for r in v] for k, v in splits.items()} == {"train": ["v/0.mp4", "v/2.mp4"],
-                                                              "validation": ["v/1.mp4", "v/3.mp4"]}
+  assert {k: [r.id for r in v] for k, v in splits.items()} == {
+    "train": ["v/0.mp4", "v/2.mp4"],
+    "validation": ["v/1.mp4", "v/3.mp4"],
+  }
 
 
 def test_train_only_release_still_gets_a_hash_validation_split(tmp_path, mp4):
   _videos(tmp_path / "train", [f"{i}.mp4" for i in range(8)], mp4)
   (tmp_path / "train" / "metadata.jsonl").write_text(
-      "".join(json.dumps({"file_name": f"{i}.mp4", "text": "t"}) + "\n" for i in range(8)))
+    "".join(json.dumps({"file_name": f"{i}.mp4", "text": "t"}) + "\n" for i in range(8))
+  )
   _, builder, _ = _rows(tmp_path)
   splits = builder.assign_splits(builder.read_layout(tmp_path))
   assert sorted(splits) == ["train", "validation"] and len(splits["validation"]) >= 1
@@ -115,9 +136,12 @@ def test_train_only_release_still_gets_a_hash_validation_split(tmp_path, mp4):
 def test_parquet_metadata(tmp_path, mp4, monkeypatch):
   pa = pytest.importorskip("pyarrow")
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+
   _videos(tmp_path / "data", ["a.mp4", "b.mp4"], mp4)
-  pq.write_table(pa.table({"file_name": ["a.mp4", "b.mp4"], "text": ["pa", "pb"]}),
-                 tmp_path / "data" / "train-00000-of-00001.parquet")
+  pq.write_table(
+    pa.table({"file_name": ["a.mp4", "b.mp4"], "text": ["pa", "pb"]}),
+    tmp_path / "data" / "train-00000-of-00001.parquet",
+  )
   got, _, _ = _rows(tmp_path)
   assert got == [("data/a.mp4", "data/a.mp4", "pa", "train"), ("data/b.mp4", "data/b.mp4", "pb", "train")]
   monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # as if pyarrow were not installed
@@ -156,8 +180,9 @@ def test_unknown_layout_names_the_files_and_flags(tmp_path, mp4):
 def test_cli_prints_what_it_found(tmp_path, mp4, capsys):
   manual = tmp_path / "manual"
   _videos(manual, ["a.mp4", "b.mp4", "c.mp4"], mp4)
-  (manual / "metadata.jsonl").write_bytes("".join(
-      json.dumps({"file_name": f"{n}.mp4", "text": n}) + "\n" for n in "abc").encode() + b"\xff not UTF-8\n")
+  (manual / "metadata.jsonl").write_bytes(
+    "".join(json.dumps({"file_name": f"{n}.mp4", "text": n}) + "\n" for n in "abc").encode() + b"\xff not UTF-8\n"
+  )
   build_dataset.main(["microsim10k", f"--manual_dir={manual}", f"--data_dir={tmp_path / 'out'}"])
   out = capsys.readouterr().out
   assert "microsim10k: 1 metadata file(s)" in out
@@ -167,10 +192,17 @@ def test_cli_prints_what_it_found(tmp_path, mp4, capsys):
   assert sum(summary["splits"].values()) == 3 and summary["skipped"] == 1
 
 
-@pytest.mark.parametrize("path,split", [("train/metadata.jsonl", "train"),
-                                        ("data/validation-0-of-1.parquet", "validation"),
-                                        ("val/metadata.csv", "validation"), ("metadata.jsonl", None),
-                                        ("test/x/metadata.jsonl", "test"), ("trainer/metadata.jsonl", None)])
+@pytest.mark.parametrize(
+  "path,split",
+  [
+    ("train/metadata.jsonl", "train"),
+    ("data/validation-0-of-1.parquet", "validation"),
+    ("val/metadata.csv", "validation"),
+    ("metadata.jsonl", None),
+    ("test/x/metadata.jsonl", "test"),
+    ("trainer/metadata.jsonl", None),
+  ],
+)
 def test_path_split(path, split):
   assert path_split(path) == split
 

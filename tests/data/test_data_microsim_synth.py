@@ -1,4 +1,5 @@
 """microsim_synth: the physics is right, rendering is deterministic, the dataset and prompts agree."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ BIG = 20000  # a field so large that walls never matter
 
 def test_brownian_msd_and_step_statistics():
   D, F = 0.8, 21
-  tracks = simulate_tracks("brownian", {"num_particles": 4000, "radius_px": 1.0, "diffusion_px2_per_frame": D},
-                           num_frames=F, size=BIG, seed=0).astype(np.float64)
+  tracks = simulate_tracks(
+    "brownian", {"num_particles": 4000, "radius_px": 1.0, "diffusion_px2_per_frame": D}, num_frames=F, size=BIG, seed=0
+  ).astype(np.float64)
   steps = np.diff(tracks, axis=0)
   np.testing.assert_allclose(steps.std(axis=(0, 1)), np.sqrt(2 * D), rtol=0.02)  # per axis, dt = 1
   np.testing.assert_allclose(steps.mean(axis=(0, 1)), 0.0, atol=0.02)
@@ -74,8 +76,14 @@ def test_sedimentation_drift_diffusion_and_settling():
 
 
 def test_chemotaxis_moves_up_the_gradient_only_with_bias():
-  base = {"num_bacteria": 3000, "run_speed_px_per_frame": 1.5, "tumble_probability_per_frame": 0.4,
-          "source_y_px": 10.0, "source_x_px": 190.0, "length_px": 4.0}
+  base = {
+    "num_bacteria": 3000,
+    "run_speed_px_per_frame": 1.5,
+    "tumble_probability_per_frame": 0.4,
+    "source_y_px": 10.0,
+    "source_x_px": 190.0,
+    "length_px": 4.0,
+  }
 
   def approach(bias: float) -> tuple[float, float]:
     tracks = simulate_tracks("chemotaxis", dict(base, chemotactic_bias=bias), num_frames=31, size=200, seed=0)
@@ -87,8 +95,10 @@ def test_chemotaxis_moves_up_the_gradient_only_with_bias():
   unbiased, unbiased_err = approach(0.0)
   assert biased > 8 * biased_err and biased > 3.0
   assert abs(unbiased) < 4 * unbiased_err + 0.5
-  steps = np.linalg.norm(np.diff(simulate_tracks("chemotaxis", dict(base, chemotactic_bias=0.5),
-                                                 num_frames=5, size=200, seed=1), axis=0), axis=-1)
+  steps = np.linalg.norm(
+    np.diff(simulate_tracks("chemotaxis", dict(base, chemotactic_bias=0.5), num_frames=5, size=200, seed=1), axis=0),
+    axis=-1,
+  )
   assert np.median(steps) == pytest.approx(1.5, rel=1e-5)  # runs at constant speed
 
 
@@ -117,7 +127,7 @@ def test_caption_states_process_and_parameters(process):
   assert "64x64 px" in text and "17 frames at 8 fps" in text and "px" in text
   for key, value in params.items():
     if key.endswith("_px") or key.endswith("_frame"):
-      assert (f"{value:.2f}" in text or f"{value:.1f}" in text or f"{value:.0f}" in text), (key, text)
+      assert f"{value:.2f}" in text or f"{value:.1f}" in text or f"{value:.0f}" in text, (key, text)
 
 
 def test_dataset_splits_features_and_prompts(synth_data_dir, synth_settings, tmp_path):
@@ -140,16 +150,22 @@ def test_dataset_splits_features_and_prompts(synth_data_dir, synth_settings, tmp
       frames = video.decode_frames(record["video"], settings["num_frames"])
       assert frames.shape == (settings["num_frames"], settings["size"], settings["size"], 3)
       assert record["num_frames"] == settings["num_frames"] and record["height"] == settings["size"]
-      expected = render_clip(row["process"], row["params"], num_frames=row["num_frames"], size=row["size"],
-                             seed=row["seed"])
+      expected = render_clip(
+        row["process"], row["params"], num_frames=row["num_frames"], size=row["size"], seed=row["seed"]
+      )
       # The stored mp4 is this render (compared on 4x4 block means: the pixel noise does not survive x264).
       blocks = lambda a: a.astype(float).mean(-1).reshape(a.shape[0], a.shape[1] // 4, 4, -1, 4).mean((2, 4))
       assert np.abs(blocks(frames) - blocks(expected)).mean() < 2.5
-      np.testing.assert_allclose(record["tracks"], simulate_tracks(
-          row["process"], row["params"], num_frames=row["num_frames"], size=row["size"], seed=row["seed"]))
+      np.testing.assert_allclose(
+        record["tracks"],
+        simulate_tracks(
+          row["process"], row["params"], num_frames=row["num_frames"], size=row["size"], seed=row["seed"]
+        ),
+      )
   assert seen_processes == set(PROCESSES)
   assert clip_spec(0, seed=settings["seed"], num_frames=9, size=32, fps=8) == clip_spec(
-      0, seed=settings["seed"], num_frames=9, size=32, fps=8)
+    0, seed=settings["seed"], num_frames=9, size=32, fps=8
+  )
 
 
 def test_rebuild_with_other_settings_is_refused(synth_data_dir, synth_settings, tmp_path):

@@ -1,4 +1,5 @@
 """The ground-truth renderer: exported prompts -> <id>.mp4 that `microworldbench physics` scores."""
+
 import json
 import subprocess
 import sys
@@ -18,16 +19,22 @@ def test_rendered_ground_truth_scores_as_physics(tmp_path):
   assert names == sorted(f"{json.loads(l)['id']}.mp4" for l in prompts.read_text().splitlines())
   assert video.decode_frames((out / names[0]).read_bytes(), 9).shape == (9, 32, 32, 3)
   scores = tmp_path / "gt.json"
-  run = subprocess.run([sys.executable, "-m", "microworldbench", "physics", f"--videos={out}",
-                        f"--prompts={prompts}", f"--out={scores}"], capture_output=True, text=True, timeout=300)
+  run = subprocess.run(
+    [sys.executable, "-m", "microworldbench", "physics", f"--videos={out}", f"--prompts={prompts}", f"--out={scores}"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert run.returncode == 0, run.stderr[-2000:]
   assert "pass_rate" in run.stdout
 
 
 def test_bad_ids_are_refused_before_rendering(tmp_path):
   prompts = tmp_path / "prompts.jsonl"
-  prompts.write_text(json.dumps({"id": "../x", "process": "brownian", "params": {}, "seed": 0,
-                                 "num_frames": 5, "size": 16, "fps": 8}) + "\n")
+  prompts.write_text(
+    json.dumps({"id": "../x", "process": "brownian", "params": {}, "seed": 0, "num_frames": 5, "size": 16, "fps": 8})
+    + "\n"
+  )
   with pytest.raises(SystemExit) as e:
     render.main([f"--prompts={prompts}", f"--out={tmp_path / 'gt'}"])
   assert e.value.code == 2 and not (tmp_path / "gt").exists()

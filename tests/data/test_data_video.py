@@ -1,4 +1,5 @@
 """video.py: the 4k+1 frame rule, mp4 round trips, stride, resize-cover + centre crop, corrupt input."""
+
 from __future__ import annotations
 
 import av
@@ -8,9 +9,23 @@ import pytest
 from microverse_jax import video
 
 
-@pytest.mark.parametrize("available,max_frames,expected", [
-    (81, 81, 81), (80, 81, 77), (100, 81, 81), (17, 81, 17), (16, 81, 13), (5, 81, 5), (4, 81, 1),
-    (1, 81, 1), (0, 81, 0), (100, 18, 17), (100, 20, 17), (100, 21, 21)])
+@pytest.mark.parametrize(
+  "available,max_frames,expected",
+  [
+    (81, 81, 81),
+    (80, 81, 77),
+    (100, 81, 81),
+    (17, 81, 17),
+    (16, 81, 13),
+    (5, 81, 5),
+    (4, 81, 1),
+    (1, 81, 1),
+    (0, 81, 0),
+    (100, 18, 17),
+    (100, 20, 17),
+    (100, 21, 21),
+  ],
+)
 def test_recipe_num_frames(available, max_frames, expected):
   n = video.recipe_num_frames(available, max_frames)
   assert n == expected
@@ -25,8 +40,9 @@ def test_stride_arithmetic():
 
 def _gray_levels(num_frames: int, height: int = 32, width: int = 32) -> np.ndarray:
   """Frame i is flat gray at level 10 * i."""
-  return np.broadcast_to((np.arange(num_frames) * 10).astype(np.uint8)[:, None, None, None],
-                         (num_frames, height, width, 3)).copy()
+  return np.broadcast_to(
+    (np.arange(num_frames) * 10).astype(np.uint8)[:, None, None, None], (num_frames, height, width, 3)
+  ).copy()
 
 
 def test_encode_probe_decode_round_trip():
@@ -64,7 +80,7 @@ def test_resize_cover_and_centre_crop(src_hw, target_hw):
   scale = max(th / h, tw / w)
   expected_edge = 255 * (tw / scale) / w
   assert abs(row[[0, -1]].mean() - expected_edge) < 255 * 1.5 / (tw / 2) + 6
-  assert row[tw // 2 - 1: tw // 2 + 1].mean() < 255 / (tw / 2) + 6
+  assert row[tw // 2 - 1 : tw // 2 + 1].mean() < 255 / (tw / 2) + 6
 
 
 def test_to_model_range():

@@ -1,4 +1,5 @@
 """bench/perf/attention.py runs end to end (tiny shapes, CPU) and reports consistent FLOP rates."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,11 +20,22 @@ def _load():
 
 def test_attention_bench_rows():
   bench = _load()
-  args = argparse.Namespace(impls="xla,cudnn", batch=1, seq=64, heads=2, head_dim=16, text_len=24,
-                            text_valid=10, dtype="float32", warmup=0, iters=1)
+  args = argparse.Namespace(
+    impls="xla,cudnn",
+    batch=1,
+    seq=64,
+    heads=2,
+    head_dim=16,
+    text_len=24,
+    text_valid=10,
+    dtype="float32",
+    warmup=0,
+    iters=1,
+  )
   rows = bench.run(args)
   assert [(r["case"], r["impl"], r["mode"]) for r in rows] == [
-      (c, i, m) for c in ("self", "cross") for i in ("xla", "cudnn") for m in ("fwd", "fwd+bwd")]
+    (c, i, m) for c in ("self", "cross") for i in ("xla", "cudnn") for m in ("fwd", "fwd+bwd")
+  ]
   for row in rows:
     if row["impl"] == "cudnn":  # fp32 is refused by cuDNN (and there is no cuDNN off GPUs)
       assert "error" in row  # reported as failed; the run goes on

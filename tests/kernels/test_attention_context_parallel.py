@@ -4,6 +4,7 @@ The checks run in a subprocess (this file as a script) because the device count 
 starts. Meshes are (data, fsdp, tensor, context) with automatic axes, entered with jax.set_mesh;
 `attention` then shards itself (batch over data/fsdp, heads over tensor, Ulysses over context).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,9 @@ def _run_checks():
 
   def value_and_grads(impl, q, k, v, do, mask):
     def run(q, k, v):
-      out, vjp = jax.vjp(lambda q, k, v: attention(q, k, v, kv_mask=mask, impl=impl,
-                                                   interpret=True), q, k, v)
+      out, vjp = jax.vjp(lambda q, k, v: attention(q, k, v, kv_mask=mask, impl=impl, interpret=True), q, k, v)
       return out, vjp(do)
+
     return jax.jit(run)(q, k, v)
 
   def compare(name, mesh_shape, impl, *shape):
@@ -42,17 +43,20 @@ def _run_checks():
     mesh = make_mesh(mesh_shape)
     with jax.set_mesh(mesh):
       got = value_and_grads(impl, q, k, v, do, mask)
-      hlo = jax.jit(lambda q, k, v: attention(q, k, v, kv_mask=mask, impl=impl, interpret=True)
-                    ).lower(q, k, v).as_text()
+      hlo = (
+        jax.jit(lambda q, k, v: attention(q, k, v, kv_mask=mask, impl=impl, interpret=True)).lower(q, k, v).as_text()
+      )
     errs = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref))]
-    results[name] = {"max_err": max(errs), "all_to_all": "all_to_all" in hlo,
-                     "shard_map": "sdy.manual_computation" in hlo}
+    results[name] = {
+      "max_err": max(errs),
+      "all_to_all": "all_to_all" in hlo,
+      "shard_map": "sdy.manual_computation" in hlo,
+    }
 
   # Pure Ulysses: 8-way context, 8 heads; T=100 is padded to 104 inside.
   compare("ulysses_context8", {"context": 8}, "xla", 1, 100, 100, 8, 16, True)
   # Mixed mesh, our Pallas GPU kernel (interpret mode) inside the shard_map.
-  compare("mixed_pallas_gpu", {"data": 2, "tensor": 2, "context": 2}, "pallas_gpu",
-          2, 64, 64, 4, 16, False)
+  compare("mixed_pallas_gpu", {"data": 2, "tensor": 2, "context": 2}, "pallas_gpu", 2, 64, 64, 4, 16, False)
   # Cross-attention: queries sequence-sharded, text keys replicated over context, no all-to-all.
   compare("cross_context4", {"fsdp": 2, "context": 4}, "xla", 2, 64, 24, 4, 16, True)
 
@@ -70,7 +74,7 @@ def test_sharded_attention_equals_unsharded(run_on_cpu_devices):
   proc = run_on_cpu_devices([os.path.abspath(__file__)], 8)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULTS ")]
   assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-  results = json.loads(lines[-1][len("RESULTS "):])
+  results = json.loads(lines[-1][len("RESULTS ") :])
   for name in ("ulysses_context8", "mixed_pallas_gpu", "cross_context4"):
     assert results[name]["max_err"] < TOL, (name, results[name])
     assert results[name]["shard_map"], name

@@ -5,6 +5,7 @@ Tolerances (max abs error; inputs ~N(0, 1), cotangents ~N(0, 1)):
   bf16: both sides take the same bf16 inputs; output and gradients 1.5e-2 (observed ~4e-3, about one
         bf16 ulp at magnitude 1; the kernel rounds P to bf16 per key block, the reference once).
 """
+
 from __future__ import annotations
 
 import re
@@ -18,16 +19,16 @@ from microverse_jax.kernels.attention import api, attention, attention_reference
 
 # name: (B, Tq, Tk, N, D, dtype, mask kind)
 CASES = {
-    "self_nonmultiple_fp32": (1, 200, 200, 2, 32, jnp.float32, None),
-    "cross_masked_fp32": (2, 136, 77, 2, 64, jnp.float32, "padding"),  # example 1: all keys masked
-    "self_masked_bf16": (1, 160, 160, 2, 64, jnp.bfloat16, "random"),
+  "self_nonmultiple_fp32": (1, 200, 200, 2, 32, jnp.float32, None),
+  "cross_masked_fp32": (2, 136, 77, 2, 64, jnp.float32, "padding"),  # example 1: all keys masked
+  "self_masked_bf16": (1, 160, 160, 2, 64, jnp.bfloat16, "random"),
 }
 TOLERANCES = {jnp.float32: (1e-5, 5e-5), jnp.bfloat16: (1.5e-2, 1.5e-2)}
 # Small blocks so that the fp32 cases span several query and key blocks (and padding); the bf16
 # case runs with the default (large) blocks, which shrink to its short lengths.
 KERNEL_BLOCKS = {
-    "pallas_tpu": flash_tpu.BlockSizes(128, 128, 128, 128),
-    "pallas_gpu": flash_gpu.BlockSizes(64, 32, 32, 64),
+  "pallas_tpu": flash_tpu.BlockSizes(128, 128, 128, 128),
+  "pallas_gpu": flash_gpu.BlockSizes(64, 32, 32, 64),
 }
 
 
@@ -50,6 +51,7 @@ def _value_and_grads(fn, q, k, v, do, mask):
   def run(q, k, v):
     out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, mask), q, k, v)
     return out, vjp(do)
+
   return jax.jit(run)(q, k, v)
 
 
@@ -63,8 +65,8 @@ def test_flash_kernel_vs_reference(impl, case):
   q, k, v, do, mask = _inputs(case)
   blocks = None if q.dtype == jnp.bfloat16 else KERNEL_BLOCKS[impl]
   out, grads = _value_and_grads(
-      lambda q, k, v, m: attention(q, k, v, kv_mask=m, impl=impl, interpret=True,
-                                   block_sizes=blocks), q, k, v, do, mask)
+    lambda q, k, v, m: attention(q, k, v, kv_mask=m, impl=impl, interpret=True, block_sizes=blocks), q, k, v, do, mask
+  )
   ref_out, ref_grads = _value_and_grads(attention_reference, q, k, v, do, mask)
   out_tol, grad_tol = TOLERANCES[q.dtype.type]
   assert out.dtype == q.dtype and out.shape == q.shape
@@ -84,8 +86,8 @@ def test_flash_kernel_vs_reference(impl, case):
 def test_splash_vs_reference():
   q, k, v, do, mask = _inputs("cross_masked_fp32")
   out, grads = _value_and_grads(
-      lambda q, k, v, m: attention(q, k, v, kv_mask=m, impl="splash", interpret=True),
-      q, k, v, do, mask)
+    lambda q, k, v, m: attention(q, k, v, kv_mask=m, impl="splash", interpret=True), q, k, v, do, mask
+  )
   ref_out, ref_grads = _value_and_grads(attention_reference, q, k, v, do, mask)
   assert _max_err(out, ref_out) < 1e-5
   for g, rg in zip(grads, ref_grads):
@@ -133,8 +135,7 @@ def test_gpu_kernel_lowers_to_triton():
   mask = jax.ShapeDtypeStruct((1, 300), jnp.bool_)
 
   def fwd_bwd(q, k, v, mask):
-    loss = lambda q, k, v: jnp.sum(attention(q, k, v, kv_mask=mask, impl="pallas_gpu").astype(
-        jnp.float32))
+    loss = lambda q, k, v: jnp.sum(attention(q, k, v, kv_mask=mask, impl="pallas_gpu").astype(jnp.float32))
     return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
 
   text = jax.jit(fwd_bwd).trace(q, k, k, mask).lower(lowering_platforms=("cuda",)).as_text()
@@ -145,8 +146,7 @@ def test_gpu_kernel_lowers_to_triton():
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU")
 def test_cudnn_vs_reference():
   q, k, v, do, mask = _inputs("self_masked_bf16")
-  out, grads = _value_and_grads(
-      lambda q, k, v, m: attention(q, k, v, kv_mask=m, impl="cudnn"), q, k, v, do, mask)
+  out, grads = _value_and_grads(lambda q, k, v, m: attention(q, k, v, kv_mask=m, impl="cudnn"), q, k, v, do, mask)
   ref_out, ref_grads = _value_and_grads(attention_reference, q, k, v, do, mask)
   assert _max_err(out, ref_out) < 1.5e-2
   for g, rg in zip(grads, ref_grads):
@@ -157,8 +157,7 @@ def test_cudnn_vs_reference():
 @pytest.mark.parametrize("case", list(CASES))
 def test_pallas_gpu_compiled_vs_reference(case):
   q, k, v, do, mask = _inputs(case)
-  out, grads = _value_and_grads(
-      lambda q, k, v, m: attention(q, k, v, kv_mask=m, impl="pallas_gpu"), q, k, v, do, mask)
+  out, grads = _value_and_grads(lambda q, k, v, m: attention(q, k, v, kv_mask=m, impl="pallas_gpu"), q, k, v, do, mask)
   ref_out, ref_grads = _value_and_grads(attention_reference, q, k, v, do, mask)
   out_tol, grad_tol = TOLERANCES[q.dtype.type]
   # fp32 dots run as TF32 on tensor cores: allow bf16-like error for fp32 too.
@@ -174,8 +173,7 @@ def _tiny_dit_and_inputs(impl, abstract=False):
 
   from microverse_jax.models.wan_dit import WanDiT, WanDiTConfig
 
-  make = lambda: WanDiT(WanDiTConfig.preset("tiny", num_layers=1, attention_impl=impl),
-                        rngs=nnx.Rngs(0))
+  make = lambda: WanDiT(WanDiTConfig.preset("tiny", num_layers=1, attention_impl=impl), rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(nnx.eval_shape(make) if abstract else make())
   rng = np.random.default_rng(1)  # numpy inputs: no eager XLA compiles
   latents = rng.standard_normal((2, 2, 8, 8, 4), np.float32)  # 2 * 4 * 4 = 32 video tokens

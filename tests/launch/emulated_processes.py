@@ -5,6 +5,7 @@
 Each global batch is the concatenation, in process order, of the per-process batches of the real
 input pipeline as JAX process i of N would build it: the reference a multi-process run must match.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,7 @@ def main(argv):
       return real_load_batches(c, tokenizer, split, **kwargs)
     iterators = []
     for i in range(n):  # what process i of n would read
-      with mock.patch.object(jax, "process_count", lambda: n), \
-           mock.patch.object(jax, "process_index", lambda i=i: i):
+      with mock.patch.object(jax, "process_count", lambda: n), mock.patch.object(jax, "process_index", lambda i=i: i):
         iterators.append(real_load_batches(c, tokenizer, split, **kwargs))
     return ConcatenatedShards(iterators)
 

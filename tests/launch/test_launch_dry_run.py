@@ -1,4 +1,5 @@
 """Launchers in --dry-run: the exact gcloud / xpk / local commands, checked without running any."""
+
 from __future__ import annotations
 
 import io
@@ -30,7 +31,9 @@ def _flag(argv: list[str], name: str) -> str:
 
 
 # ---------------------------------------------------------------------------- topologies
-@pytest.mark.parametrize("name, canonical, chips, hosts, topology, runtime", [
+@pytest.mark.parametrize(
+  "name, canonical, chips, hosts, topology, runtime",
+  [
     ("v5p-8", "v5p-8", 4, 1, "2x2x1", "v2-alpha-tpuv5"),
     ("v5p-64", "v5p-64", 32, 8, "2x4x4", "v2-alpha-tpuv5"),
     ("v5p-128", "v5p-128", 64, 16, "4x4x4", "v2-alpha-tpuv5"),
@@ -41,11 +44,17 @@ def _flag(argv: list[str], name: str) -> str:
     ("v6e-256", "v6e-256", 256, 64, "16x16", "v2-alpha-tpuv6e"),
     ("tpu7x-8", "tpu7x-8", 4, 1, "2x2x1", None),
     ("v7x-64", "tpu7x-64", 32, 8, "2x4x4", None),
-])
+  ],
+)
 def test_topologies(name, canonical, chips, hosts, topology, runtime):
   s = topologies.parse(name)
   assert (s.accelerator_type, s.chips, s.hosts, s.topology, s.runtime_version) == (
-      canonical, chips, hosts, topology, runtime)
+    canonical,
+    chips,
+    hosts,
+    topology,
+    runtime,
+  )
   assert s.chips_per_host * s.hosts == s.chips and s.multi_host == (hosts > 1)
 
 
@@ -59,9 +68,21 @@ def test_unknown_accelerator_types_are_rejected(name):
 def test_v5p_64_dry_run_names_every_worker_and_the_exact_training_command(capsys, tmp_path, monkeypatch):
   monkeypatch.chdir(REPO)
   monkeypatch.setattr(tpu.tempfile, "tempdir", str(tmp_path))
-  tpu.main(["--name=mv-pod", "--zone=us-east5-a", "--project=my-proj", "--accelerator_type=v5p-64",
-            f"--config={CONFIG}", f"--workdir={WORKDIR}", "--steps=create,install,run,logs,delete",
-            f"--log_dir={tmp_path}/logs", "--dry_run", "--config.optim.lr=0.0002", BATCH])
+  tpu.main(
+    [
+      "--name=mv-pod",
+      "--zone=us-east5-a",
+      "--project=my-proj",
+      "--accelerator_type=v5p-64",
+      f"--config={CONFIG}",
+      f"--workdir={WORKDIR}",
+      "--steps=create,install,run,logs,delete",
+      f"--log_dir={tmp_path}/logs",
+      "--dry_run",
+      "--config.optim.lr=0.0002",
+      BATCH,
+    ]
+  )
   out = capsys.readouterr().out
   commands = _commands(out)
   assert not os.listdir(tmp_path)  # a dry run writes nothing (no tarball, no log dir)
@@ -84,8 +105,17 @@ def test_v5p_64_dry_run_names_every_worker_and_the_exact_training_command(capsys
 
   # Run: all 8 workers at once, the exact trainer command, jax.distributed switched on.
   assert run[3:6] == ["tpu-vm", "ssh", "mv-pod"] and _flag(run, "--worker") == "all"
-  expected = shlex.join(["../microverse-venv/bin/python", "-m", "microverse_jax.train", f"--config={CONFIG}",
-                         f"--workdir={WORKDIR}", "--config.optim.lr=0.0002", BATCH])
+  expected = shlex.join(
+    [
+      "../microverse-venv/bin/python",
+      "-m",
+      "microverse_jax.train",
+      f"--config={CONFIG}",
+      f"--workdir={WORKDIR}",
+      "--config.optim.lr=0.0002",
+      BATCH,
+    ]
+  )
   script = _flag(run, "--command")
   assert f"MICROVERSE_DISTRIBUTED=1 {expected} 2>&1 | tee ~/microverse-logs/lora.log" in script
   assert "set -o pipefail" in script  # the ssh exit status is the trainer's, not tee's
@@ -118,17 +148,21 @@ def test_single_host_run_does_not_initialise_distributed():
 
 
 def test_git_clone_install():
-  vm = tpu.TpuVm(name="mv", zone="us-east5-a", slice=topologies.parse("v5p-16"), repo_url="https://example.org/r.git",
-                 branch="dev")
+  vm = tpu.TpuVm(
+    name="mv", zone="us-east5-a", slice=topologies.parse("v5p-16"), repo_url="https://example.org/r.git", branch="dev"
+  )
   (install,) = vm.install_commands()
   assert "git clone --depth=1 --branch dev -- https://example.org/r.git microverse-jax" in _flag(install, "--command")
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(name="Bad_Name"), "lowercase"),
     (dict(accelerator="tpu7x-8"), "GKE only"),
     (dict(spot=True, reserved=True), "exclude each other"),
-])
+  ],
+)
 def test_tpu_vm_rejects_bad_settings(kwargs, message):
   accelerator = kwargs.pop("accelerator", "v5p-8")
   with pytest.raises(ValueError, match=message):
@@ -137,15 +171,32 @@ def test_tpu_vm_rejects_bad_settings(kwargs, message):
 
 def test_multi_host_needs_a_gs_workdir():
   with pytest.raises(ValueError, match="shared gs:// workdir"):
-    tpu.main(["--name=mv", "--zone=us-east5-a", "--accelerator_type=v5p-64", f"--config={CONFIG}",
-              "--workdir=/tmp/local", "--dry_run"])
+    tpu.main(
+      [
+        "--name=mv",
+        "--zone=us-east5-a",
+        "--accelerator_type=v5p-64",
+        f"--config={CONFIG}",
+        "--workdir=/tmp/local",
+        "--dry_run",
+      ]
+    )
   tpu.check_workdir(topologies.parse("v5p-8"), "/tmp/local")  # one host: its own disk is fine
 
 
 def test_only_config_overrides_pass_through():
   with pytest.raises(ValueError, match="--config.KEY=VALUE"):
-    tpu.main(["--name=mv", "--zone=us-east5-a", "--accelerator_type=v5p-8", f"--config={CONFIG}",
-              "--workdir=/tmp/w", "--dry_run", "--learning_rate=3"])
+    tpu.main(
+      [
+        "--name=mv",
+        "--zone=us-east5-a",
+        "--accelerator_type=v5p-8",
+        f"--config={CONFIG}",
+        "--workdir=/tmp/w",
+        "--dry_run",
+        "--learning_rate=3",
+      ]
+    )
 
 
 class _FailingRunner(shell.Runner):
@@ -161,8 +212,13 @@ def test_logs_and_delete_still_run_when_training_fails(tmp_path):
   vm = tpu.TpuVm(name="mv", zone="us-east5-a", slice=topologies.parse("v5litepod-16"), repo_url="https://x/r.git")
   runner = _FailingRunner(False, out=io.StringIO())
   with pytest.raises(RuntimeError, match="training failed"):
-    tpu.launch(vm, [("run", tpu.train_command(CONFIG, WORKDIR))], ["install", "run", "logs", "delete"],
-               runner, log_dir=str(tmp_path / "logs"))
+    tpu.launch(
+      vm,
+      [("run", tpu.train_command(CONFIG, WORKDIR))],
+      ["install", "run", "logs", "delete"],
+      runner,
+      log_dir=str(tmp_path / "logs"),
+    )
   kinds = [c[4] for c in runner.history]
   assert kinds == ["ssh", "ssh", "scp", "scp", "scp", "scp", "delete"]  # install, run, 4 workers' logs, delete
 
@@ -179,8 +235,10 @@ def test_pack_working_tree_takes_tracked_files_and_untracked_ones_on_request(tmp
   (repo / "debug.log").write_text("ignored\n")
   (repo / "workdir").mkdir()
   (repo / "workdir" / "ckpt").write_text("ignored\n")
-  for include_untracked, expected in ((False, [".gitignore", "tracked.py"]),
-                                      (True, [".gitignore", "tracked.py", "untracked.py"])):
+  for include_untracked, expected in (
+    (False, [".gitignore", "tracked.py"]),
+    (True, [".gitignore", "tracked.py", "untracked.py"]),
+  ):
     tree = tpu.list_working_tree(str(repo), include_untracked)
     assert tree.untracked == (["untracked.py"] if include_untracked else [])
     tarball = tpu.pack_working_tree(str(repo), tree)
@@ -198,9 +256,20 @@ def test_install_outside_a_git_tree_says_what_to_do(tmp_path):
 # ---------------------------------------------------------------------------- XPK
 def test_xpk_command_is_well_formed(capsys, monkeypatch):
   monkeypatch.chdir(REPO)
-  xpk.main(["--cluster=mv-cluster", "--project=my-proj", "--zone=us-east5-a", "--accelerator_type=v5p-64",
-            "--workload=mv-lora", f"--config={CONFIG}", f"--workdir={WORKDIR}", "--dry_run",
-            "--config.optim.lr=0.0002", BATCH])
+  xpk.main(
+    [
+      "--cluster=mv-cluster",
+      "--project=my-proj",
+      "--zone=us-east5-a",
+      "--accelerator_type=v5p-64",
+      "--workload=mv-lora",
+      f"--config={CONFIG}",
+      f"--workdir={WORKDIR}",
+      "--dry_run",
+      "--config.optim.lr=0.0002",
+      BATCH,
+    ]
+  )
   (create,) = _commands(capsys.readouterr().out)
   assert create[:3] == ["xpk", "workload", "create"]
   assert all(a.startswith("--") and "=" in a for a in create[3:])  # --flag=value only
@@ -209,21 +278,44 @@ def test_xpk_command_is_well_formed(capsys, monkeypatch):
   assert _flag(create, "--tpu-type") == "v5p-64" and _flag(create, "--num-slices") == "1"
   assert _flag(create, "--base-docker-image") == "python:3.11" and _flag(create, "--script-dir") == "."
   assert not any(a.startswith("--docker-image=") for a in create)  # that would skip building the repo in
-  train = shlex.join(["python", "-m", "microverse_jax.train", f"--config={CONFIG}", f"--workdir={WORKDIR}",
-                      "--config.optim.lr=0.0002", BATCH])
+  train = shlex.join(
+    [
+      "python",
+      "-m",
+      "microverse_jax.train",
+      f"--config={CONFIG}",
+      f"--workdir={WORKDIR}",
+      "--config.optim.lr=0.0002",
+      BATCH,
+    ]
+  )
   assert _flag(create, "--command") == f"pip install -e ./bench -e '.[tpu]' && {train}"
 
 
-@pytest.mark.parametrize("image, registry", [
-    ("python:3.11", False), ("ubuntu:22.04", False), ("gcr.io/p/mv:1", True), ("us.gcr.io/p/mv", True),
-    ("us-docker.pkg.dev/p/r/mv:1", True), ("europe-west4-docker.pkg.dev/p/r/mv", True)])
+@pytest.mark.parametrize(
+  "image, registry",
+  [
+    ("python:3.11", False),
+    ("ubuntu:22.04", False),
+    ("gcr.io/p/mv:1", True),
+    ("us.gcr.io/p/mv", True),
+    ("us-docker.pkg.dev/p/r/mv:1", True),
+    ("europe-west4-docker.pkg.dev/p/r/mv", True),
+  ],
+)
 def test_registry_images(image, registry):
   assert xpk.is_registry_image(image) == registry
 
 
 def test_xpk_prebuilt_image_delete_and_v7x():
-  w = xpk.XpkWorkload(cluster="c", workload="mv-7x", slice=topologies.parse("v7x-128"),
-                      docker_image="us-docker.pkg.dev/p/r/mv:1", install=False, priority="high")
+  w = xpk.XpkWorkload(
+    cluster="c",
+    workload="mv-7x",
+    slice=topologies.parse("v7x-128"),
+    docker_image="us-docker.pkg.dev/p/r/mv:1",
+    install=False,
+    priority="high",
+  )
   train = xpk.train_command("configs/wan2_1.py:14b,full", WORKDIR)
   create = w.create_command(train)
   assert _flag(create, "--tpu-type") == "tpu7x-128" and _flag(create, "--priority") == "high"
@@ -244,8 +336,17 @@ MESH = ["--config.mesh.data=4", "--config.mesh.tensor=2"]  # 8 devices, batch 4 
 def test_local_dry_run_prints_one_command_per_process(capsys, tmp_path, monkeypatch):
   monkeypatch.chdir(REPO)
   workdir = str(tmp_path / "w")
-  local.main(["--config=configs/microsim_tiny.py:test", f"--workdir={workdir}", "--num_processes=2",
-              "--devices_per_process=4", "--dry_run", "--config.train.num_steps=3", *MESH])
+  local.main(
+    [
+      "--config=configs/microsim_tiny.py:test",
+      f"--workdir={workdir}",
+      "--num_processes=2",
+      "--devices_per_process=4",
+      "--dry_run",
+      "--config.train.num_steps=3",
+      *MESH,
+    ]
+  )
   lines = [l for l in capsys.readouterr().out.splitlines() if not l.startswith("#")]
   assert len(lines) == 2 and not os.path.exists(workdir)
   envs = [dict(w.split("=", 1) for w in shlex.split(l) if "=" in w and w.split("=")[0].isupper()) for l in lines]
@@ -253,13 +354,30 @@ def test_local_dry_run_prints_one_command_per_process(capsys, tmp_path, monkeypa
   assert envs[0]["JAX_COORDINATOR_ADDRESS"] == envs[1]["JAX_COORDINATOR_ADDRESS"]
   assert envs[0]["JAX_COORDINATOR_ADDRESS"].startswith("127.0.0.1:")
   assert all(e["XLA_FLAGS"].endswith("--xla_force_host_platform_device_count=4") for e in envs)
-  assert lines[0].endswith(shlex.join([sys.executable, "-m", "microverse_jax.train",
-                                       "--config=configs/microsim_tiny.py:test", f"--workdir={workdir}",
-                                       "--config.train.num_steps=3", *MESH]))
+  assert lines[0].endswith(
+    shlex.join(
+      [
+        sys.executable,
+        "-m",
+        "microverse_jax.train",
+        "--config=configs/microsim_tiny.py:test",
+        f"--workdir={workdir}",
+        "--config.train.num_steps=3",
+        *MESH,
+      ]
+    )
+  )
 
 
 def test_local_preflight_checks_the_mesh_against_the_processes_devices(monkeypatch):
   monkeypatch.chdir(REPO)
   with pytest.raises(ValueError, match="batch_size=4 must split .* 8 data shards"):  # 4 rows, 8 devices
-    local.main(["--config=configs/microsim_tiny.py:test", "--workdir=/tmp/w", "--num_processes=2",
-                "--devices_per_process=4", "--dry_run"])
+    local.main(
+      [
+        "--config=configs/microsim_tiny.py:test",
+        "--workdir=/tmp/w",
+        "--num_processes=2",
+        "--devices_per_process=4",
+        "--dry_run",
+      ]
+    )

@@ -1,5 +1,6 @@
 """gs:// paths without a network: an in-memory fsspec filesystem stands in for GCS (with its object
 semantics: files cannot be appended to; gcsfs turns 'a' into an overwrite)."""
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ from microverse_jax.launch import sweep, topologies, tpu
 
 class FakeGCS(MemoryFileSystem):
   """gs:// (and gcs://) in memory. Like gcsfs, mode 'a' overwrites the object instead of appending."""
+
   protocol = ("gs", "gcs")
   store: dict = {}
   pseudo_dirs = [""]
@@ -92,6 +94,7 @@ def test_trainer_metrics_on_gs_keep_every_row(fake_gcs, monkeypatch):
   from tensorboardX import record_writer
 
   from microverse_jax import train
+
   monkeypatch.setitem(record_writer.REGISTERED_FACTORIES, "gs", _FakeGcsEventWriterFactory())
   workdir = "gs://bucket/runs/tiny"
   writer = train.MetricWriter(workdir, resume_step=0)

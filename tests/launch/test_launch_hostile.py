@@ -1,6 +1,7 @@
 """Hostile input to the launchers (issue 17, items 1 and 10): names that would run code on every worker,
 paths with spaces, and secrets in untracked files. The remote scripts are run here, in bash, against
 stand-in programs, so the test sees what a worker's shell would do with them."""
+
 from __future__ import annotations
 
 import io
@@ -41,18 +42,29 @@ def _worker(tmp_path):
 
 def _run_remote(script: str, home) -> subprocess.CompletedProcess:
   """What `gcloud ... ssh --command=SCRIPT` makes a worker's login shell (bash) do."""
-  return subprocess.run(["bash", "-c", script], cwd=home, env={**os.environ, "HOME": str(home)},
-                        capture_output=True, text=True, timeout=60)
+  return subprocess.run(
+    ["bash", "-c", script], cwd=home, env={**os.environ, "HOME": str(home)}, capture_output=True, text=True, timeout=60
+  )
 
 
-@pytest.mark.parametrize("workdir", [f"gs://b/runs/{INJECTED}", "gs://b/runs/my run", "gs://b/runs/..",
-                                     "gs://b/runs/a;b", "gs://b/runs/.hidden"])
-def test_run_names_that_a_shell_would_read_are_refused_before_anything_runs(workdir, tmp_path, monkeypatch,
-                                                                            capsys):
+@pytest.mark.parametrize(
+  "workdir",
+  [f"gs://b/runs/{INJECTED}", "gs://b/runs/my run", "gs://b/runs/..", "gs://b/runs/a;b", "gs://b/runs/.hidden"],
+)
+def test_run_names_that_a_shell_would_read_are_refused_before_anything_runs(workdir, tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(REPO)
   with pytest.raises(ValueError, match="names the run's log files"):
-    tpu.main(["--name=mv", "--zone=us-east5-a", "--accelerator_type=v5p-8", f"--config={CONFIG}",
-              f"--workdir={workdir}", "--steps=run,logs", "--dry_run"])
+    tpu.main(
+      [
+        "--name=mv",
+        "--zone=us-east5-a",
+        "--accelerator_type=v5p-8",
+        f"--config={CONFIG}",
+        f"--workdir={workdir}",
+        "--steps=run,logs",
+        "--dry_run",
+      ]
+    )
   assert capsys.readouterr().out == ""  # refused before a single command was printed
   vm = tpu.TpuVm(name="mv", zone="us-east5-a", slice=topologies.parse("v5p-8"))
   with pytest.raises(ValueError, match="names the run's log files"):
@@ -82,28 +94,52 @@ def test_xpk_container_command_quotes_the_workdir(tmp_path):
 
 
 def test_git_clone_takes_its_url_after_double_dash_and_quotes_the_branch():
-  vm = tpu.TpuVm(name="mv", zone="us-east5-a", slice=topologies.parse("v5p-16"),
-                 repo_url="--upload-pack=touch P", branch="dev; touch P")
+  vm = tpu.TpuVm(
+    name="mv",
+    zone="us-east5-a",
+    slice=topologies.parse("v5p-16"),
+    repo_url="--upload-pack=touch P",
+    branch="dev; touch P",
+  )
   script = _flag(vm.install_commands()[0], "--command")
   words = shlex.split(script.split("&&")[1])
-  assert words == ["git", "clone", "--depth=1", "--branch", "dev; touch P", "--", "--upload-pack=touch P",
-                   "microverse-jax"]
+  assert words == [
+    "git",
+    "clone",
+    "--depth=1",
+    "--branch",
+    "dev; touch P",
+    "--",
+    "--upload-pack=touch P",
+    "microverse-jax",
+  ]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(zone="us-east5-a; touch P"), "--zone="), (dict(zone="us east"), "--zone="),
-    (dict(project="p$(id)"), "--project="), (dict(project="-x"), "--project="),
-])
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
+    (dict(zone="us-east5-a; touch P"), "--zone="),
+    (dict(zone="us east"), "--zone="),
+    (dict(project="p$(id)"), "--project="),
+    (dict(project="-x"), "--project="),
+  ],
+)
 def test_tpu_zone_and_project_are_validated(kwargs, message):
   with pytest.raises(ValueError, match=message):
     tpu.TpuVm(**{"name": "mv", "zone": "us-east5-a", "slice": topologies.parse("v5p-8"), **kwargs})
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(cluster="c;rm"), "--cluster="), (dict(cluster="C"), "--cluster="), (dict(zone="$(id)"), "--zone="),
-    (dict(project="my project"), "--project="), (dict(docker_image="img;rm -rf /"), "--docker_image="),
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
+    (dict(cluster="c;rm"), "--cluster="),
+    (dict(cluster="C"), "--cluster="),
+    (dict(zone="$(id)"), "--zone="),
+    (dict(project="my project"), "--project="),
+    (dict(docker_image="img;rm -rf /"), "--docker_image="),
     (dict(priority="urgent"), "--priority="),
-])
+  ],
+)
 def test_xpk_cluster_zone_project_image_are_validated(kwargs, message):
   with pytest.raises(ValueError, match=message):
     xpk.XpkWorkload(**{"cluster": "mv-cluster", "workload": "mv", "slice": topologies.parse("v5p-8"), **kwargs})
@@ -142,8 +178,7 @@ class _Recorder(shell.Runner):
 def test_install_uploads_tracked_files_only_in_a_private_temp_file(repo, tmp_path):
   vm = tpu.TpuVm(name="mv", zone="us-east5-a", slice=topologies.parse("v5p-16"))
   runner = _Recorder(False, out=io.StringIO())
-  tpu.launch(vm, [], ["install"], runner, log_dir=str(tmp_path / "logs"), repo_root=str(repo),
-             needed=["configs/c.py"])
+  tpu.launch(vm, [], ["install"], runner, log_dir=str(tmp_path / "logs"), repo_root=str(repo), needed=["configs/c.py"])
   assert runner.names == [".gitignore", "configs/c.py"]  # no .env, no results/
   assert runner.mode == 0o600 and not runner.tarball.startswith(str(repo))
   assert os.path.basename(runner.tarball) != "mv-microverse-jax.tar.gz"  # not the old predictable name
@@ -154,8 +189,7 @@ def test_install_uploads_tracked_files_only_in_a_private_temp_file(repo, tmp_pat
 def test_include_untracked_opts_in_and_lists_what_it_adds(repo, tmp_path):
   vm = tpu.TpuVm(name="mv", zone="us-east5-a", slice=topologies.parse("v5p-16"))
   runner = _Recorder(False, out=io.StringIO())
-  tpu.launch(vm, [], ["install"], runner, log_dir=str(tmp_path / "logs"), repo_root=str(repo),
-             include_untracked=True)
+  tpu.launch(vm, [], ["install"], runner, log_dir=str(tmp_path / "logs"), repo_root=str(repo), include_untracked=True)
   assert runner.names == [".env", ".gitignore", "configs/c.py", "results/scores.jsonl"]
   assert "and 2 untracked ones: .env, results/scores.jsonl" in runner.out.getvalue()
 
@@ -165,8 +199,15 @@ def test_an_untracked_config_is_refused_before_the_slice_is_created(repo, tmp_pa
   vm = tpu.TpuVm(name="mv", zone="us-east5-a", slice=topologies.parse("v5p-16"))
   runner = _Recorder(False, out=io.StringIO())
   with pytest.raises(ValueError, match=r"configs/new.py: not among the files install uploads \(commit"):
-    tpu.launch(vm, [], ["create", "install"], runner, log_dir=str(tmp_path / "logs"), repo_root=str(repo),
-               needed=["configs/new.py"])
+    tpu.launch(
+      vm,
+      [],
+      ["create", "install"],
+      runner,
+      log_dir=str(tmp_path / "logs"),
+      repo_root=str(repo),
+      needed=["configs/new.py"],
+    )
   assert runner.history == []
 
 

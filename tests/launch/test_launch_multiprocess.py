@@ -1,6 +1,7 @@
 """Multi-host training on this machine: two JAX processes on 127.0.0.1 (4 simulated CPU devices each)
 train the tiny config on one 8-device mesh and checkpoint; their losses equal one 8-device process
 fed the same global batches."""
+
 from __future__ import annotations
 
 import io
@@ -33,8 +34,14 @@ def tiny_data_dir(tmp_path_factory) -> str:
 
 def _overrides(data_dir: str) -> list[str]:
   # 8 devices as data=4 x tensor=2: the batch and the attention heads are split across processes.
-  return [f"--config.data.data_dir={data_dir}", "--config.mesh.data=4", "--config.mesh.tensor=2",
-          "--config.model.num_layers=1", "--config.train.num_steps=3", "--config.train.checkpoint_every=3"]
+  return [
+    f"--config.data.data_dir={data_dir}",
+    "--config.mesh.data=4",
+    "--config.mesh.tensor=2",
+    "--config.model.num_layers=1",
+    "--config.train.num_steps=3",
+    "--config.train.checkpoint_every=3",
+  ]
 
 
 def _metrics(workdir: str) -> list[dict]:
@@ -56,8 +63,14 @@ def test_two_processes_train_like_one(tiny_data_dir, tmp_path, monkeypatch):
     mp_dir, log_dir = str(tmp_path / "two"), str(tmp_path / "two_logs")
     printed = io.StringIO()
     train = shell.train_argv(config, mp_dir, overrides, python=sys.executable)
-    local.run(train, shell.Runner(False, out=printed), num_processes=2, devices_per_process=4,
-              log_dir=log_dir, timeout=TIMEOUT_S)
+    local.run(
+      train,
+      shell.Runner(False, out=printed),
+      num_processes=2,
+      devices_per_process=4,
+      log_dir=log_dir,
+      timeout=TIMEOUT_S,
+    )
     assert reference.wait(timeout=TIMEOUT_S) == 0, ref_log.read_text()[-3000:]
   finally:
     if reference.poll() is None:
@@ -84,13 +97,26 @@ def test_two_processes_train_like_one(tiny_data_dir, tmp_path, monkeypatch):
 
 
 def _start_reference(config, workdir, overrides, log_path):
-  env = {**os.environ, **local.process_env(0, 1, devices=8, port=None),
-         "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  env = {
+    **os.environ,
+    **local.process_env(0, 1, devices=8, port=None),
+    "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+  }
   with open(log_path, "w") as out:
     return subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "tests", "launch", "emulated_processes.py"),
-         "--emulated_processes=2", f"--config={config}", f"--workdir={workdir}", *overrides],
-        env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+      [
+        sys.executable,
+        os.path.join(REPO, "tests", "launch", "emulated_processes.py"),
+        "--emulated_processes=2",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        *overrides,
+      ],
+      env=env,
+      stdout=out,
+      stderr=subprocess.STDOUT,
+      start_new_session=True,
+    )
 
 
 @pytest.mark.heavy
@@ -103,10 +129,20 @@ def test_two_processes_resume_from_their_collective_checkpoint(tiny_data_dir, tm
   try:
     mp_dir = str(tmp_path / "two")
     for steps in (2, 3):
-      train = shell.train_argv(config, mp_dir, [*overrides, f"--config.train.num_steps={steps}",
-                                                "--config.train.checkpoint_every=2"], python=sys.executable)
-      local.run(train, shell.Runner(False, out=io.StringIO()), num_processes=2, devices_per_process=4,
-                log_dir=str(tmp_path / f"logs{steps}"), timeout=TIMEOUT_S)
+      train = shell.train_argv(
+        config,
+        mp_dir,
+        [*overrides, f"--config.train.num_steps={steps}", "--config.train.checkpoint_every=2"],
+        python=sys.executable,
+      )
+      local.run(
+        train,
+        shell.Runner(False, out=io.StringIO()),
+        num_processes=2,
+        devices_per_process=4,
+        log_dir=str(tmp_path / f"logs{steps}"),
+        timeout=TIMEOUT_S,
+      )
     assert reference.wait(timeout=TIMEOUT_S) == 0, (tmp_path / "single.log").read_text()[-3000:]
   finally:
     if reference.poll() is None:
@@ -120,30 +156,51 @@ def test_two_processes_resume_from_their_collective_checkpoint(tiny_data_dir, tm
 
 def test_local_launcher_stops_all_processes_when_one_fails(tmp_path):
   """A process that dies must not leave the others waiting at a collective until the timeout."""
-  script = ("import os, sys, time\n"
-            "sys.exit(3) if os.environ['JAX_PROCESS_ID'] == '1' else time.sleep(60)\n")
+  script = "import os, sys, time\nsys.exit(3) if os.environ['JAX_PROCESS_ID'] == '1' else time.sleep(60)\n"
   with pytest.raises(RuntimeError, match="process 1 exited with 3"):
-    local.run([sys.executable, "-c", script], shell.Runner(False, out=io.StringIO()), num_processes=2,
-              log_dir=str(tmp_path), timeout=30)
+    local.run(
+      [sys.executable, "-c", script],
+      shell.Runner(False, out=io.StringIO()),
+      num_processes=2,
+      log_dir=str(tmp_path),
+      timeout=30,
+    )
 
 
 def test_local_launcher_times_out(tmp_path):
   with pytest.raises(TimeoutError, match="still running"):
-    local.run([sys.executable, "-c", "import time; time.sleep(60)"], shell.Runner(False, out=io.StringIO()),
-              num_processes=2, log_dir=str(tmp_path), timeout=1)
+    local.run(
+      [sys.executable, "-c", "import time; time.sleep(60)"],
+      shell.Runner(False, out=io.StringIO()),
+      num_processes=2,
+      log_dir=str(tmp_path),
+      timeout=1,
+    )
 
 
 def test_process_env_for_a_local_multi_process_run(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2 --xla_dump_to=/tmp/x")
   env = local.process_env(1, 2, devices=4, port=1234)
-  assert env == {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=4",
-                 "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+  assert env == {
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=4",
+    "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234",
+    "JAX_NUM_PROCESSES": "2",
+    "JAX_PROCESS_ID": "1",
+  }
   assert "JAX_COORDINATOR_ADDRESS" not in local.process_env(0, 1, devices=None, port=None)
 
 
 def test_maybe_initialize_distributed_reads_explicit_env(monkeypatch):
-  for var in ("MEGASCALE_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "MICROVERSE_DISTRIBUTED",
-              "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+  for var in (
+    "MEGASCALE_COORDINATOR_ADDRESS",
+    "TPU_WORKER_HOSTNAMES",
+    "SLURM_NTASKS",
+    "MICROVERSE_DISTRIBUTED",
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
+  ):
     monkeypatch.delenv(var, raising=False)
   sharding.maybe_initialize_distributed()  # no trigger: a single process, nothing initialised
   assert not jax.distributed.is_initialized()

@@ -2,6 +2,7 @@
 launcher before its first gcloud / xpk call (stubs on PATH record every call); the install line the
 workers really run brings gcsfs and what TensorBoard needs for gs://; one flag convention, with --help
 showing real program names and defaults."""
+
 from __future__ import annotations
 
 import configparser
@@ -19,8 +20,14 @@ from microverse_jax.launch import local, shell, sweep, topologies, tpu, xpk
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = "configs/microsim_tiny.py:test"
-TPU = ["--name=mv", "--zone=us-east5-a", "--project=my-proj", "--accelerator_type=v5p-8",
-       "--workdir=gs://b/runs/r", "--steps=create"]
+TPU = [
+  "--name=mv",
+  "--zone=us-east5-a",
+  "--project=my-proj",
+  "--accelerator_type=v5p-8",
+  "--workdir=gs://b/runs/r",
+  "--steps=create",
+]
 XPK = ["--cluster=mv-cluster", "--accelerator_type=v5p-8", "--workload=mv", "--workdir=gs://b/runs/r"]
 
 
@@ -42,31 +49,42 @@ def cloud(tmp_path, monkeypatch):
     @staticmethod
     def calls() -> list[str]:
       return record.read_text().splitlines() if record.exists() else []
+
   return Cloud
 
 
 def test_stubs_see_a_launch_that_passes_preflight(cloud, tmp_path):
   tpu.main([*TPU, f"--config={TINY}"])
   xpk.main([*XPK, f"--config={TINY}"])
-  sweep.main(["--config=configs/wan2_1.py:1.3b,full", f"--workdir_root={tmp_path}/sw", "--launcher=xpk",
-              *XPK[:3], "--only=0", "--config.data.batch_size=4"])
+  sweep.main(
+    [
+      "--config=configs/wan2_1.py:1.3b,full",
+      f"--workdir_root={tmp_path}/sw",
+      "--launcher=xpk",
+      *XPK[:3],
+      "--only=0",
+      "--config.data.batch_size=4",
+    ]
+  )
   calls = cloud.calls()
-  assert [c.split()[:5] for c in calls] == [["gcloud", "compute", "tpus", "tpu-vm", "create"],
-                                            ["xpk", "workload", "create", "--cluster=mv-cluster",
-                                             "--workload=mv"],
-                                            ["xpk", "workload", "create", "--cluster=mv-cluster",
-                                             "--workload=mv-00"]]
+  assert [c.split()[:5] for c in calls] == [
+    ["gcloud", "compute", "tpus", "tpu-vm", "create"],
+    ["xpk", "workload", "create", "--cluster=mv-cluster", "--workload=mv"],
+    ["xpk", "workload", "create", "--cluster=mv-cluster", "--workload=mv-00"],
+  ]
 
 
 BAD = [  # (trainer flags, the words the one-line error must contain)
-    ([f"--config={TINY}", "--config.optim.lrr=1"], ["--config.optim.lrr=1", "no config key 'optim.lrr'",
-                                                   "did you mean optim.lr"]),
-    (["--config=configs/nope.py:x"], ["no such config file 'configs/nope.py'"]),
-    ([f"--config={TINY}", "--config.optim.lr=fast"], ["--config.optim.lr=fast", "does not fit optim.lr"]),
-    (["--config=configs/wan2_1.py:1.3x"], ["configs/wan2_1.py: unknown variants ['1.3x']"]),
-    ([f"--config={TINY}", "--config.mesh.tensor=3"], ["v5p-8 (4 devices)", "mesh"]),
-    ([f"--config={TINY}", "--config.data.batch_size=6"], ["data.batch_size=6", "4 data shards"]),
-    ([f"--config={REPO}/{TINY}"], ["relative to it"]),
+  (
+    [f"--config={TINY}", "--config.optim.lrr=1"],
+    ["--config.optim.lrr=1", "no config key 'optim.lrr'", "did you mean optim.lr"],
+  ),
+  (["--config=configs/nope.py:x"], ["no such config file 'configs/nope.py'"]),
+  ([f"--config={TINY}", "--config.optim.lr=fast"], ["--config.optim.lr=fast", "does not fit optim.lr"]),
+  (["--config=configs/wan2_1.py:1.3x"], ["configs/wan2_1.py: unknown variants ['1.3x']"]),
+  ([f"--config={TINY}", "--config.mesh.tensor=3"], ["v5p-8 (4 devices)", "mesh"]),
+  ([f"--config={TINY}", "--config.data.batch_size=6"], ["data.batch_size=6", "4 data shards"]),
+  ([f"--config={REPO}/{TINY}"], ["relative to it"]),
 ]
 
 
@@ -83,22 +101,35 @@ def test_a_failed_preflight_calls_no_cloud_tool(cloud, flags, words):
 def test_sweep_preflight_calls_no_cloud_tool(cloud):
   for launcher in (["--launcher=tpu", *TPU[:4], "--steps=create,install"], ["--launcher=xpk", *XPK[:3]]):
     with pytest.raises(ValueError, match="no config key 'optim.lrr'"):
-      sweep.main(["--config=configs/wan2_1.py:1.3b,full", "--workdir_root=gs://b/sw", *launcher,
-                  "--config.data.batch_size=4", "--config.optim.lrr=1"])
+      sweep.main(
+        [
+          "--config=configs/wan2_1.py:1.3b,full",
+          "--workdir_root=gs://b/sw",
+          *launcher,
+          "--config.data.batch_size=4",
+          "--config.optim.lrr=1",
+        ]
+      )
     with pytest.raises(ValueError, match=r"run 0 \(00_lr=5e-06\) on v5p-8 \(4 devices\): data.batch_size=6"):
-      sweep.main(["--config=configs/wan2_1.py:1.3b,full", "--workdir_root=gs://b/sw", *launcher,
-                  "--config.data.batch_size=6"])
+      sweep.main(
+        ["--config=configs/wan2_1.py:1.3b,full", "--workdir_root=gs://b/sw", *launcher, "--config.data.batch_size=6"]
+      )
   assert cloud.calls() == []
 
 
 def test_the_command_line_error_is_one_line_without_a_traceback(cloud):
-  result = subprocess.run([sys.executable, "-m", "microverse_jax.launch.tpu", *TPU, f"--config={TINY}",
-                           "--config.optim.lrr=1"], cwd=REPO, env={**os.environ}, capture_output=True, text=True,
-                          timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-m", "microverse_jax.launch.tpu", *TPU, f"--config={TINY}", "--config.optim.lrr=1"],
+    cwd=REPO,
+    env={**os.environ},
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert result.returncode == 1 and errors == [
-      "error: --config.optim.lrr=1: configs/microsim_tiny.py has no config key 'optim.lrr'; did you mean "
-      "optim.lr?"], result.stderr
+    "error: --config.optim.lrr=1: configs/microsim_tiny.py has no config key 'optim.lrr'; did you mean optim.lr?"
+  ], result.stderr
   assert "Traceback" not in result.stderr and cloud.calls() == []
 
 
@@ -124,22 +155,24 @@ def _installed_lines() -> list[str]:
   script = [a for a in ssh if a.startswith("--command=")][0].split("=", 1)[1]
   w = xpk.XpkWorkload(cluster="mv-cluster", workload="mv", slice=topologies.parse("v5p-8"))
   container = [a for a in w.create_command(["python", "-m", "x"]) if a.startswith("--command=")][0]
-  return [part for line in (script, container.split("=", 1)[1]) for part in line.split("&&")
-          if "pip install" in part]
+  return [part for line in (script, container.split("=", 1)[1]) for part in line.split("&&") if "pip install" in part]
 
 
 def _setup_extras() -> dict[str, list[str]]:
   cfg = configparser.ConfigParser()
   cfg.read(os.path.join(REPO, "setup.cfg"))
-  return {name: [re.split(r"[<>=\[;! ]", r.strip())[0].lower() for r in reqs.splitlines() if r.strip()]
-          for name, reqs in cfg["options.extras_require"].items()}
+  return {
+    name: [re.split(r"[<>=\[;! ]", r.strip())[0].lower() for r in reqs.splitlines() if r.strip()]
+    for name, reqs in cfg["options.extras_require"].items()
+  }
 
 
 def test_the_workers_install_gcsfs_and_what_tensorboardx_needs_for_gs():
   import tensorboardX.record_writer as record_writer
+
   source = inspect.getsource(record_writer)
   assert "from google.cloud import storage" in source  # tensorboardX's gs:// writer (GCSRecordWriter)
-  needed = {"gcsfs", "google-cloud-storage"}             # epath on gs://; tensorboardX on gs://
+  needed = {"gcsfs", "google-cloud-storage"}  # epath on gs://; tensorboardX on gs://
   lines = _installed_lines()
   assert len(lines) == 2  # one on TPU VMs, one in the XPK container
   extras = _setup_extras()
@@ -151,10 +184,14 @@ def test_the_workers_install_gcsfs_and_what_tensorboardx_needs_for_gs():
 
 
 # ---------------------------------------------------------------------------- flags and --help
-PARSERS = {"microverse_jax.launch.tpu": tpu.parser(), "microverse_jax.launch.xpk": xpk.parser(),
-           "microverse_jax.launch.local": local.parser(),
-           "microverse_jax.launch.sweep": sweep.parser("local"), "microverse_jax.launch.sweep tpu": sweep.parser("tpu"),
-           "microverse_jax.launch.sweep xpk": sweep.parser("xpk")}
+PARSERS = {
+  "microverse_jax.launch.tpu": tpu.parser(),
+  "microverse_jax.launch.xpk": xpk.parser(),
+  "microverse_jax.launch.local": local.parser(),
+  "microverse_jax.launch.sweep": sweep.parser("local"),
+  "microverse_jax.launch.sweep tpu": sweep.parser("tpu"),
+  "microverse_jax.launch.sweep xpk": sweep.parser("xpk"),
+}
 
 
 @pytest.mark.parametrize("name", PARSERS)

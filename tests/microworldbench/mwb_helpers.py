@@ -2,6 +2,7 @@
 
 (A module of its own, not conftest.py, so that tests import it by a name no other folder uses.)
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -19,8 +20,9 @@ def official_file(name: str) -> str:
   return str(path)
 
 
-def write_gray_video(path: str, num_frames: int = 16, size: tuple[int, int] = (48, 64),
-                     codec: str = "libx264", texture: bool = False) -> None:
+def write_gray_video(
+  path: str, num_frames: int = 16, size: tuple[int, int] = (48, 64), codec: str = "libx264", texture: bool = False
+) -> None:
   """A video whose frame i is flat gray at level 10 * i (so frame positions can be read back),
   or with `texture` a noisy one (so that JPEG sizes depend on quality)."""
   import av
@@ -41,8 +43,14 @@ def write_gray_video(path: str, num_frames: int = 16, size: tuple[int, int] = (4
       container.mux(packet)
 
 
-def make_task(index: int, k: int = 5, norm_keys: bool = False, numbering: str = "plain",
-              penalties: tuple[int, ...] = (5,), weights: list | None = None) -> dict:
+def make_task(
+  index: int,
+  k: int = 5,
+  norm_keys: bool = False,
+  numbering: str = "plain",
+  penalties: tuple[int, ...] = (5,),
+  weights: list | None = None,
+) -> dict:
   """A rubric task whose text says TASK-<index>; criteria d1..dk (or d11, d22, ...)."""
   task = {"index": index}
   text_keys = ("任务", "具体要求") if norm_keys else ("task", "requirement")

@@ -13,6 +13,7 @@ lists what to do on the 1st, 2nd, ... request for that item, `default` after tha
   prose     200 with a reply holding no JSON object
   short / long / bad_value   200 with K-1 / K+1 scores / a score of 2
 """
+
 from __future__ import annotations
 
 import http.server
@@ -22,8 +23,7 @@ import threading
 import time
 from typing import Any
 
-TITLES = {"Scientific Accuracy": "scientific", "Visual Quality": "visual",
-          "Instruction Following": "instruction"}
+TITLES = {"Scientific Accuracy": "scientific", "Visual Quality": "visual", "Instruction Following": "instruction"}
 DIM_ORDER = ("scientific", "visual", "instruction")
 
 
@@ -33,9 +33,16 @@ def truth(index: int, dimension: str, k: int) -> list[int]:
 
 
 class FakeJudge:
-  def __init__(self, plans: dict[tuple[int, str], list[str]] | None = None, default: str = "ok",
-               latency: float = 0.0, hang: float = 2.0, retry_after: str = "1",
-               error_body: bytes = b'{"error": {"message": "injected"}}', identify=None):
+  def __init__(
+    self,
+    plans: dict[tuple[int, str], list[str]] | None = None,
+    default: str = "ok",
+    latency: float = 0.0,
+    hang: float = 2.0,
+    retry_after: str = "1",
+    error_body: bytes = b'{"error": {"message": "injected"}}',
+    identify=None,
+  ):
     self.plans = dict(plans or {})
     self.identify = identify
     self.error_body = error_body
@@ -62,8 +69,7 @@ class FakeJudge:
     self.server = Server(("127.0.0.1", 0), Handler)
     self.server.daemon_threads = True
     self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-    self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                    daemon=True)
+    self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
   def __enter__(self) -> "FakeJudge":
     self._thread.start()
@@ -101,8 +107,9 @@ class FakeJudge:
     else:
       found = re.search(r"TASK-(\d+)", prompt) or re.search(r"of task (\d+)", prompt)
       index = int(found.group(1))
-      dimension = next(d for title, d in TITLES.items()
-                       if f"dimension {title}" in prompt or f"the {title} dimension" in prompt)
+      dimension = next(
+        d for title, d in TITLES.items() if f"dimension {title}" in prompt or f"the {title} dimension" in prompt
+      )
     k = len(re.findall(r"^\d+\. \[", prompt, flags=re.M))
     item = (index, dimension)
     with self._lock:
@@ -110,13 +117,24 @@ class FakeJudge:
       self._counts[item] = attempt + 1
       plan = self.plans.get(item, [])
       action = plan[attempt] if attempt < len(plan) else self.default
-      self.log.append({"item": item, "attempt": attempt, "action": action, "k": k,
-                       "auth": h.headers.get("Authorization"), "model": payload.get("model"),
-                       "temperature": payload.get("temperature"),
-                       "response_format": payload.get("response_format"), "body": payload,
-                       "messages": len(payload["messages"]), "images": images,
-                       "image_bytes": sum(len(u) for u in images), "prompt": prompt,
-                       "time": time.monotonic()})
+      self.log.append(
+        {
+          "item": item,
+          "attempt": attempt,
+          "action": action,
+          "k": k,
+          "auth": h.headers.get("Authorization"),
+          "model": payload.get("model"),
+          "temperature": payload.get("temperature"),
+          "response_format": payload.get("response_format"),
+          "body": payload,
+          "messages": len(payload["messages"]),
+          "images": images,
+          "image_bytes": sum(len(u) for u in images),
+          "prompt": prompt,
+          "time": time.monotonic(),
+        }
+      )
     if self.latency:
       time.sleep(self.latency)
     scores = truth(index, dimension, k)
@@ -129,15 +147,18 @@ class FakeJudge:
     if action == "timeout":
       time.sleep(self.hang)
     content = {
-        "ok": lambda: json.dumps({"scores": scores, "reasoning": f"item {index} {dimension}"}),
-        "timeout": lambda: json.dumps({"scores": scores, "reasoning": "late"}),
-        "fence": lambda: "Here you go:\n```json\n" + json.dumps({"scores": scores, "reasoning": "f"}) + "\n```",
-        "prose": lambda: "The video looks fine to me.",
-        "short": lambda: json.dumps({"scores": scores[:-1], "reasoning": "short"}),
-        "long": lambda: json.dumps({"scores": scores + [0], "reasoning": "long"}),
-        "bad_value": lambda: json.dumps({"scores": [2] + scores[1:], "reasoning": "bad"}),
+      "ok": lambda: json.dumps({"scores": scores, "reasoning": f"item {index} {dimension}"}),
+      "timeout": lambda: json.dumps({"scores": scores, "reasoning": "late"}),
+      "fence": lambda: "Here you go:\n```json\n" + json.dumps({"scores": scores, "reasoning": "f"}) + "\n```",
+      "prose": lambda: "The video looks fine to me.",
+      "short": lambda: json.dumps({"scores": scores[:-1], "reasoning": "short"}),
+      "long": lambda: json.dumps({"scores": scores + [0], "reasoning": "long"}),
+      "bad_value": lambda: json.dumps({"scores": [2] + scores[1:], "reasoning": "bad"}),
     }[action]()
-    reply = {"id": "x", "object": "chat.completion", "model": payload.get("model"),
-             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                          "finish_reason": "stop"}]}
+    reply = {
+      "id": "x",
+      "object": "chat.completion",
+      "model": payload.get("model"),
+      "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+    }
     self._send(h, 200, json.dumps(reply).encode())

@@ -1,5 +1,6 @@
 """Aggregation: hand-computed official and strict scores, the official formula on the official
 files, bootstrap CIs, and the `aggregate` CLI (JSON, Markdown, PNG plots)."""
+
 from __future__ import annotations
 
 import json
@@ -30,33 +31,56 @@ P, N = "+1", "-1"
 @pytest.fixture
 def hand_case(tmp_path):
   """Five tasks in the norm file's layout (任务/具体要求) and one model's results."""
+
   def task(i, sci, vis, ins):
-    return {"index": i, "任务": f"TASK-{i}", "具体要求": "req", "rubrics_scientific": sci,
-            "rubrics_visual": vis, "rubrics_instruction": ins}
+    return {
+      "index": i,
+      "任务": f"TASK-{i}",
+      "具体要求": "req",
+      "rubrics_scientific": sci,
+      "rubrics_visual": vis,
+      "rubrics_instruction": ins,
+    }
+
   plain = _block([1.0] * 5, [P, P, P, P, N])
   tasks = [
-      # Zero weight (criterion 4), penalties, string weights, clamping at 0 (instruction).
-      task(1, _block([1.0, 0.5, "0.5", 0.0, 1.0], [P, P, P, P, N]), _block(["0.5"] * 5, [P, P, P, P, N]), plain),
-      task(2, _block([1.0, 0.5, 0.5, 0.5, 0.5], [P] * 5), plain, _block([1.0] * 5, [P] * 5, numbering=11)),
-      task(3, plain, plain, _block([0.5] * 5, [P] * 5, numbering=11)),
-      task(4, plain, plain, plain),
-      task(5, plain, plain, plain),
+    # Zero weight (criterion 4), penalties, string weights, clamping at 0 (instruction).
+    task(1, _block([1.0, 0.5, "0.5", 0.0, 1.0], [P, P, P, P, N]), _block(["0.5"] * 5, [P, P, P, P, N]), plain),
+    task(2, _block([1.0, 0.5, 0.5, 0.5, 0.5], [P] * 5), plain, _block([1.0] * 5, [P] * 5, numbering=11)),
+    task(3, plain, plain, _block([0.5] * 5, [P] * 5, numbering=11)),
+    task(4, plain, plain, plain),
+    task(5, plain, plain, plain),
   ]
   rpath, tpath = tmp_path / "norm.json", tmp_path / "tasks.json"
   rpath.write_text(json.dumps(tasks, ensure_ascii=False), encoding="utf-8")
   tpath.write_text(json.dumps([{"index": i, "final_label": c} for i, c in LABELS.items()]))
 
   def ev(scores):
-    return {"raw_response": json.dumps({"scores": scores}),
-            "parsed_result": None if scores is None else {"scores": scores, "reasoning": ""}}
+    return {
+      "raw_response": json.dumps({"scores": scores}),
+      "parsed_result": None if scores is None else {"scores": scores, "reasoning": ""},
+    }
+
   results = [
-      {"index": 1, "scientific_eval": ev([1, 0, 1, 1, 1]), "visual_eval": ev([1, 1, 1, 1, 0]),
-       "instruction_eval": ev([0, 0, 0, 0, 1])},
-      {"index": 2, "scientific_eval": ev([1]), "visual_eval": ev([1, 1, 1, 1, 1, 1]),
-       "instruction_eval": ev([1, 1, 1, 1, 1])},
-      {"index": 3, "scientific_eval": ev([1, 1, 0, 0, 0]), "visual_eval": ev([1, 1, 1, 1, 0]),
-       "instruction_eval": ev([1, 0, 1, 0, 1])},
-      {"index": 4, "scientific_eval": ev([1] * 5), "visual_eval": ev([1] * 5), "instruction_eval": ev(None)},
+    {
+      "index": 1,
+      "scientific_eval": ev([1, 0, 1, 1, 1]),
+      "visual_eval": ev([1, 1, 1, 1, 0]),
+      "instruction_eval": ev([0, 0, 0, 0, 1]),
+    },
+    {
+      "index": 2,
+      "scientific_eval": ev([1]),
+      "visual_eval": ev([1, 1, 1, 1, 1, 1]),
+      "instruction_eval": ev([1, 1, 1, 1, 1]),
+    },
+    {
+      "index": 3,
+      "scientific_eval": ev([1, 1, 0, 0, 0]),
+      "visual_eval": ev([1, 1, 1, 1, 0]),
+      "instruction_eval": ev([1, 0, 1, 0, 1]),
+    },
+    {"index": 4, "scientific_eval": ev([1] * 5), "visual_eval": ev([1] * 5), "instruction_eval": ev(None)},
   ]
   res = tmp_path / "Hand_result.json"
   res.write_text(json.dumps(results))
@@ -75,8 +99,9 @@ def test_official_mode_hand_computed(hand_case):
   assert s["valid_tasks"] == 3
   assert s["overall"] == pytest.approx((18.75 + 80 + 75) / 3)
   assert s["categories"] == pytest.approx({"Organ-level": 18.75, "Cellular-level": 77.5, "Subcellular-level": 0.0})
-  assert s["dimensions"] == pytest.approx({"scientific": (25 + 100 + 50) / 3, "visual": (100 + 75 + 100) / 3,
-                                           "instruction": 0.0})
+  assert s["dimensions"] == pytest.approx(
+    {"scientific": (25 + 100 + 50) / 3, "visual": (100 + 75 + 100) / 3, "instruction": 0.0}
+  )
   assert s["category_tasks"] == {"Organ-level": 1, "Cellular-level": 2, "Subcellular-level": 0}
   assert list(s["incomplete_tasks"]) == ["4"] and s["missing_tasks"] == [5]
 
@@ -91,8 +116,10 @@ def test_strict_mode_hand_computed(hand_case):
   assert s["overall"] == pytest.approx((18.75 + t3) / 2)
   assert s["categories"] == pytest.approx({"Organ-level": 18.75, "Cellular-level": t3, "Subcellular-level": None})
   assert s["dimensions"] == pytest.approx({"scientific": 37.5, "visual": 100.0, "instruction": 30.0})
-  assert s["incomplete_tasks"] == {"2": '''scientific: "scores" has 1 values, expected 5''',
-                                   "4": "instruction: no parsed result"}
+  assert s["incomplete_tasks"] == {
+    "2": '''scientific: "scores" has 1 values, expected 5''',
+    "4": "instruction: no parsed result",
+  }
   assert s["missing_tasks"] == [5]
 
 
@@ -166,9 +193,11 @@ def test_official_mode_equals_official_formula_on_official_files():
   assert s["overall"] == pytest.approx(overall, abs=1e-9)
   assert s["categories"] == pytest.approx(cats, abs=1e-9)
   assert s["dimensions"] == pytest.approx(dims, abs=1e-9)
+
   # The 55 blocks numbered d11..d55 score 0 in official mode and count in strict mode.
   def all_met(index, d):
     return {"parsed_result": {"scores": [1] * len(rubrics.tasks[index].criteria[d])}}
+
   full = [{"index": t["index"], **{f"{d}_eval": all_met(t["index"], d) for d in DIMENSIONS}} for t in norm]
   official = {t.index: t for t in score_model("m", full, rubrics, "official").tasks}
   strict = {t.index: t for t in score_model("m", full, rubrics, "strict").tasks}
@@ -193,8 +222,28 @@ def test_aggregate_cli_writes_json_markdown_and_plots(hand_case, tmp_path):
   other = tmp_path / "Other_result.json"
   other.write_text(json.dumps([dict(r, index=r["index"]) for r in results[:1]]))
   out_json, out_md, plots = tmp_path / "s.json", tmp_path / "r.md", tmp_path / "plots"
-  rc = main(["aggregate", "--results", res, str(other), "--rubrics", rpath, "--tasks", tpath, "--mode", "official",
-             "--json", str(out_json), "--markdown", str(out_md), "--plots", str(plots), "--bootstrap", "200"])
+  rc = main(
+    [
+      "aggregate",
+      "--results",
+      res,
+      str(other),
+      "--rubrics",
+      rpath,
+      "--tasks",
+      tpath,
+      "--mode",
+      "official",
+      "--json",
+      str(out_json),
+      "--markdown",
+      str(out_md),
+      "--plots",
+      str(plots),
+      "--bootstrap",
+      "200",
+    ]
+  )
   assert rc == 0
   summary = json.loads(out_json.read_text())
   assert set(summary["models"]) == {"Hand", "Other"}

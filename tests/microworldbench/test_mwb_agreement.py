@@ -1,4 +1,5 @@
 """Agreement between judges: Cohen's kappa by hand, and pairing of per-criterion decisions."""
+
 from __future__ import annotations
 
 import json
@@ -32,11 +33,16 @@ def test_agreement_pairs_only_validly_judged_criteria(tmp_path):
   path = tmp_path / "r.json"
   path.write_text(json.dumps([make_task(1), make_task(2)]))
   rubrics = load_rubrics(str(path))
-  a = [_item(1, {"scientific": [1, 1, 0, 0, 1], "visual": [1, 1, 1, 1, 1], "instruction": [0, 0, 0, 0, 0]}),
-       _item(2, {"scientific": [1, 1, 1, 1, 1], "visual": [0, 0, 0, 0, 0], "instruction": [1, 0, 1, 0, 1]})]
-  b = [_item(1, {"scientific": [1, 0, 0, 0, 1], "visual": [1, 1, 1, 1, 1], "instruction": [0, 0, 0, 0, 0]}),
-       _item(2, {"scientific": [0, 0, 0, 0, 0], "visual": [1, 1, 1], "instruction": [1, 0, 1, 0, 1]},
-             failed=("scientific",))]
+  a = [
+    _item(1, {"scientific": [1, 1, 0, 0, 1], "visual": [1, 1, 1, 1, 1], "instruction": [0, 0, 0, 0, 0]}),
+    _item(2, {"scientific": [1, 1, 1, 1, 1], "visual": [0, 0, 0, 0, 0], "instruction": [1, 0, 1, 0, 1]}),
+  ]
+  b = [
+    _item(1, {"scientific": [1, 0, 0, 0, 1], "visual": [1, 1, 1, 1, 1], "instruction": [0, 0, 0, 0, 0]}),
+    _item(
+      2, {"scientific": [0, 0, 0, 0, 0], "visual": [1, 1, 1], "instruction": [1, 0, 1, 0, 1]}, failed=("scientific",)
+    ),
+  ]
   result = agreement({"A": a, "B": b}, rubrics)
   (pair,) = result["pairs"]
   # Task 2 scientific failed for B and task 2 visual has 3 scores for 5 criteria: 4 dims x 5 = 20 decisions,

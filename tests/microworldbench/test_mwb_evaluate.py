@@ -1,5 +1,6 @@
 """`evaluate` end to end against the fault-injecting localhost judge: every item ends scored as the
 server meant or failed with its reason; resume redoes only failed/missing items; kill -9 loses nothing."""
+
 from __future__ import annotations
 
 import io
@@ -36,17 +37,30 @@ def _units(results):
     for d in DIMS:
       if f"{d}_eval" in item:
         st = item["status"][d]
-        out[(item["index"], d)] = (st["state"], item[f"{d}_eval"]["parsed_result"] and
-                                   item[f"{d}_eval"]["parsed_result"]["scores"], st["reason"])
+        out[(item["index"], d)] = (
+          st["state"],
+          item[f"{d}_eval"]["parsed_result"] and item[f"{d}_eval"]["parsed_result"]["scores"],
+          st["reason"],
+        )
   return out
 
 
-PLANS = {(1, "scientific"): ["500", "ok"], (1, "visual"): ["429", "ok"], (2, "scientific"): ["timeout", "ok"],
-         (2, "instruction"): ["malformed", "ok"], (3, "visual"): ["short"] * 3, (3, "instruction"): ["long", "ok"],
-         (4, "scientific"): ["bad_value"] * 3, (5, "visual"): ["prose", "ok"], (5, "instruction"): ["fence"],
-         (5, "scientific"): ["413", "413", "ok"]}
-FAILED = {(3, "visual"): 'invalid reply: "scores" has 4 values, expected 5 (after 3 requests)',
-          (4, "scientific"): 'invalid reply: "scores" holds 2, expected only 0 or 1 (after 3 requests)'}
+PLANS = {
+  (1, "scientific"): ["500", "ok"],
+  (1, "visual"): ["429", "ok"],
+  (2, "scientific"): ["timeout", "ok"],
+  (2, "instruction"): ["malformed", "ok"],
+  (3, "visual"): ["short"] * 3,
+  (3, "instruction"): ["long", "ok"],
+  (4, "scientific"): ["bad_value"] * 3,
+  (5, "visual"): ["prose", "ok"],
+  (5, "instruction"): ["fence"],
+  (5, "scientific"): ["413", "413", "ok"],
+}
+FAILED = {
+  (3, "visual"): 'invalid reply: "scores" has 4 values, expected 5 (after 3 requests)',
+  (4, "scientific"): 'invalid reply: "scores" holds 2, expected only 0 or 1 (after 3 requests)',
+}
 
 
 def test_faults_then_resume(bench_dir):
@@ -110,8 +124,9 @@ def test_indices_select_tasks(bench_dir):
     _parse_indices("1,x")
   paths = bench_dir(n=6)
   with FakeJudge() as server:
-    summary = evaluate(load_rubrics(paths["rubrics"]), paths["videos"], paths["out"], _settings(server.url),
-                       indices={2, 5})
+    summary = evaluate(
+      load_rubrics(paths["rubrics"]), paths["videos"], paths["out"], _settings(server.url), indices={2, 5}
+    )
     assert {e["item"][0] for e in server.log} == {2, 5} and summary.scored == 6
 
 
@@ -127,10 +142,33 @@ def test_auth_failure_stops_the_run(bench_dir):
 
 def _cli(paths, url, concurrency=2):
   env = dict(os.environ, MICROWORLDBENCH_API_KEY=KEY, PYTHONUNBUFFERED="1")
-  cmd = [sys.executable, "-m", "microworldbench", "evaluate", "--videos", paths["videos"],
-         "--rubrics", paths["rubrics"], "--tasks", paths["tasks"], "--out", paths["out"],
-         "--judge-url", url, "--judge-model", "judge-x", "--concurrency", str(concurrency),
-         "--timeout", "5", "--backoff", "0.01", "--save-interval", "0.3", "--no-progress"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "microworldbench",
+    "evaluate",
+    "--videos",
+    paths["videos"],
+    "--rubrics",
+    paths["rubrics"],
+    "--tasks",
+    paths["tasks"],
+    "--out",
+    paths["out"],
+    "--judge-url",
+    url,
+    "--judge-model",
+    "judge-x",
+    "--concurrency",
+    str(concurrency),
+    "--timeout",
+    "5",
+    "--backoff",
+    "0.01",
+    "--save-interval",
+    "0.3",
+    "--no-progress",
+  ]
   return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -205,8 +243,17 @@ def test_evaluate_cli_bad_input_is_a_clear_error(bench_dir, tmp_path, capsys):
   from microworldbench.cli import main
 
   paths = bench_dir(n=2)
-  args = ["evaluate", "--rubrics", paths["rubrics"], "--out", paths["out"], "--judge-url", "http://127.0.0.1:9",
-          "--judge-model", "m"]
+  args = [
+    "evaluate",
+    "--rubrics",
+    paths["rubrics"],
+    "--out",
+    paths["out"],
+    "--judge-url",
+    "http://127.0.0.1:9",
+    "--judge-model",
+    "m",
+  ]
   assert main(args + ["--videos", str(tmp_path / "nope")]) == 2
   assert "is not a directory" in capsys.readouterr().err
   with open(paths["out"], "w") as f:

@@ -1,4 +1,5 @@
 """Frame sampling at segment centres (one decode per video) and JPEG data URLs."""
+
 from __future__ import annotations
 
 import base64

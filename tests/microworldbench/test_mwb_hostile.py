@@ -1,6 +1,7 @@
 """Hostile inputs against the scorer (issue 17, items 2, 4, 5, 7, 8): each test failed on the code
 before its fix. Two runs on one --out, a key crossing the cut of an error body, unsafe judge URLs,
 hostile journal lines and statuses, ids that would escape a folder, fixed temporary names."""
+
 from __future__ import annotations
 
 import json
@@ -34,19 +35,43 @@ def _settings(url, **kw):
 
 def _evaluate_cli(paths, url, *extra):
   env = dict(os.environ, MICROWORLDBENCH_API_KEY=KEY, PYTHONUNBUFFERED="1")
-  cmd = [sys.executable, "-m", "microworldbench", "evaluate", "--videos", paths["videos"],
-         "--rubrics", paths["rubrics"], "--out", paths["out"], "--judge-url", url, "--judge-model", "judge-x",
-         "--concurrency", "2", "--save-interval", "0.2", "--no-progress", *extra]
+  cmd = [
+    sys.executable,
+    "-m",
+    "microworldbench",
+    "evaluate",
+    "--videos",
+    paths["videos"],
+    "--rubrics",
+    paths["rubrics"],
+    "--out",
+    paths["out"],
+    "--judge-url",
+    url,
+    "--judge-model",
+    "judge-x",
+    "--concurrency",
+    "2",
+    "--save-interval",
+    "0.2",
+    "--no-progress",
+    *extra,
+  ]
   return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _scored(path):
   with open(path) as f:
-    return {(item["index"], d): item[f"{d}_eval"]["parsed_result"]["scores"]
-            for item in json.load(f) for d in DIMS if item.get("status", {}).get(d, {}).get("state") == "scored"}
+    return {
+      (item["index"], d): item[f"{d}_eval"]["parsed_result"]["scores"]
+      for item in json.load(f)
+      for d in DIMS
+      if item.get("status", {}).get(d, {}).get("state") == "scored"
+    }
 
 
 # --- 2. Two runs on one --out -----------------------------------------------------------------------
+
 
 def test_second_run_on_one_out_refuses_and_the_first_loses_nothing(bench_dir):
   paths = bench_dir(n=6)
@@ -79,17 +104,25 @@ def test_lock_is_released_and_a_dead_holder_does_not_block(tmp_path):
     with pytest.raises(files.LockHeld, match=f"in use by pid {os.getpid()}"):
       files.FileLock(path, "--out x")
   files.FileLock(path, "--out x").release()
-  proc = subprocess.run([sys.executable, "-c", f"from microworldbench import files; "
-                         f"l = files.FileLock({path!r}, 'x'); import os; os._exit(0)"], timeout=60)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      f"from microworldbench import files; l = files.FileLock({path!r}, 'x'); import os; os._exit(0)",
+    ],
+    timeout=60,
+  )
   assert proc.returncode == 0
   files.FileLock(path, "--out x").release()  # The dead process's lock went with it.
 
 
 # --- 7. Secrets and judge URLs ----------------------------------------------------------------------
 
+
 def _task(index=3):
   paths_task = make_task(index)
   from microworldbench.rubrics import Criterion, Task
+
   crit = {d: tuple(Criterion(i, paths_task[f"rubrics_{d}"][f"d{i}"], 1, 1.0) for i in range(1, 6)) for d in DIMS}
   return Task(index, paths_task["task"], paths_task["requirement"], None, crit, {})
 
@@ -107,8 +140,9 @@ def test_key_crossing_the_cut_of_an_error_body_is_masked():
 
 
 def test_url_userinfo_and_key_never_reach_messages_or_reprs():
-  assert mask_secrets("GET https://bob:hunter2@judge.example/v1 failed", ()) == \
-      "GET https://***@judge.example/v1 failed"
+  assert (
+    mask_secrets("GET https://bob:hunter2@judge.example/v1 failed", ()) == "GET https://***@judge.example/v1 failed"
+  )
   settings = _settings("http://127.0.0.1:9")
   assert KEY not in repr(settings) and KEY not in str(settings)
   with FakeJudge(default="401") as server:
@@ -118,10 +152,20 @@ def test_url_userinfo_and_key_never_reach_messages_or_reprs():
   assert "hunter2" not in str(e.value) and KEY not in str(e.value)
 
 
-@pytest.mark.parametrize("url, ok", [
-    ("https://api.openai.com/v1", True), ("http://localhost:8000", True), ("http://127.0.0.1:8000/v1", True),
-    ("http://[::1]:8000", True), ("http://judge.example.com/v1", False), ("ftp://localhost/x", False),
-    ("file:///etc/passwd", False), ("127.0.0.1:8000", False), ("http://", False)])
+@pytest.mark.parametrize(
+  "url, ok",
+  [
+    ("https://api.openai.com/v1", True),
+    ("http://localhost:8000", True),
+    ("http://127.0.0.1:8000/v1", True),
+    ("http://[::1]:8000", True),
+    ("http://judge.example.com/v1", False),
+    ("ftp://localhost/x", False),
+    ("file:///etc/passwd", False),
+    ("127.0.0.1:8000", False),
+    ("http://", False),
+  ],
+)
 def test_judge_url_must_be_https_or_local_http(url, ok):
   if ok:
     assert check_judge_url(url) == url
@@ -135,8 +179,18 @@ def test_judge_url_must_be_https_or_local_http(url, ok):
 
 def test_insecure_url_is_refused_by_the_cli_before_anything_is_written(bench_dir, capsys):
   paths = bench_dir(n=2)
-  args = ["evaluate", "--videos", paths["videos"], "--rubrics", paths["rubrics"], "--out", paths["out"],
-          "--judge-model", "m", "--judge-url"]
+  args = [
+    "evaluate",
+    "--videos",
+    paths["videos"],
+    "--rubrics",
+    paths["rubrics"],
+    "--out",
+    paths["out"],
+    "--judge-model",
+    "m",
+    "--judge-url",
+  ]
   assert main(args + ["http://judge.example.com"]) == 2
   assert "--allow-insecure-url" in capsys.readouterr().err
   assert not os.path.exists(paths["out"]) and not os.path.exists(paths["out"] + ".lock")
@@ -147,27 +201,44 @@ def test_url_errors_stop_the_run_at_once(bench_dir):
   rubrics = load_rubrics(paths["rubrics"])
   with FakeJudge() as server:
     refused = server.url  # Nobody listens there once the server is closed.
-  for url, why in ((refused, "connection refused"),
-                   ("http://no-such-host.invalid:9", "does not resolve")):
+  for url, why in ((refused, "connection refused"), ("http://no-such-host.invalid:9", "does not resolve")):
     t0 = time.monotonic()
-    summary = evaluate(rubrics, paths["videos"], paths["out"],
-                       _settings(url, retries=4, backoff=0.5, allow_insecure_url=True), concurrency=2)
+    summary = evaluate(
+      rubrics,
+      paths["videos"],
+      paths["out"],
+      _settings(url, retries=4, backoff=0.5, allow_insecure_url=True),
+      concurrency=2,
+    )
     assert summary.fatal and why in summary.fatal and "--judge-url" in summary.fatal
     assert summary.failed == 0 and time.monotonic() - t0 < 10  # No retries, no items failed.
 
 
 # --- 8. Hostile journal lines and statuses ----------------------------------------------------------
 
+
 def test_resume_skips_and_counts_hostile_journal_lines(bench_dir):
   paths = bench_dir(n=3)
-  good = {"index": 1, "video_path": "v", "dimension": "scientific", "judge_model": "judge-x",
-          "eval": {"raw_response": "r", "parsed_result": {"scores": truth(1, "scientific", 5), "reasoning": ""}},
-          "status": {"state": "scored", "reason": None, "requests": 1, "criteria": [1, 2, 3, 4, 5]}}
+  good = {
+    "index": 1,
+    "video_path": "v",
+    "dimension": "scientific",
+    "judge_model": "judge-x",
+    "eval": {"raw_response": "r", "parsed_result": {"scores": truth(1, "scientific", 5), "reasoning": ""}},
+    "status": {"state": "scored", "reason": None, "requests": 1, "criteria": [1, 2, 3, 4, 5]},
+  }
   cut = json.dumps(dict(good, index=2, video_path="vidéo"), ensure_ascii=False).encode()
-  cut = cut[:cut.index("é".encode()) + 1]  # Ends inside a two-byte character.
-  lines = [json.dumps(good).encode(), cut, b"[]", b"{}", json.dumps(dict(good, dimension="smell")).encode(),
-           json.dumps(dict(good, index="2")).encode(), json.dumps(dict(good, status="scored")).encode(),
-           b"\xff\xfe\x00garbage"]
+  cut = cut[: cut.index("é".encode()) + 1]  # Ends inside a two-byte character.
+  lines = [
+    json.dumps(good).encode(),
+    cut,
+    b"[]",
+    b"{}",
+    json.dumps(dict(good, dimension="smell")).encode(),
+    json.dumps(dict(good, index="2")).encode(),
+    json.dumps(dict(good, status="scored")).encode(),
+    b"\xff\xfe\x00garbage",
+  ]
   with open(paths["out"] + ".journal", "wb") as f:
     f.write(b"\n".join(lines) + b"\n")
   with FakeJudge() as server:
@@ -192,6 +263,7 @@ def test_aggregate_names_the_task_of_a_malformed_status(tmp_path, bench_dir, cap
 
 
 # --- 4 and 5. Ids that become file names; atomic writes ---------------------------------------------
+
 
 def test_physics_ids_must_be_safe_and_unique_before_anything_runs(tmp_path, capsys, monkeypatch):
   from microworldbench.physics import command
@@ -230,6 +302,7 @@ def test_write_atomic_replaces_leaves_nothing_behind_and_keeps_the_old_file_on_e
         files.write_json_atomic(path, {"writer": n, "i": i})
     except Exception as e:  # noqa: BLE001
       errors.append(e)
+
   threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
   for t in threads:
     t.start()
@@ -249,8 +322,23 @@ def test_writers_use_unique_temporary_names(tmp_path, bench_dir):
   plots.mkdir()
   for stale in (plots / ".categories.tmp.png", tmp_path / f"report.md.tmp.{os.getpid()}"):
     stale.mkdir()
-  args = ["aggregate", "--results", str(results), "--rubrics", paths["rubrics"], "--tasks", paths["tasks"],
-          "--markdown", str(report), "--plots", str(plots), "--json", str(tmp_path / "s.json"), "--bootstrap", "10"]
+  args = [
+    "aggregate",
+    "--results",
+    str(results),
+    "--rubrics",
+    paths["rubrics"],
+    "--tasks",
+    paths["tasks"],
+    "--markdown",
+    str(report),
+    "--plots",
+    str(plots),
+    "--json",
+    str(tmp_path / "s.json"),
+    "--bootstrap",
+    "10",
+  ]
   assert main(args) == 0 and main(args) == 0  # And again over the files of the first run.
   assert (plots / "categories.png").stat().st_size > 0 and report.read_text().startswith("# MicroWorldBench")
   assert sorted(p.name for p in plots.iterdir()) == [".categories.tmp.png", "categories.png", "dimensions.png"]

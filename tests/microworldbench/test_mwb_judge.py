@@ -1,4 +1,5 @@
 """Judge client against a real localhost chat-completions server that injects faults."""
+
 from __future__ import annotations
 
 import email.utils
@@ -27,8 +28,13 @@ KEY = "sk-test-SECRET-123"
 
 def _task(index=3, k=5):
   t = make_task(index, k=k)
-  crit = {d: tuple(Criterion(i, t[f"rubrics_{d}"][f"d{i}"], -1 if t[f"rubrics_{d}"][f"s{i}"] == "-1" else 1, 1.0)
-                   for i in range(1, k + 1)) for d in ("scientific", "visual", "instruction")}
+  crit = {
+    d: tuple(
+      Criterion(i, t[f"rubrics_{d}"][f"d{i}"], -1 if t[f"rubrics_{d}"][f"s{i}"] == "-1" else 1, 1.0)
+      for i in range(1, k + 1)
+    )
+    for d in ("scientific", "visual", "instruction")
+  }
   return Task(index, t["task"], t["requirement"], None, crit, {})
 
 
@@ -47,16 +53,18 @@ def test_parse_reply_is_strict():
   assert parse_reply('{"scores": [1, 0, 1], "reasoning": "ok"}', 3) == {"scores": [1, 0, 1], "reasoning": "ok"}
   assert parse_reply('```json\n{"scores": [1.0, 0]}\n```', 2)["scores"] == [1, 0]
   assert parse_reply('Sure. {"scores": [0, 1], "reasoning": ["a", "b"]} Done.', 2)["reasoning"] == '["a", "b"]'
-  for bad, why in [('{"scores": [1, 0]}', "has 2 values, expected 3"),
-                   ('{"scores": [1, 0, 1, 1]}', "has 4 values"),
-                   ('{"scores": [1, 0, 2]}', "holds 2"),
-                   ('{"scores": [true, false, true]}', "holds True"),
-                   ('{"scores": ["1", 0, 1]}', "holds '1'"),
-                   ('{"scores": "1,0,1"}', "expected a list"),
-                   ('{"score": [1, 0, 1]}', 'no "scores"'),
-                   ("looks good", "no JSON object"),
-                   ('{"scores": [1, 0,', "no JSON object"),
-                   ("", "empty")]:
+  for bad, why in [
+    ('{"scores": [1, 0]}', "has 2 values, expected 3"),
+    ('{"scores": [1, 0, 1, 1]}', "has 4 values"),
+    ('{"scores": [1, 0, 2]}', "holds 2"),
+    ('{"scores": [true, false, true]}', "holds True"),
+    ('{"scores": ["1", 0, 1]}', "holds '1'"),
+    ('{"scores": "1,0,1"}', "expected a list"),
+    ('{"score": [1, 0, 1]}', 'no "scores"'),
+    ("looks good", "no JSON object"),
+    ('{"scores": [1, 0,', "no JSON object"),
+    ("", "empty"),
+  ]:
     with pytest.raises(ReplyError, match=why):
       parse_reply(bad, 3)
 
@@ -81,7 +89,9 @@ def test_prompt_carries_task_text_and_numbered_criteria():
   assert "exactly 5 integers" in prompt
 
 
-@pytest.mark.parametrize("plan, ok, requests, reason", [
+@pytest.mark.parametrize(
+  "plan, ok, requests, reason",
+  [
     (["ok"], True, 1, None),
     (["fence"], True, 1, None),
     (["500", "ok"], True, 2, None),
@@ -96,7 +106,8 @@ def test_prompt_carries_task_text_and_numbered_criteria():
     (["timeout"] * 5, False, 5, "timeout after 0.5s (after 5 requests)"),
     (["413"] * 4, False, 4, "HTTP 413: payload too large at the smallest frame encoding"),
     (["400"], False, 1, "HTTP 400"),
-])
+  ],
+)
 def test_judge_fault_plans(plan, ok, requests, reason):
   with FakeJudge({(3, "scientific"): plan}, hang=1.0, retry_after="0") as server:
     verdict = Judge(_settings(server.url)).judge(build_prompt(_task(), "scientific", 2), _images, 5, levels=4)
@@ -161,8 +172,7 @@ def test_connection_refused_after_an_answer_is_retried_then_failed():
     assert judge.judge(build_prompt(_task(), "visual", 2), _images, 5).ok
   # The endpoint went away (asked from a new thread, so on a new connection).
   verdicts = []
-  worker = threading.Thread(target=lambda: verdicts.append(
-      judge.judge(build_prompt(_task(), "visual", 2), _images, 5)))
+  worker = threading.Thread(target=lambda: verdicts.append(judge.judge(build_prompt(_task(), "visual", 2), _images, 5)))
   worker.start()
   worker.join()
   verdict = verdicts[0]

@@ -1,4 +1,5 @@
 """The scorer package must import (and run its CLI help) without JAX."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,9 @@ except SystemExit as e:
 
 
 def test_import_does_not_need_or_load_jax():
-  proc = subprocess.run([sys.executable, "-c", BLOCK_JAX], capture_output=True, text=True, timeout=60,
-                        env=dict(os.environ, PYTHONPATH=""))
+  proc = subprocess.run(
+    [sys.executable, "-c", BLOCK_JAX], capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH="")
+  )
   assert proc.returncode == 0, proc.stderr
   assert "evaluate" in proc.stdout and "aggregate" in proc.stdout and "agreement" in proc.stdout
 

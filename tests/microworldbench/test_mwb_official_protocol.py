@@ -6,6 +6,7 @@ with what the local fake judge receives, for a few tasks and all three dimension
 of model + messages only, 8 frames at the official positions at JPEG quality 100, 413 answered at
 quality 30 / 20 / 10, and the official parse rule (first `{` to last `}`; a failure stored as null).
 """
+
 from __future__ import annotations
 
 import base64
@@ -26,8 +27,12 @@ NAMES = {"scientific": "Scientific Accuracy", "visual": "Visual Quality", "instr
 KEY = "sk-official-SECRET"
 TASKS = (1, 2, 277)  # 2: instruction block numbered d11..d55 (no criteria shown); 277: 4 instruction criteria.
 VIDEO_FRAMES = 20  # Official positions int(k * 2.5 + 1.25): 1, 3, 6, 8, 11, 13, 16, 18.
-PLANS = {(1, "visual"): ["413", "413", "413", "ok"], (2, "scientific"): ["prose"],
-         (277, "scientific"): ["fence"], (1, "instruction"): ["short"]}
+PLANS = {
+  (1, "visual"): ["413", "413", "413", "ok"],
+  (2, "scientific"): ["prose"],
+  (277, "scientific"): ["fence"],
+  (1, "instruction"): ["short"],
+}
 
 
 def expected_prompt(template: str, row: dict, dim: str) -> str:
@@ -36,8 +41,12 @@ def expected_prompt(template: str, row: dict, dim: str) -> str:
   for i in range(1, 10):
     if f"d{i}" in block and f"s{i}" in block:
       criteria += f"{i}. [{'Positive Point' if block[f's{i}'] == '+1' else 'Penalty Point'}] {block[f'd{i}']}\n"
-  return (template.replace("{dim_name}", NAMES[dim]).replace("{task_desc}", row.get("任务", ""))
-          .replace("{detailed_req}", row.get("具体要求", "")).replace("{rubrics_text}", criteria))
+  return (
+    template.replace("{dim_name}", NAMES[dim])
+    .replace("{task_desc}", row.get("任务", ""))
+    .replace("{detailed_req}", row.get("具体要求", ""))
+    .replace("{rubrics_text}", criteria)
+  )
 
 
 def _jpeg(url: str):
@@ -71,14 +80,30 @@ def official_run(tmp_path, gray_video, monkeypatch):
     shutil.copy(videos / "1.mp4", videos / f"{i}.mp4")
   monkeypatch.setenv("MICROWORLDBENCH_API_KEY", KEY)
   out = str(tmp_path / "Wan_result.json")
-  args = ["evaluate", "--videos", str(videos), "--rubrics", rubrics, "--out", out, "--judge-model", "gpt-4o",
-          "--indices", ",".join(map(str, TASKS)), "--protocol", "official", "--prompt-template", template_path,
-          "--backoff", "0.01", "--no-progress"]
+  args = [
+    "evaluate",
+    "--videos",
+    str(videos),
+    "--rubrics",
+    rubrics,
+    "--out",
+    out,
+    "--judge-model",
+    "gpt-4o",
+    "--indices",
+    ",".join(map(str, TASKS)),
+    "--protocol",
+    "official",
+    "--prompt-template",
+    template_path,
+    "--backoff",
+    "0.01",
+    "--no-progress",
+  ]
   with FakeJudge(PLANS, identify=lambda prompt: expected.get(prompt, (0, "scientific"))) as server:
     code = main(args + ["--judge-url", server.url])
     log = list(server.log)
-  return {"code": code, "log": log, "expected": expected, "out": out, "args": args, "tmp": tmp_path,
-          "rubrics": rubrics}
+  return {"code": code, "log": log, "expected": expected, "out": out, "args": args, "tmp": tmp_path, "rubrics": rubrics}
 
 
 def test_official_request_text_body_frames_and_ladder(official_run):
@@ -92,8 +117,10 @@ def test_official_request_text_body_frames_and_ladder(official_run):
     assert len(body["messages"]) == 1 and set(body["messages"][0]) == {"role", "content"}
     content = body["messages"][0]["content"]
     assert body["messages"][0]["role"] == "user" and content[0] == {"type": "text", "text": e["prompt"]}
-    assert len(content) == 9 and all(set(p) == {"type", "image_url"} and set(p["image_url"]) == {"url"}
-                                     and p["type"] == "image_url" for p in content[1:])
+    assert len(content) == 9 and all(
+      set(p) == {"type", "image_url"} and set(p["image_url"]) == {"url"} and p["type"] == "image_url"
+      for p in content[1:]
+    )
     assert e["auth"] == f"Bearer {KEY}"
   first = next(e for e in log if e["item"] == (1, "scientific"))
   images = [_jpeg(u) for u in first["images"]]
@@ -119,8 +146,7 @@ def test_official_parse_rule_and_recorded_protocol(official_run):
   assert prose["parsed_result"] is None and prose["raw_response"] == "The video looks fine to me."
   assert results[2]["status"]["scientific"]["state"] == "failed"
   assert results[2]["status"]["scientific"]["requests"] == 1  # No re-ask: it would change the body.
-  assert results[277]["scientific_eval"]["parsed_result"] == {"scores": truth(277, "scientific", 5),
-                                                              "reasoning": "f"}
+  assert results[277]["scientific_eval"]["parsed_result"] == {"scores": truth(277, "scientific", 5), "reasoning": "f"}
   short = results[1]["instruction_eval"]["parsed_result"]  # Kept as the judge wrote it, as the official.
   assert short == {"scores": truth(1, "instruction", 5)[:-1], "reasoning": "short"}
   assert results[2]["instruction_eval"]["parsed_result"]["scores"] == []
@@ -131,27 +157,71 @@ def test_protocols_never_mix(official_run, capsys):
   tmp, out = official_run["tmp"], official_run["out"]
   with FakeJudge() as server:  # Resuming the official file with the default protocol is refused.
     args = [a for a in official_run["args"] if a not in ("official",)]
-    args = args[:args.index("--protocol")] + args[args.index("--prompt-template") + 2:]
+    args = args[: args.index("--protocol")] + args[args.index("--prompt-template") + 2 :]
     assert main(args + ["--judge-url", server.url]) == 2
     assert not server.log
   assert "judged with --protocol official, not 'default'" in capsys.readouterr().err
   other = tmp / "Other_result.json"
   other.write_text(json.dumps([{"index": 1, "protocol": "default"}]))
-  code = main(["aggregate", "--results", out, str(other), "--rubrics", official_file("MWBenchRubrics_norm.json"),
-               "--tasks", official_file("finaltasks.json"), "--mode", "official", "--bootstrap", "10"])
+  code = main(
+    [
+      "aggregate",
+      "--results",
+      out,
+      str(other),
+      "--rubrics",
+      official_file("MWBenchRubrics_norm.json"),
+      "--tasks",
+      official_file("finaltasks.json"),
+      "--mode",
+      "official",
+      "--bootstrap",
+      "10",
+    ]
+  )
   err = capsys.readouterr().err
   assert code == 2 and "different protocols" in err and "'official'" in err and "'default'" in err
   summary = tmp / "s.json"
-  assert main(["aggregate", "--results", out, "--rubrics", official_file("MWBenchRubrics_norm.json"),
-               "--tasks", official_file("finaltasks.json"), "--mode", "official", "--bootstrap", "10",
-               "--json", str(summary)]) == 0
+  assert (
+    main(
+      [
+        "aggregate",
+        "--results",
+        out,
+        "--rubrics",
+        official_file("MWBenchRubrics_norm.json"),
+        "--tasks",
+        official_file("finaltasks.json"),
+        "--mode",
+        "official",
+        "--bootstrap",
+        "10",
+        "--json",
+        str(summary),
+      ]
+    )
+    == 0
+  )
   assert json.loads(summary.read_text())["protocol"] == "official"
 
 
 def test_official_protocol_bad_flags(tmp_path, capsys):
   rubrics = official_file("MWBenchRubrics.json")
-  base = ["evaluate", "--videos", str(tmp_path), "--rubrics", rubrics, "--out", str(tmp_path / "o.json"),
-          "--judge-url", "http://127.0.0.1:9", "--judge-model", "m", "--protocol", "official"]
+  base = [
+    "evaluate",
+    "--videos",
+    str(tmp_path),
+    "--rubrics",
+    rubrics,
+    "--out",
+    str(tmp_path / "o.json"),
+    "--judge-url",
+    "http://127.0.0.1:9",
+    "--judge-model",
+    "m",
+    "--protocol",
+    "official",
+  ]
   assert main(base) == 2 and "needs --prompt-template" in capsys.readouterr().err
   bad = tmp_path / "t.txt"
   bad.write_text("Judge {dim_name} please.")

@@ -1,4 +1,5 @@
 """Rubric loading: both key variants, weights, numbering, anomalies, and the official files."""
+
 from __future__ import annotations
 
 import collections
@@ -47,8 +48,9 @@ def test_double_digit_numbering_is_ordered_and_reported(tmp_path):
 def test_criteria_count_and_categories(tmp_path):
   tasks = [make_task(1), make_task(2), make_task(3, k=4)]
   tfile = tmp_path / "t.json"
-  tfile.write_text(json.dumps([{"index": 1, "final_label": "Organ-level"},
-                               {"index": 2, "final_label": "Cellular-level"}]))
+  tfile.write_text(
+    json.dumps([{"index": 1, "final_label": "Organ-level"}, {"index": 2, "final_label": "Cellular-level"}])
+  )
   rs = load_rubrics(_write(tmp_path, tasks), str(tfile))
   assert rs.tasks[1].category == "Organ-level" and rs.tasks[3].category is None
   codes = {(a.index, a.code) for a in rs.anomalies}
@@ -56,12 +58,15 @@ def test_criteria_count_and_categories(tmp_path):
   assert (1, "criteria_count") not in codes
 
 
-@pytest.mark.parametrize("mutate, message", [
+@pytest.mark.parametrize(
+  "mutate, message",
+  [
     (lambda t: t["rubrics_visual"].update(w2="heavy"), "task 1 rubrics_visual w2: weight 'heavy' is not a number"),
     (lambda t: t["rubrics_visual"].update(w2=-1.0), "must be a finite number >= 0"),
     (lambda t: t["rubrics_visual"].update(s2="+2"), "s2='\\+2', expected"),
     (lambda t: t.pop("rubrics_instruction"), "has no 'rubrics_instruction'"),
-])
+  ],
+)
 def test_unscoreable_rubrics_raise_naming_the_place(tmp_path, mutate, message):
   task = make_task(1)
   mutate(task)
@@ -94,16 +99,30 @@ def test_official_files_facts():
     assert len(renumbered) == 55
     assert collections.Counter(d for _, d in renumbered) == {"instruction": 50, "scientific": 4, "visual": 1}
     assert {(i, d) for i, d in renumbered if d != "instruction"} == {
-        (60, "scientific"), (325, "scientific"), (330, "scientific"), (453, "scientific"), (319, "visual")}
+      (60, "scientific"),
+      (325, "scientific"),
+      (330, "scientific"),
+      (453, "scientific"),
+      (319, "visual"),
+    }
     assert [(a.index, a.dimension) for a in rs.anomalies if a.code == "criteria_count"] == [(277, "instruction")]
     assert collections.Counter(t.category for t in rs.tasks.values()) == {
-        "Organ-level": 189, "Cellular-level": 238, "Subcellular-level": 32}
+      "Organ-level": 189,
+      "Cellular-level": 238,
+      "Subcellular-level": 32,
+    }
     assert "missing_category" not in rs.anomaly_counts()
   odd = {(a.index, a.detail.split("=")[1].split(" ")[0]) for a in orig.anomalies if a.code == "odd_weight_format"}
   assert {w for _, w in odd} == {"'1.'", "'2'"}
   assert {i for i, w in odd if w == "'1.'"} == {126} and {i for i, w in odd if w == "'2'"} == {148}
   assert {c.weight for t in orig.tasks.values() for d in t.criteria.values() for c in d} == {
-      0.5, 0.7, 1.0, 1.5, 2.0, 3.0}
+    0.5,
+    0.7,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+  }
   norm_crit = [c for t in norm.tasks.values() for d in t.criteria.values() for c in d]
   assert {c.weight for c in norm_crit} == {0.0, 0.2, 0.5, 1.0}
   assert sum(c.weight == 0 for c in norm_crit) == 884

@@ -4,6 +4,7 @@ Ground truth comes from microverse_jax.datasets.microsim_synth.processes; the wr
 division into three, a blinking cell, particles rising, swimming away from the source) are drawn
 with the same renderer from tracks made here.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,7 @@ def spec_of(process: str, k: int = 0, seed: int = 0, num_frames: int = FRAMES):
 
 
 def row_of(spec, **extra) -> dict:
-  return {"id": f"clip{spec.seed}", "process": spec.process, "params": dict(spec.params), "size": SIZE,
-          **extra}
+  return {"id": f"clip{spec.seed}", "process": spec.process, "params": dict(spec.params), "size": SIZE, **extra}
 
 
 def ground_truth(process: str, k: int = 0, seed: int = 0):
@@ -260,7 +260,7 @@ def test_tracking_links_and_diffusion_estimator():
   assert d == pytest.approx(0.5, rel=0.05) and noise_var == pytest.approx(0.09, rel=0.3)
   assert n == 400 * 29 * 2
   steps = tracklib.displacements(linked, 1)
-  assert (steps ** 2).sum(1).mean() / 4 > 0.55  # the naive estimator's bias, corrected above
+  assert (steps**2).sum(1).mean() / 4 > 0.55  # the naive estimator's bias, corrected above
 
 
 def write_mp4(path: str, video: np.ndarray) -> None:
@@ -292,8 +292,9 @@ def test_cli_physics_end_to_end(tmp_path, capsys):
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
   out, report = tmp_path / "phys.json", tmp_path / "report"
-  code = cli.main(["physics", "--videos", str(videos), "--prompts", str(prompts), "--out", str(out),
-                   "--report", str(report)])
+  code = cli.main(
+    ["physics", "--videos", str(videos), "--prompts", str(prompts), "--out", str(out), "--report", str(report)]
+  )
   assert code == 0
   data = json.loads(out.read_text())
   by_id = {v["id"]: v for v in data["videos"]}
@@ -309,8 +310,7 @@ def test_cli_physics_end_to_end(tmp_path, capsys):
 def test_cli_physics_bad_prompts(tmp_path, capsys):
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_text('{"id": "a", "process": "brownian", "params": {}, "size": 64}\n')
-  code = cli.main(["physics", "--videos", str(tmp_path), "--prompts", str(prompts), "--out",
-                   str(tmp_path / "o.json")])
+  code = cli.main(["physics", "--videos", str(tmp_path), "--prompts", str(prompts), "--out", str(tmp_path / "o.json")])
   assert code == 2
   assert "prompts.jsonl:1" in capsys.readouterr().err
   assert not (tmp_path / "o.json").exists()
@@ -326,6 +326,7 @@ class _NoJax(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _NoJax())
 import microworldbench.physics, microworldbench.physics.command, microworldbench.physics.report
 """
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                        env=dict(os.environ, PYTHONPATH=BENCH_DIR))
+  proc = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=BENCH_DIR)
+  )
   assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,5 @@
 """umT5 encoder: parity with transformers UMT5EncoderModel, weight import, tokenizer, sharding."""
+
 from __future__ import annotations
 
 import functools
@@ -22,10 +23,26 @@ from microverse_jax.convert import umt5_from_original, umt5_from_transformers  #
 from microverse_jax.models.umt5 import UMT5Config, UMT5Encoder, UMT5Tokenizer, relative_position_buckets  # noqa: E402
 
 CONFIGS = {  # two tiny configs: few buckets / short max distance, and Wan's 32 buckets / 128
-    "small_buckets": dict(vocab_size=100, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
-                          relative_attention_num_buckets=8, relative_attention_max_distance=16),
-    "wan_buckets": dict(vocab_size=120, d_model=24, d_kv=6, d_ff=40, num_layers=3, num_heads=3,
-                        relative_attention_num_buckets=32, relative_attention_max_distance=128),
+  "small_buckets": dict(
+    vocab_size=100,
+    d_model=32,
+    d_kv=8,
+    d_ff=48,
+    num_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=16,
+  ),
+  "wan_buckets": dict(
+    vocab_size=120,
+    d_model=24,
+    d_kv=6,
+    d_ff=40,
+    num_layers=3,
+    num_heads=3,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+  ),
 }
 
 
@@ -63,12 +80,13 @@ def test_matches_transformers_on_a_padded_batch(converted):
   ref, _, ours = converted
   ids, mask = _padded_batch(ref.config.vocab_size, 40, [40, 5, 23])
   with torch.no_grad():
-    expected = ref(input_ids=torch.from_numpy(ids).long(),
-                   attention_mask=torch.from_numpy(mask).long()).last_hidden_state.numpy()
+    expected = ref(
+      input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
+    ).last_hidden_state.numpy()
   out = np.asarray(_run(*nnx.split(ours), ids, mask))
   assert out.shape == (3, 40, ref.config.d_model) and out.dtype == np.float32
   np.testing.assert_allclose(out, expected * mask[..., None], atol=1e-4, rtol=0)
-  assert np.all(out[~mask] == 0.0) and np.abs(out[mask]).min() > 0   # padded positions zeroed, others not
+  assert np.all(out[~mask] == 0.0) and np.abs(out[mask]).min() > 0  # padded positions zeroed, others not
   assert np.abs(expected).max() > 0.1
 
 
@@ -83,17 +101,25 @@ def test_relative_position_buckets_match_transformers():
 
 
 # Original Wan `T5Encoder` names, written independently of the converter (test-only rename).
-_ORIGINAL = {"layer.0.layer_norm": "norm1", "layer.0.SelfAttention.q": "attn.q",
-             "layer.0.SelfAttention.k": "attn.k", "layer.0.SelfAttention.v": "attn.v",
-             "layer.0.SelfAttention.o": "attn.o", "layer.1.layer_norm": "norm2",
-             "layer.0.SelfAttention.relative_attention_bias": "pos_embedding.embedding",
-             "layer.1.DenseReluDense.wi_0": "ffn.gate.0", "layer.1.DenseReluDense.wi_1": "ffn.fc1",
-             "layer.1.DenseReluDense.wo": "ffn.fc2"}
+_ORIGINAL = {
+  "layer.0.layer_norm": "norm1",
+  "layer.0.SelfAttention.q": "attn.q",
+  "layer.0.SelfAttention.k": "attn.k",
+  "layer.0.SelfAttention.v": "attn.v",
+  "layer.0.SelfAttention.o": "attn.o",
+  "layer.1.layer_norm": "norm2",
+  "layer.0.SelfAttention.relative_attention_bias": "pos_embedding.embedding",
+  "layer.1.DenseReluDense.wi_0": "ffn.gate.0",
+  "layer.1.DenseReluDense.wi_1": "ffn.fc1",
+  "layer.1.DenseReluDense.wo": "ffn.fc2",
+}
 
 
 def _original_state_dict(ref):
-  out = {"token_embedding.weight": ref.shared.weight.detach().clone(),
-         "norm.weight": ref.encoder.final_layer_norm.weight.detach().clone()}
+  out = {
+    "token_embedding.weight": ref.shared.weight.detach().clone(),
+    "norm.weight": ref.encoder.final_layer_norm.weight.detach().clone(),
+  }
   for key, value in ref.state_dict().items():
     if key.startswith("encoder.block."):
       _, _, i, rest = key.split(".", 3)
@@ -117,10 +143,11 @@ def test_mismatched_checkpoints_give_clear_errors(tmp_path):
   src = tmp_path / "ok"
   ref.save_pretrained(str(src))
   config = json.loads((src / "config.json").read_text())
-  for name, change, message in (("layers", {"num_layers": 3}, r"missing key 'encoder\.block\.2\."),
-                                ("width", {"d_ff": 64},
-                                 r"shape mismatch at blocks\.wi_0\.kernel.*\(2, 32, 48\).*\(2, 32, 64\)"),
-                                ("t5", {"model_type": "t5"}, r"model_type='t5'")):
+  for name, change, message in (
+    ("layers", {"num_layers": 3}, r"missing key 'encoder\.block\.2\."),
+    ("width", {"d_ff": 64}, r"shape mismatch at blocks\.wi_0\.kernel.*\(2, 32, 48\).*\(2, 32, 64\)"),
+    ("t5", {"model_type": "t5"}, r"model_type='t5'"),
+  ):
     bad = tmp_path / name
     bad.mkdir()
     os.symlink(src / "model.safetensors", bad / "model.safetensors")
@@ -134,8 +161,14 @@ def test_mismatched_checkpoints_give_clear_errors(tmp_path):
 
 def test_presets():
   xxl = UMT5Config.preset("umt5-xxl")
-  assert (xxl.vocab_size, xxl.d_model, xxl.d_ff, xxl.num_layers, xxl.num_heads, xxl.d_kv) == \
-      (256384, 4096, 10240, 24, 64, 64)
+  assert (xxl.vocab_size, xxl.d_model, xxl.d_ff, xxl.num_layers, xxl.num_heads, xxl.d_kv) == (
+    256384,
+    4096,
+    10240,
+    24,
+    64,
+    64,
+  )
   assert (xxl.num_buckets, xxl.max_distance, xxl.max_length) == (32, 128, 512)
   with pytest.raises(ValueError, match="unknown UMT5 preset"):
     UMT5Config.preset("t5-base")
@@ -150,7 +183,7 @@ def _per_device_bytes(model, mesh_shape):
     spec = sharding.logical_to_spec(var.get_metadata()["out_sharding"])
     shard = list(var.shape)
     for dim, axes in enumerate(spec):
-      for axis in ([] if axes is None else [axes] if isinstance(axes, str) else axes):
+      for axis in [] if axes is None else [axes] if isinstance(axes, str) else axes:
         assert shard[dim] % mesh_shape[axis] == 0, (var.shape, spec)
         shard[dim] //= mesh_shape[axis]
     total += math.prod(var.shape) * 4
@@ -163,7 +196,7 @@ def test_xxl_parameters_shard_over_fsdp_and_tensor():
   n = sum(math.prod(v.shape) for _, v in nnx.to_flat_state(nnx.state(xxl, nnx.Param)))
   assert 5.6e9 < n < 5.8e9
   total, per_device = _per_device_bytes(xxl, {"data": 1, "fsdp": 4, "tensor": 2, "context": 1})
-  assert per_device < 1.01 * total / 8   # every large tensor is split 8 ways (23 GB -> 2.9 GB)
+  assert per_device < 1.01 * total / 8  # every large tensor is split 8 ways (23 GB -> 2.9 GB)
 
 
 def test_xxl_compiles_for_v5p_within_a_quarter_of_its_memory_per_chip():
@@ -175,13 +208,17 @@ def test_xxl_compiles_for_v5p_within_a_quarter_of_its_memory_per_chip():
   except Exception as e:  # libtpu missing
     pytest.skip(f"no TPU compiler: {e}")
   from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
   mesh = Mesh(np.array(topo.devices).reshape(1, 2, 2, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 4)
   abstract = nnx.eval_shape(lambda: UMT5Encoder(UMT5Config.preset("umt5-xxl", dtype="bfloat16"), rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   state = jax.tree.map(
-      lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=NamedSharding(
-          mesh, sharding.logical_to_spec(v.get_metadata()["out_sharding"]))),
-      state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    lambda v: jax.ShapeDtypeStruct(
+      v.shape, v.dtype, sharding=NamedSharding(mesh, sharding.logical_to_spec(v.get_metadata()["out_sharding"]))
+    ),
+    state,
+    is_leaf=lambda x: isinstance(x, nnx.Variable),
+  )
   tokens = NamedSharding(mesh, P(("data", "fsdp")))
   ids = jax.ShapeDtypeStruct((4, 512), jnp.int32, sharding=tokens)
   mask = jax.ShapeDtypeStruct((4, 512), jnp.bool_, sharding=tokens)
@@ -189,8 +226,10 @@ def test_xxl_compiles_for_v5p_within_a_quarter_of_its_memory_per_chip():
     compiled = jax.jit(lambda s, i, m: nnx.merge(graphdef, s)(i, m)).lower(state, ids, mask).compile()
   memory = compiled.memory_analysis()
   total = sum(math.prod(v.shape) * 4 for v in jax.tree.leaves(state))
-  print(f"umt5-xxl on v5p 2x2x1: params {total / 2**30:.2f} GiB in total; per chip: arguments "
-        f"{memory.argument_size_in_bytes / 2**30:.2f} GiB, temp {memory.temp_size_in_bytes / 2**30:.2f} GiB")
+  print(
+    f"umt5-xxl on v5p 2x2x1: params {total / 2**30:.2f} GiB in total; per chip: arguments "
+    f"{memory.argument_size_in_bytes / 2**30:.2f} GiB, temp {memory.temp_size_in_bytes / 2**30:.2f} GiB"
+  )
   assert memory.argument_size_in_bytes < 0.26 * total
 
 
@@ -236,6 +275,7 @@ def test_tiny_encoder_runs_with_sharded_parameters(run_on_cpu_devices):
 # ---------------------------------------------------------------------------------------------
 def _write_tokenizer_json(directory):
   from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
   vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate("a b c d & cell".split())}}
   tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -248,8 +288,8 @@ def test_tokenizer_json_pads_truncates_and_pickles(tmp_path):
   tok = UMT5Tokenizer(str(tmp_path), max_length=6)
   ids, mask = tok(["a  b\n c", "cell &amp; a b c d a b", ""])
   assert ids.dtype == np.int32 and mask.dtype == bool and ids.shape == mask.shape == (3, 6)
-  np.testing.assert_array_equal(ids[0], [3, 4, 5, 1, 0, 0])          # whitespace collapsed, </s>, pad
-  np.testing.assert_array_equal(ids[1], [8, 7, 3, 4, 5, 1])          # &amp; unescaped; truncated, </s> kept
+  np.testing.assert_array_equal(ids[0], [3, 4, 5, 1, 0, 0])  # whitespace collapsed, </s>, pad
+  np.testing.assert_array_equal(ids[1], [8, 7, 3, 4, 5, 1])  # &amp; unescaped; truncated, </s> kept
   np.testing.assert_array_equal(mask.sum(1), [4, 6, 1])
   again = pickle.loads(pickle.dumps(tok))
   np.testing.assert_array_equal(again(["a  b\n c"])[0], ids[:1])
@@ -258,15 +298,25 @@ def test_tokenizer_json_pads_truncates_and_pickles(tmp_path):
 def test_sentencepiece_model_works_too(tmp_path):
   spm = pytest.importorskip("sentencepiece")
   corpus = tmp_path / "corpus.txt"
-  corpus.write_text("\n".join(["a red blood cell squeezes through a capillary",
-                               "a cell divides in two", "a virus enters a cell"] * 20))
-  spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "spiece"), vocab_size=28,
-                                 hard_vocab_limit=False, minloglevel=2, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                 model_type="unigram")
+  corpus.write_text(
+    "\n".join(["a red blood cell squeezes through a capillary", "a cell divides in two", "a virus enters a cell"] * 20)
+  )
+  spm.SentencePieceTrainer.train(
+    input=str(corpus),
+    model_prefix=str(tmp_path / "spiece"),
+    vocab_size=28,
+    hard_vocab_limit=False,
+    minloglevel=2,
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    model_type="unigram",
+  )
   tok = pickle.loads(pickle.dumps(UMT5Tokenizer(str(tmp_path), max_length=8)))
   ids, mask = tok(["a cell", "a red blood cell squeezes through a capillary"])
   assert ids.shape == (2, 8)
-  assert ids[0, mask[0].sum() - 1] == 1 and np.all(ids[0, mask[0].sum():] == 0)
+  assert ids[0, mask[0].sum() - 1] == 1 and np.all(ids[0, mask[0].sum() :] == 0)
   assert mask[1].all() and ids[1, -1] == 1
 
 
@@ -277,6 +327,7 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path):
 
 def test_cli_converts_and_round_trips(converted, tmp_path):
   from microverse_jax import convert
+
   _, src, ours = converted
   convert.main(["umt5", "--src", src, "--dst", str(tmp_path / "out")])
   config = json.loads((tmp_path / "out" / "config.json").read_text())

@@ -1,4 +1,5 @@
 """WanDiT vs diffusers WanTransformer3DModel on random weights, converted through our converter."""
+
 import json
 
 import jax
@@ -12,12 +13,22 @@ from flax import nnx
 from microverse_jax import convert
 from microverse_jax.models.wan_dit import WanDiT, WanDiTConfig
 
-TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4,
-            out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, rope_max_seq_len=32)
+TINY = dict(
+  patch_size=(1, 2, 2),
+  num_attention_heads=2,
+  attention_head_dim=16,
+  in_channels=4,
+  out_channels=4,
+  text_dim=32,
+  freq_dim=32,
+  ffn_dim=64,
+  num_layers=2,
+  rope_max_seq_len=32,
+)
 CASES = [  # (diffusers config overrides, latent (F, H, W), text length)
-    (dict(), (3, 8, 12), 7),
-    (dict(num_attention_heads=3, attention_head_dim=24, out_channels=6, num_layers=3), (5, 6, 4), 5),
-    (dict(patch_size=(2, 2, 2), attention_head_dim=12, text_dim=20, cross_attn_norm=False), (4, 10, 6), 9),
+  (dict(), (3, 8, 12), 7),
+  (dict(num_attention_heads=3, attention_head_dim=24, out_channels=6, num_layers=3), (5, 6, 4), 5),
+  (dict(patch_size=(2, 2, 2), attention_head_dim=12, text_dim=20, cross_attn_norm=False), (4, 10, 6), 9),
 ]
 
 
@@ -59,27 +70,53 @@ def test_matches_diffusers(tmp_path, overrides, fhw, text_len):
 def test_original_wan_layout_loads_identically(tmp_path):
   tm = _torch_model(1)
   sd = {k: v.numpy() for k, v in tm.state_dict().items()}
-  inverse = {"condition_embedder.time_embedder.linear_1": "time_embedding.0",
-             "condition_embedder.time_embedder.linear_2": "time_embedding.2",
-             "condition_embedder.text_embedder.linear_1": "text_embedding.0",
-             "condition_embedder.text_embedder.linear_2": "text_embedding.2",
-             "condition_embedder.time_proj": "time_projection.1", "attn1.": "self_attn.",
-             "attn2.": "cross_attn.", "to_out.0.": "o.", "to_q.": "q.", "to_k.": "k.", "to_v.": "v.",
-             "ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2", "norm2": "normX", "norm3": "norm2",
-             "normX": "norm3", "proj_out": "head.head"}
+  inverse = {
+    "condition_embedder.time_embedder.linear_1": "time_embedding.0",
+    "condition_embedder.time_embedder.linear_2": "time_embedding.2",
+    "condition_embedder.text_embedder.linear_1": "text_embedding.0",
+    "condition_embedder.text_embedder.linear_2": "text_embedding.2",
+    "condition_embedder.time_proj": "time_projection.1",
+    "attn1.": "self_attn.",
+    "attn2.": "cross_attn.",
+    "to_out.0.": "o.",
+    "to_q.": "q.",
+    "to_k.": "k.",
+    "to_v.": "v.",
+    "ffn.net.0.proj": "ffn.0",
+    "ffn.net.2": "ffn.2",
+    "norm2": "normX",
+    "norm3": "norm2",
+    "normX": "norm3",
+    "proj_out": "head.head",
+  }
   orig = {}
   for k, v in sd.items():
     for a, b in inverse.items():
       k = k.replace(a, b)
     k = k.replace("blocks.0.scale_shift_table", "blocks.0.modulation").replace(
-        "blocks.1.scale_shift_table", "blocks.1.modulation")
+      "blocks.1.scale_shift_table", "blocks.1.modulation"
+    )
     k = "head.modulation" if k == "scale_shift_table" else k
     orig[k] = np.ascontiguousarray(v)
   from safetensors.numpy import save_file
+
   save_file(orig, str(tmp_path / "diffusion_pytorch_model.safetensors"))
-  (tmp_path / "config.json").write_text(json.dumps(dict(
-      dim=32, ffn_dim=64, freq_dim=32, in_dim=4, out_dim=4, num_heads=2, num_layers=2, text_dim=32,
-      eps=1e-6, patch_size=[1, 2, 2])))
+  (tmp_path / "config.json").write_text(
+    json.dumps(
+      dict(
+        dim=32,
+        ffn_dim=64,
+        freq_dim=32,
+        in_dim=4,
+        out_dim=4,
+        num_heads=2,
+        num_layers=2,
+        text_dim=32,
+        eps=1e-6,
+        patch_size=[1, 2, 2],
+      )
+    )
+  )
   ours = convert.wan_dit_from_diffusers(str(tmp_path), rope_max_seq_len=32)
   ref_dir = tmp_path / "ref"
   tm.save_pretrained(ref_dir)
@@ -109,16 +146,24 @@ def test_parameter_count_matches_diffusers(name):
   n_ours = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(ours, nnx.Param)))
   c = WanDiTConfig.preset(name)
   with torch.device("meta"):
-    ref = WanTransformer3DModel(num_attention_heads=c.num_heads, attention_head_dim=c.head_dim,
-                                ffn_dim=c.ffn_dim, num_layers=c.num_layers, text_dim=c.text_dim)
+    ref = WanTransformer3DModel(
+      num_attention_heads=c.num_heads,
+      attention_head_dim=c.head_dim,
+      ffn_dim=c.ffn_dim,
+      num_layers=c.num_layers,
+      text_dim=c.text_dim,
+    )
   assert n_ours == sum(p.numel() for p in ref.parameters())
 
 
-@pytest.mark.parametrize("shape,ctx_shape,match", [
+@pytest.mark.parametrize(
+  "shape,ctx_shape,match",
+  [
     ((1, 2, 4, 4, 3), (1, 5, 32), "channels-last"),
     ((1, 2, 5, 4, 4), (1, 5, 32), "not divisible by the patch"),
     ((1, 2, 4, 4, 4), (1, 5, 31), r"context: expected \(B, L, 32\)"),
-])
+  ],
+)
 def test_bad_input_names_what_was_expected(shape, ctx_shape, match):
   model = WanDiT(WanDiTConfig.preset("tiny"), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=match):
@@ -131,15 +176,25 @@ def test_converter_errors_and_cli_round_trip(tmp_path):
   # CLI round trip: convert, then load into a fresh model.
   convert.main(["dit", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "dst")])
   meta = json.loads((tmp_path / "dst" / "config.json").read_text())
-  fresh = WanDiT(WanDiTConfig(**{**meta["config"], "patch_size": tuple(meta["config"]["patch_size"]),
-                                 "lora_targets": tuple(meta["config"]["lora_targets"])}), rngs=nnx.Rngs(9))
+  fresh = WanDiT(
+    WanDiTConfig(
+      **{
+        **meta["config"],
+        "patch_size": tuple(meta["config"]["patch_size"]),
+        "lora_targets": tuple(meta["config"]["lora_targets"]),
+      }
+    ),
+    rngs=nnx.Rngs(9),
+  )
   convert.load_params(str(tmp_path / "dst"), fresh)
   direct = convert.wan_dit_from_diffusers(str(tmp_path / "src"))
-  for (p, a), (_, b) in zip(nnx.to_flat_state(nnx.state(fresh, nnx.Param)),
-                            nnx.to_flat_state(nnx.state(direct, nnx.Param))):
+  for (p, a), (_, b) in zip(
+    nnx.to_flat_state(nnx.state(fresh, nnx.Param)), nnx.to_flat_state(nnx.state(direct, nnx.Param))
+  ):
     np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(p))
   # A missing key and a shape mismatch are named.
   from safetensors.numpy import load_file, save_file
+
   st = tmp_path / "src" / "diffusion_pytorch_model.safetensors"
   sd = load_file(str(st))
   del sd["blocks.1.ffn.net.2.bias"]

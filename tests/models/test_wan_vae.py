@@ -1,4 +1,5 @@
 """Wan-VAE: parity with diffusers AutoencoderKLWan, chunked = one-shot, weight import, errors, sharding."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,16 @@ diffusers = pytest.importorskip("diffusers")
 from microverse_jax.convert import wan_vae_from_diffusers, wan_vae_from_original  # noqa: E402
 from microverse_jax.models.wan_vae import WanVAE, WanVAEConfig  # noqa: E402
 
-TINY = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
-            temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+TINY = dict(
+  base_dim=8,
+  z_dim=4,
+  dim_mult=[1, 2, 2],
+  num_res_blocks=1,
+  attn_scales=[],
+  temperal_downsample=[False, True],
+  latents_mean=[0.0] * 4,
+  latents_std=[1.0] * 4,
+)
 
 
 def _reference(seed=0, **overrides):
@@ -34,7 +43,7 @@ def _reference(seed=0, **overrides):
   return ref
 
 
-def _to_ours(x):       # torch (B, C, F, H, W) -> numpy (B, F, H, W, C)
+def _to_ours(x):  # torch (B, C, F, H, W) -> numpy (B, F, H, W, C)
   return x.detach().numpy().transpose(0, 2, 3, 4, 1)
 
 
@@ -79,19 +88,20 @@ def test_encode_and_decode_match_diffusers(reference_dir, vae, frames):
     mean = ref.encode(video).latent_dist.mean
     decoded = ref.decode(mean).sample
   ours = _encode(vae, jnp.asarray(_to_ours(video)))
-  latent_frames = 1 + (frames - 1) // 2   # the tiny config compresses time 2x
+  latent_frames = 1 + (frames - 1) // 2  # the tiny config compresses time 2x
   assert ours.shape == (2, latent_frames, 4, 6, 4)
   np.testing.assert_allclose(np.asarray(ours), _to_ours(mean), atol=1e-4, rtol=0)
   ours_decoded = _decode(vae, jnp.asarray(_to_ours(mean)))
   assert ours_decoded.shape == (2, frames, 16, 24, 3)
   np.testing.assert_allclose(np.asarray(ours_decoded), _to_ours(decoded), atol=1e-4, rtol=0)
-  assert np.abs(_to_ours(decoded)).max() > 0.05   # not a trivially zero comparison
+  assert np.abs(_to_ours(decoded)).max() > 0.05  # not a trivially zero comparison
 
 
 def _check_topology(tmp_path, **config):
   """Encode + decode parity for a 3-stage Wan2.1 topology (8x spatial, 4x temporal, 2 res blocks)."""
-  ref = _reference(**{**TINY, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
-                      "temperal_downsample": [False, True, True], **config})
+  ref = _reference(
+    **{**TINY, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "temperal_downsample": [False, True, True], **config}
+  )
   ref.save_pretrained(str(tmp_path))
   ours = wan_vae_from_diffusers(str(tmp_path))
   assert (ours.cfg.spatial_factor, ours.cfg.temporal_factor) == (8, 4)
@@ -102,12 +112,13 @@ def _check_topology(tmp_path, **config):
   latents = _encode(ours, jnp.asarray(_to_ours(video)))
   assert latents.shape == (1, 2, 2, 3, ours.cfg.z_dim)
   np.testing.assert_allclose(np.asarray(latents), _to_ours(mean), atol=1e-4, rtol=0)
-  np.testing.assert_allclose(np.asarray(_decode(ours, jnp.asarray(_to_ours(mean)))), _to_ours(decoded),
-                             atol=1e-4, rtol=0)
+  np.testing.assert_allclose(
+    np.asarray(_decode(ours, jnp.asarray(_to_ours(mean)))), _to_ours(decoded), atol=1e-4, rtol=0
+  )
 
 
 def test_wan21_topology_matches_diffusers(tmp_path):
-  _check_topology(tmp_path)                        # narrow channels: cheap
+  _check_topology(tmp_path)  # narrow channels: cheap
 
 
 @pytest.mark.heavy
@@ -124,9 +135,9 @@ def _with_config(model, **changes):
 
 def test_chunked_encode_equals_one_shot(vae):
   video = jax.random.uniform(jax.random.key(1), (1, 17, 8, 12, 3), minval=-1, maxval=1)
-  chunked = _encode(vae, video)                                     # 2 frames per scan step
-  one_shot = _encode(_with_config(vae, encode_chunk_frames=16), video)   # all 16 in one step
-  uneven = _encode(_with_config(vae, encode_chunk_frames=6), video)      # 6, 6, then a 4-frame tail
+  chunked = _encode(vae, video)  # 2 frames per scan step
+  one_shot = _encode(_with_config(vae, encode_chunk_frames=16), video)  # all 16 in one step
+  uneven = _encode(_with_config(vae, encode_chunk_frames=6), video)  # 6, 6, then a 4-frame tail
   assert chunked.shape == (1, 9, 2, 3, 4)
   np.testing.assert_allclose(np.asarray(chunked), np.asarray(one_shot), atol=1e-5, rtol=0)
   np.testing.assert_allclose(np.asarray(uneven), np.asarray(one_shot), atol=1e-5, rtol=0)
@@ -146,9 +157,10 @@ def test_tiled_decode_matches_diffusers_tiling(reference_dir):
   ref, _ = reference_dir
   tiled_ref = diffusers.AutoencoderKLWan(**TINY, scale_factor_spatial=4).eval()  # the tiny VAE is 4x
   tiled_ref.load_state_dict(ref.state_dict())
-  tiled_ref.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32,
-                          tile_sample_stride_height=16, tile_sample_stride_width=16)
-  latents = torch.randn(1, 4, 1, 8, 12, generator=torch.Generator().manual_seed(3))   # 2 x 3 tiles
+  tiled_ref.enable_tiling(
+    tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=16, tile_sample_stride_width=16
+  )
+  latents = torch.randn(1, 4, 1, 8, 12, generator=torch.Generator().manual_seed(3))  # 2 x 3 tiles
   with torch.no_grad():
     expected = tiled_ref.decode(latents).sample
   ours = wan_vae_from_diffusers(reference_dir[1], tile_sample_size=32, tile_sample_stride=16)
@@ -163,8 +175,13 @@ def _original_names(sd, num_res_blocks):
   stage = num_res_blocks + 2
   for key, value in sd.items():
     k = key
-    for d, o in ((".norm1.", ".residual.0."), (".conv1.", ".residual.2."), (".norm2.", ".residual.3."),
-                 (".conv2.", ".residual.6."), (".conv_shortcut.", ".shortcut.")):
+    for d, o in (
+      (".norm1.", ".residual.0."),
+      (".conv1.", ".residual.2."),
+      (".norm2.", ".residual.3."),
+      (".conv2.", ".residual.6."),
+      (".conv_shortcut.", ".shortcut."),
+    ):
       k = k.replace(d, o)
     k = k.replace("encoder.conv_in.", "encoder.conv1.").replace("decoder.conv_in.", "decoder.conv1.")
     k = k.replace("quant_conv.", "conv1.") if k.startswith("quant_conv.") else k
@@ -183,7 +200,8 @@ def _original_names(sd, num_res_blocks):
 
 def test_original_names_agree_with_diffusers_own_converter():
   from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
-  sd = _reference(num_res_blocks=2).state_dict()   # diffusers' converter assumes 2 res blocks
+
+  sd = _reference(num_res_blocks=2).state_dict()  # diffusers' converter assumes 2 res blocks
   back = convert_wan_vae_to_diffusers(_original_names(sd, num_res_blocks=2))
   assert sorted(back) == sorted(sd)
 
@@ -209,8 +227,7 @@ def test_bad_inputs_give_clear_errors(reference_dir, vae, tmp_path):
   with pytest.raises(ValueError, match=r"latents"):
     vae.decode(jnp.zeros((1, 1, 2, 2, 3)))
   with pytest.raises(ValueError, match="1 \\+ 4k"):
-    nnx.eval_shape(lambda: WanVAE(WanVAEConfig.preset("wan2.1"), rngs=nnx.Rngs(0))).encode(
-        jnp.zeros((1, 80, 8, 8, 3)))
+    nnx.eval_shape(lambda: WanVAE(WanVAEConfig.preset("wan2.1"), rngs=nnx.Rngs(0))).encode(jnp.zeros((1, 80, 8, 8, 3)))
   # A checkpoint saved for another config: the shape error names the key and both shapes.
   _, src = reference_dir
   with open(os.path.join(src, "config.json")) as f:

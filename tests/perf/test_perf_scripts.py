@@ -3,6 +3,7 @@
 No timing assertions: these check that each script measures what it says (the right model FLOPs,
 both implementations, finite losses and latents, written tables and plots).
 """
+
 import importlib.util
 import json
 import os
@@ -81,10 +82,18 @@ def test_scaling_measures_one_point():
 def test_scaling_table_and_plot_from_points(tmp_path, monkeypatch):
   """The sweep, fits, table and PNG, on synthetic points (time ~ T^1.5, memory ~ T)."""
   sc = _load("scaling")
+
   def fake(size, repeats, frames=5, num_heads=6):
     tokens, dim = frames * 64, num_heads * 64
-    return {"frames": frames, "tokens": tokens, "dim": dim, "step_s": 1e-4 * tokens ** 1.5 * dim ** 2 / 384 ** 2,
-            "peak_bytes": 1000 * tokens * dim, "model_gflop": 1e-3 * tokens * dim}
+    return {
+      "frames": frames,
+      "tokens": tokens,
+      "dim": dim,
+      "step_s": 1e-4 * tokens**1.5 * dim**2 / 384**2,
+      "peak_bytes": 1000 * tokens * dim,
+      "model_gflop": 1e-3 * tokens * dim,
+    }
+
   monkeypatch.setattr(sc, "measure", fake)
   result = sc.main(["--frames=1,2,4", "--heads=2,4", f"--out={tmp_path}"])
   assert result["exponents"]["frames"]["time"] == pytest.approx(1.5)
@@ -129,5 +138,12 @@ def test_run_all_runs_a_subset_and_rejects_unknown(tmp_path, capsys):
   assert "benchmarks: 1 ran, 0 failed" in capsys.readouterr().out
   with pytest.raises(ValueError, match="nope"):
     ra.main(["--only=nope"])
-  assert set(ra.BENCHMARKS) >= {"train_step", "scaling", "sampling", "attention", "data_pipeline",
-                                "scorer", "vae_memory"}
+  assert set(ra.BENCHMARKS) >= {
+    "train_step",
+    "scaling",
+    "sampling",
+    "attention",
+    "data_pipeline",
+    "scorer",
+    "vae_memory",
+  }

@@ -8,6 +8,7 @@ Modules: detect (background, spots, masks, cell counts), tracks (linking, MSD, d
 metrics (per-process checks and their thresholds: `metrics.RULES`), report (plots), command (the
 `microworldbench physics` subcommand).
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@
 Each prompt row (as `python -m microverse_jax.build_dataset microsim_synth --export_prompts=PATH`
 writes them) names its video `<id>.mp4` in DIR. Missing or unreadable videos fail with a reason.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,7 @@ def read_video(path: str) -> np.ndarray:
 def score_video_file(videos_dir: str, row: dict) -> dict:
   """The result of one row's video (see `metrics.score_video`); missing or unreadable: failed with a reason."""
   path = os.path.join(videos_dir, f"{row['id']}.mp4")
-  failed = {"id": row["id"], "process": row["process"], "pass": False, "metrics": {}, "checks": {},
-            "curves": {}}
+  failed = {"id": row["id"], "process": row["process"], "pass": False, "metrics": {}, "checks": {}, "curves": {}}
   if not os.path.exists(path):
     return {**failed, "reason": f"missing video {path}"}
   try:
@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
   write_json_atomic(args.out, _json_safe(out))
   if args.report:
     from microworldbench.physics import report
+
     report.write_report(results, summary, args.report)
   passed = sum(r["pass"] for r in results)
   print(f"physics: {passed}/{len(results)} videos pass; wrote {args.out}")
@@ -115,14 +116,22 @@ def run(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
   parser = subparsers.add_parser(
-      "physics", help="physics-fidelity metrics of procedural-process videos against their prompts",
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    "physics",
+    help="physics-fidelity metrics of procedural-process videos against their prompts",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--videos", required=True, help="folder of <id>.mp4 videos")
   parser.add_argument("--prompts", required=True, help="prompts JSONL: id, process, params, size per row")
   parser.add_argument("--out", required=True, help="output JSON: summary, rules and per-video results")
   parser.add_argument("--report", default=None, help="folder for plots and report.md (needs matplotlib)")
-  parser.add_argument("--progress", action="store_true", default=None,
-                      help="show progress (default: a bar when stderr is a terminal, else a line every 30 s)")
-  parser.add_argument("--no_progress", "--no-progress", dest="progress", action="store_false", default=None,
-                      help="no progress output")
+  parser.add_argument(
+    "--progress",
+    action="store_true",
+    default=None,
+    help="show progress (default: a bar when stderr is a terminal, else a line every 30 s)",
+  )
+  parser.add_argument(
+    "--no_progress", "--no-progress", dest="progress", action="store_false", default=None, help="no progress output"
+  )
   parser.set_defaults(func=run)

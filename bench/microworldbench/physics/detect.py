@@ -4,6 +4,7 @@ Everything works on one clip, uint8 (F, H, W, 3), in the video's own pixels; cal
 prompt's units. Polarity is the modality's: objects are brighter than the background in
 fluorescence and dark-field ("bright"), darker in bright-field and phase contrast ("dark").
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +16,7 @@ from scipy import ndimage
 @dataclasses.dataclass(frozen=True)
 class Signal:
   """Foreground signal (F, H, W) float, positive on objects, and its per-clip detection threshold."""
+
   values: np.ndarray
   threshold: float
   noise: float
@@ -94,8 +96,7 @@ def spots(frame: np.ndarray, threshold: float, radius: float) -> np.ndarray:
     near = ((yy - y0) ** 2 + (xx - x0) ** 2 <= reach * reach) & (smooth > 0.5 * peak)
     weight = np.where(near, np.clip(smooth, 0, None), 0.0)
     total = weight.sum()
-    centres.append((float((weight * yy).sum() / total), float((weight * xx).sum() / total))
-                   if total > 0 else (y0, x0))
+    centres.append((float((weight * yy).sum() / total), float((weight * xx).sum() / total)) if total > 0 else (y0, x0))
   return np.array(centres)
 
 

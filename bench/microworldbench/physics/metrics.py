@@ -35,6 +35,7 @@ Rules (`RULES`; n = number of one-axis steps measured):
   count_reversals: the fraction of frames whose count differs from both neighbours' equal count) is
   reported only, since touching objects legitimately merge for a frame.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,26 +48,31 @@ from microworldbench.physics import detect, tracks as tracklib
 
 PROCESSES = ("brownian", "poiseuille", "division", "sedimentation", "chemotaxis")
 REQUIRED_PARAMS = {
-    "brownian": ("radius_px", "diffusion_px2_per_frame"),
-    "poiseuille": ("cell_radius_px", "vessel_radius_px", "max_velocity_px_per_frame"),
-    "division": ("cell_radius_px", "division_start_frame", "cleavage_frames"),
-    "sedimentation": ("radius_px", "settling_velocity_px_per_frame", "diffusion_px2_per_frame"),
-    "chemotaxis": ("run_speed_px_per_frame", "source_y_px", "source_x_px", "length_px"),
+  "brownian": ("radius_px", "diffusion_px2_per_frame"),
+  "poiseuille": ("cell_radius_px", "vessel_radius_px", "max_velocity_px_per_frame"),
+  "division": ("cell_radius_px", "division_start_frame", "cleavage_frames"),
+  "sedimentation": ("radius_px", "settling_velocity_px_per_frame", "diffusion_px2_per_frame"),
+  "chemotaxis": ("run_speed_px_per_frame", "source_y_px", "source_x_px", "length_px"),
 }
 RULES = {
-    "brownian/d_rel_err": "|D/D_true - 1| <= max(0.15, 3 sqrt(6/n))",
-    "brownian/msd_exponent": "0.5 <= alpha <= 1.5",
-    "poiseuille/profile_fit": "R^2 >= 0.5 or RMS(u - c0 (1 - (y/R)^2)) / c0 <= 0.15",
-    "poiseuille/centre_speed_rel_err": "|c0/u_max - 1| <= 0.2",
-    "division/count_sequence": "1 -> 2 once, never above 2",
-    "division/area_ratio": "0.8 <= A_last/A_first <= 1.6",
-    "sedimentation/v_rel_err": "|v/v_true - 1| <= max(0.2, 3 SE_v)",
-    "chemotaxis/speed_rel_err": "|v/v_true - 1| <= 0.25",
-    "chemotaxis/chemotactic_index": "CI >= -0.1",
-    "temporal/flicker": "flicker <= 0.15",
+  "brownian/d_rel_err": "|D/D_true - 1| <= max(0.15, 3 sqrt(6/n))",
+  "brownian/msd_exponent": "0.5 <= alpha <= 1.5",
+  "poiseuille/profile_fit": "R^2 >= 0.5 or RMS(u - c0 (1 - (y/R)^2)) / c0 <= 0.15",
+  "poiseuille/centre_speed_rel_err": "|c0/u_max - 1| <= 0.2",
+  "division/count_sequence": "1 -> 2 once, never above 2",
+  "division/area_ratio": "0.8 <= A_last/A_first <= 1.6",
+  "sedimentation/v_rel_err": "|v/v_true - 1| <= max(0.2, 3 SE_v)",
+  "chemotaxis/speed_rel_err": "|v/v_true - 1| <= 0.25",
+  "chemotaxis/chemotactic_index": "CI >= -0.1",
+  "temporal/flicker": "flicker <= 0.15",
 }
-_POLARITY = {"brownian": "bright", "chemotaxis": "bright", "poiseuille": "dark", "division": "dark",
-             "sedimentation": "dark"}
+_POLARITY = {
+  "brownian": "bright",
+  "chemotaxis": "bright",
+  "poiseuille": "dark",
+  "division": "dark",
+  "sedimentation": "dark",
+}
 
 
 class _Measure:
@@ -81,8 +87,9 @@ class _Measure:
     self.scale = math.sqrt(self.sy * self.sx)
     self.stride = float(row.get("frame_stride", 1))
     process = row["process"]
-    self.signal = detect.foreground(video, polarity=_POLARITY[process],
-                                    background="rows" if process == "poiseuille" else "frame")
+    self.signal = detect.foreground(
+      video, polarity=_POLARITY[process], background="rows" if process == "poiseuille" else "frame"
+    )
 
   def to_prompt(self, centres: np.ndarray) -> np.ndarray:
     """(N, 2) video px (y, x) -> prompt px (pixel centres at integer coordinates in both)."""
@@ -102,16 +109,18 @@ def validate_row(row: Any, where: str = "row") -> None:
     if key not in row:
       raise ValueError(f"{where}: missing key {key!r} (need process, params, size)")
   if row["process"] not in PROCESSES:
-    raise ValueError(f"{where}: process {row['process']!r} has no physics metric; "
-                     f"expected one of {PROCESSES}")
+    raise ValueError(f"{where}: process {row['process']!r} has no physics metric; expected one of {PROCESSES}")
   missing = [k for k in REQUIRED_PARAMS[row["process"]] if k not in row["params"]]
   if missing:
     raise ValueError(f"{where}: params of process {row['process']!r} lack {missing}")
 
 
 def _check(value: float, passed: bool, rule: str) -> dict:
-  return {"value": None if value is None or not np.isfinite(value) else float(value),
-          "pass": bool(passed and value is not None and np.isfinite(value)), "rule": rule}
+  return {
+    "value": None if value is None or not np.isfinite(value) else float(value),
+    "pass": bool(passed and value is not None and np.isfinite(value)),
+    "rule": rule,
+  }
 
 
 def _brownian(m: _Measure) -> tuple[dict, dict, dict, list[int]]:
@@ -129,13 +138,25 @@ def _brownian(m: _Measure) -> tuple[dict, dict, dict, list[int]]:
   alpha = float(np.polyfit(np.log(lags[ok]), np.log(corrected[ok]), 1)[0]) if ok.sum() >= 2 else math.nan
   rel = d_est / d_true - 1 if n else math.nan
   tol = max(0.15, 3 * math.sqrt(6 / n)) if n else math.nan
-  checks = {"d_rel_err": _check(abs(rel), abs(rel) <= tol, RULES["brownian/d_rel_err"]),
-            "msd_exponent": _check(alpha, 0.5 <= alpha <= 1.5, RULES["brownian/msd_exponent"])}
-  metrics = {"d_est": d_est, "d_true": d_true, "d_rel_err": abs(rel), "d_tolerance": tol,
-             "msd_exponent": alpha, "localisation_noise_px": math.sqrt(noise_var) if n else math.nan,
-             "num_steps": n, "num_tracks": int(len(tracks))}
-  curves = {"lags": (lags * m.stride).tolist(), "msd": msd.tolist(),
-            "msd_true": (4 * d_true * lags * m.stride).tolist()}
+  checks = {
+    "d_rel_err": _check(abs(rel), abs(rel) <= tol, RULES["brownian/d_rel_err"]),
+    "msd_exponent": _check(alpha, 0.5 <= alpha <= 1.5, RULES["brownian/msd_exponent"]),
+  }
+  metrics = {
+    "d_est": d_est,
+    "d_true": d_true,
+    "d_rel_err": abs(rel),
+    "d_tolerance": tol,
+    "msd_exponent": alpha,
+    "localisation_noise_px": math.sqrt(noise_var) if n else math.nan,
+    "num_steps": n,
+    "num_tracks": int(len(tracks)),
+  }
+  curves = {
+    "lags": (lags * m.stride).tolist(),
+    "msd": msd.tolist(),
+    "msd_true": (4 * d_true * lags * m.stride).tolist(),
+  }
   return metrics, checks, curves, [len(d) for d in dets]
 
 
@@ -158,18 +179,24 @@ def _poiseuille(m: _Measure) -> tuple[dict, dict, dict, list[int]]:
     shape = 1 - (y / big_r) ** 2  # no slip at the prompt's vessel wall
     c0 = float((u * shape).sum() / (shape * shape).sum())
     resid = u - c0 * shape
-    rmse = float(np.sqrt((resid ** 2).mean()) / abs(c0)) if c0 != 0 else math.inf
+    rmse = float(np.sqrt((resid**2).mean()) / abs(c0)) if c0 != 0 else math.inf
     total = float(((u - u.mean()) ** 2).sum())
-    r2 = max(-1.0, 1 - float((resid ** 2).sum()) / total) if total > 0 else -1.0
+    r2 = max(-1.0, 1 - float((resid**2).sum()) / total) if total > 0 else -1.0
   rel = abs(c0 / umax - 1) if np.isfinite(c0) else math.nan
   profile_ok = r2 >= 0.5 or rmse <= 0.15
-  checks = {"profile_fit": _check(r2 if np.isfinite(rmse) else math.nan, profile_ok,
-                                  RULES["poiseuille/profile_fit"]),
-            "centre_speed_rel_err": _check(rel, rel <= 0.2, RULES["poiseuille/centre_speed_rel_err"])}
-  metrics = {"profile_rmse": rmse, "parabola_r2": r2, "centre_speed": c0, "centre_speed_true": umax,
-             "centre_speed_rel_err": rel, "num_segments": int(len(seg))}
-  curves = {"offset": y.tolist(), "speed": u.tolist(), "vessel_radius": big_r, "u_max": umax,
-            "centre_speed": c0}
+  checks = {
+    "profile_fit": _check(r2 if np.isfinite(rmse) else math.nan, profile_ok, RULES["poiseuille/profile_fit"]),
+    "centre_speed_rel_err": _check(rel, rel <= 0.2, RULES["poiseuille/centre_speed_rel_err"]),
+  }
+  metrics = {
+    "profile_rmse": rmse,
+    "parabola_r2": r2,
+    "centre_speed": c0,
+    "centre_speed_true": umax,
+    "centre_speed_rel_err": rel,
+    "num_segments": int(len(seg)),
+  }
+  curves = {"offset": y.tolist(), "speed": u.tolist(), "vessel_radius": big_r, "u_max": umax, "centre_speed": c0}
   return metrics, checks, curves, counts
 
 
@@ -192,21 +219,40 @@ def _division(m: _Measure) -> tuple[dict, dict, dict, list[int]]:
     c = ndimage.median_filter(c, size=3, mode="nearest")
   rises = int((np.diff(c) > 0).sum())
   falls = int((np.diff(c) < 0).sum())
-  sequence_ok = (len(c) > 0 and c[0] == 1 and c.max() <= 2 and falls == 0 and rises <= 1
-                 and (expected_final is None or c[-1] == expected_final))
+  sequence_ok = (
+    len(c) > 0
+    and c[0] == 1
+    and c.max() <= 2
+    and falls == 0
+    and rises <= 1
+    and (expected_final is None or c[-1] == expected_final)
+  )
   k = max(1, min(2, m.num_frames // 4))
   first, last = np.mean(areas[:k]), np.mean(areas[-k:])
   ratio = last / first if first > 0 else math.nan
-  checks = {"count_sequence": _check(float(sequence_ok), sequence_ok, RULES["division/count_sequence"]),
-            "area_ratio": _check(ratio, 0.8 <= ratio <= 1.6, RULES["division/area_ratio"])}
-  metrics = {"count_sequence_ok": float(sequence_ok), "max_count": int(c.max()) if len(c) else 0,
-             "count_rises": rises, "count_falls": falls, "area_ratio": ratio,
-             "area_ratio_true": 2 ** (1 / 3) if progress >= 1 else math.nan}
-  expected = [1 if (t * m.stride - p["division_start_frame"]) / max(p["cleavage_frames"], 1) < 0.6 else 2
-              for t in range(m.num_frames)]
-  curves = {"counts": [int(x) for x in c], "raw_counts": [int(x) for x in counts],
-            "expected_counts": expected, "areas": areas,
-            "area_true": math.pi * r0 * r0}
+  checks = {
+    "count_sequence": _check(float(sequence_ok), sequence_ok, RULES["division/count_sequence"]),
+    "area_ratio": _check(ratio, 0.8 <= ratio <= 1.6, RULES["division/area_ratio"]),
+  }
+  metrics = {
+    "count_sequence_ok": float(sequence_ok),
+    "max_count": int(c.max()) if len(c) else 0,
+    "count_rises": rises,
+    "count_falls": falls,
+    "area_ratio": ratio,
+    "area_ratio_true": 2 ** (1 / 3) if progress >= 1 else math.nan,
+  }
+  expected = [
+    1 if (t * m.stride - p["division_start_frame"]) / max(p["cleavage_frames"], 1) < 0.6 else 2
+    for t in range(m.num_frames)
+  ]
+  curves = {
+    "counts": [int(x) for x in c],
+    "raw_counts": [int(x) for x in counts],
+    "expected_counts": expected,
+    "areas": areas,
+    "area_true": math.pi * r0 * r0,
+  }
   return metrics, checks, curves, counts
 
 
@@ -218,8 +264,7 @@ def _sedimentation(m: _Measure) -> tuple[dict, dict, dict, list[int]]:
   tracks = tracklib.link(dets, max_step)
   floor = m.size - 1 - r
   start, end = tracks[:, :-1], tracks[:, 1:]
-  free = (~np.isnan(start).any(-1) & ~np.isnan(end).any(-1)
-          & (start[..., 0] < floor - 1.0) & (end[..., 0] < floor - 1.0))
+  free = ~np.isnan(start).any(-1) & ~np.isnan(end).any(-1) & (start[..., 0] < floor - 1.0) & (end[..., 0] < floor - 1.0)
   steps = (end - start)[free] / m.stride
   n = len(steps)
   v_est = float(steps[:, 0].mean()) if n else math.nan
@@ -229,12 +274,19 @@ def _sedimentation(m: _Measure) -> tuple[dict, dict, dict, list[int]]:
   rel = abs(v_est / v_true - 1) if n else math.nan
   tol = max(0.2, 3 * se) if n else math.nan
   checks = {"v_rel_err": _check(rel, rel <= tol, RULES["sedimentation/v_rel_err"])}
-  metrics = {"v_est": v_est, "v_true": v_true, "v_rel_err": rel, "v_tolerance": tol,
-             "d_x_est": d_x, "d_true": d_true, "num_steps": n}
-  mean_y = [float(np.nanmean(tracks[:, t, 0])) if np.isfinite(tracks[:, t, 0]).any() else math.nan
-            for t in range(m.num_frames)]
-  curves = {"frames": [t * m.stride for t in range(m.num_frames)], "mean_y": mean_y, "v_true": v_true,
-            "floor": floor}
+  metrics = {
+    "v_est": v_est,
+    "v_true": v_true,
+    "v_rel_err": rel,
+    "v_tolerance": tol,
+    "d_x_est": d_x,
+    "d_true": d_true,
+    "num_steps": n,
+  }
+  mean_y = [
+    float(np.nanmean(tracks[:, t, 0])) if np.isfinite(tracks[:, t, 0]).any() else math.nan for t in range(m.num_frames)
+  ]
+  curves = {"frames": [t * m.stride for t in range(m.num_frames)], "mean_y": mean_y, "v_true": v_true, "floor": floor}
   return metrics, checks, curves, [len(d) for d in dets]
 
 
@@ -250,22 +302,31 @@ def _chemotaxis(m: _Measure) -> tuple[dict, dict, dict, list[int]]:
   n = len(step)
   speed = float(np.median(np.linalg.norm(step, axis=1))) / m.stride if n else math.nan
   to_source = source - start
-  cos = ((step * to_source).sum(-1) / np.maximum(np.linalg.norm(step, axis=1)
-                                                 * np.linalg.norm(to_source, axis=1), 1e-9))
+  cos = (step * to_source).sum(-1) / np.maximum(np.linalg.norm(step, axis=1) * np.linalg.norm(to_source, axis=1), 1e-9)
   ci = float(cos.mean()) if n else math.nan
   rel = abs(speed / v_true - 1) if n else math.nan
-  checks = {"speed_rel_err": _check(rel, rel <= 0.25, RULES["chemotaxis/speed_rel_err"]),
-            "chemotactic_index": _check(ci, ci >= -0.1, RULES["chemotaxis/chemotactic_index"])}
-  metrics = {"speed_est": speed, "speed_true": v_true, "speed_rel_err": rel, "chemotactic_index": ci,
-             "num_steps": n}
-  dist = [float(np.nanmean(np.linalg.norm(tracks[:, t] - source, axis=-1)))
-          if np.isfinite(tracks[:, t]).all(-1).any() else math.nan for t in range(m.num_frames)]
+  checks = {
+    "speed_rel_err": _check(rel, rel <= 0.25, RULES["chemotaxis/speed_rel_err"]),
+    "chemotactic_index": _check(ci, ci >= -0.1, RULES["chemotaxis/chemotactic_index"]),
+  }
+  metrics = {"speed_est": speed, "speed_true": v_true, "speed_rel_err": rel, "chemotactic_index": ci, "num_steps": n}
+  dist = [
+    float(np.nanmean(np.linalg.norm(tracks[:, t] - source, axis=-1)))
+    if np.isfinite(tracks[:, t]).all(-1).any()
+    else math.nan
+    for t in range(m.num_frames)
+  ]
   curves = {"frames": [t * m.stride for t in range(m.num_frames)], "distance_to_source": dist}
   return metrics, checks, curves, [len(d) for d in dets]
 
 
-_PROCESS_METRICS = {"brownian": _brownian, "poiseuille": _poiseuille, "division": _division,
-                    "sedimentation": _sedimentation, "chemotaxis": _chemotaxis}
+_PROCESS_METRICS = {
+  "brownian": _brownian,
+  "poiseuille": _poiseuille,
+  "division": _division,
+  "sedimentation": _sedimentation,
+  "chemotaxis": _chemotaxis,
+}
 
 
 def temporal(signal: detect.Signal, counts: list[int]) -> tuple[dict, dict]:
@@ -300,8 +361,15 @@ def score_video(video: np.ndarray, row: dict) -> dict:
   """
   validate_row(row)
   process = row["process"]
-  result = {"id": row.get("id"), "process": process, "pass": False, "reason": None, "metrics": {},
-            "checks": {}, "curves": {}}
+  result = {
+    "id": row.get("id"),
+    "process": process,
+    "pass": False,
+    "reason": None,
+    "metrics": {},
+    "checks": {},
+    "curves": {},
+  }
   video = np.asarray(video)
   if video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] < 2:
     result["reason"] = f"expected a video (F >= 2, H, W, 3), got shape {video.shape}"
@@ -309,10 +377,14 @@ def score_video(video: np.ndarray, row: dict) -> dict:
   m = _Measure(video, row)
   metrics, checks, curves, counts = _PROCESS_METRICS[process](m)
   t_metrics, t_checks = temporal(m.signal, counts)
-  result["metrics"] = {**{f"{process}/{k}": _num(v) for k, v in metrics.items()},
-                       **{f"temporal/{k}": _num(v) for k, v in t_metrics.items()}}
-  result["checks"] = {**{f"{process}/{k}": v for k, v in checks.items()},
-                      **{f"temporal/{k}": v for k, v in t_checks.items()}}
+  result["metrics"] = {
+    **{f"{process}/{k}": _num(v) for k, v in metrics.items()},
+    **{f"temporal/{k}": _num(v) for k, v in t_metrics.items()},
+  }
+  result["checks"] = {
+    **{f"{process}/{k}": v for k, v in checks.items()},
+    **{f"temporal/{k}": v for k, v in t_checks.items()},
+  }
   result["curves"] = {**curves, "counts_per_frame": [int(x) for x in counts]}
   failed = [k for k, v in result["checks"].items() if not v["pass"]]
   result["pass"] = not failed

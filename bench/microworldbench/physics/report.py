@@ -1,5 +1,6 @@
 """Physics report: one PNG per process (generated measurements against the prompt's ground truth)
 and report.md with the pass rates. Needs matplotlib (`pip install microworldbench[plots]`)."""
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,7 @@ def _plot_sedimentation(ax, r: dict) -> None:
   ax.plot(t, y, "o-", label="generated mean depth")
   if np.isfinite(y).any():
     y0 = y[np.isfinite(y)][0]
-    ax.plot(t, np.minimum(y0 + c["v_true"] * (t - t[np.isfinite(y)][0]), c["floor"]), "k--",
-            label="v_s t (prompt)")
+    ax.plot(t, np.minimum(y0 + c["v_true"] * (t - t[np.isfinite(y)][0]), c["floor"]), "k--", label="v_s t (prompt)")
   ax.set(xlabel="frame", ylabel="mean y (px, down)")
 
 
@@ -58,14 +58,20 @@ def _plot_chemotaxis(ax, r: dict) -> None:
   ax.set(xlabel="frame", ylabel="mean distance to source (px)")
 
 
-_PLOTS = {"brownian": _plot_brownian, "poiseuille": _plot_poiseuille, "division": _plot_division,
-          "sedimentation": _plot_sedimentation, "chemotaxis": _plot_chemotaxis}
+_PLOTS = {
+  "brownian": _plot_brownian,
+  "poiseuille": _plot_poiseuille,
+  "division": _plot_division,
+  "sedimentation": _plot_sedimentation,
+  "chemotaxis": _plot_chemotaxis,
+}
 
 
 def write_report(results: list[dict], summary: dict[str, float], out_dir: str) -> list[str]:
   """Writes <process>.png (up to 6 videos each) and report.md into out_dir; returns the PNG paths."""
   try:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
   except ImportError:

@@ -3,6 +3,7 @@
 A track is an array (F, 2) of (y, x) positions with NaN in the frames where it has no detection;
 tracks of one clip stack to (N, F, 2).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -63,7 +64,7 @@ def msd_curve(tracks: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray,
   for lag in lags:
     d = displacements(tracks, lag)
     counts.append(len(d))
-    msd.append(float((d ** 2).sum(axis=1).mean()) if len(d) else np.nan)
+    msd.append(float((d**2).sum(axis=1).mean()) if len(d) else np.nan)
   return lags, np.array(msd), np.array(counts)
 
 
@@ -131,8 +132,8 @@ def split_at_jumps(tracks: np.ndarray, axis: int, max_jump: float) -> np.ndarray
     jumps = np.nonzero(np.abs(np.diff(track[:, axis])) > max_jump)[0]  # NaN compares False
     for t in reversed(jumps):
       rest = np.full_like(track, np.nan)
-      rest[t + 1:] = track[t + 1:]
-      track[t + 1:] = np.nan
+      rest[t + 1 :] = track[t + 1 :]
+      track[t + 1 :] = np.nan
       out.append(rest)
     out.append(track)
   return np.array(out).reshape(-1, tracks.shape[1], 2)

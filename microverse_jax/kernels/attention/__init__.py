@@ -1,4 +1,5 @@
 """Attention kernels behind one entry point: `attention(q, k, v, kv_mask=..., impl=...)`."""
+
 from microverse_jax.kernels.attention.api import IMPLS, attention, resolve_impl
 from microverse_jax.kernels.attention.reference import attention_reference
 

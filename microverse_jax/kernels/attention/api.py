@@ -18,6 +18,7 @@ wrapped in a shard_map: batch over (data, fsdp), heads over tensor, and Ulysses 
 over context (context_parallel.py). Callers need no changes.
 Rows whose keys are all masked return zeros in every implementation.
 """
+
 from __future__ import annotations
 
 import functools
@@ -65,17 +66,19 @@ def _check_inputs(q, k, v, kv_mask):
   if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
     raise ValueError(f"attention: q, k, v must be (B, T, N, D); got {q.shape}, {k.shape}, {v.shape}")
   if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
-    raise ValueError(f"attention: expected q (B, Tq, N, D) and k, v (B, Tk, N, D) with equal B, N, D; "
-                     f"got q {q.shape}, k {k.shape}, v {v.shape}")
+    raise ValueError(
+      f"attention: expected q (B, Tq, N, D) and k, v (B, Tk, N, D) with equal B, N, D; "
+      f"got q {q.shape}, k {k.shape}, v {v.shape}"
+    )
   if kv_mask is not None and (kv_mask.shape != k.shape[:2] or kv_mask.dtype != jnp.bool_):
-    raise ValueError(f"attention: kv_mask must be bool (B, Tk) = {k.shape[:2]}; "
-                     f"got {kv_mask.dtype} {kv_mask.shape}")
+    raise ValueError(f"attention: kv_mask must be bool (B, Tk) = {k.shape[:2]}; got {kv_mask.dtype} {kv_mask.shape}")
 
 
 def _cudnn(q, k, v, kv_mask):
   # cuDNN takes a mask only at its full (B, 1, Tq, Tk) size (a (B, 1, 1, Tk) one is refused).
-  mask = None if kv_mask is None else jnp.broadcast_to(kv_mask[:, None, None, :],
-                                                       (q.shape[0], 1, q.shape[1], k.shape[1]))
+  mask = (
+    None if kv_mask is None else jnp.broadcast_to(kv_mask[:, None, None, :], (q.shape[0], 1, q.shape[1], k.shape[1]))
+  )
   out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
   if kv_mask is None:
     return out
@@ -90,20 +93,22 @@ def _local_attention(q, k, v, kv_mask, *, impl: str, interpret: bool, block_size
     return _cudnn(q, k, v, kv_mask)
   if impl == "pallas_tpu":
     from microverse_jax.kernels.attention import flash_tpu
+
     sizes = block_sizes or flash_tpu.default_block_sizes(device_kind)
     return flash_tpu.flash_attention_tpu(q, k, v, kv_mask, block_sizes=sizes, interpret=interpret)
   if impl == "pallas_gpu":
     from microverse_jax.kernels.attention import flash_gpu
+
     sizes = block_sizes or flash_gpu.default_block_sizes(device_kind)
     return flash_gpu.flash_attention_gpu(q, k, v, kv_mask, block_sizes=sizes, interpret=interpret)
   if impl == "splash":
     from microverse_jax.kernels.attention.splash import splash_attention
+
     return splash_attention(q, k, v, kv_mask, block_sizes=block_sizes, interpret=interpret)
   raise ValueError(f"attention impl={impl!r}; expected one of {IMPLS}")
 
 
-def attention(q, k, v, *, kv_mask=None, impl: str = "auto", interpret: bool = False,
-              block_sizes=None):
+def attention(q, k, v, *, kv_mask=None, impl: str = "auto", interpret: bool = False, block_sizes=None):
   """Multi-head attention. q: (B, Tq, N, D); k, v: (B, Tk, N, D); kv_mask: (B, Tk) bool.
 
   `block_sizes` (optional) is the chosen kernel's BlockSizes (flash_tpu, flash_gpu or splash);
@@ -113,8 +118,9 @@ def attention(q, k, v, *, kv_mask=None, impl: str = "auto", interpret: bool = Fa
   _check_inputs(q, k, v, kv_mask)
   platform, device_kind = target_device()
   impl = resolve_impl(impl, q, k, platform)
-  local = functools.partial(_local_attention, impl=impl, interpret=interpret,
-                            block_sizes=block_sizes, device_kind=device_kind)
+  local = functools.partial(
+    _local_attention, impl=impl, interpret=interpret, block_sizes=block_sizes, device_kind=device_kind
+  )
   mesh = jax.sharding.get_abstract_mesh()
   if context_parallel.should_shard(mesh):
     return context_parallel.sharded_attention(local, q, k, v, kv_mask, mesh)

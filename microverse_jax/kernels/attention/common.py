@@ -1,4 +1,5 @@
 """Helpers shared by the Pallas flash-attention kernels (TPU and GPU)."""
+
 from __future__ import annotations
 
 from typing import Mapping, TypeVar

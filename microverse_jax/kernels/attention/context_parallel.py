@@ -7,6 +7,7 @@ sequence, and a second all-to-all restores the sequence shard. Cross-attention (
 needs no communication: keys and values are replicated over `context`, each device attends its own
 queries. Lengths that `context` does not divide are padded (padded keys masked, padded queries dropped).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,9 @@ def _auto_axis_sizes(mesh) -> dict[str, int]:
   """Sizes of the mesh axes that are not already manual (i.e. usable by a new shard_map)."""
   if mesh is None or mesh.empty:
     return {}
-  return {name: size for name, size, kind in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types)
-          if kind != AxisType.Manual}
+  return {
+    name: size for name, size, kind in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types) if kind != AxisType.Manual
+  }
 
 
 def should_shard(mesh) -> bool:
@@ -59,9 +61,11 @@ def sharded_attention(local_attention: Callable, q, k, v, kv_mask, mesh):
   cp = sizes.get(CONTEXT_AXIS, 1)
   self_attention = tq == tk
   if cp > 1 and self_attention and heads_local % cp:
-    raise ValueError(f"attention: Ulysses context parallelism needs the local heads ({heads_local} = "
-                     f"{n} heads / tensor {tp if head_axis else 1}) divisible by mesh axis "
-                     f"context={cp}; change mesh.context or mesh.tensor")
+    raise ValueError(
+      f"attention: Ulysses context parallelism needs the local heads ({heads_local} = "
+      f"{n} heads / tensor {tp if head_axis else 1}) divisible by mesh axis "
+      f"context={cp}; change mesh.context or mesh.tensor"
+    )
   context_axis = CONTEXT_AXIS if cp > 1 else None
 
   t_pad = -(-tq // cp) * cp

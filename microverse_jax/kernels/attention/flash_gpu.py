@@ -11,6 +11,7 @@ Tq and Tk are padded to the block sizes (only key blocks holding padded keys mas
 power of two >= 16.
 Rows whose keys are all masked return zeros (as the reference does) and get zero gradients.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,6 +33,7 @@ LOG2E = math.log2(math.e)
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
   """Token tile sizes (powers of two >= 16) and Triton launch parameters."""
+
   block_q: int = 128
   block_k: int = 64
   block_q_bwd: int = 64
@@ -48,16 +50,15 @@ class BlockSizes:
 
 # Starting points per GPU (device_kind substring -> sizes); untuned defaults otherwise.
 CHIP_BLOCK_SIZES = {
-    "h100": BlockSizes(128, 64, 64, 64, num_warps=8, num_stages=3),
-    "h200": BlockSizes(128, 64, 64, 64, num_warps=8, num_stages=3),
-    "a100": BlockSizes(128, 64, 64, 64, num_warps=4, num_stages=2),
+  "h100": BlockSizes(128, 64, 64, 64, num_warps=8, num_stages=3),
+  "h200": BlockSizes(128, 64, 64, 64, num_warps=8, num_stages=3),
+  "a100": BlockSizes(128, 64, 64, 64, num_warps=4, num_stages=2),
 }
 
 
 def _dot(a, b, trans_b: bool = False):
   """a @ b (or a @ b.T) of 2-D blocks, accumulated in fp32 (pl.dot left Pallas in JAX 0.12)."""
-  return jax.lax.dot_general(a, b, (((1,), (1 if trans_b else 0,)), ((), ())),
-                             preferred_element_type=jnp.float32)
+  return jax.lax.dot_general(a, b, (((1,), (1 if trans_b else 0,)), ((), ())), preferred_element_type=jnp.float32)
 
 
 def default_block_sizes(device_kind: str | None = None) -> BlockSizes:
@@ -70,6 +71,7 @@ def _fit_block(block: int, length: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------- kernels
+
 
 def _loop_key_blocks(bk: int, kv_len: int, num_k_blocks: int, body, carry):
   """fori_loop of body(j, carry, tail) over key blocks; tail=True on blocks holding padded keys.
@@ -92,8 +94,7 @@ def _valid_keys(j, bk: int, kv_len: int, mask_ref, tail: bool):
   return valid
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, mask_ref, o_ref, lse_ref, *, scale: float, bk: int,
-                    kv_len: int):
+def _forward_kernel(q_ref, k_ref, v_ref, mask_ref, o_ref, lse_ref, *, scale: float, bk: int, kv_len: int):
   """q_ref: (bq, D); k_ref, v_ref: (Tk, D); mask_ref: (Tk,) or None; lse_ref: (bq,) base 2."""
   bq, d = q_ref.shape
   q = q_ref[...]
@@ -102,7 +103,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, mask_ref, o_ref, lse_ref, *, scale: flo
   def body(j, carry, tail):
     acc, m_prev, l_prev = carry
     ks = pl.ds(j * bk, bk)
-    s = _dot(q, k_ref[ks, :], trans_b=True) * qk_scale               # (bq, bk) fp32
+    s = _dot(q, k_ref[ks, :], trans_b=True) * qk_scale  # (bq, bk) fp32
     valid = _valid_keys(j, bk, kv_len, mask_ref, tail)
     if valid is not None:
       s = jnp.where(valid, s, MASK_VALUE)
@@ -115,8 +116,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, mask_ref, o_ref, lse_ref, *, scale: flo
     acc = acc * alpha[:, None] + _dot(p.astype(v.dtype), v)
     return acc, m_new, l_prev * alpha + jnp.sum(p, axis=1)
 
-  init = (jnp.zeros((bq, d), jnp.float32), jnp.full((bq,), MASK_VALUE, jnp.float32),
-          jnp.zeros((bq,), jnp.float32))
+  init = (jnp.zeros((bq, d), jnp.float32), jnp.full((bq,), MASK_VALUE, jnp.float32), jnp.zeros((bq,), jnp.float32))
   acc, m, l = _loop_key_blocks(bk, kv_len, k_ref.shape[0] // bk, body, init)
   empty = l == 0.0
   l_safe = jnp.where(empty, 1.0, l)
@@ -124,25 +124,24 @@ def _forward_kernel(q_ref, k_ref, v_ref, mask_ref, o_ref, lse_ref, *, scale: flo
   lse_ref[...] = jnp.where(empty, jnp.inf, m + jnp.log2(l_safe))
 
 
-def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, mask_ref, dk_ref, dv_ref, *,
-                 scale: float, bq: int):
+def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, mask_ref, dk_ref, dv_ref, *, scale: float, bq: int):
   """k_ref, v_ref: (bk, D); q_ref, do_ref: (Tq, D); lse_ref, delta_ref: (Tq,); mask_ref: (bk,)."""
   # Padded keys need no mask here: they only write their own dK, dV rows, which are sliced off.
   bk, d = k_ref.shape
   k, v = k_ref[...], v_ref[...]
   qk_scale = scale * LOG2E
-  valid = None if mask_ref is None else (mask_ref[...] != 0)[:, None]        # (bk, 1)
+  valid = None if mask_ref is None else (mask_ref[...] != 0)[:, None]  # (bk, 1)
 
   def body(i, carry):
     dk, dv = carry
     qs = pl.ds(i * bq, bq)
     q, do = q_ref[qs, :], do_ref[qs, :]
-    s_t = _dot(k, q, trans_b=True) * qk_scale                            # (bk, bq)
+    s_t = _dot(k, q, trans_b=True) * qk_scale  # (bk, bq)
     p_t = jnp.exp2(s_t - lse_ref[qs][None, :])
     if valid is not None:
       p_t = jnp.where(valid, p_t, 0.0)
     dv = dv + _dot(p_t.astype(do.dtype), do)
-    dp_t = _dot(v, do, trans_b=True)                                    # (bk, bq)
+    dp_t = _dot(v, do, trans_b=True)  # (bk, bq)
     ds_t = p_t * (dp_t - delta_ref[qs][None, :])
     dk = dk + _dot(ds_t.astype(q.dtype), q)
     return dk, dv
@@ -153,8 +152,9 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, mask_ref, dk_r
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, mask_ref, dq_ref, *,
-               scale: float, bk: int, kv_len: int):
+def _dq_kernel(
+  q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, mask_ref, dq_ref, *, scale: float, bk: int, kv_len: int
+):
   """q_ref, do_ref: (bq, D); lse_ref, delta_ref: (bq,); k_ref, v_ref: (Tk, D); mask_ref: (Tk,)."""
   bq, d = q_ref.shape
   q, do = q_ref[...], do_ref[...]
@@ -164,7 +164,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, mask_ref, dq_ref
   def body(j, dq, tail):
     ks = pl.ds(j * bk, bk)
     k, v = k_ref[ks, :], v_ref[ks, :]
-    p = jnp.exp2(_dot(q, k, trans_b=True) * qk_scale - lse)              # (bq, bk)
+    p = jnp.exp2(_dot(q, k, trans_b=True) * qk_scale - lse)  # (bq, bk)
     valid = _valid_keys(j, bk, kv_len, mask_ref, tail)
     if valid is not None:
       p = jnp.where(valid, p, 0.0)
@@ -176,6 +176,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, mask_ref, dq_ref
 
 
 # ------------------------------------------------------------------------------------ pallas calls
+
 
 def _tile(block, seq, d):
   """BlockSpec over (B, T, N, D) for grid (seq block, b, n); block=None takes the whole sequence."""
@@ -205,9 +206,15 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, args, sizes, name, inter
     kernel = lambda *refs: base(*refs[:mask_pos], None, *refs[mask_pos:])
     args, in_specs = args[:-1], in_specs[:-1]
   return pl.pallas_call(
-      kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-      compiler_params=plgpu.CompilerParams(num_warps=sizes.num_warps, num_stages=sizes.num_stages),
-      interpret=interpret, name=name)(*args)
+    kernel,
+    grid=grid,
+    in_specs=in_specs,
+    out_specs=out_specs,
+    out_shape=out_shape,
+    compiler_params=plgpu.CompilerParams(num_warps=sizes.num_warps, num_stages=sizes.num_stages),
+    interpret=interpret,
+    name=name,
+  )(*args)
 
 
 def _forward(q, k, v, mask, *, scale, sizes, bq, bk, kv_len, interpret):
@@ -215,11 +222,16 @@ def _forward(q, k, v, mask, *, scale, sizes, bq, bk, kv_len, interpret):
   b, tq, n, d = q.shape
   tk = k.shape[1]
   return _call(
-      functools.partial(_forward_kernel, scale=scale, bk=bk, kv_len=kv_len), (tq // bq, b, n),
-      [_tile(bq, tq, d), _tile(None, tk, d), _tile(None, tk, d), _mask_spec(None, tk)],
-      [_tile(bq, tq, d), _rows(bq, tq)],
-      [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, tq), jnp.float32)],
-      [q, k, v, mask], sizes, "flash_attention_fwd", interpret)
+    functools.partial(_forward_kernel, scale=scale, bk=bk, kv_len=kv_len),
+    (tq // bq, b, n),
+    [_tile(bq, tq, d), _tile(None, tk, d), _tile(None, tk, d), _mask_spec(None, tk)],
+    [_tile(bq, tq, d), _rows(bq, tq)],
+    [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, tq), jnp.float32)],
+    [q, k, v, mask],
+    sizes,
+    "flash_attention_fwd",
+    interpret,
+  )
 
 
 def _backward(q, k, v, mask, o, lse, do, *, scale, sizes, bq, bk, kv_len, interpret):
@@ -227,22 +239,48 @@ def _backward(q, k, v, mask, o, lse, do, *, scale, sizes, bq, bk, kv_len, interp
   tk = k.shape[1]
   delta = jnp.einsum("btnd,btnd->bnt", o.astype(jnp.float32), do.astype(jnp.float32))
   dk, dv = _call(
-      functools.partial(_dkdv_kernel, scale=scale, bq=bq), (tk // bk, b, n),
-      [_tile(None, tq, d), _tile(bk, tk, d), _tile(bk, tk, d), _tile(None, tq, d), _rows(None, tq),
-       _rows(None, tq), _mask_spec(bk, tk)],
-      [_tile(bk, tk, d), _tile(bk, tk, d)],
-      [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      [q, k, v, do, lse, delta, mask], sizes, "flash_attention_dkdv", interpret)
+    functools.partial(_dkdv_kernel, scale=scale, bq=bq),
+    (tk // bk, b, n),
+    [
+      _tile(None, tq, d),
+      _tile(bk, tk, d),
+      _tile(bk, tk, d),
+      _tile(None, tq, d),
+      _rows(None, tq),
+      _rows(None, tq),
+      _mask_spec(bk, tk),
+    ],
+    [_tile(bk, tk, d), _tile(bk, tk, d)],
+    [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+    [q, k, v, do, lse, delta, mask],
+    sizes,
+    "flash_attention_dkdv",
+    interpret,
+  )
   dq = _call(
-      functools.partial(_dq_kernel, scale=scale, bk=bk, kv_len=kv_len), (tq // bq, b, n),
-      [_tile(bq, tq, d), _tile(None, tk, d), _tile(None, tk, d), _tile(bq, tq, d), _rows(bq, tq),
-       _rows(bq, tq), _mask_spec(None, tk)],
-      _tile(bq, tq, d), jax.ShapeDtypeStruct(q.shape, q.dtype),
-      [q, k, v, do, lse, delta, mask], sizes, "flash_attention_dq", interpret)
+    functools.partial(_dq_kernel, scale=scale, bk=bk, kv_len=kv_len),
+    (tq // bq, b, n),
+    [
+      _tile(bq, tq, d),
+      _tile(None, tk, d),
+      _tile(None, tk, d),
+      _tile(bq, tq, d),
+      _rows(bq, tq),
+      _rows(bq, tq),
+      _mask_spec(None, tk),
+    ],
+    _tile(bq, tq, d),
+    jax.ShapeDtypeStruct(q.shape, q.dtype),
+    [q, k, v, do, lse, delta, mask],
+    sizes,
+    "flash_attention_dq",
+    interpret,
+  )
   return dq, dk, dv
 
 
 # ------------------------------------------------------------------------------------ custom VJP
+
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def _flash(q, k, v, mask, sizes, blocks, interpret):
@@ -251,24 +289,23 @@ def _flash(q, k, v, mask, sizes, blocks, interpret):
 
 def _flash_fwd(q, k, v, mask, sizes, blocks, interpret):
   scale, kv_len, bq, bk, _, _ = blocks
-  o, lse = _forward(q, k, v, mask, scale=scale, sizes=sizes, bq=bq, bk=bk, kv_len=kv_len,
-                    interpret=interpret)
+  o, lse = _forward(q, k, v, mask, scale=scale, sizes=sizes, bq=bq, bk=bk, kv_len=kv_len, interpret=interpret)
   return o, (q, k, v, mask, o, lse)
 
 
 def _flash_bwd(sizes, blocks, interpret, residuals, do):
   scale, kv_len, _, _, bq, bk = blocks
   q, k, v, mask, o, lse = residuals
-  dq, dk, dv = _backward(q, k, v, mask, o, lse, do, scale=scale, sizes=sizes, bq=bq, bk=bk,
-                         kv_len=kv_len, interpret=interpret)
+  dq, dk, dv = _backward(
+    q, k, v, mask, o, lse, do, scale=scale, sizes=sizes, bq=bq, bk=bk, kv_len=kv_len, interpret=interpret
+  )
   return dq, dk, dv, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def flash_attention_gpu(q, k, v, kv_mask=None, *, block_sizes: BlockSizes | None = None,
-                        interpret: bool = False):
+def flash_attention_gpu(q, k, v, kv_mask=None, *, block_sizes: BlockSizes | None = None, interpret: bool = False):
   """Pallas Triton flash attention. q: (B, Tq, N, D); k, v: (B, Tk, N, D); kv_mask: (B, Tk) bool.
 
   Differentiable in q, k, v. `interpret=True` runs the kernels in Pallas interpret mode (any backend).
@@ -283,6 +320,7 @@ def flash_attention_gpu(q, k, v, kv_mask=None, *, block_sizes: BlockSizes | None
   d_pad = max(16, pl.next_power_of_2(d))
   mask = None if kv_mask is None else pad_axis(kv_mask.astype(jnp.int32), 1, tk_pad)
   pad = lambda x, t: pad_axis(pad_axis(x, 1, t), 3, d_pad)
-  out = _flash(pad(q, tq_pad), pad(k, tk_pad), pad(v, tk_pad), mask, sizes,
-               (d ** -0.5, tk, bq_f, bk_f, bq_b, bk_b), interpret)
+  out = _flash(
+    pad(q, tq_pad), pad(k, tk_pad), pad(v, tk_pad), mask, sizes, (d**-0.5, tk, bq_f, bk_f, bq_b, bk_b), interpret
+  )
   return out[:, :tq, :, :d]

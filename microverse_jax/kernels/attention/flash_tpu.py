@@ -13,6 +13,7 @@ three kernels:
 The last grid axis is the reduction ("arbitrary"); accumulators live in VMEM scratch.
 Rows whose keys are all masked return zeros (as the reference does) and get zero gradients.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,6 +39,7 @@ class BlockSizes:
   Multiples of 128 (the lane width). Lengths shorter than a block shrink the block to the length
   rounded up to 128; see _fit_blocks.
   """
+
   block_q: int = 512
   block_k: int = 512
   block_q_bwd: int = 256
@@ -51,12 +53,12 @@ class BlockSizes:
 
 # Starting points per chip (device_kind substring -> sizes). Untuned on hardware: override per run.
 CHIP_BLOCK_SIZES = {
-    "v4": BlockSizes(512, 512, 256, 512),
-    "v5 lite": BlockSizes(512, 512, 256, 256),  # v5e: less VMEM per core
-    "v5e": BlockSizes(512, 512, 256, 256),
-    "v5p": BlockSizes(512, 1024, 256, 512),
-    "v5": BlockSizes(512, 1024, 256, 512),
-    "v6": BlockSizes(512, 1024, 512, 512),
+  "v4": BlockSizes(512, 512, 256, 512),
+  "v5 lite": BlockSizes(512, 512, 256, 256),  # v5e: less VMEM per core
+  "v5e": BlockSizes(512, 512, 256, 256),
+  "v5p": BlockSizes(512, 1024, 256, 512),
+  "v5": BlockSizes(512, 1024, 256, 512),
+  "v6": BlockSizes(512, 1024, 512, 512),
 }
 
 
@@ -80,6 +82,7 @@ def _fit_blocks(length: int, *blocks: int) -> tuple[int, ...]:
 
 
 # ----------------------------------------------------------------------------------------- kernels
+
 
 def _for_key_block(kj, bk: int, kv_len: int, num_k_blocks: int, step):
   """Runs step(tail) for key block kj; tail=True on blocks holding padded keys (index >= kv_len).
@@ -119,20 +122,19 @@ def _forward_kernel(*refs, scale: float, has_mask: bool, kv_len: int, num_k_bloc
     acc_scr[...] = jnp.zeros_like(acc_scr)
 
   def step(tail: bool):
-    q, k, v = q_ref[...], k_ref[...], v_ref[...]                        # (bq, D), (bk, D)
+    q, k, v = q_ref[...], k_ref[...], v_ref[...]  # (bq, D), (bk, D)
     s = lax.dot_general(q, k, NT, preferred_element_type=jnp.float32) * scale  # (bq, bk)
     valid = _valid_keys(kj, bk, kv_len, None if mask_ref is None else mask_ref[...], tail)
     if valid is not None:
       s = jnp.where(valid, s, MASK_VALUE)
-    m_prev = m_scr[...]                                                   # (bq, 1)
+    m_prev = m_scr[...]  # (bq, 1)
     m_new = jnp.maximum(m_prev, jnp.max(s, axis=1, keepdims=True))
     alpha = jnp.exp(m_prev - m_new)
     p = jnp.exp(s - m_new)
     if valid is not None:
       p = jnp.where(valid, p, 0.0)
     l_scr[...] = alpha * l_scr[...] + jnp.sum(p, axis=1, keepdims=True)
-    acc_scr[...] = alpha * acc_scr[...] + jnp.dot(
-        p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    acc_scr[...] = alpha * acc_scr[...] + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     m_scr[...] = m_new
 
   _for_key_block(kj, bk, kv_len, num_k_blocks, step)
@@ -150,8 +152,7 @@ def _forward_kernel(*refs, scale: float, has_mask: bool, kv_len: int, num_k_bloc
 
 def _dkdv_kernel(*refs, scale: float, has_mask: bool, num_q_blocks: int):
   if has_mask:
-    (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, mask_ref,
-     dk_ref, dv_ref, dk_scr, dv_scr) = refs
+    (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, mask_ref, dk_ref, dv_ref, dk_scr, dv_scr) = refs
   else:
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, dk_scr, dv_scr = refs
   qi = pl.program_id(3)
@@ -164,12 +165,12 @@ def _dkdv_kernel(*refs, scale: float, has_mask: bool, num_q_blocks: int):
   # Padded keys need no mask here: they only write their own dK, dV rows, which are sliced off.
   q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
   s_t = lax.dot_general(k, q, NT, preferred_element_type=jnp.float32) * scale  # (bk, bq)
-  p_t = jnp.exp(s_t - lse_ref[...])                                       # lse: (1, bq)
+  p_t = jnp.exp(s_t - lse_ref[...])  # lse: (1, bq)
   if has_mask:
-    valid = jnp.expand_dims(mask_ref[0], -1) != 0                          # (bk, 1)
+    valid = jnp.expand_dims(mask_ref[0], -1) != 0  # (bk, 1)
     p_t = jnp.where(valid, p_t, 0.0)
   dv_scr[...] += jnp.dot(p_t.astype(do.dtype), do, preferred_element_type=jnp.float32)
-  dp_t = lax.dot_general(v, do, NT, preferred_element_type=jnp.float32)   # (bk, bq)
+  dp_t = lax.dot_general(v, do, NT, preferred_element_type=jnp.float32)  # (bk, bq)
   ds_t = p_t * (dp_t - delta_ref[...])
   dk_scr[...] += jnp.dot(ds_t.astype(q.dtype), q, preferred_element_type=jnp.float32)
 
@@ -195,7 +196,7 @@ def _dq_kernel(*refs, scale: float, has_mask: bool, kv_len: int, num_k_blocks: i
   def step(tail: bool):
     q, k, v, do = q_ref[...], k_ref[...], v_ref[...], do_ref[...]
     s = lax.dot_general(q, k, NT, preferred_element_type=jnp.float32) * scale  # (bq, bk)
-    p = jnp.exp(s - jnp.expand_dims(lse_ref[0], -1))                      # lse: (bq, 1)
+    p = jnp.exp(s - jnp.expand_dims(lse_ref[0], -1))  # lse: (bq, 1)
     valid = _valid_keys(kj, bk, kv_len, None if mask_ref is None else mask_ref[...], tail)
     if valid is not None:
       p = jnp.where(valid, p, 0.0)
@@ -212,11 +213,12 @@ def _dq_kernel(*refs, scale: float, has_mask: bool, kv_len: int, num_k_blocks: i
 
 # ------------------------------------------------------------------------------------ pallas calls
 
+
 def _params(interpret: bool):
   return dict(
-      compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
-      interpret=pltpu.InterpretParams() if interpret else False)
+    compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+    interpret=pltpu.InterpretParams() if interpret else False,
+  )
 
 
 def _forward(q, k, v, mask, *, scale, bq, bk, kv_len, interpret):
@@ -231,19 +233,20 @@ def _forward(q, k, v, mask, *, scale, bq, bk, kv_len, interpret):
   if mask is not None:
     in_specs.append(pl.BlockSpec((None, 1, bk), lambda b_, h, i, j: (b_, 0, j)))
     args.append(mask)
-  kernel = functools.partial(_forward_kernel, scale=scale, has_mask=mask is not None,
-                             kv_len=kv_len, num_k_blocks=nk)
+  kernel = functools.partial(_forward_kernel, scale=scale, has_mask=mask is not None, kv_len=kv_len, num_k_blocks=nk)
   o, lse = pl.pallas_call(
-      kernel,
-      grid=(b, n, nq, nk),
-      in_specs=in_specs,
-      out_specs=[q_spec, pl.BlockSpec((None, None, 1, bq), lambda b_, h, i, j: (b_, h, 0, i))],
-      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                 jax.ShapeDtypeStruct((b, n, 1, tq), jnp.float32)],
-      scratch_shapes=[pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, 1), jnp.float32),
-                      pltpu.VMEM((bq, d), jnp.float32)],
-      name="flash_attention_fwd",
-      **_params(interpret),
+    kernel,
+    grid=(b, n, nq, nk),
+    in_specs=in_specs,
+    out_specs=[q_spec, pl.BlockSpec((None, None, 1, bq), lambda b_, h, i, j: (b_, h, 0, i))],
+    out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, 1, tq), jnp.float32)],
+    scratch_shapes=[
+      pltpu.VMEM((bq, 1), jnp.float32),
+      pltpu.VMEM((bq, 1), jnp.float32),
+      pltpu.VMEM((bq, d), jnp.float32),
+    ],
+    name="flash_attention_fwd",
+    **_params(interpret),
   )(*args)
   return o, lse
 
@@ -266,14 +269,14 @@ def _backward(q, k, v, mask, o, lse, do, *, scale, bq, bk, kv_len, interpret):
     in_specs.append(pl.BlockSpec((None, 1, bk), lambda b_, h, j, i: (b_, 0, j)))
     args.append(mask)
   dk, dv = pl.pallas_call(
-      functools.partial(_dkdv_kernel, scale=scale, has_mask=has_mask, num_q_blocks=nq),
-      grid=(b, n, nk, nq),
-      in_specs=in_specs,
-      out_specs=[kv_spec, kv_spec],
-      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      scratch_shapes=[pltpu.VMEM((bk, d), jnp.float32), pltpu.VMEM((bk, d), jnp.float32)],
-      name="flash_attention_dkdv",
-      **_params(interpret),
+    functools.partial(_dkdv_kernel, scale=scale, has_mask=has_mask, num_q_blocks=nq),
+    grid=(b, n, nk, nq),
+    in_specs=in_specs,
+    out_specs=[kv_spec, kv_spec],
+    out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+    scratch_shapes=[pltpu.VMEM((bk, d), jnp.float32), pltpu.VMEM((bk, d), jnp.float32)],
+    name="flash_attention_dkdv",
+    **_params(interpret),
   )(*args)
 
   # dQ: grid (B, N, query block i, key block j).
@@ -286,20 +289,20 @@ def _backward(q, k, v, mask, o, lse, do, *, scale, bq, bk, kv_len, interpret):
     in_specs.append(pl.BlockSpec((None, 1, bk), lambda b_, h, i, j: (b_, 0, j)))
     args.append(mask)
   dq = pl.pallas_call(
-      functools.partial(_dq_kernel, scale=scale, has_mask=has_mask, kv_len=kv_len,
-                        num_k_blocks=nk),
-      grid=(b, n, nq, nk),
-      in_specs=in_specs,
-      out_specs=q_spec,
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      scratch_shapes=[pltpu.VMEM((bq, d), jnp.float32)],
-      name="flash_attention_dq",
-      **_params(interpret),
+    functools.partial(_dq_kernel, scale=scale, has_mask=has_mask, kv_len=kv_len, num_k_blocks=nk),
+    grid=(b, n, nq, nk),
+    in_specs=in_specs,
+    out_specs=q_spec,
+    out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+    scratch_shapes=[pltpu.VMEM((bq, d), jnp.float32)],
+    name="flash_attention_dq",
+    **_params(interpret),
   )(*args)
   return dq, dk, dv
 
 
 # ------------------------------------------------------------------------------------ custom VJP
+
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _flash(q, k, v, mask, sizes, interpret):
@@ -315,16 +318,14 @@ def _flash_fwd(q, k, v, mask, sizes, interpret):
 def _flash_bwd(sizes, interpret, residuals, do):
   scale, kv_len, _, _, bq, bk = sizes
   q, k, v, mask, o, lse = residuals
-  dq, dk, dv = _backward(q, k, v, mask, o, lse, do, scale=scale, bq=bq, bk=bk, kv_len=kv_len,
-                         interpret=interpret)
+  dq, dk, dv = _backward(q, k, v, mask, o, lse, do, scale=scale, bq=bq, bk=bk, kv_len=kv_len, interpret=interpret)
   return dq, dk, dv, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def flash_attention_tpu(q, k, v, kv_mask=None, *, block_sizes: BlockSizes | None = None,
-                        interpret: bool = False):
+def flash_attention_tpu(q, k, v, kv_mask=None, *, block_sizes: BlockSizes | None = None, interpret: bool = False):
   """Pallas Mosaic flash attention. q: (B, Tq, N, D); k, v: (B, Tk, N, D); kv_mask: (B, Tk) bool.
 
   Differentiable in q, k, v. `interpret=True` runs the kernels in TPU interpret mode (on any backend).
@@ -338,6 +339,7 @@ def flash_attention_tpu(q, k, v, kv_mask=None, *, block_sizes: BlockSizes | None
   if kv_mask is not None:
     mask = pad_axis(kv_mask.astype(jnp.int32), 1, tk_pad)[:, None, :]  # (B, 1, Tk)
   to_bntd = lambda x, t: pad_axis(jnp.swapaxes(x, 1, 2), 2, t)
-  out = _flash(to_bntd(q, tq_pad), to_bntd(k, tk_pad), to_bntd(v, tk_pad), mask,
-               (d ** -0.5, tk, bq_f, bk_f, bq_b, bk_b), interpret)
+  out = _flash(
+    to_bntd(q, tq_pad), to_bntd(k, tk_pad), to_bntd(v, tk_pad), mask, (d**-0.5, tk, bq_f, bk_f, bq_b, bk_b), interpret
+  )
   return jnp.swapaxes(out[:, :, :tq], 1, 2)

@@ -1,4 +1,5 @@
 """Pure-jnp multi-head attention: the oracle every kernel is tested against."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp
