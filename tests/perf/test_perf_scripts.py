@@ -147,3 +147,14 @@ def test_run_all_runs_a_subset_and_rejects_unknown(tmp_path, capsys):
     "scorer",
     "vae_memory",
   }
+
+
+def test_step_cache_measures_every_setting_against_the_uncached_run(capsys):
+  sc = _load("step_cache")
+  config = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "microsim_tiny.py") + ":test"
+  sc.main([f"--config={config}", "--steps=6", "--repeats=1", "--thresholds=0.0,0.5"])
+  out = capsys.readouterr().out
+  rows = {line.split("|")[1].strip(): line.split("|") for line in out.splitlines() if line.startswith("| ")}
+  assert {"none", "step_cache=0.0", "step_cache=0.5", "cfg_cache"} <= set(rows)
+  assert rows["step_cache=0.0"][4].strip() == "0"  # threshold 0 is the plain sampler: identical videos
+  assert rows["none"][5].strip() == "inf"
