@@ -2,6 +2,7 @@
 config, a batch sharded by the rules table."""
 
 import glob
+import json
 import os
 import struct
 import subprocess
@@ -48,7 +49,12 @@ def _events(logdir):
 
 def test_a_four_step_run_is_quiet_and_tensorboard_gets_samples_config_and_scalars(synth_data_dir, tmp_path):
   run = _train(
-    [f"--config.data.data_dir={synth_data_dir}", "--config.eval.sample_every=4", "--config.eval.sample_steps=2"],
+    [
+      f"--config.data.data_dir={synth_data_dir}",
+      "--config.eval.sample_every=4",
+      "--config.eval.sample_steps=2",
+      "--config.eval.physics=2",
+    ],
     tmp_path,
   )
   assert run.returncode == 0, run.stderr[-3000:]
@@ -56,6 +62,9 @@ def test_a_four_step_run_is_quiet_and_tensorboard_gets_samples_config_and_scalar
   assert len(lines) <= 40, "\n".join(lines)
   assert not [l for l in lines if "libtpu" in l or "TPU" in l or l.startswith(("I0", "W0", "E0"))], lines
   assert any(l.startswith("step 4/4 loss") and "ETA" in l for l in lines), lines
+  assert any(l.startswith("physics ") for l in lines), lines  # the trainer's physics evaluation ran
+  rows = [json.loads(l) for l in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
+  assert any("physics/pass_rate" in r for r in rows)
   tags = _events(str(tmp_path / "wd" / "tensorboard"))
   assert ("loss", "simple_value") in tags and ("samples/0", "image") in tags
   assert any(tag.startswith("_hparams_") for tag, _ in tags) and any(t.startswith("config") for t, _ in tags)
