@@ -28,6 +28,7 @@ import math
 import os
 import re
 import tempfile
+import time
 from typing import Callable
 
 import ml_dtypes
@@ -142,10 +143,23 @@ def encode_split(
     "skipped": dict.fromkeys(input_pipeline.SKIP_REASONS, 0),
     "finalized": False,
   }
-  for shard in range(process_index, num_shards, process_count):
+  from microverse_jax import cli  # pylint: disable=g-import-not-at-top
+
+  mine = list(range(process_index, num_shards, process_count))
+  total = sum(min(len(source), (s + 1) * shard_size) - s * shard_size for s in mine)
+  clock = {"start": time.time(), "shown": time.time(), "done": 0}
+
+  def report(force: bool = False) -> None:  # done/total clips with rate and ETA, every 30 s
+    now = time.time()
+    if force or now - clock["shown"] >= 30:
+      print(cli.progress_line(f"encode {split}: clips", clock["done"], total, now - clock["start"]), flush=True)
+      clock["shown"] = now
+
+  for shard in mine:
     path = shard_path(split_dir, name, split, shard, num_shards)
     if path.exists():
       stats["shards_skipped"] += 1
+      clock["done"] += min(len(source), (shard + 1) * shard_size) - shard * shard_size
       continue
     start, stop = shard * shard_size, min(len(source), (shard + 1) * shard_size)
     batches = input_pipeline.make_video_iterator(
@@ -183,11 +197,15 @@ def encode_split(
             }
           )
         )
+      clock["done"] += int((batch["index"] >= 0).sum())
+      report()
     for reason, count in batches.skip_counts.items():
       stats["skipped"][reason] += count
+      clock["done"] += count
     _write_array_record(path, records)
     stats["shards_written"] += 1
     stats["records"] += len(records)
+    report(force=True)
   if process_index == 0:
     stats["finalized"] = finalize(
       out_dir,

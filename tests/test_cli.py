@@ -100,3 +100,16 @@ def test_the_batch_is_sharded_by_the_rules_table():
   assert factory.batch_sharding(mesh, sharding.logical_rules()).spec == jax.sharding.PartitionSpec(("data", "fsdp"))
   rules = sharding.logical_rules({"batch": ["data"]})
   assert factory.batch_sharding(mesh, rules).spec == jax.sharding.PartitionSpec("data")
+
+
+def test_physics_eval_without_the_scorer_fails_before_compiling(monkeypatch):
+  """After `pip install -e .` alone, the main job must not crash at its last step (then at every resume)."""
+  from microverse_jax.configs import microsim_tiny
+
+  c = microsim_tiny.get_config("test")
+  c.eval.update(sample_every=4, physics=2)
+  monkeypatch.setitem(sys.modules, "microworldbench.physics", None)  # as if bench/ were not installed
+  with pytest.raises(ValueError, match=r"eval.physics=2 needs the scorer package: pip install -e ./bench"):
+    factory.validate(c, 1)
+  c.eval.physics = 0
+  factory.validate(c, 1)

@@ -63,9 +63,12 @@ def synth_train(synth_data_dir):
   return input_pipeline.load_source("microsim_synth", "train", synth_data_dir)
 
 
-def test_cache_round_trip(synth_train, synth_data_dir, tmp_path):
+def test_cache_round_trip(synth_train, synth_data_dir, tmp_path, capsys):
   stats = _encode(synth_train, tmp_path)
   assert stats["shards_written"] == 3 and stats["records"] == len(synth_train) and stats["finalized"]
+  progress = [l for l in capsys.readouterr().out.splitlines() if l.startswith("encode train: clips")]
+  assert len(progress) >= 3 and f"{len(synth_train)}/{len(synth_train)} (100%)" in progress[-1]
+  assert "ETA" in progress[0]
   validation = input_pipeline.load_source("microsim_synth", "validation", synth_data_dir)
   _encode(validation, tmp_path, split="validation")
   for split, source in (("train", synth_train), ("validation", validation)):
