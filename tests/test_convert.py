@@ -12,23 +12,13 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 from safetensors.numpy import save_file  # noqa: E402
+from tiny_diffusers import TINY_WAN_DIT  # noqa: E402
 
 from microverse_jax import convert  # noqa: E402
 from microverse_jax.models.lora import merge_lora  # noqa: E402
 from microverse_jax.models.wan_dit import WanDiT  # noqa: E402
 
-TINY = dict(
-  patch_size=(1, 2, 2),
-  num_attention_heads=2,
-  attention_head_dim=16,
-  in_channels=4,
-  out_channels=4,
-  text_dim=32,
-  freq_dim=32,
-  ffn_dim=64,
-  num_layers=2,
-  rope_max_seq_len=32,
-)
+TINY = TINY_WAN_DIT
 # diffusers -> original Wan / DiffSynth names (what DiffSynth's WanModel calls its modules).
 TO_ORIGINAL = (
   ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),

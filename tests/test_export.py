@@ -12,20 +12,11 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("peft")  # diffusers' LoRA loading runs on PEFT
 
+from tiny_diffusers import TINY_WAN_DIT  # noqa: E402
+
 from microverse_jax import convert, export  # noqa: E402
 
-TINY = dict(
-  patch_size=(1, 2, 2),
-  num_attention_heads=2,
-  attention_head_dim=16,
-  in_channels=4,
-  out_channels=4,
-  text_dim=32,
-  freq_dim=32,
-  ffn_dim=64,
-  num_layers=2,
-  rope_max_seq_len=32,
-)
+TINY = TINY_WAN_DIT
 
 
 @pytest.fixture(scope="module")

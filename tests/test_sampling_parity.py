@@ -15,6 +15,8 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
+from tiny_diffusers import TINY_WAN_DIT  # noqa: E402
+
 from microverse_jax import convert, diffusion  # noqa: E402
 from microverse_jax.models.umt5 import UMT5Tokenizer  # noqa: E402
 
@@ -53,18 +55,7 @@ def parts(tmp_path_factory):
 
   root = tmp_path_factory.mktemp("wan_tiny")
   torch.manual_seed(0)
-  dit = diffusers.WanTransformer3DModel(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=16,
-    in_channels=4,
-    out_channels=4,
-    text_dim=32,
-    freq_dim=32,
-    ffn_dim=64,
-    num_layers=2,
-    rope_max_seq_len=32,
-  ).eval()
+  dit = diffusers.WanTransformer3DModel(**TINY_WAN_DIT).eval()
   with torch.no_grad():
     for p in dit.parameters():
       p.add_(0.05 * torch.randn_like(p))

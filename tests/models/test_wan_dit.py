@@ -9,22 +9,12 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 from flax import nnx
+from tiny_diffusers import TINY_WAN_DIT  # noqa: E402
 
 from microverse_jax import convert
 from microverse_jax.models.wan_dit import WanDiT, WanDiTConfig
 
-TINY = dict(
-  patch_size=(1, 2, 2),
-  num_attention_heads=2,
-  attention_head_dim=16,
-  in_channels=4,
-  out_channels=4,
-  text_dim=32,
-  freq_dim=32,
-  ffn_dim=64,
-  num_layers=2,
-  rope_max_seq_len=32,
-)
+TINY = TINY_WAN_DIT
 CASES = [  # (diffusers config overrides, latent (F, H, W), text length)
   (dict(), (3, 8, 12), 7),
   (dict(num_attention_heads=3, attention_head_dim=24, out_channels=6, num_layers=3), (5, 6, 4), 5),
