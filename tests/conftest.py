@@ -11,8 +11,10 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # AOT compiles only; n
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# fp32 references in full precision on GPUs too (their default fp32 matmul is TF32); no-op on CPU.
-jax.config.update("jax_default_matmul_precision", "highest")
+# fp32 references in full precision on GPUs (their default fp32 matmul is TF32). Not set elsewhere:
+# on TPU it would also reach the Mosaic kernels, whose bf16 dots refuse fp32 precision.
+if jax.default_backend() == "gpu":
+  jax.config.update("jax_default_matmul_precision", "highest")
 
 
 @pytest.fixture(scope="session")
