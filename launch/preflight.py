@@ -12,6 +12,7 @@ costs no slice.
 
 Every failure is a PreflightError with one line naming the file, the key or the value at fault.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -35,8 +36,10 @@ def check_config_file(spec: str, *, remote: bool) -> str:
   if not os.path.isfile(path):
     raise PreflightError(f"--config={spec}: no such config file {path!r} (looked in {os.getcwd()})")
   if remote and (os.path.isabs(path) or os.path.normpath(path).startswith("..")):
-    raise PreflightError(f"--config={spec}: the workers run the trainer from their copy of the repo; "
-                         f"launch from the repo root and name the config relative to it (configs/FILE.py)")
+    raise PreflightError(
+      f"--config={spec}: the workers run the trainer from their copy of the repo; "
+      f"launch from the repo root and name the config relative to it (configs/FILE.py)"
+    )
   return os.path.normpath(path)
 
 
@@ -58,6 +61,7 @@ def _parse(spec: str, overrides: Sequence[str]):
   """Parses --config=spec and the overrides as the trainer does (fresh flags, its own argv)."""
   from absl import flags
   from ml_collections import config_flags
+
   argv = ["launcher", f"--config={spec}", *overrides]
   values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
@@ -78,7 +82,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()):
     error = e
   keys = _keys(config)
   for flag in overrides:  # name the override at fault
-    key = flag.partition("=")[0][len("--config."):]
+    key = flag.partition("=")[0][len("--config.") :]
     if key not in keys:
       close = difflib.get_close_matches(key, keys, n=1)
       hint = f"; did you mean {close[0]}?" if close else ""
@@ -86,8 +90,9 @@ def load_config(spec: str, overrides: Sequence[str] = ()):
     try:
       _parse(spec, [flag])
     except Exception as e:
-      raise PreflightError(f"{flag}: the value does not fit {key} (now {_get(config, key)!r}): "
-                           f"{_last_line(e)}") from None
+      raise PreflightError(
+        f"{flag}: the value does not fit {key} (now {_get(config, key)!r}): {_last_line(e)}"
+      ) from None
   raise PreflightError(f"--config={spec} with {' '.join(overrides)}: {_last_line(error)}") from None
 
 
@@ -97,9 +102,17 @@ def _get(config, key: str):
   return config
 
 
-def check(spec: str, overrides: Sequence[str] = (), *, slice: topologies.TpuSlice | None = None,
-          devices: int | None = None, hosts: int = 1, remote: bool = True, where: str = "",
-          num_slices: int = 1):
+def check(
+  spec: str,
+  overrides: Sequence[str] = (),
+  *,
+  slice: topologies.TpuSlice | None = None,
+  devices: int | None = None,
+  hosts: int = 1,
+  remote: bool = True,
+  where: str = "",
+  num_slices: int = 1,
+):
   """Loads the config with its overrides and, when the devices are known (a TPU `slice` x `num_slices`,
   or `devices` over `hosts` processes), validates it against them. Returns the config; raises PreflightError."""
   check_config_file(spec, remote=remote)
@@ -110,6 +123,7 @@ def check(spec: str, overrides: Sequence[str] = (), *, slice: topologies.TpuSlic
     return config
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the launcher needs no accelerator of its own
   from microverse_jax.factory import validate  # the trainer's own check  # pylint: disable=g-import-not-at-top
+
   what = where or f"--config={spec}"
   on = f"{slice.accelerator_type} ({devices} devices)" if slice else f"{devices} devices"
   if slice is not None and num_slices > 1:
@@ -119,6 +133,8 @@ def check(spec: str, overrides: Sequence[str] = (), *, slice: topologies.TpuSlic
   except (ValueError, FileNotFoundError) as e:
     raise PreflightError(f"{what} on {on}: {e}") from None
   if config.data.batch_size % hosts:
-    raise PreflightError(f"{what} on {on}: data.batch_size={config.data.batch_size} does not split over "
-                         f"{hosts} hosts (one trainer process each)")
+    raise PreflightError(
+      f"{what} on {on}: data.batch_size={config.data.batch_size} does not split over "
+      f"{hosts} hosts (one trainer process each)"
+    )
   return config

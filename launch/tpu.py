@@ -21,6 +21,7 @@ the slices go on data; docs/multislice.md). Commands then go to every node: `que
 Logs: every worker tees its output to ~/microverse-logs/RUN.log; `logs` copies them to
 --log_dir/RUN.worker-<i>.log. `logs` and `delete` also run when training fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ from typing import Sequence
 
 from microverse_jax.launch import preflight, shell, topologies
 
-REMOTE_DIR = "microverse-jax"     # on each worker, relative to the home directory
+REMOTE_DIR = "microverse-jax"  # on each worker, relative to the home directory
 REMOTE_VENV = "microverse-venv"
 REMOTE_LOGS = "microverse-logs"
 TARBALL = "microverse-jax.tar.gz"
@@ -49,40 +50,48 @@ def check_workdir(tpu: topologies.TpuSlice, workdir: str, num_slices: int = 1) -
   """Multi-host slices (and multislice runs) need a workdir every worker sees (Orbax writes from all)."""
   if (tpu.multi_host or num_slices > 1) and not workdir.startswith("gs://"):
     where = f"{num_slices} x {tpu.accelerator_type}" if num_slices > 1 else tpu.accelerator_type
-    raise ValueError(f"--workdir={workdir}: {where} has {tpu.hosts * num_slices} workers, which "
-                     f"need a shared gs:// workdir for checkpoints and metrics")
+    raise ValueError(
+      f"--workdir={workdir}: {where} has {tpu.hosts * num_slices} workers, which "
+      f"need a shared gs:// workdir for checkpoints and metrics"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class TpuVm:
   """One TPU VM slice and the gcloud commands that manage it and run on it."""
+
   name: str
   zone: str
   slice: topologies.TpuSlice
   project: str | None = None
-  queued: bool = False            # gcloud compute tpus queued-resources (waits for capacity)
+  queued: bool = False  # gcloud compute tpus queued-resources (waits for capacity)
   spot: bool = False
   reserved: bool = False
   runtime_version: str | None = None
-  repo_url: str | None = None     # git clone URL; None: copy the local working tree
+  repo_url: str | None = None  # git clone URL; None: copy the local working tree
   branch: str | None = None
   python_version: str = "3.11"
-  num_slices: int = 1             # multislice: a queued resource of num_slices nodes (slices)
+  num_slices: int = 1  # multislice: a queued resource of num_slices nodes (slices)
 
   def __post_init__(self):
     if not _NAME.fullmatch(self.name):
-      raise ValueError(f"--name={self.name!r}: TPU names are lowercase letters, digits and '-', "
-                       f"start with a letter, at most 63 characters")
+      raise ValueError(
+        f"--name={self.name!r}: TPU names are lowercase letters, digits and '-', "
+        f"start with a letter, at most 63 characters"
+      )
     if self.slice.runtime_version is None and self.runtime_version is None:
-      raise ValueError(f"{self.slice.accelerator_type}: {self.slice.generation.name} is offered through "
-                       f"GKE only; launch it with launch/xpk.py")
+      raise ValueError(
+        f"{self.slice.accelerator_type}: {self.slice.generation.name} is offered through "
+        f"GKE only; launch it with launch/xpk.py"
+      )
     if self.spot and self.reserved:
       raise ValueError("--spot and --reserved exclude each other")
     if self.num_slices < 1:
       raise ValueError(f"--num_slices={self.num_slices}: expected a positive count of slices")
     if self.num_slices > 1 and not self.queued:
-      raise ValueError(f"--num_slices={self.num_slices}: multislice TPU VMs are created through a queued "
-                       "resource; add --queued")
+      raise ValueError(
+        f"--num_slices={self.num_slices}: multislice TPU VMs are created through a queued resource; add --queued"
+      )
     if not self.zone:
       raise ValueError("--zone is required")
     shell.check_zone(self.zone)
@@ -112,25 +121,57 @@ class TpuVm:
     """Create the slice; for a queued resource, then the status query to poll until ACTIVE."""
     if self.queued:
       return [
-          ["gcloud", "compute", "tpus", "queued-resources", "create", self.name,
-           *([f"--node-count={self.num_slices}", f"--node-prefix={self.name}"] if self.multislice
-             else [f"--node-id={self.name}"]),
-           *self._where(), f"--accelerator-type={self.slice.accelerator_type}",
-           f"--runtime-version={self.version}", *self._capacity()],
-          self.queued_state_command(),
+        [
+          "gcloud",
+          "compute",
+          "tpus",
+          "queued-resources",
+          "create",
+          self.name,
+          *(
+            [f"--node-count={self.num_slices}", f"--node-prefix={self.name}"]
+            if self.multislice
+            else [f"--node-id={self.name}"]
+          ),
+          *self._where(),
+          f"--accelerator-type={self.slice.accelerator_type}",
+          f"--runtime-version={self.version}",
+          *self._capacity(),
+        ],
+        self.queued_state_command(),
       ]
-    return [["gcloud", "compute", "tpus", "tpu-vm", "create", self.name, *self._where(),
-             f"--accelerator-type={self.slice.accelerator_type}", f"--version={self.version}",
-             *self._capacity()]]
+    return [
+      [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "create",
+        self.name,
+        *self._where(),
+        f"--accelerator-type={self.slice.accelerator_type}",
+        f"--version={self.version}",
+        *self._capacity(),
+      ]
+    ]
 
   def queued_state_command(self) -> list[str]:
-    return ["gcloud", "compute", "tpus", "queued-resources", "describe", self.name, *self._where(),
-            "--format=value(state.state)"]
+    return [
+      "gcloud",
+      "compute",
+      "tpus",
+      "queued-resources",
+      "describe",
+      self.name,
+      *self._where(),
+      "--format=value(state.state)",
+    ]
 
   def delete_commands(self) -> list[list[str]]:
     if self.queued:  # --force also deletes the TPU VM the queued resource made
-      return [["gcloud", "compute", "tpus", "queued-resources", "delete", self.name, *self._where(),
-               "--force", "--quiet"]]
+      return [
+        ["gcloud", "compute", "tpus", "queued-resources", "delete", self.name, *self._where(), "--force", "--quiet"]
+      ]
     return [["gcloud", "compute", "tpus", "tpu-vm", "delete", self.name, *self._where(), "--quiet"]]
 
   # ------------------------------------------------------------------ on the workers
@@ -138,49 +179,77 @@ class TpuVm:
     """Runs `script` in the login shell (bash) on `worker` ("all" or an index); all at once. Multislice:
     on that worker of every slice (`queued-resources ssh --node=all`)."""
     if self.multislice:
-      return ["gcloud", "compute", "tpus", "queued-resources", "ssh", self.name, *self._where(),
-              "--node=all", f"--worker={worker}", f"--command={script}"]
-    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", self.name, *self._where(),
-            f"--worker={worker}", f"--command={script}"]
+      return [
+        "gcloud",
+        "compute",
+        "tpus",
+        "queued-resources",
+        "ssh",
+        self.name,
+        *self._where(),
+        "--node=all",
+        f"--worker={worker}",
+        f"--command={script}",
+      ]
+    return [
+      "gcloud",
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "ssh",
+      self.name,
+      *self._where(),
+      f"--worker={worker}",
+      f"--command={script}",
+    ]
 
   def scp(self, source: str, destination: str, worker: str = "all") -> list[str]:
     """Copies between here and workers; remote paths are NODE:path (relative to the home directory)."""
-    return ["gcloud", "compute", "tpus", "tpu-vm", "scp", source, destination, *self._where(),
-            f"--worker={worker}"]
+    return ["gcloud", "compute", "tpus", "tpu-vm", "scp", source, destination, *self._where(), f"--worker={worker}"]
 
   def install_commands(self, tarball: str | None = None) -> list[list[str]]:
     """Copy (tarball of the working tree) or clone the repo on every worker, then pip install it."""
     uv = '"$HOME/.local/bin/uv"'
-    setup = (f"cd {REMOTE_DIR} && curl -LsSf https://astral.sh/uv/install.sh | sh && "
-             f'{uv} venv --allow-existing --python={shlex.quote(self.python_version)} "$HOME/{REMOTE_VENV}" && '
-             f'{uv} pip install --python="$HOME/{REMOTE_VENV}/bin/python" {shlex.join(shell.INSTALL_TARGETS)}')
+    setup = (
+      f"cd {REMOTE_DIR} && curl -LsSf https://astral.sh/uv/install.sh | sh && "
+      f'{uv} venv --allow-existing --python={shlex.quote(self.python_version)} "$HOME/{REMOTE_VENV}" && '
+      f'{uv} pip install --python="$HOME/{REMOTE_VENV}/bin/python" {shlex.join(shell.INSTALL_TARGETS)}'
+    )
     if self.repo_url:
       branch = ["--branch", self.branch] if self.branch else []
       clone = shlex.join(["git", "clone", "--depth=1", *branch, "--", self.repo_url, REMOTE_DIR])
       return [self.ssh(f"set -euo pipefail; rm -rf {REMOTE_DIR} && {clone} && {setup}")]
     if tarball is None:
       raise ValueError("install: pass the working-tree tarball, or set --repo_url")
-    fetch = (f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && tar xzf {TARBALL} -C {REMOTE_DIR} && "
-             f"rm -f {TARBALL}")
-    return [*(self.scp(tarball, f"{node}:{TARBALL}") for node in self.nodes),
-            self.ssh(f"set -euo pipefail; {fetch} && {setup}")]
+    fetch = f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && tar xzf {TARBALL} -C {REMOTE_DIR} && rm -f {TARBALL}"
+    return [
+      *(self.scp(tarball, f"{node}:{TARBALL}") for node in self.nodes),
+      self.ssh(f"set -euo pipefail; {fetch} && {setup}"),
+    ]
 
   def run_command(self, train: Sequence[str], run_name: str) -> list[str]:
     """The trainer on every worker, its output teed to ~/microverse-logs/RUN.log; exits with its status."""
     env = "MICROVERSE_DISTRIBUTED=1 " if self.slice.multi_host or self.multislice else ""
     log = shlex.quote(f"{shell.check_run_name(run_name)}.log")
-    script = (f"set -o pipefail; mkdir -p ~/{REMOTE_LOGS} && cd {REMOTE_DIR} && "
-              f"{env}{shlex.join(train)} 2>&1 | tee ~/{REMOTE_LOGS}/{log}")
+    script = (
+      f"set -o pipefail; mkdir -p ~/{REMOTE_LOGS} && cd {REMOTE_DIR} && "
+      f"{env}{shlex.join(train)} 2>&1 | tee ~/{REMOTE_LOGS}/{log}"
+    )
     return self.ssh(script)
 
   def logs_commands(self, run_name: str, log_dir: str) -> list[list[str]]:
     """One copy per worker (their logs share a name): LOG_DIR/RUN.worker-<i>.log; multislice:
     LOG_DIR/RUN.slice-<s>.worker-<i>.log."""
     shell.check_run_name(run_name)
-    return [self.scp(f"{node}:{REMOTE_LOGS}/{run_name}.log",
-                     os.path.join(log_dir, f"{run_name}.{f'slice-{s}.' if self.multislice else ''}worker-{i}.log"),
-                     worker=str(i))
-            for s, node in enumerate(self.nodes) for i in self.slice.workers]
+    return [
+      self.scp(
+        f"{node}:{REMOTE_LOGS}/{run_name}.log",
+        os.path.join(log_dir, f"{run_name}.{f'slice-{s}.' if self.multislice else ''}worker-{i}.log"),
+        worker=str(i),
+      )
+      for s, node in enumerate(self.nodes)
+      for i in self.slice.workers
+    ]
 
 
 def train_command(config: str, workdir: str, overrides: Sequence[str] = ()) -> list[str]:
@@ -191,6 +260,7 @@ def train_command(config: str, workdir: str, overrides: Sequence[str] = ()) -> l
 @dataclasses.dataclass(frozen=True)
 class WorkingTree:
   """The files install uploads: git-tracked ones, plus untracked-but-not-ignored ones on request."""
+
   tracked: list[str]
   untracked: list[str]
 
@@ -201,15 +271,23 @@ class WorkingTree:
 
 def list_working_tree(repo_root: str, include_untracked: bool = False) -> WorkingTree:
   """Paths relative to `repo_root` of the files to upload (existing regular files or links only)."""
+
   def ls(*flags: str) -> list[str]:
     try:
-      out = subprocess.run(["git", "-C", repo_root, "ls-files", "-z", *flags], check=True,
-                           capture_output=True, timeout=60).stdout.decode()
+      out = subprocess.run(
+        ["git", "-C", repo_root, "ls-files", "-z", *flags], check=True, capture_output=True, timeout=60
+      ).stdout.decode()
     except (subprocess.CalledProcessError, FileNotFoundError) as e:
-      raise ValueError(f"{os.path.abspath(repo_root)} is not a git work tree (or git is missing), so "
-                       f"install cannot tell what to upload: launch from the repo root, or pass --repo_url") from e
-    return sorted(f for f in out.split("\0") if f and os.path.lexists(os.path.join(repo_root, f))
-                  and not os.path.isdir(os.path.join(repo_root, f)))
+      raise ValueError(
+        f"{os.path.abspath(repo_root)} is not a git work tree (or git is missing), so "
+        f"install cannot tell what to upload: launch from the repo root, or pass --repo_url"
+      ) from e
+    return sorted(
+      f
+      for f in out.split("\0")
+      if f and os.path.lexists(os.path.join(repo_root, f)) and not os.path.isdir(os.path.join(repo_root, f))
+    )
+
   tracked = ls("--cached")
   untracked = ls("--others", "--exclude-standard") if include_untracked else []
   return WorkingTree(tracked, [f for f in untracked if f not in set(tracked)])
@@ -246,9 +324,18 @@ def wait_until_active(vm: TpuVm, runner: shell.Runner, *, timeout_s: float, poll
     time.sleep(poll_s)
 
 
-def launch(vm: TpuVm, runs: Sequence[tuple[str, list[str]]], steps: Sequence[str], runner: shell.Runner,
-           *, log_dir: str, repo_root: str = ".", wait_timeout_s: float = 6 * 3600,
-           include_untracked: bool = False, needed: Sequence[str] = ()) -> None:
+def launch(
+  vm: TpuVm,
+  runs: Sequence[tuple[str, list[str]]],
+  steps: Sequence[str],
+  runner: shell.Runner,
+  *,
+  log_dir: str,
+  repo_root: str = ".",
+  wait_timeout_s: float = 6 * 3600,
+  include_untracked: bool = False,
+  needed: Sequence[str] = (),
+) -> None:
   """Runs `steps` for `runs` [(run name, trainer argv)], one run after another on the same slice.
   What install uploads is settled before the slice is created; `needed` files (the config) must be in it."""
   unknown = set(steps) - set(STEPS)
@@ -263,9 +350,10 @@ def launch(vm: TpuVm, runs: Sequence[tuple[str, list[str]]], steps: Sequence[str
     if missing:
       hint = "" if include_untracked else " (commit them, or pass --include_untracked)"
       raise ValueError(f"{', '.join(missing)}: not among the files install uploads{hint}")
-    runner.note(f"install uploads {len(tree.tracked)} tracked files of {os.path.abspath(repo_root)}"
-                + (f" and {len(tree.untracked)} untracked ones: {', '.join(tree.untracked)}"
-                   if tree.untracked else ""))
+    runner.note(
+      f"install uploads {len(tree.tracked)} tracked files of {os.path.abspath(repo_root)}"
+      + (f" and {len(tree.untracked)} untracked ones: {', '.join(tree.untracked)}" if tree.untracked else "")
+    )
   try:
     if "create" in steps:
       create = vm.create_commands()
@@ -309,33 +397,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   g.add_argument("--name", required=True, help="TPU (and queued resource) name")
   g.add_argument("--zone", required=True, help="e.g. us-east5-a")
   g.add_argument("--project", default=None, help="default: gcloud's configured project")
-  g.add_argument("--accelerator_type", "--tpu_type", dest="accelerator_type", required=True,
-                 help="e.g. v5litepod-16, v5p-64, v6e-8 (--tpu_type: the old spelling)")
+  g.add_argument(
+    "--accelerator_type",
+    "--tpu_type",
+    dest="accelerator_type",
+    required=True,
+    help="e.g. v5litepod-16, v5p-64, v6e-8 (--tpu_type: the old spelling)",
+  )
   g.add_argument("--version", default=None, help="TPU VM runtime (default: the generation's)")
   g.add_argument("--queued", action="store_true", help="create through a queued resource")
-  g.add_argument("--num_slices", type=int, default=1,
-                 help="multislice: N slices of --accelerator_type joined by the DCN (needs --queued)")
+  g.add_argument(
+    "--num_slices",
+    type=int,
+    default=1,
+    help="multislice: N slices of --accelerator_type joined by the DCN (needs --queued)",
+  )
   g.add_argument("--spot", action="store_true", help="spot capacity")
   g.add_argument("--reserved", action="store_true", help="reserved capacity")
   g.add_argument("--repo_url", default=None, help="git clone this on the workers instead of copying")
   g.add_argument("--branch", default=None, help="with --repo_url: the branch or tag to clone")
-  g.add_argument("--include_untracked", action="store_true",
-                 help="also upload untracked files that .gitignore does not exclude (listed first)")
-  g.add_argument("--steps", default="create,install,run,logs",
-                 help=f"comma-separated subset of {','.join(STEPS)} (add delete to free the slice)")
+  g.add_argument(
+    "--include_untracked",
+    action="store_true",
+    help="also upload untracked files that .gitignore does not exclude (listed first)",
+  )
+  g.add_argument(
+    "--steps",
+    default="create,install,run,logs",
+    help=f"comma-separated subset of {','.join(STEPS)} (add delete to free the slice)",
+  )
   g.add_argument("--log_dir", default=None, help="where worker logs land (default logs/NAME)")
 
 
 def vm_from_args(args: argparse.Namespace) -> TpuVm:
-  return TpuVm(name=args.name, zone=args.zone, project=args.project,
-               slice=topologies.parse(args.accelerator_type), queued=args.queued, spot=args.spot,
-               reserved=args.reserved, runtime_version=args.version, repo_url=args.repo_url,
-               branch=args.branch, num_slices=args.num_slices)
+  return TpuVm(
+    name=args.name,
+    zone=args.zone,
+    project=args.project,
+    slice=topologies.parse(args.accelerator_type),
+    queued=args.queued,
+    spot=args.spot,
+    reserved=args.reserved,
+    runtime_version=args.version,
+    repo_url=args.repo_url,
+    branch=args.branch,
+    num_slices=args.num_slices,
+  )
 
 
 def parser() -> argparse.ArgumentParser:
-  p = shell.base_parser(__doc__, "gs://BUCKET/... (required for multi-host)",
-                        prog=shell.program(__spec__, "launch/tpu.py"))
+  p = shell.base_parser(
+    __doc__, "gs://BUCKET/... (required for multi-host)", prog=shell.program(__spec__, "launch/tpu.py")
+  )
   add_arguments(p)
   return p
 
@@ -350,13 +463,24 @@ def main(argv: Sequence[str] | None = None) -> None:
   preflight.check(args.config, overrides, slice=vm.slice, num_slices=vm.num_slices)
   train = train_command(args.config, args.workdir, overrides)
   runner = shell.Runner(args.dry_run)
-  runner.note(f"{vm.slice.accelerator_type}: {vm.slice.chips} chips, {vm.slice.hosts} worker(s) of "
-              f"{vm.slice.chips_per_host} chips, topology {vm.slice.topology}, runtime {vm.version}"
-              + (f"; x {vm.num_slices} slices over the DCN ({vm.num_slices * vm.slice.chips} chips: "
-                 f"nodes {', '.join(vm.nodes)})" if vm.multislice else ""))
-  launch(vm, [(run_name, train)], args.steps.split(","), runner,
-         log_dir=args.log_dir or os.path.join("logs", vm.name), include_untracked=args.include_untracked,
-         needed=[config])
+  runner.note(
+    f"{vm.slice.accelerator_type}: {vm.slice.chips} chips, {vm.slice.hosts} worker(s) of "
+    f"{vm.slice.chips_per_host} chips, topology {vm.slice.topology}, runtime {vm.version}"
+    + (
+      f"; x {vm.num_slices} slices over the DCN ({vm.num_slices * vm.slice.chips} chips: nodes {', '.join(vm.nodes)})"
+      if vm.multislice
+      else ""
+    )
+  )
+  launch(
+    vm,
+    [(run_name, train)],
+    args.steps.split(","),
+    runner,
+    log_dir=args.log_dir or os.path.join("logs", vm.name),
+    include_untracked=args.include_untracked,
+    needed=[config],
+  )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Multislice: --num_slices=N (XPK's --num-slices) runs the workload on N slices of
 joined by the DCN; XPK (JobSet) sets MEGASCALE_* on every host and the trainer spans the slices with
 the config's mesh (mesh.dcn_data / mesh.dcn_fsdp; default: the slices go on data). docs/multislice.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ def is_registry_image(image: str) -> bool:
 @dataclasses.dataclass(frozen=True)
 class XpkWorkload:
   """One XPK workload and the commands that create and delete it."""
+
   cluster: str
   workload: str
   slice: topologies.TpuSlice
@@ -56,23 +58,29 @@ class XpkWorkload:
 
   def __post_init__(self):
     if not _WORKLOAD.fullmatch(self.workload):
-      raise ValueError(f"--workload={self.workload!r}: XPK workload names are lowercase letters, "
-                       f"digits and '-', start with a letter, at most 40 characters")
+      raise ValueError(
+        f"--workload={self.workload!r}: XPK workload names are lowercase letters, "
+        f"digits and '-', start with a letter, at most 40 characters"
+      )
     if not self.cluster:
       raise ValueError("--cluster is required")
     shell.check_cluster(self.cluster)
     shell.check_project(self.project)
     shell.check_zone(self.zone)
-    shell.check_name(self.docker_image, "--docker_image", _IMAGE, "expected an image name like python:3.11 "
-                     "or REGISTRY/IMAGE:TAG")
+    shell.check_name(
+      self.docker_image, "--docker_image", _IMAGE, "expected an image name like python:3.11 or REGISTRY/IMAGE:TAG"
+    )
     if self.num_slices < 1:
       raise ValueError(f"--num_slices={self.num_slices}: expected a positive count of slices")
     if self.priority is not None and self.priority not in PRIORITIES:
       raise ValueError(f"--priority={self.priority!r}: expected one of {', '.join(PRIORITIES)}")
 
   def _where(self) -> list[str]:
-    return [f"--cluster={self.cluster}"] + ([f"--project={self.project}"] if self.project else []) + (
-        [f"--zone={self.zone}"] if self.zone else [])
+    return (
+      [f"--cluster={self.cluster}"]
+      + ([f"--project={self.project}"] if self.project else [])
+      + ([f"--zone={self.zone}"] if self.zone else [])
+    )
 
   def container_command(self, train: Sequence[str]) -> str:
     """What every host of the slice runs, in /app."""
@@ -81,12 +89,23 @@ class XpkWorkload:
     return " && ".join(parts)
 
   def create_command(self, train: Sequence[str]) -> list[str]:
-    image = ([f"--docker-image={self.docker_image}"] if is_registry_image(self.docker_image) else
-             [f"--base-docker-image={self.docker_image}", f"--script-dir={self.script_dir}"])
-    return ["xpk", "workload", "create", *self._where(), f"--workload={self.workload}",
-            f"--tpu-type={self.slice.accelerator_type}", f"--num-slices={self.num_slices}", *image,
-            *([f"--priority={self.priority}"] if self.priority else []),
-            f"--command={self.container_command(train)}"]
+    image = (
+      [f"--docker-image={self.docker_image}"]
+      if is_registry_image(self.docker_image)
+      else [f"--base-docker-image={self.docker_image}", f"--script-dir={self.script_dir}"]
+    )
+    return [
+      "xpk",
+      "workload",
+      "create",
+      *self._where(),
+      f"--workload={self.workload}",
+      f"--tpu-type={self.slice.accelerator_type}",
+      f"--num-slices={self.num_slices}",
+      *image,
+      *([f"--priority={self.priority}"] if self.priority else []),
+      f"--command={self.container_command(train)}",
+    ]
 
   def delete_command(self) -> list[str]:
     return ["xpk", "workload", "delete", *self._where(), f"--workload={self.workload}"]
@@ -111,31 +130,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   g.add_argument("--cluster", required=True, help="an existing XPK cluster")
   g.add_argument("--project", default=None, help="default: gcloud's configured project")
   g.add_argument("--zone", default=None, help="the cluster's zone, e.g. us-east5-a")
-  g.add_argument("--accelerator_type", "--tpu_type", dest="accelerator_type", required=True,
-                 help="e.g. v5p-64, v6e-16, tpu7x-128 (--tpu_type: the old spelling)")
+  g.add_argument(
+    "--accelerator_type",
+    "--tpu_type",
+    dest="accelerator_type",
+    required=True,
+    help="e.g. v5p-64, v6e-16, tpu7x-128 (--tpu_type: the old spelling)",
+  )
   g.add_argument("--workload", required=True, help="workload name (a sweep appends -<index>)")
-  g.add_argument("--docker_image", default="python:3.11",
-                 help="a base image XPK builds --script_dir onto, or a registry image used as is")
+  g.add_argument(
+    "--docker_image",
+    default="python:3.11",
+    help="a base image XPK builds --script_dir onto, or a registry image used as is",
+  )
   g.add_argument("--script_dir", default=".", help="what XPK copies into /app")
-  g.add_argument("--install", dest="install", action="store_true", default=True,
-                 help="pip install the repo in the container first (the default)")
-  g.add_argument("--noinstall", "--no_install", "--no-install", dest="install", action="store_false",
-                 help="run a prebuilt image as it is")
+  g.add_argument(
+    "--install",
+    dest="install",
+    action="store_true",
+    default=True,
+    help="pip install the repo in the container first (the default)",
+  )
+  g.add_argument(
+    "--noinstall",
+    "--no_install",
+    "--no-install",
+    dest="install",
+    action="store_false",
+    help="run a prebuilt image as it is",
+  )
   g.add_argument("--priority", default=None, choices=PRIORITIES, help="the workload's priority")
   g.add_argument("--num_slices", type=int, default=1, help="multislice: N slices joined by the DCN")
   g.add_argument("--steps", default="create", help=f"subset of {','.join(STEPS)}")
 
 
 def workload_from_args(args: argparse.Namespace, name: str | None = None) -> XpkWorkload:
-  return XpkWorkload(cluster=args.cluster, workload=name or args.workload,
-                     slice=topologies.parse(args.accelerator_type), project=args.project, zone=args.zone,
-                     docker_image=args.docker_image, script_dir=args.script_dir, install=args.install,
-                     priority=args.priority, num_slices=args.num_slices)
+  return XpkWorkload(
+    cluster=args.cluster,
+    workload=name or args.workload,
+    slice=topologies.parse(args.accelerator_type),
+    project=args.project,
+    zone=args.zone,
+    docker_image=args.docker_image,
+    script_dir=args.script_dir,
+    install=args.install,
+    priority=args.priority,
+    num_slices=args.num_slices,
+  )
 
 
 def parser() -> argparse.ArgumentParser:
-  p = shell.base_parser(__doc__, "gs://BUCKET/... (required for multi-host)",
-                        prog=shell.program(__spec__, "launch/xpk.py"))
+  p = shell.base_parser(
+    __doc__, "gs://BUCKET/... (required for multi-host)", prog=shell.program(__spec__, "launch/xpk.py")
+  )
   add_arguments(p)
   return p
 

@@ -11,6 +11,7 @@ config's mesh block is per slice, and the slices go on --dcn_axis (data: the gra
 the DCN once per step; fsdp: weights are gathered across it too). The report adds an estimate of the
 bytes that cross the DCN per step (see dcn_traffic).
 """
+
 from __future__ import annotations
 
 import os
@@ -31,20 +32,18 @@ from ml_collections import config_flags
 from microverse_jax import cli, factory, flops, sharding, train
 
 # generation -> (libtpu name, TensorCores per chip in the "-N" suffix, HBM bytes per chip, mesh rank)
-TPU_GENERATIONS = {"v5p": ("v5p", 2, 95 * 2**30, 3), "v5e": ("v5e", 1, 16 * 2**30, 2),
-                   "v6e": ("v6e", 1, 32 * 2**30, 2)}
+TPU_GENERATIONS = {"v5p": ("v5p", 2, 95 * 2**30, 3), "v5e": ("v5e", 1, 16 * 2**30, 2), "v6e": ("v6e", 1, 32 * 2**30, 2)}
 
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
-  name: str          # libtpu topology name, e.g. "v5p:2x2x2"
+  name: str  # libtpu topology name, e.g. "v5p:2x2x2"
   chips: int
   hbm_bytes: int
 
 
 # chips -> slice shape (libtpu names): v5p slices are 3-D tori, v5e / v6e 2-D.
-GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
-           512: "8x8x8"}
+GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8", 512: "8x8x8"}
 GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
 
 
@@ -60,8 +59,10 @@ def parse_topology(spec: str) -> Topology:
   chips = int(count) // cores if count.isdigit() else 0
   grids = GRID_3D if rank == 3 else GRID_2D
   if chips not in grids:
-    raise ValueError(f"--topology={spec!r}: {gen} slices here have {sorted(k * cores for k in grids)} "
-                     f"{'TensorCores' if cores > 1 else 'chips'}")
+    raise ValueError(
+      f"--topology={spec!r}: {gen} slices here have {sorted(k * cores for k in grids)} "
+      f"{'TensorCores' if cores > 1 else 'chips'}"
+    )
   return Topology(f"{libtpu_name}:{grids[chips]}", chips, hbm)
 
 
@@ -85,6 +86,7 @@ def with_slices(c, num_slices: int, dcn_axis: str = "data"):
 
 def _topology_devices(topology: Topology, num_slices: int = 1) -> list:
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+
   kwargs = {"num_slices": num_slices} if num_slices > 1 else {}
   return list(topologies.get_topology_desc(platform="tpu", topology_name=topology.name, **kwargs).devices)
 
@@ -97,8 +99,11 @@ def _tpu_mesh(c, topology: Topology, num_slices: int = 1):
   if num_slices > 1:
     mesh = sharding.make_mesh(shape, devices)  # create_hybrid_device_mesh: devices carry slice_index
   else:
-    mesh = Mesh(np.asarray(devices).reshape([shape[a] for a in sharding.MESH_AXES]), sharding.MESH_AXES,
-                axis_types=(AxisType.Auto,) * len(sharding.MESH_AXES))
+    mesh = Mesh(
+      np.asarray(devices).reshape([shape[a] for a in sharding.MESH_AXES]),
+      sharding.MESH_AXES,
+      axis_types=(AxisType.Auto,) * len(sharding.MESH_AXES),
+    )
   return shape, mesh, sharding.logical_rules(c.sharding_rules.to_dict())
 
 
@@ -114,9 +119,13 @@ def dcn_traffic(params, shape) -> dict:
   dcn = getattr(shape, "dcn", {"data": 1, "fsdp": 1})
   s_d, s_f = dcn["data"], dcn["fsdp"]
   per_slice = 2 * (s_d - 1) / s_d * grad / s_f + (s_f - 1) / s_f * 3 * grad
-  return {"num_slices": s_d * s_f, "dcn": dict(dcn), "gradient_bytes": grad,
-          "dcn_bytes_per_slice": per_slice, "dcn_bytes_per_device": per_slice / (math.prod(shape.values())
-                                                                                // (s_d * s_f))}
+  return {
+    "num_slices": s_d * s_f,
+    "dcn": dict(dcn),
+    "gradient_bytes": grad,
+    "dcn_bytes_per_slice": per_slice,
+    "dcn_bytes_per_device": per_slice / (math.prod(shape.values()) // (s_d * s_f)),
+  }
 
 
 def _report(compiled, topology: Topology, shape: dict, model_flops: float) -> dict:
@@ -124,13 +133,21 @@ def _report(compiled, topology: Topology, shape: dict, model_flops: float) -> di
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   total = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
-  return {"topology": topology.name, "chips": math.prod(shape.values()), "mesh": dict(shape),
-          "num_slices": getattr(shape, "num_slices", 1),
-          "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
-          "temp_bytes": mem.temp_size_in_bytes, "alias_bytes": mem.alias_size_in_bytes,
-          "total_bytes": total, "hbm_bytes": topology.hbm_bytes, "fits": total <= topology.hbm_bytes,
-          "compiled_flops_per_device": float((cost or {}).get("flops", float("nan"))),
-          "model_flops_per_step": model_flops}
+  return {
+    "topology": topology.name,
+    "chips": math.prod(shape.values()),
+    "mesh": dict(shape),
+    "num_slices": getattr(shape, "num_slices", 1),
+    "argument_bytes": mem.argument_size_in_bytes,
+    "output_bytes": mem.output_size_in_bytes,
+    "temp_bytes": mem.temp_size_in_bytes,
+    "alias_bytes": mem.alias_size_in_bytes,
+    "total_bytes": total,
+    "hbm_bytes": topology.hbm_bytes,
+    "fits": total <= topology.hbm_bytes,
+    "compiled_flops_per_device": float((cost or {}).get("flops", float("nan"))),
+    "model_flops_per_step": model_flops,
+  }
 
 
 _ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|f8e\w+)\[([\d,]*)\]")
@@ -185,6 +202,7 @@ def _multiplicity(hlo: str) -> tuple[dict[str, list[str]], dict[str, int]]:
     mult[name] = mult.get(name, 0) + m
     for callee, k in calls.get(name, ()):
       visit(callee, m * k)
+
   if comps:
     visit(entry or next(iter(comps)), 1)
   return comps, mult
@@ -221,13 +239,15 @@ def compile_train_step(c, topology: Topology, num_slices: int = 1, dcn_axis: str
     state, frozen = states.abstract()
     enc_graphdef, enc_state = factory.abstract_encoders(c, mesh, rules) if c.data.source == "video" else (None, {})
     batch_sharding = factory.batch_sharding(mesh, rules)
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
-             for k, v in factory.batch_spec(c).items()}
+    batch = {
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in factory.batch_spec(c).items()
+    }
     step = train.jit_train_step(c, states, train.make_encode(c, enc_graphdef))
     compiled = step.lower(state, frozen, enc_state, batch).compile()
   lat = factory.latent_shape(c)
-  info = _report(compiled, topology, shape,
-                 flops.train_step_flops(states.cfg, c.data.batch_size, lat[:3], c.text.max_length))
+  info = _report(
+    compiled, topology, shape, flops.train_step_flops(states.cfg, c.data.batch_size, lat[:3], c.text.max_length)
+  )
   info.update(dcn_traffic(state["params"], shape))
   if num_slices > 1:
     info["hlo_dcn"] = hlo_dcn_transfers(compiled.as_text())
@@ -244,8 +264,9 @@ def compile_encoders(c, topology: Topology, num_slices: int = 1, dcn_axis: str =
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     enc_graphdef, enc_state = factory.abstract_encoders(c, mesh, rules)
     batch_sharding = factory.batch_sharding(mesh, rules)
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
-             for k, v in factory.batch_spec(c).items()}
+    batch = {
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in factory.batch_spec(c).items()
+    }
     compiled = jax.jit(train.make_encode(c, enc_graphdef)).lower(enc_state, batch).compile()
   return compiled, _report(compiled, topology, shape, float("nan"))
 
@@ -254,24 +275,34 @@ def format_report(info: dict) -> str:
   gib = lambda b: f"{b / 2**30:.2f} GiB"
   slices = info.get("num_slices", 1)
   lines = [
-      f"topology {info['topology']}" + (f" x {slices} slices (DCN {info['dcn']})" if slices > 1 else "")
-      + f" ({info['chips']} chips), mesh {info['mesh']}",
-      f"per-device memory: arguments {gib(info['argument_bytes'])}, outputs {gib(info['output_bytes'])}, "
-      f"temporaries {gib(info['temp_bytes'])}, aliased {gib(info['alias_bytes'])}",
-      f"per-device total {gib(info['total_bytes'])} of {gib(info['hbm_bytes'])} HBM: "
-      f"{'fits' if info['fits'] else 'DOES NOT FIT'}",
-      f"step FLOPs: compiled {info['compiled_flops_per_device']:.3e} per device (XLA counts a scanned "
-      f"layer once and no Pallas kernel)" + ("" if math.isnan(info["model_flops_per_step"]) else
-      f"; model (3 x forward matmuls) {info['model_flops_per_step']:.3e} per step")]
+    f"topology {info['topology']}"
+    + (f" x {slices} slices (DCN {info['dcn']})" if slices > 1 else "")
+    + f" ({info['chips']} chips), mesh {info['mesh']}",
+    f"per-device memory: arguments {gib(info['argument_bytes'])}, outputs {gib(info['output_bytes'])}, "
+    f"temporaries {gib(info['temp_bytes'])}, aliased {gib(info['alias_bytes'])}",
+    f"per-device total {gib(info['total_bytes'])} of {gib(info['hbm_bytes'])} HBM: "
+    f"{'fits' if info['fits'] else 'DOES NOT FIT'}",
+    f"step FLOPs: compiled {info['compiled_flops_per_device']:.3e} per device (XLA counts a scanned "
+    f"layer once and no Pallas kernel)"
+    + (
+      ""
+      if math.isnan(info["model_flops_per_step"])
+      else f"; model (3 x forward matmuls) {info['model_flops_per_step']:.3e} per step"
+    ),
+  ]
   if slices > 1 and "dcn_bytes_per_slice" in info:
     size = lambda b: gib(b) if b >= 2**30 else f"{b / 2**20:.2f} MiB"
-    lines.append(f"DCN per step (estimate from {size(info['gradient_bytes'])} of gradients): "
-                 f"{size(info['dcn_bytes_per_slice'])} per slice, {size(info['dcn_bytes_per_device'])} per device")
+    lines.append(
+      f"DCN per step (estimate from {size(info['gradient_bytes'])} of gradients): "
+      f"{size(info['dcn_bytes_per_slice'])} per slice, {size(info['dcn_bytes_per_device'])} per device"
+    )
     hlo = info.get("hlo_dcn") or {}
     if "hlo_dcn" in info:
-      lines.append(f"DCN per step (compiled HLO, Megascale sends, loops x trip count): "
-                   f"{size(info['hlo_dcn_bytes_per_device'])} per device: " + (
-                       ", ".join(f"{k} {int(n)} sends {size(b)}" for k, (n, b) in sorted(hlo.items())) or "none"))
+      lines.append(
+        f"DCN per step (compiled HLO, Megascale sends, loops x trip count): "
+        f"{size(info['hlo_dcn_bytes_per_device'])} per device: "
+        + (", ".join(f"{k} {int(n)} sends {size(b)}" for k, (n, b) in sorted(hlo.items())) or "none")
+      )
   return "\n".join(lines)
 
 
@@ -286,13 +317,22 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", None, "Training config (default: the --workdir's saved one).",
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+    "config", None, "Training config (default: the --workdir's saved one).", lock_config=True
+  )
   flags.DEFINE_string("workdir", None, "A training workdir whose saved config.json to compile.")
   flags.DEFINE_string("topology", "v5p-8", "TPU topology, e.g. v5p-8, v5e-16, v6e-8, v5p:2x2x1.")
-  flags.DEFINE_enum("program", "train_step", list(PROGRAMS), "What to compile: the training step, or the "
-                    "frozen encoders alone (umT5 + Wan-VAE on one global batch).")
+  flags.DEFINE_enum(
+    "program",
+    "train_step",
+    list(PROGRAMS),
+    "What to compile: the training step, or the frozen encoders alone (umT5 + Wan-VAE on one global batch).",
+  )
   flags.DEFINE_integer("num_slices", 1, "Slices of --topology joined by the DCN (multislice).")
-  flags.DEFINE_enum("dcn_axis", "data", list(sharding.DCN_AXES), "The mesh axis that spans the slices "
-                    "(when the config's mesh sets no dcn_data / dcn_fsdp).")
+  flags.DEFINE_enum(
+    "dcn_axis",
+    "data",
+    list(sharding.DCN_AXES),
+    "The mesh axis that spans the slices (when the config's mesh sets no dcn_data / dcn_fsdp).",
+  )
   cli.run(main, saved_config=True)

@@ -22,6 +22,7 @@ factor, so the axis names (and every sharding rule) stay the same. When neither 
 devices come from several slices, the slices go on `data` (then `fsdp`): gradients cross the DCN once
 per step, weights never. See docs/multislice.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,19 +57,20 @@ class MeshShape(dict):
     dcn = {a: n for a, n in self.dcn.items() if n > 1}
     return super().__repr__() + (f" (across slices: {dcn})" if dcn else "")
 
+
 # Logical axis -> mesh axes. One short table; the config may override entries.
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("tokens", "context"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("mlp", "tensor"),
-    ("vocab", "tensor"),
-    ("head_dim", None),
-    ("frames", None),
-    ("text_tokens", None),
-    ("text_embed", None),
-    ("layers", None),
+  ("batch", ("data", "fsdp")),
+  ("tokens", "context"),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("mlp", "tensor"),
+  ("vocab", "tensor"),
+  ("head_dim", None),
+  ("frames", None),
+  ("text_tokens", None),
+  ("text_embed", None),
+  ("layers", None),
 )
 
 
@@ -83,12 +85,13 @@ def _fill(sizes: dict[str, int], num_devices: int, what: str) -> dict[str, int]:
   known = math.prod(s for s in sizes.values() if s != -1)
   if fill:
     if num_devices % known:
-      raise ValueError(f"mesh.{fill[0]}=-1 cannot fill {num_devices} {what}: the other axes "
-                       f"multiply to {known}, which does not divide {num_devices}")
+      raise ValueError(
+        f"mesh.{fill[0]}=-1 cannot fill {num_devices} {what}: the other axes "
+        f"multiply to {known}, which does not divide {num_devices}"
+      )
     sizes[fill[0]] = num_devices // known
   if math.prod(sizes.values()) != num_devices:
-    raise ValueError(f"mesh: {sizes} multiplies to {math.prod(sizes.values())}, "
-                     f"but there are {num_devices} {what}")
+    raise ValueError(f"mesh: {sizes} multiplies to {math.prod(sizes.values())}, but there are {num_devices} {what}")
   return sizes
 
 
@@ -115,8 +118,11 @@ def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int, num_slices: i
   dcn = _fill({f"dcn_{a}": n for a, n in dcn.items()}, num_slices, "slices")
   if num_devices % num_slices:
     raise ValueError(f"mesh: {num_devices} devices do not split into {num_slices} equal slices")
-  ici = _fill({a: int(shape.get(a, 1)) for a in MESH_AXES}, num_devices // num_slices,
-              "devices" + (" per slice" if num_slices > 1 else ""))
+  ici = _fill(
+    {a: int(shape.get(a, 1)) for a in MESH_AXES},
+    num_devices // num_slices,
+    "devices" + (" per slice" if num_slices > 1 else ""),
+  )
   dcn = {a: dcn[f"dcn_{a}"] for a in DCN_AXES}
   return MeshShape({a: ici[a] * dcn.get(a, 1) for a in MESH_AXES}, dcn)
 
@@ -128,9 +134,11 @@ def split_over_slices(sizes: Mapping[str, int], num_slices: int) -> MeshShape:
   dcn_data = math.gcd(sizes["data"], num_slices)
   dcn_fsdp = num_slices // dcn_data
   if sizes["fsdp"] % dcn_fsdp:
-    raise ValueError(f"mesh {sizes}: {num_slices} slices need mesh.data x mesh.fsdp to split over them "
-                     f"(data {sizes['data']} takes {dcn_data}, fsdp {sizes['fsdp']} cannot take {dcn_fsdp}); "
-                     "set mesh.dcn_data / mesh.dcn_fsdp")
+    raise ValueError(
+      f"mesh {sizes}: {num_slices} slices need mesh.data x mesh.fsdp to split over them "
+      f"(data {sizes['data']} takes {dcn_data}, fsdp {sizes['fsdp']} cannot take {dcn_fsdp}); "
+      "set mesh.dcn_data / mesh.dcn_fsdp"
+    )
   return MeshShape(sizes, {"data": dcn_data, "fsdp": dcn_fsdp})
 
 
@@ -150,15 +158,18 @@ def device_array(sizes: MeshShape, devices: Sequence[jax.Device]) -> np.ndarray:
   n = sizes.num_slices if isinstance(sizes, MeshShape) else 1
   real = slice_count(devices)
   if real > 1 and real != n:
-    raise ValueError(f"mesh {dict(sizes)}: the devices come from {real} slices, but mesh.dcn_data x "
-                     f"mesh.dcn_fsdp = {n}")
+    raise ValueError(
+      f"mesh {dict(sizes)}: the devices come from {real} slices, but mesh.dcn_data x mesh.dcn_fsdp = {n}"
+    )
   if n > 1:
     ici = sizes.ici
     if real > 1:
       from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+
       try:
         return mesh_utils.create_hybrid_device_mesh(
-            [ici[a] for a in MESH_AXES], [sizes.dcn.get(a, 1) for a in MESH_AXES], devices)
+          [ici[a] for a in MESH_AXES], [sizes.dcn.get(a, 1) for a in MESH_AXES], devices
+        )
       except (ValueError, NotImplementedError, AssertionError):  # a shape the ICI mapper cannot place
         devices = sorted(devices, key=lambda d: (d.slice_index, d.id))
     # (dcn_data, dcn_fsdp, ici_data, ici_fsdp, tensor, context) -> (data, fsdp, tensor, context)
@@ -167,6 +178,7 @@ def device_array(sizes: MeshShape, devices: Sequence[jax.Device]) -> np.ndarray:
   if devices and devices[0].platform in ("cpu",) or len(devices) == 1:
     return np.asarray(devices).reshape(dims)
   from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+
   return mesh_utils.create_device_mesh(dims, devices)
 
 
@@ -229,8 +241,11 @@ def maybe_initialize_distributed() -> None:
       e.g. several CPU processes on one machine (launch/local.py --num_processes).
   """
   import os
-  multihost = any(k in os.environ for k in ("MEGASCALE_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
-                                            "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS"))
+
+  multihost = any(
+    k in os.environ
+    for k in ("MEGASCALE_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS")
+  )
   multihost |= os.environ.get("MICROVERSE_DISTRIBUTED", "0") not in ("", "0")
   if not multihost or jax.distributed.is_initialized():
     return

@@ -1,5 +1,6 @@
 """Multislice (DCN) meshes: the slice arithmetic, the device layout, 2 simulated slices on 8 CPU
 devices training exactly as one device does, and an ahead-of-time compile for 2 TPU slices."""
+
 import json
 
 import numpy as np
@@ -12,18 +13,22 @@ from microverse_jax import sharding
 
 def test_existing_mesh_blocks_resolve_as_before():
   assert sharding.resolve_mesh_shape(dict(data=-1, fsdp=1, tensor=1, context=1), 8) == dict(
-      data=8, fsdp=1, tensor=1, context=1)
+    data=8, fsdp=1, tensor=1, context=1
+  )
   shape = sharding.resolve_mesh_shape(dict(data=2, fsdp=-1), 8)
   assert dict(shape) == dict(data=2, fsdp=4, tensor=1, context=1) and shape.num_slices == 1
 
 
-@pytest.mark.parametrize("mesh, num_slices, sizes, dcn", [
+@pytest.mark.parametrize(
+  "mesh, num_slices, sizes, dcn",
+  [
     (dict(data=1, fsdp=-1, dcn_data=2), None, (2, 4, 1, 1), dict(data=2, fsdp=1)),
     (dict(data=2, fsdp=-1, dcn_fsdp=2), None, (2, 4, 1, 1), dict(data=1, fsdp=2)),
-    (dict(data=1, fsdp=-1), 2, (2, 4, 1, 1), dict(data=2, fsdp=1)),       # default: slices on data
+    (dict(data=1, fsdp=-1), 2, (2, 4, 1, 1), dict(data=2, fsdp=1)),  # default: slices on data
     (dict(data=-1, tensor=2), 4, (4, 1, 2, 1), dict(data=4, fsdp=1)),
     (dict(fsdp=-1, dcn_data=2, dcn_fsdp=-1), 4, (2, 4, 1, 1), dict(data=2, fsdp=2)),
-])
+  ],
+)
 def test_the_global_axis_is_the_per_slice_axis_times_its_slices(mesh, num_slices, sizes, dcn):
   shape = sharding.resolve_mesh_shape(mesh, 8, num_slices)
   assert tuple(shape[a] for a in sharding.MESH_AXES) == sizes and shape.dcn == dcn
@@ -31,13 +36,16 @@ def test_the_global_axis_is_the_per_slice_axis_times_its_slices(mesh, num_slices
   assert all(shape.ici[a] * shape.dcn.get(a, 1) == shape[a] for a in sharding.MESH_AXES)
 
 
-@pytest.mark.parametrize("mesh, num_slices, message", [
+@pytest.mark.parametrize(
+  "mesh, num_slices, message",
+  [
     (dict(data=3, dcn_data=2), None, "per slice"),
     (dict(dcn_data=3), None, "3 equal slices"),
     (dict(dcn_data=2), 4, "slices"),
     (dict(dcn_data=-1), None, "needs the number of slices"),
     (dict(dcn_tensor=2), None, "unknown axis"),
-])
+  ],
+)
 def test_bad_slice_arithmetic_names_the_key(mesh, num_slices, message):
   with pytest.raises(ValueError, match=message):
     sharding.resolve_mesh_shape(mesh, 8, num_slices)
@@ -94,13 +102,13 @@ print("LOSSES" + json.dumps(out))
 
 
 def test_two_slice_meshes_match_the_single_device_losses(synth_data_dir, tmp_path, run_on_cpu_devices):
-  single = run_on_cpu_devices(["-c", SHARDED, synth_data_dir, json.dumps({"single": dict(data=1)}),
-                               str(tmp_path)], 1)
+  single = run_on_cpu_devices(["-c", SHARDED, synth_data_dir, json.dumps({"single": dict(data=1)}), str(tmp_path)], 1)
   assert single.returncode == 0, single.stderr[-3000:]
-  meshes = {"dcn_data2_fsdp4": dict(data=1, fsdp=-1, dcn_data=2),          # 2 slices of 4: FSDP in a slice
-            "dcn_fsdp2_d2f2": dict(data=2, fsdp=2, dcn_fsdp=2)}              # FSDP across the slices
-  sharded = run_on_cpu_devices(["-c", SHARDED, synth_data_dir, json.dumps(meshes), str(tmp_path)], 8,
-                               timeout=900)
+  meshes = {
+    "dcn_data2_fsdp4": dict(data=1, fsdp=-1, dcn_data=2),  # 2 slices of 4: FSDP in a slice
+    "dcn_fsdp2_d2f2": dict(data=2, fsdp=2, dcn_fsdp=2),
+  }  # FSDP across the slices
+  sharded = run_on_cpu_devices(["-c", SHARDED, synth_data_dir, json.dumps(meshes), str(tmp_path)], 8, timeout=900)
   assert sharded.returncode == 0, sharded.stderr[-3000:]
   assert "across slices: {'data': 2}" in sharded.stdout and "across slices: {'fsdp': 2}" in sharded.stdout
   ref = json.loads(single.stdout.split("LOSSES")[-1])["single"]
@@ -115,6 +123,7 @@ def test_two_slice_meshes_match_the_single_device_losses(synth_data_dir, tmp_pat
 def test_train_step_compiles_for_two_v5p_slices():
   from microverse_jax import aot
   from microverse_jax.configs import microsim_tiny
+
   c = microsim_tiny.get_config("test")
   c.data.batch_size = 8
   _, info = aot.compile_train_step(c, aot.parse_topology("v5p-8"), num_slices=2)

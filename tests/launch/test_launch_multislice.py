@@ -1,5 +1,6 @@
 """Multislice launches in --dry-run: queued resources with --node-count, XPK --num-slices, preflight
 of the mesh against slices x chips."""
+
 from __future__ import annotations
 
 import os
@@ -25,13 +26,26 @@ def _flag(argv: list[str], name: str) -> str:
   return values[0]
 
 
-def test_tpu_multislice_dry_run_queues_n_nodes_and_runs_on_every_worker_of_every_slice(
-    capsys, tmp_path, monkeypatch):
+def test_tpu_multislice_dry_run_queues_n_nodes_and_runs_on_every_worker_of_every_slice(capsys, tmp_path, monkeypatch):
   monkeypatch.chdir(REPO)
   monkeypatch.setattr(tpu.tempfile, "tempdir", str(tmp_path))
-  tpu.main(["--name=mv-ms", "--zone=us-east5-a", "--project=my-proj", "--accelerator_type=v5p-64",
-            "--queued", "--num_slices=2", "--spot", f"--config={CONFIG}", f"--workdir={WORKDIR}",
-            "--steps=create,install,run,logs,delete", f"--log_dir={tmp_path}/logs", "--dry_run", BATCH])
+  tpu.main(
+    [
+      "--name=mv-ms",
+      "--zone=us-east5-a",
+      "--project=my-proj",
+      "--accelerator_type=v5p-64",
+      "--queued",
+      "--num_slices=2",
+      "--spot",
+      f"--config={CONFIG}",
+      f"--workdir={WORKDIR}",
+      "--steps=create,install,run,logs,delete",
+      f"--log_dir={tmp_path}/logs",
+      "--dry_run",
+      BATCH,
+    ]
+  )
   out = capsys.readouterr().out
   commands = _commands(out)
   assert not os.listdir(tmp_path)
@@ -51,15 +65,15 @@ def test_tpu_multislice_dry_run_queues_n_nodes_and_runs_on_every_worker_of_every
     assert c[3:6] == ["queued-resources", "ssh", "mv-ms"]
     assert _flag(c, "--node") == "all" and _flag(c, "--worker") == "all"
   assert "tar xzf microverse-jax.tar.gz" in _flag(install, "--command")
-  train = shlex.join(["../microverse-venv/bin/python", "-m", "microverse_jax.train", f"--config={CONFIG}",
-                      f"--workdir={WORKDIR}", BATCH])
+  train = shlex.join(
+    ["../microverse-venv/bin/python", "-m", "microverse_jax.train", f"--config={CONFIG}", f"--workdir={WORKDIR}", BATCH]
+  )
   assert f"MICROVERSE_DISTRIBUTED=1 {train} 2>&1 | tee ~/microverse-logs/lora.log" in _flag(run, "--command")
 
   # Logs: 2 slices x 8 workers, named by both.
   assert len(logs) == 16
   assert [c[5] for c in logs] == [f"mv-ms-{s}:microverse-logs/lora.log" for s in range(2) for _ in range(8)]
-  assert [c[6] for c in logs] == [f"{tmp_path}/logs/lora.slice-{s}.worker-{i}.log"
-                                  for s in range(2) for i in range(8)]
+  assert [c[6] for c in logs] == [f"{tmp_path}/logs/lora.slice-{s}.worker-{i}.log" for s in range(2) for i in range(8)]
   assert delete[3:6] == ["queued-resources", "delete", "mv-ms"] and "--force" in delete
   assert "x 2 slices over the DCN (64 chips: nodes mv-ms-0, mv-ms-1)" in out
 
@@ -73,10 +87,13 @@ def test_tpu_multislice_even_of_single_host_slices_initialises_distributed():
   assert "MICROVERSE_DISTRIBUTED" not in _flag(single.run_command(["python"], "r"), "--command")
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(num_slices=2), "add --queued"),
     (dict(num_slices=0, queued=True), "positive count"),
-])
+  ],
+)
 def test_tpu_multislice_rejects_bad_settings(kwargs, message):
   with pytest.raises(ValueError, match=message):
     tpu.TpuVm(name="mv", zone="us-east5-a", slice=topologies.parse("v5p-8"), **kwargs)
@@ -85,14 +102,34 @@ def test_tpu_multislice_rejects_bad_settings(kwargs, message):
 def test_tpu_multislice_of_single_host_slices_needs_a_gs_workdir(monkeypatch):
   monkeypatch.chdir(REPO)
   with pytest.raises(ValueError, match="2 x v6e-8 has 2 workers"):
-    tpu.main(["--name=mv", "--zone=us-east5-a", "--accelerator_type=v6e-8", "--queued", "--num_slices=2",
-              f"--config={CONFIG}", "--workdir=/tmp/local", "--dry_run"])
+    tpu.main(
+      [
+        "--name=mv",
+        "--zone=us-east5-a",
+        "--accelerator_type=v6e-8",
+        "--queued",
+        "--num_slices=2",
+        f"--config={CONFIG}",
+        "--workdir=/tmp/local",
+        "--dry_run",
+      ]
+    )
 
 
 def test_xpk_num_slices(capsys, monkeypatch):
   monkeypatch.chdir(REPO)
-  xpk.main(["--cluster=mv-cluster", "--accelerator_type=v5p-64", "--num_slices=2", "--workload=mv-ms",
-            f"--config={CONFIG}", f"--workdir={WORKDIR}", "--dry_run", BATCH])
+  xpk.main(
+    [
+      "--cluster=mv-cluster",
+      "--accelerator_type=v5p-64",
+      "--num_slices=2",
+      "--workload=mv-ms",
+      f"--config={CONFIG}",
+      f"--workdir={WORKDIR}",
+      "--dry_run",
+      BATCH,
+    ]
+  )
   (create,) = _commands(capsys.readouterr().out)
   assert create[:3] == ["xpk", "workload", "create"]
   assert _flag(create, "--tpu-type") == "v5p-64" and _flag(create, "--num-slices") == "2"
@@ -109,6 +146,7 @@ def test_preflight_checks_the_mesh_and_batch_against_slices_times_chips(monkeypa
     preflight.check(CONFIG, ["--config.data.batch_size=32"], slice=v5p_64, num_slices=2)
   config = preflight.check(CONFIG, [BATCH], slice=v5p_64, num_slices=2)
   from microverse_jax import factory
+
   shape = factory.validate(config, 64, 2)
   assert dict(shape) == {"data": 2, "fsdp": 32, "tensor": 1, "context": 1} and shape.dcn["data"] == 2
   with pytest.raises(preflight.PreflightError, match=r"3 x v5p-64 \(96 devices\).*96 data shards"):
