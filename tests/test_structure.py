@@ -95,3 +95,13 @@ def test_nothing_installs_generic_top_level_names():
 def test_the_trainer_stays_short():
   lines = open(os.path.join(REPO, "microverse_jax", "train.py"), encoding="utf-8").read().count("\n")
   assert lines <= 380, lines
+
+
+def test_the_tree_is_formatted_and_lint_clean():
+  """pyproject.toml's [tool.ruff]: `ruff format` and `ruff check` leave nothing to change."""
+  import subprocess
+  import sys
+
+  for args in (["format", "--check", "."], ["check", "."]):
+    run = subprocess.run([sys.executable, "-m", "ruff", *args], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-1000:]
