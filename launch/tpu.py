@@ -1,4 +1,4 @@
-"""Cloud TPU VMs: create a slice (directly or as a queued resource), install this repo on every
+r"""Cloud TPU VMs: create a slice (directly or as a queued resource), install this repo on every
 worker, train on all workers at once, collect each worker's log, delete the slice.
 
   python -m microverse_jax.launch.tpu --name=mv-pod --zone=us-east5-a --project=PROJECT --accelerator_type=v5p-64 \

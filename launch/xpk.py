@@ -1,4 +1,4 @@
-"""GKE through XPK: one workload per run on an existing XPK cluster (v5e, v5p, v6e, TPU7x).
+r"""GKE through XPK: one workload per run on an existing XPK cluster (v5e, v5p, v6e, TPU7x).
 
   python -m microverse_jax.launch.xpk --cluster=CLUSTER --project=PROJECT --zone=us-east5-a --accelerator_type=v5p-64 \
       --workload=mv-lora --config=configs/wan2_1.py:1.3b,lora --workdir=gs://BUCKET/runs/lora \
