@@ -65,7 +65,7 @@ def generate(
   velocity = nnx.jit(
     lambda m, x, t, ctx: diffusion.to_velocity(m(x, t, ctx), x, t / diffusion.NUM_TRAIN_TIMESTEPS, prediction)
   )
-  decode = nnx.jit(lambda enc, z: enc.decode(z, tiled=tiled))
+  decode = nnx.jit(lambda enc, z: enc.decode(z, tiled=True) if tiled else enc.decode(z))
   if guidance != 1.0:  # guidance 1 is the conditional velocity alone: no unconditional pass
     neg_ids, neg_mask = tokenizer([negative_prompt])
     uncond = encode_text(encoders, jnp.asarray(neg_ids), jnp.asarray(neg_mask))
