@@ -54,6 +54,13 @@ def describe(error: BaseException, argv: list[str]) -> str:
   return " ".join(text.split())
 
 
+def _quiet_logs() -> None:
+  """Warnings and errors only, from absl and the libraries' own loggers (Orbax's INFO lines flood)."""
+  logging.set_verbosity(logging.WARNING)
+  for name in ("absl", "orbax", "jax", "grain"):
+    std_logging.getLogger(name).setLevel(std_logging.WARNING)
+
+
 def _select_platform() -> None:
   """On a machine without a TPU, JAX skips probing libtpu (installed by the test extra), which
   otherwise prints TPU initialisation errors."""
@@ -85,9 +92,7 @@ def run(main: Callable[[list[str]], None], *, saved_config: bool = False) -> Non
   def wrapped(argv):
     _select_platform()
     if not verbose:
-      logging.set_verbosity(logging.WARNING)
-      for name in ("absl", "orbax", "jax", "grain"):
-        std_logging.getLogger(name).setLevel(std_logging.WARNING)
+      _quiet_logs()
     try:
       main(argv)
     except USER_ERRORS as e:
@@ -203,9 +208,7 @@ def main_guard(
   if "jax" in sys.modules:
     _select_platform()
   if not verbose:
-    logging.set_verbosity(logging.WARNING)
-    for name in ("absl", "orbax", "jax", "grain"):
-      std_logging.getLogger(name).setLevel(std_logging.WARNING)
+    _quiet_logs()
   try:
     main(argv)
   except errors as e:
