@@ -299,3 +299,18 @@ def test_caption_dropout_swaps_in_the_empty_prompt():
   assert any(rows) and not all(rows)
   for i, empty in enumerate(rows):  # each row is either untouched or the empty prompt
     np.testing.assert_array_equal(some["text_ids"][i], empty_ids[0] if empty else ids[i])
+
+
+def test_the_wan_cpu_smoke_command_trains_through_the_wan_vae(synth_data_dir, tmp_path):
+  """docs/training.md's smoke run of the real structure: Wan-VAE on the fly, umT5, LoRA (3 steps)."""
+  cmd = [
+    sys.executable,
+    "-m",
+    "microverse_jax.train",
+    "--config=configs/wan2_1.py:14b,lora,runlocal",
+    f"--workdir={tmp_path}",
+    f"--config.data.data_dir={synth_data_dir}",
+  ]
+  run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert sorted(losses(str(tmp_path))) == [1, 2, 3] and all(np.isfinite(list(losses(str(tmp_path)).values())))
