@@ -24,7 +24,7 @@ import numpy as np
 
 from microworldbench.files import write_json_atomic
 from microworldbench.judge import ReplyError, check_scores
-from microworldbench.progress import Progress
+from microworldbench.progress import Progress, add_progress_flags
 from microworldbench.results import EVAL_KEY, load_results
 from microworldbench.rubrics import CATEGORIES, DIMENSIONS, RubricSet, Task, load_rubrics
 
@@ -267,15 +267,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
   p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% CIs")
   p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
   p.add_argument("--strict_rubrics", "--strict-rubrics", action="store_true", help="fail on any rubric anomaly")
-  p.add_argument(
-    "--progress",
-    action="store_true",
-    default=None,
-    help="show progress (default: a bar when stderr is a terminal, else a line every 30 s)",
-  )
-  p.add_argument(
-    "--no_progress", "--no-progress", dest="progress", action="store_false", default=None, help="no progress output"
-  )
+  add_progress_flags(p)
   p.set_defaults(func=_main)
 
 

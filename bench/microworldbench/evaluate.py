@@ -38,7 +38,7 @@ from microworldbench.judge import (
   build_prompt,
   check_scores,
 )
-from microworldbench.progress import Progress
+from microworldbench.progress import Progress, add_progress_flags
 from microworldbench.results import EVAL_KEY, ResultStore
 from microworldbench.rubrics import DIMENSIONS, RubricSet, Task, load_rubrics
 
@@ -422,15 +422,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     "--save_interval", "--save-interval", type=float, default=30.0, help="seconds between full rewrites of --out"
   )
   p.add_argument("--strict_rubrics", "--strict-rubrics", action="store_true", help="fail on any rubric anomaly")
-  p.add_argument(
-    "--progress",
-    action="store_true",
-    default=None,
-    help="show progress (default: a bar when stderr is a terminal, else a line every 30 s)",
-  )
-  p.add_argument(
-    "--no_progress", "--no-progress", dest="progress", action="store_false", default=None, help="no progress output"
-  )
+  add_progress_flags(p)
   p.add_argument(
     "--protocol",
     choices=official.PROTOCOLS,

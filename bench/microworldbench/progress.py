@@ -96,3 +96,16 @@ class Progress:
     elif self.mode == "bar":
       self.stream.write("\n")
       self.stream.flush()
+
+
+def add_progress_flags(parser) -> None:
+  """--progress / --no_progress (tri-state: None lets `Progress` decide by the terminal)."""
+  parser.add_argument(
+    "--progress",
+    action="store_true",
+    default=None,
+    help="show progress (default: a bar when stderr is a terminal, else a line every 30 s)",
+  )
+  parser.add_argument(
+    "--no_progress", "--no-progress", dest="progress", action="store_false", default=None, help="no progress output"
+  )

@@ -17,7 +17,7 @@ import numpy as np
 
 from microworldbench.files import check_ids, write_json_atomic
 from microworldbench.physics import metrics, summarize
-from microworldbench.progress import Progress
+from microworldbench.progress import Progress, add_progress_flags
 
 
 def read_prompts(path: str) -> list[dict]:
@@ -125,13 +125,5 @@ def register_cli(subparsers) -> None:
   parser.add_argument("--prompts", required=True, help="prompts JSONL: id, process, params, size per row")
   parser.add_argument("--out", required=True, help="output JSON: summary, rules and per-video results")
   parser.add_argument("--report", default=None, help="folder for plots and report.md (needs matplotlib)")
-  parser.add_argument(
-    "--progress",
-    action="store_true",
-    default=None,
-    help="show progress (default: a bar when stderr is a terminal, else a line every 30 s)",
-  )
-  parser.add_argument(
-    "--no_progress", "--no-progress", dest="progress", action="store_false", default=None, help="no progress output"
-  )
+  add_progress_flags(parser)
   parser.set_defaults(func=run)
