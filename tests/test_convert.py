@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 from safetensors.numpy import save_file  # noqa: E402
-from tiny_diffusers import TINY_WAN_DIT  # noqa: E402
+from tiny_diffusers import TINY_WAN_DIT, TINY_WAN_VAE  # noqa: E402
 
 from microverse_jax import convert  # noqa: E402
 from microverse_jax.models.lora import merge_lora  # noqa: E402
@@ -149,16 +149,7 @@ def test_diffsynth_full_checkpoint_loads_through_the_same_path(dit_dir, tmp_path
 def test_vae_and_umt5_load_from_either_format(tmp_path):
   transformers = pytest.importorskip("transformers")
   torch.manual_seed(0)
-  diffusers.AutoencoderKLWan(
-    base_dim=8,
-    z_dim=4,
-    dim_mult=[1, 2, 2],
-    num_res_blocks=1,
-    attn_scales=[],
-    temperal_downsample=[False, True],
-    latents_mean=[0.0] * 4,
-    latents_std=[1.0] * 4,
-  ).save_pretrained(tmp_path / "vae")
+  diffusers.AutoencoderKLWan(**TINY_WAN_VAE).save_pretrained(tmp_path / "vae")
   transformers.UMT5EncoderModel(
     transformers.UMT5Config(
       vocab_size=50,

@@ -1,4 +1,4 @@
-"""The tiny random diffusers WanTransformer3DModel the parity tests share (its constructor kwargs)."""
+"""Tiny random diffusers models the tests share (constructor kwargs): a Wan DiT and a Wan-VAE."""
 
 TINY_WAN_DIT = dict(
   patch_size=(1, 2, 2),
@@ -11,4 +11,15 @@ TINY_WAN_DIT = dict(
   ffn_dim=64,
   num_layers=2,
   rope_max_seq_len=32,
+)
+
+TINY_WAN_VAE = dict(
+  base_dim=8,
+  z_dim=4,
+  dim_mult=[1, 2, 2],
+  num_res_blocks=1,
+  attn_scales=[],
+  temperal_downsample=[False, True],
+  latents_mean=[0.0] * 4,
+  latents_std=[1.0] * 4,
 )

@@ -276,20 +276,12 @@ def test_load_encoder_takes_either_format(tmp_path, capsys):
   diffusers = pytest.importorskip("diffusers")
   transformers = pytest.importorskip("transformers")
   import jax
+  from tiny_diffusers import TINY_WAN_VAE  # tests/ is on the path under pytest only
 
   from microverse_jax import convert
 
   torch.manual_seed(0)
-  diffusers.AutoencoderKLWan(
-    base_dim=8,
-    z_dim=4,
-    dim_mult=[1, 2, 2],
-    num_res_blocks=1,
-    attn_scales=[],
-    temperal_downsample=[False, True],
-    latents_mean=[0.0] * 4,
-    latents_std=[1.0] * 4,
-  ).save_pretrained(tmp_path / "vae")
+  diffusers.AutoencoderKLWan(**TINY_WAN_VAE).save_pretrained(tmp_path / "vae")
   transformers.UMT5EncoderModel(
     transformers.UMT5Config(
       vocab_size=64,
