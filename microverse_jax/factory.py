@@ -48,11 +48,14 @@ def vae_config(c) -> WanVAEConfig | None:
 
 
 def text_config(c) -> UMT5Config:
-  """The umT5 of `text.init_from`, else `text.preset` (a byte-vocabulary one for tokenizer='bytes')."""
+  """The umT5 of `text.init_from`, else `text.preset` (with the tokenizer's vocabulary and the DiT's
+  text width for the offline tokenizers, OFFLINE_TOKENIZERS)."""
   if c.text.init_from:
     return _checkpoint_config(c.text.init_from, "umt5")
-  overrides = {"vocab_size": 259, "d_model": dit_config(c).text_dim} if c.text.tokenizer == "bytes" else {}
-  return UMT5Config.preset(c.text.preset, **overrides)
+  if c.text.tokenizer not in OFFLINE_TOKENIZERS:
+    return UMT5Config.preset(c.text.preset)
+  vocab_size = build_tokenizer(c).vocab_size
+  return UMT5Config.preset(c.text.preset, vocab_size=vocab_size, d_model=dit_config(c).text_dim)
 
 
 @functools.lru_cache(maxsize=32)
@@ -209,9 +212,19 @@ def frozen_module(cls, cfg, *, init_from: str, kind: str, seed: int, mesh, rules
   return nnx.merge(graphdef, state)
 
 
+# text.tokenizer values that need no tokenizer files: UTF-8 bytes, and the procedural captions read
+# back into process and parameter tokens (structured conditioning, docs/physics.md).
+OFFLINE_TOKENIZERS = ("bytes", "microsim_params")
+
+
 def build_tokenizer(c):
+  """text.tokenizer: one of OFFLINE_TOKENIZERS, or a sentencepiece / tokenizer.json path."""
   if c.text.tokenizer == "bytes":
     return input_pipeline.ByteTokenizer(c.text.max_length)
+  if c.text.tokenizer == "microsim_params":
+    from microverse_jax.datasets.microsim_synth.conditioning import ParamTokenizer  # pylint: disable=g-import-not-at-top
+
+    return ParamTokenizer(c.text.max_length)
   from microverse_jax.models.umt5 import UMT5Tokenizer  # pylint: disable=g-import-not-at-top
 
   return UMT5Tokenizer(c.text.tokenizer, max_length=c.text.max_length)

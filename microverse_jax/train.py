@@ -293,6 +293,7 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
     compiled = {}  # one compiled step per batch shape (length buckets: a few, each compiled once)
     profiling = c.train.profile_start >= 0 and jax.process_index() == 0
     last, t0, t_steps, t_start, first_step = {}, time.time(), step, time.time(), step
+    pending = None  # (step, metrics) of the last step whose finiteness is not checked yet
     while step < c.train.num_steps:
       batch = factory_lib.to_global(next(train_iter), mesh, rules)
       shape = tuple((k, v.shape) for k, v in sorted(batch.items()))
@@ -313,14 +314,9 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
       step += 1
       if profiling and step == c.train.profile_start + c.train.profile_steps:
         jax.profiler.stop_trace()
-      if c.train.on_nonfinite == "stop" and not bool(metrics["finite"]):
-        ckpt.close()
-        raise FloatingPointError(
-          f"non-finite update at step {step} (loss {float(metrics['loss'])}, grad norm "
-          f"{float(metrics['grad_norm'])}): not saved; the last good checkpoint (step "
-          f"{ckpt.latest_step()}) is intact in {ckpt.directory}. --config.train.on_nonfinite=skip "
-          "skips such updates instead"
-        )
+      if c.train.on_nonfinite == "stop":  # checked one step late: the host never waits on the step in flight
+        check_finite(pending, ckpt)
+        pending = (step, metrics)
       if step % c.train.log_every == 0 or step == c.train.num_steps:
         now = time.time()
         dt = (now - t0) / max(step - t_steps, 1)
@@ -349,12 +345,27 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
           writer.write(step, scores)
           print("physics " + " ".join(f"{k[8:]}={v:.3g}" for k, v in scores.items() if k.count("/") == 1), flush=True)
       if step % c.train.checkpoint_every == 0 or step == c.train.num_steps or stop["signal"]:
+        check_finite(pending, ckpt)  # a non-finite update is never saved
         ckpt.save(step, state, train_iter, force=True)
       if stop["signal"]:
         print(f"signal {stop['signal']}: saved step {step}, exiting", flush=True)
         break
     ckpt.close()
   return last
+
+
+def check_finite(pending, ckpt) -> None:
+  """Raises (nothing saved) if the update of `pending` = (step, metrics) was non-finite."""
+  if pending is None or bool(pending[1]["finite"]):
+    return
+  step, metrics = pending
+  ckpt.close()
+  raise FloatingPointError(
+    f"non-finite update at step {step} (loss {float(metrics['loss'])}, grad norm "
+    f"{float(metrics['grad_norm'])}): not saved; the last good checkpoint (step "
+    f"{ckpt.latest_step()}) is intact in {ckpt.directory}. --config.train.on_nonfinite=skip "
+    "skips such updates instead"
+  )
 
 
 def main(argv):

@@ -165,15 +165,17 @@ def _saved_params(c, workdir, step):
 
 
 @pytest.mark.hostile
-def test_a_non_finite_update_is_never_saved(synth_data_dir, tmp_path):
-  """lr=inf: the loss of step 1 is finite (weights before the update) but the update is not."""
+@pytest.mark.parametrize("checkpoint_every", [1, 3])
+def test_a_non_finite_update_is_never_saved(synth_data_dir, tmp_path, checkpoint_every):
+  """lr=inf: the loss of step 1 is finite (weights before the update) but the update is not. The
+  check runs one step late (no host sync per step) and always before a save."""
   c = tiny_config(
     synth_data_dir,
     **{
       "optim.lr": float("inf"),
       "optim.grad_clip": 0.0,
       "optim.warmup_steps": 0,
-      "train.checkpoint_every": 1,
+      "train.checkpoint_every": checkpoint_every,
       "train.num_steps": 4,
       "optim.schedule": "constant",
     },
