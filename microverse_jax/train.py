@@ -292,8 +292,7 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
     peak = flops.peak_flops(jax.devices()[0])
     compiled = {}  # one compiled step per batch shape (length buckets: a few, each compiled once)
     profiling = c.train.profile_start >= 0 and jax.process_index() == 0
-    last, t0, t_steps, t_start, first_step = {}, time.time(), step, time.time(), step
-    pending = None  # (step, metrics) of the last step whose finiteness is not checked yet
+    last, t0, t_steps, t_start, first_step, pending = {}, time.time(), step, time.time(), step, None
     while step < c.train.num_steps:
       batch = factory_lib.to_global(next(train_iter), mesh, rules)
       shape = tuple((k, v.shape) for k, v in sorted(batch.items()))
@@ -358,13 +357,12 @@ def check_finite(pending, ckpt) -> None:
   """Raises (nothing saved) if the update of `pending` = (step, metrics) was non-finite."""
   if pending is None or bool(pending[1]["finite"]):
     return
-  step, metrics = pending
+  (step, m), last_good = pending, ckpt.latest_step()
   ckpt.close()
   raise FloatingPointError(
-    f"non-finite update at step {step} (loss {float(metrics['loss'])}, grad norm "
-    f"{float(metrics['grad_norm'])}): not saved; the last good checkpoint (step "
-    f"{ckpt.latest_step()}) is intact in {ckpt.directory}. --config.train.on_nonfinite=skip "
-    "skips such updates instead"
+    f"non-finite update at step {step} (loss {float(m['loss'])}, grad norm {float(m['grad_norm'])}): not saved; "
+    f"the last good checkpoint (step {last_good}) is intact in {ckpt.directory}. "
+    "--config.train.on_nonfinite=skip skips such updates instead"
   )
 
 
