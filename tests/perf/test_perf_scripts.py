@@ -158,3 +158,21 @@ def test_step_cache_measures_every_setting_against_the_uncached_run(capsys):
   assert {"none", "step_cache=0.0", "step_cache=0.5", "cfg_cache"} <= set(rows)
   assert rows["step_cache=0.0"][4].strip() == "0"  # threshold 0 is the plain sampler: identical videos
   assert rows["none"][5].strip() == "inf"
+
+
+def test_physics_sweep_scores_each_setting_on_held_out_prompts(synth_data_dir, tmp_path):
+  from microverse_jax import train
+  from microverse_jax.configs import microsim_tiny
+
+  c = microsim_tiny.get_config("test")
+  c.data.data_dir, c.optim.ema_decay, c.train.num_steps = synth_data_dir, 0.9, 2
+  train.train(c, str(tmp_path / "run"))
+  sweep = _load("physics_sweep")
+  out = tmp_path / "rows.jsonl"
+  argv = [f"--workdir={tmp_path / 'run'}", "--prompts=5", "--guidance=1,3", "--steps=2", f"--out={out}"]
+  rows = sweep.main(argv)
+  assert [(r["weights"], r["guidance"]) for r in rows] == [("ema", 1), ("ema", 3), ("params", 1), ("params", 3)]
+  assert all(0 <= r["pass"] <= 1 and r["step"] == 2 for r in rows)
+  assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+  with pytest.raises(ValueError, match="validation prompts must not be tuned on"):
+    sweep.main([f"--workdir={tmp_path / 'run'}", "--seed=0"])
