@@ -7,6 +7,10 @@ Trains in about ten minutes on 2 CPU cores; `arg` "test" shrinks it further for 
 
 import ml_collections
 
+from microverse_jax.datasets.microsim_synth import processes
+
+_DATASET = {k: processes.DEFAULTS[k] for k in ("seed", "num_frames", "size", "fps")}  # its build settings
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -69,7 +73,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   )
   # A small pixel-space model learns far faster predicting the clean clip than the velocity (the
   # noise never passes through it); the loss is still the velocity loss of the recipe.
-  c.diffusion = ml_collections.ConfigDict(dict(shift=1.0, prediction="x0"))
+  c.diffusion = ml_collections.ConfigDict(dict(shift=1.0, prediction="x0", weighting="wan"))
 
   c.train = ml_collections.ConfigDict(
     dict(
@@ -98,14 +102,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       step_cache=0.0,
       cfg_cache=False,  # sampling caches, off (docs/sampling.md)
       physics=16,
-      prompts=(
-        "Fluorescence microscopy, 64x64 px field, 17 frames at 8 fps: 16 fluorescent beads of radius "
-        "2.1 px undergo free Brownian motion with diffusion coefficient D = 0.75 px^2/frame.",
-        "Bright-field microscopy, 64x64 px field, 17 frames at 8 fps: 7 red blood cells, biconcave discs "
-        "of radius 4.2 px, are carried from left to right through a horizontal blood vessel of radius 25.4 px.",
-        "Phase-contrast microscopy, 64x64 px field, 17 frames at 8 fps: a single round cell of radius "
-        "11.2 px divides into two daughter cells.",
-      ),
+      # full captions (what the dataset's captions look like) of validation clips 290, 292 and 288
+      prompts=tuple(processes.clip_spec(i, **_DATASET).caption for i in (290, 292, 288)),
     )
   )
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, context=1))

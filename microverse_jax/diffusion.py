@@ -25,10 +25,22 @@ def shift_sigmas(sigmas, shift: float):
 class FlowMatching:
   """The training grid: sigma = shift(linspace(1, 0, 1001)[:-1]), t = 1000 sigma, loss weights w(t).
 
-  `prediction`: what the model outputs ("velocity" or "x0", see `to_velocity`)."""
+  `prediction`: what the model outputs ("velocity" or "x0", see `to_velocity`). `weighting`: "wan"
+  (the recipe's bump, zero at both ends: for fine-tuning a model that can already draw) or "uniform"
+  (every noise level alike: a model trained from scratch must learn the composition at high noise)."""
 
   shift: float = 5.0
   prediction: str = "velocity"
+  weighting: str = "wan"
+
+  def __post_init__(self):
+    if self.weighting not in ("wan", "uniform"):
+      raise ValueError(f"diffusion.weighting={self.weighting!r}: expected 'wan' or 'uniform'")
+
+  @classmethod
+  def from_config(cls, d) -> "FlowMatching":
+    """From a config's `diffusion` block (shift, prediction, weighting)."""
+    return cls(shift=d.shift, prediction=d.prediction, weighting=d.get("weighting", "wan"))
 
   @property
   def sigmas(self) -> np.ndarray:
@@ -40,8 +52,11 @@ class FlowMatching:
 
   @property
   def loss_weights(self) -> np.ndarray:
-    """w(t) = exp(-2 ((t - 500) / 1000)^2), minus its minimum, normalised to mean 1 over the grid."""
+    """ "wan": w(t) = exp(-2 ((t - 500) / 1000)^2), minus its minimum, normalised to mean 1 over the
+    grid; "uniform": 1."""
     t = self.timesteps.astype(np.float64)
+    if self.weighting == "uniform":
+      return np.ones_like(t, np.float32)
     y = np.exp(-2 * ((t - NUM_TRAIN_TIMESTEPS / 2) / NUM_TRAIN_TIMESTEPS) ** 2)
     y = y - y.min()
     return (y * (len(y) / y.sum())).astype(np.float32)

@@ -13,7 +13,7 @@ from microverse_jax import diffusion, factory, pipeline
 
 def make_eval_step(c, graphdef):
   """Held-out loss at one fixed timestep bucket with fixed noise: comparable across runs."""
-  fm = diffusion.FlowMatching(shift=c.diffusion.shift, prediction=c.diffusion.prediction)
+  fm = diffusion.FlowMatching.from_config(c.diffusion)
 
   def eval_step(params, frozen, latents, context, valid, bucket, key):
     model = nnx.merge(graphdef, params, frozen)
@@ -91,4 +91,5 @@ def physics_scores(c, model, tokenizer, encoders) -> dict:
     **pipeline.config_settings(c),
   )
   rows = [{"process": s.process, "params": s.params, "size": d["size"]} for s in specs]
-  return {k: v for k, v in score_videos(videos, rows).items() if k.count("/") <= 2}
+  # per process means and pass rates, and every check's pass rate (e.g. physics/check/temporal/flicker)
+  return {k: v for k, v in score_videos(videos, rows).items() if k.count("/") <= 2 or k.startswith("physics/check/")}

@@ -36,7 +36,7 @@ from microverse_jax import checkpoint, cli, diffusion, evaluators, factory as fa
 # =============================================================================================
 def make_train_step(c, graphdef, tx, schedule):
   """step(state, frozen, encoders_state, enc_graphdef-bound batch) -> (state, metrics)."""
-  fm = diffusion.FlowMatching(shift=c.diffusion.shift, prediction=c.diffusion.prediction)
+  fm = diffusion.FlowMatching.from_config(c.diffusion)
   accum, ema_decay = c.optim.grad_accum, c.optim.ema_decay
   skip_nonfinite = c.train.on_nonfinite == "skip"
 

@@ -64,7 +64,7 @@ def test_a_four_step_run_is_quiet_and_tensorboard_gets_samples_config_and_scalar
   assert any(l.startswith("step 4/4 loss") and "ETA" in l for l in lines), lines
   assert any(l.startswith("physics ") for l in lines), lines  # the trainer's physics evaluation ran
   rows = [json.loads(l) for l in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
-  assert any("physics/pass_rate" in r for r in rows)
+  assert any("physics/pass_rate" in r and "physics/check/temporal/flicker" in r for r in rows)
   tags = _events(str(tmp_path / "wd" / "tensorboard"))
   assert ("loss", "simple_value") in tags and ("samples/0", "image") in tags
   assert any(tag.startswith("_hparams_") for tag, _ in tags) and any(t.startswith("config") for t, _ in tags)

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -17,6 +18,15 @@ def test_training_grid_matches_the_recipe():
   w = fm.loss_weights
   assert abs(w.mean() - 1) < 1e-5 and w.min() == 0.0
   assert np.argmax(w) == np.argmin(np.abs(fm.timesteps - 500))
+
+
+def test_uniform_weighting_weighs_every_noise_level_and_bad_names_are_refused():
+  c = ml_collections.ConfigDict(dict(shift=1.0, prediction="x0", weighting="uniform"))
+  fm = diffusion.FlowMatching.from_config(c)
+  assert fm.prediction == "x0" and np.all(fm.loss_weights == 1.0)
+  assert diffusion.FlowMatching(shift=5.0).loss_weights[0] == 0.0  # the recipe's bump: nothing at sigma = 1
+  with pytest.raises(ValueError, match="diffusion.weighting='lognormal'"):
+    diffusion.FlowMatching(weighting="lognormal")
 
 
 def test_training_inputs_interpolate_and_target_velocity():

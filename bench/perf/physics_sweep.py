@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
       row = {"step": step, "weights": weights, **settings, "pass": round(scores["physics/pass_rate"], 3)}
       rate = lambda key: None if math.isnan(scores.get(key, math.nan)) else round(scores[key], 2)  # JSON: null
       row.update({p: rate(f"physics/{p}/pass_rate") for p in PROCESSES})
-      row.update(flicker=rate("physics/check/flicker"), seconds=round(time.time() - start))
+      row.update(flicker=rate("physics/check/temporal/flicker"), seconds=round(time.time() - start))
       print(json.dumps(row), flush=True)
       out.append(row)
   if args.out:
