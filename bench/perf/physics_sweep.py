@@ -6,6 +6,12 @@ weights (EMA or raw), guidance, steps, shift and sampler, and prints one row of 
 physics` pass rates per setting.
 
   python bench/perf/physics_sweep.py --workdir=workdir/tiny --guidance=1,3,5 --steps=25,50
+  python bench/perf/physics_sweep.py --workdir=workdir/tiny --denoise=0,0.3,0.6,0.9
+
+--denoise asks where a failing model loses the physics: each held-out ground-truth clip, reduced to
+the model's frames and size, is noised to each sigma and the model's one-step clean estimate is
+scored (sigma 0: the reduced ground truth itself). Passing at low sigma and failing from noise means
+the model knows the motion once the scene is laid out but cannot lay it out.
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ import math
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from microverse_jax import checkpoint, factory, files, pipeline, saved_config, sharding
-from microverse_jax.datasets.microsim_synth import DEFAULTS, PROCESSES, clip_spec
+from microverse_jax import checkpoint, diffusion, factory, files, pipeline, saved_config, sharding, video
+from microverse_jax.datasets.microsim_synth import DEFAULTS, PROCESSES, clip_spec, render_clip
 
 
 def held_out_specs(count: int, seed: int) -> list:
@@ -29,6 +37,26 @@ def held_out_specs(count: int, seed: int) -> list:
     raise ValueError(f"--seed={seed} is the dataset's own: its validation prompts must not be tuned on")
   d = DEFAULTS
   return [clip_spec(i, seed=seed, num_frames=d["num_frames"], size=d["size"], fps=d["fps"]) for i in range(count)]
+
+
+def denoised(c, model, encoders, tokenizer, specs, sigma: float) -> list[np.ndarray]:
+  """One-step clean estimates uint8 (F, H, W, 3) of the specs' ground-truth clips noised to `sigma`."""
+  d, (f, h, w) = DEFAULTS, (c.data.num_frames, c.data.height, c.data.width)
+  clips = []
+  for s in specs:
+    clip = render_clip(s.process, s.params, num_frames=d["num_frames"], size=d["size"], seed=s.seed)
+    clips.append(
+      video.to_model_range(video.decode_frames(video.encode_mp4(clip, d["fps"], crf=15), f, height=h, width=w))
+    )
+  x0 = encoders.encode(jnp.asarray(np.stack(clips)))
+  if sigma > 0:
+    noise = jax.random.normal(jax.random.key(0), x0.shape)
+    x_t, t = (1 - sigma) * x0 + sigma * noise, jnp.full((len(specs),), sigma * diffusion.NUM_TRAIN_TIMESTEPS)
+    context = encoders.text(*map(jnp.asarray, tokenizer([s.caption for s in specs])))
+    v = diffusion.to_velocity(model(x_t, t, context), x_t, t / diffusion.NUM_TRAIN_TIMESTEPS, c.diffusion.prediction)
+    x0 = x_t - sigma * v
+  frames = np.asarray(encoders.decode(x0))
+  return list(np.clip(np.round((frames + 1) * 127.5), 0, 255).astype(np.uint8))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -41,6 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
   parser.add_argument("--steps", default="25")
   parser.add_argument("--shift", default="", help="default: the run's diffusion.shift")
   parser.add_argument("--sampler", default="", help="default: the run's eval.sampler")
+  parser.add_argument("--denoise", default="", help="sigmas: score one-step estimates of noised ground truth instead")
   parser.add_argument("--out", help="also write the rows here (JSON lines)")
   args = parser.parse_args(argv)
   from microworldbench.physics import score_videos  # pylint: disable=g-import-not-at-top
@@ -59,31 +88,38 @@ def main(argv: list[str] | None = None) -> list[dict]:
     state = ckpt.restore(step, states.abstract()[0], None)
     ckpt.close()
     frozen = states.create_frozen()
-    grid = itertools.product(
-      args.weights.split(","),
-      floats(args.guidance, c.eval.guidance),
-      [int(x) for x in floats(args.steps, c.eval.sample_steps)],
-      floats(args.shift, c.diffusion.shift),
-      (args.sampler or c.eval.sampler).split(","),
-    )
+    if args.denoise:
+      grid = [(w, None, None, sigma, None) for w in args.weights.split(",") for sigma in floats(args.denoise, 0)]
+    else:
+      grid = itertools.product(
+        args.weights.split(","),
+        floats(args.guidance, c.eval.guidance),
+        [int(x) for x in floats(args.steps, c.eval.sample_steps)],
+        floats(args.shift, c.diffusion.shift),
+        (args.sampler or c.eval.sampler).split(","),
+      )
     out = []
     for weights, guidance, steps, shift, sampler in grid:
       if weights not in state:
         print(f"skipping weights={weights}: the run keeps no such weights", flush=True)
         continue
       model = nnx.merge(states.graphdef, state[weights], frozen)
-      settings = dict(guidance=guidance, steps=steps, shift=shift, sampler=sampler)
       start = time.time()
-      videos = pipeline.generate(
-        model,
-        encoders,
-        tokenizer,
-        [s.caption for s in specs],
-        factory.latent_shape(c),
-        seed=0,
-        batch_size=len(specs),
-        **{**pipeline.config_settings(c), **settings},
-      )
+      if args.denoise:
+        settings = dict(denoise_sigma=shift)
+        videos = denoised(c, model, encoders, tokenizer, specs, shift)
+      else:
+        settings = dict(guidance=guidance, steps=steps, shift=shift, sampler=sampler)
+        videos = pipeline.generate(
+          model,
+          encoders,
+          tokenizer,
+          [s.caption for s in specs],
+          factory.latent_shape(c),
+          seed=0,
+          batch_size=len(specs),
+          **{**pipeline.config_settings(c), **settings},
+        )
       scores = score_videos(videos, rows)
       row = {"step": step, "weights": weights, **settings, "pass": round(scores["physics/pass_rate"], 3)}
       rate = lambda key: None if math.isnan(scores.get(key, math.nan)) else round(scores[key], 2)  # JSON: null

@@ -174,5 +174,7 @@ def test_physics_sweep_scores_each_setting_on_held_out_prompts(synth_data_dir, t
   assert [(r["weights"], r["guidance"]) for r in rows] == [("ema", 1), ("ema", 3), ("params", 1), ("params", 3)]
   assert all(0 <= r["pass"] <= 1 and r["step"] == 2 for r in rows)
   assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+  rows = sweep.main([f"--workdir={tmp_path / 'run'}", "--prompts=5", "--denoise=0,0.5", "--weights=params"])
+  assert [r["denoise_sigma"] for r in rows] == [0.0, 0.5] and all(0 <= r["pass"] <= 1 for r in rows)
   with pytest.raises(ValueError, match="validation prompts must not be tuned on"):
     sweep.main([f"--workdir={tmp_path / 'run'}", "--seed=0"])
