@@ -103,7 +103,7 @@ def main(argv=None) -> None:
     s = scores.get(name, {})
     print(
       f"| {name} | {t:.2f} | {t0 / t:.2f}x | {diff} | {quality:.1f} | "
-      f"{s.get('physics/pass_rate', float('nan')):.2f} | {s.get('physics/check/flicker', float('nan')):.2f} |"
+      f"{s.get('physics/pass_rate', float('nan')):.2f} | {s.get('physics/check/temporal/flicker', float('nan')):.2f} |"
     )
 
 

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 from microverse_jax import flops
 from microverse_jax.models.wan_dit import WanDiT
@@ -160,13 +161,18 @@ def test_step_cache_measures_every_setting_against_the_uncached_run(capsys):
   assert rows["none"][5].strip() == "inf"
 
 
-def test_physics_sweep_scores_each_setting_on_held_out_prompts(synth_data_dir, tmp_path):
+def test_physics_sweep_and_the_main_job_figure(synth_data_dir, tmp_path):
   from microverse_jax import train
   from microverse_jax.configs import microsim_tiny
 
   c = microsim_tiny.get_config("test")
   c.data.data_dir, c.optim.ema_decay, c.train.num_steps = synth_data_dir, 0.9, 2
+  c.eval.update(sample_every=2, sample_steps=2)
   train.train(c, str(tmp_path / "run"))
+  _load("main_job_figure").main([f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'fig.png'}"])
+  image = np.asarray(Image.open(tmp_path / "fig.png"))
+  strips = 2 * len(c.eval.prompts)  # ground truth over sample, per prompt: 16 px high, 5 frames, 2 px gaps, 3x
+  assert image.shape == (3 * (16 * strips + 2 * (len(c.eval.prompts) - 1)), 3 * 16 * 5, 3)
   sweep = _load("physics_sweep")
   out = tmp_path / "rows.jsonl"
   argv = [f"--workdir={tmp_path / 'run'}", "--prompts=5", "--guidance=1,3", "--steps=2", f"--out={out}"]
