@@ -73,7 +73,6 @@ def physics_scores(c, model, tokenizer, encoders) -> dict:
   """Physics-fidelity scores (microworldbench physics) of videos sampled for the first
   `eval.physics` validation clips of the procedural dataset (default build settings)."""
   from microverse_jax.datasets.microsim_synth import processes  # pylint: disable=g-import-not-at-top
-  from microworldbench.physics import score_videos  # pylint: disable=g-import-not-at-top
 
   d = processes.DEFAULTS
   val = [i for i in range(d["num_clips"]) if processes.split_of(i, d["num_clips"]) == "validation"]
@@ -81,15 +80,25 @@ def physics_scores(c, model, tokenizer, encoders) -> dict:
     processes.clip_spec(i, seed=d["seed"], num_frames=d["num_frames"], size=d["size"], fps=d["fps"])
     for i in val[: c.eval.physics]
   ]
+  scores = score_specs(c, model, tokenizer, encoders, specs, seed=c.train.seed)
+  # per process means and pass rates, and every check's pass rate (e.g. physics/check/temporal/flicker)
+  return {k: v for k, v in scores.items() if k.count("/") <= 2 or k.startswith("physics/check/")}
+
+
+def score_specs(c, model, tokenizer, encoders, specs, *, seed: int, **settings) -> dict:
+  """All `microworldbench physics` scores of videos sampled for procedural clip specs (their captions),
+  with the config's sampling settings unless `settings` override them."""
+  from microverse_jax.datasets.microsim_synth import processes  # pylint: disable=g-import-not-at-top
+  from microworldbench.physics import score_videos  # pylint: disable=g-import-not-at-top
+
   videos = pipeline.generate(
     model,
     encoders,
     tokenizer,
     [s.caption for s in specs],
     factory.latent_shape(c),
-    seed=c.train.seed,
-    **pipeline.config_settings(c),
+    seed=seed,
+    **{**pipeline.config_settings(c), **settings},
   )
-  rows = [{"process": s.process, "params": s.params, "size": d["size"]} for s in specs]
-  # per process means and pass rates, and every check's pass rate (e.g. physics/check/temporal/flicker)
-  return {k: v for k, v in score_videos(videos, rows).items() if k.count("/") <= 2 or k.startswith("physics/check/")}
+  size = processes.DEFAULTS["size"]
+  return score_videos(videos, [{"process": s.process, "params": s.params, "size": size} for s in specs])

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from microverse_jax import checkpoint, diffusion, factory, files, pipeline, saved_config, sharding, video
+from microverse_jax import checkpoint, diffusion, evaluators, factory, files, saved_config, sharding, video
 from microverse_jax.datasets.microsim_synth import DEFAULTS, PROCESSES, clip_spec, render_clip
 
 
@@ -107,20 +107,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
       start = time.time()
       if args.denoise:
         settings = dict(denoise_sigma=shift)
-        videos = denoised(c, model, encoders, tokenizer, specs, shift)
+        scores = score_videos(denoised(c, model, encoders, tokenizer, specs, shift), rows)
       else:
         settings = dict(guidance=guidance, steps=steps, shift=shift, sampler=sampler)
-        videos = pipeline.generate(
-          model,
-          encoders,
-          tokenizer,
-          [s.caption for s in specs],
-          factory.latent_shape(c),
-          seed=0,
-          batch_size=len(specs),
-          **{**pipeline.config_settings(c), **settings},
-        )
-      scores = score_videos(videos, rows)
+        scores = evaluators.score_specs(c, model, tokenizer, encoders, specs, seed=0, batch_size=len(specs), **settings)
       row = {"step": step, "weights": weights, **settings, "pass": round(scores["physics/pass_rate"], 3)}
       rate = lambda key: None if math.isnan(scores.get(key, math.nan)) else round(scores[key], 2)  # JSON: null
       row.update({p: rate(f"physics/{p}/pass_rate") for p in PROCESSES})
