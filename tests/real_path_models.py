@@ -99,6 +99,7 @@ def save_wan_pipeline(root: str, seed: int = 0) -> str:
   import diffusers
   import torch
   import transformers
+  from tiny_diffusers import TINY_WAN_VAE  # tests/ is on the path under pytest only
 
   torch.manual_seed(seed)
   dit = diffusers.WanTransformer3DModel(
@@ -117,14 +118,7 @@ def save_wan_pipeline(root: str, seed: int = 0) -> str:
     for p in dit.parameters():
       p.add_(0.05 * torch.randn_like(p))
   vae = diffusers.AutoencoderKLWan(
-    base_dim=8,
-    z_dim=4,
-    dim_mult=[1, 2, 2],
-    num_res_blocks=1,
-    attn_scales=[],
-    temperal_downsample=[False, True],
-    latents_mean=[0.1, -0.2, 0.3, 0.0],
-    latents_std=[1.5, 0.8, 1.2, 1.0],
+    **{**TINY_WAN_VAE, "latents_mean": [0.1, -0.2, 0.3, 0.0], "latents_std": [1.5, 0.8, 1.2, 1.0]}
   ).eval()
   text = transformers.UMT5EncoderModel(
     transformers.UMT5Config(

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from tiny_diffusers import TINY_WAN_DIT  # noqa: E402
+from tiny_diffusers import TINY_WAN_DIT, TINY_WAN_VAE  # noqa: E402
 
 from microverse_jax import convert, diffusion  # noqa: E402
 from microverse_jax.models.umt5 import UMT5Tokenizer  # noqa: E402
@@ -60,14 +60,7 @@ def parts(tmp_path_factory):
     for p in dit.parameters():
       p.add_(0.05 * torch.randn_like(p))
   vae = diffusers.AutoencoderKLWan(
-    base_dim=8,
-    z_dim=4,
-    dim_mult=[1, 2, 2],
-    num_res_blocks=1,
-    attn_scales=[],
-    temperal_downsample=[False, True],
-    latents_mean=[0.1, -0.2, 0.3, 0.0],
-    latents_std=[1.5, 0.8, 1.2, 1.0],
+    **{**TINY_WAN_VAE, "latents_mean": [0.1, -0.2, 0.3, 0.0], "latents_std": [1.5, 0.8, 1.2, 1.0]}
   ).eval()
   text = transformers.UMT5EncoderModel(
     transformers.UMT5Config(

@@ -17,19 +17,12 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+from tiny_diffusers import TINY_WAN_VAE  # noqa: E402
+
 from microverse_jax.convert import wan_vae_from_diffusers, wan_vae_from_original  # noqa: E402
 from microverse_jax.models.wan_vae import WanVAE, WanVAEConfig  # noqa: E402
 
-TINY = dict(
-  base_dim=8,
-  z_dim=4,
-  dim_mult=[1, 2, 2],
-  num_res_blocks=1,
-  attn_scales=[],
-  temperal_downsample=[False, True],
-  latents_mean=[0.0] * 4,
-  latents_std=[1.0] * 4,
-)
+TINY = TINY_WAN_VAE
 
 
 def _reference(seed=0, **overrides):
