@@ -10,6 +10,8 @@ FLOP/s over the best measured large-fp32-matmul rate (the practical peak of this
   python bench/perf/train_step.py                          # the CPU perf config ("base")
   python bench/perf/train_step.py --sizes=base,wide,long --repeats=7 --json=/tmp/train_step.json
   python bench/perf/train_step.py --override=remat_policy=none --no-torch   # ours alone, no remat
+  python bench/perf/train_step.py --no-torch --variant=remat_policy=nothing_saveable   # an A/B of ours
+  python bench/perf/train_step.py --no-torch --variant=xla_cpu_use_xnnpack=true   # an XLA option, per executable
   BENCH_THREADS=1 python bench/perf/train_step.py      # one thread each (fairer on a loaded machine)
 
 Sizes (fp32, batch 2, patch (1, 2, 2), 16 latent channels, text width 256 x 64 tokens):
@@ -82,9 +84,10 @@ def trainer_config(cfg: WanDiTConfig, batch: int) -> ml_collections.ConfigDict:
   return c
 
 
-def make_ours(cfg: WanDiTConfig, fhw, text_len: int, batch: int, return_compiled: bool = False):
+def make_ours(cfg: WanDiTConfig, fhw, text_len: int, batch: int, return_compiled: bool = False, compiler_options=None):
   """() -> runs one jitted training step of ours (state donated and carried over); with
-  `return_compiled`, (run, the compiled step) for its memory analysis."""
+  `return_compiled`, (run, the compiled step) for its memory analysis. `compiler_options`: XLA
+  DebugOptions for this executable only (e.g. {"xla_cpu_use_xnnpack": True})."""
   c = trainer_config(cfg, batch)
   tx, schedule = factory.make_optimizer(c)
   model = WanDiT(cfg, rngs=nnx.Rngs(0))
@@ -106,7 +109,7 @@ def make_ours(cfg: WanDiTConfig, fhw, text_len: int, batch: int, return_compiled
   }
   encode = lambda b: (b["latents"], b["context"])
   jitted = jax.jit(lambda s, f, b: step_fn(s, f, encode, b), donate_argnums=(0,))
-  jitted = jitted.lower(state, frozen, batch_arrays).compile()
+  jitted = jitted.lower(state, frozen, batch_arrays).compile(compiler_options)
   holder = {"state": state}
 
   def run():
@@ -201,10 +204,19 @@ def _best_time(fn, iters: int) -> float:
   return min(times)
 
 
-def bench_size(size: str, repeats: int, with_torch: bool, overrides: dict) -> dict:
+def bench_size(size: str, repeats: int, with_torch: bool, overrides: dict, variants: tuple[dict, ...] = ()) -> dict:
+  """Medians of ours (with `overrides`), each of `variants` (ours with more overrides: an A/B in one
+  process) and torch, interleaved."""
   cfg, fhw, text_len, batch = model_config(size, **overrides)
   step_flops = flops.train_step_flops(cfg, batch, fhw, text_len)
   runners = {"ours": make_ours(cfg, fhw, text_len, batch)}
+  for variant in variants:
+    name = "ours[" + ",".join(f"{k}={v}" for k, v in variant.items()) + "]"
+    fields = {k: v for k, v in variant.items() if not k.startswith("xla_")}
+    xla = {k: v for k, v in variant.items() if k.startswith("xla_")} or None
+    runners[name] = make_ours(
+      model_config(size, **{**overrides, **fields})[0], fhw, text_len, batch, compiler_options=xla
+    )
   if with_torch:
     runners["torch"] = make_torch(cfg, fhw, text_len, batch)
   times: dict[str, list[float]] = {k: [] for k in runners}
@@ -238,13 +250,21 @@ def bench_size(size: str, repeats: int, with_torch: bool, overrides: dict) -> di
     row[f"{name}_gflops"] = step_flops / med / 1e9
   if with_torch:
     row["speedup_vs_torch"] = row["torch_s"] / row["ours_s"]
+  for name in runners:
+    if name.startswith("ours["):
+      row[f"{name}_vs_ours"] = row["ours_s"] / row[f"{name}_s"]
   return row
 
 
-def _parse_overrides(items: list[str]) -> dict:
+def _parse_overrides(items: list[str], xla_ok: bool = False) -> dict:
+  """FIELD=VALUE strings -> {field: typed value}; with `xla_ok`, xla_* XLA DebugOptions too (bool,
+  int or enum-name values), applied per executable."""
   out = {}
   for item in items:
     key, sep, value = item.partition("=")
+    if xla_ok and sep and key.startswith("xla_"):
+      out[key] = {"true": True, "false": False}.get(value.lower(), int(value) if value.isdigit() else value)
+      continue
     if not sep or key not in WanDiTConfig.__dataclass_fields__:
       raise ValueError(f"--override={item!r}: expected FIELD=VALUE with a WanDiTConfig field")
     default = WanDiTConfig.__dataclass_fields__[key].default
@@ -259,6 +279,12 @@ def main(argv=None) -> list[dict]:
   p.add_argument("--no-torch", dest="torch", action="store_false")
   p.add_argument("--no-peak", dest="peak", action="store_false", help="skip the matmul-peak measure")
   p.add_argument("--override", action="append", default=[], help="WanDiTConfig FIELD=VALUE for ours")
+  p.add_argument(
+    "--variant",
+    action="append",
+    default=[],
+    help="FIELD=VALUE (a WanDiTConfig field or an xla_* XLA option): also time ours with it, interleaved (an A/B)",
+  )
   p.add_argument("--json", default="", help="also write the rows here")
   args = p.parse_args(argv)
   overrides = _parse_overrides(args.override)
@@ -269,7 +295,9 @@ def main(argv=None) -> list[dict]:
     print("fp32 matmul 3072^3 (best of 5): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items()))
   rows = []
   for size in args.sizes.split(","):
-    row = bench_size(size, args.repeats, args.torch, overrides)
+    row = bench_size(
+      size, args.repeats, args.torch, overrides, tuple(_parse_overrides([v], xla_ok=True) for v in args.variant)
+    )
     if best_peak:
       row["matmul_peak_gflops"] = best_peak
       row["ours_cpu_mfu"] = row["ours_gflops"] / best_peak
@@ -286,6 +314,10 @@ def main(argv=None) -> list[dict]:
         f" | torch {row['torch_s']:.3f} s ({row['torch_gflops']:.0f} GFLOP/s)"
         f" | ours is {row['speedup_vs_torch']:.2f}x torch"
       )
+    for name in row:
+      if name.endswith("_vs_ours"):
+        variant = name[: -len("_vs_ours")]
+        line += f" | {variant} {row[variant + '_s']:.3f} s: {row[name]:.2f}x ours"
     print(line, flush=True)
   if args.json:
     with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(args.json)), delete=False) as f:

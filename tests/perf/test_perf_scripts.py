@@ -52,6 +52,37 @@ def test_train_step_config_matches_issue_flops():
   assert flops.train_step_flops(cfg, batch, fhw, text_len) / 1e9 == pytest.approx(56, rel=0.02)
 
 
+def test_train_step_variants_are_timed_beside_ours():
+  """--variant: ours again with a model field or a per-executable XLA option, interleaved (an A/B)."""
+  ts = _load("train_step")
+  variants = ["--variant=remat_policy=none", "--variant=xla_cpu_enable_fast_math=false"]
+  (row,) = ts.main(["--sizes=tiny", "--repeats=1", "--no-torch", "--no-peak", *variants])
+  for name in ("ours[remat_policy=none]", "ours[xla_cpu_enable_fast_math=False]"):
+    assert row[f"{name}_s"] > 0 and row[f"{name}_vs_ours"] == pytest.approx(row["ours_s"] / row[f"{name}_s"])
+
+
+def test_dot_layouts_times_every_layout_and_matmul():
+  out = _load("dot_layouts").main(["--tokens=8", "--shapes=16x32", "--repeats=1"])
+  assert set(out) == {"16x32"}
+  assert set(out["16x32"]) == {f"{l}/{m}" for l in ("io", "oi") for m in ("forward", "dx", "dW")}
+  assert all(v > 0 and np.isfinite(v) for v in out["16x32"].values())
+
+
+def test_dot_layouts_products_are_the_dense_layers_matmuls():
+  from jax import lax
+
+  dl = _load("dot_layouts")
+  rng = np.random.default_rng(0)
+  x, dy, w_io = rng.standard_normal((8, 16)), rng.standard_normal((8, 32)), rng.standard_normal((16, 32))
+  operands = {"x": x, "dy": dy}
+  want = {"forward": x @ w_io, "dx": dy @ w_io.T, "dW": x.T @ dy}
+  for (layout, name), ((a, b), dims) in dl.PRODUCTS.items():
+    w = w_io if layout == "io" else w_io.T
+    got = np.asarray(lax.dot_general(*(w if v == "w" else operands[v] for v in (a, b)), dims))
+    expected = want[name] if layout == "io" or name != "dW" else want[name].T  # oi stores dW as (N, K)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_train_step_rejects_bad_override():
   ts = _load("train_step")
   with pytest.raises(ValueError, match="no_such_field"):
