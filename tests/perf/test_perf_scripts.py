@@ -83,6 +83,13 @@ def test_dot_layouts_products_are_the_dense_layers_matmuls():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_fused_projections_step_equals_the_models():
+  """The fused QKV / KV A/B times the same computation: equal first losses at the tiny size."""
+  out = _load("fused_projections").main(["--size=tiny", "--repeats=1"])
+  assert out["first_loss"]["fused"] == pytest.approx(out["first_loss"]["separate"], rel=1e-5)
+  assert out["fused_vs_separate"] == pytest.approx(out["separate_s"] / out["fused_s"])
+
+
 def test_train_step_rejects_bad_override():
   ts = _load("train_step")
   with pytest.raises(ValueError, match="no_such_field"):
