@@ -1,5 +1,6 @@
 """Test set-up: CPU only (libtpu is installed for ahead-of-time TPU compiles, not for running)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -43,3 +44,48 @@ def run_on_cpu_devices():
     return subprocess.run([sys.executable, *args], cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
 
   return run
+
+
+MESH_LOSSES = r"""
+import json, sys
+from microverse_jax.configs import microsim_tiny
+from microverse_jax import train
+out = {}
+for name, mesh in json.loads(sys.argv[2]).items():
+  c = microsim_tiny.get_config("test")
+  c.data.update(data_dir=sys.argv[1], batch_size=8)
+  c.train.update(num_steps=5, checkpoint_every=5)
+  c.diffusion.prediction = "velocity"  # Wan2.1's objective: O(1) losses, so 1e-5 is a tight bound
+  c.mesh.update(**mesh)
+  wd = sys.argv[3] + "/" + name
+  train.train(c, wd)
+  out[name] = {r["step"]: r["loss"] for r in map(json.loads, open(wd + "/metrics.jsonl"))}
+print("LOSSES" + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="session")
+def check_meshes_match_one_device(synth_data_dir, run_on_cpu_devices, tmp_path_factory):
+  """check(meshes: {name: mesh overrides}) -> stdout: five steps of the tiny config at batch 8 per mesh,
+  in one process with 8 simulated devices, give the losses of the same run on one device (1e-5)."""
+
+  def losses(meshes: dict, num_devices: int):
+    workdir = str(tmp_path_factory.mktemp("meshes"))
+    run = run_on_cpu_devices(["-c", MESH_LOSSES, synth_data_dir, json.dumps(meshes), workdir], num_devices, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.split("LOSSES")[-1])
+    assert set(got) == set(meshes) and all(len(v) == 5 for v in got.values())
+    return got, run.stdout
+
+  single = {}
+
+  def check(meshes: dict) -> str:
+    if not single:  # computed once per session, shared by every mesh test
+      single.update(losses({"single": dict(data=1)}, 1)[0]["single"])
+    got, stdout = losses(meshes, 8)
+    for name, run in got.items():
+      for step, loss in single.items():
+        assert abs(run[step] - loss) <= 1e-5, (name, step, run[step], loss)
+    return stdout
+
+  return check

@@ -1,8 +1,6 @@
 """Multislice (DCN) meshes: the slice arithmetic, the device layout, 2 simulated slices on 8 CPU
 devices training exactly as one device does, and an ahead-of-time compile for 2 TPU slices."""
 
-import json
-
 import numpy as np
 import pytest
 
@@ -83,40 +81,16 @@ def test_devices_of_several_slices_must_match_the_config():
 
 
 # ------------------------------------------------------------------------------ 2 slices train as 1 device
-SHARDED = r"""
-import json, sys
-from microverse_jax.configs import microsim_tiny
-from microverse_jax import train
-out = {}
-for name, mesh in json.loads(sys.argv[2]).items():
-  c = microsim_tiny.get_config("test")
-  c.data.update(data_dir=sys.argv[1], batch_size=8)
-  c.train.update(num_steps=5, checkpoint_every=5)
-  c.diffusion.prediction = "velocity"
-  c.mesh.update(**mesh)
-  wd = sys.argv[3] + "/" + name
-  train.train(c, wd)
-  out[name] = {r["step"]: r["loss"] for r in map(json.loads, open(wd + "/metrics.jsonl"))}
-print("LOSSES" + json.dumps(out))
-"""
+def test_fsdp_across_two_slices_matches_the_single_device_losses(check_meshes_match_one_device):
+  out = check_meshes_match_one_device({"dcn_fsdp2_d2f2": dict(data=2, fsdp=2, dcn_fsdp=2)})  # FSDP across slices
+  assert "across slices: {'fsdp': 2}" in out
 
 
-def test_two_slice_meshes_match_the_single_device_losses(synth_data_dir, tmp_path, run_on_cpu_devices):
-  single = run_on_cpu_devices(["-c", SHARDED, synth_data_dir, json.dumps({"single": dict(data=1)}), str(tmp_path)], 1)
-  assert single.returncode == 0, single.stderr[-3000:]
-  meshes = {
-    "dcn_data2_fsdp4": dict(data=1, fsdp=-1, dcn_data=2),  # 2 slices of 4: FSDP in a slice
-    "dcn_fsdp2_d2f2": dict(data=2, fsdp=2, dcn_fsdp=2),
-  }  # FSDP across the slices
-  sharded = run_on_cpu_devices(["-c", SHARDED, synth_data_dir, json.dumps(meshes), str(tmp_path)], 8, timeout=900)
-  assert sharded.returncode == 0, sharded.stderr[-3000:]
-  assert "across slices: {'data': 2}" in sharded.stdout and "across slices: {'fsdp': 2}" in sharded.stdout
-  ref = json.loads(single.stdout.split("LOSSES")[-1])["single"]
-  got = json.loads(sharded.stdout.split("LOSSES")[-1])
-  assert len(ref) == 5 and set(got) == set(meshes)
-  for name, run in got.items():
-    for step, loss in ref.items():
-      assert abs(run[step] - loss) <= 1e-5, (name, step, run[step], loss)
+@pytest.mark.heavy
+def test_data_across_two_slices_matches_the_single_device_losses(check_meshes_match_one_device):
+  """The heavy variant: 2 slices of 4 on the data axis, FSDP within a slice."""
+  out = check_meshes_match_one_device({"dcn_data2_fsdp4": dict(data=1, fsdp=-1, dcn_data=2)})
+  assert "across slices: {'data': 2}" in out
 
 
 # ------------------------------------------------------------------------------ AOT for 2 TPU slices

@@ -87,37 +87,14 @@ def test_kill_9_after_a_checkpoint_then_resume_gives_identical_losses(reference_
     assert loss == pytest.approx(ref[step], rel=1e-6, abs=1e-7), step
 
 
-SHARDED = r"""
-import json, sys
-from microverse_jax.configs import microsim_tiny
-from microverse_jax import train
-out = {}
-for name, mesh in json.loads(sys.argv[2]).items():
-  c = microsim_tiny.get_config("test")
-  c.data.update(data_dir=sys.argv[1], batch_size=8)
-  c.train.update(num_steps=5, checkpoint_every=5)
-  c.diffusion.prediction = "velocity"  # Wan2.1's objective: O(1) losses, so 1e-5 is a tight bound
-  c.mesh.update(**mesh)
-  wd = sys.argv[3] + "/" + name
-  train.train(c, wd)
-  out[name] = {r["step"]: r["loss"] for r in map(json.loads, open(wd + "/metrics.jsonl"))}
-print("LOSSES" + json.dumps(out))
-"""
+def test_a_data_fsdp_tensor_mesh_matches_single_device(check_meshes_match_one_device):
+  check_meshes_match_one_device({"d2f2t2": dict(data=2, fsdp=2, tensor=2)})
 
 
-def test_sharded_meshes_match_single_device(synth_data_dir, tmp_path, run_on_cpu_devices):
-  meshes = {"single": dict(data=1)}
-  single = run_on_cpu_devices(["-c", SHARDED, synth_data_dir, json.dumps(meshes), str(tmp_path)], 1)
-  assert single.returncode == 0, single.stderr[-3000:]
-  meshes = {"data8": dict(data=8), "fsdp8": dict(data=1, fsdp=8), "d2f2t2": dict(data=2, fsdp=2, tensor=2)}
-  sharded = run_on_cpu_devices(["-c", SHARDED, synth_data_dir, json.dumps(meshes), str(tmp_path)], 8, timeout=900)
-  assert sharded.returncode == 0, sharded.stderr[-3000:]
-  ref = json.loads(single.stdout.split("LOSSES")[-1])["single"]
-  got = json.loads(sharded.stdout.split("LOSSES")[-1])
-  assert len(ref) == 5
-  for name, run in got.items():
-    for step, loss in ref.items():
-      assert abs(run[step] - loss) <= 1e-5, (name, step, run[step], loss)
+@pytest.mark.heavy
+def test_pure_data_and_pure_fsdp_meshes_match_single_device(check_meshes_match_one_device):
+  """The heavy variant of the test above: each axis alone over all 8 devices."""
+  check_meshes_match_one_device({"data8": dict(data=8), "fsdp8": dict(data=1, fsdp=8)})
 
 
 def test_lora_changes_only_lora_params_and_merge_equals_base_plus_delta(synth_data_dir, tmp_path):
