@@ -21,7 +21,7 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import train_step  # noqa: E402  (sets XLA_FLAGS before jax is imported)
+import train_step  # noqa: E402  (pins BENCH_THREADS cores before the CPU backend starts)
 from jax import lax  # noqa: E402
 
 # dot_general dimension numbers, ((lhs contracting, rhs contracting), (batch, batch)); x (M, K), dy (M, N)
@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
   p.add_argument("--shapes", default="384x384,384x1536,1536x384", help="comma-separated KxN dense shapes")
   p.add_argument("--repeats", type=int, default=15)
   args = p.parse_args(argv)
-  print(f"backend {jax.default_backend()}, threads {train_step.THREADS}, XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}")
+  print(f"backend {jax.default_backend()}, threads {train_step.THREADS}")
   out = {}
   for shape in args.shapes.split(","):
     k, n = (int(v) for v in shape.split("x"))

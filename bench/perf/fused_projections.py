@@ -19,7 +19,7 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
-import train_step  # noqa: E402  (sets XLA_FLAGS before jax is imported)
+import train_step  # noqa: E402  (pins BENCH_THREADS cores before the CPU backend starts)
 
 from microverse_jax.kernels.attention import attention  # noqa: E402
 from microverse_jax.models import wan_dit  # noqa: E402

@@ -23,7 +23,7 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import train_step  # noqa: E402  (sets XLA_FLAGS before jax is imported)
+import train_step  # noqa: E402  (pins BENCH_THREADS cores before the CPU backend starts)
 from flax import nnx  # noqa: E402
 
 from microverse_jax import diffusion  # noqa: E402

@@ -24,7 +24,7 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import train_step  # noqa: E402  (sets XLA_FLAGS before jax is imported)
+import train_step  # noqa: E402  (pins BENCH_THREADS cores before the CPU backend starts)
 
 from microverse_jax import flops  # noqa: E402
 

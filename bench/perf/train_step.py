@@ -12,7 +12,7 @@ FLOP/s over the best measured large-fp32-matmul rate (the practical peak of this
   python bench/perf/train_step.py --override=remat_policy=none --no-torch   # ours alone, no remat
   python bench/perf/train_step.py --no-torch --variant=remat_policy=nothing_saveable   # an A/B of ours
   python bench/perf/train_step.py --no-torch --variant=xla_cpu_use_xnnpack=true   # an XLA option, per executable
-  BENCH_THREADS=1 python bench/perf/train_step.py      # one thread each (fairer on a loaded machine)
+  BENCH_THREADS=1 python bench/perf/train_step.py      # one core each (fairer on a loaded machine)
 
 Sizes (fp32, batch 2, patch (1, 2, 2), 16 latent channels, text width 256 x 64 tokens):
   base  6 layers, 6 heads x 64, FFN 1536, latents 5x16x16 (320 tokens)   ~56 GFLOP per step
@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import os
 
-THREADS = int(os.environ.get("BENCH_THREADS", "2"))
-os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={THREADS}")
+# BENCH_THREADS=N: XLA:CPU has no thread-count flag (it sizes its pools from the CPUs the process may
+# run on), so the process is pinned to N cores before jax is imported; torch gets set_num_threads(N).
+THREADS = int(os.environ.get("BENCH_THREADS", len(os.sched_getaffinity(0))))
+if THREADS < len(os.sched_getaffinity(0)):
+  os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:THREADS])
 
 import argparse
 import json
@@ -290,7 +293,7 @@ def main(argv=None) -> list[dict]:
   overrides = _parse_overrides(args.override)
   peak = matmul_peak() if args.peak else {}
   best_peak = max(peak.values()) if peak else None
-  print(f"backend {jax.default_backend()}, threads {THREADS}, XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}")
+  print(f"backend {jax.default_backend()}, threads {THREADS} (cores {sorted(os.sched_getaffinity(0))})")
   if peak:
     print("fp32 matmul 3072^3 (best of 5): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items()))
   rows = []

@@ -7,6 +7,7 @@ both implementations, finite losses and latents, written tables and plots).
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 
 import jax
@@ -88,6 +89,14 @@ def test_fused_projections_step_equals_the_models():
   out = _load("fused_projections").main(["--size=tiny", "--repeats=1"])
   assert out["first_loss"]["fused"] == pytest.approx(out["first_loss"]["separate"], rel=1e-5)
   assert out["fused_vs_separate"] == pytest.approx(out["separate_s"] / out["fused_s"])
+
+
+def test_bench_threads_pins_the_process_to_that_many_cores():
+  """XLA:CPU has no thread-count flag; BENCH_THREADS=1 must still bind it (and torch) to one core."""
+  code = "import os, train_step; print(len(os.sched_getaffinity(0)), train_step.THREADS)"
+  env = {**os.environ, "BENCH_THREADS": "1", "PYTHONPATH": PERF}
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+  assert out.stdout.split()[-2:] == ["1", "1"], out.stderr
 
 
 def test_train_step_rejects_bad_override():
