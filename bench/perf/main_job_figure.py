@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 from microverse_jax import files, pipeline, saved_config, video
-from microverse_jax.datasets.microsim_synth import DEFAULTS, clip_spec, render_clip
+from microverse_jax.datasets.microsim_synth import DEFAULTS, clip_spec
+from microverse_jax.datasets.microsim_synth.render import stored_clip
 
 
 def ground_truth(caption: str, num_frames: int, size: int) -> np.ndarray:
@@ -26,8 +27,8 @@ def ground_truth(caption: str, num_frames: int, size: int) -> np.ndarray:
   for i in range(d["num_clips"]):
     spec = clip_spec(i, seed=d["seed"], num_frames=d["num_frames"], size=d["size"], fps=d["fps"])
     if spec.caption == caption:
-      clip = render_clip(spec.process, spec.params, num_frames=d["num_frames"], size=d["size"], seed=spec.seed)
-      return video.decode_frames(video.encode_mp4(clip, d["fps"], crf=15), num_frames, height=size, width=size)
+      settings = {k: d[k] for k in ("num_frames", "size", "fps")}
+      return stored_clip(spec.process, spec.params, seed=spec.seed, **settings, out=(num_frames, size, size))
   raise ValueError(f"no clip of the default microsim_synth dataset has the caption {caption[:80]!r}")
 
 

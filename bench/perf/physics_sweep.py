@@ -28,7 +28,8 @@ import numpy as np
 from flax import nnx
 
 from microverse_jax import checkpoint, diffusion, evaluators, factory, files, saved_config, sharding, video
-from microverse_jax.datasets.microsim_synth import DEFAULTS, PROCESSES, clip_spec, render_clip
+from microverse_jax.datasets.microsim_synth import DEFAULTS, PROCESSES, clip_spec
+from microverse_jax.datasets.microsim_synth.render import stored_clip
 
 
 def held_out_specs(count: int, seed: int) -> list:
@@ -41,14 +42,12 @@ def held_out_specs(count: int, seed: int) -> list:
 
 def denoised(c, model, encoders, tokenizer, specs, sigma: float) -> list[np.ndarray]:
   """One-step clean estimates uint8 (F, H, W, 3) of the specs' ground-truth clips noised to `sigma`."""
-  d, (f, h, w) = DEFAULTS, (c.data.num_frames, c.data.height, c.data.width)
-  clips = []
-  for s in specs:
-    clip = render_clip(s.process, s.params, num_frames=d["num_frames"], size=d["size"], seed=s.seed)
-    clips.append(
-      video.to_model_range(video.decode_frames(video.encode_mp4(clip, d["fps"], crf=15), f, height=h, width=w))
-    )
-  x0 = encoders.encode(jnp.asarray(np.stack(clips)))
+  settings = {k: DEFAULTS[k] for k in ("num_frames", "size", "fps")}
+  clips = [
+    stored_clip(s.process, s.params, seed=s.seed, **settings, out=(c.data.num_frames, c.data.height, c.data.width))
+    for s in specs
+  ]
+  x0 = encoders.encode(jnp.asarray(video.to_model_range(np.stack(clips))))
   if sigma > 0:
     noise = jax.random.normal(jax.random.key(0), x0.shape)
     x_t, t = (1 - sigma) * x0 + sigma * noise, jnp.full((len(specs),), sigma * diffusion.NUM_TRAIN_TIMESTEPS)

@@ -18,6 +18,16 @@ from microverse_jax import files, video
 from microverse_jax.datasets.microsim_synth import processes
 
 
+def stored_clip(
+  process: str, params: dict, *, seed: int, num_frames: int, size: int, fps: float, out=(None, None, None)
+):
+  """uint8 (F, H, W, 3): the clip as the dataset stores it (mp4, crf 15), decoded as the input pipeline
+  reads it: `out` = (frames, height, width) to keep (the first frames, resized); None keeps the stored."""
+  clip = processes.render_clip(process, params, num_frames=num_frames, size=size, seed=seed)
+  frames, height, width = out
+  return video.decode_frames(video.encode_mp4(clip, fps, crf=15), frames or num_frames, height=height, width=width)
+
+
 def render(
   prompts: str, out: str, *, num_frames: int | None = None, size: int | None = None, split: str | None = None
 ) -> int:
