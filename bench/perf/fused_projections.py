@@ -21,9 +21,7 @@ import time  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import train_step  # noqa: E402  (pins BENCH_THREADS cores before the CPU backend starts)
 
-from microverse_jax.kernels.attention import attention  # noqa: E402
 from microverse_jax.models import wan_dit  # noqa: E402
-from microverse_jax.models.layers import apply_rope  # noqa: E402
 
 
 def fused_dense(layers, x):
@@ -34,28 +32,22 @@ def fused_dense(layers, x):
   return jnp.split(jnp.dot(x.astype(dt), w) + b, len(layers), axis=-1)
 
 
-def fused_attention_call(self, x, context=None, rope=None, kv_mask=None):
-  """wan_dit.Attention.__call__ with the projections fused: QKV (self) or KV (cross)."""
-  if context is None:
-    q, k, v = fused_dense([self.q, self.k, self.v], x)
-  else:
-    q, (k, v) = self.q(x), fused_dense([self.k, self.v], context)
-  split = lambda t: t.reshape(*t.shape[:2], self.num_heads, -1)
-  q, k, v = split(self.norm_q(q)), split(self.norm_k(k)), split(v)
-  if rope is not None:
-    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-  return self.o(attention(q, k, v, kv_mask=kv_mask, impl=self.impl).reshape(*x.shape[:2], -1))
+def fused_project(self, x, src):
+  """wan_dit.Attention.project with the projections fused: QKV (self-attention) or KV (cross)."""
+  if src is x:
+    return tuple(fused_dense([self.q, self.k, self.v], x))
+  return (self.q(x), *fused_dense([self.k, self.v], src))
 
 
 @contextlib.contextmanager
 def fused_projections():
   """Within: WanDiT traces with fused projections."""
-  separate = wan_dit.Attention.__call__
-  wan_dit.Attention.__call__ = fused_attention_call
+  separate = wan_dit.Attention.project
+  wan_dit.Attention.project = fused_project
   try:
     yield
   finally:
-    wan_dit.Attention.__call__ = separate
+    wan_dit.Attention.project = separate
 
 
 def main(argv=None) -> dict:

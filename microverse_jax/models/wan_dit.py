@@ -100,10 +100,14 @@ class Attention(nnx.Module):
     self.norm_k = RMSNorm(e, ("heads",), rngs=rngs, eps=cfg.eps)
     self.num_heads, self.impl = cfg.num_heads, cfg.attention_impl
 
+  def project(self, x, src):
+    """(q, k, v) projections (B, T or L, E) of x (queries) and src (keys and values)."""
+    return self.q(x), self.k(src), self.v(src)
+
   def __call__(self, x, context=None, rope=None, kv_mask=None):
     """x: (B, T, E); context: (B, L, E) or None (self-attention); returns (B, T, E)."""
-    src = x if context is None else context
-    q, k, v = self.norm_q(self.q(x)), self.norm_k(self.k(src)), self.v(src)
+    q, k, v = self.project(x, x if context is None else context)
+    q, k = self.norm_q(q), self.norm_k(k)
     split = lambda t: t.reshape(*t.shape[:2], self.num_heads, -1)
     q, k, v = split(q), split(k), split(v)
     if rope is not None:
