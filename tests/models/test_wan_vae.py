@@ -22,13 +22,11 @@ from tiny_diffusers import TINY_WAN_VAE  # noqa: E402
 from microverse_jax.convert import wan_vae_from_diffusers, wan_vae_from_original  # noqa: E402
 from microverse_jax.models.wan_vae import WanVAE, WanVAEConfig  # noqa: E402
 
-TINY = TINY_WAN_VAE
-
 
 def _reference(seed=0, **overrides):
   """A random diffusers AutoencoderKLWan whose norm gammas and biases are not trivial either."""
   torch.manual_seed(seed)
-  ref = diffusers.AutoencoderKLWan(**{**TINY, **overrides}).eval()
+  ref = diffusers.AutoencoderKLWan(**{**TINY_WAN_VAE, **overrides}).eval()
   with torch.no_grad():
     for name, p in ref.named_parameters():
       if name.endswith(("gamma", "bias")):
@@ -93,7 +91,13 @@ def test_encode_and_decode_match_diffusers(reference_dir, vae, frames):
 def _check_topology(tmp_path, **config):
   """Encode + decode parity for a 3-stage Wan2.1 topology (8x spatial, 4x temporal, 2 res blocks)."""
   ref = _reference(
-    **{**TINY, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "temperal_downsample": [False, True, True], **config}
+    **{
+      **TINY_WAN_VAE,
+      "dim_mult": [1, 2, 4, 4],
+      "num_res_blocks": 2,
+      "temperal_downsample": [False, True, True],
+      **config,
+    }
   )
   ref.save_pretrained(str(tmp_path))
   ours = wan_vae_from_diffusers(str(tmp_path))
@@ -148,7 +152,7 @@ def test_chunked_decode_equals_one_shot(vae):
 
 def test_tiled_decode_matches_diffusers_tiling(reference_dir):
   ref, _ = reference_dir
-  tiled_ref = diffusers.AutoencoderKLWan(**TINY, scale_factor_spatial=4).eval()  # the tiny VAE is 4x
+  tiled_ref = diffusers.AutoencoderKLWan(**TINY_WAN_VAE, scale_factor_spatial=4).eval()  # the tiny VAE is 4x
   tiled_ref.load_state_dict(ref.state_dict())
   tiled_ref.enable_tiling(
     tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=16, tile_sample_stride_width=16
