@@ -173,12 +173,13 @@ def build(
   raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser():
+  """The command line of `python -m microverse_jax.build_dataset`."""
   from microverse_jax import cli  # pylint: disable=g-import-not-at-top
 
-  parser = cli.argument_parser(__doc__, "python -m microverse_jax.build_dataset")
-  parser.add_argument("name", choices=DATASETS, help="the dataset to build")
-  parser.add_argument(
+  p = cli.argument_parser(__doc__, "python -m microverse_jax.build_dataset")
+  p.add_argument("name", choices=DATASETS, help="the dataset to build")
+  p.add_argument(
     "--data_dir",
     "--out",
     dest="data_dir",
@@ -186,37 +187,39 @@ def main(argv: list[str] | None = None) -> None:
     metavar="DIR",
     help="output root, a TFDS data_dir (local or gs://): what encode --data_dir and the config's data.data_dir read",
   )
-  parser.add_argument("--manual_dir", help="microsim10k: the downloaded release directory (or hub-cache snapshot)")
-  parser.add_argument(
+  p.add_argument("--manual_dir", help="microsim10k: the downloaded release directory (or hub-cache snapshot)")
+  p.add_argument(
     "--metadata",
     help="microsim10k: metadata file name or glob inside manual_dir, e.g. "
     "'train/metadata.jsonl' or 'data/*.parquet' (default: autodetect, see docs/data.md)",
   )
-  parser.add_argument("--video_key", help="microsim10k: the video path column (default: video, else file_name)")
-  parser.add_argument("--caption_key", help="microsim10k: the caption column (default: prompt, text, caption)")
-  parser.add_argument("--id_key", help="microsim10k: the id column (default: id if present, else the video path)")
-  parser.add_argument(
+  p.add_argument("--video_key", help="microsim10k: the video path column (default: video, else file_name)")
+  p.add_argument("--caption_key", help="microsim10k: the caption column (default: prompt, text, caption)")
+  p.add_argument("--id_key", help="microsim10k: the id column (default: id if present, else the video path)")
+  p.add_argument(
     "--follow_symlinks",
     action="store_true",
     help="microsim10k: follow symlinks that land outside manual_dir (links into a Hugging "
     "Face hub cache's blobs/ are followed without it)",
   )
-  parser.add_argument(
-    "--max_file_mb", type=float, default=None, help="microsim10k: larger videos are skipped (default 512)"
-  )
-  parser.add_argument(
+  p.add_argument("--max_file_mb", type=float, default=None, help="microsim10k: larger videos are skipped (default 512)")
+  p.add_argument(
     "--validation_fraction",
     type=float,
     default=0.05,
     help="microsim10k: share of ids held out where no split is published (default 0.05)",
   )
-  parser.add_argument("--num_clips", type=int, help="microsim_synth: number of clips (default 320)")
-  parser.add_argument("--seed", type=int, help="microsim_synth: base seed (default 0)")
-  parser.add_argument("--num_frames", type=int, help="microsim_synth: frames per clip (default 17)")
-  parser.add_argument("--size", type=int, help="microsim_synth: frame height = width in px (default 64)")
-  parser.add_argument("--export_prompts", help="microsim_synth: also write prompts + ground truth as JSONL here")
-  parser.add_argument("--overwrite", action="store_true", help="rebuild even if the dataset exists")
-  args = parser.parse_args(argv)
+  p.add_argument("--num_clips", type=int, help="microsim_synth: number of clips (default 320)")
+  p.add_argument("--seed", type=int, help="microsim_synth: base seed (default 0)")
+  p.add_argument("--num_frames", type=int, help="microsim_synth: frames per clip (default 17)")
+  p.add_argument("--size", type=int, help="microsim_synth: frame height = width in px (default 64)")
+  p.add_argument("--export_prompts", help="microsim_synth: also write prompts + ground truth as JSONL here")
+  p.add_argument("--overwrite", action="store_true", help="rebuild even if the dataset exists")
+  return p
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = parser().parse_args(argv)
   tfds.disable_progress_bar()
   path = build(
     args.name,

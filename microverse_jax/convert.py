@@ -766,19 +766,20 @@ def load_lora(src: str, model: nnx.Module, *, strict: bool = True) -> str:
   return src
 
 
-def main(argv=None) -> None:
+def parser():
+  """The command line of `python -m microverse_jax.convert`."""
   from microverse_jax import cli  # pylint: disable=g-import-not-at-top
 
-  parser = cli.argument_parser(__doc__, "python -m microverse_jax.convert")
-  parser.add_argument("kind", choices=KINDS, help="which model: the DiT, the Wan-VAE or the umT5 text encoder")
-  parser.add_argument(
+  p = cli.argument_parser(__doc__, "python -m microverse_jax.convert")
+  p.add_argument("kind", choices=KINDS, help="which model: the DiT, the Wan-VAE or the umT5 text encoder")
+  p.add_argument(
     "--src",
     required=True,
     metavar="PATH",
     help="source checkpoint: a diffusers/transformers "
     "directory, an original Wan2.1 / DiffSynth .pth or .safetensors file, or a converted directory",
   )
-  parser.add_argument(
+  p.add_argument(
     "--out",
     "--dst",
     dest="out",
@@ -786,7 +787,11 @@ def main(argv=None) -> None:
     metavar="DIR",
     help="output directory (Orbax checkpoint + config.json); --dst: old spelling",
   )
-  args = parser.parse_args(argv)
+  return p
+
+
+def main(argv=None) -> None:
+  args = parser().parse_args(argv)
   print(f"converting {args.kind} from {args.src} ...", flush=True)
   model = from_checkpoint(args.src, args.kind)
   save_params(model, args.out, args.kind)

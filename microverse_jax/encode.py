@@ -337,14 +337,15 @@ def load_encoder(src: str, kind: str, dtype="bfloat16", devices=None):
   return nnx.merge(graphdef, state)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser():
+  """The command line of `python -m microverse_jax.encode`."""
   from microverse_jax import cli  # pylint: disable=g-import-not-at-top
 
-  parser = cli.argument_parser(__doc__, "python -m microverse_jax.encode")
-  parser.add_argument("--dataset", required=True, help="source dataset name, e.g. microsim10k")
-  parser.add_argument("--data_dir", required=True)
-  parser.add_argument("--split", default="train")
-  parser.add_argument(
+  p = cli.argument_parser(__doc__, "python -m microverse_jax.encode")
+  p.add_argument("--dataset", required=True, help="source dataset name, e.g. microsim10k")
+  p.add_argument("--data_dir", required=True)
+  p.add_argument("--split", default="train")
+  p.add_argument(
     "--out",
     "--out_dir",
     dest="out_dir",
@@ -352,25 +353,29 @@ def main(argv: list[str] | None = None) -> None:
     metavar="DIR",
     help="cache root (local or gs://); --out_dir: old spelling",
   )
-  parser.add_argument(
+  p.add_argument(
     "--vae", required=True, help="Wan-VAE: a converted dir (convert vae), a diffusers directory or Wan2.1_VAE.pth"
   )
-  parser.add_argument(
+  p.add_argument(
     "--text_encoder",
     required=True,
     help="umT5 encoder: a converted dir (convert umt5), a transformers directory or models_t5_umt5-xxl-enc-bf16.pth",
   )
-  parser.add_argument("--tokenizer", required=True, help="directory with the umT5 tokenizer.json or spiece.model")
-  parser.add_argument("--dtype", default="bfloat16", help="encoder weight dtype")
-  parser.add_argument("--text_length", type=int, default=512)
-  parser.add_argument("--num_frames", type=int, default=81)
-  parser.add_argument("--height", type=int, default=480)
-  parser.add_argument("--width", type=int, default=832)
-  parser.add_argument("--frame_stride", type=int, default=1)
-  parser.add_argument("--batch_size", type=int, default=8, help="per process; a multiple of local devices")
-  parser.add_argument("--shard_size", type=int, default=256, help="records per output shard")
-  parser.add_argument("--worker_count", type=int, default=0)
-  args = parser.parse_args(argv)
+  p.add_argument("--tokenizer", required=True, help="directory with the umT5 tokenizer.json or spiece.model")
+  p.add_argument("--dtype", default="bfloat16", help="encoder weight dtype")
+  p.add_argument("--text_length", type=int, default=512)
+  p.add_argument("--num_frames", type=int, default=81)
+  p.add_argument("--height", type=int, default=480)
+  p.add_argument("--width", type=int, default=832)
+  p.add_argument("--frame_stride", type=int, default=1)
+  p.add_argument("--batch_size", type=int, default=8, help="per process; a multiple of local devices")
+  p.add_argument("--shard_size", type=int, default=256, help="records per output shard")
+  p.add_argument("--worker_count", type=int, default=0)
+  return p
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = parser().parse_args(argv)
   from microverse_jax.models.umt5 import UMT5Tokenizer  # pylint: disable=g-import-not-at-top
 
   video_encoder, text_encoder = sharded_encoders(
