@@ -1,8 +1,8 @@
 """What every command-line tool of the library shares: one-line errors, quiet logs, progress.
 
 cli.run(main)   absl's app.run, but an expected user error (a mistyped config key, a missing file,
-                a ValueError from validation) prints one line naming it and exits with status 2;
-                `--verbose` shows the traceback and INFO logs.
+                a ValueError from validation, a module that is not installed) prints one line naming
+                it and exits with status 2; `--verbose` shows the traceback and INFO logs.
 cli.main_guard(main)
                 the same for an argparse CLI (convert, encode, build_dataset): `main(argv)` runs with
                 one-line errors (exit status 2), `--verbose` shows the traceback.
@@ -25,6 +25,8 @@ import traceback
 from typing import Callable, Iterable, Iterator
 
 from absl import app, flags, logging
+
+from microverse_jax import dependencies
 
 USER_ERRORS = (ValueError, OSError, FloatingPointError, KeyError, AttributeError, TypeError, flags.Error)
 
@@ -95,6 +97,8 @@ def run(main: Callable[[list[str]], None], *, saved_config: bool = False) -> Non
       _quiet_logs()
     try:
       main(argv)
+    except ImportError as e:
+      dependencies.exit_on_missing(e, verbose)
     except USER_ERRORS as e:
       if verbose:
         raise
@@ -201,8 +205,8 @@ def main_guard(
   errors: tuple[type[BaseException], ...] = (ValueError, OSError),
 ) -> None:
   """Runs an argparse CLI's `main(argv)`: an expected user error (a bad path, weights, layout: a
-  ValueError or OSError) prints one line `error: ...` naming the file or key, and exits with status 2;
-  with `--verbose` the traceback comes first. Logs are quiet unless --verbose."""
+  ValueError or OSError; a module that is not installed) prints one line `error: ...` naming the file
+  or key, and exits with status 2; with `--verbose` the traceback comes first. Logs are quiet unless --verbose."""
   argv = list(sys.argv[1:] if argv is None else argv)
   verbose = "--verbose" in argv
   if "jax" in sys.modules:
@@ -211,6 +215,8 @@ def main_guard(
     _quiet_logs()
   try:
     main(argv)
+  except ImportError as e:
+    dependencies.exit_on_missing(e, verbose)
   except errors as e:
     if verbose:
       traceback.print_exc()
