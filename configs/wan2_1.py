@@ -37,7 +37,7 @@ def get_config(arg: str = "1.3b,lora") -> ml_collections.ConfigDict:
   height, width = RESOLUTIONS["720p" if "720p" in variants else "480p"]
 
   c = ml_collections.ConfigDict()
-  c.init_from = ""  # python -m microverse_jax.convert dit --src <Wan2.1-T2V-*-Diffusers/transformer> --dst DIR
+  c.init_from = ""  # python -m microverse_jax.convert dit --src <Wan2.1-T2V-*-Diffusers/transformer> --out DIR
   base = WanDiTConfig.preset(size)
   c.model = ml_collections.ConfigDict(
     dict(
@@ -129,6 +129,8 @@ def get_config(arg: str = "1.3b,lora") -> ml_collections.ConfigDict:
       negative_prompt=NEGATIVE_PROMPT,
       sampler="euler",
       fps=15,
+      step_cache=0.0,
+      cfg_cache=False,  # sampling caches, off (docs/sampling.md)
       physics=0,
       same_noise=official,
       tiled_decode=True,

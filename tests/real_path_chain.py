@@ -45,7 +45,7 @@ _ENCODE = (
 _RUBRICS = "--rubrics=$BENCH/MWBenchRubrics.json"
 _EVALUATE = (
   "microworldbench evaluate --videos=$OUT/{name} " + _RUBRICS + " --tasks=$BENCH/finaltasks.json "
-  "--out=$OUT/{name}_result.json --judge-url=$JUDGE_URL --judge-model=" + JUDGE_MODEL
+  "--out=$OUT/{name}_result.json --judge_url=$JUDGE_URL --judge_model=" + JUDGE_MODEL
 )
 _SAMPLE_CKPT = (
   "python -m microverse_jax.sample --checkpoint={ckpt} --config=configs/wan2_1.py:1.3b,full{enc} "
@@ -97,8 +97,8 @@ TINY_EXTRA = {
   "encode_pytorch": ["--batch_size=2"],
   **{k: _TINY_TRAIN for k in COMMANDS if k.startswith("train_")},
   **{k: [f"--indices={INDICES}", "--steps=2", "--batch_size=2"] for k in COMMANDS if k.startswith("sample_")},
-  **{k: [f"--indices={INDICES}", "--no-progress", "--timeout=30"] for k in COMMANDS if k.startswith("evaluate_")},
-  "aggregate": ["--bootstrap=100", "--no-progress"],
+  **{k: [f"--indices={INDICES}", "--no_progress", "--timeout=30"] for k in COMMANDS if k.startswith("evaluate_")},
+  "aggregate": ["--bootstrap=100", "--no_progress"],
 }
 NEEDS = {
   "encode": ["build", "convert_vae", "convert_umt5"],
