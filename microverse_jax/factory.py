@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 import os
 
 import jax
@@ -86,6 +87,11 @@ def _choice(key: str, value, allowed) -> None:
     raise ValueError(f"{key}={value!r}: expected one of {tuple(allowed)}")
 
 
+def needs_encoders(c) -> bool:
+  """Whether training runs the frozen encoders: on videos, or to sample (a latent cache holds both encodings)."""
+  return c.data.source == "video" or c.eval.sample_every > 0
+
+
 def validate(c, num_devices: int, num_slices: int | None = None) -> dict[str, int]:
   """Checks the config against the devices and itself; returns the resolved mesh shape (global axes,
   with the slice split in `.dcn`). num_slices: of a multislice run; None: the running devices' own
@@ -133,7 +139,7 @@ def validate(c, num_devices: int, num_slices: int | None = None) -> dict[str, in
   lat = latent_shape(c)
   if lat[-1] != cfg.in_channels:
     raise ValueError(f"model.in_channels={cfg.in_channels}, but the {c.autoencoder.kind} autoencoder gives {lat[-1]}")
-  if text_config(c).d_model != cfg.text_dim:
+  if needs_encoders(c) and text_config(c).d_model != cfg.text_dim:  # a latent cache: checked against the cache
     raise ValueError(f"model.text_dim={cfg.text_dim}, but the text encoder gives {text_config(c).d_model}")
   if cfg.num_heads % mesh["tensor"] or cfg.num_heads % mesh["context"]:
     raise ValueError(f"model.num_heads={cfg.num_heads} must divide by mesh.tensor and mesh.context")
@@ -485,6 +491,28 @@ def to_global(batch: dict, mesh, rules) -> dict:
   return {k: jax.make_array_from_process_local_data(spec, v) for k, v in batch.items() if k != "index"}
 
 
+def check_latent_cache(c, source, where: str) -> None:
+  """Refuses a latent cache (`microverse_jax.encode`) written for another size, text length or model
+  than the config's, naming both values: the step would otherwise crash or train at the cache's size.
+  Fewer frames than the cache's is fine (the causal VAE's first latents are those of the first frames)."""
+  meta = source.dataset_info.metadata
+  record = source[0]
+  channels, text_dim = latent_shape(c)[-1], dit_config(c).text_dim
+  checks = (  # key, the config's value, the cache's, what the cache calls it, the config value is fine when
+    ("data.height", c.data.height, int(meta["height"]), "height", operator.eq),
+    ("data.width", c.data.width, int(meta["width"]), "width", operator.eq),
+    ("data.num_frames", c.data.num_frames, int(meta["num_frames"]), "num_frames", operator.le),
+    ("data.frame_stride", c.data.frame_stride, int(meta["frame_stride"]), "frame_stride", operator.eq),
+    ("text.max_length", c.text.max_length, int(meta["text_length"]), "text_length", operator.eq),
+    ("model.text_dim", text_dim, record["context"].shape[-1], "context width", operator.eq),
+    ("model.in_channels", channels, record["latents"].shape[-1], "latent channels", operator.eq),
+  )
+  for key, ours, cache, name, fits in checks:
+    if not fits(ours, cache):
+      more = " or fewer" if fits is operator.le else ""
+      raise ValueError(f"{key}={ours}, but the latent cache {where} holds {name} {cache}: set it to {cache}{more}")
+
+
 def load_batches(c, tokenizer, split: str, *, seed: int, shuffle: bool, num_epochs=None, drop_remainder=True):
   """This process's batch iterator over `split` (Grain; checkpointable)."""
   data_dir = os.path.expanduser(c.data.data_dir)
@@ -511,6 +539,7 @@ def load_batches(c, tokenizer, split: str, *, seed: int, shuffle: bool, num_epoc
       source = input_pipeline.load_source(c.data.name, split, data_dir)
   per_process = c.data.batch_size // jax.process_count()
   if c.data.source == "latents":
+    check_latent_cache(c, source, os.path.join(data_dir, c.data.name))
     buckets = input_pipeline.bucket_sizes(c.data.num_frames, frame_buckets(c))
     return input_pipeline.make_latent_iterator(
       source,

@@ -250,8 +250,7 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
 
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     # -------------------------------------------------------------- data
-    needs_encoders = c.data.source == "video" or c.eval.sample_every > 0
-    tokenizer, encoders = factory_lib.build_encoders(c, mesh, rules) if needs_encoders else (None, None)
+    tokenizer, encoders = factory_lib.build_encoders(c, mesh, rules) if factory_lib.needs_encoders(c) else (None, None)
     train_iter = factory_lib.load_batches(c, tokenizer, "train", seed=c.train.seed, shuffle=True)
     if c.train.num_steps <= 0:  # the official schedule: epochs over the train split (held-out excluded)
       c.train.num_steps = factory_lib.resolve_num_steps(c, train_iter.num_records)

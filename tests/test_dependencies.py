@@ -20,15 +20,15 @@ def _without(tmp_path, module: str) -> str:
   """A PYTHONPATH entry under which `import module` fails as if it were not installed."""
   shadow = tmp_path / "shadow" / module
   shadow.mkdir(parents=True)
-  (shadow / "__init__.py").write_text(f"raise ModuleNotFoundError({f'No module named {module!r}'!r}, name={module!r})\n")
+  (shadow / "__init__.py").write_text(
+    f"raise ModuleNotFoundError({f'No module named {module!r}'!r}, name={module!r})\n"
+  )
   return str(tmp_path / "shadow")
 
 
 def _run(args, pythonpath: str, tmp_path) -> subprocess.CompletedProcess:
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": pythonpath, "HOME": str(tmp_path)}
-  return subprocess.run(
-    [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-  )
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize(
