@@ -28,7 +28,7 @@ from absl import logging
 from etils import epath
 
 from microverse_jax import files, video
-from microverse_jax.datasets import clip_features, id_hash_fraction
+from microverse_jax.datasets import clip_features, dataset_info, id_hash_fraction
 from microverse_jax.datasets.microsim10k import layouts
 from microverse_jax.datasets.microsim10k.safe_files import MB, Reader, Unusable
 
@@ -82,8 +82,8 @@ class Microsim10k(tfds.core.GeneratorBasedBuilder):
     super().__init__(**{"file_format": "array_record", **kwargs})
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
+    return dataset_info(
+      self,
       description=__doc__,
       features=clip_features(),
       homepage="https://huggingface.co/datasets/wangrongsheng/MicroVerse",

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from microverse_jax import video
-from microverse_jax.datasets import clip_features
+from microverse_jax.datasets import clip_features, dataset_info
 from microverse_jax.datasets.microsim_synth import processes
 from microverse_jax.datasets.microsim_synth.processes import DEFAULTS, split_of
 
@@ -47,8 +47,8 @@ class MicrosimSynth(tfds.core.GeneratorBasedBuilder):
     super().__init__(**{"file_format": "array_record", **kwargs})
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
+    return dataset_info(
+      self,
       description=__doc__,
       features=clip_features(
         process=tfds.features.Text(doc=f"one of {processes.PROCESSES}"),
