@@ -10,6 +10,9 @@ numbered d11..d55 are ignored (such a block scores 0), and tasks with a dimensio
 unparsed are dropped. `strict` matches the K scores to the K criteria of each dimension in rubric
 order, requires exactly K values in {0, 1}, and reports tasks without three valid dimensions as
 incomplete instead of averaging them in.
+
+Refused: a results file holding a task twice or a task the rubric file lacks, a file whose tasks
+record different judges or protocols (or some none), and files of different judges or protocols.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 from microworldbench.files import write_json_atomic
 from microworldbench.judge import ReplyError, check_scores
 from microworldbench.progress import Progress, add_progress_flags
-from microworldbench.results import EVAL_KEY, load_results
+from microworldbench.results import EVAL_KEY, load_results, name_tasks
 from microworldbench.rubrics import CATEGORIES, DIMENSIONS, RubricSet, Task, load_rubrics
 
 MODES = ("official", "strict")
@@ -126,19 +129,57 @@ def _strict_task(item: dict[str, Any], task: Task) -> TaskScore | str:
   return TaskScore(task.index, task.category, _normalise(raw_sum, max_sum), tuple(dims))
 
 
+def check_indices(path: str, results: list[dict[str, Any]], rubrics: RubricSet) -> None:
+  """Refuses results for tasks that the rubric file does not hold (judged against another one?)."""
+  unknown = sorted(item["index"] for item in results if item["index"] not in rubrics.tasks)
+  if unknown:
+    verb = "are" if len(unknown) > 1 else "is"
+    raise ValueError(f"{path}: {name_tasks(unknown)} {verb} not in {rubrics.path}; judged against another rubric file?")
+
+
+def recorded(path: str, results: list[dict[str, Any]], key: str) -> str | None:
+  """The `key` ('judge_model' or 'protocol') that every entry of a results file records, or None
+  when none records one; ValueError when entries differ (an unrecorded one differs from any)."""
+  tasks: dict[str | None, list[int]] = {}
+  for item in results:
+    value = item.get(key)
+    if value is not None and not isinstance(value, str):
+      raise ValueError(f"{path}: task {item['index']}: {key!r} {value!r} is not a string")
+    tasks.setdefault(value, []).append(item["index"])
+  if len(tasks) > 1:
+    shown = ", ".join(f"{'not recorded' if v is None else repr(v)} ({name_tasks(ix)})" for v, ix in tasks.items())
+    raise ValueError(
+      f"{path}: {key} differs between tasks: {shown}; one model's scores must come from one judge and one "
+      f"protocol (evaluate --adopt labels the unrecorded tasks of a file it resumes)"
+    )
+  return next(iter(tasks), None)
+
+
+def _one_value(by_path: dict[str, str | None], what: str, noun: str) -> str | None:
+  """The one value recorded over several files (files recording none go with any)."""
+  found: dict[str, str] = {}
+  for path, value in by_path.items():
+    if value is not None:
+      found.setdefault(value, path)
+  if len(found) > 1:
+    raise ValueError(
+      f"results judged {what} cannot be compared: "
+      + ", ".join(f"{v!r} ({path})" for v, path in sorted(found.items()))
+      + f"; aggregate each {noun} on its own"
+    )
+  return next(iter(found), None)
+
+
 def score_model(name: str, results: list[dict[str, Any]], rubrics: RubricSet, mode: str) -> ModelScores:
-  """Per-task scores of one model's results in `mode` ('official' or 'strict')."""
+  """Per-task scores of one model's results in `mode` ('official' or 'strict'); each entry's
+  index is a task of `rubrics`, each once (as `load_results` and `check_indices` make sure)."""
   if mode not in MODES:
     raise ValueError(f"--mode {mode!r}: expected one of {MODES}")
-  seen = {item.get("index") for item in results}
+  seen = {item["index"] for item in results}
   missing = sorted(i for i in rubrics.tasks if i not in seen)
   tasks: list[TaskScore] = []
   incomplete: dict[int, str] = {}
-  if mode == "official":  # Every entry in file order, duplicates included, as the official loop.
-    entries = [item for item in results if item.get("index") in rubrics.tasks]
-  else:  # One entry per task, the last one.
-    entries = list({item["index"]: item for item in results if item.get("index") in rubrics.tasks}.values())
-  for item in entries:
+  for item in results:
     task = rubrics.tasks[item["index"]]
     scored = (_official_task if mode == "official" else _strict_task)(item, task)
     if isinstance(scored, str):
@@ -208,30 +249,23 @@ def aggregate(
   seed: int = 0,
   progress: bool | None = None,
 ) -> dict[str, Any]:
-  """{"mode", "protocol", "rubrics", "models": {name: summary}} for several results files.
+  """{"mode", "judge_model", "protocol", "rubrics", "models": {name: summary}} for several results files.
 
-  The judge protocol each file records (`evaluate --protocol`) must be the same in all of them:
-  scores judged with different prompts are not comparable. Files that record none (the official
-  evaluator's own, or older ones) go with any.
+  Every task of a file must record the same judge model and protocol (or none: the official
+  evaluator's files), and the files that record them must agree: scores of different judges, or
+  judged with different prompts, are not comparable. Files that record none go with any; each
+  model's summary says what its file records (None: not recorded).
   """
   if names and len(names) != len(result_paths):
     raise ValueError(f"--name: {len(names)} names for {len(result_paths)} results files")
-  loaded, protocols = [], {}
+  loaded, judges, protocols = [], {}, {}
   for path in result_paths:
     results = load_results(path)
-    for item in results:
-      protocol = item.get("protocol")
-      if protocol is not None and not isinstance(protocol, str):
-        raise ValueError(f"{path}: task {item['index']}: 'protocol' {protocol!r} is not a string")
-      if protocol is not None:
-        protocols.setdefault(protocol, path)
+    check_indices(path, results, rubrics)
+    judges[path], protocols[path] = recorded(path, results, "judge_model"), recorded(path, results, "protocol")
     loaded.append((path, results))
-  if len(protocols) > 1:
-    raise ValueError(
-      "results judged with different protocols cannot be compared: "
-      + ", ".join(f"{p!r} ({path})" for p, path in sorted(protocols.items()))
-      + "; aggregate each protocol on its own"
-    )
+  protocol = _one_value(protocols, "with different protocols", "protocol")
+  judge = _one_value(judges, "by different judges", "judge")
   models: dict[str, Any] = {}
   bar = Progress(len(loaded), desc="scoring ", enabled=progress, unit="file")
   for i, (path, results) in enumerate(loaded):
@@ -239,9 +273,10 @@ def aggregate(
     if name in models:
       raise ValueError(f"{path}: model name {name!r} used twice; pass --name")
     models[name] = summarize(score_model(name, results, rubrics, mode), resamples, seed)
+    models[name].update(judge_model=judges[path], protocol=protocols[path])
     bar.update("done")
   bar.close()
-  return {"mode": mode, "protocol": next(iter(protocols), None), "rubrics": rubrics.path, "models": models}
+  return {"mode": mode, "judge_model": judge, "protocol": protocol, "rubrics": rubrics.path, "models": models}
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:

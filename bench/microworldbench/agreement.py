@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from microworldbench.aggregate import model_name
+from microworldbench.aggregate import check_indices, model_name, recorded
 from microworldbench.files import write_json_atomic
 from microworldbench.judge import ReplyError, check_scores
 from microworldbench.results import EVAL_KEY, load_results
@@ -131,6 +131,8 @@ def _main(args: argparse.Namespace) -> int:
     if name in judged:
       raise ValueError(f"{path}: judge name {name!r} used twice; pass --name")
     judged[name] = load_results(path)
+    check_indices(path, judged[name], rubrics)
+    recorded(path, judged[name], "judge_model")  # One judge per file.
   result = agreement(judged, rubrics)
   if args.json:
     write_json_atomic(args.json, result)

@@ -8,7 +8,9 @@ stops at once naming that pid, or with --wait-for-lock waits for the first to fi
 
 --protocol official sends the official evaluator's request (its template, read from
 --prompt-template; 8 frames at JPEG quality 100; a body of model + messages only; its parse rule).
-The protocol is recorded in the results file, and one file never mixes two.
+The judge model and the protocol are recorded in every entry of the results file, and one file
+never mixes two. Entries that record neither (the official evaluator's files, older ones) are
+refused unless --adopt JUDGE_MODEL:PROTOCOL states that this run's judge and protocol made them.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ from microworldbench.judge import (
   check_scores,
 )
 from microworldbench.progress import Progress, add_progress_flags
-from microworldbench.results import EVAL_KEY, ResultStore
+from microworldbench.results import EVAL_KEY, ResultStore, name_tasks
 from microworldbench.rubrics import DIMENSIONS, RubricSet, Task, load_rubrics
 
+ADOPTED = ("judge_model", "protocol")  # What every entry records, and `--adopt` supplies when it does not.
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".flv", ".wmv")
 
 
@@ -220,14 +223,21 @@ def evaluate(
   progress: bool | None = None,
   template: str | None = None,
   wait_for_lock: bool = False,
+  adopt: tuple[str, str] | None = None,
 ) -> Summary:
   """Judges every (task, dimension) whose video is in `videos_dir` and is not done in `out`.
 
   `settings.protocol == "official"` needs `template` (the official prompt template's text) and
   8 frames. Holds `<out>.lock` for the whole run (`wait_for_lock`: wait for another run to finish
-  instead of refusing at once).
+  instead of refusing at once). Entries of `out` that record no judge model or protocol are
+  refused unless `adopt` (judge model, protocol), which must be this run's, says what judged them.
   """
   protocol = settings.protocol
+  if adopt is not None and adopt != (settings.model, protocol):
+    raise ValueError(
+      f"--adopt {':'.join(adopt)}: this run is {settings.model}:{protocol}; a results file holds one "
+      f"judge and one protocol, so only the unrecorded entries of that judge and protocol can be resumed"
+    )
   if protocol == "official":
     if template is None:
       raise ValueError("--protocol official needs --prompt-template (official_judge_prompt.txt)")
@@ -251,11 +261,53 @@ def evaluate(
       save_interval,
       progress,
       template,
+      adopt,
     )
 
 
+def _check_judged(store: ResultStore, out: str, model: str, protocol: str, adopt: tuple[str, str] | None) -> None:
+  """Refuses a results file judged by another model or protocol, or holding entries that record
+  none (the official evaluator's, older ones) unless `adopt` says they were judged as this run
+  judges; then labels those entries so."""
+  judges = {item["judge_model"] for item in store.items.values() if isinstance(item.get("judge_model"), str)}
+  if judges - {model}:
+    raise ValueError(
+      f"{out}: judged by {sorted(judges)}, not {model!r}; mixing judges in one "
+      f"results file would mix their scores: use another --out"
+    )
+  protocols = {item["protocol"] for item in store.items.values() if isinstance(item.get("protocol"), str)}
+  if protocols - {protocol}:
+    raise ValueError(
+      f"{out}: judged with --protocol {'/'.join(sorted(protocols))}, not {protocol!r}; "
+      f"one results file holds one protocol: use another --out"
+    )
+  unknown = {key: sorted(i for i, item in store.items.items() if not isinstance(item.get(key), str)) for key in ADOPTED}
+  if any(unknown.values()) and adopt is None:
+    missing = "; ".join(f"no {key} in {name_tasks(ix)}" for key, ix in unknown.items() if ix)
+    raise ValueError(
+      f"{out}: {missing} (the official evaluator's files and older ones record none): resuming would put the "
+      f"scores of {model!r} beside those of an unknown judge; if {model!r} judged them with --protocol "
+      f"{protocol}, pass --adopt {model}:{protocol}, else use another --out"
+    )
+  for key, value in zip(ADOPTED, adopt or ()):
+    for index in unknown[key]:
+      store.items[index][key] = value
+
+
 def _evaluate_locked(
-  rubrics, videos, ignored, out, settings, judge, num_frames, concurrency, indices, save_interval, progress, template
+  rubrics,
+  videos,
+  ignored,
+  out,
+  settings,
+  judge,
+  num_frames,
+  concurrency,
+  indices,
+  save_interval,
+  progress,
+  template,
+  adopt,
 ) -> Summary:
   protocol = settings.protocol
   summary = Summary(unmatched_videos=ignored + [p for i, p in sorted(videos.items()) if i not in rubrics.tasks])
@@ -263,20 +315,11 @@ def _evaluate_locked(
   summary.missing_videos = [i for i in wanted if i not in videos]
   store = ResultStore(out)
   summary.skipped_journal_lines = list(store.skipped_journal_lines)
-  judges = {item["judge_model"] for item in store.items.values() if isinstance(item.get("judge_model"), str)}
-  if judges - {settings.model}:
+  try:
+    _check_judged(store, out, settings.model, protocol, adopt)
+  except ValueError:
     store.close()
-    raise ValueError(
-      f"{out}: judged by {sorted(judges)}, not {settings.model!r}; mixing judges in one "
-      f"results file would mix their scores: use another --out"
-    )
-  protocols = {item["protocol"] for item in store.items.values() if isinstance(item.get("protocol"), str)}
-  if protocols - {protocol}:
-    store.close()
-    raise ValueError(
-      f"{out}: judged with --protocol {'/'.join(sorted(protocols))}, not {protocol!r}; "
-      f"one results file holds one protocol: use another --out"
-    )
+    raise
   units = []
   for index in wanted:
     if index not in videos:
@@ -446,7 +489,25 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     action="store_true",
     help="when another run holds --out, wait for it to finish instead of stopping at once",
   )
+  p.add_argument(
+    "--adopt",
+    type=_parse_adopt,
+    metavar="JUDGE_MODEL:PROTOCOL",
+    help="resume an --out whose entries record no judge model or protocol (the official evaluator's, or "
+    "older files), stating that JUDGE_MODEL judged them with PROTOCOL; it must be this run's --judge_model "
+    "and --protocol, and those entries are labelled so. Without it such a file is refused",
+  )
   p.set_defaults(func=_main)
+
+
+def _parse_adopt(value: str) -> tuple[str, str]:
+  """'JUDGE_MODEL:PROTOCOL' -> (model, protocol), split at the last colon (model names hold colons)."""
+  model, colon, protocol = value.rpartition(":")
+  if not colon or not model:
+    raise argparse.ArgumentTypeError(f"{value!r} is not JUDGE_MODEL:PROTOCOL (e.g. gpt-4o:official)")
+  if protocol not in official.PROTOCOLS:
+    raise argparse.ArgumentTypeError(f"protocol {protocol!r} in {value!r}: expected 'default' or 'official'")
+  return model, protocol
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -486,6 +547,7 @@ def _main(args: argparse.Namespace) -> int:
       progress=args.progress,
       template=template,
       wait_for_lock=args.wait_for_lock,
+      adopt=args.adopt,
     )
   finally:
     signal.signal(signal.SIGTERM, previous)

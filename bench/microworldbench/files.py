@@ -1,4 +1,9 @@
-"""How the scorer touches the file system: atomic writes, ids that become file names, the --out lock.
+"""How the scorer touches the file system: bounded reads, atomic writes, ids that become file names,
+the --out lock.
+
+Every input file (rubrics, tasks, results, prompt template, prompts) is opened with `open_regular`,
+which refuses anything but a regular file (a FIFO would block for ever, `/dev/zero` never ends),
+and read whole with `read_bounded`, which refuses a file over its cap (`InputTooLarge`).
 
 Every file the scorer writes (results, journals' compaction, summaries, reports, PNGs) goes
 through `write_atomic` (or `atomic_path` for writers that want a path, such as matplotlib):
@@ -16,10 +21,37 @@ import json
 import os
 import re
 import socket
+import stat
 import tempfile
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 ID_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class InputTooLarge(ValueError):
+  """An input file larger than its cap (the message names the file and the cap)."""
+
+
+def open_regular(path: str, what: str) -> IO[bytes]:
+  """`path` opened for binary reading; ValueError naming `what` and `path` unless it is a regular
+  file. Opened non-blocking, so that a FIFO without a writer is refused instead of waited on."""
+  fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+  mode = os.fstat(fd).st_mode
+  if not stat.S_ISREG(mode):
+    os.close(fd)
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "a device or socket"
+    raise ValueError(f"{what} {path}: not a regular file ({kind}); give a file")
+  return open(fd, "rb")
+
+
+def read_bounded(path: str, what: str, limit: int) -> bytes:
+  """The bytes of the regular file `path`; InputTooLarge when it holds more than `limit`."""
+  with open_regular(path, what) as f:
+    data = f.read(limit + 1)
+  if len(data) > limit:
+    size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
+    raise InputTooLarge(f"{what} {path}: larger than {size}, the most the scorer reads; is it the right file?")
+  return data
 
 
 def _fsync_dir(folder: str) -> None:

@@ -19,7 +19,10 @@ import json
 import re
 from typing import Any
 
+from microworldbench.files import read_bounded
+
 PROTOCOLS = ("default", "official")
+MAX_TEMPLATE_BYTES = 1 << 20  # The official template is under 1 KiB.
 NUM_FRAMES = 8
 ENCODING_LADDER: tuple[tuple[int, int | None], ...] = ((100, None), (30, None), (20, None), (10, None))
 DIMENSION_NAMES = {
@@ -32,16 +35,16 @@ _PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 
 
 def load_template(path: str) -> str:
-  """The official prompt template from `path`; ValueError when a placeholder is missing."""
+  """The official prompt template from `path` (a regular file of at most MAX_TEMPLATE_BYTES);
+  ValueError when it is not one, or when a placeholder is missing."""
   try:
-    with open(path, encoding="utf-8") as f:
-      template = f.read()
+    template = read_bounded(path, "--prompt_template", MAX_TEMPLATE_BYTES).decode("utf-8")
   except (OSError, UnicodeDecodeError) as e:
-    raise ValueError(f"--prompt-template {path}: cannot read ({e})") from None
+    raise ValueError(f"--prompt_template {path}: cannot read ({e})") from None
   missing = [p for p in PLACEHOLDERS if "{" + p + "}" not in template]
   if missing:
     raise ValueError(
-      f"--prompt-template {path}: no placeholder {', '.join('{' + p + '}' for p in missing)}; "
+      f"--prompt_template {path}: no placeholder {', '.join('{' + p + '}' for p in missing)}; "
       f"is it official_judge_prompt.txt?"
     )
   return template

@@ -27,16 +27,19 @@ def _ranked(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def markdown_tables(summary: dict[str, Any]) -> str:
-  """Coverage, Table 1 (overall and categories) and Table 2 (overall and dimensions), with 95% CIs."""
+  """Coverage (with each file's judge and protocol), Table 1 (overall and categories) and Table 2
+  (overall and dimensions), with 95% CIs."""
   ranked = _ranked(summary)
   lines = [
     f"Mode: `{summary['mode']}`. Scores in %, bootstrap 95% CI over tasks in brackets.",
     "",
-    "| Model | Valid tasks | Incomplete | Missing |",
-    "|---|---|---|---|",
+    "| Model | Valid tasks | Incomplete | Missing | Judge | Protocol |",
+    "|---|---|---|---|---|---|",
   ]
   for name, m in ranked:
-    lines.append(f"| {name} | {m['valid_tasks']} | {len(m['incomplete_tasks'])} | {len(m['missing_tasks'])} |")
+    counts = f"{m['valid_tasks']} | {len(m['incomplete_tasks'])} | {len(m['missing_tasks'])}"
+    judged = " | ".join(m.get(k) or "not recorded" for k in ("judge_model", "protocol"))
+    lines.append(f"| {name} | {counts} | {judged} |")
   for title, key, groups in (
     ("Overall and categories", "categories", CATEGORIES),
     ("Overall and dimensions", "dimensions", DIMENSIONS),

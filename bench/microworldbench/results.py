@@ -10,7 +10,8 @@ A results file is a JSON list, one entry per video:
 A failed dimension keeps `parsed_result: null` (the official aggregator drops such a task) and says
 why in `status`. While a run is going, every finished item is also appended to `<file>.journal`
 (one JSON line each) so that a killed run loses nothing; opening the store replays the journal,
-skipping (and counting) any line that is not a well-formed entry. One process at a time writes a
+skipping (and counting) any line that is not a well-formed entry. A file holding one task twice is
+refused (the official evaluator writes each index once). One process at a time writes a
 results file: `evaluate` holds `<file>.lock` (see `files.FileLock`) while its store is open.
 """
 
@@ -21,11 +22,20 @@ import os
 import threading
 from typing import Any
 
-from microworldbench.files import write_json_atomic
+from microworldbench.files import open_regular, read_bounded, write_json_atomic
 from microworldbench.rubrics import DIMENSIONS
 
+MAX_BYTES = 256 << 20  # Cap on a results file (459 tasks judged take a few MB).
 EVAL_KEY = {dim: f"{dim}_eval" for dim in DIMENSIONS}
-__all__ = ["EVAL_KEY", "ResultStore", "journal_entry_problem", "load_results", "status_problem", "write_json_atomic"]
+__all__ = [
+  "EVAL_KEY",
+  "ResultStore",
+  "journal_entry_problem",
+  "load_results",
+  "name_tasks",
+  "status_problem",
+  "write_json_atomic",
+]
 
 
 def journal_entry_problem(entry: Any) -> str | None:
@@ -45,22 +55,33 @@ def journal_entry_problem(entry: Any) -> str | None:
   return status_problem({entry["dimension"]: entry["status"]})
 
 
+def name_tasks(indices: list[int], n: int = 10) -> str:
+  """'task 3' or 'tasks 1, 2, 5', the first `n` and how many more."""
+  more = f" ... (+{len(indices) - n})" if len(indices) > n else ""
+  return f"task{'s' if len(indices) > 1 else ''} {', '.join(map(str, indices[:n]))}{more}"
+
+
 def _no_constant(name: str) -> None:
   return None  # NaN / Infinity (which Python's json would accept) are read as null.
 
 
 def load_results(path: str) -> list[dict[str, Any]]:
-  """Reads a results file (ours or the official evaluator's); a ValueError names what is wrong."""
+  """Reads a results file (ours or the official evaluator's: a regular file of at most MAX_BYTES,
+  one entry per task index); a ValueError names what is wrong."""
+  data = read_bounded(path, "results file", MAX_BYTES)
   try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f, parse_constant=_no_constant)
+    data = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{path}: not valid JSON ({e}); it is left untouched") from None
   if not isinstance(data, list):
     raise ValueError(f"{path}: expected a JSON list of per-video results, got {type(data).__name__}")
+  first: dict[int, int] = {}
   for i, item in enumerate(data):
     if not isinstance(item, dict) or isinstance(item.get("index"), bool) or not isinstance(item.get("index"), int):
       raise ValueError(f"{path}: entry {i} has no integer 'index'")
+    if item["index"] in first:
+      raise ValueError(f"{path}: task {item['index']} appears twice (entries {first[item['index']]} and {i})")
+    first[item["index"]] = i
     problem = status_problem(item.get("status"))
     if problem:
       raise ValueError(f"{path}: task {item['index']}: malformed 'status' ({problem}); fix or delete that entry")
@@ -104,7 +125,7 @@ class ResultStore:
   def _replay_journal(self) -> None:
     """Replays every well-formed line; a line cut short by a kill, or any other line that is not
     a journal entry, is skipped and counted (its item is simply redone)."""
-    with open(self.journal_path, "rb") as f:
+    with open_regular(self.journal_path, "journal") as f:
       for number, raw in enumerate(f, 1):
         if not raw.strip():
           continue

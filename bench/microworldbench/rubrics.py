@@ -19,8 +19,11 @@ import json
 import re
 from typing import Any
 
+from microworldbench.files import read_bounded
+
 DIMENSIONS = ("scientific", "visual", "instruction")
 CATEGORIES = ("Organ-level", "Cellular-level", "Subcellular-level")
+MAX_BYTES = 64 << 20  # Cap on a rubric or task file (the official ones are about 3 MB).
 TASK_TEXT_KEYS = (("task", "requirement"), ("任务", "具体要求"))
 
 _KEY_RE = re.compile(r"([dsw])(\d+)")
@@ -152,10 +155,13 @@ def _parse_block(index: int, dim: str, block: Any, path: str, anomalies: list[An
   return tuple(criteria)
 
 
+def _read_json(path: str, what: str) -> Any:
+  return json.loads(read_bounded(path, what, MAX_BYTES).decode("utf-8"))
+
+
 def load_categories(path: str) -> dict[int, str]:
   """finaltasks.json -> {index: final_label}."""
-  with open(path, encoding="utf-8") as f:
-    data = json.load(f)
+  data = _read_json(path, "--tasks")
   if not isinstance(data, list):
     raise RubricError(f"{path}: expected a JSON list of tasks, got {type(data).__name__}")
   out = {}
@@ -172,8 +178,7 @@ def load_rubrics(path: str, tasks_path: str | None = None, strict: bool = False)
   Raises RubricError on what cannot be scored (non-numeric weight, unknown sign, duplicate
   index, missing dimension) and, when `strict`, on any anomaly.
   """
-  with open(path, encoding="utf-8") as f:
-    data = json.load(f)
+  data = _read_json(path, "--rubrics")
   if not isinstance(data, list):
     raise RubricError(f"{path}: expected a JSON list of tasks, got {type(data).__name__}")
   categories = load_categories(tasks_path) if tasks_path else {}

@@ -186,7 +186,6 @@ def test_official_mode_equals_official_formula_on_official_files():
       n = 5 if kind < 0.8 else rng.choice([0, 1, 2, 3, 4, 6, 7])
       item[f"{d}_eval"] = {"raw_response": "", "parsed_result": {"scores": [rng.choice([0, 1]) for _ in range(n)]}}
     results.append(item)
-  results += [dict(results[10]), {"index": 9999, "scientific_eval": {}}]  # A duplicate; an unknown task.
   valid, overall, cats, dims = _official_oracle(results, norm, labels)
   s = summarize(score_model("m", results, rubrics, "official"))
   assert s["valid_tasks"] == valid > 300

@@ -224,6 +224,7 @@ def test_resume_skips_and_counts_hostile_journal_lines(bench_dir):
     "video_path": "v",
     "dimension": "scientific",
     "judge_model": "judge-x",
+    "protocol": "default",
     "eval": {"raw_response": "r", "parsed_result": {"scores": truth(1, "scientific", 5), "reasoning": ""}},
     "status": {"state": "scored", "reason": None, "requests": 1, "criteria": [1, 2, 3, 4, 5]},
   }

@@ -15,34 +15,37 @@ import os
 
 import numpy as np
 
-from microworldbench.files import check_ids, write_json_atomic
+from microworldbench.files import check_ids, read_bounded, write_json_atomic
 from microworldbench.physics import metrics, summarize
 from microworldbench.progress import Progress, add_progress_flags
 
+MAX_PROMPTS_BYTES = 64 << 20  # Cap on a prompts JSONL (a row is a few hundred bytes).
+
 
 def read_prompts(path: str) -> list[dict]:
-  """Rows of a prompts JSONL (blank lines skipped); ValueError naming the file and line at fault.
+  """Rows of a prompts JSONL (a regular file of at most MAX_PROMPTS_BYTES; blank lines skipped);
+  ValueError naming the file and line at fault.
 
   Each row's `id` names its video `<id>.mp4`: ids must be safe file names ([A-Za-z0-9_.-]+, no
   leading dot) and unique; every offending row is named at once, before anything is scored.
   """
-  rows, ids = [], []
   try:
-    with open(path, encoding="utf-8") as f:
-      for number, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{number}: not JSON ({e})") from None
-        metrics.validate_row(row, where=f"{path}:{number}")
-        if "id" not in row:
-          raise ValueError(f"{path}:{number}: missing key 'id' (the video is <id>.mp4)")
-        rows.append(row)
-        ids.append((f"{path}:{number}", row["id"]))
+    text = read_bounded(path, "--prompts", MAX_PROMPTS_BYTES).decode("utf-8")
   except OSError as e:
     raise ValueError(f"--prompts {path}: cannot read ({e.strerror})") from None
+  rows, ids = [], []
+  for number, line in enumerate(text.split("\n"), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{number}: not JSON ({e})") from None
+    metrics.validate_row(row, where=f"{path}:{number}")
+    if "id" not in row:
+      raise ValueError(f"{path}:{number}: missing key 'id' (the video is <id>.mp4)")
+    rows.append(row)
+    ids.append((f"{path}:{number}", row["id"]))
   if not rows:
     raise ValueError(f"--prompts {path}: no rows")
   check_ids(ids, "id")
