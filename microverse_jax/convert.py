@@ -18,12 +18,18 @@ One loading API takes either format (see docs/model.md):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
 import json
+import math
 import os
+import pickle
 import re
 import struct
+import types
+import typing
+import zipfile
 from typing import Callable, Mapping
 
 import jax
@@ -37,61 +43,135 @@ _ST_DTYPES = {
   "F32": np.float32,
   "F16": np.float16,
   "BF16": ml_dtypes.bfloat16,
+  "F8_E4M3": ml_dtypes.float8_e4m3fn,
+  "F8_E5M2": ml_dtypes.float8_e5m2,
   "I64": np.int64,
   "I32": np.int32,
   "I16": np.int16,
   "I8": np.int8,
+  "U64": np.uint64,
+  "U32": np.uint32,
+  "U16": np.uint16,
   "U8": np.uint8,
   "BOOL": np.bool_,
 }
+# What a weight may be stored as: any of these is cast to the parameter's dtype, nothing else is.
+FLOAT_DTYPES = frozenset(np.dtype(_ST_DTYPES[k]) for k in ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"))
+_MAX_HEADER = 100_000_000  # bytes; the safetensors library's own limit
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading checkpoints
 # ---------------------------------------------------------------------------------------------
+def _regular_file(path: str) -> None:
+  """Raises unless `path` is a regular file (a FIFO or device would block or never end)."""
+  if os.path.exists(path) and not os.path.isfile(path):
+    raise ValueError(f"{path}: not a regular file (a directory, FIFO, socket or device); refusing to read it")
+
+
+def _no_duplicates(pairs: list) -> dict:
+  twice = sorted(k for k, n in collections.Counter(k for k, _ in pairs).items() if n > 1)
+  if twice:
+    raise ValueError(f"keys given twice: {twice}")
+  return dict(pairs)
+
+
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """Memory-maps one .safetensors file into numpy arrays (bf16 via ml_dtypes)."""
+  """Memory-maps one .safetensors file into numpy arrays (bf16 and fp8 via ml_dtypes).
+
+  Raises ValueError naming the file and the problem: a short file, a header that is not a JSON object
+  or longer than the file, an unknown dtype, a bad shape or data_offsets outside the data."""
+  _regular_file(path)
+  size = os.path.getsize(path)
   with open(path, "rb") as f:
+    if size < 8:
+      raise ValueError(f"{path}: not a safetensors file ({size} bytes, less than the 8-byte header length)")
     (n,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(n))
-  mm = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
+    if n > min(size - 8, _MAX_HEADER):
+      raise ValueError(
+        f"{path}: not a safetensors file (header length {n}; {size - 8} bytes follow, limit {_MAX_HEADER})"
+      )
+    try:
+      header = json.loads(f.read(n), object_pairs_hook=_no_duplicates)
+    except ValueError as e:  # not JSON, not UTF-8, or a key given twice
+      raise ValueError(f"{path}: bad safetensors header: {e}") from None
+  if not isinstance(header, dict):
+    raise ValueError(f"{path}: bad safetensors header: a JSON {type(header).__name__}, not an object")
+  body = size - 8 - n
+  mm = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if body else np.zeros(0, np.uint8)
   out = {}
   for key, info in header.items():
-    if key == "__metadata__":
-      continue
-    start, end = info["data_offsets"]
-    out[key] = mm[start:end].view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
+    if key != "__metadata__":
+      out[key] = _tensor(mm, info, f"{path}: tensor {key!r}")
   return out
+
+
+def _tensor(data: np.ndarray, info, where: str) -> np.ndarray:
+  """One header entry {"dtype", "shape", "data_offsets": [begin, end]} as a view into `data`."""
+  if not isinstance(info, dict) or {"dtype", "shape", "data_offsets"} - set(info):
+    raise ValueError(f"{where}: header entry {info!r} needs dtype, shape and data_offsets")
+  dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+  if dtype not in _ST_DTYPES:
+    raise ValueError(f"{where}: unsupported dtype {dtype!r}; expected one of {sorted(_ST_DTYPES)}")
+  is_count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0
+  if not isinstance(shape, list) or not all(map(is_count, shape)):
+    raise ValueError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+  if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(is_count, offsets)):
+    raise ValueError(f"{where}: data_offsets {offsets!r} are not two non-negative integers")
+  (begin, end), itemsize = offsets, np.dtype(_ST_DTYPES[dtype]).itemsize
+  if not begin <= end <= data.size:
+    raise ValueError(f"{where}: data_offsets {offsets} outside the {data.size} data bytes (truncated file?)")
+  if end - begin != math.prod(shape) * itemsize:
+    raise ValueError(f"{where}: {end - begin} bytes for {dtype} of shape {shape} ({math.prod(shape) * itemsize} bytes)")
+  return data[begin:end].view(_ST_DTYPES[dtype]).reshape(shape)
 
 
 def read_checkpoint(src: str, pattern: str = "*.safetensors") -> dict[str, np.ndarray]:
   """All tensors of a checkpoint: a file (.safetensors / .pth / .pt / .bin) or a directory holding
-  an `*.index.json` (sharded), one or more `pattern` files, or a single .pth."""
+  an `*.index.json` (sharded), one or more `pattern` files, or a single .pth.
+
+  Raises ValueError (or FileNotFoundError) naming the file and what is wrong with it."""
   if os.path.isdir(src):
     index = sorted(glob.glob(os.path.join(src, "*.safetensors.index.json")))
     if index:
-      with open(index[0]) as f:
-        files = sorted(set(json.load(f)["weight_map"].values()))
-      files = [os.path.join(src, name) for name in files]
+      weight_map = _load_json(index[0]).get("weight_map")
+      names = list(weight_map.values()) if isinstance(weight_map, dict) else []
+      if not names or not all(
+        isinstance(n, str) and n == os.path.basename(n) and n not in ("", ".", "..") for n in names
+      ):
+        raise ValueError(f"{index[0]}: weight_map must map tensor names to file names in {src}")
+      files = [os.path.join(src, name) for name in sorted(set(names))]
     else:
       files = sorted(glob.glob(os.path.join(src, pattern))) or sorted(glob.glob(os.path.join(src, "*.pth")))
     if not files:
       raise FileNotFoundError(f"{src}: no {pattern}, *.safetensors.index.json or *.pth files")
-    out = {}
+    out, where = {}, {}
     for path in files:
-      out.update(read_checkpoint(path))
+      for key, value in read_checkpoint(path).items():
+        if key in out:
+          raise ValueError(f"{src}: tensor {key!r} is in both {where[key]} and {path}")
+        out[key], where[key] = value, path
     return out
   if not os.path.exists(src):
     raise FileNotFoundError(f"checkpoint not found: {src}")
-  if src.endswith(".safetensors"):
-    return read_safetensors(src)
-  sd = _torch_load(src)
-  sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-  return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+  return read_safetensors(src) if src.endswith(".safetensors") else _read_pth(src)
 
 
-def _torch_load(src: str):
+def read_weights(src: str) -> dict[str, np.ndarray]:
+  """`read_checkpoint(src)` for float parameters: ValueError naming the tensors not stored as floats
+  (an integer or bool weight is a broken or quantized file; it is not cast)."""
+  sd = read_checkpoint(src)
+  odd = sorted(f"{k} ({v.dtype})" for k, v in sd.items() if v.dtype not in FLOAT_DTYPES)
+  if odd:
+    raise ValueError(
+      f"{src}: tensors not stored as floats (no parameter takes them): {odd[:8]}{' ...' * (len(odd) > 8)}"
+    )
+  return sd
+
+
+def _read_pth(src: str) -> dict[str, np.ndarray]:
   """An original .pth release, read with torch (>= 2.6, weights_only=True: tensors only, no pickled code)."""
+  _regular_file(src)
   try:
     import torch  # pylint: disable=g-import-not-at-top  # only for original .pth releases
   except ImportError:
@@ -104,15 +184,41 @@ def _torch_load(src: str):
       f"{src}: torch {torch.__version__} is too old: .pth files are read only with torch >= 2.6 "
       "(torch.load with weights_only=True, which refuses pickled code)"
     )
-  return torch.load(src, map_location="cpu", weights_only=True, mmap=True)
+  try:  # memory-mapped where the format allows it (zip, torch >= 1.6); legacy files are read whole
+    sd = torch.load(src, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(src))
+  except pickle.UnpicklingError as e:
+    boilerplate = ("Please file an issue", "Check the documentation")
+    reason = next((ln for ln in str(e).splitlines()[1:] if ln.strip() and not ln.startswith(boilerplate)), str(e))
+    raise ValueError(f"{src}: refused, not a tensors-only torch file (no pickled code was run): {reason}") from None
+  except Exception as e:  # torch raises many types for a file that is not a checkpoint
+    first = (str(e).splitlines() or [""])[0]
+    raise ValueError(f"{src}: not a readable torch checkpoint ({type(e).__name__}: {first or 'no detail'})") from None
+  sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+  if not isinstance(sd, dict):
+    raise ValueError(f"{src}: not a state dict (a {type(sd).__name__}, not a dict of tensor name -> tensor)")
+  odd = sorted(f"{k!r}: {type(v).__name__}" for k, v in sd.items() if not isinstance(v, torch.Tensor))
+  if odd:
+    raise ValueError(f"{src}: not a flat state dict of tensors: {odd[:8]}{' ...' if len(odd) > 8 else ''}")
+  return {str(k): v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
 
 
 def read_json(src: str, name: str = "config.json") -> dict:
   path = os.path.join(src if os.path.isdir(src) else os.path.dirname(src), name)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: the model config is needed to build the model")
-  with open(path) as f:
-    return json.load(f)
+  return _load_json(path)
+
+
+def _load_json(path: str) -> dict:
+  """A JSON object from `path`; ValueError naming the file if it is not one."""
+  _regular_file(path)
+  try:
+    out = json.loads(_local_or_gcs(path).read_bytes())
+  except ValueError as e:  # not JSON or not UTF-8
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(out, dict):
+    raise ValueError(f"{path}: a JSON {type(out).__name__}, not an object")
+  return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +230,8 @@ BASE_PARAMS = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
 def assign(model: nnx.Module, arrays: Mapping[str, np.ndarray], source: str, dtype=jnp.float32) -> None:
   """Sets every base parameter of `model` from `arrays`, keyed by dotted parameter path.
 
-  Raises ValueError listing missing and unexpected keys, or naming a key whose shape differs.
+  Raises ValueError listing missing and unexpected keys, or naming a key whose shape differs or one
+  that holds NaN or inf.
   """
   state = nnx.state(model, BASE_PARAMS)
   flat = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(state)}
@@ -138,8 +245,17 @@ def assign(model: nnx.Module, arrays: Mapping[str, np.ndarray], source: str, dty
       raise ValueError(
         f"{source}: shape mismatch at {key}: checkpoint {tuple(arrays[key].shape)}, model {tuple(var.shape)}"
       )
-    var[...] = jnp.asarray(np.asarray(arrays[key], dtype=np.float32), dtype)
+    var[...] = jnp.asarray(host_weight(source, key, arrays[key], np.float32), dtype)
   nnx.update(model, state)
+
+
+def host_weight(source: str, key: str, value, dtype) -> np.ndarray:
+  """Parameter `key`'s weights cast to `dtype` on the host; ValueError naming `source` and `key` if
+  they hold NaN or inf after the cast."""
+  out = np.asarray(value).astype(dtype)
+  if not np.isfinite(out).all():
+    raise ValueError(f"{source}: {key} holds NaN or inf values ({np.dtype(dtype).name})")
+  return out
 
 
 def _linear(sd, src: str, dst: str, out: dict, pop: set, bias: bool = True) -> None:
@@ -344,11 +460,14 @@ def _checked(fn):
     except KeyError as e:
       raise ValueError(f"{src}: checkpoint is missing key {e.args[0]!r}") from None
     except ValueError as e:
-      if str(e).startswith(str(src)):
-        raise
-      raise ValueError(f"{src}: {e}") from None
+      raise _prefixed(src, e) from None
 
   return wrapper
+
+
+def _prefixed(src: str, e: ValueError) -> ValueError:
+  """`e`, its message starting with `src` (added unless it names `src` already)."""
+  return e if str(e).startswith(str(src)) else ValueError(f"{src}: {e}")
 
 
 @_checked
@@ -357,10 +476,10 @@ def wan_dit_from_diffusers(src: str, dtype=jnp.float32, **config_overrides):
   Wan2.1 release directory (`config.json` + `diffusion_pytorch_model*.safetensors`)."""
   from microverse_jax.models.wan_dit import WanDiT
 
-  cfg = wan_dit_config_from_json(read_json(src), **config_overrides)
+  cfg = _json_config("dit", src, **config_overrides)
   model = nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
   model = _materialize(model)
-  assign(model, wan_dit_arrays(read_checkpoint(src), cfg.num_layers), src, dtype)
+  assign(model, wan_dit_arrays(read_weights(src), cfg.num_layers), src, dtype)
   return model
 
 
@@ -381,10 +500,10 @@ def _build(model_cls, cfg) -> nnx.Module:
 @_checked
 def wan_vae_from_diffusers(src: str, dtype=jnp.float32, **config_overrides):
   """A WanVAE from a diffusers `AutoencoderKLWan.save_pretrained` directory."""
-  from microverse_jax.models.wan_vae import WanVAE, wan_vae_arrays, wan_vae_config_from_diffusers
+  from microverse_jax.models.wan_vae import WanVAE, wan_vae_arrays
 
-  model = _build(WanVAE, wan_vae_config_from_diffusers(read_json(src), **config_overrides))
-  assign(model, wan_vae_arrays(model, read_checkpoint(src), "diffusers"), src, dtype)
+  model = _build(WanVAE, _json_config("vae", src, **config_overrides))
+  assign(model, wan_vae_arrays(model, read_weights(src), "diffusers"), src, dtype)
   return model
 
 
@@ -397,7 +516,7 @@ def wan_vae_from_original(src: str, dtype=jnp.float32, **config_overrides):
   if os.path.isdir(src):
     src = os.path.join(src, "Wan2.1_VAE.pth")
   model = _build(WanVAE, WanVAEConfig.preset("wan2.1", **config_overrides))
-  assign(model, wan_vae_arrays(model, read_checkpoint(src), "original"), src, dtype)
+  assign(model, wan_vae_arrays(model, read_weights(src), "original"), src, dtype)
   return model
 
 
@@ -423,11 +542,11 @@ def wan_vae_from_path(src: str, dtype=jnp.float32):
 @_checked
 def umt5_from_transformers(src: str, dtype=jnp.float32, **config_overrides):
   """A UMT5Encoder from a transformers `UMT5EncoderModel.save_pretrained` directory."""
-  from microverse_jax.models.umt5 import UMT5Encoder, umt5_arrays, umt5_config_from_transformers
+  from microverse_jax.models.umt5 import UMT5Encoder, umt5_arrays
 
-  cfg = umt5_config_from_transformers(read_json(src), **config_overrides)
+  cfg = _json_config("umt5", src, **config_overrides)
   model = _build(UMT5Encoder, cfg)
-  assign(model, umt5_arrays(read_checkpoint(src), cfg.num_layers, "transformers"), src, dtype)
+  assign(model, umt5_arrays(read_weights(src), cfg.num_layers, "transformers"), src, dtype)
   return model
 
 
@@ -439,7 +558,7 @@ def umt5_from_original(src: str, dtype=jnp.float32, **config_overrides):
 
   if os.path.isdir(src):
     src = os.path.join(src, "models_t5_umt5-xxl-enc-bf16.pth")
-  sd = read_checkpoint(src)
+  sd = read_weights(src)
   cfg = umt5_config_from_original(sd, **config_overrides)
   model = _build(UMT5Encoder, cfg)
   assign(model, umt5_arrays(sd, cfg.num_layers, "original"), src, dtype)
@@ -528,8 +647,8 @@ def checkpoint_format(src: str) -> str:
 
 
 def _converted_meta(src: str, kind: str | None) -> dict:
-  meta = json.loads((_local_or_gcs(src) / "config.json").read_text())
-  if "kind" not in meta or "config" not in meta:
+  meta = _load_json(str(_local_or_gcs(src) / "config.json"))
+  if "kind" not in meta or not isinstance(meta.get("config"), dict):
     raise ValueError(f"{src}/config.json: not a converted checkpoint's config (needs 'kind' and 'config')")
   if kind is not None and meta["kind"] != kind:
     raise ValueError(f"{src}: a converted {meta['kind']!r} checkpoint, but a {kind!r} checkpoint was expected")
@@ -542,6 +661,54 @@ def _config_class(kind: str):
   from microverse_jax.models.wan_vae import WanVAEConfig
 
   return {"dit": WanDiTConfig, "vae": WanVAEConfig, "umt5": UMT5Config}[kind]
+
+
+def _json_config(kind: str, src: str, **overrides):
+  """The config of a diffusers / transformers (or original Wan2.1 DiT) config.json in or beside `src`.
+
+  Raises ValueError naming the file and the key that is missing or does not fit its field."""
+  from microverse_jax.models.umt5 import umt5_config_from_transformers
+  from microverse_jax.models.wan_vae import wan_vae_config_from_diffusers
+
+  parse = {"dit": wan_dit_config_from_json, "vae": wan_vae_config_from_diffusers, "umt5": umt5_config_from_transformers}
+  path = os.path.join(src if os.path.isdir(src) else os.path.dirname(src), "config.json")
+  raw = read_json(src)
+  try:
+    cfg = parse[kind](raw)
+  except KeyError as e:
+    raise ValueError(f"{path}: missing key {e.args[0]!r}") from None
+  except TypeError as e:
+    raise ValueError(f"{path}: a value of the wrong type ({e})") from None
+  _check_fields(cfg, path)
+  return dataclasses.replace(cfg, **overrides)
+
+
+def _check_fields(cfg, where: str) -> None:
+  """Raises ValueError naming `where` and the first field of dataclass `cfg` whose value does not fit
+  its annotation (ints must also be >= 0, floats finite), e.g. num_layers="two" from a config.json."""
+  hints = typing.get_type_hints(type(cfg))
+  for field in dataclasses.fields(cfg):
+    value, hint = getattr(cfg, field.name), hints[field.name]
+    if not _fits(value, hint):
+      raise ValueError(f"{where}: {field.name}={value!r} does not fit {getattr(hint, '__name__', hint)}")
+
+
+def _fits(value, hint) -> bool:
+  args = typing.get_args(hint)
+  if typing.get_origin(hint) in (typing.Union, types.UnionType):
+    return any(_fits(value, a) for a in args)
+  if typing.get_origin(hint) is tuple:
+    if not isinstance(value, (tuple, list)):
+      return False
+    items = args[:1] * len(value) if args[1:] == (Ellipsis,) else args
+    return len(items) == len(value) and all(map(_fits, value, items))
+  if hint in (int, float) and isinstance(value, bool):
+    return False
+  if hint is int:
+    return isinstance(value, int) and value >= 0
+  if hint is float:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+  return isinstance(value, hint)
 
 
 def _pytorch_layout(src: str, kind: str) -> tuple[str, str]:
@@ -571,27 +738,30 @@ def checkpoint_config(src: str, kind: str, **overrides):
     unknown = sorted(set(fields) - names)
     if unknown:
       raise ValueError(f"{src}/config.json: unknown {cls.__name__} fields {unknown}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in {**fields, **overrides}.items()})
+    try:
+      cfg = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    except TypeError as e:
+      raise ValueError(f"{src}/config.json: a value of the wrong type ({e})") from None
+    _check_fields(cfg, f"{src}/config.json")
+    return dataclasses.replace(cfg, **overrides)
   layout, path = _pytorch_layout(src, kind)
   try:
     if kind == "dit":
       cfg_path = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
       if os.path.exists(cfg_path):
-        return wan_dit_config_from_json(read_json(path), **overrides)
+        return _json_config(kind, path, **overrides)
       return wan_dit_config_from_state_dict(read_checkpoint(path), **overrides)
+    if layout in ("diffusers", "transformers"):
+      return _json_config(kind, path, **overrides)
     if kind == "vae":
-      from microverse_jax.models.wan_vae import WanVAEConfig, wan_vae_config_from_diffusers
+      from microverse_jax.models.wan_vae import WanVAEConfig
 
-      if layout == "diffusers":
-        return wan_vae_config_from_diffusers(read_json(path), **overrides)
       return WanVAEConfig.preset("wan2.1", **overrides)
-    from microverse_jax.models.umt5 import umt5_config_from_original, umt5_config_from_transformers
+    from microverse_jax.models.umt5 import umt5_config_from_original
 
-    if layout == "transformers":
-      return umt5_config_from_transformers(read_json(path), **overrides)
     return umt5_config_from_original(read_checkpoint(path), **overrides)
   except ValueError as e:
-    raise ValueError(f"{src}: {e}") from None
+    raise _prefixed(src, e) from None
 
 
 def pytorch_arrays(src: str, kind: str, cfg=None) -> tuple[dict[str, np.ndarray], str]:
@@ -600,7 +770,7 @@ def pytorch_arrays(src: str, kind: str, cfg=None) -> tuple[dict[str, np.ndarray]
   layout, path = _pytorch_layout(src, kind)
   try:
     if kind == "dit":  # the layer count is all the mapping needs: read it from the names
-      sd = read_checkpoint(path)
+      sd = read_weights(path)
       layout = "original Wan / DiffSynth" if any(_strip_prefix(k) == "head.head.weight" for k in sd) else layout
       blocks = [int(k.split(".")[1]) for k in map(_strip_prefix, sd) if k.startswith("blocks.")]
       return wan_dit_arrays(sd, 1 + max(blocks, default=-1)), layout
@@ -609,14 +779,14 @@ def pytorch_arrays(src: str, kind: str, cfg=None) -> tuple[dict[str, np.ndarray]
       from microverse_jax.models.wan_vae import WanVAE, wan_vae_arrays
 
       abstract = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
-      return wan_vae_arrays(abstract, read_checkpoint(path), layout), layout
+      return wan_vae_arrays(abstract, read_weights(path), layout), layout
     from microverse_jax.models.umt5 import umt5_arrays
 
-    return umt5_arrays(read_checkpoint(path), cfg.num_layers, layout), layout
+    return umt5_arrays(read_weights(path), cfg.num_layers, layout), layout
   except KeyError as e:
     raise ValueError(f"{src}: checkpoint is missing key {e.args[0]!r}") from None
   except ValueError as e:
-    raise ValueError(f"{src}: {e}") from None
+    raise _prefixed(src, e) from None
 
 
 def _key(entry) -> str:
@@ -686,7 +856,7 @@ def restore_params(src: str, target, kind: str | None = None):
 
     def put(path, leaf):
       key = ".".join(_key(k) for k in path)
-      host = np.asarray(arrays[key]).astype(flat_target[key].dtype)
+      host = host_weight(src, key, arrays[key], flat_target[key].dtype)
       sharding = getattr(leaf, "sharding", None)
       return jax.device_put(host, sharding) if sharding is not None else jnp.asarray(host)
 
@@ -759,7 +929,7 @@ def load_lora(src: str, model: nnx.Module, *, strict: bool = True) -> str:
   try:
     factors = lora.peft_to_lora(read_checkpoint(src), model.cfg.num_layers)
   except ValueError as e:
-    raise ValueError(f"{src}: {e}") from None
+    raise _prefixed(src, e) from None
   lora.set_lora(model, factors, src, strict=strict)
   how = "into the LoRA params" if model.cfg.lora_rank else "merged into the base kernels"
   print(f"loaded LoRA ({len(factors)} modules x {model.cfg.num_layers} blocks) {how}: {src}", flush=True)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from microverse_jax.convert import FLOAT_DTYPES
 from microverse_jax.models.layers import Dense
 
 
@@ -89,9 +90,12 @@ def peft_to_lora(sd: Mapping[str, np.ndarray], num_layers: int) -> dict[str, tup
   diffusers (`attn1.to_q`, `ffn.net.0.proj`), optionally prefixed (`diffusion_model.`, `transformer.`,
   `base_model.model.`, `pipe.dit.`). A `{module}.alpha` entry scales by alpha / r; without one the
   scale is 1 (DiffSynth / PEFT with lora_alpha = r, diffusers with no network alphas).
-  Raises ValueError listing keys it cannot place and modules with missing layers.
+  Raises ValueError listing keys it cannot place, or naming a tensor that is not a finite float
+  (alpha: a finite number), a factor given by two keys, and modules with missing layers or whose
+  lora_A and lora_B ranks differ or are 0.
   """
   factors: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+  keys: dict[tuple[str, int, str], str] = {}
   unplaced = []
   for key, value in sd.items():
     name = _strip(key)
@@ -101,7 +105,11 @@ def peft_to_lora(sd: Mapping[str, np.ndarray], num_layers: int) -> dict[str, tup
       unplaced.append(key)
       continue
     part = "alpha" if m.re is _ALPHA else ("a" if m.group(3) in ("lora_A", "lora_down") else "b")
-    factors.setdefault((ours, int(m.group(1))), {})[part] = np.asarray(value, np.float32)
+    layer = int(m.group(1))
+    if (ours, layer, part) in keys:
+      raise ValueError(f"{keys[ours, layer, part]!r} and {key!r} are the same LoRA tensor: keep one")
+    keys[ours, layer, part] = key
+    factors.setdefault((ours, layer), {})[part] = _finite(key, value, part)
   if unplaced:
     raise ValueError(
       f"LoRA keys that match no LoRA target of the Wan DiT ({sorted(WAN_BLOCK_MODULES)}): "
@@ -118,6 +126,11 @@ def peft_to_lora(sd: Mapping[str, np.ndarray], num_layers: int) -> dict[str, tup
         f"{module}: layers missing {absent}, beyond the model's {num_layers} {extra}, without both factors {half}"
       )
       continue
+    ranks = {i: (f["a"].shape[0], f["b"].shape[1]) for i, f in layers.items()}
+    bad = {i: r for i, r in sorted(ranks.items()) if r[0] != r[1] or r[0] == 0}
+    if bad:
+      problems.append(f"{module}: ranks of (lora_A, lora_B) differ or are 0, by layer: {bad}")
+      continue
     a_list, b_list = [], []
     for i in range(num_layers):
       f = layers[i]
@@ -130,8 +143,22 @@ def peft_to_lora(sd: Mapping[str, np.ndarray], num_layers: int) -> dict[str, tup
       continue
     out[module] = (np.stack(a_list), np.stack(b_list))
   if problems:
-    raise ValueError("LoRA file is incomplete:\n  " + "\n  ".join(problems))
+    raise ValueError("LoRA file is incomplete or inconsistent:\n  " + "\n  ".join(problems))
   return out
+
+
+def _finite(key: str, value, part: str) -> np.ndarray:
+  """A LoRA factor (a 2-D float tensor) or alpha (one number) as float32; ValueError naming `key` otherwise."""
+  value = np.asarray(value)
+  if part == "alpha":
+    if value.size != 1 or not (value.dtype in FLOAT_DTYPES or value.dtype.kind in "iu"):
+      raise ValueError(f"{key}: alpha must be one number, got {value.dtype} of shape {value.shape}")
+  elif value.ndim != 2 or value.dtype not in FLOAT_DTYPES:
+    raise ValueError(f"{key}: a LoRA factor must be a 2-D float tensor, got {value.dtype} of shape {value.shape}")
+  value = value.astype(np.float32)
+  if not np.isfinite(value).all():
+    raise ValueError(f"{key}: holds NaN or inf values")
+  return value
 
 
 def _put(var, value: np.ndarray) -> None:
@@ -156,7 +183,9 @@ def set_lora(
   for name, (a, b) in sorted(factors.items()):
     m = targets[name]
     kernel = m.kernel[...].shape  # (L, in, out)
-    if a.shape[:2] != kernel[:2] or b.shape[::2] != kernel[::2]:
+    if a.ndim != 3 or b.ndim != 3 or a.shape[2] != b.shape[1]:
+      problems.append(f"{name}: a {a.shape} and b {b.shape} are not (L, in, r) and (L, r, out)")
+    elif a.shape[:2] != kernel[:2] or b.shape[::2] != kernel[::2]:
       problems.append(f"{name}: file (L, in) {a.shape[:2]}, (L, out) {b.shape[::2]}; model {kernel[:2]}, {kernel[::2]}")
     elif m.lora_a is not None and a.shape[-1] > m.lora_a[...].shape[-1]:
       problems.append(f"{name}: file rank {a.shape[-1]} > model lora_rank {m.lora_a[...].shape[-1]}")
