@@ -19,6 +19,7 @@ import os
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compiling only: no TPU is held
 
 import dataclasses
+import importlib.util
 import math
 import re
 
@@ -87,6 +88,8 @@ def with_slices(c, num_slices: int, dcn_axis: str = "data"):
 def _topology_devices(topology: Topology, num_slices: int = 1) -> list:
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
+  if importlib.util.find_spec("libtpu") is None:  # JAX's own error is a traceback naming no package
+    raise ModuleNotFoundError("No module named 'libtpu' (compiling for a TPU topology needs it)", name="libtpu")
   kwargs = {"num_slices": num_slices} if num_slices > 1 else {}
   return list(topologies.get_topology_desc(platform="tpu", topology_name=topology.name, **kwargs).devices)
 

@@ -68,7 +68,7 @@ def missing_module_line(error: ImportError) -> str:
     return f"{head}: pip package {package!r}, a dependency of {core[0]}: pip install -e {PROJECTS[core[0]]}"
   if where:
     extras = " or ".join(sorted({f"{p}[{extra}]" for p, extra in where}))
-    project, extra = where[0]
+    project, extra = min(where, key=lambda w: w[1] == "test")  # a runtime extra before the test one
     return f"{head}: pip package {package!r}, from the extra {extras}: pip install -e '{PROJECTS[project]}[{extra}]'"
   return f"{head}: pip package {package!r}, not declared by {' or '.join(PROJECTS)}: pip install {package}"
 

@@ -67,3 +67,10 @@ def test_a_module_missing_inside_a_command_is_one_line_and_verbose_keeps_the_tra
   run = _run([*build, "--verbose"], shadow, tmp_path)
   assert run.returncode == 2 and "Traceback" in run.stderr
   assert run.stderr.strip().splitlines()[-1].startswith("error: missing module 'importlib_resources'")
+
+
+def test_the_scorer_names_a_missing_module_in_one_line(tmp_path):
+  run = _run(["microworldbench", "physics", "--help"], _without(tmp_path, "scipy"), tmp_path)
+  assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+    "microworldbench physics: error: missing module 'scipy': pip install -e ./bench (-e './bench[plots]' for plots)"
+  ], run.stderr[-3000:]

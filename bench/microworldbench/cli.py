@@ -5,7 +5,8 @@ Every parser's --help shows the program as `microworldbench <command>` (also und
 `python -m microworldbench`), keeps the description's line breaks, and shows each option's default.
 Flags are spelled with underscores (`--judge_url`), as in the library's CLIs; the hyphenated
 spellings (`--judge-url`) still parse, for one release. Bad input or a missing file is one line
-`microworldbench <command>: error: ...` and exit status 2; `--verbose` shows the traceback.
+`microworldbench <command>: error: ...` and exit status 2, and so is a package missing from the
+environment (naming how to install it); `--verbose` shows the traceback.
 """
 
 from __future__ import annotations
@@ -14,16 +15,13 @@ import argparse
 import sys
 import traceback
 
-from microworldbench import aggregate, agreement, evaluate, rubrics
-from microworldbench.physics import command as physics
 
-SUBCOMMANDS = (
-  rubrics.register_cli,
-  evaluate.register_cli,
-  aggregate.register_cli,
-  agreement.register_cli,
-  physics.register_cli,
-)
+def subcommands() -> tuple:
+  """Each subcommand's module (its `register_cli`), imported here: a missing package is one line (main)."""
+  from microworldbench import aggregate, agreement, evaluate, rubrics  # pylint: disable=g-import-not-at-top
+  from microworldbench.physics import command as physics  # pylint: disable=g-import-not-at-top
+
+  return (rubrics, evaluate, aggregate, agreement, physics)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -55,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     description="MicroWorldBench scorer: judge videos against the rubrics, aggregate the scores (no JAX).",
   )
   subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-  for register in SUBCOMMANDS:
-    register(subparsers)
+  for module in subcommands():
+    module.register_cli(subparsers)
   for sub in subparsers.choices.values():
     sub.formatter_class = HelpFormatter
     sub.add_argument("--verbose", action="store_true", help="on an error, show the whole traceback")
@@ -64,14 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  command = next((a for a in argv if not a.startswith("-")), "")
   try:
+    args = build_parser().parse_args(argv)
     return args.func(args)
+  except ImportError as e:  # a package this environment lacks
+    return _fail(command, e, f"missing module {e.name!r}: pip install -e ./bench (-e './bench[plots]' for plots)", argv)
   except (ValueError, OSError) as e:  # Bad input or a missing file: one clear line, no traceback.
-    if args.verbose:
-      traceback.print_exc()
-    print(f"microworldbench {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
-    return 2
+    return _fail(command, e, " ".join(str(e).split()), argv)
+
+
+def _fail(command: str, error: BaseException, message: str, argv: list[str]) -> int:
+  if "--verbose" in argv:
+    traceback.print_exception(error)
+  print(f"microworldbench {command}: error: {message}", file=sys.stderr)
+  return 2
 
 
 if __name__ == "__main__":

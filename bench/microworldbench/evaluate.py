@@ -4,10 +4,10 @@ Videos are `<index>.<ext>` in one folder. Each video is decoded once; its three 
 judged concurrently with the other items (`--concurrency` requests in flight). Re-running with the
 same `--out` judges only the items that are missing or failed. One run at a time owns an `--out`:
 it holds `<out>.lock` (its pid and host are written in it); a second run on the same `--out`
-stops at once naming that pid, or with --wait-for-lock waits for the first to finish.
+stops at once naming that pid, or with --wait_for_lock waits for the first to finish.
 
 --protocol official sends the official evaluator's request (its template, read from
---prompt-template; 8 frames at JPEG quality 100; a body of model + messages only; its parse rule).
+--prompt_template; 8 frames at JPEG quality 100; a body of model + messages only; its parse rule).
 The judge model and the protocol are recorded in every entry of the results file, and one file
 never mixes two. Entries that record neither (the official evaluator's files, older ones) are
 refused unless --adopt JUDGE_MODEL:PROTOCOL states that this run's judge and protocol made them.
@@ -240,11 +240,11 @@ def evaluate(
     )
   if protocol == "official":
     if template is None:
-      raise ValueError("--protocol official needs --prompt-template (official_judge_prompt.txt)")
+      raise ValueError("--protocol official needs --prompt_template (official_judge_prompt.txt)")
     if num_frames != official.NUM_FRAMES:
-      raise ValueError(f"--protocol official sends {official.NUM_FRAMES} frames, not --num-frames {num_frames}")
+      raise ValueError(f"--protocol official sends {official.NUM_FRAMES} frames, not --num_frames {num_frames}")
   elif template is not None:
-    raise ValueError("--prompt-template is used only with --protocol official")
+    raise ValueError("--prompt_template is used only with --protocol official")
   judge = Judge(settings)  # Checks the URL and the protocol before anything is read or locked.
   videos, ignored = find_videos(videos_dir)
   with FileLock(out + ".lock", f"--out {out}", wait=wait_for_lock):
@@ -516,7 +516,7 @@ def _main(args: argparse.Namespace) -> int:
     print(rubrics.summary(), file=sys.stderr)
   if args.protocol == "official" and (args.max_tokens or args.no_json_mode):
     raise ValueError(
-      "--max-tokens and --no-json-mode change the default protocol's body only; "
+      "--max_tokens and --no_json_mode change the default protocol's body only; "
       "--protocol official sends model + messages and nothing else"
     )
   template = official.load_template(args.prompt_template) if args.prompt_template else None

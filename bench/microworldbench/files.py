@@ -149,7 +149,7 @@ class FileLock:
       os.close(self._fd)
       if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
         raise LockHeld(
-          f"{what} is in use by pid {holder} (lock {path}); wait for it to finish, or pass --wait-for-lock"
+          f"{what} is in use by pid {holder} (lock {path}); wait for it to finish, or pass --wait_for_lock"
         ) from None
       raise
     os.ftruncate(self._fd, 0)

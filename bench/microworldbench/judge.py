@@ -62,14 +62,14 @@ def check_judge_url(url: str, allow_insecure: bool = False) -> str:
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname
   except ValueError as e:
-    raise ValueError(f"--judge-url {shown!r}: not a URL ({e})") from None
+    raise ValueError(f"--judge_url {shown!r}: not a URL ({e})") from None
   if parts.scheme not in ("http", "https") or not host:
     raise ValueError(
-      f"--judge-url {shown!r}: expected http(s)://host[:port][/v1], got scheme {parts.scheme!r} and host {host!r}"
+      f"--judge_url {shown!r}: expected http(s)://host[:port][/v1], got scheme {parts.scheme!r} and host {host!r}"
     )
   if parts.scheme == "http" and host not in LOCAL_HOSTS and not allow_insecure:
     raise ValueError(
-      f"--judge-url {shown!r}: plain http to another machine would send the API key "
+      f"--judge_url {shown!r}: plain http to another machine would send the API key "
       f"and the videos unencrypted; use https, or pass --allow-insecure-url"
     )
   return url
@@ -304,7 +304,7 @@ class Judge:
       except requests.RequestException as e:
         fatal = url_error(e, self._reached)
         if fatal:
-          raise JudgeFatalError(self._scrub(f"cannot reach {self.endpoint}: {fatal}; check --judge-url")) from None
+          raise JudgeFatalError(self._scrub(f"cannot reach {self.endpoint}: {fatal}; check --judge_url")) from None
         reason = f"connection error ({type(e).__name__})"
       else:
         self._reached = True
@@ -341,7 +341,7 @@ class Judge:
         elif status in _FATAL_STATUS:
           raise JudgeFatalError(
             self._scrub(
-              f"HTTP {status} from {self.endpoint}: {self._body(response)} (check --judge-url, "
+              f"HTTP {status} from {self.endpoint}: {self._body(response)} (check --judge_url, "
               f"--judge-model and the API key in {'/'.join(API_KEY_ENV)})"
             )
           )

@@ -91,7 +91,7 @@ class RubricSet:
 
 
 class RubricError(ValueError):
-  """A rubric file that cannot be scored (or has anomalies under --strict-rubrics)."""
+  """A rubric file that cannot be scored (or has anomalies under --strict_rubrics)."""
 
 
 def _parse_weight(value: Any, where: str) -> float:
@@ -226,7 +226,7 @@ def load_rubrics(path: str, tasks_path: str | None = None, strict: bool = False)
     anomalies = [a for a in anomalies if a.code != "string_weight"]  # All strings: the file's convention.
   result = RubricSet(path=path, tasks=tasks, anomalies=anomalies)
   if strict and anomalies:
-    raise RubricError(f"--strict-rubrics: anomalies found\n{result.summary()}")
+    raise RubricError(f"--strict_rubrics: anomalies found\n{result.summary()}")
   return result
 
 

@@ -170,7 +170,7 @@ def test_judge_url_must_be_https_or_local_http(url, ok):
   if ok:
     assert check_judge_url(url) == url
   else:
-    with pytest.raises(ValueError, match="--judge-url"):
+    with pytest.raises(ValueError, match="--judge_url"):
       check_judge_url(url)
   assert check_judge_url("http://judge.example.com/v1", allow_insecure=True)
   with pytest.raises(ValueError):
@@ -210,7 +210,7 @@ def test_url_errors_stop_the_run_at_once(bench_dir):
       _settings(url, retries=4, backoff=0.5, allow_insecure_url=True),
       concurrency=2,
     )
-    assert summary.fatal and why in summary.fatal and "--judge-url" in summary.fatal
+    assert summary.fatal and why in summary.fatal and "--judge_url" in summary.fatal
     assert summary.failed == 0 and time.monotonic() - t0 < 10  # No retries, no items failed.
 
 

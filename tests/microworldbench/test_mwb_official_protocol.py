@@ -222,7 +222,7 @@ def test_official_protocol_bad_flags(tmp_path, capsys):
     "--protocol",
     "official",
   ]
-  assert main(base) == 2 and "needs --prompt-template" in capsys.readouterr().err
+  assert main(base) == 2 and "needs --prompt_template" in capsys.readouterr().err
   bad = tmp_path / "t.txt"
   bad.write_text("Judge {dim_name} please.")
   assert main(base + ["--prompt-template", str(bad)]) == 2

@@ -41,7 +41,7 @@ def test_double_digit_numbering_is_ordered_and_reported(tmp_path):
   assert [c.text for c in crit] == [f"instruction criterion {i} of task 1" for i in range(1, 6)]
   renumbered = [a for a in rs.anomalies if a.code == "renumbered"]
   assert {(a.index, a.dimension) for a in renumbered} == {(1, d) for d in ("scientific", "visual", "instruction")}
-  with pytest.raises(RubricError, match="strict-rubrics"):
+  with pytest.raises(RubricError, match="strict_rubrics"):
     load_rubrics(_write(tmp_path, [make_task(1, numbering="double")], "s.json"), strict=True)
 
 
@@ -140,4 +140,4 @@ def test_rubrics_cli_reports_and_strict_fails(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "30 criteria, 6 penalties" in out and "renumbered x3" in out
   assert main(["rubrics", "--rubrics", path, "--strict-rubrics"]) == 2
-  assert "--strict-rubrics: anomalies found" in capsys.readouterr().err
+  assert "--strict_rubrics: anomalies found" in capsys.readouterr().err
