@@ -43,7 +43,7 @@ def describe(error: BaseException, argv: list[str]) -> str:
   text = str(error.args[0]) if error.args else str(error)
   if isinstance(error, OSError) and error.filename:
     return f"{error.strerror}: {error.filename}"
-  if isinstance(error, (AttributeError, KeyError)):
+  if isinstance(error, (AttributeError, KeyError)) and _raised_by_the_config(error):
     guess = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
     key = guess.group(2) if guess else re.sub(r"[\\'\"]", "", text).split("\\n")[0].split("\n")[0]
     given = [a.split("=")[0] for a in argv if a.startswith("--config.") and a.split("=")[0].endswith(f".{key}")]
@@ -53,7 +53,17 @@ def describe(error: BaseException, argv: list[str]) -> str:
     lines = text.splitlines()
     tried = [lines[i + 1].strip() for i, line in enumerate(lines[:-1]) if line.strip().startswith("Attempted")]
     return f"config file not found: {tried[0] if tried else lines[0]}"
+  if isinstance(error, (AttributeError, KeyError, TypeError)):  # not a config key: say what it is
+    return f"{type(error).__name__}: {' '.join(text.split())}"
   return " ".join(text.split())
+
+
+def _raised_by_the_config(error: BaseException) -> bool:
+  """Whether the innermost frame of the error is ml_collections' (a config key lookup or override)."""
+  tb = error.__traceback__
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return tb is not None and f"{os.sep}ml_collections{os.sep}" in tb.tb_frame.f_code.co_filename
 
 
 def _quiet_logs() -> None:

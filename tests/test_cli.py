@@ -113,3 +113,26 @@ def test_physics_eval_without_the_scorer_fails_before_compiling(monkeypatch):
     factory.validate(c, 1)
   c.eval.physics = 0
   factory.validate(c, 1)
+
+
+@pytest.mark.hostile
+def test_only_a_config_lookup_is_called_a_config_key(tmp_path):
+  """Issue 29, item 8: any AttributeError or KeyError was reported as "no such config key"."""
+  import ml_collections
+
+  from microverse_jax import cli, sample
+
+  def error_of(fn):
+    try:
+      fn()
+    except (AttributeError, KeyError) as e:
+      return e
+
+  config = ml_collections.ConfigDict({"optim": {"lr": 1.0}})
+  assert cli.describe(error_of(lambda: config.optim.lrr), []).startswith("config key 'lrr': no such config key")
+  not_config = error_of(lambda: (7).encode)
+  assert cli.describe(not_config, []) == "AttributeError: 'int' object has no attribute 'encode'"
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text('{"id": "a", "caption": 7}\n')
+  with pytest.raises(ValueError, match=r"prompts.jsonl:1: the caption is a int, not text"):
+    sample.load_prompts(str(prompts))
