@@ -54,8 +54,11 @@ def load_prompts(path: str, split: str | None = None) -> list[tuple[str, str]]:
         raise ValueError(f"{path}:{n}: not a JSON line") from None
       if not isinstance(row, dict) or "id" not in row or not (row.get("caption") or row.get("prompt")):
         raise ValueError(f"{path}:{n}: a prompt row needs 'id' and 'caption' (or 'prompt')")
+      caption = row.get("caption") or row["prompt"]
+      if not isinstance(caption, str):
+        raise ValueError(f"{path}:{n}: the caption is a {type(caption).__name__}, not text")
       if split is None or row.get("split") == split:
-        rows.append((str(row["id"]), row.get("caption") or row["prompt"]))
+        rows.append((str(row["id"]), caption))
   files.check_ids([i for i, _ in rows], what=f"prompt id in {path}")
   return rows
 
