@@ -146,15 +146,19 @@ def read_checkpoint(src: str, pattern: str = "*.safetensors") -> dict[str, np.nd
     if not files:
       raise FileNotFoundError(f"{src}: no {pattern}, *.safetensors.index.json or *.pth files")
     out, where = {}, {}
-    for path in files:
-      for key, value in read_checkpoint(path).items():
+    for path in files:  # files only: a folder named *.safetensors is refused, not walked
+      for key, value in _read_file(path).items():
         if key in out:
           raise ValueError(f"{src}: tensor {key!r} is in both {where[key]} and {path}")
         out[key], where[key] = value, path
     return out
   if not os.path.exists(src):
     raise FileNotFoundError(f"checkpoint not found: {src}")
-  return read_safetensors(src) if src.endswith(".safetensors") else _read_pth(src)
+  return _read_file(src)
+
+
+def _read_file(path: str) -> dict[str, np.ndarray]:
+  return read_safetensors(path) if path.endswith(".safetensors") else _read_pth(path)
 
 
 def read_weights(src: str) -> dict[str, np.ndarray]:

@@ -241,7 +241,7 @@ def test_weights_no_float_parameter_should_take_are_refused(dit_dir, tmp_path, c
   assert one_cli_line(capsys, src, tmp_path) == f"error: {src}: {message}"
 
 
-def test_a_fifo_in_a_checkpoint_folder_is_refused_not_read(tmp_path):
+def test_a_fifo_or_folder_named_like_a_checkpoint_file_is_refused_not_read(tmp_path):
   os.mkfifo(tmp_path / WEIGHTS)
   result = []
 
@@ -263,6 +263,11 @@ def test_a_fifo_in_a_checkpoint_folder_is_refused_not_read(tmp_path):
     str(result[0])
     == f"{tmp_path / WEIGHTS}: not a regular file (a directory, FIFO, socket or device); refusing to read it"
   )
+  os.remove(tmp_path / WEIGHTS)
+  os.mkdir(tmp_path / WEIGHTS)
+  save_file({"w": np.zeros(1, np.float32)}, str(tmp_path / WEIGHTS / "inner.safetensors"))
+  with pytest.raises(ValueError, match=r"diffusion_pytorch_model.safetensors: not a regular file"):
+    convert.read_checkpoint(str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,9 +276,7 @@ def test_a_fifo_in_a_checkpoint_folder_is_refused_not_read(tmp_path):
 @pytest.fixture(scope="module")
 def models():
   """(a tiny WanDiT without LoRA, one with rank-4 LoRA params): the delta is merged or loaded."""
-  return WanDiT(WanDiTConfig.preset("tiny"), rngs=nnx.Rngs(0)), WanDiT(
-    WanDiTConfig.preset("tiny", lora_rank=4), rngs=nnx.Rngs(0)
-  )
+  return tuple(WanDiT(WanDiTConfig.preset("tiny", lora_rank=r), rngs=nnx.Rngs(0)) for r in (0, 4))
 
 
 def peft(model, rank=4, suffix=".default.weight", seed=0) -> dict[str, np.ndarray]:
@@ -293,17 +296,13 @@ def peft(model, rank=4, suffix=".default.weight", seed=0) -> dict[str, np.ndarra
 
 def load_refused(model, sd, tmp_path, message):
   """Loading `sd` raises one ValueError matching `message`, and leaves every parameter of `model` as it was."""
-  path = save_lora(sd, tmp_path)
+  path = write_safetensors(tmp_path / "lora.safetensors", {k: np.asarray(v) for k, v in sd.items()})
   before = nnx.state(model, nnx.Param).to_pure_dict()
   with pytest.raises(ValueError, match=rf"(?s)lora.safetensors: .*{message}"):
     convert.load_lora(path, model)
   after = nnx.state(model, nnx.Param).to_pure_dict()
   for (key, a), (_, b) in zip(nnx.to_flat_state(nnx.State(before)), nnx.to_flat_state(nnx.State(after))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(key))
-
-
-def save_lora(sd, tmp_path) -> str:
-  return write_safetensors(tmp_path / "lora.safetensors", {k: np.asarray(v) for k, v in sd.items()})
 
 
 @pytest.mark.parametrize("with_lora", [False, True])
