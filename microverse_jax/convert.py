@@ -925,7 +925,7 @@ def load_lora(src: str, model: nnx.Module, *, strict: bool = True) -> str:
 
   if os.path.isdir(src):
     src = latest_lora(src)
-  elif not os.path.isfile(src):
+  elif not os.path.exists(src):
     raise FileNotFoundError(
       f"{src}: no such LoRA file; expected a .safetensors file of PEFT LoRA weights "
       "(DiffSynth/MicroVerse step-N.safetensors, diffusers or ComfyUI) or a directory of them"

@@ -241,7 +241,7 @@ def test_weights_no_float_parameter_should_take_are_refused(dit_dir, tmp_path, c
   assert one_cli_line(capsys, src, tmp_path) == f"error: {src}: {message}"
 
 
-def test_a_fifo_or_folder_named_like_a_checkpoint_file_is_refused_not_read(tmp_path):
+def test_a_fifo_or_folder_named_like_a_checkpoint_file_is_refused_not_read(models, tmp_path):
   os.mkfifo(tmp_path / WEIGHTS)
   result = []
 
@@ -263,6 +263,9 @@ def test_a_fifo_or_folder_named_like_a_checkpoint_file_is_refused_not_read(tmp_p
     str(result[0])
     == f"{tmp_path / WEIGHTS}: not a regular file (a directory, FIFO, socket or device); refusing to read it"
   )
+  os.mkfifo(tmp_path / "step-5.safetensors")
+  with pytest.raises(ValueError, match=r"step-5.safetensors: not a regular file"):
+    convert.load_lora(str(tmp_path / "step-5.safetensors"), models[0])
   os.remove(tmp_path / WEIGHTS)
   os.mkdir(tmp_path / WEIGHTS)
   save_file({"w": np.zeros(1, np.float32)}, str(tmp_path / WEIGHTS / "inner.safetensors"))
