@@ -24,6 +24,7 @@ TFDS metadata once every shard of the split exists (the CLI waits for all hosts 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -37,7 +38,7 @@ import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 from etils import epath
 
-from microverse_jax import input_pipeline
+from microverse_jax import files, input_pipeline
 
 VERSION = "1.0.0"
 VideoEncoder = Callable[[np.ndarray], np.ndarray]  # float32 (B, F, H, W, 3) in [-1, 1] -> (B, F', H', W', C)
@@ -133,6 +134,8 @@ def encode_split(
   name = f"{dataset}_latents"
   split_dir = epath.Path(out_dir) / name / VERSION
   split_dir.mkdir(parents=True, exist_ok=True)
+  settings = cache_settings(dataset, tokenizer.max_length, num_frames, height, width, frame_stride)
+  check_settings(split_dir, settings, write=process_index == 0)
   features = cache_features()
   num_shards = max(1, math.ceil(len(source) / shard_size))
   stats = {
@@ -207,25 +210,48 @@ def encode_split(
     stats["records"] += len(records)
     report(force=True)
   if process_index == 0:
-    stats["finalized"] = finalize(
-      out_dir,
-      dataset=dataset,
-      text_length=tokenizer.max_length,
-      num_frames=num_frames,
-      height=height,
-      width=width,
-      frame_stride=frame_stride,
-    )
+    stats["finalized"] = finalize(out_dir, settings)
   return stats
+
+
+def cache_settings(dataset: str, text_length: int, num_frames: int, height: int, width: int, frame_stride: int) -> dict:
+  """What a cache was encoded with: its TFDS metadata (metadata.json), which training checks its config against."""
+  return dict(
+    text_length=text_length,
+    num_frames=num_frames,
+    height=height,
+    width=width,
+    frame_stride=frame_stride,
+    source_dataset=dataset,
+  )
+
+
+def check_settings(split_dir: epath.Path, settings: dict, write: bool) -> None:
+  """Refuses to add shards to a cache encoded with other settings (it would mix shapes under metadata
+  naming only the new ones); a new cache records its settings first (`write`: process 0)."""
+  path = split_dir / "metadata.json"
+  if not path.exists():
+    if write:
+      files.write_text(path, json.dumps(settings))
+    return
+  try:
+    recorded = json.loads(path.read_text())
+  except ValueError:
+    raise ValueError(f"{path}: not JSON; delete the cache folder {split_dir} to encode again") from None
+  differ = [f"{k} {recorded.get(k)} (asked: {v})" for k, v in settings.items() if recorded.get(k) != v]
+  if differ:
+    raise ValueError(
+      f"the latent cache {split_dir} was encoded with {', '.join(differ)}: give another --out, "
+      "or delete that folder to encode again"
+    )
 
 
 _SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<split>[^-.]+)\.array_record-(?P<shard>\d{5})-of-(?P<total>\d{5})$")
 
 
-def finalize(
-  out_dir: str, *, dataset: str, text_length: int, num_frames: int, height: int, width: int, frame_stride: int
-) -> bool:
+def finalize(out_dir: str, settings: dict) -> bool:
   """Writes TFDS metadata for every split whose shards are all present; False if none is complete."""
+  dataset = settings["source_dataset"]
   name = f"{dataset}_latents"
   split_dir = epath.Path(out_dir) / name / VERSION
   shards: dict[str, dict[int, epath.Path]] = {}
@@ -240,10 +266,10 @@ def finalize(
     return False
   template = tfds.core.ShardedFileTemplate(data_dir=split_dir, dataset_name=name, filetype_suffix="array_record")
   split_infos = []
-  for split, files in sorted(complete.items()):
+  for split, paths in sorted(complete.items()):
     lengths = []
     for i in range(totals[split]):
-      reader = array_record_module.ArrayRecordReader(os.fspath(files[i]))
+      reader = array_record_module.ArrayRecordReader(os.fspath(paths[i]))
       lengths.append(reader.num_records())
       reader.close()
     split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=0, filename_template=template))
@@ -255,14 +281,7 @@ def finalize(
     filename_template=template,
     check_data=False,
     description=f"Wan-VAE latents and text-encoder states of {dataset}.",
-    metadata=tfds.core.MetadataDict(
-      text_length=text_length,
-      num_frames=num_frames,
-      height=height,
-      width=width,
-      frame_stride=frame_stride,
-      source_dataset=dataset,
-    ),
+    metadata=tfds.core.MetadataDict(settings),
   )
   return True
 
@@ -378,6 +397,9 @@ def main(argv: list[str] | None = None) -> None:
   args = parser().parse_args(argv)
   from microverse_jax.models.umt5 import UMT5Tokenizer  # pylint: disable=g-import-not-at-top
 
+  settings = cache_settings(args.dataset, args.text_length, args.num_frames, args.height, args.width, args.frame_stride)
+  split_dir = epath.Path(args.out_dir) / f"{args.dataset}_latents" / VERSION
+  check_settings(split_dir, settings, write=False)  # before the encoders load: a mismatch costs nothing
   video_encoder, text_encoder = sharded_encoders(
     load_encoder(args.vae, "vae", args.dtype), load_encoder(args.text_encoder, "umt5", args.dtype)
   )
@@ -406,15 +428,7 @@ def main(argv: list[str] | None = None) -> None:
 
     multihost_utils.sync_global_devices("microverse_jax.encode")
     if jax.process_index() == 0 and not stats["finalized"]:
-      stats["finalized"] = finalize(
-        args.out_dir,
-        dataset=args.dataset,
-        text_length=args.text_length,
-        num_frames=args.num_frames,
-        height=args.height,
-        width=args.width,
-        frame_stride=args.frame_stride,
-      )
+      stats["finalized"] = finalize(args.out_dir, settings)
   print(stats)
 
 

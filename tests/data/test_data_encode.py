@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import ml_dtypes
 import numpy as np
@@ -119,7 +120,7 @@ def test_resume_shard_by_shard(synth_train, tmp_path):
     _encode(synth_train, interrupted, video_encoder=CountingEncoder(fail_after=5))  # 2 batches per shard
   split_dir = interrupted / "microsim_synth_latents" / "1.0.0"
   names = sorted(p.name for p in split_dir.iterdir())
-  assert names == [f"microsim_synth_latents-train.array_record-0000{i}-of-00003" for i in range(2)]
+  assert names == ["metadata.json", *(f"microsim_synth_latents-train.array_record-0000{i}-of-00003" for i in range(2))]
   with pytest.raises(ValueError, match="not found"):  # no metadata until every shard exists
     input_pipeline.load_source("microsim_synth_latents", "train", str(interrupted))
   (split_dir / ".microsim_synth_latents-train.array_record-00002-of-00003.x.tmp").write_bytes(b"partial")
@@ -314,3 +315,24 @@ def test_load_encoder_takes_either_format(tmp_path, capsys):
     encode.load_encoder(str(tmp_path), "vae")
   with pytest.raises(ValueError, match="kind='dit'"):
     encode.load_encoder(str(tmp_path / "vae"), "dit")
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+  "change,says",
+  [
+    (dict(num_frames=5), "num_frames 9 (asked: 5)"),
+    (dict(height=8, width=8), "height 16 (asked: 8), width 24 (asked: 8)"),
+    (dict(tokenizer=input_pipeline.ByteTokenizer(8)), f"text_length {L} (asked: 8)"),
+  ],
+)
+def test_a_rerun_with_other_settings_is_refused_before_writing(synth_train, tmp_path, change, says):
+  """Issue 29, item 3: a rerun into the same --out with other frames, size or text length kept the old
+  shards beside new ones of another shape, under metadata naming only the new settings."""
+  first = _encode(synth_train, tmp_path, shard_size=len(synth_train) // 2 + 1, process_index=0, process_count=2)
+  assert not first["finalized"]  # a partial cache: its settings are recorded all the same
+  cache = tmp_path / "microsim_synth_latents" / encode.VERSION
+  before = sorted(p.name for p in cache.iterdir())
+  with pytest.raises(ValueError, match=rf"the latent cache {cache} was encoded with {re.escape(says)}: give another"):
+    _encode(synth_train, tmp_path, **change)
+  assert sorted(p.name for p in cache.iterdir()) == before
