@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import os
 
 import jax
@@ -111,6 +112,44 @@ def config_settings(c) -> dict:
   )
 
 
+# Sampling settings that would silently give garbage: NaN guidance or a shift <= 0 (black frames), 0 steps (the noise
+# itself), fps <= 0 (the encoder's 24). check_settings refuses them, naming each as the user gave it.
+RULES = {
+  "steps": (lambda v: v >= 1, "a whole number >= 1"),
+  "guidance": (math.isfinite, "a finite number"),
+  "shift": (lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+  "step_cache": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0 (0: off)"),
+  "fps": (lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+}
+CONFIG_KEYS = {
+  "steps": "eval.sample_steps",
+  "guidance": "eval.guidance",
+  "shift": "diffusion.shift",
+  "step_cache": "eval.step_cache",
+  "fps": "eval.fps",
+}
+
+
+def check_settings(settings: dict, c=None, prefix: str = "") -> None:
+  """Raises ValueError on the first setting outside RULES, named `{prefix}{key}`; a setting absent from `settings`
+  is checked as config `c` gives it, named by its config key."""
+  for key, (ok, rule) in RULES.items():
+    name, value = f"{prefix}{key}", settings.get(key)
+    if value is None and c is not None:
+      name, value = CONFIG_KEYS[key], _config_value(c, CONFIG_KEYS[key])
+    if value is not None and not ok(value):
+      raise ValueError(f"{name}={value}: expected {rule}")
+
+
+def _config_value(c, key: str):
+  """The value of dotted `key` in config `c`, None where absent."""
+  for part in key.split("."):
+    if part not in c:
+      return None
+    c = c[part]
+  return c
+
+
 def save_video(frames: np.ndarray, path: str, *, fps: float = 15.0, strip: bool = False) -> None:
   """Writes uint8 (F, H, W, 3) to `path` (mp4) atomically; `strip`: also a PNG of 8 frames beside it."""
   files.write_bytes(path, video.encode_mp4(frames, fps))
@@ -140,6 +179,7 @@ class Pipeline:
     (WORKDIR/config.json) and encoders."""
     from microverse_jax import saved_config  # pylint: disable=g-import-not-at-top
 
+    files.require_kind(workdir, ("run",), "--workdir")
     c = config or saved_config.get_config(workdir)
     return cls.build(c, factory.load_dit(c, workdir=workdir))
 
@@ -148,6 +188,8 @@ class Pipeline:
     """A diffusers WanPipeline directory (transformer/, vae/, text_encoder/, tokenizer/: all four are
     used), or a DiT checkpoint alone (converted, exported or PyTorch) with the encoders that
     `config` names (default configs/wan2_1.py, whose encoders are random unless its init_froms are set)."""
+    if files.folder_kind(checkpoint) == "run":
+      raise ValueError(f"--checkpoint={checkpoint}: {files.KINDS['run']}, not a checkpoint; give it as --workdir")
     if config is None:
       from microverse_jax.configs import wan2_1  # pylint: disable=g-import-not-at-top
 
@@ -181,6 +223,7 @@ class Pipeline:
     """uint8 videos (F, H, W, 3), one per prompt. `settings` override the config's: steps,
     guidance, shift, sampler, negative_prompt, batch_size, noise_ids, progress."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    check_settings(settings, self.config)
     shape = factory.latent_shape(self.config, num_frames, height, width)
     return generate(
       self.model,

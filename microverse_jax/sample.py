@@ -93,13 +93,23 @@ def jobs_from_flags(F) -> list[tuple[int, str, str]]:
   return [job for job in jobs if not os.path.exists(job[2])]
 
 
+def check_flags(F, c) -> None:
+  """Refuses, before anything runs, a size or sampling value that would give no video, a black, noisy or mis-timed
+  one (pipeline.RULES): one line naming the flag, or the config key the value comes from."""
+  for name in ("num_frames", "height", "width", "batch_size"):
+    if F[name].value is not None and F[name].value < 1:
+      raise ValueError(f"--{name}={F[name].value}: expected a whole number >= 1")
+  pipeline.check_settings({k: F[k].value for k in pipeline.RULES}, c, prefix="--")
+  factory.latent_shape(c, F.num_frames, F.height, F.width)  # a size the autoencoder takes
+
+
 def main(argv):
   del argv
   F = flags.FLAGS
   c = F.config
   if c is None or not (F.workdir or F.checkpoint):
     raise ValueError("give --workdir (its config.json is the config), or --checkpoint with --config")
-  factory.latent_shape(c, F.num_frames, F.height, F.width)  # fails fast on a bad size
+  check_flags(F, c)
   jobs = jobs_from_flags(F)
   print(f"{len(jobs)} videos to generate", flush=True)
   if not jobs:

@@ -148,3 +148,41 @@ def test_the_readme_python_example_runs(trained, tmp_path, monkeypatch):
   exec(snippet.replace('"workdir/tiny"', repr(workdir)), {})  # pylint: disable=exec-used
   with av.open(str(tmp_path / "out.mp4")) as container:
     assert len(list(container.decode(container.streams.video[0]))) == 5
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+  "flag,named",
+  [
+    ("--guidance=nan", "--guidance=nan"),
+    ("--shift=0", "--shift=0"),
+    ("--shift=-1", "--shift=-1"),
+    ("--steps=0", "--steps=0"),
+    ("--fps=0", "--fps=0"),
+    ("--num_frames=-3", "--num_frames=-3"),
+    ("--config.eval.guidance=nan", "eval.guidance=nan"),
+  ],
+)
+def test_a_value_that_would_give_a_garbage_video_is_refused_before_anything_runs(trained, tmp_path, flag, named):
+  """NaN guidance or shift <= 0 made a black mp4, 0 steps pure noise, fps 0 a 24 fps file, all with status 0."""
+  _, workdir = trained
+  out = tmp_path / "out.mp4"
+  run = _run([f"--workdir={workdir}", "--prompt=cells divide", f"--out={out}", flag])
+  assert run.returncode == 2 and not out.exists(), run.stderr[-2000:]
+  assert run.stderr.strip().splitlines() == [run.stderr.strip()] and named in run.stderr, run.stderr
+  assert "videos to generate" not in run.stdout
+
+
+@pytest.mark.hostile
+def test_the_pipeline_refuses_garbage_settings_from_its_config_or_its_arguments():
+  c = microsim_tiny.get_config("test")
+  c.eval.guidance = float("nan")
+  pipe = pipeline.Pipeline(c, None, None, None)  # refused before the model is used
+  with pytest.raises(ValueError, match=r"eval\.guidance=nan: expected a finite number"):
+    pipe(["cells divide"])
+  c.eval.guidance = 5.0
+  c.eval.sample_steps = 0
+  with pytest.raises(ValueError, match=r"eval\.sample_steps=0"):
+    pipe(["cells divide"])
+  with pytest.raises(ValueError, match=r"^shift=-1\.0: expected a number > 0"):
+    pipe(["cells divide"], steps=2, shift=-1.0)
