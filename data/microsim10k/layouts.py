@@ -14,8 +14,9 @@ Video paths are relative to the folder of their metadata file (both conventions 
 must stay inside the manual dir. A split comes from a `split` column, else from the metadata file's
 path (a folder or file-name token `train`, `validation`/`valid`/`val`/`dev`, `test`), else none.
 
-Rows are never fatal: a line that is not UTF-8 or not JSON, a row that is not an object, text with a
-lone surrogate, a NUL byte in a path, each becomes a `Row` with a `reason`. A file that can't be read
+Rows are never fatal: a line that is not UTF-8 or not JSON, a row that is not an object, a CSV field
+over 128 KB (its own row only), text with a lone surrogate, a NUL byte in a path, each becomes a `Row`
+with a `reason`. A missing id (null, blank, NaN) is the video path, as an absent id column. A file that can't be read
 or lacks the columns is fatal before anything is built (an unknown layout: the error names the files
 seen and the flags to pass).
 """
@@ -26,6 +27,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import posixpath
 import re
@@ -50,6 +52,7 @@ SPLITS = {
   "testing": "test",
 }
 METADATA_CAP = 1024 << 20  # bytes; a metadata file larger than 1 GiB is not MicroSim-10K
+CSV_FIELD_CAP = 128 << 10  # characters; a CSV field longer than this (csv's own default limit) skips its row
 FLAGS_HINT = (
   "pass --metadata=NAME_OR_GLOB (relative to --manual_dir) and, where the columns differ, "
   "--video_key, --caption_key, --id_key"
@@ -200,14 +203,32 @@ def parse_rows(path: str, data: bytes) -> list[dict | str]:
 
 
 def _parse_csv(text: str) -> list[dict | str]:
-  reader, rows = csv.DictReader(io.StringIO(text, newline="")), []
-  while True:
-    try:
-      rows.append(next(reader))
-    except StopIteration:
-      return rows
-    except csv.Error as e:
-      rows.append(f"CSV row not readable: {e}")
+  """Rows of a CSV file. Every field is read whole (csv's limit would stop mid-field, and the rest of a
+  quoted multi-line field would be read as rows): a field over CSV_FIELD_CAP skips exactly its own row."""
+  limit = csv.field_size_limit()
+  csv.field_size_limit(max(limit, len(text) + 1))
+  try:
+    reader, rows = csv.DictReader(io.StringIO(text, newline="")), []
+    while True:
+      try:
+        row = next(reader)
+      except StopIteration:
+        return rows
+      except csv.Error as e:
+        rows.append(f"CSV row not readable: {e}")
+        continue
+      long = _oversized_field(row)
+      rows.append(row if long is None else f"CSV field {long!r} longer than {CSV_FIELD_CAP} characters")
+  finally:
+    csv.field_size_limit(limit)
+
+
+def _oversized_field(row: dict) -> str | None:
+  """The column of the first field of `row` over CSV_FIELD_CAP (extra fields: column None), or None."""
+  for key, value in row.items():
+    if any(isinstance(v, str) and len(v) > CSV_FIELD_CAP for v in (value if isinstance(value, list) else [value])):
+      return key
+  return None
 
 
 def _pick(columns: list[str], flag: str | None, defaults: tuple[str, ...]) -> str | None:
@@ -222,6 +243,13 @@ def _valid_text(value: str) -> bool:
   except UnicodeEncodeError:
     return False
   return True
+
+
+def _missing(value: object) -> bool:
+  """An absent id: None (a Parquet null), blank, or NaN (a pandas-written gap); the path stands in for it."""
+  return (
+    value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and math.isnan(value))
+  )
 
 
 def row_path(folder: str, value: object) -> tuple[str | None, str | None]:
@@ -250,7 +278,7 @@ def _convert(file: str, n: int, raw: dict | str, keys: Keys, split: str | None) 
   raw_video = raw.get(keys.video)
   video, reason = row_path(posixpath.dirname(file), raw_video)
   raw_id = raw.get(keys.id) if keys.id else None
-  clip_id = str(raw_id).strip() if raw_id not in (None, "") else video
+  clip_id = video if _missing(raw_id) else str(raw_id).strip()
   caption = raw.get(keys.caption)
   row_split = raw.get(SPLIT_KEY) if raw.get(SPLIT_KEY) not in (None, "") else split
   row_split = str(row_split).strip().lower() if row_split is not None else None

@@ -225,3 +225,41 @@ def test_export_prompts_twice_replaces_the_file_and_checks_ids(tmp_path, monkeyp
   monkeypatch.setattr(files, "check_ids", lambda ids, *a, **k: checked.extend(ids) or list(ids))
   export_prompts(path, num_clips=2, num_frames=5, size=16)
   assert checked == ["synth_000000", "synth_000001"]
+
+
+def test_an_oversized_quoted_csv_caption_skips_exactly_its_own_row(tmp_path, mp4):
+  """A multi-line caption over csv's 128 KB field limit stopped the reader mid-field: its continuation
+  lines were parsed as rows, and one became a training clip."""
+  root = _manual(tmp_path / "m", mp4, [], names=("ok1", "ok2", "ok3", "ok4"))
+  (root / "metadata.jsonl").unlink()
+  big = "a" * 140_000
+  (root / "metadata.csv").write_text(
+    "id,video,prompt\nok1,videos/ok1.mp4,good\n"
+    f'big,videos/ok2.mp4,"{big}\ninjected,videos/ok4.mp4,a continuation line\nend of the caption"\n'
+    "ok3,videos/ok3.mp4,fine\n"
+  )
+  ids, reasons = _build(root, tmp_path / "out")
+  assert ids == ["ok1", "ok3"]
+  assert reasons == {"row1": "CSV field 'prompt' longer than 131072 characters"}
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_nan_ids_fall_back_to_the_video_path_like_absent_ones(tmp_path, mp4, kind):
+  """A NaN id (a pandas-written gap) became the string 'nan': all but one such row were dropped as duplicates."""
+  root = _manual(tmp_path / "m", mp4, [])
+  (root / "metadata.jsonl").unlink()
+  table = {
+    "id": [float("nan"), float("nan"), 7.0],
+    "video": ["videos/ok1.mp4", "videos/ok2.mp4", "videos/ok3.mp4"],
+    "prompt": ["one", "two", "three"],
+  }
+  rows = [dict(zip(table, values)) for values in zip(*table.values())]
+  if kind == "jsonl":
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))  # NaN: json's literal
+  else:
+    import pyarrow as pa  # pylint: disable=import-outside-toplevel
+    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+
+    pq.write_table(pa.table(table), root / "metadata.parquet")
+  ids, reasons = _build(root, tmp_path / f"out_{kind}")
+  assert ids == ["7.0", "videos/ok1.mp4", "videos/ok2.mp4"] and reasons == {}
