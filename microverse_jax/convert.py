@@ -38,6 +38,8 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from microverse_jax.models.layers import FLOAT_DTYPES
+
 _ST_DTYPES = {
   "F64": np.float64,
   "F32": np.float32,
@@ -55,8 +57,6 @@ _ST_DTYPES = {
   "U8": np.uint8,
   "BOOL": np.bool_,
 }
-# What a weight may be stored as: any of these is cast to the parameter's dtype, nothing else is.
-FLOAT_DTYPES = frozenset(np.dtype(_ST_DTYPES[k]) for k in ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"))
 _MAX_HEADER = 100_000_000  # bytes; the safetensors library's own limit
 
 

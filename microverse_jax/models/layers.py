@@ -10,8 +10,15 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
+
+# What a stored weight may be (cast to its parameter's dtype on load); integers and booleans are refused.
+FLOAT_DTYPES = frozenset(
+  np.dtype(t)
+  for t in (np.float64, np.float32, np.float16, ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2)
+)
 
 Axes = tuple[str | None, ...]
 

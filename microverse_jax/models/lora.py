@@ -17,8 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from microverse_jax.convert import FLOAT_DTYPES
-from microverse_jax.models.layers import Dense
+from microverse_jax.models.layers import FLOAT_DTYPES, Dense
 
 
 def merge_lora(model: nnx.Module) -> nnx.Module:
