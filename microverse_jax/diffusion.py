@@ -66,10 +66,15 @@ class FlowMatching:
 
     x0, noise: (B, ...). Returns x_t (like x0), t (B,), target (like x0, fp32), weight (B,).
     """
-    sigma = jnp.asarray(self.sigmas)[index]
+    x_t, t, target = self.noised(x0, noise, jnp.asarray(self.sigmas)[index])
+    return x_t, t, target, jnp.asarray(self.loss_weights)[index]
+
+  @staticmethod
+  def noised(x0: jax.Array, noise: jax.Array, sigma: jax.Array):
+    """Noisy input, timestep t = 1000 sigma and velocity target at noise levels `sigma` (B,)."""
     s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
     x_t = (1 - s) * x0 + s * noise
-    return x_t, sigma * NUM_TRAIN_TIMESTEPS, (noise - x0).astype(jnp.float32), jnp.asarray(self.loss_weights)[index]
+    return x_t, sigma * NUM_TRAIN_TIMESTEPS, (noise - x0).astype(jnp.float32)
 
   def velocity(self, out: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
     """The velocity of model output `out` at timesteps t (B,), the x0 denominator clipped at 0.05."""

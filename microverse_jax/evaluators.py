@@ -12,13 +12,15 @@ from microverse_jax import diffusion, factory, pipeline
 
 
 def make_eval_step(c, graphdef):
-  """Held-out loss at one fixed timestep bucket with fixed noise: comparable across runs."""
+  """Held-out velocity loss (unweighted) at timestep t = `bucket` (sigma = t / 1000, high t = high noise)
+  with fixed noise: comparable across runs, whatever their shift."""
   fm = diffusion.FlowMatching.from_config(c.diffusion)
 
   def eval_step(params, frozen, latents, context, valid, bucket, key):
     model = nnx.merge(graphdef, params, frozen)
     noise = jax.random.normal(key, latents.shape, jnp.float32)
-    x_t, t, target, _ = fm.training_inputs(latents, noise, jnp.full((latents.shape[0],), bucket))
+    sigma = jnp.full((latents.shape[0],), bucket / diffusion.NUM_TRAIN_TIMESTEPS, jnp.float32)
+    x_t, t, target = fm.noised(latents, noise, sigma)
     v = fm.velocity(model(x_t, t, context), x_t, t)
     per = jnp.mean(jnp.square(v - target), axis=tuple(range(1, latents.ndim)))
     return jnp.sum(per * valid), jnp.sum(valid)
@@ -27,7 +29,8 @@ def make_eval_step(c, graphdef):
 
 
 def held_out_loss(c, tokenizer, eval_step, encode, state, frozen, enc_state, mesh, rules) -> dict:
-  """Validation flow-matching loss per timestep bucket (fixed noise, fixed batches)."""
+  """Validation flow-matching loss at each timestep of `eval.buckets` as eval/loss_t<t>, and their mean
+  (fixed noise, fixed batches)."""
   it = factory.load_batches(c, tokenizer, "validation", seed=0, shuffle=False, num_epochs=1, drop_remainder=False)
   sums = {b: [0.0, 0.0] for b in c.eval.buckets}
   for i, raw in zip(range(c.eval.num_batches), it):
