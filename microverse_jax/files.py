@@ -1,16 +1,23 @@
-"""Files written safely: atomic writes (a reader sees the old file or the new one, never a partial
-one) and ids that become file names.
+"""Files and folders written safely: atomic writes (a reader sees the old file or the new one, never a
+partial one), folders that say what they are, and ids that become file names.
 
 Local paths: a uniquely named temp file in the same folder, fsync, `os.replace` over the target,
 fsync of the folder. Remote paths (gs://): a uniquely named temp object, then a copy over the
 target (GCS object writes are atomic per object) and the temp removed.
+
+Every folder the project writes holds `artifact.json`, {"artifact": KIND} with KIND a key of `KINDS`
+(run, checkpoint, diffusers); `folder_kind` reads it, or infers the kind of a folder written before it
+from what the folder holds. `require_kind` is the one check a command makes before it reads or replaces
+a folder; `write_folder` writes one whole or not at all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from typing import Callable, Iterable
@@ -71,6 +78,130 @@ def fsync_folder(folder: str) -> None:
       os.fsync(fd)
     finally:
       os.close(fd)
+
+
+# ------------------------------------------------------------------------------ folders
+MARKER = "artifact.json"
+KINDS = {  # what a folder is, as error messages name it
+  "run": "a training run's workdir",
+  "checkpoint": "a converted checkpoint",
+  "diffusers": "a diffusers model folder",
+  "cache": "a latent cache",
+  "weights": "a folder of PyTorch weights",  # kinds below are inferred only, never written
+  "other": "a folder of other files",
+  "file": "a file",
+}
+
+
+def folder_kind(path) -> str | None:
+  """What `path` is (a key of KINDS), or None when it is absent or an empty folder. Its artifact.json
+  says; a folder without one (written by an earlier version, or by other tools) is known by what it
+  holds: checkpoints/ a run, params/ a converted checkpoint, *_latents/ a latent cache, config.json
+  a run's config, a converted checkpoint's, or a diffusers / PyTorch model's."""
+  path = epath.Path(path).expanduser()
+  if not path.exists():
+    return None
+  if not path.is_dir():
+    return "file"
+  names = {p.name for p in path.iterdir()}
+  if MARKER in names:
+    kind = _json_object(path / MARKER).get("artifact")
+    if kind not in KINDS:
+      raise ValueError(f"{path / MARKER}: artifact={kind!r}, expected one of {sorted(KINDS)}")
+    return kind
+  if not names:
+    return None
+  if "checkpoints" in names:
+    return "run"
+  if "params" in names:
+    return "checkpoint"
+  if "dataset_info.json" in names or any(n.endswith("_latents") for n in names):
+    return "cache"
+  config = _json_object(path / "config.json", strict=False) if "config.json" in names else {}
+  if {"kind", "config"} <= set(config):
+    return "checkpoint"
+  if {"train", "data", "model"} <= set(config):
+    return "run"
+  if "_class_name" in config:
+    return "diffusers"
+  if "config.json" in names or any(n.endswith((".safetensors", ".pth", ".pt", ".bin")) for n in names):
+    return "weights"
+  return "other"
+
+
+def _json_object(path: epath.Path, strict: bool = True) -> dict:
+  """The JSON object in `path`; ValueError naming the file if it is not one (`strict`), else {}."""
+  try:  # a regular file of a sane size: a FIFO or a device named so would block or never end
+    out = json.loads(path.read_text()) if path.is_file() and path.stat().length < 1 << 24 else None
+  except (OSError, ValueError):
+    out = None
+  if not isinstance(out, dict):
+    if strict:
+      raise ValueError(f"{path}: not a JSON object")
+    return {}
+  return out
+
+
+def require_kind(path, allowed: tuple, flag: str, hint: str = "") -> str | None:
+  """The kind of `path` (see `folder_kind`) after checking it is one of `allowed` (None: an absent or
+  empty folder). Raises one error naming the flag, the folder, what it is and what was expected."""
+  kind = folder_kind(path)
+  if kind in allowed:
+    return kind
+  want = " or ".join(KINDS[k] if k else "a new folder" for k in allowed if k != "other")
+  hint = f"; {hint}" if hint else ""
+  if kind is None:
+    raise FileNotFoundError(f"{flag}={path}: no such folder, or an empty one; expected {want}{hint}")
+  raise ValueError(f"{flag}={path}: {KINDS[kind]}, not {want}{hint}")
+
+
+def check_apart(path, source, flag: str, what: str) -> None:
+  """Raises ValueError when writing `path` could destroy `source` (`what`, e.g. "the --src checkpoint"):
+  when they are the same, or either one lies inside the other."""
+  a, b = (p if is_remote(p) else os.path.realpath(os.path.expanduser(p)) for p in map(os.fspath, (path, source)))
+  a, b = a.rstrip("/"), b.rstrip("/")
+  if a == b or a.startswith(b + "/"):
+    raise ValueError(f"{flag}={path} is {'' if a == b else 'inside '}{what} ({source}); choose another {flag}")
+  if b.startswith(a + "/"):
+    raise ValueError(f"{flag}={path} holds {what} ({source}); choose another {flag}")
+
+
+def mark(path, kind: str) -> None:
+  """Writes path/artifact.json, saying the folder is a `kind` (a key of KINDS)."""
+  write_text(epath.Path(path) / MARKER, json.dumps({"artifact": kind}) + "\n")
+
+
+def write_folder(path, kind: str, fill: Callable, flag: str = "--out") -> None:
+  """Writes the folder `path` whole or not at all, as a `kind`: `fill(tmp)` fills a temporary sibling
+  (an epath.Path), which gets its artifact.json and then takes the place of `path`. An old `path` must be
+  a `kind` (or empty); it is moved aside, the new folder renamed in, then the old one removed, so an
+  interruption leaves the old folder or the new one (at worst under its hidden temporary name beside
+  it), never a mix. gs:// has no folder rename: there `path` must be new, and is filled in place with
+  its artifact.json written last."""
+  require_kind(path, (None, kind), flag)
+  path = epath.Path(path).expanduser()
+  if is_remote(path):
+    if path.exists():
+      raise ValueError(f"{flag}={path}: exists; gs:// folders are written once (remove it, or choose a new {flag})")
+    fill(path)
+    mark(path, kind)
+    return
+  path = epath.Path(os.path.abspath(path))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tag = uuid.uuid4().hex[:12]
+  tmp, old = (path.parent / f".{path.name}.{tag}.{end}" for end in ("tmp", "old"))
+  tmp.mkdir()
+  try:
+    fill(tmp)
+    mark(tmp, kind)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  if path.exists():
+    os.replace(path, old)
+  os.replace(tmp, path)
+  fsync_folder(os.fspath(path.parent))
+  shutil.rmtree(old, ignore_errors=True)
 
 
 def check_ids(ids: Iterable, what: str = "id") -> list[str]:
