@@ -586,16 +586,23 @@ def umt5_from_path(src: str, dtype=jnp.float32):
 # Orbax round trip
 # ---------------------------------------------------------------------------------------------
 def save_params(model: nnx.Module, dst: str, kind: str) -> None:
-  """Writes base parameters to `dst/params` (Orbax) and the config to `dst/config.json`."""
+  """Writes a converted checkpoint folder `dst`: base parameters in `dst/params` (Orbax), the config in
+  `dst/config.json`. Whole or not at all (`files.write_folder`): an old converted checkpoint at `dst`
+  is replaced once the new one is complete; a folder of another kind is refused."""
   import orbax.checkpoint as ocp
 
-  dst = _local_or_gcs(dst)
+  from microverse_jax import files  # pylint: disable=g-import-not-at-top
+
   state = nnx.state(model, BASE_PARAMS).to_pure_dict()
-  with ocp.StandardCheckpointer() as ckpt:
-    ckpt.save(dst / "params", state, force=True)
   meta = {"kind": kind, "config": dataclasses.asdict(model.cfg)}
-  (dst / "config.json.tmp").write_text(json.dumps(meta, indent=1))
-  (dst / "config.json.tmp").replace(dst / "config.json")
+
+  def fill(folder) -> None:
+    # Synchronous: a failed async save leaves Orbax's threads waiting for its signals (5 minutes) at exit.
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckpt:
+      ckpt.save(folder / "params", args=ocp.args.StandardSave(state))
+    files.write_text(folder / "config.json", json.dumps(meta, indent=1))
+
+  files.write_folder(_local_or_gcs(dst), "checkpoint", fill)
 
 
 def _local_or_gcs(path: str):
@@ -965,7 +972,11 @@ def parser():
 
 
 def main(argv=None) -> None:
+  from microverse_jax import files  # pylint: disable=g-import-not-at-top
+
   args = parser().parse_args(argv)
+  files.require_kind(args.out, (None, "checkpoint"), "--out")  # before any weight is read
+  files.check_apart(args.out, args.src, "--out", "the --src checkpoint")
   print(f"converting {args.kind} from {args.src} ...", flush=True)
   model = from_checkpoint(args.src, args.kind)
   save_params(model, args.out, args.kind)

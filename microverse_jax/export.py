@@ -14,7 +14,10 @@ diffusers: a `WanTransformer3DModel` directory (config.json + diffusion_pytorch_
 lora: the LoRA factors alone, PEFT names (see `models.lora.lora_state_dict`); "comfyui" keys
   (`diffusion_model.blocks.0.self_attn.q.lora_A.weight`) load in ComfyUI, DiffSynth and diffusers'
   `WanPipeline.load_lora_weights`; "diffusers" keys (`transformer.blocks.0.attn1.to_q.lora_A.weight`) in diffusers.
-Files are written with `safetensors.numpy`: no torch needed.
+Files are written with `safetensors.numpy`: no torch needed. Folders are written whole or not at all
+(`files.write_folder`): an earlier export of the same format at --out is replaced once the new one is
+complete; a folder of another kind, and anything inside the run's checkpoints/ (pruned as training goes
+on), is refused before any weight is read.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from microverse_jax import convert
+from microverse_jax import convert, files
 from microverse_jax.models.lora import PEFT_LAYOUTS, lora_state_dict, merge_lora
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
 DIFFUSERS_VERSION = "0.35.0"  # the config format version written; any diffusers with Wan2.1 reads it
+FORMATS = {"orbax": "checkpoint", "diffusers": "diffusers", "lora": "file"}  # what each writes (files.KINDS)
 
 
 def diffusers_config(cfg) -> dict:
@@ -116,7 +120,6 @@ def export_diffusers(model: nnx.Module, out_dir: str, *, dtype=np.float32, max_s
   from safetensors.numpy import save_file
 
   sd = {k: v.astype(dtype) for k, v in diffusers_state_dict(model).items()}
-  os.makedirs(out_dir, exist_ok=True)
   shards, size = [{}], 0
   for key, value in sd.items():
     if shards[-1] and size + value.nbytes > max_shard_bytes:
@@ -129,42 +132,53 @@ def export_diffusers(model: nnx.Module, out_dir: str, *, dtype=np.float32, max_s
     if len(shards) == 1
     else [f"{DIFFUSERS_WEIGHTS}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
   )
-  for name, shard in zip(names, shards):
-    save_file(shard, os.path.join(out_dir, name + ".tmp"), metadata={"format": "pt"})
-    os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
-  if len(shards) > 1:
-    index = {
-      "metadata": {"total_size": sum(v.nbytes for v in sd.values())},
-      "weight_map": {k: name for name, shard in zip(names, shards) for k in shard},
-    }
-    _write_json(os.path.join(out_dir, f"{DIFFUSERS_WEIGHTS}.safetensors.index.json"), index)
-  _write_json(os.path.join(out_dir, "config.json"), diffusers_config(model.cfg))
+
+  def fill(folder) -> None:
+    for name, shard in zip(names, shards):
+      save_file(shard, os.fspath(folder / name), metadata={"format": "pt"})
+    if len(shards) > 1:
+      index = {
+        "metadata": {"total_size": sum(v.nbytes for v in sd.values())},
+        "weight_map": {k: name for name, shard in zip(names, shards) for k in shard},
+      }
+      _write_json(folder / f"{DIFFUSERS_WEIGHTS}.safetensors.index.json", index)
+    _write_json(folder / "config.json", diffusers_config(model.cfg))
+
+  files.write_folder(out_dir, "diffusers", fill)
   return out_dir
 
 
 def export_lora(model: nnx.Module, path: str, *, layout: str = "comfyui") -> str:
   """Writes the model's LoRA factors as a PEFT safetensors file (scale folded into lora_B, so no
   alpha entries are needed); `layout` is a key of `models.lora.PEFT_LAYOUTS`."""
-  from safetensors.numpy import save_file
+  from safetensors.numpy import save
 
-  sd = lora_state_dict(model, layout)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  save_file(sd, path + ".tmp", metadata={"format": "pt"})
-  os.replace(path + ".tmp", path)
+  files.write_bytes(path, save(lora_state_dict(model, layout), metadata={"format": "pt"}))
   return path
 
 
-def _write_json(path: str, obj) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(path + ".tmp", path)
+def _write_json(path, obj) -> None:
+  files.write_text(path, json.dumps(obj, indent=2))
+
+
+def check_out(workdir: str, dst: str, fmt: str) -> None:
+  """Raises (before any weight is read) unless `workdir` is a training run and `dst` can take an export
+  of format `fmt`: a new path, or an earlier export of that format; never inside the run's checkpoints/."""
+  files.require_kind(workdir, ("run",), "--workdir")
+  if fmt not in FORMATS:
+    raise ValueError(f"format={fmt!r}: expected one of {sorted(FORMATS)}")
+  files.require_kind(dst, (None, FORMATS[fmt]), "--out")
+  files.check_apart(
+    dst, os.path.join(workdir, "checkpoints"), "--out", "the run's checkpoints folder, pruned as training goes on"
+  )
 
 
 def export(c, workdir: str, dst: str, fmt: str = "orbax", layout: str = "comfyui"):
   """Loads the latest checkpoint of `workdir` (EMA when present) and writes `dst` in format `fmt`
-  ("orbax", "diffusers" or "lora"); returns the model written (merged for orbax)."""
+  (a key of FORMATS); returns the model written (merged for orbax)."""
   from microverse_jax import factory  # pylint: disable=g-import-not-at-top
 
+  check_out(workdir, dst, fmt)
   model = factory.load_dit(c, workdir=workdir)
   if fmt == "lora":
     export_lora(model, dst, layout=layout)
@@ -172,8 +186,6 @@ def export(c, workdir: str, dst: str, fmt: str = "orbax", layout: str = "comfyui
   if fmt == "diffusers":
     export_diffusers(model, dst)
     return model
-  if fmt != "orbax":
-    raise ValueError(f"format={fmt!r}: expected 'orbax', 'diffusers' or 'lora'")
   merged = merge_lora(model)
   convert.save_params(merged, dst, "dit")
   return merged
@@ -192,7 +204,7 @@ def define_flags() -> None:
   )
   flags.DEFINE_string("workdir", None, "The training workdir (latest checkpoint).", required=True)
   flags.DEFINE_string("out", None, "Output directory (orbax, diffusers) or .safetensors file (lora).", required=True)
-  flags.DEFINE_enum("format", "orbax", ["orbax", "diffusers", "lora"], "What to write.")
+  flags.DEFINE_enum("format", "orbax", list(FORMATS), "What to write.")
   flags.DEFINE_enum("layout", "comfyui", sorted(PEFT_LAYOUTS), "LoRA key names (--format=lora).")
   flags.DEFINE_alias("dst", "out")  # the old spelling, kept for one release
 

@@ -234,6 +234,7 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
   sharding.maybe_initialize_distributed()
   workdir = str(epath.Path(workdir).expanduser())
   mesh_shape = factory_lib.validate(c, jax.device_count())
+  files.require_kind(workdir, (None, "run", "other"), "--workdir")  # never a checkpoint, an export or a cache
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   lock = WorkdirLock(workdir)
   try:
@@ -255,8 +256,6 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
     if c.train.num_steps <= 0:  # the official schedule: epochs over the train split (held-out excluded)
       c.train.num_steps = factory_lib.resolve_num_steps(c, train_iter.num_records)
       print(f"train.num_steps = {c.train.num_steps:,} ({train_iter.num_records:,} train clips)", flush=True)
-    if jax.process_index() == 0:
-      files.write_text(epath.Path(workdir) / "config.json", c.to_json_best_effort(indent=1))
 
     # -------------------------------------------------------------- model and state
     factory = factory_lib.StateFactory(c, mesh, rules)
@@ -268,7 +267,10 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
       abstract_state, _ = factory.abstract()
       frozen = factory.create_frozen()
       state = ckpt.restore(latest, abstract_state, train_iter)
-      print(f"resumed from step {latest}", flush=True)
+      print(f"resumed from step {int(state['step'])}", flush=True)
+    if jax.process_index() == 0:  # only now: a resume that fails leaves the run's own config
+      files.write_text(epath.Path(workdir) / "config.json", c.to_json_best_effort(indent=1))
+      files.mark(workdir, "run")
     enc_graphdef, enc_state = nnx.split(encoders) if encoders is not None else (None, {})
     n_train = sum(x.size for x in jax.tree.leaves(state["params"]))
     print(f"trainable parameters: {n_train:,}", flush=True)
