@@ -73,35 +73,29 @@ def write_samples(c, workdir, step, model, tokenizer, encoders) -> list[np.ndarr
 
 
 def physics_scores(c, model, tokenizer, encoders) -> dict:
-  """Physics-fidelity scores (microworldbench physics) of videos sampled for the first
-  `eval.physics` validation clips of the procedural dataset (default build settings)."""
-  from microverse_jax.datasets.microsim_synth import processes  # pylint: disable=g-import-not-at-top
+  """Physics-fidelity scores (microworldbench physics) of videos sampled for the first `eval.physics`
+  validation clips (by clip id) of the procedural dataset in `data.data_dir`, each against its own record."""
+  from microverse_jax.datasets.microsim_synth import render  # pylint: disable=g-import-not-at-top
 
-  d = processes.DEFAULTS
-  val = [i for i in range(d["num_clips"]) if processes.split_of(i, d["num_clips"]) == "validation"]
-  specs = [
-    processes.clip_spec(i, seed=d["seed"], num_frames=d["num_frames"], size=d["size"], fps=d["fps"])
-    for i in val[: c.eval.physics]
-  ]
-  scores = score_specs(c, model, tokenizer, encoders, specs, seed=c.train.seed)
+  rows = render.stored_rows(c.data.data_dir, "validation")[: c.eval.physics]
+  scores = score_rows(c, model, tokenizer, encoders, rows, seed=c.train.seed)
   # per process means and pass rates, and every check's pass rate (e.g. physics/check/temporal/flicker)
   return {k: v for k, v in scores.items() if k.count("/") <= 2 or k.startswith("physics/check/")}
 
 
-def score_specs(c, model, tokenizer, encoders, specs, *, seed: int, **settings) -> dict:
-  """All `microworldbench physics` scores of videos sampled for procedural clip specs (their captions),
-  with the config's sampling settings unless `settings` override them."""
-  from microverse_jax.datasets.microsim_synth import processes  # pylint: disable=g-import-not-at-top
+def score_rows(c, model, tokenizer, encoders, rows, *, seed: int, **settings) -> dict:
+  """All `microworldbench physics` scores of videos sampled for prompt rows (their captions), each scored
+  against its own row (process, params, size), with the config's sampling settings unless `settings`
+  override them."""
   from microworldbench.physics import score_videos  # pylint: disable=g-import-not-at-top
 
   videos = pipeline.generate(
     model,
     encoders,
     tokenizer,
-    [s.caption for s in specs],
+    [r["caption"] for r in rows],
     factory.latent_shape(c),
     seed=seed,
     **{**pipeline.config_settings(c), **settings},
   )
-  size = processes.DEFAULTS["size"]
-  return score_videos(videos, [{"process": s.process, "params": s.params, "size": size} for s in specs])
+  return score_videos(videos, rows)

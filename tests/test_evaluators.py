@@ -1,5 +1,7 @@
 """The trainer's evaluators measure what their names say."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,3 +32,24 @@ def test_held_out_loss_t_b_is_the_loss_at_timestep_b(shift):
     s, n = step(params, frozen, latents, None, jnp.ones(2), t, jax.random.key(0))
     # high t = high noise = small error: loss_t900 is the high-noise loss, loss_t100 the low-noise one
     np.testing.assert_allclose(float(s / n), 0.25 * (1000 / t) ** 2, rtol=1e-4)
+
+
+def test_physics_eval_scores_the_runs_validation_clips_each_against_its_own_record(synth_data_dir, monkeypatch):
+  from microverse_jax import input_pipeline, pipeline
+  from microverse_jax.configs import microsim_tiny
+  from microworldbench import physics
+
+  source = input_pipeline.load_source("microsim_synth", "validation", synth_data_dir)
+  records = [source[i] for i in range(len(source))]
+  assert [r["id"] for r in records] != sorted(r["id"] for r in records)  # the premise: stored shuffled
+  c = microsim_tiny.get_config("test")
+  c.data.data_dir, c.eval.physics = synth_data_dir, 3
+  got = {}
+  monkeypatch.setattr(pipeline, "generate", lambda m, e, t, prompts, shape, **kw: got.update(prompts=prompts) or [])
+  monkeypatch.setattr(physics, "score_videos", lambda videos, rows: got.update(rows=rows) or {})
+  evaluators.physics_scores(c, None, None, None)
+  first = sorted(records, key=lambda r: r["id"])[:3]  # the validation clips with the lowest clip numbers
+  assert got["prompts"] == [r["caption"].decode() for r in first]
+  for row, r in zip(got["rows"], first):
+    assert (row["id"], row["process"], row["size"]) == (r["id"].decode(), r["process"].decode(), r["height"])
+    assert row["params"] == json.loads(r["params"])

@@ -1,8 +1,9 @@
 """The main job's picture: for each of the run's sample prompts, the ground truth above the sample.
 
 Reads a workdir trained on the procedural dataset: its config's `eval.prompts` (full captions of
-dataset clips) and the last `samples/step_N/<i>.mp4`. Ground truth is rendered from the matching
-clip spec and reduced to the model's frames and size as the input pipeline does.
+dataset clips) and the last `samples/step_N/<i>.mp4`. Ground truth is the stored clip of the record
+with that caption in the run's `data.data_dir`, reduced to the model's frames and size as the input
+pipeline does.
 
   python bench/perf/main_job_figure.py --workdir=workdir/tiny --out=bench/perf/figures/main_job.png
 """
@@ -17,19 +18,17 @@ import numpy as np
 from PIL import Image
 
 from microverse_jax import files, pipeline, saved_config, video
-from microverse_jax.datasets.microsim_synth import DEFAULTS, clip_spec
-from microverse_jax.datasets.microsim_synth.render import stored_clip
+from microverse_jax.datasets.microsim_synth.render import stored_rows
 
 
-def ground_truth(caption: str, num_frames: int, size: int) -> np.ndarray:
-  """uint8 (F, H, W, 3): the validation or train clip of the default dataset with this caption."""
-  d = DEFAULTS
-  for i in range(d["num_clips"]):
-    spec = clip_spec(i, seed=d["seed"], num_frames=d["num_frames"], size=d["size"], fps=d["fps"])
-    if spec.caption == caption:
-      settings = {k: d[k] for k in ("num_frames", "size", "fps")}
-      return stored_clip(spec.process, spec.params, seed=spec.seed, **settings, out=(num_frames, size, size))
-  raise ValueError(f"no clip of the default microsim_synth dataset has the caption {caption[:80]!r}")
+def ground_truth(data_dir: str, caption: str, num_frames: int, size: int) -> np.ndarray:
+  """uint8 (F, H, W, 3): the stored clip of the validation or train record of the procedural dataset in
+  DATA_DIR with this caption, decoded as the input pipeline reads it (first frames, resized)."""
+  for split in ("validation", "train"):
+    for row in stored_rows(data_dir, split):
+      if row["caption"] == caption:
+        return video.decode_frames(row["video"], num_frames, height=size, width=size)
+  raise ValueError(f"no clip of the microsim_synth dataset in {data_dir} has the caption {caption[:80]!r}")
 
 
 def figure(workdir: str, scale: int = 3) -> np.ndarray:
@@ -44,7 +43,7 @@ def figure(workdir: str, scale: int = 3) -> np.ndarray:
   for i, caption in enumerate(c.eval.prompts):
     with open(os.path.join(workdir, "samples", sample_dirs[-1], f"{i}.mp4"), "rb") as f:
       sample = video.decode_frames(f.read(), c.data.num_frames)
-    truth = ground_truth(caption, c.data.num_frames, c.data.height)
+    truth = ground_truth(c.data.data_dir, caption, c.data.num_frames, c.data.height)
     top, bottom = pipeline.filmstrip(truth), pipeline.filmstrip(sample)
     rows += [top, bottom, np.full((2, top.shape[1], 3), 255, np.uint8)]
   image = np.concatenate(rows[:-1])

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
   c = saved_config.get_config(args.workdir)
   floats = lambda s, default: [float(x) for x in s.split(",")] if s else [default]
   specs = held_out_specs(args.prompts, args.seed)
-  rows = [{"process": s.process, "params": s.params, "size": DEFAULTS["size"]} for s in specs]
+  rows = [{"caption": s.caption, "process": s.process, "params": s.params, "size": DEFAULTS["size"]} for s in specs]
   mesh = sharding.make_mesh(factory.validate(c, jax.device_count()))
   rules = sharding.logical_rules(c.sharding_rules.to_dict())
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         scores = score_videos(denoised(c, model, encoders, tokenizer, specs, shift), rows)
       else:
         settings = dict(guidance=guidance, steps=steps, shift=shift, sampler=sampler)
-        scores = evaluators.score_specs(c, model, tokenizer, encoders, specs, seed=0, batch_size=len(specs), **settings)
+        scores = evaluators.score_rows(c, model, tokenizer, encoders, rows, seed=0, batch_size=len(rows), **settings)
       row = {"step": step, "weights": weights, **settings, "pass": round(scores["physics/pass_rate"], 3)}
       rate = lambda key: None if math.isnan(scores.get(key, math.nan)) else round(scores[key], 2)  # JSON: null
       row.update({p: rate(f"physics/{p}/pass_rate") for p in PROCESSES})

@@ -45,17 +45,14 @@ def load(args) -> pipeline.Pipeline:
 
 
 def prompts_for(args, pipe) -> tuple[list[str], list[dict] | None]:
+  """The config's prompts, or with --physics the first validation clips (by id) of the procedural dataset
+  in the config's data_dir and their records to score against."""
   if not args.physics:
     return list(pipe.config.eval.prompts), None
-  from microverse_jax.datasets.microsim_synth import processes  # pylint: disable=g-import-not-at-top
+  from microverse_jax.datasets.microsim_synth import render  # pylint: disable=g-import-not-at-top
 
-  d = processes.DEFAULTS
-  val = [i for i in range(d["num_clips"]) if processes.split_of(i, d["num_clips"]) == "validation"]
-  specs = [
-    processes.clip_spec(i, seed=d["seed"], num_frames=d["num_frames"], size=d["size"], fps=d["fps"])
-    for i in val[: args.physics]
-  ]
-  return [s.caption for s in specs], [{"process": s.process, "params": s.params, "size": d["size"]} for s in specs]
+  rows = render.stored_rows(pipe.config.data.data_dir, "validation")[: args.physics]
+  return [r["caption"] for r in rows], rows
 
 
 def main(argv=None) -> None:

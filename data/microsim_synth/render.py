@@ -28,6 +28,28 @@ def stored_clip(
   return video.decode_frames(video.encode_mp4(clip, fps, crf=15), frames or num_frames, height=height, width=width)
 
 
+def stored_rows(data_dir: str, split: str) -> list[dict]:
+  """The `split` records of the microsim_synth dataset in DATA_DIR as prompt rows (id, caption, process,
+  params, size, num_frames, fps, and the stored mp4 bytes as video), sorted by id. The split is stored
+  shuffled: pair a record with its clip by its id, never by its position."""
+  from microverse_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+
+  source = input_pipeline.load_source("microsim_synth", split, os.path.expanduser(data_dir))
+  rows = [_row(source[i]) for i in range(len(source))]
+  return sorted(rows, key=lambda row: row["id"])
+
+
+def _row(record: dict) -> dict:
+  return {
+    **{k: record[k].decode() for k in ("id", "caption", "process")},
+    "params": json.loads(record["params"]),
+    "size": int(record["height"]),
+    "num_frames": int(record["num_frames"]),
+    "fps": float(record["fps"]),
+    "video": record["video"],
+  }
+
+
 def render(
   prompts: str, out: str, *, num_frames: int | None = None, size: int | None = None, split: str | None = None
 ) -> int:

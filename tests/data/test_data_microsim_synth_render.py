@@ -4,10 +4,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from microverse_jax import video
-from microverse_jax.datasets.microsim_synth import export_prompts, render
+from microverse_jax.datasets.microsim_synth import clip_spec, export_prompts, render, split_of
 
 
 def test_rendered_ground_truth_scores_as_physics(tmp_path):
@@ -38,3 +39,18 @@ def test_bad_ids_are_refused_before_rendering(tmp_path):
   with pytest.raises(SystemExit) as e:
     render.main([f"--prompts={prompts}", f"--out={tmp_path / 'gt'}"])
   assert e.value.code == 2 and not (tmp_path / "gt").exists()
+
+
+def test_stored_rows_are_sorted_by_id_and_each_is_its_own_clip(synth_data_dir, synth_settings):
+  n, seed, frames, size = (synth_settings[k] for k in ("num_clips", "seed", "num_frames", "size"))
+  specs = [clip_spec(i, seed=seed, num_frames=frames, size=size, fps=8.0) for i in range(n)]
+  renders = [render.stored_clip(s.process, s.params, seed=s.seed, num_frames=frames, size=size, fps=8.0) for s in specs]
+  for split in ("train", "validation"):  # stored shuffled: a record's position is not its clip number
+    rows = render.stored_rows(synth_data_dir, split)
+    assert [r["id"] for r in rows] == [f"synth_{i:06d}" for i in range(n) if split_of(i, n) == split]
+    for r in rows:
+      i = int(r["id"].removeprefix("synth_"))
+      assert (r["caption"], r["process"], r["params"]) == (specs[i].caption, specs[i].process, specs[i].params)
+      assert r["size"] == size
+      stored = video.decode_frames(r["video"], frames).astype(np.float32)
+      assert np.argmin([np.abs(stored - x).mean() for x in renders]) == i  # mp4 encoding is not bit-exact

@@ -211,10 +211,12 @@ def test_step_cache_measures_every_setting_against_the_uncached_run(capsys):
 def test_physics_sweep_and_the_main_job_figure(synth_data_dir, tmp_path):
   from microverse_jax import train
   from microverse_jax.configs import microsim_tiny
+  from microverse_jax.datasets.microsim_synth.render import stored_rows
 
   c = microsim_tiny.get_config("test")
   c.data.data_dir, c.optim.ema_decay, c.train.num_steps = synth_data_dir, 0.9, 2
-  c.eval.update(sample_every=2, sample_steps=2)
+  captions = tuple(r["caption"] for r in stored_rows(synth_data_dir, "validation")[:3])
+  c.eval.update(sample_every=2, sample_steps=2, prompts=captions)  # clips of the run's own dataset
   train.train(c, str(tmp_path / "run"))
   _load("main_job_figure").main([f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'fig.png'}"])
   image = np.asarray(Image.open(tmp_path / "fig.png"))
@@ -231,3 +233,14 @@ def test_physics_sweep_and_the_main_job_figure(synth_data_dir, tmp_path):
   assert [r["denoise_sigma"] for r in rows] == [0.0, 0.5] and all(0 <= r["pass"] <= 1 for r in rows)
   with pytest.raises(ValueError, match="validation prompts must not be tuned on"):
     sweep.main([f"--workdir={tmp_path / 'run'}", "--seed=0"])
+
+
+def test_the_main_job_figure_pairs_each_caption_with_its_own_stored_clip(synth_data_dir):
+  from microverse_jax import input_pipeline, video
+
+  figure = _load("main_job_figure")
+  source = input_pipeline.load_source("microsim_synth", "validation", synth_data_dir)
+  for i in range(len(source)):  # stored order: shuffled, record i is not clip 44 + i
+    record = source[i]
+    truth = figure.ground_truth(synth_data_dir, record["caption"].decode(), 5, 16)
+    np.testing.assert_array_equal(truth, video.decode_frames(record["video"], 5, height=16, width=16))
