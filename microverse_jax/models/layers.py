@@ -105,10 +105,10 @@ class LayerNorm(nnx.Module):
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
-  """Sinusoidal embedding [cos, sin] of timesteps t: (B,) -> (B, dim), fp32."""
+  """Sinusoidal embedding [cos, sin] of timesteps t: (B,) -> (B, dim), or any (...) -> (..., dim); fp32."""
   half = dim // 2
   freqs = jnp.exp(-np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  angles = t.astype(jnp.float32)[:, None] * freqs[None]
+  angles = t.astype(jnp.float32)[..., None] * freqs
   return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
 

@@ -1,4 +1,4 @@
-"""Wan2.1 text-to-video diffusion transformer (DiT) in Flax NNX.
+"""Wan2.1 text-to-video diffusion transformer (DiT) in Flax NNX; also Wan2.2 TI2V-5B (per-token timesteps).
 
 Axis letters: B batch, F H W C latent frames/height/width/channels (channels-last), T video tokens,
 N heads, D head dim, L text tokens, E model width (N * D).
@@ -7,6 +7,9 @@ N heads, D head dim, L text tokens, E model width (N * D).
   each block: adaLN-modulated self-attention (RMSNorm on q, k across heads; 3-D RoPE),
               cross-attention to the projected text context, adaLN-modulated GELU FFN
   head: adaLN-modulated LayerNorm, projection, unpatchify --> velocity (B, F, H, W, C_out)
+
+Timesteps are (B,) (one per sample, Wan2.1) or (B, T) (one per token, Wan2.2 TI2V: 0 on the tokens of a
+clean conditioning frame); the time embedding and every adaLN modulation then vary per token.
 """
 
 from __future__ import annotations
@@ -54,10 +57,11 @@ class WanDiTConfig:
 
   @classmethod
   def preset(cls, name: str, **overrides) -> "WanDiTConfig":
-    """Named sizes: "1.3B" and "14B" (Wan2.1 T2V), or "tiny" for CPU tests."""
+    """Named sizes: "1.3B" and "14B" (Wan2.1 T2V), "TI2V-5B" (Wan2.2), or "tiny" for CPU tests."""
     presets = {
       "1.3B": dict(num_heads=12, ffn_dim=8960, num_layers=30),
       "14B": dict(num_heads=40, ffn_dim=13824, num_layers=40),
+      "TI2V-5B": dict(num_heads=24, ffn_dim=14336, num_layers=30, in_channels=48, out_channels=48),
       "tiny": dict(
         num_heads=2,
         head_dim=16,
@@ -117,7 +121,7 @@ class Attention(nnx.Module):
 
 
 class WanBlock(nnx.Module):
-  """One DiT block; `modulation` (6, E) is added to the per-sample timestep projection."""
+  """One DiT block; `modulation` (6, E) is added to the timestep projection (per sample or per token)."""
 
   def __init__(self, cfg: WanDiTConfig, *, rngs: nnx.Rngs):
     e, dt = cfg.dim, jnp.dtype(cfg.dtype)
@@ -133,9 +137,8 @@ class WanBlock(nnx.Module):
     self.dtype = dt
 
   def __call__(self, h, context, time_mod, rope, context_mask):
-    """h: (B, T, E); context: (B, L, E); time_mod: (B, 6, E) fp32; returns (B, T, E)."""
-    mod = self.modulation[...][None] + time_mod
-    shift, scale, gate, c_shift, c_scale, c_gate = jnp.split(mod, 6, axis=1)
+    """h: (B, T, E); context: (B, L, E); time_mod: (B, 1 or T, 6, E) fp32; returns (B, T, E)."""
+    shift, scale, gate, c_shift, c_scale, c_gate = jnp.unstack(self.modulation[...] + time_mod, axis=2)
     x = (self.norm1(h) * (1 + scale) + shift).astype(self.dtype)
     h = (h.astype(jnp.float32) + self.self_attn(x, rope=rope).astype(jnp.float32) * gate).astype(h.dtype)
     x = h if self.norm2 is None else self.norm2(h).astype(self.dtype)
@@ -147,7 +150,10 @@ class WanBlock(nnx.Module):
 
 
 class WanDiT(nnx.Module):
-  """model(latents (B,F,H,W,C), timesteps (B,) in [0, 1000], context (B,L,text_dim)) -> (B,F,H,W,C_out) fp32."""
+  """model(latents (B,F,H,W,C), timesteps (B,) or (B,T) in [0, 1000], context (B,L,text_dim)) -> (B,F,H,W,C_out).
+
+  Output fp32. Per-token timesteps (B, T) follow the token order of patchify (f-major, T = F'H'W').
+  """
 
   def __init__(self, cfg: WanDiTConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -186,8 +192,11 @@ class WanDiT(nnx.Module):
       raise ValueError(f"latents: token grid {grid} exceeds rope_max_seq_len={cfg.rope_max_seq_len}")
     if context.ndim != 3 or context.shape[-1] != cfg.text_dim:
       raise ValueError(f"context: expected (B, L, {cfg.text_dim}), got {context.shape}")
-    if timesteps.shape != latents.shape[:1]:
-      raise ValueError(f"timesteps: expected shape ({latents.shape[0]},), got {timesteps.shape}")
+    b, t = latents.shape[0], math.prod(grid)
+    if timesteps.shape not in ((b,), (b, t)):
+      raise ValueError(
+        f"timesteps: expected shape ({b},) or ({b}, {t}) (one per token of grid {grid}), got {timesteps.shape}"
+      )
     if context.shape[0] != latents.shape[0]:
       raise ValueError(f"context batch {context.shape[0]} != latents batch {latents.shape[0]}")
     if context_mask is not None and context_mask.shape != context.shape[:2]:
@@ -203,7 +212,10 @@ class WanDiT(nnx.Module):
     hidden = sharding.constrain(self.patch_embed(x), ("batch", "tokens", "embed"))
 
     temb = self.time_embed_2(jax.nn.silu(self.time_embed_1(timestep_embedding(timesteps, cfg.freq_dim))))
-    time_mod = self.time_proj(jax.nn.silu(temb)).reshape(b, 6, cfg.dim)
+    time_mod = self.time_proj(jax.nn.silu(temb)).reshape(b, -1, 6, cfg.dim)  # (B, 1 or T, 6, E)
+    temb = temb.reshape(b, -1, cfg.dim)  # (B, 1 or T, E)
+    if timesteps.ndim == 2:
+      time_mod = sharding.constrain(time_mod, ("batch", "tokens", None, "embed"))
     ctx = self.text_embed_2(jax.nn.gelu(self.text_embed_1(context), approximate=True))
     rope = rope_3d(grid, cfg.head_dim)
 
@@ -215,7 +227,7 @@ class WanDiT(nnx.Module):
 
     hidden, _ = jax.lax.scan(_remat(body, cfg.remat_policy), hidden, block_state)
 
-    shift, scale = jnp.split(self.head_modulation[...][None] + temb[:, None], 2, axis=1)
+    shift, scale = jnp.unstack(self.head_modulation[...] + temb[:, :, None], axis=2)
     out = self.head((self.head_norm(hidden) * (1 + scale) + shift).astype(hidden.dtype))
     out = out.reshape(b, *grid, pt, ph, pw, cfg.out_channels).transpose(0, 1, 4, 2, 5, 3, 6, 7)
     return out.reshape(b, f, h, w, cfg.out_channels).astype(jnp.float32)
