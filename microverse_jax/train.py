@@ -3,8 +3,8 @@
   python -m microverse_jax.train --config=configs/microsim_tiny.py --workdir=DIR [--config.key=value ...]
 
 Rerunning the same command resumes from the latest checkpoint in DIR/checkpoints. SIGTERM saves
-at the current step and exits. A local workdir is locked while a run uses it. Projects fork a
-config, not this file; config -> objects lives in factory.py, the periodic evaluations in evaluators.py.
+at the current step and exits with status 143 (resume.py). A local workdir is locked while a run uses it.
+Projects fork a config, not this file; config -> objects lives in factory.py, the periodic evaluations in evaluators.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import functools
 import json
 import math
 import os
-import signal
 import socket
 import time
 
@@ -29,6 +28,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from microverse_jax import checkpoint, cli, diffusion, evaluators, factory as factory_lib, files, flops, sharding
+from microverse_jax.resume import EXIT_PREEMPTED, SigtermFlag, check_data_unchanged
 
 
 # =============================================================================================
@@ -230,7 +230,7 @@ class WorkdirLock:
 # main
 # =============================================================================================
 def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) training; returns the last logged metrics."""
+  """Runs (or resumes) training; returns the last logged metrics and `step`, where it stopped (SIGTERM: early)."""
   sharding.maybe_initialize_distributed()
   workdir = str(epath.Path(workdir).expanduser())
   mesh_shape = factory_lib.validate(c, jax.device_count())
@@ -238,6 +238,7 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   lock = WorkdirLock(workdir)
   try:
+    check_data_unchanged(c, workdir)  # before anything is restored, or config.json rewritten
     return _train(c, workdir, mesh_shape)
   finally:
     lock.release()
@@ -249,7 +250,7 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
   rules = sharding.logical_rules(c.sharding_rules.to_dict())
   print(f"mesh {mesh_shape} over {jax.device_count()} devices ({jax.devices()[0].platform})", flush=True)
 
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules), SigtermFlag() as sigterm:
     # -------------------------------------------------------------- data
     tokenizer, encoders = factory_lib.build_encoders(c, mesh, rules) if factory_lib.needs_encoders(c) else (None, None)
     train_iter = factory_lib.load_batches(c, tokenizer, "train", seed=c.train.seed, shuffle=True)
@@ -286,15 +287,13 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
     writer = MetricWriter(workdir, resume_step=step)
     if step == 0:
       writer.config(c)
-    stop = {"signal": None}
-    signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
     lat = factory_lib.latent_shape(c)
     step_flops = flops.train_step_flops(factory.cfg, c.data.batch_size, lat[:3], c.text.max_length)
     peak = flops.peak_flops(jax.devices()[0])
     compiled = {}  # one compiled step per batch shape (length buckets: a few, each compiled once)
     profiling = c.train.profile_start >= 0 and jax.process_index() == 0
     last, t0, t_steps, t_start, first_step, pending = {}, time.time(), step, time.time(), step, None
-    while step < c.train.num_steps:
+    while step < c.train.num_steps and not sigterm.raised:
       batch = factory_lib.to_global(next(train_iter), mesh, rules)
       shape = tuple((k, v.shape) for k, v in sorted(batch.items()))
       if shape not in compiled:
@@ -344,14 +343,13 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
           scores = evaluators.physics_scores(c, model, tokenizer, encoders)
           writer.write(step, scores)
           print("physics " + " ".join(f"{k[8:]}={v:.3g}" for k, v in scores.items() if k.count("/") == 1), flush=True)
-      if step % c.train.checkpoint_every == 0 or step == c.train.num_steps or stop["signal"]:
+      if step % c.train.checkpoint_every == 0 or step == c.train.num_steps or sigterm.raised:
         check_finite(pending, ckpt)  # a non-finite update is never saved
         ckpt.save(step, state, train_iter, force=True)
-      if stop["signal"]:
-        print(f"signal {stop['signal']}: saved step {step}, exiting", flush=True)
-        break
     ckpt.close()
-  return last
+  if step < c.train.num_steps:
+    print(f"SIGTERM at step {step}/{c.train.num_steps}, all saved: rerun the same command to resume", flush=True)
+  return {**last, "step": step}
 
 
 def check_finite(pending, ckpt) -> None:
@@ -372,7 +370,8 @@ def main(argv):
     raise ValueError(f"unexpected arguments: {argv[1:]}")
   if flags.FLAGS.workdir is None or flags.FLAGS.config is None:
     raise ValueError("--config and --workdir are required")
-  train(flags.FLAGS.config, flags.FLAGS.workdir)
+  if train(flags.FLAGS.config, flags.FLAGS.workdir)["step"] < flags.FLAGS.config.train.num_steps:
+    raise SystemExit(EXIT_PREEMPTED)  # saved, not finished: a launcher or a Job reruns it to resume
 
 
 if __name__ == "__main__":
