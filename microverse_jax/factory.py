@@ -146,6 +146,8 @@ def validate(c, num_devices: int, num_slices: int | None = None) -> dict[str, in
   if c.train.caption_dropout and c.data.source != "video":
     raise ValueError("train.caption_dropout needs data.source='video' (a latent cache stores encoded captions)")
   if c.eval.physics and c.eval.sample_every:
+    if c.data.name != "microsim_synth":  # its validation records are the ground truth the scores need
+      raise ValueError(f"eval.physics={c.eval.physics} needs data.name='microsim_synth', not {c.data.name!r}")
     try:
       import microworldbench.physics  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     except ImportError:

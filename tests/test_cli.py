@@ -113,6 +113,9 @@ def test_physics_eval_without_the_scorer_fails_before_compiling(monkeypatch):
     factory.validate(c, 1)
   c.eval.physics = 0
   factory.validate(c, 1)
+  c.eval.physics, c.data.name = 2, "microsim10k"  # no procedural ground truth to score against
+  with pytest.raises(ValueError, match=r"eval.physics=2 needs data.name='microsim_synth', not 'microsim10k'"):
+    factory.validate(c, 1)
 
 
 @pytest.mark.hostile
