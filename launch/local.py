@@ -108,6 +108,7 @@ def run(
       failed = [i for i, p in enumerate(procs) if p.returncode not in (None, 0)]
       if failed:
         i = failed[0]
+        shell.raise_if_preempted(procs[i].returncode, f"process {i} (log {logs[i]})")
         raise RuntimeError(
           f"process {i} exited with {procs[i].returncode}; its log ({logs[i]}) ends:\n" + _tail(logs[i])
         )
@@ -117,6 +118,7 @@ def run(
     failed = [i for i, p in enumerate(procs) if p.returncode]
     if failed:
       i = failed[0]
+      shell.raise_if_preempted(procs[i].returncode, f"process {i} (log {logs[i]})")
       raise RuntimeError(f"process {i} exited with {procs[i].returncode}; its log ({logs[i]}) ends:\n" + _tail(logs[i]))
   finally:
     _stop(procs)

@@ -116,6 +116,10 @@ def check(
   """Loads the config with its overrides and, when the devices are known (a TPU `slice` x `num_slices`,
   or `devices` over `hosts` processes), validates it against them. Returns the config; raises PreflightError."""
   check_config_file(spec, remote=remote)
+  try:
+    topologies.check_num_slices(num_slices)
+  except ValueError as e:
+    raise PreflightError(str(e)) from None
   config = load_config(spec, overrides)
   if slice is not None:
     devices, hosts = slice.devices * num_slices, slice.hosts * num_slices

@@ -13,10 +13,13 @@ import argparse
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import traceback
 from typing import Any, Callable, Mapping, Sequence, TextIO
+
+from microverse_jax.resume import EXIT_PREEMPTED
 
 TRAIN_MODULE = "microverse_jax.train"
 INSTALL_EXTRA = "tpu"  # what the workers install: pip install -e ./bench -e ".[tpu]" (setup.cfg)
@@ -27,6 +30,17 @@ RUN_NAME = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=+-]*")
 ZONE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")  # us-east5-a, europe-west4-b
 PROJECT = re.compile(r"([a-z0-9.-]+:)?[a-z][-a-z0-9]{4,28}[a-z0-9]")  # my-proj, example.com:my-proj
 CLUSTER = re.compile(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?")  # GKE: at most 40 characters
+
+
+class Preempted(RuntimeError):
+  """A command stopped by SIGTERM: rerunning the launch resumes the run. `cli` exits 143 on it, as the trainer."""
+
+
+def raise_if_preempted(code: int, what: str) -> None:
+  """Preempted when `what` exited with SIGTERM's status: 143 (the trainer saved, then exited) or killed by it."""
+  if code in (EXIT_PREEMPTED, -signal.SIGTERM):
+    how = f"saved and exited {EXIT_PREEMPTED}" if code == EXIT_PREEMPTED else "killed by it"
+    raise Preempted(f"{what} stopped on SIGTERM ({how}) before its last step: rerun the same launch to resume")
 
 
 def check_name(value: str | None, flag: str, pattern: re.Pattern, rule: str) -> None:
@@ -120,10 +134,14 @@ def base_parser(
 
 def cli(main: Callable[[Sequence[str]], Any], argv: Sequence[str] | None = None) -> None:
   """Runs a launcher's main: an expected error (bad flag, config, name, failed command) is one line
-  on stderr and exit status 1, with no traceback unless --verbose."""
+  on stderr and exit status 1, with no traceback unless --verbose; a preempted run (Preempted) exits 143,
+  as the trainer did, so whatever runs the launcher can rerun it."""
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     main(argv)
+  except Preempted as e:
+    print(f"preempted: {e}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_PREEMPTED)
   except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as e:
     if "--verbose" in argv:
       traceback.print_exc()
@@ -203,6 +221,7 @@ class Runner:
       argv, timeout=timeout, text=True, capture_output=capture, env={**os.environ, **env} if env else None
     )
     if check and result.returncode:
+      raise_if_preempted(result.returncode, f"command {shlex.join(argv)}")
       raise RuntimeError(
         f"command failed with exit code {result.returncode}: {shlex.join(argv)}"
         + (f"\n{result.stderr[-2000:]}" if capture else "")

@@ -54,6 +54,13 @@ GENERATIONS = {
   )
 }
 _ALIASES = {"v5e": "v5litepod", "v7x": "tpu7x"}
+MAX_SLICES = 256  # multislice: beyond the largest published runs (199 slices); a typo past it is refused
+
+
+def check_num_slices(num_slices: int) -> None:
+  """ValueError naming --num_slices unless it is 1 .. MAX_SLICES."""
+  if not 1 <= num_slices <= MAX_SLICES:
+    raise ValueError(f"--num_slices={num_slices}: expected a positive count of slices, at most {MAX_SLICES}")
 
 
 @dataclasses.dataclass(frozen=True)

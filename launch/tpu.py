@@ -86,8 +86,7 @@ class TpuVm:
       )
     if self.spot and self.reserved:
       raise ValueError("--spot and --reserved exclude each other")
-    if self.num_slices < 1:
-      raise ValueError(f"--num_slices={self.num_slices}: expected a positive count of slices")
+    topologies.check_num_slices(self.num_slices)
     if self.num_slices > 1 and not self.queued:
       raise ValueError(
         f"--num_slices={self.num_slices}: multislice TPU VMs are created through a queued resource; add --queued"

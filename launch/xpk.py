@@ -3,7 +3,7 @@ r"""GKE through XPK: one workload per run on an existing XPK cluster (v5e, v5p, 
   python -m microverse_jax.launch.xpk --cluster=CLUSTER --project=PROJECT --zone=us-east5-a --accelerator_type=v5p-64 \
       --workload=mv-lora --config=configs/wan2_1.py:1.3b,lora --workdir=gs://BUCKET/runs/lora \
       --config.data.batch_size=32 [--docker_image=python:3.11 | --docker_image=REGISTRY/IMAGE --noinstall] \
-      [--num_slices=N] [--steps=create,delete] [--dry_run] [--config.optim.lr=2e-4 ...]
+      [--num_slices=N] [--max_restarts=N] [--steps=create,delete] [--dry_run] [--config.optim.lr=2e-4 ...]
 
 Before any xpk call the launcher checks the names, the config and its overrides, and the config
 against the slice (launch/preflight.py).
@@ -17,6 +17,8 @@ jax.distributed by itself. Logs go to Cloud Logging (`xpk workload list` shows t
 Multislice: --num_slices=N (XPK's --num-slices) runs the workload on N slices of --accelerator_type
 joined by the DCN; XPK (JobSet) sets MEGASCALE_* on every host and the trainer spans the slices with
 the config's mesh (mesh.dcn_data / mesh.dcn_fsdp; default: the slices go on data). docs/multislice.md.
+Preemption: the trainer is exec'd, so the pod's SIGTERM (forwarded by XPK's container script) reaches it; it
+saves and exits 143, and --max_restarts=N (XPK's --max-restarts) lets the JobSet rerun it to resume.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class XpkWorkload:
   install: bool = True
   priority: str | None = None
   num_slices: int = 1
+  max_restarts: int = 0  # JobSet reruns after a failure; XPK restarts on exit codes 127-255, the trainer's 143 included
 
   def __post_init__(self):
     if not _WORKLOAD.fullmatch(self.workload):
@@ -70,8 +73,9 @@ class XpkWorkload:
     shell.check_name(
       self.docker_image, "--docker_image", _IMAGE, "expected an image name like python:3.11 or REGISTRY/IMAGE:TAG"
     )
-    if self.num_slices < 1:
-      raise ValueError(f"--num_slices={self.num_slices}: expected a positive count of slices")
+    topologies.check_num_slices(self.num_slices)
+    if self.max_restarts < 0:
+      raise ValueError(f"--max_restarts={self.max_restarts}: expected a count >= 0")
     if self.priority is not None and self.priority not in PRIORITIES:
       raise ValueError(f"--priority={self.priority!r}: expected one of {', '.join(PRIORITIES)}")
 
@@ -83,9 +87,10 @@ class XpkWorkload:
     )
 
   def container_command(self, train: Sequence[str]) -> str:
-    """What every host of the slice runs, in /app."""
+    """What every host of the slice runs, in /app. The trainer replaces the shell (exec): XPK forwards
+    the pod's SIGTERM to the command it started, and the trainer must get it to save."""
     parts = [shlex.join(["pip", "install", *shell.INSTALL_TARGETS])] if self.install else []
-    parts.append(shlex.join(train))
+    parts.append(f"exec {shlex.join(train)}")
     return " && ".join(parts)
 
   def create_command(self, train: Sequence[str]) -> list[str]:
@@ -104,6 +109,7 @@ class XpkWorkload:
       f"--num-slices={self.num_slices}",
       *image,
       *([f"--priority={self.priority}"] if self.priority else []),
+      *([f"--max-restarts={self.max_restarts}"] if self.max_restarts else []),
       f"--command={self.container_command(train)}",
     ]
 
@@ -161,6 +167,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   )
   g.add_argument("--priority", default=None, choices=PRIORITIES, help="the workload's priority")
   g.add_argument("--num_slices", type=int, default=1, help="multislice: N slices joined by the DCN")
+  g.add_argument(
+    "--max_restarts",
+    type=int,
+    default=0,
+    help="times the JobSet reruns the workload after a failure, a preemption (the trainer's exit 143) included",
+  )
   g.add_argument("--steps", default="create", help=f"subset of {','.join(STEPS)}")
 
 
@@ -176,6 +188,7 @@ def workload_from_args(args: argparse.Namespace, name: str | None = None) -> Xpk
     install=args.install,
     priority=args.priority,
     num_slices=args.num_slices,
+    max_restarts=args.max_restarts,
   )
 
 

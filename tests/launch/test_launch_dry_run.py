@@ -289,7 +289,7 @@ def test_xpk_command_is_well_formed(capsys, monkeypatch):
       BATCH,
     ]
   )
-  assert _flag(create, "--command") == f"pip install -e ./bench -e '.[tpu]' && {train}"
+  assert _flag(create, "--command") == f"pip install -e ./bench -e '.[tpu]' && exec {train}"
 
 
 @pytest.mark.parametrize(
@@ -321,7 +321,7 @@ def test_xpk_prebuilt_image_delete_and_v7x():
   assert _flag(create, "--tpu-type") == "tpu7x-128" and _flag(create, "--priority") == "high"
   assert _flag(create, "--docker-image") == "us-docker.pkg.dev/p/r/mv:1"
   assert not any(a.startswith(("--script-dir", "--base-docker-image")) for a in create)
-  assert _flag(create, "--command") == shlex.join(train)
+  assert _flag(create, "--command") == f"exec {shlex.join(train)}"
   runner = shell.Runner(True, out=io.StringIO())
   xpk.launch(w, train, ["delete", "create"], runner)
   assert [c[2] for c in runner.history] == ["delete", "create"]

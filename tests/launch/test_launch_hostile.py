@@ -1,6 +1,6 @@
-"""Hostile input to the launchers (issue 17, items 1 and 10): names that would run code on every worker,
-paths with spaces, and secrets in untracked files. The remote scripts are run here, in bash, against
-stand-in programs, so the test sees what a worker's shell would do with them."""
+"""Hostile input to the launchers (issue 17, items 1 and 10; issue 29): names that would run code on every
+worker, paths with spaces, secrets in untracked files, an absurd slice count, a preempted trainer. The remote
+scripts are run here, in bash, against stand-in programs, so the test sees what a worker's shell would do with them."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import io
 import json
 import os
 import shlex
+import signal
 import stat
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 
-from microverse_jax.launch import shell, topologies, tpu, xpk
+from microverse_jax.launch import local, preflight, shell, topologies, tpu, xpk
 
 pytestmark = pytest.mark.hostile
 
@@ -215,3 +217,73 @@ def test_gitignore_keeps_secrets_and_outputs_out():
   for path in (".env", "results/x.json", "videos/0.mp4"):
     result = subprocess.run(["git", "-C", REPO, "check-ignore", "-q", "--no-index", path], timeout=30)
     assert result.returncode == 0, f"{path} is not ignored"
+
+
+@pytest.mark.parametrize(
+  "launcher, flags",
+  [(tpu, ["--name=mv", "--zone=us-east5-a", "--queued"]), (xpk, ["--cluster=mv-cluster", "--workload=mv"])],
+)
+def test_an_absurd_num_slices_is_refused_in_one_line_before_any_command(launcher, flags, monkeypatch, capsys):
+  """--num_slices had no upper bound: a dry run printed 30 MB of commands."""
+  monkeypatch.chdir(REPO)
+  argv = [*flags, "--accelerator_type=v5p-16", "--num_slices=100000", f"--config={CONFIG}", "--workdir=gs://b/r"]
+  with pytest.raises(ValueError, match=r"^--num_slices=100000: expected a positive count of slices, at most 256$"):
+    launcher.main([*argv, "--config.data.batch_size=800000", "--dry_run"])
+  assert capsys.readouterr().out == ""
+  with pytest.raises(preflight.PreflightError, match=r"^--num_slices=100000: .*at most 256"):
+    preflight.check(CONFIG, [], slice=topologies.parse("v5p-16"), num_slices=100000)
+
+
+@pytest.mark.parametrize(
+  "trainer, processes",
+  [
+    ("import sys; sys.exit(143)", 1),  # the trainer after a SIGTERM: saved, exit 143
+    ("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", 1),  # killed by SIGTERM before it saved
+    ("import os, sys, time; time.sleep(0.5 * int(os.environ['JAX_PROCESS_ID'])); sys.exit(143)", 2),
+  ],
+)
+def test_a_preempted_trainer_makes_the_local_launcher_say_so_and_exit_143(trainer, processes, tmp_path, capsys):
+  """The launcher turned the trainer's preemption into a failure with status 1; a Job or a script that reruns
+  preempted runs needs it kept."""
+
+  def launch(argv):
+    runner = shell.Runner(False, out=io.StringIO())
+    local.run([sys.executable, "-c", trainer], runner, num_processes=processes, log_dir=str(tmp_path), timeout=60)
+
+  with pytest.raises(SystemExit) as stopped:
+    shell.cli(launch, [])
+  assert stopped.value.code == 143
+  assert "rerun the same launch to resume" in capsys.readouterr().err
+
+
+def test_xpk_sends_the_pods_sigterm_to_the_trainer_and_returns_its_143(tmp_path):
+  """XPK's container script starts --command in the background, forwards the pod's SIGTERM to it and exits with
+  its status (143 makes the JobSet restart it under --max_restarts): the trainer itself must get the signal."""
+  home, bin_dir = tmp_path / "home", tmp_path / "bin"
+  home.mkdir()
+  bin_dir.mkdir()
+  (bin_dir / "pip").write_text("#!/bin/sh\nexit 0\n")
+  trainer = bin_dir / "trainer"
+  trainer.write_text(
+    f"#!{sys.executable}\nimport pathlib, signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path('saved').touch(), sys.exit(143)))\n"
+    "pathlib.Path('ready').touch()\ntime.sleep(30)\n"
+  )
+  for program in bin_dir.iterdir():
+    program.chmod(0o755)
+  w = xpk.XpkWorkload(cluster="mv-cluster", workload="mv", slice=topologies.parse("v5p-8"), max_restarts=3)
+  create = w.create_command([str(trainer), "--workdir=gs://b/r"])
+  assert _flag(create, "--max-restarts") == "3"
+  pod = (  # what XPK's container runs, its 5 s poll made short
+    f"trap 'kill -TERM $PID 2>/dev/null' TERM; ({_flag(create, '--command')}) & PID=$!; "
+    "while kill -0 $PID 2>/dev/null; do sleep 0.1; done; wait $PID; exit $?"
+  )
+  env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+  proc = subprocess.Popen(["bash", "-c", pod], cwd=home, env=env)
+  deadline = time.time() + 30
+  while not (home / "ready").exists() and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=30) == 143 and (home / "saved").exists()
+  with pytest.raises(ValueError, match="--max_restarts=-1"):
+    xpk.XpkWorkload(cluster="mv-cluster", workload="mv", slice=topologies.parse("v5p-8"), max_restarts=-1)
