@@ -49,19 +49,29 @@ def _data_shape(data) -> dict:
   return shape
 
 
-def check_data_unchanged(c, workdir: str) -> None:
-  """ValueError naming each data key whose value differs from the saved run's, when WORKDIR has a
-  checkpoint and a config.json; nothing to compare otherwise."""
+def _saved_data(workdir: str) -> dict | None:
+  """The `data` section of WORKDIR/config.json when WORKDIR holds a checkpoint (a resume), else None."""
   root = epath.Path(workdir)
-  saved_path = root / "config.json"
-  checkpoints = root / "checkpoints"
-  if not saved_path.exists() or not checkpoints.exists() or not any(p.name.isdigit() for p in checkpoints.iterdir()):
+  path, checkpoints = root / "config.json", root / "checkpoints"
+  if not path.exists() or not checkpoints.exists() or not any(p.name.isdigit() for p in checkpoints.iterdir()):
+    return None
+  try:
+    saved = json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path}: this run's saved config is broken JSON ({e}); a resume is checked against it") from None
+  return saved.get("data", {}) if isinstance(saved, dict) else {}
+
+
+def check_data_unchanged(c, workdir: str) -> None:
+  """On a resume, ValueError naming each data key whose value differs from the saved run's, and the workdir."""
+  data = _saved_data(workdir)
+  if data is None:
     return
-  saved, ours = _data_shape(json.loads(saved_path.read_text()).get("data", {})), _data_shape(c.data)
+  saved, ours = _data_shape(data), _data_shape(c.data)
   changed = [f"data.{k} {saved[k]} -> {ours[k]}" for k in DATA_KEYS if k in saved and k in ours and saved[k] != ours[k]]
   if changed:
     raise ValueError(
       f"--workdir={workdir} resumes a run of another data shape: {', '.join(changed)}. Its checkpoint holds "
       f"the data iterator's clips bucketed and batched for the saved shape; keep the saved values "
-      f"({saved_path}) or train in a new --workdir"
+      f"({epath.Path(workdir) / 'config.json'}) or train in a new --workdir"
     )
