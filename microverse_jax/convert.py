@@ -1,7 +1,7 @@
 """Weight import from public PyTorch checkpoints into our Flax NNX models.
 
   python -m microverse_jax.convert dit --src DIR --out DIR     # diffusers or original Wan2.1 layout
-  python -m microverse_jax.convert vae --src DIR --out DIR     # diffusers dir, or Wan2.1_VAE.pth
+  python -m microverse_jax.convert vae --src DIR --out DIR     # diffusers dir, or Wan2.1_VAE.pth / Wan2.2_VAE.pth
   python -m microverse_jax.convert umt5 --src DIR --out DIR    # transformers dir, or the original .pth
 
 Sources are read without torch where possible (safetensors, single file or sharded with an index);
@@ -513,14 +513,15 @@ def wan_vae_from_diffusers(src: str, dtype=jnp.float32, **config_overrides):
 
 @_checked
 def wan_vae_from_original(src: str, dtype=jnp.float32, **config_overrides):
-  """A WanVAE from the original `Wan2.1_VAE.pth` (a file, or a directory holding it); the config
-  is the "wan2.1" preset unless overridden."""
-  from microverse_jax.models.wan_vae import WanVAE, WanVAEConfig, wan_vae_arrays
+  """A WanVAE from the original `Wan2.1_VAE.pth` / `Wan2.2_VAE.pth` (a file, or a directory holding one);
+  the config is that release's preset (told apart by the key names) unless overridden."""
+  from microverse_jax.models.wan_vae import WanVAE, wan_vae_arrays, wan_vae_config_from_original
 
   if os.path.isdir(src):
-    src = os.path.join(src, "Wan2.1_VAE.pth")
-  model = _build(WanVAE, WanVAEConfig.preset("wan2.1", **config_overrides))
-  assign(model, wan_vae_arrays(model, read_weights(src), "original"), src, dtype)
+    src = _release_file(src, _VAE_PTHS) or os.path.join(src, _VAE_PTHS[0])
+  sd = read_weights(src)
+  model = _build(WanVAE, wan_vae_config_from_original(sd, **config_overrides))
+  assign(model, wan_vae_arrays(model, sd, "original"), src, dtype)
   return model
 
 
@@ -534,11 +535,7 @@ def wan_vae_from_path(src: str, dtype=jnp.float32):
   """A diffusers directory (has config.json), the original .pth file / directory, or a converted dir."""
   if checkpoint_format(src) == "converted":
     return _cast(from_checkpoint(src, "vae"), dtype)
-  if (
-    os.path.isdir(src)
-    and os.path.exists(os.path.join(src, "config.json"))
-    and not os.path.exists(os.path.join(src, _VAE_PTH))
-  ):
+  if os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")) and not _release_file(src, _VAE_PTHS):
     return wan_vae_from_diffusers(src, dtype)
   return wan_vae_from_original(src, dtype)
 
@@ -621,7 +618,13 @@ EXPECTED = (
   "a diffusers/transformers `save_pretrained` directory (config.json + *.safetensors), or a "
   ".pth/.safetensors file (original Wan2.1, DiffSynth/MicroVerse)"
 )
-_VAE_PTH, _UMT5_PTH = "Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth"
+_VAE_PTHS, _UMT5_PTH = ("Wan2.1_VAE.pth", "Wan2.2_VAE.pth"), "models_t5_umt5-xxl-enc-bf16.pth"
+
+
+def _release_file(src: str, names) -> str | None:
+  """The first of the release files `names` in directory `src`, if it is one and holds any."""
+  found = [os.path.join(src, n) for n in names if os.path.isdir(src) and os.path.exists(os.path.join(src, n))]
+  return found[0] if found else None
 
 
 def _check_kind(kind: str) -> None:
@@ -728,20 +731,22 @@ def _pytorch_layout(src: str, kind: str) -> tuple[str, str]:
   has_json = os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json"))
   if kind == "dit":
     return ("diffusers" if has_json or src.endswith(".safetensors") else "original"), src
-  name = _VAE_PTH if kind == "vae" else _UMT5_PTH
-  if os.path.isdir(src) and os.path.exists(os.path.join(src, name)):
-    return "original", os.path.join(src, name)  # a Wan2.1 release directory
+  names = _VAE_PTHS if kind == "vae" else (_UMT5_PTH,)
+  release = _release_file(src, names)
+  if release:
+    return "original", release  # a Wan release directory
   if has_json:
     return ("diffusers" if kind == "vae" else "transformers"), src
   if os.path.isdir(src):
-    raise FileNotFoundError(f"{src}: no config.json and no {name}; expected {EXPECTED}")
+    raise FileNotFoundError(f"{src}: no config.json and no {' or '.join(names)}; expected {EXPECTED}")
   return "original", src
 
 
 def checkpoint_config(src: str, kind: str, **overrides):
   """The architecture config (WanDiTConfig / WanVAEConfig / UMT5Config) of checkpoint `src`: from a
   converted dir's config.json, a diffusers/transformers config.json, or inferred (original layouts:
-  the VAE is the "wan2.1" preset, umT5 and config-less DiT files from their tensor shapes)."""
+  the VAE is the "wan2.1" or "wan2.2" preset by its key names, umT5 and config-less DiT files from their
+  tensor shapes)."""
   _check_kind(kind)
   if checkpoint_format(src) == "converted":
     cls, fields = _config_class(kind), _converted_meta(src, kind)["config"]
@@ -765,9 +770,9 @@ def checkpoint_config(src: str, kind: str, **overrides):
     if layout in ("diffusers", "transformers"):
       return _json_config(kind, path, **overrides)
     if kind == "vae":
-      from microverse_jax.models.wan_vae import WanVAEConfig
+      from microverse_jax.models.wan_vae import wan_vae_config_from_original
 
-      return WanVAEConfig.preset("wan2.1", **overrides)
+      return wan_vae_config_from_original(read_checkpoint(path), **overrides)
     from microverse_jax.models.umt5 import umt5_config_from_original
 
     return umt5_config_from_original(read_checkpoint(path), **overrides)

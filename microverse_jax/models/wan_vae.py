@@ -1,7 +1,7 @@
-"""Wan2.1 VAE: a causal 3-D convolutional autoencoder, in Flax NNX.
+"""Wan2.1 and Wan2.2 VAEs: causal 3-D convolutional autoencoders, in Flax NNX.
 
 Axis letters: B batch, F frames, H W height/width, C channels (channels-last throughout);
-s = spatial factor (8 for Wan2.1), t = temporal factor (4), z = latent channels (16).
+s = spatial factor (8 for Wan2.1, 16 for Wan2.2), t = temporal factor (4), z = latent channels (16, 48).
 
   video (B, F, H, W, 3) in [-1, 1], F = 1 + k*t
     --encode--> latent mean (B, 1 + (F-1)/t, H/s, W/s, z)
@@ -13,11 +13,14 @@ frames / `decode_chunk_latents` latent frames per step). Each causal layer carri
 frames it saw (`_CausalCache`), so activation memory is that of one chunk whatever F, and the
 result equals the PyTorch reference's feature-cache loop exactly.
 
+Wan2.2 (`is_residual=True, patch_size=2`, preset "wan2.2") is the same network with a 2x2 patchify
+around it and parameter-free shortcuts around every stage; those pieces live in `wan_vae22`.
+
 Sharding: the VAE (127M parameters) is replicated: every parameter carries logical axis names,
 all None. It shards through activations: 'batch', and optionally the rows of every frame under
 the logical name `spatial_axis` (e.g. 'tokens' puts H on the context mesh axis; XLA adds the
-convolution halos). The checkpoint key mappings (diffusers, original Wan2.1) are at the bottom;
-the loaders are in `microverse_jax.convert`.
+convolution halos). The checkpoint key mappings (diffusers, original Wan2.1 / Wan2.2) are at the
+bottom; the loaders are in `microverse_jax.convert`.
 """
 
 from __future__ import annotations
@@ -30,53 +33,31 @@ import numpy as np
 from flax import nnx
 
 from microverse_jax import sharding
+from microverse_jax.models import wan_vae22
 from microverse_jax.models.layers import param
 
+# fmt: off
 WAN21_LATENTS_MEAN = (
-  -0.7571,
-  -0.7089,
-  -0.9113,
-  0.1075,
-  -0.1745,
-  0.9653,
-  -0.1517,
-  1.5508,
-  0.4134,
-  -0.0715,
-  0.5517,
-  -0.3632,
-  -0.1922,
-  -0.9497,
-  0.2503,
-  -0.2921,
+  -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+  0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
 )
 WAN21_LATENTS_STD = (
-  2.8184,
-  1.4541,
-  2.3275,
-  2.6558,
-  1.2196,
-  1.7708,
-  2.6052,
-  2.0743,
-  3.2687,
-  2.1526,
-  2.8652,
-  1.5579,
-  1.6382,
-  1.1253,
-  2.8251,
-  1.9160,
+  2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+  3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
 )
+# fmt: on
 
 
 @dataclasses.dataclass(frozen=True)
 class WanVAEConfig:
   base_dim: int = 96
+  decoder_base_dim: int | None = None  # None = base_dim (Wan2.2: 256 against the encoder's 160)
   z_dim: int = 16
   dim_mult: tuple[int, ...] = (1, 2, 4, 4)
   num_res_blocks: int = 2
   temporal_downsample: tuple[bool, ...] = (False, True, True)
+  is_residual: bool = False  # Wan2.2: parameter-free shortcuts around every stage
+  patch_size: int = 1  # Wan2.2: 2 (pixels p x p are folded into channels before the encoder)
   latents_mean: tuple[float, ...] = WAN21_LATENTS_MEAN
   latents_std: tuple[float, ...] = WAN21_LATENTS_STD
   # Beyond the architecture: how to run it.
@@ -103,6 +84,8 @@ class WanVAEConfig:
     for name in ("latents_mean", "latents_std"):
       if len(getattr(self, name)) != self.z_dim:
         raise ValueError(f"WanVAEConfig: {name} has {len(getattr(self, name))} entries, z_dim={self.z_dim}")
+    if self.patch_size < 1:
+      raise ValueError(f"WanVAEConfig: patch_size={self.patch_size} must be >= 1")
     if self.encode_chunk_frames % self.temporal_factor:
       raise ValueError(
         f"WanVAEConfig: encode_chunk_frames={self.encode_chunk_frames} must be a multiple "
@@ -117,7 +100,7 @@ class WanVAEConfig:
 
   @property
   def spatial_factor(self) -> int:
-    return 2 ** (len(self.dim_mult) - 1)
+    return 2 ** (len(self.dim_mult) - 1) * self.patch_size
 
   @property
   def temporal_factor(self) -> int:
@@ -125,18 +108,14 @@ class WanVAEConfig:
 
   @classmethod
   def preset(cls, name: str, **overrides) -> "WanVAEConfig":
-    """Named sizes: "wan2.1" (the released VAE) or "tiny" (CPU tests: 4x spatial, 2x temporal)."""
+    """Named sizes: "wan2.1", "wan2.2" (the released VAEs; Wan2.2's is TI2V-5B's, 16x16x4 to 48
+    channels), "tiny" and "tiny-wan2.2" (CPU tests: 4x/2x and 16x/4x spatial/temporal)."""
+    tiny = dict(z_dim=4, num_res_blocks=1, latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4)
     presets = {
       "wan2.1": {},
-      "tiny": dict(
-        base_dim=8,
-        z_dim=4,
-        dim_mult=(1, 2, 2),
-        num_res_blocks=1,
-        temporal_downsample=(False, True),
-        latents_mean=(0.0,) * 4,
-        latents_std=(1.0,) * 4,
-      ),
+      "wan2.2": wan_vae22.WAN22_PRESET,
+      "tiny": dict(tiny, base_dim=8, dim_mult=(1, 2, 2), temporal_downsample=(False, True)),
+      "tiny-wan2.2": {**wan_vae22.WAN22_PRESET, **tiny, "base_dim": 4, "decoder_base_dim": 6},
     }
     if name.lower() not in presets:
       raise ValueError(f"unknown WanVAE preset {name!r}; expected one of {sorted(presets)}")
@@ -152,6 +131,10 @@ class _CausalCache:
 
   def __init__(self, prev: list[jax.Array] | None = None):
     self.prev, self.new = prev, []
+
+  @property
+  def first(self) -> bool:
+    return self.prev is None
 
   def read(self) -> jax.Array | None:
     return None if self.prev is None else self.prev[len(self.new)]
@@ -256,12 +239,14 @@ class _Resample(nnx.Module):
   """2x spatial down/up-sampling ("down2d", "up2d"), with 2x causal temporal ("down3d", "up3d").
 
   Temporal downsampling keeps frame 0 and then takes stride-2 windows (0,1,2), (2,3,4), ...;
-  temporal upsampling keeps frame 0 and turns every later frame into two.
+  temporal upsampling keeps frame 0 and turns every later frame into two. Upsampling halves the
+  channels (Wan2.1) unless `up_dim` says otherwise (Wan2.2 keeps them).
   """
 
-  def __init__(self, dim: int, mode: str, *, rngs: nnx.Rngs, dtype):
+  def __init__(self, dim: int, mode: str, *, rngs: nnx.Rngs, dtype, up_dim: int | None = None):
     self.mode = mode
-    self.conv = _Conv(dim, dim // 2 if mode.startswith("up") else dim, (3, 3), rngs=rngs, dtype=dtype)
+    cout = (up_dim or dim // 2) if mode.startswith("up") else dim
+    self.conv = _Conv(dim, cout, (3, 3), rngs=rngs, dtype=dtype)
     tdim = {"up3d": 2 * dim, "down3d": dim}.get(mode)
     self.time_conv = _Conv(dim, tdim, (3, 1, 1), rngs=rngs, dtype=dtype) if tdim else None
 
@@ -288,31 +273,68 @@ class _Resample(nnx.Module):
     return x
 
 
-class _UpBlock(nnx.Module):
-  def __init__(self, cin: int, cout: int, num_resnets: int, mode: str | None, *, rngs, dtype):
+def _resample_mode(temporal: bool, direction: str) -> str:
+  return f"{direction}{'3d' if temporal else '2d'}"
+
+
+class _DownBlock(nnx.Module):
+  """A Wan2.2 encoder stage: res blocks, an optional 2x downsampler, plus the `avg_down` shortcut."""
+
+  def __init__(self, cin: int, cout: int, num_resnets: int, temporal: bool, down: bool, *, rngs, dtype):
     self.resnets = nnx.List(
       [_ResidualBlock(cin if i == 0 else cout, cout, rngs=rngs, dtype=dtype) for i in range(num_resnets)]
     )
-    self.upsampler = _Resample(cout, mode, rngs=rngs, dtype=dtype) if mode else None
+    self.downsampler = _Resample(cout, _resample_mode(temporal, "down"), rngs=rngs, dtype=dtype) if down else None
+    self.cout, self.ft, self.fs = cout, (2 if temporal else 1), (2 if down else 1)
+    if cin * self.ft * self.fs**2 % cout:
+      raise ValueError(f"WanVAEConfig: avg-down shortcut {cin} -> {cout} channels: {cout} must divide {cin}*ft*fs*fs")
 
   def __call__(self, x, cache: _CausalCache):
+    shortcut = wan_vae22.avg_down(x, self.cout, self.ft, self.fs)
     for block in self.resnets:
       x = block(x, cache)
-    return x if self.upsampler is None else self.upsampler(x, cache)
+    x = x if self.downsampler is None else self.downsampler(x, cache)
+    return x + shortcut
+
+
+class _UpBlock(nnx.Module):
+  """A decoder stage: res blocks and an optional 2x upsampler; Wan2.2 (`residual`) adds the `dup_up` shortcut."""
+
+  def __init__(self, cin: int, cout: int, num_resnets: int, mode: str | None, residual: bool, *, rngs, dtype):
+    self.resnets = nnx.List(
+      [_ResidualBlock(cin if i == 0 else cout, cout, rngs=rngs, dtype=dtype) for i in range(num_resnets)]
+    )
+    up_dim = cout if residual else None
+    self.upsampler = _Resample(cout, mode, rngs=rngs, dtype=dtype, up_dim=up_dim) if mode else None
+    self.shortcut = (cout, 2 if mode == "up3d" else 1, 2) if residual and mode else None  # (cout, ft, fs)
+    if self.shortcut and cout * self.shortcut[1] * 4 % cin:
+      raise ValueError(f"WanVAEConfig: dup-up shortcut {cin} -> {cout} channels: {cin} must divide {cout}*ft*fs*fs")
+
+  def __call__(self, x, cache: _CausalCache):
+    x_in = x
+    for block in self.resnets:
+      x = block(x, cache)
+    x = x if self.upsampler is None else self.upsampler(x, cache)
+    if self.shortcut is not None:
+      x = x + wan_vae22.dup_up(x_in, *self.shortcut, first_chunk=cache.first)
+    return x
 
 
 class _Encoder(nnx.Module):
   def __init__(self, cfg: WanVAEConfig, *, rngs: nnx.Rngs, dtype):
     dims = [cfg.base_dim * m for m in (1, *cfg.dim_mult)]
-    self.conv_in = _CausalConv3d(3, dims[0], 3, rngs=rngs, dtype=dtype)
-    blocks = []
+    self.conv_in = _CausalConv3d(3 * cfg.patch_size**2, dims[0], 3, rngs=rngs, dtype=dtype)
+    blocks, last = [], len(cfg.dim_mult) - 1
     for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+      temporal = i < last and cfg.temporal_downsample[i]
+      if cfg.is_residual:
+        blocks.append(_DownBlock(cin, cout, cfg.num_res_blocks, temporal, i < last, rngs=rngs, dtype=dtype))
+        continue
       for _ in range(cfg.num_res_blocks):
         blocks.append(_ResidualBlock(cin, cout, rngs=rngs, dtype=dtype))
         cin = cout
-      if i < len(cfg.temporal_downsample):
-        mode = "down3d" if cfg.temporal_downsample[i] else "down2d"
-        blocks.append(_Resample(cout, mode, rngs=rngs, dtype=dtype))
+      if i < last:
+        blocks.append(_Resample(cout, _resample_mode(temporal, "down"), rngs=rngs, dtype=dtype))
     self.down_blocks = nnx.List(blocks)
     self.mid_block = _MidBlock(dims[-1], rngs=rngs, dtype=dtype)
     self.norm_out = _RMSNorm(dims[-1], rngs=rngs)
@@ -329,19 +351,18 @@ class _Encoder(nnx.Module):
 
 class _Decoder(nnx.Module):
   def __init__(self, cfg: WanVAEConfig, *, rngs: nnx.Rngs, dtype):
-    dims = [cfg.base_dim * m for m in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
+    dims = [(cfg.decoder_base_dim or cfg.base_dim) * m for m in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
     temporal_upsample = cfg.temporal_downsample[::-1]
     self.conv_in = _CausalConv3d(cfg.z_dim, dims[0], 3, rngs=rngs, dtype=dtype)
     self.mid_block = _MidBlock(dims[0], rngs=rngs, dtype=dtype)
     blocks = []
     for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
-      mode = None
-      if i < len(temporal_upsample):
-        mode = "up3d" if temporal_upsample[i] else "up2d"
-      blocks.append(_UpBlock(cin // 2 if i > 0 else cin, cout, cfg.num_res_blocks + 1, mode, rngs=rngs, dtype=dtype))
+      mode = _resample_mode(temporal_upsample[i], "up") if i < len(temporal_upsample) else None
+      cin = cin // 2 if i > 0 and not cfg.is_residual else cin  # Wan2.1's upsamplers halve the channels
+      blocks.append(_UpBlock(cin, cout, cfg.num_res_blocks + 1, mode, cfg.is_residual, rngs=rngs, dtype=dtype))
     self.up_blocks = nnx.List(blocks)
     self.norm_out = _RMSNorm(dims[-1], rngs=rngs)
-    self.conv_out = _CausalConv3d(dims[-1], 3, 3, rngs=rngs, dtype=dtype)
+    self.conv_out = _CausalConv3d(dims[-1], 3 * cfg.patch_size**2, 3, rngs=rngs, dtype=dtype)
     self.activation_axes = ("batch", None, cfg.spatial_axis, None, None)
 
   def __call__(self, x, cache: _CausalCache):
@@ -415,7 +436,7 @@ class WanVAE(nnx.Module):
       out = self.quant_conv(self.encoder(x, cache))
       return cache.new, out[..., : cfg.z_dim].astype(jnp.float32)
 
-    return _run_chunked(step, video, cfg.encode_chunk_frames or t)
+    return _run_chunked(step, wan_vae22.patchify(video, cfg.patch_size), cfg.encode_chunk_frames or t)
 
   def decode(self, latents: jax.Array, tiled: bool = False) -> jax.Array:
     """latents (B, F', h, w, z) -> video (B, 1 + (F'-1)*t, h*s, w*s, 3) in [-1, 1], fp32.
@@ -427,9 +448,10 @@ class WanVAE(nnx.Module):
     if latents.ndim != 5 or latents.shape[-1] != cfg.z_dim:
       raise ValueError(f"WanVAE.decode: expected latents (B, F, h, w, {cfg.z_dim}), got {latents.shape}")
     video = self._decode_tiled(latents) if tiled else self._decode_untiled(latents)
-    return jnp.clip(video, -1.0, 1.0)
+    return jnp.clip(wan_vae22.unpatchify(video, cfg.patch_size), -1.0, 1.0)
 
   def _decode_untiled(self, latents):
+    """latents (B, F', h, w, z) -> the decoder's output (B, F, h*s/p, w*s/p, 3*p*p), before unpatchify."""
     x = self.post_quant_conv(latents.astype(self.post_quant_conv.dtype))
 
     def step(prev, chunk):
@@ -439,9 +461,11 @@ class WanVAE(nnx.Module):
     return _run_chunked(step, x, self.cfg.decode_chunk_latents).astype(jnp.float32)
 
   def _decode_tiled(self, latents):
-    cfg, s = self.cfg, self.cfg.spatial_factor
+    """As `_decode_untiled`, tile by tile; tiles are blended in the decoder's output (patch) space."""
+    cfg, s, p = self.cfg, self.cfg.spatial_factor, self.cfg.patch_size
     tile, stride = cfg.tile_sample_size // s, cfg.tile_sample_stride // s
-    blend = cfg.tile_sample_size - cfg.tile_sample_stride
+    out_stride = cfg.tile_sample_stride // p
+    blend = cfg.tile_sample_size // p - out_stride
     h, w = latents.shape[2:4]
     if h <= tile and w <= tile:
       return self._decode_untiled(latents)
@@ -456,10 +480,8 @@ class WanVAE(nnx.Module):
           row[j] = _blend(rows[i - 1][j], row[j], blend, axis=2)
         if j > 0:
           row[j] = _blend(row[j - 1], row[j], blend, axis=3)
-      out_rows.append(
-        jnp.concatenate([t[:, :, : cfg.tile_sample_stride, : cfg.tile_sample_stride] for t in row], axis=3)
-      )
-    return jnp.concatenate(out_rows, axis=2)[:, :, : h * s, : w * s]
+      out_rows.append(jnp.concatenate([t[:, :, :out_stride, :out_stride] for t in row], axis=3))
+    return jnp.concatenate(out_rows, axis=2)[:, :, : h * s // p, : w * s // p]
 
   def normalize_latents(self, latents: jax.Array) -> jax.Array:
     """(mean - latents_mean) / latents_std per channel: what the DiT is trained on."""
@@ -472,51 +494,63 @@ class WanVAE(nnx.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Weight import: diffusers AutoencoderKLWan and the original Wan2.1_VAE.pth layouts
+# Weight import: diffusers AutoencoderKLWan and the original Wan2.1_VAE.pth / Wan2.2_VAE.pth layouts
 # ---------------------------------------------------------------------------------------------
+_ARCHITECTURE = ("base_dim", "decoder_base_dim", "z_dim", "dim_mult", "num_res_blocks", "is_residual", "patch_size")
+
+
 def wan_vae_config_from_diffusers(cfg: dict, **overrides) -> WanVAEConfig:
-  """Our config from a diffusers `AutoencoderKLWan` config.json (Wan2.1 layout only)."""
-  unsupported = {
-    "attn_scales": [],
-    "is_residual": False,
-    "patch_size": None,
-    "in_channels": 3,
-    "out_channels": 3,
-    "decoder_base_dim": None,
-  }
-  for key, ok in unsupported.items():
-    value = cfg.get(key, ok)
-    if value != ok and not (key == "decoder_base_dim" and value == cfg.get("base_dim")):
-      raise ValueError(f"config.json: {key}={value!r} is not supported (Wan2.1 VAE needs {ok!r})")
+  """Our config from a diffusers `AutoencoderKLWan` config.json (Wan2.1, or Wan2.2: is_residual, patch_size 2)."""
+  if cfg.get("attn_scales", []) != []:
+    raise ValueError(f"config.json: attn_scales={cfg['attn_scales']!r} is not supported (the Wan VAEs have none)")
+  p = cfg.get("patch_size") or 1
+  for key in ("in_channels", "out_channels"):
+    if cfg.get(key, 3 * p * p) != 3 * p * p:
+      raise ValueError(
+        f"config.json: {key}={cfg[key]!r} is not supported (RGB video with patch_size={p} has {3 * p * p} channels)"
+      )
   fields = {
     ours: cfg[theirs]
     for ours, theirs in (
       ("base_dim", "base_dim"),
+      ("decoder_base_dim", "decoder_base_dim"),
       ("z_dim", "z_dim"),
       ("dim_mult", "dim_mult"),
       ("num_res_blocks", "num_res_blocks"),
       ("temporal_downsample", "temperal_downsample"),
+      ("is_residual", "is_residual"),
       ("latents_mean", "latents_mean"),
       ("latents_std", "latents_std"),
     )
     if theirs in cfg
   }
-  return WanVAEConfig(**{**fields, **overrides})
+  return WanVAEConfig(**{**fields, "patch_size": p, **overrides})
 
 
-def _diffusers_key(path: str) -> str:
+def wan_vae_config_from_original(keys, **overrides) -> WanVAEConfig:
+  """The released config whose original `WanVAE_` layout the state-dict names `keys` follow: "wan2.2" if
+  the encoder stages are nested (encoder.downsamples.i.downsamples.j...), else "wan2.1"; plus overrides."""
+  nested = any(k.startswith("encoder.downsamples.") and ".downsamples." in k[len("encoder.") :] for k in keys)
+  return WanVAEConfig.preset("wan2.2" if nested else "wan2.1", **overrides)
+
+
+def _diffusers_key(path: str, residual: bool) -> str:
   """Our dotted parameter path -> the diffusers AutoencoderKLWan state-dict key."""
   key = path.replace("mid_block.attention.", "mid_block.attentions.0.")
-  key = key.replace(".upsampler.", ".upsamplers.0.").replace(".conv.", ".resample.1.")
+  if not residual:  # Wan2.1's up blocks hold their upsampler in a one-element list
+    key = key.replace(".upsampler.", ".upsamplers.0.")
+  key = key.replace(".conv.", ".resample.1.")
   return key.removesuffix(".kernel") + ".weight" if key.endswith(".kernel") else key
 
 
 def _original_key(path: str, cfg: WanVAEConfig) -> str:
-  """Our dotted parameter path -> the original Wan2.1 `WanVAE_` state-dict key."""
-  parts = _diffusers_key(path).split(".")
+  """Our dotted parameter path -> the original Wan2.1 / Wan2.2 `WanVAE_` state-dict key."""
+  parts = _diffusers_key(path, cfg.is_residual).split(".")
   if parts[0] in ("quant_conv", "post_quant_conv"):
     return ".".join(["conv1" if parts[0] == "quant_conv" else "conv2", *parts[1:]])
-  if parts[:2] == ["decoder", "up_blocks"]:  # a flat list: per stage num_res_blocks + 1 resnets, a resample
+  if cfg.is_residual:  # stages nest their blocks
+    parts = wan_vae22.original_stage_key(parts, cfg.num_res_blocks)
+  elif parts[:2] == ["decoder", "up_blocks"]:  # a flat list: per stage num_res_blocks + 1 resnets, a resample
     i, j = int(parts[2]), (int(parts[4]) if parts[3] == "resnets" else cfg.num_res_blocks + 1)
     parts = ["decoder", "upsamples", str(i * (cfg.num_res_blocks + 2) + j), *parts[5:]]
   key = ".".join(parts)
@@ -547,11 +581,13 @@ def wan_vae_arrays(model: WanVAE, sd, layout: str = "diffusers") -> dict[str, np
   if layout not in ("diffusers", "original"):
     raise ValueError(f"layout={layout!r}; expected 'diffusers' or 'original'")
   names = {".".join(map(str, p)): v.shape for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-  src = {p: (_diffusers_key(p) if layout == "diffusers" else _original_key(p, model.cfg)) for p in names}
+  cfg = model.cfg
+  src = {p: (_diffusers_key(p, cfg.is_residual) if layout == "diffusers" else _original_key(p, cfg)) for p in names}
   missing, unexpected = sorted(set(src.values()) - set(sd)), sorted(set(sd) - set(src.values()))
   if missing or unexpected:
+    arch = ", ".join(f"{k}={getattr(cfg, k)}" for k in _ARCHITECTURE)
     raise ValueError(
-      f"Wan VAE checkpoint ({layout} layout) does not match the model config.\n"
+      f"Wan VAE checkpoint ({layout} layout) does not match the model config ({arch}).\n"
       f"  missing: {missing}\n  unexpected: {unexpected}"
     )
   out = {}
