@@ -16,7 +16,7 @@ result equals the PyTorch reference's feature-cache loop exactly.
 Wan2.2 (`is_residual=True, patch_size=2`, preset "wan2.2") is the same network with a 2x2 patchify
 around it and parameter-free shortcuts around every stage; those pieces live in `wan_vae22`.
 
-Sharding: the VAE (127M parameters) is replicated: every parameter carries logical axis names,
+Sharding: the VAE (127M parameters; Wan2.2's 705M) is replicated: every parameter carries logical axis names,
 all None. It shards through activations: 'batch', and optionally the rows of every frame under
 the logical name `spatial_axis` (e.g. 'tokens' puts H on the context mesh axis; XLA adds the
 convolution halos). The checkpoint key mappings (diffusers, original Wan2.1 / Wan2.2) are at the
