@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import os
+import sys
 import uuid
 
 import grain
@@ -41,6 +44,7 @@ class Checkpointer:
     A step with missing or broken files is moved aside to <step>.incomplete-<id> and the latest earlier
     step restored instead, said in one line (on one process; on several, one line asks to move it). A
     state that does not fit the saved one (another config) raises one ValueError naming the difference."""
+    _quiet_orphans()
     for s in sorted((s for s in self.manager.all_steps() if s <= step), reverse=True):
       try:
         return self._restore(s, abstract_state, data_iterator)
@@ -66,6 +70,7 @@ class Checkpointer:
       raise ValueError(f"{what}; move it aside (mv {folder} {aside}) and rerun") from None
     folder.rename(aside)
     self.manager.reload()
+    gc.collect()  # the failed reads' coroutines end now, while _quiet_orphans listens, not at exit
     print(f"{what}: moved to {aside.name}, trying the step before", flush=True)
 
   def wait(self) -> None:
@@ -101,6 +106,35 @@ def unreadable(error: BaseException) -> bool:
     or str(e).startswith(_DAMAGED)
     or str(e).endswith("does not exist.")  # Grain's ValueError for a missing iterator state
     for e in _chain(error)
+  )
+
+
+def _quiet_orphans() -> None:
+  """When a restore fails, Orbax's reads still in flight end in its closed event loop and report the same
+  failure again, at random times, as "Event loop is closed", "Exception ignored in <coroutine>" and
+  asyncio's "Task exception was never retrieved" (many KB). Drops those reports (and only those) from
+  the first restore on; the failure itself is raised or said once."""
+  if not getattr(sys.unraisablehook, "drops_orphans", False):
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+      if not _orphan(unraisable.exc_value):
+        previous(unraisable)
+
+    hook.drops_orphans = True
+    sys.unraisablehook = hook
+  if _keep_record not in logging.getLogger("asyncio").filters:
+    logging.getLogger("asyncio").addFilter(_keep_record)
+
+
+def _keep_record(record: logging.LogRecord) -> bool:
+  return not (record.exc_info and _orphan(record.exc_info[1]))
+
+
+def _orphan(error: BaseException | None) -> bool:
+  text = str(error)
+  return error is not None and (
+    text == "Event loop is closed" or text.startswith("Encountered error while reading") or unreadable(error)
   )
 
 

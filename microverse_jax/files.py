@@ -142,17 +142,16 @@ def _json_object(path: epath.Path, strict: bool = True) -> dict:
   return out
 
 
-def require_kind(path, allowed: tuple, flag: str, hint: str = "") -> str | None:
+def require_kind(path, allowed: tuple, flag: str) -> str | None:
   """The kind of `path` (see `folder_kind`) after checking it is one of `allowed` (None: an absent or
   empty folder). Raises one error naming the flag, the folder, what it is and what was expected."""
   kind = folder_kind(path)
   if kind in allowed:
     return kind
   want = " or ".join(KINDS[k] if k else "a new folder" for k in allowed if k != "other")
-  hint = f"; {hint}" if hint else ""
   if kind is None:
-    raise FileNotFoundError(f"{flag}={path}: no such folder, or an empty one; expected {want}{hint}")
-  raise ValueError(f"{flag}={path}: {KINDS[kind]}, not {want}{hint}")
+    raise FileNotFoundError(f"{flag}={path}: no such folder, or an empty one; expected {want}")
+  raise ValueError(f"{flag}={path}: {KINDS[kind]}, not {want}")
 
 
 def check_apart(path, source, flag: str, what: str) -> None:
@@ -178,10 +177,10 @@ def write_folder(path, kind: str, fill: Callable, flag: str = "--out") -> None:
   interruption leaves the old folder or the new one (at worst under its hidden temporary name beside
   it), never a mix. gs:// has no folder rename: there `path` must be new, and is filled in place with
   its artifact.json written last."""
-  require_kind(path, (None, kind), flag)
+  existing = require_kind(path, (None, kind), flag)
   path = epath.Path(path).expanduser()
   if is_remote(path):
-    if path.exists():
+    if existing:
       raise ValueError(f"{flag}={path}: exists; gs:// folders are written once (remove it, or choose a new {flag})")
     fill(path)
     mark(path, kind)
