@@ -41,6 +41,7 @@ def _fail(message: str) -> None:
 def describe(error: BaseException, argv: list[str]) -> str:
   """One line for an expected error: names the flag, key or file at fault."""
   text = str(error.args[0]) if error.args else str(error)
+  text = text.removeprefix("Configuration is not available because of an earlier failure to load: ")  # config_flags'
   if isinstance(error, OSError) and error.filename:
     return f"{error.strerror}: {error.filename}"
   if isinstance(error, (AttributeError, KeyError)) and _raised_by_the_config(error):
