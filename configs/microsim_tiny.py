@@ -73,7 +73,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   )
   # A small pixel-space model learns far faster predicting the clean clip than the velocity (the
   # noise never passes through it); the loss is still the velocity loss of the recipe.
-  c.diffusion = ml_collections.ConfigDict(dict(shift=1.0, prediction="x0", weighting="wan"))
+  # image_conditioning: how the model takes a first frame: "none" (text-to-video), "ti2v", "concat" (docs/sampling.md)
+  c.diffusion = ml_collections.ConfigDict(dict(shift=1.0, prediction="x0", weighting="wan", image_conditioning="none"))
 
   c.train = ml_collections.ConfigDict(
     dict(

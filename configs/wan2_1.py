@@ -99,7 +99,10 @@ def get_config(arg: str = "1.3b,lora") -> ml_collections.ConfigDict:
       ema_decay=0.0,
     )
   )
-  c.diffusion = ml_collections.ConfigDict(dict(shift=5.0, prediction="velocity", weighting="wan"))
+  # image_conditioning: Wan2.1 T2V takes no image ("none"); Wan2.2 TI2V-5B "ti2v", I2V "concat" (docs/sampling.md).
+  c.diffusion = ml_collections.ConfigDict(
+    dict(shift=5.0, prediction="velocity", weighting="wan", image_conditioning="none")
+  )
   # num_steps=0: computed at start from the train split (the held-out 5% excluded), as the official
   # schedule: num_epochs x ceil(train clips x dataset_repeat / batch). LoRA 5 epochs, full 2.
   c.train = ml_collections.ConfigDict(

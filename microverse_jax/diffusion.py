@@ -91,6 +91,24 @@ def inference_sigmas(num_steps: int, shift: float = 5.0) -> np.ndarray:
 
 
 PREDICTIONS = ("velocity", "x0")
+# How a model takes a conditioning image (docs/sampling.md): "none" (text-to-video only); "ti2v" (Wan2.2 TI2V:
+# latent frame 0 is the clean image latent, with timestep 0 on its tokens); "concat" (Wan2.2 I2V-A14B style:
+# a frame mask and the latents of the image followed by blank frames are concatenated to the input channels).
+IMAGE_CONDITIONING = ("none", "ti2v", "concat")
+
+
+def image_conditioning(d) -> str:
+  """A config's `diffusion.image_conditioning` ("none" for runs saved before the key), checked."""
+  mode = d.get("image_conditioning", "none")
+  if mode not in IMAGE_CONDITIONING:
+    raise ValueError(f"diffusion.image_conditioning={mode!r}: expected one of {IMAGE_CONDITIONING}")
+  return mode
+
+
+def model_in_channels(mode: str, channels: int, temporal_factor: int) -> int:
+  """The DiT's input channels for latents of `channels`: "concat" adds the frame mask (one channel per video
+  frame a latent frame holds: the autoencoder's temporal factor) and the image's latents."""
+  return 2 * channels + temporal_factor if mode == "concat" else channels
 
 
 def to_velocity(out: jax.Array, x_t: jax.Array, sigma: jax.Array, prediction: str, min_sigma: float = 0.0) -> jax.Array:
@@ -145,6 +163,7 @@ def sample(
   callback: Callable[[int], None] | None = None,
   step_cache: float = 0.0,
   stats: dict | None = None,
+  first_frame: jax.Array | None = None,
 ) -> jax.Array:
   """Integrates dx/dsigma = v from sigma = 1 (noise) to 0 and returns x0.
 
@@ -153,11 +172,15 @@ def sample(
   step_cache: a step reuses the last velocity instead of calling the model while the input has
   moved less than this relative L1 distance since the last call (TeaCache-style; 0 = off). The
   first and last steps always call the model. `stats`, if given, gets "model_calls".
+  first_frame: clean latents (B, 1, H, W, C) that frame 0 of x (B, F, H, W, C) is held at, set before the
+  first step and after every step (Wan2.2 TI2V's image conditioning; the solvers act elementwise, so the
+  other frames are as if frame 0 were only replaced in the model's input).
   """
   if sampler not in ("euler", "unipc"):
     raise ValueError(f"sampler={sampler!r}: expected 'euler' or 'unipc'")
   sigmas = inference_sigmas(num_steps, shift)
-  x = noise.astype(jnp.float32)
+  hold = (lambda x: x) if first_frame is None else (lambda x: x.at[:, :1].set(first_frame.astype(jnp.float32)))
+  x = hold(noise.astype(jnp.float32))
   batch = x.shape[0]
   history: list[tuple[float, jax.Array]] = []  # (lambda, x0 prediction) of past steps
   last_x = None
@@ -176,6 +199,7 @@ def sample(
       history = (history + [(_lam(s), x0)])[-2:]
       last_x = x
       x = x0 if s_next == 0 else _unipc_update(x, s, s_next, history)
+    x = hold(x)
     if callback is not None:
       callback(i)
   if stats is not None:

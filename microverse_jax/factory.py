@@ -136,9 +136,12 @@ def validate(c, num_devices: int, num_slices: int | None = None) -> dict[str, in
   if c.data.batch_size % jax.process_count():
     raise ValueError(f"data.batch_size={c.data.batch_size} is not divisible by {jax.process_count()} processes")
   cfg = dit_config(c)
-  lat = latent_shape(c)
-  if lat[-1] != cfg.in_channels:
-    raise ValueError(f"model.in_channels={cfg.in_channels}, but the {c.autoencoder.kind} autoencoder gives {lat[-1]}")
+  lat, mode, vae = latent_shape(c), diffusion.image_conditioning(c.diffusion), vae_config(c)
+  if diffusion.model_in_channels(mode, lat[-1], vae.temporal_factor if vae else 1) != cfg.in_channels:
+    raise ValueError(
+      f"model.in_channels={cfg.in_channels}, but the {c.autoencoder.kind} autoencoder gives {lat[-1]}"
+      + ("" if mode == "none" else f" (diffusion.image_conditioning={mode!r})")
+    )
   if needs_encoders(c) and text_config(c).d_model != cfg.text_dim:  # a latent cache: checked against the cache
     raise ValueError(f"model.text_dim={cfg.text_dim}, but the text encoder gives {text_config(c).d_model}")
   if cfg.num_heads % mesh["tensor"] or cfg.num_heads % mesh["context"]:

@@ -4,6 +4,7 @@
   pipe = Pipeline.from_workdir("workdir/tiny")              # or Pipeline.from_pretrained(converted_or_diffusers_dir)
   videos = pipe(["A cell divides into two."], steps=25, seed=0)   # list of uint8 (F, H, W, 3)
   save_video(videos[0], "cell.mp4", fps=8)
+  videos = pipe("The cell divides.", image="first_frame.png")       # image-to-video (a TI2V or I2V model)
 
 `generate` is the sampler under it (classifier-free guidance over the flow-matching ODE, then the
 decoder), shared by the sample CLI and the trainer's evaluators.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import math
 import os
 
@@ -46,6 +48,8 @@ def generate(
   tiled: bool = False,
   step_cache: float = 0.0,
   cfg_cache: bool = False,
+  images: np.ndarray | None = None,
+  image_conditioning: str = "none",
 ) -> list[np.ndarray]:
   """Videos for `prompts` as uint8 (F, H, W, 3); `shape` is the latent (F', H', W', C) to sample
   (`factory.latent_shape`). Conditional and unconditional passes share a batch; guidance 1 runs
@@ -60,12 +64,13 @@ def generate(
   `step_cache` (> 0: reuse the last velocity while the input barely moved, see diffusion.sample) and
   `cfg_cache` (the unconditional pass every other step only, see diffusion.guided) trade accuracy
   for speed; both are off by default.
+  `images`: uint8 (N, H, W, 3), prompt i's first frame at the video's size (`load_image`), taken as the model's
+  `image_conditioning` says (diffusion.IMAGE_CONDITIONING; "concat" needs them, "none" refuses them).
   """
+  check_conditioning(image_conditioning, images is not None)
   batch_size = batch_size or jax.device_count()
   encode_text = nnx.jit(lambda enc, ids, mask: enc.text(ids, mask))
-  velocity = nnx.jit(
-    lambda m, x, t, ctx: diffusion.to_velocity(m(x, t, ctx), x, t / diffusion.NUM_TRAIN_TIMESTEPS, prediction)
-  )
+  velocity = nnx.jit(lambda m, x, t, ctx, extra, token_mask: _velocity(m, x, t, ctx, extra, token_mask, prediction))
   decode = nnx.jit(lambda enc, z: enc.decode(z, tiled=True) if tiled else enc.decode(z))
   if guidance != 1.0:  # guidance 1 is the conditional velocity alone: no unconditional pass
     neg_ids, neg_mask = tokenizer([negative_prompt])
@@ -83,17 +88,104 @@ def generate(
         for i in range(len(chunk))
       ]
     )
+    chunk_images = None if images is None else images[start : start + batch_size]
+    extra, token_mask, first_frame = image_condition(encoders, chunk_images, shape, image_conditioning, model.cfg)
+    call = lambda x, t, ctx: velocity(model, x, t, ctx, extra, token_mask)
     if guidance == 1.0:
-      fn = lambda x, t: velocity(model, x, t, cond)
+      fn = lambda x, t: call(x, t, cond)
     else:
       context = jnp.concatenate([cond, jnp.broadcast_to(uncond, cond.shape)])
-      cond_only = (lambda x, t: velocity(model, x, t, cond)) if cfg_cache else None
-      fn = diffusion.guided(lambda x, t: velocity(model, x, t, context), guidance, cond_only=cond_only)
+      cond_only = (lambda x, t: call(x, t, cond)) if cfg_cache else None
+      fn = diffusion.guided(lambda x, t: call(x, t, context), guidance, cond_only=cond_only)
     report = (lambda i: print(f"  step {i + 1}/{steps}", end="\r", flush=True)) if progress else None
-    latents = diffusion.sample(fn, noise, steps, shift=shift, sampler=sampler, callback=report, step_cache=step_cache)
+    latents = diffusion.sample(
+      fn, noise, steps, shift=shift, sampler=sampler, callback=report, step_cache=step_cache, first_frame=first_frame
+    )
     frames = np.asarray(decode(encoders, latents))
     out.extend(np.clip(np.round((frames + 1) * 127.5), 0, 255).astype(np.uint8))
   return out
+
+
+def _velocity(model, x, t, context, extra, token_mask, prediction: str):
+  """The velocity at x (B', F', H', W', C), t (B',). extra: (B, F', H', W', E) channels concatenated to x, tiled
+  over CFG's [cond; uncond]; token_mask (T,): the model's timestep per token is t times it (0: a clean token)."""
+  x_in = x if extra is None else jnp.concatenate([x, jnp.tile(extra, (x.shape[0] // extra.shape[0], 1, 1, 1, 1))], -1)
+  steps = t if token_mask is None else t[:, None] * token_mask
+  out = model(x_in, steps, context)
+  return diffusion.to_velocity(out, x, t / diffusion.NUM_TRAIN_TIMESTEPS, prediction)
+
+
+_encode = nnx.jit(lambda enc, video: enc.encode(video))
+
+
+def check_conditioning(mode: str, has_image: bool) -> None:
+  """Refuses a conditioning image for a text-to-video model, and no image for a "concat" one: one line each."""
+  if has_image and mode == "none":
+    raise ValueError(
+      "a conditioning image was given, but the model is text-to-video only "
+      "(in_channels == out_channels, diffusion.image_conditioning='none')"
+    )
+  if not has_image and mode == "concat":
+    raise ValueError(
+      "diffusion.image_conditioning='concat': the model needs a conditioning image (image=, --image or first_frame)"
+    )
+
+
+def image_condition(encoders, images, shape, mode: str, dit_cfg) -> tuple:
+  """(extra input channels, per-token timestep mask, held frame 0) for first frames `images` uint8 (B, H, W, 3) and
+  a latent video `shape` (F', H', W', C); None where unused. "ti2v": frame 0's normalised latents (B, 1, H', W', C),
+  held, timestep 0 on its tokens (T,). "concat": (B, F', H', W', t + C), a frame mask (1 on latent frame 0, t
+  channels: the autoencoder's temporal factor) and the latents of the image followed by F - 1 zero frames."""
+  if images is None:
+    return None, None, None
+  video = jnp.asarray(np.asarray(images), jnp.float32)[:, None] / 127.5 - 1.0
+  if mode == "ti2v":
+    grid = [n // p for n, p in zip(shape[:3], dit_cfg.patch_size)]
+    token_mask = (jnp.arange(math.prod(grid)) >= grid[1] * grid[2]).astype(jnp.float32)
+    return None, token_mask, _encode(encoders, video)
+  t = 1 if encoders.vae is None else encoders.vae.cfg.temporal_factor
+  latents = _encode(encoders, jnp.pad(video, ((0, 0), (0, (shape[0] - 1) * t), (0, 0), (0, 0), (0, 0))))
+  mask = jnp.zeros((*latents.shape[:-1], t), jnp.float32).at[:, 0].set(1.0)
+  return jnp.concatenate([mask, latents], axis=-1), None, None
+
+
+def load_image(image, height: int, width: int) -> np.ndarray:
+  """uint8 (height, width, 3) from an image path or a uint8 (H, W, 3) array: resized to cover the size (Lanczos)
+  and centre-cropped, as Wan2.2's image-to-video inference does; a note is printed when the size changes."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  name = "image"
+  if isinstance(image, (str, os.PathLike)):
+    name = str(image)
+    try:
+      img = Image.open(io.BytesIO(epath.Path(image).expanduser().read_bytes())).convert("RGB")
+    except OSError as e:  # a missing file, or not an image (PIL's UnidentifiedImageError)
+      raise ValueError(f"{name}: not a readable image ({e})") from None
+  else:
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
+      raise ValueError(f"image: expected uint8 (H, W, 3), got {array.dtype} {array.shape}")
+    img = Image.fromarray(array)
+  if img.size != (width, height):
+    scale = max(width / img.width, height / img.height)
+    size = (round(img.width * scale), round(img.height * scale))
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    print(f"{name}: {img.width}x{img.height} resized to {size[0]}x{size[1]}, centre-cropped to {width}x{height}")
+    img = img.resize(size, Image.LANCZOS).crop((left, top, left + width, top + height))
+  return np.asarray(img)
+
+
+def folder_conditioning(folder: str, dit_cfg) -> str:
+  """How the model of a diffusers Wan pipeline folder takes an image: "ti2v" when its model_index.json sets
+  expand_timesteps (Wan2.2 TI2V-5B), "concat" when the transformer has more input than output channels (I2V).
+  A two-expert folder (Wan2.2 A14B: boundary_ratio, transformer_2) is refused: one transformer is sampled."""
+  path = epath.Path(folder) / "model_index.json"
+  index = json.loads(path.read_text()) if path.exists() else {}
+  if index.get("boundary_ratio") is not None:
+    raise ValueError(f"{folder}: a two-expert Wan2.2 A14B pipeline (boundary_ratio); one transformer is supported")
+  if index.get("expand_timesteps"):
+    return "ti2v"
+  return "concat" if dit_cfg.in_channels != dit_cfg.out_channels else "none"
 
 
 def config_settings(c) -> dict:
@@ -109,6 +201,7 @@ def config_settings(c) -> dict:
     tiled=c.eval.tiled_decode if "tiled_decode" in c.eval else False,
     step_cache=c.eval.step_cache if "step_cache" in c.eval else 0.0,
     cfg_cache=c.eval.cfg_cache if "cfg_cache" in c.eval else False,
+    image_conditioning=diffusion.image_conditioning(c.diffusion),
   )
 
 
@@ -167,6 +260,27 @@ def filmstrip(frames: np.ndarray, count: int = 8) -> np.ndarray:
   return np.concatenate(list(frames[picks]), axis=1)
 
 
+def pretrained_config(checkpoint: str, config=None):
+  """`config` (default configs/wan2_1.py) pointed at `checkpoint`: its DiT, and for a diffusers WanPipeline folder
+  its VAE, text encoder, tokenizer and image conditioning (`folder_conditioning`)."""
+  if files.folder_kind(checkpoint) == "run":
+    raise ValueError(f"--checkpoint={checkpoint}: {files.KINDS['run']}, not a checkpoint; give it as --workdir")
+  if config is None:
+    from microverse_jax.configs import wan2_1  # pylint: disable=g-import-not-at-top
+
+    config = wan2_1.get_config("1.3b,full")
+  config = copy.deepcopy(config)
+  parts = {k: os.path.join(checkpoint, k) for k in ("transformer", "vae", "text_encoder", "tokenizer")}
+  folder = all(epath.Path(p).is_dir() for p in parts.values())
+  if folder:
+    config.autoencoder.init_from, config.text.init_from = parts["vae"], parts["text_encoder"]
+    config.text.tokenizer = parts["tokenizer"]
+  config.init_from = parts["transformer"] if folder else checkpoint  # the DiT's architecture: the checkpoint's own
+  if folder:
+    config.diffusion.image_conditioning = folder_conditioning(checkpoint, factory.dit_config(config))
+  return config
+
+
 class Pipeline:
   """A DiT with its frozen encoders and its config's sampling settings: pipe(prompts) -> videos."""
 
@@ -186,22 +300,11 @@ class Pipeline:
   @classmethod
   def from_pretrained(cls, checkpoint: str, config=None) -> "Pipeline":
     """A diffusers WanPipeline directory (transformer/, vae/, text_encoder/, tokenizer/: all four are
-    used), or a DiT checkpoint alone (converted, exported or PyTorch) with the encoders that
-    `config` names (default configs/wan2_1.py, whose encoders are random unless its init_froms are set)."""
-    if files.folder_kind(checkpoint) == "run":
-      raise ValueError(f"--checkpoint={checkpoint}: {files.KINDS['run']}, not a checkpoint; give it as --workdir")
-    if config is None:
-      from microverse_jax.configs import wan2_1  # pylint: disable=g-import-not-at-top
-
-      config = wan2_1.get_config("1.3b,full")
-    parts = {k: os.path.join(checkpoint, k) for k in ("transformer", "vae", "text_encoder", "tokenizer")}
-    if all(epath.Path(p).is_dir() for p in parts.values()):
-      config = copy.deepcopy(config)
-      config.autoencoder.init_from, config.text.init_from = parts["vae"], parts["text_encoder"]
-      config.text.tokenizer, checkpoint = parts["tokenizer"], parts["transformer"]
-    config = copy.deepcopy(config)
-    config.init_from = checkpoint  # the DiT's architecture (validation, latent shape): the checkpoint's own
-    return cls.build(config, factory.load_dit(config, checkpoint_dir=checkpoint))
+    used; how it takes an image, `folder_conditioning`), or a DiT checkpoint alone (converted, exported or PyTorch)
+    with the encoders that `config` names (default configs/wan2_1.py, whose encoders are random unless its
+    init_froms are set)."""
+    config = pretrained_config(checkpoint, config)
+    return cls.build(config, factory.load_dit(config, checkpoint_dir=config.init_from))
 
   @classmethod
   def build(cls, c, model) -> "Pipeline":
@@ -218,13 +321,23 @@ class Pipeline:
     height: int | None = None,
     width: int | None = None,
     seed: int = 42,
+    image=None,
     **settings,
   ) -> list[np.ndarray]:
     """uint8 videos (F, H, W, 3), one per prompt. `settings` override the config's: steps,
-    guidance, shift, sampler, negative_prompt, batch_size, noise_ids, progress."""
+    guidance, shift, sampler, negative_prompt, batch_size, noise_ids, progress. `image`: the first frame to
+    condition on (a path or uint8 (H, W, 3), fitted to the size by `load_image`), or a list of one per prompt."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     check_settings(settings, self.config)
+    check_conditioning(diffusion.image_conditioning(self.config.diffusion), image is not None)
     shape = factory.latent_shape(self.config, num_frames, height, width)
+    images = None
+    if image is not None:
+      images = list(image) if isinstance(image, (list, tuple)) else [image] * len(prompts)
+      if len(images) != len(prompts):
+        raise ValueError(f"image: {len(images)} images for {len(prompts)} prompts (give one, or one per prompt)")
+      size = (height or self.config.data.height, width or self.config.data.width)
+      images = np.stack([load_image(im, *size) for im in images])
     return generate(
       self.model,
       self.encoders,
@@ -232,5 +345,6 @@ class Pipeline:
       prompts,
       shape,
       seed=seed,
+      images=images,
       **{**config_settings(self.config), **settings},
     )
