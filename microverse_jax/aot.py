@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh
 from ml_collections import config_flags
 
-from microverse_jax import cli, factory, flops, sharding, train
+from microverse_jax import cli, factory, flops, sharding, train_step
 
 # generation -> (libtpu name, TensorCores per chip in the "-N" suffix, HBM bytes per chip, mesh rank)
 TPU_GENERATIONS = {"v5p": ("v5p", 2, 95 * 2**30, 3), "v5e": ("v5e", 1, 16 * 2**30, 2), "v6e": ("v6e", 1, 32 * 2**30, 2)}
@@ -245,7 +245,7 @@ def compile_train_step(c, topology: Topology, num_slices: int = 1, dcn_axis: str
     batch = {
       k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in factory.batch_spec(c).items()
     }
-    step = train.jit_train_step(c, states, train.make_encode(c, enc_graphdef))
+    step = train_step.jit_train_step(c, states, train_step.make_encode(c, enc_graphdef))
     compiled = step.lower(state, frozen, enc_state, batch).compile()
   lat = factory.latent_shape(c)
   info = _report(
@@ -270,7 +270,7 @@ def compile_encoders(c, topology: Topology, num_slices: int = 1, dcn_axis: str =
     batch = {
       k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in factory.batch_spec(c).items()
     }
-    compiled = jax.jit(train.make_encode(c, enc_graphdef)).lower(enc_state, batch).compile()
+    compiled = jax.jit(train_step.make_encode(c, enc_graphdef)).lower(enc_state, batch).compile()
   return compiled, _report(compiled, topology, shape, float("nan"))
 
 

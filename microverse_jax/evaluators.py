@@ -8,7 +8,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from microverse_jax import diffusion, factory, pipeline
+from microverse_jax import diffusion, factory, pipeline, train_step
 
 
 def make_eval_step(c, graphdef):
@@ -20,9 +20,7 @@ def make_eval_step(c, graphdef):
     model = nnx.merge(graphdef, params, frozen)
     noise = jax.random.normal(key, latents.shape, jnp.float32)
     sigma = jnp.full((latents.shape[0],), bucket / diffusion.NUM_TRAIN_TIMESTEPS, jnp.float32)
-    x_t, t, target = fm.noised(latents, noise, sigma)
-    v = fm.velocity(model(x_t, t, context), x_t, t)
-    per = jnp.mean(jnp.square(v - target), axis=tuple(range(1, latents.ndim)))
+    per = train_step.flow_matching_loss(fm, model, *fm.noised(latents, noise, sigma), context)
     return jnp.sum(per * valid), jnp.sum(valid)
 
   return jax.jit(eval_step)

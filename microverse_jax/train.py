@@ -4,13 +4,13 @@
 
 Rerunning the same command resumes from the latest checkpoint in DIR/checkpoints. SIGTERM saves
 at the current step and exits with status 143 (resume.py). A local workdir is locked while a run uses it.
-Projects fork a config, not this file; config -> objects lives in factory.py, the periodic evaluations in evaluators.py.
+Projects fork a config, not this file; config -> objects lives in factory.py, the loss and the step in train_step.py,
+the periodic evaluations in evaluators.py.
 """
 
 from __future__ import annotations
 
 import fcntl
-import functools
 import json
 import math
 import os
@@ -18,116 +18,16 @@ import socket
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import flags
 from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
-from microverse_jax import checkpoint, cli, diffusion, evaluators, factory as factory_lib, files, flops, sharding
+from microverse_jax import checkpoint, cli, evaluators, factory as factory_lib, files, flops, sharding
 from microverse_jax.resume import EXIT_PREEMPTED, SigtermFlag, check_data_unchanged
-
-
-# =============================================================================================
-# The step
-# =============================================================================================
-def make_train_step(c, graphdef, tx, schedule):
-  """step(state, frozen, encoders_state, enc_graphdef-bound batch) -> (state, metrics)."""
-  fm = diffusion.FlowMatching.from_config(c.diffusion)
-  accum, ema_decay = c.optim.grad_accum, c.optim.ema_decay
-  skip_nonfinite = c.train.on_nonfinite == "skip"
-
-  def loss_fn(params, frozen, latents, context, key):
-    model = nnx.merge(graphdef, params, frozen)
-    k_t, k_noise = jax.random.split(key)
-    index = fm.sample_index(k_t, latents.shape[0])
-    noise = jax.random.normal(k_noise, latents.shape, jnp.float32)
-    x_t, t, target, weight = fm.training_inputs(latents, noise, index)
-    v = fm.velocity(model(x_t, t, context), x_t, t)
-    per_sample = jnp.mean(jnp.square(v - target), axis=tuple(range(1, v.ndim)))
-    return jnp.mean(per_sample * weight)
-
-  def step(state, frozen, encode, batch):
-    key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-    if c.train.caption_dropout > 0:
-      key, k_drop = jax.random.split(key)
-      batch = drop_captions(batch, k_drop, c.train.caption_dropout)
-    latents, context = encode(batch)
-    grad_fn = jax.value_and_grad(loss_fn)
-    if accum == 1:
-      loss, grads = grad_fn(state["params"], frozen, latents, context, key)
-    else:
-      split = lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:])
-
-      def micro(carry, xs):
-        lat, ctx, i = xs
-        loss, g = grad_fn(state["params"], frozen, lat, ctx, jax.random.fold_in(key, i))
-        return jax.tree.map(jnp.add, carry, (loss, g)), None
-
-      zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state["params"]))
-      (loss, grads), _ = jax.lax.scan(micro, zeros, (split(latents), split(context), jnp.arange(accum)))
-      loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    new = {**state, "params": params, "opt_state": opt_state}
-    if ema_decay > 0:
-      new["ema"] = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema"], params)
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
-    if skip_nonfinite:  # keep the old weights and optimizer state, count the skipped update
-      new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-      new["skipped"] = state["skipped"] + (~finite).astype(jnp.int32)
-    new["step"] = state["step"] + 1
-    return new, {
-      "loss": loss,
-      "grad_norm": grad_norm,
-      "lr": schedule(state["step"]),
-      "finite": finite,
-      "skipped_updates": new["skipped"],
-    }
-
-  return step
-
-
-def all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def drop_captions(batch: dict, key, rate: float) -> dict:
-  """Replaces each caption by the empty prompt with probability `rate` (trains the unconditional
-  model that classifier-free guidance needs). The empty prompt is eos alone (id 1, T5 convention),
-  what both tokenizers make of ""."""
-  ids, mask = batch["text_ids"], batch["text_mask"]
-  drop = jax.random.bernoulli(key, rate, (ids.shape[0], 1))
-  first = jnp.arange(ids.shape[1]) == 0
-  return {**batch, "text_ids": jnp.where(drop, first.astype(ids.dtype), ids), "text_mask": jnp.where(drop, first, mask)}
-
-
-def jit_train_step(c, factory: factory_lib.StateFactory, encode):
-  """The jitted step(state, frozen, encoder_state, batch) -> (state, metrics); state is donated."""
-  step_fn = make_train_step(c, factory.graphdef, factory.tx, factory.schedule)
-  return jax.jit(
-    lambda s, f, e, b: step_fn(s, f, functools.partial(encode, e), b),
-    donate_argnums=(0,),
-    out_shardings=(factory.state_shardings, None),
-  )
-
-
-def make_encode(c, enc_graphdef):
-  """encode(enc_state, batch) -> (latents (B,F',H',W',C) fp32, context (B,L,D)); frozen (no gradient)."""
-
-  def encode(enc_state, batch):
-    if c.data.source == "latents":
-      return batch["latents"], batch["context"]
-    enc = nnx.merge(enc_graphdef, enc_state)
-    latents = enc.encode(batch["video"])
-    context = enc.text(batch["text_ids"], batch["text_mask"])
-    return jax.lax.stop_gradient(latents.astype(jnp.float32)), jax.lax.stop_gradient(context)
-
-  return encode
+from microverse_jax.train_step import jit_train_step, make_encode
 
 
 # =============================================================================================

@@ -73,10 +73,11 @@ def test_the_checker_sees_a_loop():
   assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
 
 
-def test_the_evaluators_and_factory_never_import_a_command_line_tool():
+def test_the_library_and_aot_never_import_a_command_line_tool():
   graph = import_graph(REPO)
   clis = {f"microverse_jax.{m}" for m in ("train", "sample", "encode", "aot", "export")}
-  for module in ("microverse_jax.factory", "microverse_jax.evaluators", "microverse_jax.pipeline"):
+  library = ("factory", "evaluators", "pipeline", "train_step", "input_pipeline", "aot")
+  for module in (f"microverse_jax.{m}" for m in library):
     assert not graph[module] & clis, (module, graph[module] & clis)
 
 

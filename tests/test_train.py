@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 from train_helpers import losses, tiny_config
 
-from microverse_jax import checkpoint, factory as factory_lib, input_pipeline, sharding, train
+from microverse_jax import checkpoint, factory as factory_lib, sharding, train
 from microverse_jax.models.lora import merge_lora
 from microverse_jax.models.wan_dit import WanDiT
 
@@ -167,23 +167,6 @@ def test_init_from_a_converted_checkpoint_sets_the_base_weights(synth_data_dir, 
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert jax.tree.leaves(base)
-
-
-def test_caption_dropout_swaps_in_the_empty_prompt():
-  tokenizer = input_pipeline.ByteTokenizer(12)
-  ids, mask = tokenizer(["cells divide", "beads", "vessel", "rods"])
-  batch = {"text_ids": jnp.asarray(ids), "text_mask": jnp.asarray(mask), "video": jnp.zeros((4, 1))}
-  empty_ids, empty_mask = tokenizer([""])
-  kept = train.drop_captions(batch, jax.random.key(0), 0.0)
-  np.testing.assert_array_equal(kept["text_ids"], ids)
-  dropped = train.drop_captions(batch, jax.random.key(0), 1.0)
-  np.testing.assert_array_equal(dropped["text_ids"], np.repeat(empty_ids, 4, 0))
-  np.testing.assert_array_equal(dropped["text_mask"], np.repeat(empty_mask, 4, 0))
-  some = train.drop_captions(batch, jax.random.key(3), 0.5)
-  rows = [bool((np.asarray(some["text_ids"][i]) == empty_ids[0]).all()) for i in range(4)]
-  assert any(rows) and not all(rows)
-  for i, empty in enumerate(rows):  # each row is either untouched or the empty prompt
-    np.testing.assert_array_equal(some["text_ids"][i], empty_ids[0] if empty else ids[i])
 
 
 def test_the_wan_cpu_smoke_command_trains_through_the_wan_vae(synth_data_dir, tmp_path):

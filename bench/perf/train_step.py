@@ -2,7 +2,7 @@
 
 Both run the same config, batch and optimizer in one process, on the same machine, with repeats
 interleaved (torch, ours, torch, ours, ...) so that a noisy shared machine slows both alike; the
-figures are medians. Ours is the trainer's own step (`train.make_train_step`: flow-matching inputs,
+figures are medians. Ours is the trainer's own step (`train_step.make_train_step`: flow-matching inputs,
 weighted MSE, AdamW), jitted with the state donated; the reference does the same in PyTorch.
 Model FLOPs are analytic (`microverse_jax.flops`, 3 x forward matmuls); the CPU MFU is achieved
 FLOP/s over the best measured large-fp32-matmul rate (the practical peak of this CPU).
@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from microverse_jax import diffusion, factory, flops, train
+from microverse_jax import diffusion, factory, flops, train_step
 from microverse_jax.models.wan_dit import WanDiT, WanDiTConfig
 
 COMMON = dict(
@@ -76,7 +76,7 @@ def model_config(size: str, **overrides) -> tuple[WanDiTConfig, tuple[int, int, 
 
 
 def trainer_config(cfg: WanDiTConfig, batch: int) -> ml_collections.ConfigDict:
-  """The few trainer fields `train.make_train_step` / `make_optimizer` read."""
+  """The few trainer fields `train_step.make_train_step` / `make_optimizer` read."""
   c = ml_collections.ConfigDict()
   c.optim = ml_collections.ConfigDict(
     dict(**OPTIM, warmup_steps=0, schedule="constant", grad_clip=0.0, grad_accum=1, ema_decay=0.0)
@@ -104,7 +104,7 @@ def make_ours(cfg: WanDiTConfig, fhw, text_len: int, batch: int, return_compiled
     "opt_state": tx.init(params),
   }
   frozen = frozen.to_pure_dict()
-  step_fn = train.make_train_step(c, graphdef, tx, schedule)
+  step_fn = train_step.make_train_step(c, graphdef, tx, schedule)
   rng = np.random.default_rng(0)
   batch_arrays = {
     "latents": jnp.asarray(rng.standard_normal((batch, *fhw, cfg.in_channels), np.float32)),
