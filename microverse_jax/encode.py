@@ -8,11 +8,8 @@ r"""Builds the latent cache: Wan-VAE latents and text-encoder states for every c
 directory, or the original Wan2.1 .pth); the architecture comes from the checkpoint's own config,
 and a line says which format was loaded.
 
-The cache is a TFDS ArrayRecord dataset OUT/<dataset>_latents/1.0.0/ whose records hold
-  id, caption (str); latents bf16 (F', H', W', C); context bf16 (n, D), the n = number of caption
-  tokens (eos included) rows of the text-encoder output; source_index int64.
-`input_pipeline.make_latent_iterator` reads it back, zero-padding context to the cache's
-`text_length` (what the recipe's padded-and-zeroed umT5 states are).
+The cache, OUT/<dataset>_latents/1.0.0/, is in latent_cache.py's format (Wan-VAE latents and the
+caption's text-encoder states per clip), which `latent_cache.make_iterator` reads back.
 
 Output shard s holds source records [s * shard_size, (s + 1) * shard_size). Process p of P writes
 shards s = p (mod P), each batch sharded over its local devices, so every device of every host works
@@ -24,43 +21,16 @@ TFDS metadata once every shard of the split exists (the CLI waits for all hosts 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import re
-import tempfile
 import time
 from typing import Callable
 
-import ml_dtypes
 import numpy as np
-import tensorflow_datasets as tfds
-from array_record.python import array_record_module
-from etils import epath
 
-from microverse_jax import files, input_pipeline
+from microverse_jax import input_pipeline, latent_cache
 
-VERSION = "1.0.0"
 VideoEncoder = Callable[[np.ndarray], np.ndarray]  # float32 (B, F, H, W, 3) in [-1, 1] -> (B, F', H', W', C)
 TextEncoder = Callable[[np.ndarray, np.ndarray], np.ndarray]  # ids int32 (B, L), mask bool (B, L) -> (B, L, D)
-
-
-def cache_features() -> tfds.features.FeaturesDict:
-  """Features of a latent-cache record (dynamic shapes: one feature spec serves every resolution)."""
-  bf16 = ml_dtypes.bfloat16
-  return tfds.features.FeaturesDict(
-    {
-      "id": tfds.features.Text(),
-      "caption": tfds.features.Text(),
-      "latents": tfds.features.Tensor(
-        shape=(None, None, None, None), dtype=bf16, encoding=tfds.features.Encoding.BYTES, doc="(F', H', W', C)"
-      ),
-      "context": tfds.features.Tensor(
-        shape=(None, None), dtype=bf16, encoding=tfds.features.Encoding.BYTES, doc="(n tokens, D)"
-      ),
-      "source_index": tfds.features.Scalar(dtype=np.int64),
-    }
-  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,31 +46,6 @@ class _SourceRange:
 
   def __getitem__(self, i: int):
     return self.source[self.start + i]
-
-
-def shard_path(split_dir: epath.Path, name: str, split: str, shard: int, num_shards: int) -> epath.Path:
-  """TFDS's file name for shard `shard` of `num_shards` of `split`."""
-  return split_dir / f"{name}-{split}.array_record-{shard:05d}-of-{num_shards:05d}"
-
-
-def _write_array_record(path: epath.Path, records: list[bytes]) -> None:
-  """Writes records so that `path` appears only when complete (temp file + rename / atomic upload)."""
-  local = "://" not in os.fspath(path)
-  directory = os.fspath(path.parent) if local else None
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-  os.close(fd)
-  try:
-    writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
-    for record in records:
-      writer.write(record)
-    writer.close()
-    if local:
-      os.replace(tmp, os.fspath(path))
-    else:
-      epath.Path(tmp).copy(path, overwrite=True)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def encode_split(
@@ -131,12 +76,11 @@ def encode_split(
     import jax  # pylint: disable=g-import-not-at-top
 
     process_index, process_count = jax.process_index(), jax.process_count()
-  name = f"{dataset}_latents"
-  split_dir = epath.Path(out_dir) / name / VERSION
+  split_dir = latent_cache.cache_dir(out_dir, dataset)
   split_dir.mkdir(parents=True, exist_ok=True)
-  settings = cache_settings(dataset, tokenizer.max_length, num_frames, height, width, frame_stride)
-  check_settings(split_dir, settings, write=process_index == 0)
-  features = cache_features()
+  settings = latent_cache.encoding_settings(dataset, tokenizer.max_length, num_frames, height, width, frame_stride)
+  latent_cache.check_settings(split_dir, settings, write=process_index == 0)
+  features = latent_cache.features()
   num_shards = max(1, math.ceil(len(source) / shard_size))
   stats = {
     "path": str(split_dir),
@@ -159,7 +103,7 @@ def encode_split(
       clock["shown"] = now
 
   for shard in mine:
-    path = shard_path(split_dir, name, split, shard, num_shards)
+    path = latent_cache.shard_path(split_dir, split, shard, num_shards)
     if path.exists():
       stats["shards_skipped"] += 1
       clock["done"] += min(len(source), (shard + 1) * shard_size) - shard * shard_size
@@ -183,21 +127,17 @@ def encode_split(
     )
     records = []
     for batch in batches:
-      latents = np.asarray(video_encoder(batch["video"])).astype(ml_dtypes.bfloat16)
-      context = np.asarray(text_encoder(batch["text_ids"], batch["text_mask"])).astype(ml_dtypes.bfloat16)
+      latents = np.asarray(video_encoder(batch["video"]))
+      context = np.asarray(text_encoder(batch["text_ids"], batch["text_mask"]))
       for row, local_index in enumerate(batch["index"]):
         if local_index < 0:
           continue
-        record = source[start + int(local_index)]
+        tokens = int(batch["text_mask"][row].sum())
+        source_index = start + int(local_index)
+        record = source[source_index]
         records.append(
-          features.serialize_example(
-            {
-              "id": record["id"],
-              "caption": record["caption"],
-              "latents": latents[row],
-              "context": context[row, : int(batch["text_mask"][row].sum())],
-              "source_index": start + int(local_index),
-            }
+          latent_cache.serialize(
+            features, record["id"], record["caption"], latents[row], context[row, :tokens], source_index
           )
         )
       clock["done"] += int((batch["index"] >= 0).sum())
@@ -205,85 +145,13 @@ def encode_split(
     for reason, count in batches.skip_counts.items():
       stats["skipped"][reason] += count
       clock["done"] += count
-    _write_array_record(path, records)
+    latent_cache.write_shard(path, records)
     stats["shards_written"] += 1
     stats["records"] += len(records)
     report(force=True)
   if process_index == 0:
-    stats["finalized"] = finalize(out_dir, settings)
+    stats["finalized"] = latent_cache.finalize(out_dir, settings)
   return stats
-
-
-def cache_settings(dataset: str, text_length: int, num_frames: int, height: int, width: int, frame_stride: int) -> dict:
-  """What a cache was encoded with: its TFDS metadata (metadata.json), which training checks its config against."""
-  return dict(
-    text_length=text_length,
-    num_frames=num_frames,
-    height=height,
-    width=width,
-    frame_stride=frame_stride,
-    source_dataset=dataset,
-  )
-
-
-def check_settings(split_dir: epath.Path, settings: dict, write: bool) -> None:
-  """Refuses to add shards to a cache encoded with other settings (it would mix shapes under metadata
-  naming only the new ones); a new cache records its settings first (`write`: process 0)."""
-  path = split_dir / "metadata.json"
-  if not path.exists():
-    if write:
-      files.write_text(path, json.dumps(settings))
-    return
-  try:
-    recorded = json.loads(path.read_text())
-  except ValueError:
-    raise ValueError(f"{path}: not JSON; delete the cache folder {split_dir} to encode again") from None
-  differ = [f"{k} {recorded.get(k)} (asked: {v})" for k, v in settings.items() if recorded.get(k) != v]
-  if differ:
-    raise ValueError(
-      f"the latent cache {split_dir} was encoded with {', '.join(differ)}: give another --out, "
-      "or delete that folder to encode again"
-    )
-
-
-_SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<split>[^-.]+)\.array_record-(?P<shard>\d{5})-of-(?P<total>\d{5})$")
-
-
-def finalize(out_dir: str, settings: dict) -> bool:
-  """Writes TFDS metadata for every split whose shards are all present; False if none is complete."""
-  dataset = settings["source_dataset"]
-  name = f"{dataset}_latents"
-  split_dir = epath.Path(out_dir) / name / VERSION
-  shards: dict[str, dict[int, epath.Path]] = {}
-  totals: dict[str, int] = {}
-  for path in split_dir.iterdir():
-    match = _SHARD_RE.match(path.name)
-    if match and match["name"] == name:
-      shards.setdefault(match["split"], {})[int(match["shard"])] = path
-      totals[match["split"]] = int(match["total"])
-  complete = {s: files for s, files in shards.items() if len(files) == totals[s]}
-  if not complete:
-    return False
-  template = tfds.core.ShardedFileTemplate(data_dir=split_dir, dataset_name=name, filetype_suffix="array_record")
-  split_infos = []
-  for split, paths in sorted(complete.items()):
-    lengths = []
-    for i in range(totals[split]):
-      reader = array_record_module.ArrayRecordReader(os.fspath(paths[i]))
-      lengths.append(reader.num_records())
-      reader.close()
-    split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=0, filename_template=template))
-  tfds.folder_dataset.write_metadata(
-    data_dir=split_dir,
-    features=cache_features(),
-    split_infos=split_infos,
-    version=VERSION,
-    filename_template=template,
-    check_data=False,
-    description=f"Wan-VAE latents and text-encoder states of {dataset}.",
-    metadata=tfds.core.MetadataDict(settings),
-  )
-  return True
 
 
 def sharded_encoders(vae, text_encoder, devices=None) -> tuple[VideoEncoder, TextEncoder]:
@@ -397,9 +265,11 @@ def main(argv: list[str] | None = None) -> None:
   args = parser().parse_args(argv)
   from microverse_jax.models.umt5 import UMT5Tokenizer  # pylint: disable=g-import-not-at-top
 
-  settings = cache_settings(args.dataset, args.text_length, args.num_frames, args.height, args.width, args.frame_stride)
-  split_dir = epath.Path(args.out_dir) / f"{args.dataset}_latents" / VERSION
-  check_settings(split_dir, settings, write=False)  # before the encoders load: a mismatch costs nothing
+  settings = latent_cache.encoding_settings(
+    args.dataset, args.text_length, args.num_frames, args.height, args.width, args.frame_stride
+  )
+  # before the encoders load: a mismatch costs nothing
+  latent_cache.check_settings(latent_cache.cache_dir(args.out_dir, args.dataset), settings, write=False)
   video_encoder, text_encoder = sharded_encoders(
     load_encoder(args.vae, "vae", args.dtype), load_encoder(args.text_encoder, "umt5", args.dtype)
   )
@@ -428,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
 
     multihost_utils.sync_global_devices("microverse_jax.encode")
     if jax.process_index() == 0 and not stats["finalized"]:
-      stats["finalized"] = finalize(args.out_dir, settings)
+      stats["finalized"] = latent_cache.finalize(args.out_dir, settings)
   print(stats)
 
 

@@ -18,7 +18,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from microverse_jax import checkpoint, convert, diffusion, input_pipeline, sharding
+from microverse_jax import checkpoint, convert, diffusion, input_pipeline, latent_cache, sharding
 from microverse_jax.models.umt5 import UMT5Config, UMT5Encoder
 from microverse_jax.models.wan_dit import WanDiT, WanDiTConfig
 from microverse_jax.models.wan_vae import WanVAE, WanVAEConfig
@@ -500,22 +500,23 @@ def check_latent_cache(c, source, where: str) -> None:
   """Refuses a latent cache (`microverse_jax.encode`) written for another size, text length or model
   than the config's, naming both values: the step would otherwise crash or train at the cache's size.
   Fewer frames than the cache's is fine (the causal VAE's first latents are those of the first frames)."""
-  meta = source.dataset_info.metadata
-  record = source[0]
+  cache = latent_cache.recorded(source)
   channels, text_dim = latent_shape(c)[-1], dit_config(c).text_dim
-  checks = (  # key, the config's value, the cache's, what the cache calls it, the config value is fine when
-    ("data.height", c.data.height, int(meta["height"]), "height", operator.eq),
-    ("data.width", c.data.width, int(meta["width"]), "width", operator.eq),
-    ("data.num_frames", c.data.num_frames, int(meta["num_frames"]), "num_frames", operator.le),
-    ("data.frame_stride", c.data.frame_stride, int(meta["frame_stride"]), "frame_stride", operator.eq),
-    ("text.max_length", c.text.max_length, int(meta["text_length"]), "text_length", operator.eq),
-    ("model.text_dim", text_dim, record["context"].shape[-1], "context width", operator.eq),
-    ("model.in_channels", channels, record["latents"].shape[-1], "latent channels", operator.eq),
+  checks = (  # key, the config's value, what the cache records, what to call it, the config value is fine when
+    ("data.height", c.data.height, "height", "height", operator.eq),
+    ("data.width", c.data.width, "width", "width", operator.eq),
+    ("data.num_frames", c.data.num_frames, "num_frames", "num_frames", operator.le),
+    ("data.frame_stride", c.data.frame_stride, "frame_stride", "frame_stride", operator.eq),
+    ("text.max_length", c.text.max_length, "text_length", "text_length", operator.eq),
+    ("model.text_dim", text_dim, "context_width", "context width", operator.eq),
+    ("model.in_channels", channels, "latent_channels", "latent channels", operator.eq),
   )
-  for key, ours, cache, name, fits in checks:
-    if not fits(ours, cache):
+  for key, ours, field, name, fits in checks:
+    if not fits(ours, cache[field]):
       more = " or fewer" if fits is operator.le else ""
-      raise ValueError(f"{key}={ours}, but the latent cache {where} holds {name} {cache}: set it to {cache}{more}")
+      raise ValueError(
+        f"{key}={ours}, but the latent cache {where} holds {name} {cache[field]}: set it to {cache[field]}{more}"
+      )
 
 
 def load_batches(c, tokenizer, split: str, *, seed: int, shuffle: bool, num_epochs=None, drop_remainder=True):
@@ -546,7 +547,7 @@ def load_batches(c, tokenizer, split: str, *, seed: int, shuffle: bool, num_epoc
   if c.data.source == "latents":
     check_latent_cache(c, source, os.path.join(data_dir, c.data.name))
     buckets = input_pipeline.bucket_sizes(c.data.num_frames, frame_buckets(c))
-    return input_pipeline.make_latent_iterator(
+    return latent_cache.make_iterator(
       source,
       batch_size=per_process,
       seed=seed,

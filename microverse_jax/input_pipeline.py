@@ -1,6 +1,6 @@
-"""Grain input pipelines over TFDS ArrayRecord data sources: raw video and cached latents.
+"""Grain input pipelines over TFDS ArrayRecord data sources: raw video here, cached latents in latent_cache.py.
 
-Both pipelines run the same index plan, then load and batch:
+Both pipelines run the same index plan (`build_iterator`), then load and batch:
 
   records 0..n-1 --shard by JAX process (p::P)--> --shuffle per epoch (seed)--> --repeat-->
   --load (decode / deserialize; a bad record becomes a skip marker)--> --batch by length bucket,
@@ -98,7 +98,9 @@ def load_source(name: str, split: str, data_dir: str) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Skip:
+class Skip:
+  """What a loader returns for a record it cannot use: counted by `reason` (one of SKIP_REASONS), never raised."""
+
   reason: str
 
 
@@ -171,7 +173,7 @@ def bucket_for(available: int, buckets: Sequence[int]) -> int:
 
 
 class _LoadClip:
-  """Source index -> {video uint8 (F, H, W, 3), text_ids, text_mask, index}, or a _Skip marker.
+  """Source index -> {video uint8 (F, H, W, 3), text_ids, text_mask, index}, or a Skip marker.
 
   F is the clip's bucket (`bucket_for`); padding rows (index -1) have the largest one."""
 
@@ -181,7 +183,7 @@ class _LoadClip:
     self.source, self.tokenizer, self.buckets = source, tokenizer, buckets
     self.height, self.width, self.frame_stride = height, width, frame_stride
 
-  def __call__(self, index: int) -> dict | _Skip:
+  def __call__(self, index: int) -> dict | Skip:
     if index < 0:
       ids = np.zeros((self.tokenizer.max_length,), np.int32)
       return {
@@ -194,14 +196,14 @@ class _LoadClip:
       record = self.source[index]
       frames = bucket_for(video.usable_frames(int(record["num_frames"]), self.frame_stride), self.buckets)
       if not frames:
-        return _Skip("too_short")
+        return Skip("too_short")
       clip = video.decode_frames(
         record["video"], frames, stride=self.frame_stride, height=self.height, width=self.width
       )
       caption = record["caption"]
       caption = caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
     except Exception:  # pylint: disable=broad-except  # any bad record is skipped and counted
-      return _Skip("corrupt")
+      return Skip("corrupt")
     ids, mask = self.tokenizer([caption])
     return {"video": clip, "text_ids": ids[0], "text_mask": mask[0], "index": np.int64(index)}
 
@@ -264,7 +266,7 @@ class _BatchSkippingIterator(grain.DatasetIterator):
         element = next(self._parent)
       except StopIteration:
         break
-      if isinstance(element, _Skip):
+      if isinstance(element, Skip):
         skipped[SKIP_REASONS.index(element.reason)] += 1
         consecutive += 1
         if consecutive >= _MAX_CONSECUTIVE_SKIPS:
@@ -343,7 +345,7 @@ class PipelineIterator(grain.DatasetIterator):
     self._skipped = np.asarray(state["skipped"], np.int64)
 
 
-def _build(
+def build_iterator(
   source,
   loader,
   finalize,
@@ -359,6 +361,8 @@ def _build(
   shard_count: int | None,
   read_threads: int,
 ) -> PipelineIterator:
+  """The pipeline over `source`: this process's index plan, `loader(index)` -> element (or a Skip),
+  batches of one `bucket_key` leading dim, `finalize(batch)` in the main process (see the module doc)."""
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   plan = _index_plan(
@@ -425,98 +429,11 @@ def make_video_iterator(
   loader = _LoadClip(
     source, buckets=buckets, height=height, width=width, frame_stride=frame_stride, tokenizer=tokenizer
   )
-  return _build(
+  return build_iterator(
     source,
     loader,
     _finalize_video,
     "video",
-    batch_size=batch_size,
-    seed=seed,
-    shuffle=shuffle,
-    num_epochs=num_epochs,
-    worker_count=worker_count,
-    drop_remainder=drop_remainder,
-    shard_index=shard_index,
-    shard_count=shard_count,
-    read_threads=read_threads,
-  )
-
-
-class _LoadLatents:
-  """Source index -> {latents, context (L, D) zero-padded, context_mask, index}, or a _Skip marker."""
-
-  def __init__(self, source, *, text_length: int, latent_buckets: tuple[int, ...] = ()):
-    self.source, self.text_length, self.latent_buckets = source, text_length, latent_buckets
-
-  def __call__(self, index: int) -> dict | _Skip:
-    try:
-      if index < 0:
-        record = self.source[0]
-        latents, tokens = np.zeros_like(record["latents"]), record["context"][:0]
-      else:
-        record = self.source[index]
-        latents, tokens = record["latents"], record["context"]
-        if self.latent_buckets:  # causal VAE: the first F' latents are those of the first 1 + 4(F' - 1) frames
-          frames = max((b for b in self.latent_buckets if b <= latents.shape[0]), default=0)
-          if not frames:
-            return _Skip("too_short")
-          latents = latents[:frames]
-      if tokens.shape[0] > self.text_length:
-        return _Skip("corrupt")
-      context = np.zeros((self.text_length, tokens.shape[-1]), tokens.dtype)
-      context[: tokens.shape[0]] = tokens
-    except Exception:  # pylint: disable=broad-except  # any bad record is skipped and counted
-      return _Skip("corrupt")
-    return {
-      "latents": latents,
-      "context": context,
-      "context_mask": np.arange(self.text_length) < tokens.shape[0],
-      "index": np.int64(index),
-    }
-
-
-def _finalize_latents(batch: dict) -> dict:
-  batch["latents"] = np.asarray(batch["latents"], np.float32)
-  batch["context"] = np.asarray(batch["context"], np.float32)
-  return batch
-
-
-def make_latent_iterator(
-  source,
-  *,
-  batch_size: int,
-  seed: int,
-  text_length: int | None = None,
-  shuffle: bool = True,
-  num_epochs: int | None = None,
-  worker_count: int = 0,
-  drop_remainder: bool = True,
-  shard_index: int | None = None,
-  shard_count: int | None = None,
-  read_threads: int = 2,
-  latent_buckets: Sequence[int] = (),
-) -> PipelineIterator:
-  """Batches from a latent cache written by `microverse_jax.encode` (the fast path at scale).
-
-  Yields dicts of numpy arrays (B = per-process batch):
-    latents       float32 (B, F', H', W', C)   Wan-VAE latents (stored bf16)
-    context       float32 (B, L, D)            text-encoder states, zero past each caption's tokens
-    context_mask  bool    (B, L)
-    index         int64   (B,)                 source record index; -1 marks a padding row
-  L = text_length, by default the cache's own (its metadata `text_length`). Batches are bucketed by
-  F' (a cache written with length buckets holds short clips at their own F'): one F' per batch.
-  `latent_buckets` (latent frame counts, e.g. 1 + (frames - 1) // 4 of the config's frame buckets)
-  crops each record to the largest bucket it reaches (exact: the Wan-VAE is causal in time) and skips
-  records under the smallest ('too_short'); empty keeps every F' of the cache.
-  """
-  if text_length is None:
-    text_length = int(source.dataset_info.metadata["text_length"])
-  loader = _LoadLatents(source, text_length=text_length, latent_buckets=tuple(sorted(latent_buckets)))
-  return _build(
-    source,
-    loader,
-    _finalize_latents,
-    "latents",
     batch_size=batch_size,
     seed=seed,
     shuffle=shuffle,

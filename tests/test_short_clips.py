@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from microverse_jax import build_dataset, input_pipeline, train, video
+from microverse_jax import build_dataset, input_pipeline, latent_cache, train, video
 from microverse_jax.configs import microsim_tiny
 from microverse_jax.datasets.microsim_synth import render_clip
 
@@ -137,7 +137,7 @@ def test_latent_cache_is_bucketed_and_cropped():
     {"latents": rng.normal(size=(f, 2, 2, 4)).astype(np.float32), "context": np.ones((3, 8), np.float32)}
     for f in (1, 3, 5, 2, 5, 4, 3)
   )
-  it = input_pipeline.make_latent_iterator(
+  it = latent_cache.make_iterator(
     cache,
     batch_size=2,
     seed=0,
@@ -152,7 +152,7 @@ def test_latent_cache_is_bucketed_and_cropped():
     rows = b["index"][b["index"] >= 0]
     assert all(cache[int(i)]["latents"].shape[0] == b["latents"].shape[1] for i in rows)
   # Latent buckets (2, 3, 5) = frames (5, 9, 17): records are cropped to the largest they reach.
-  it = input_pipeline.make_latent_iterator(
+  it = latent_cache.make_iterator(
     cache,
     batch_size=1,
     seed=0,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from microverse_jax import encode, input_pipeline, video
+from microverse_jax import encode, input_pipeline, latent_cache, video
 
 F, H, W, L, D = 9, 16, 24, 40, 8
 
@@ -92,7 +92,7 @@ def test_cache_round_trip(synth_train, synth_data_dir, tmp_path, capsys):
 def test_latent_iterator(synth_train, tmp_path):
   _encode(synth_train, tmp_path)
   cache = input_pipeline.load_source("microsim_synth_latents", "train", str(tmp_path))
-  it = input_pipeline.make_latent_iterator(cache, batch_size=3, seed=0, shard_index=0, shard_count=1)
+  it = latent_cache.make_iterator(cache, batch_size=3, seed=0, shard_index=0, shard_count=1)
   batch = next(it)
   assert set(batch) == {"latents", "context", "context_mask", "index"}
   assert batch["latents"].shape == (3, 3, 2, 3, 4) and batch["latents"].dtype == np.float32
@@ -107,7 +107,7 @@ def test_latent_iterator(synth_train, tmp_path):
     np.testing.assert_array_equal(batch["latents"][row], record["latents"].astype(np.float32))
   state = it.get_state()
   expected = [next(it)["index"] for _ in range(3)]
-  again = input_pipeline.make_latent_iterator(cache, batch_size=3, seed=0, shard_index=0, shard_count=1)
+  again = latent_cache.make_iterator(cache, batch_size=3, seed=0, shard_index=0, shard_count=1)
   again.set_state(state)
   np.testing.assert_array_equal([next(again)["index"] for _ in range(3)], expected)
 
@@ -331,7 +331,7 @@ def test_a_rerun_with_other_settings_is_refused_before_writing(synth_train, tmp_
   shards beside new ones of another shape, under metadata naming only the new settings."""
   first = _encode(synth_train, tmp_path, shard_size=len(synth_train) // 2 + 1, process_index=0, process_count=2)
   assert not first["finalized"]  # a partial cache: its settings are recorded all the same
-  cache = tmp_path / "microsim_synth_latents" / encode.VERSION
+  cache = tmp_path / "microsim_synth_latents" / latent_cache.VERSION
   before = sorted(p.name for p in cache.iterdir())
   with pytest.raises(ValueError, match=rf"the latent cache {cache} was encoded with {re.escape(says)}: give another"):
     _encode(synth_train, tmp_path, **change)
