@@ -30,7 +30,7 @@ import struct
 import types
 import typing
 import zipfile
-from typing import Callable, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -262,199 +262,9 @@ def host_weight(source: str, key: str, value, dtype) -> np.ndarray:
   return out
 
 
-def _linear(sd, src: str, dst: str, out: dict, pop: set, bias: bool = True) -> None:
-  """torch Linear `src` (weight (out, in), bias) -> our Dense `dst` (kernel (in, out), bias)."""
-  _take(sd, f"{src}.weight", f"{dst}.kernel", out, pop, lambda a: a.T)
-  if bias:
-    _take(sd, f"{src}.bias", f"{dst}.bias", out, pop)
-
-
-def _take(sd, src: str, dst: str, out: dict, pop: set, fn: Callable = lambda a: a) -> None:
-  out[dst] = fn(sd[src])
-  pop.add(src)
-
-
 # ---------------------------------------------------------------------------------------------
-# Wan DiT
+# Wan DiT (the key table lives beside the model: models/wan_dit_keys.py)
 # ---------------------------------------------------------------------------------------------
-# Original Wan2.1 release names -> diffusers names (substring renames, applied in order).
-_WAN_ORIGINAL_RENAMES = (
-  ("time_embedding.0", "condition_embedder.time_embedder.linear_1"),
-  ("time_embedding.2", "condition_embedder.time_embedder.linear_2"),
-  ("text_embedding.0", "condition_embedder.text_embedder.linear_1"),
-  ("text_embedding.2", "condition_embedder.text_embedder.linear_2"),
-  ("time_projection.1", "condition_embedder.time_proj"),
-  ("self_attn.", "attn1."),
-  ("cross_attn.", "attn2."),
-  (".o.", ".to_out.0."),
-  (".q.", ".to_q."),
-  (".k.", ".to_k."),
-  (".v.", ".to_v."),
-  ("head.modulation", "scale_shift_table"),
-  ("head.head", "proj_out"),
-  ("modulation", "scale_shift_table"),
-  ("ffn.0", "ffn.net.0.proj"),
-  ("ffn.2", "ffn.net.2"),
-  # The original's norm3 is the cross-attention norm (diffusers norm2) and vice versa.
-  ("norm2", "norm__swap"),
-  ("norm3", "norm2"),
-  ("norm__swap", "norm3"),
-)
-
-
-_DIT_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "pipe.dit.", "transformer.")
-
-
-def _strip_prefix(key: str) -> str:
-  for prefix in _DIT_PREFIXES:
-    if key.startswith(prefix):
-      return key[len(prefix) :]
-  return key
-
-
-def wan_original_to_diffusers(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Original Wan2.1 / DiffSynth names (`blocks.0.self_attn.q.weight`, `head.head.weight`, prefixes
-  `model.diffusion_model.` or `pipe.dit.` allowed) -> diffusers WanTransformer3DModel names."""
-  out = {}
-  for key, value in sd.items():
-    key = _strip_prefix(key)
-    for old, new in _WAN_ORIGINAL_RENAMES:
-      key = key.replace(old, new)
-    out[key] = value
-  return out
-
-
-def wan_dit_config_from_json(cfg: dict, **overrides):
-  """Our WanDiTConfig from a diffusers config.json or an original Wan2.1 config.json."""
-  from microverse_jax.models.wan_dit import WanDiTConfig
-
-  if "num_attention_heads" in cfg:  # diffusers
-    fields = dict(
-      patch_size=tuple(cfg["patch_size"]),
-      num_heads=cfg["num_attention_heads"],
-      head_dim=cfg["attention_head_dim"],
-      in_channels=cfg["in_channels"],
-      out_channels=cfg["out_channels"] or cfg["in_channels"],
-      text_dim=cfg["text_dim"],
-      freq_dim=cfg["freq_dim"],
-      ffn_dim=cfg["ffn_dim"],
-      num_layers=cfg["num_layers"],
-      eps=cfg["eps"],
-      rope_max_seq_len=cfg.get("rope_max_seq_len", 1024),
-      qk_norm=cfg.get("qk_norm"),
-      cross_attn_norm=cfg.get("cross_attn_norm", True),
-    )
-    for key in ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len"):
-      if cfg.get(key) is not None:
-        raise ValueError(f"config.json: {key}={cfg[key]} (image-conditioned Wan) is not supported")
-  elif "dim" in cfg and "num_heads" in cfg:  # original Wan2.1 release
-    fields = dict(
-      patch_size=tuple(cfg.get("patch_size", (1, 2, 2))),
-      num_heads=cfg["num_heads"],
-      head_dim=cfg["dim"] // cfg["num_heads"],
-      in_channels=cfg["in_dim"],
-      out_channels=cfg["out_dim"],
-      text_dim=cfg.get("text_dim", 4096),
-      freq_dim=cfg["freq_dim"],
-      ffn_dim=cfg["ffn_dim"],
-      num_layers=cfg["num_layers"],
-      eps=cfg.get("eps", 1e-6),
-      qk_norm="rms_norm_across_heads" if cfg.get("qk_norm", True) else None,
-      cross_attn_norm=cfg.get("cross_attn_norm", True),
-    )
-  else:
-    raise ValueError("config.json is neither a diffusers WanTransformer3DModel nor an original Wan2.1 config")
-  return WanDiTConfig(**{**fields, **overrides})
-
-
-def _diffusers_names(sd: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-  """`sd` in diffusers naming: original Wan / DiffSynth names renamed, known prefixes dropped."""
-  if any(_strip_prefix(k) == "head.head.weight" for k in sd):
-    return wan_original_to_diffusers(sd)
-  return sd if not any(_strip_prefix(k) != k for k in sd) else {_strip_prefix(k): v for k, v in sd.items()}
-
-
-def wan_dit_config_from_state_dict(sd: Mapping[str, np.ndarray], **overrides):
-  """A WanDiTConfig inferred from tensor shapes, for checkpoints without a config.json (DiffSynth /
-  MicroVerse full fine-tunes). The head count is not in the shapes: Wan2.1 uses head_dim 128."""
-  from microverse_jax.models.wan_dit import WanDiTConfig
-
-  sd = _diffusers_names(sd)
-  try:
-    e, c, *patch = sd["patch_embedding.weight"].shape
-    out = sd["proj_out.weight"].shape[0] // int(np.prod(patch))
-    fields = dict(
-      patch_size=tuple(patch),
-      in_channels=c,
-      out_channels=out,
-      text_dim=sd["condition_embedder.text_embedder.linear_1.weight"].shape[1],
-      freq_dim=sd["condition_embedder.time_embedder.linear_1.weight"].shape[1],
-      ffn_dim=sd["blocks.0.ffn.net.0.proj.weight"].shape[0],
-      num_layers=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
-      qk_norm="rms_norm_across_heads" if "blocks.0.attn1.norm_q.weight" in sd else None,
-      cross_attn_norm="blocks.0.norm2.weight" in sd,
-    )
-  except KeyError as e:
-    raise ValueError(f"not a Wan2.1 DiT state dict: missing key {e.args[0]!r}") from None
-  head_dim = overrides.pop("head_dim", 128)
-  if e % head_dim:
-    raise ValueError(
-      f"model width {e} is not a multiple of head_dim {head_dim}; put a config.json "
-      "(diffusers or original Wan2.1) beside the checkpoint"
-    )
-  return WanDiTConfig(**{**fields, "num_heads": e // head_dim, "head_dim": head_dim, **overrides})
-
-
-def wan_dit_arrays(sd: Mapping[str, np.ndarray], num_layers: int) -> dict[str, np.ndarray]:
-  """Diffusers-named tensors -> our dotted parameter paths (blocks stacked on a leading axis)."""
-  sd = _diffusers_names(sd)
-  out, used = {}, set()
-  w = sd["patch_embedding.weight"]  # (E, C, pt, ph, pw) -> (pt*ph*pw*C, E)
-  _take(
-    sd,
-    "patch_embedding.weight",
-    "patch_embed.kernel",
-    out,
-    used,
-    lambda a: np.transpose(a, (2, 3, 4, 1, 0)).reshape(-1, w.shape[0]),
-  )
-  _take(sd, "patch_embedding.bias", "patch_embed.bias", out, used)
-  for src, dst in (
-    ("condition_embedder.time_embedder.linear_1", "time_embed_1"),
-    ("condition_embedder.time_embedder.linear_2", "time_embed_2"),
-    ("condition_embedder.time_proj", "time_proj"),
-    ("condition_embedder.text_embedder.linear_1", "text_embed_1"),
-    ("condition_embedder.text_embedder.linear_2", "text_embed_2"),
-    ("proj_out", "head"),
-  ):
-    _linear(sd, src, dst, out, used)
-  _take(sd, "scale_shift_table", "head_modulation", out, used, lambda a: a[0])
-  layers = []
-  for i in range(num_layers):
-    blk, p = {}, f"blocks.{i}"
-    for attn, ours in (("attn1", "self_attn"), ("attn2", "cross_attn")):
-      for src, dst in (("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "o")):
-        _linear(sd, f"{p}.{attn}.{src}", f"{ours}.{dst}", blk, used)
-      _take(sd, f"{p}.{attn}.norm_q.weight", f"{ours}.norm_q.scale", blk, used)
-      _take(sd, f"{p}.{attn}.norm_k.weight", f"{ours}.norm_k.scale", blk, used)
-    if f"{p}.norm2.weight" in sd:
-      _take(sd, f"{p}.norm2.weight", "norm2.scale", blk, used)
-      _take(sd, f"{p}.norm2.bias", "norm2.bias", blk, used)
-    _linear(sd, f"{p}.ffn.net.0.proj", "ffn_in", blk, used)
-    _linear(sd, f"{p}.ffn.net.2", "ffn_out", blk, used)
-    _take(sd, f"{p}.scale_shift_table", "modulation", blk, used, lambda a: a[0])
-    layers.append(blk)
-  for key in layers[0] if layers else ():
-    shapes = {np.shape(layer[key]) for layer in layers}
-    if len(shapes) > 1:
-      raise ValueError(f"shape mismatch at blocks.*.{key}: layers disagree, shapes {sorted(shapes)}")
-    out[f"blocks.{key}"] = np.stack([np.asarray(layer[key]) for layer in layers])
-  leftover = sorted(set(sd) - used)
-  if leftover:
-    raise ValueError(f"unexpected keys in the checkpoint: {leftover}")
-  return out
-
-
 def _checked(fn):
   """Turns a KeyError from a mapping function into a clear 'missing key' error."""
 
@@ -479,6 +289,7 @@ def wan_dit_from_diffusers(src: str, dtype=jnp.float32, **config_overrides):
   """A WanDiT from a diffusers `WanTransformer3DModel.save_pretrained` directory, or an original
   Wan2.1 release directory (`config.json` + `diffusion_pytorch_model*.safetensors`)."""
   from microverse_jax.models.wan_dit import WanDiT
+  from microverse_jax.models.wan_dit_keys import wan_dit_arrays
 
   cfg = _json_config("dit", src, **config_overrides)
   model = nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
@@ -682,6 +493,7 @@ def _json_config(kind: str, src: str, **overrides):
 
   Raises ValueError naming the file and the key that is missing or does not fit its field."""
   from microverse_jax.models.umt5 import umt5_config_from_transformers
+  from microverse_jax.models.wan_dit_keys import wan_dit_config_from_json
   from microverse_jax.models.wan_vae import wan_vae_config_from_diffusers
 
   parse = {"dit": wan_dit_config_from_json, "vae": wan_vae_config_from_diffusers, "umt5": umt5_config_from_transformers}
@@ -766,6 +578,8 @@ def checkpoint_config(src: str, kind: str, **overrides):
       cfg_path = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
       if os.path.exists(cfg_path):
         return _json_config(kind, path, **overrides)
+      from microverse_jax.models.wan_dit_keys import wan_dit_config_from_state_dict
+
       return wan_dit_config_from_state_dict(read_checkpoint(path), **overrides)
     if layout in ("diffusers", "transformers"):
       return _json_config(kind, path, **overrides)
@@ -786,10 +600,11 @@ def pytorch_arrays(src: str, kind: str, cfg=None) -> tuple[dict[str, np.ndarray]
   layout, path = _pytorch_layout(src, kind)
   try:
     if kind == "dit":  # the layer count is all the mapping needs: read it from the names
+      from microverse_jax.models import wan_dit_keys
+
       sd = read_weights(path)
-      layout = "original Wan / DiffSynth" if any(_strip_prefix(k) == "head.head.weight" for k in sd) else layout
-      blocks = [int(k.split(".")[1]) for k in map(_strip_prefix, sd) if k.startswith("blocks.")]
-      return wan_dit_arrays(sd, 1 + max(blocks, default=-1)), layout
+      layout = "original Wan / DiffSynth" if wan_dit_keys.torch_layout(sd) == "original" else layout
+      return wan_dit_keys.wan_dit_arrays(sd, wan_dit_keys.layer_count(sd)), layout
     cfg = cfg or checkpoint_config(src, kind)
     if kind == "vae":
       from microverse_jax.models.wan_vae import WanVAE, wan_vae_arrays

@@ -32,86 +32,20 @@ from ml_collections import config_flags
 
 from microverse_jax import convert, files
 from microverse_jax.models.lora import PEFT_LAYOUTS, lora_state_dict, merge_lora
+from microverse_jax.models.wan_dit_keys import diffusers_config, wan_dit_state_dict
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
-DIFFUSERS_VERSION = "0.35.0"  # the config format version written; any diffusers with Wan2.1 reads it
 FORMATS = {"orbax": "checkpoint", "diffusers": "diffusers", "lora": "file"}  # what each writes (files.KINDS)
 
 
-def diffusers_config(cfg) -> dict:
-  """A diffusers `WanTransformer3DModel` config.json for our WanDiTConfig (text-to-video Wan2.1)."""
-  return {
-    "_class_name": "WanTransformer3DModel",
-    "_diffusers_version": DIFFUSERS_VERSION,
-    "patch_size": list(cfg.patch_size),
-    "num_attention_heads": cfg.num_heads,
-    "attention_head_dim": cfg.head_dim,
-    "in_channels": cfg.in_channels,
-    "out_channels": cfg.out_channels,
-    "text_dim": cfg.text_dim,
-    "freq_dim": cfg.freq_dim,
-    "ffn_dim": cfg.ffn_dim,
-    "num_layers": cfg.num_layers,
-    "cross_attn_norm": cfg.cross_attn_norm,
-    "qk_norm": cfg.qk_norm,
-    "eps": cfg.eps,
-    "image_dim": None,
-    "added_kv_proj_dim": None,
-    "rope_max_seq_len": cfg.rope_max_seq_len,
-    "pos_embed_seq_len": None,
-  }
-
-
 def diffusers_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
-  """Our WanDiT's weights (LoRA merged) under diffusers names, torch layouts: the inverse of
-  `convert.wan_dit_arrays`."""
-  cfg = model.cfg
-  merged = merge_lora(model) if cfg.lora_rank else model
+  """Our WanDiT's weights (LoRA merged) under diffusers names, torch layouts (`wan_dit_keys.wan_dit_state_dict`)."""
+  merged = merge_lora(model) if model.cfg.lora_rank else model
   ours = {
     ".".join(map(str, k)): np.asarray(v[...], np.float32)
     for k, v in nnx.to_flat_state(nnx.state(merged, convert.BASE_PARAMS))
   }
-  used, out = set(), {}
-
-  def take(key, i=None):
-    used.add(key)
-    return ours[key] if i is None else ours[key][i]
-
-  def linear(src, dst, i=None):
-    out[f"{dst}.weight"] = take(f"{src}.kernel", i).T
-    out[f"{dst}.bias"] = take(f"{src}.bias", i)
-
-  pt, ph, pw = cfg.patch_size  # (pt*ph*pw*C, E) -> (E, C, pt, ph, pw)
-  kernel = take("patch_embed.kernel").reshape(pt, ph, pw, cfg.in_channels, cfg.dim)
-  out["patch_embedding.weight"] = kernel.transpose(4, 3, 0, 1, 2)
-  out["patch_embedding.bias"] = take("patch_embed.bias")
-  for src, dst in (
-    ("time_embed_1", "condition_embedder.time_embedder.linear_1"),
-    ("time_embed_2", "condition_embedder.time_embedder.linear_2"),
-    ("time_proj", "condition_embedder.time_proj"),
-    ("text_embed_1", "condition_embedder.text_embedder.linear_1"),
-    ("text_embed_2", "condition_embedder.text_embedder.linear_2"),
-    ("head", "proj_out"),
-  ):
-    linear(src, dst)
-  out["scale_shift_table"] = take("head_modulation")[None]
-  for i in range(cfg.num_layers):
-    p = f"blocks.{i}"
-    for attn, src in (("attn1", "self_attn"), ("attn2", "cross_attn")):
-      for name, dst in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0")):
-        linear(f"blocks.{src}.{name}", f"{p}.{attn}.{dst}", i)
-      out[f"{p}.{attn}.norm_q.weight"] = take(f"blocks.{src}.norm_q.scale", i)
-      out[f"{p}.{attn}.norm_k.weight"] = take(f"blocks.{src}.norm_k.scale", i)
-    if cfg.cross_attn_norm:
-      out[f"{p}.norm2.weight"] = take("blocks.norm2.scale", i)
-      out[f"{p}.norm2.bias"] = take("blocks.norm2.bias", i)
-    linear("blocks.ffn_in", f"{p}.ffn.net.0.proj", i)
-    linear("blocks.ffn_out", f"{p}.ffn.net.2", i)
-    out[f"{p}.scale_shift_table"] = take("blocks.modulation", i)[None]
-  left = sorted(set(ours) - used)
-  if left:
-    raise ValueError(f"parameters with no diffusers name: {left}")
-  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+  return wan_dit_state_dict(ours, model.cfg)
 
 
 def export_diffusers(model: nnx.Module, out_dir: str, *, dtype=np.float32, max_shard_bytes: int = 5 << 30) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from microverse_jax.models.layers import FLOAT_DTYPES, Dense
+from microverse_jax.models.wan_dit_keys import BLOCK_KEYS
 
 
 def merge_lora(model: nnx.Module) -> nnx.Module:
@@ -51,17 +52,7 @@ def lora_delta_norm(model: nnx.Module) -> jax.Array:
 # PEFT LoRA files: DiffSynth / MicroVerse training outputs, diffusers, ComfyUI
 # ---------------------------------------------------------------------------------------------
 # Our Dense inside a Wan block -> (diffusers module name, original Wan / DiffSynth module name).
-WAN_BLOCK_MODULES = {
-  **{
-    f"{ours}.{n}": (f"{diff}.to_{n}", f"{ours}.{n}")
-    for ours, diff in (("self_attn", "attn1"), ("cross_attn", "attn2"))
-    for n in "qkv"
-  },
-  "self_attn.o": ("attn1.to_out.0", "self_attn.o"),
-  "cross_attn.o": ("attn2.to_out.0", "cross_attn.o"),
-  "ffn_in": ("ffn.net.0.proj", "ffn.0"),
-  "ffn_out": ("ffn.net.2", "ffn.2"),
-}
+WAN_BLOCK_MODULES = {ours: (diffusers, original) for ours, diffusers, original, kind in BLOCK_KEYS if kind == "linear"}
 # Key templates of a LoRA file, per layout; `module` is the diffusers or original name.
 PEFT_LAYOUTS = {
   "comfyui": ("diffusion_model.blocks.{i}.{module}.lora_{ab}.weight", "original"),
