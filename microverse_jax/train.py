@@ -25,7 +25,7 @@ from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
-from microverse_jax import checkpoint, cli, evaluators, factory as factory_lib, files, flops, sharding
+from microverse_jax import checkpoint, cli, diffusion, evaluators, factory as factory_lib, files, flops, sharding
 from microverse_jax.resume import EXIT_PREEMPTED, SigtermFlag, check_data_unchanged
 from microverse_jax.train_step import jit_train_step, make_encode
 
@@ -134,6 +134,8 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
   sharding.maybe_initialize_distributed()
   workdir = str(epath.Path(workdir).expanduser())
   mesh_shape = factory_lib.validate(c, jax.device_count())
+  if (mode := diffusion.image_conditioning(c.diffusion)) != "none":  # sampling takes a first frame; training not yet
+    raise ValueError(f"diffusion.image_conditioning={mode!r}: training with a conditioning image is not built yet")
   files.require_kind(workdir, (None, "run", "other"), "--workdir")  # never a checkpoint, an export or a cache
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   lock = WorkdirLock(workdir)

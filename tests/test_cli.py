@@ -139,3 +139,15 @@ def test_only_a_config_lookup_is_called_a_config_key(tmp_path):
   prompts.write_text('{"id": "a", "caption": 7}\n')
   with pytest.raises(ValueError, match=r"prompts.jsonl:1: the caption is a int, not text"):
     sample.load_prompts(str(prompts))
+
+
+def test_a_config_with_image_conditioning_is_refused_by_the_trainer_before_anything_runs(tmp_path):
+  """Sampling takes a first frame (docs/sampling.md); training does not yet, and must not train text-to-video."""
+  from microverse_jax import train
+  from microverse_jax.configs import microsim_tiny
+
+  c = microsim_tiny.get_config("test")
+  c.diffusion.image_conditioning = "ti2v"
+  with pytest.raises(ValueError, match=r"diffusion.image_conditioning='ti2v': training with a conditioning image"):
+    train.train(c, str(tmp_path / "wd"))
+  assert not (tmp_path / "wd").exists()
