@@ -4,12 +4,12 @@
   python -m microverse_jax.aot --config=configs/wan2_1.py:14b,full --topology=v5p-64 --num_slices=2 [--dcn_axis=fsdp]
 
 Needs libtpu (`pip install libtpu`; in the test extra). Prints per-device memory (arguments, temporaries,
-total vs the chip's HBM) and the step's FLOPs, proving a run fits before a slice is rented.
-Topologies: `v5p-N` (N TensorCores = 2 x chips), `v5e-N` / `v6e-N` (N chips), or a raw libtpu name
-such as `v5p:2x2x1`. --num_slices=N compiles for N such slices joined by the DCN (multislice): the
-config's mesh block is per slice, and the slices go on --dcn_axis (data: the gradient all-reduce crosses
-the DCN once per step; fsdp: weights are gathered across it too). The report adds an estimate of the
-bytes that cross the DCN per step (see dcn_traffic).
+total vs the device's HBM) and the step's FLOPs, proving a run fits before a slice is rented.
+Topologies: the accelerator types of microverse_jax/tpu_specs.py (`v4-N`, `v5p-N`, `v7x-N`: N TensorCores =
+2 x chips; `v5e-N`, `v6e-N`: N chips), or a raw libtpu name such as `v5p:2x2x1`. --num_slices=N compiles
+for N such slices joined by the DCN (multislice): the config's mesh block is per slice, and the slices go
+on --dcn_axis (data: the gradient all-reduce crosses the DCN once per step; fsdp: weights are gathered
+across it too). The report adds an estimate of the bytes that cross the DCN per step (see dcn_traffic).
 """
 
 from __future__ import annotations
@@ -30,41 +30,33 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh
 from ml_collections import config_flags
 
-from microverse_jax import cli, factory, flops, sharding, train_step
-
-# generation -> (libtpu name, TensorCores per chip in the "-N" suffix, HBM bytes per chip, mesh rank)
-TPU_GENERATIONS = {"v5p": ("v5p", 2, 95 * 2**30, 3), "v5e": ("v5e", 1, 16 * 2**30, 2), "v6e": ("v6e", 1, 32 * 2**30, 2)}
+from microverse_jax import cli, factory, flops, sharding, tpu_specs, train_step
 
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
   name: str  # libtpu topology name, e.g. "v5p:2x2x2"
   chips: int
-  hbm_bytes: int
-
-
-# chips -> slice shape (libtpu names): v5p slices are 3-D tori, v5e / v6e 2-D.
-GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8", 512: "8x8x8"}
-GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+  hbm_bytes: int  # per JAX device (a TPU7x chip is two devices)
+  chip_config: str | None = None  # libtpu's chip config (v4: megacore, one device per chip as on a v4 VM)
 
 
 def parse_topology(spec: str) -> Topology:
-  """'v5p-8' / 'v5e-16' / 'v6e-8' / 'v5p:2x2x1' -> Topology."""
-  gen = spec.split(":")[0].split("-")[0]
-  if gen not in TPU_GENERATIONS:
-    raise ValueError(f"--topology={spec!r}: expected v5p-N, v5e-N, v6e-N or a name like v5p:2x2x1")
-  libtpu_name, cores, hbm, rank = TPU_GENERATIONS[gen]
+  """'v5p-8' / 'v7x-8' / 'v5e-16' (accelerator types: tpu_specs.slice_shape) or 'v5p:2x2x1' -> Topology."""
   if ":" in spec:
-    return Topology(spec, math.prod(int(x) for x in spec.split(":")[1].split("x")), hbm)
-  count = spec.partition("-")[2]
-  chips = int(count) // cores if count.isdigit() else 0
-  grids = GRID_3D if rank == 3 else GRID_2D
-  if chips not in grids:
-    raise ValueError(
-      f"--topology={spec!r}: {gen} slices here have {sorted(k * cores for k in grids)} "
-      f"{'TensorCores' if cores > 1 else 'chips'}"
-    )
-  return Topology(f"{libtpu_name}:{grids[chips]}", chips, hbm)
+    name, _, grid = spec.partition(":")
+    if not re.fullmatch(r"\d+(x\d+)+", grid):
+      raise ValueError(f"--topology={spec!r}: a libtpu name is GENERATION:AxB or GENERATION:AxBxC")
+    try:
+      gen, chips = tpu_specs.generation(name), math.prod(int(x) for x in grid.split("x"))
+    except ValueError as e:
+      raise ValueError(f"--topology={spec!r}: {e}") from None
+  else:
+    try:
+      gen, chips, grid = tpu_specs.slice_shape(spec)
+    except ValueError as e:
+      raise ValueError(f"--topology={e}; or a libtpu name such as v5p:2x2x1") from None
+  return Topology(f"{gen.libtpu_name}:{grid}", chips, gen.hbm_bytes // gen.devices_per_chip, gen.chip_config)
 
 
 def with_slices(c, num_slices: int, dcn_axis: str = "data"):
@@ -91,6 +83,7 @@ def _topology_devices(topology: Topology, num_slices: int = 1) -> list:
   if importlib.util.find_spec("libtpu") is None:  # JAX's own error is a traceback naming no package
     raise ModuleNotFoundError("No module named 'libtpu' (compiling for a TPU topology needs it)", name="libtpu")
   kwargs = {"num_slices": num_slices} if num_slices > 1 else {}
+  kwargs.update({"chip_config_name": topology.chip_config} if topology.chip_config else {})
   return list(topologies.get_topology_desc(platform="tpu", topology_name=topology.name, **kwargs).devices)
 
 
@@ -324,7 +317,7 @@ if __name__ == "__main__":
     "config", None, "Training config (default: the --workdir's saved one).", lock_config=True
   )
   flags.DEFINE_string("workdir", None, "A training workdir whose saved config.json to compile.")
-  flags.DEFINE_string("topology", "v5p-8", "TPU topology, e.g. v5p-8, v5e-16, v6e-8, v5p:2x2x1.")
+  flags.DEFINE_string("topology", "v5p-8", "TPU topology, e.g. v5p-8, v5e-16, v6e-8, v7x-8, v5p:2x2x1.")
   flags.DEFINE_enum(
     "program",
     "train_step",

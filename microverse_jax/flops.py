@@ -1,25 +1,17 @@
-"""Analytic model FLOPs and per-chip peaks for MFU (MaxDiffusion's convention).
+"""Analytic model FLOPs and per-device peaks for MFU (MaxDiffusion's convention).
 
-MFU = 3 x forward matmul FLOPs per step / (step time x peak x chips). Forward matmul FLOPs count the
-projections, QK^T, PV, cross-attention and FFN (2 FLOPs per multiply-add).
+MFU = 3 x forward matmul FLOPs per step / (step time x peak x devices). Forward matmul FLOPs count the
+projections, QK^T, PV, cross-attention and FFN (2 FLOPs per multiply-add). TPU peaks are tpu_specs' table.
 """
 
 from __future__ import annotations
 
 import math
 
-# Peak dense bf16 FLOP/s per chip.
-PEAK_FLOPS = {
-  "v5 lite": 197e12,
-  "v5e": 197e12,
-  "v5p": 459e12,
-  "v5": 459e12,
-  "v6 lite": 918e12,
-  "v6e": 918e12,
-  "v7": 2307e12,
-  "h100": 989e12,
-  "h200": 989e12,
-}
+from microverse_jax import tpu_specs
+
+# Peak dense bf16 FLOP/s per GPU, by a name in its device_kind (NVIDIA's H100 / H200 SXM datasheets).
+GPU_PEAK_FLOPS = {"h100": 989e12, "h200": 989e12}
 
 
 def dit_forward_flops(cfg, latent_shape: tuple[int, int, int], text_len: int) -> float:
@@ -45,9 +37,9 @@ def train_step_flops(cfg, batch: int, latent_shape, text_len: int) -> float:
 
 
 def peak_flops(device) -> float | None:
-  """Peak bf16 FLOP/s of one device, or None when unknown (e.g. CPU)."""
-  kind = getattr(device, "device_kind", "").lower()
-  for name, peak in PEAK_FLOPS.items():
-    if name in kind:
-      return peak
-  return None
+  """Peak bf16 FLOP/s of one JAX device (a TPU7x chip is two), or None when unknown (e.g. CPU)."""
+  kind = getattr(device, "device_kind", "")
+  tpu = tpu_specs.by_device_kind(kind)
+  if tpu is not None:
+    return tpu.peak_flops / tpu.devices_per_chip
+  return next((peak for name, peak in GPU_PEAK_FLOPS.items() if name in kind.lower()), None)

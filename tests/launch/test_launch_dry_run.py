@@ -44,6 +44,8 @@ def _flag(argv: list[str], name: str) -> str:
     ("v6e-256", "v6e-256", 256, 64, "16x16", "v2-alpha-tpuv6e"),
     ("tpu7x-8", "tpu7x-8", 4, 1, "2x2x1", None),
     ("v7x-64", "tpu7x-64", 32, 8, "2x4x4", None),
+    ("v4-8", "v4-8", 4, 1, "2x2x1", "tpu-ubuntu2204-base"),
+    ("v4-32", "v4-32", 16, 4, "2x2x4", "tpu-ubuntu2204-base"),
   ],
 )
 def test_topologies(name, canonical, chips, hosts, topology, runtime):
@@ -58,7 +60,7 @@ def test_topologies(name, canonical, chips, hosts, topology, runtime):
   assert s.chips_per_host * s.hosts == s.chips and s.multi_host == (hosts > 1)
 
 
-@pytest.mark.parametrize("name", ["v5p-7", "v5p-12", "v6e-3", "v9-8", "tpu", "v4-8"])
+@pytest.mark.parametrize("name", ["v5p-7", "v5p-12", "v6e-3", "v9-8", "tpu", "v3-8", "v4-6"])
 def test_unknown_accelerator_types_are_rejected(name):
   with pytest.raises(ValueError, match="accelerator type"):
     topologies.parse(name)
