@@ -22,9 +22,10 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
-    self.directory = epath.Path(workdir) / "checkpoints"
+    directory = epath.Path(workdir) / "checkpoints"  # Orbax takes absolute local paths only
+    self.directory = directory if str(directory).startswith("gs://") else epath.Path(os.path.abspath(directory))
     self.manager = ocp.CheckpointManager(
-      self.directory if str(self.directory).startswith("gs://") else os.path.abspath(self.directory),
+      self.directory,
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
     )
 
