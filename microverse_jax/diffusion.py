@@ -153,6 +153,12 @@ def guided(velocity: Callable, guidance: float, *, cond_only: Callable | None = 
   return fn
 
 
+def switched(high: Callable, low: Callable, boundary: float) -> Callable:
+  """Two experts (Wan2.2 A14B): velocity(x, t (B,)) is `high`'s while t >= boundary (a timestep in 0..1000,
+  compared in float32 as diffusers does), `low`'s below."""
+  return lambda x, t: high(x, t) if np.float32(t[0]) >= np.float32(boundary) else low(x, t)
+
+
 def sample(
   velocity: VelocityFn,
   noise: jax.Array,

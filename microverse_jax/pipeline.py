@@ -50,6 +50,9 @@ def generate(
   cfg_cache: bool = False,
   images: np.ndarray | None = None,
   image_conditioning: str = "none",
+  model_2=None,
+  boundary: float | None = None,
+  guidance_2: float | None = None,
 ) -> list[np.ndarray]:
   """Videos for `prompts` as uint8 (F, H, W, 3); `shape` is the latent (F', H', W', C) to sample
   (`factory.latent_shape`). Conditional and unconditional passes share a batch; guidance 1 runs
@@ -66,13 +69,18 @@ def generate(
   for speed; both are off by default.
   `images`: uint8 (N, H, W, 3), prompt i's first frame at the video's size (`load_image`), taken as the model's
   `image_conditioning` says (diffusion.IMAGE_CONDITIONING; "concat" needs them, "none" refuses them).
+  Two experts (Wan2.2 A14B): `model` samples timesteps t >= 1000 `boundary` (the folder's boundary_ratio) with
+  `guidance`, `model_2` those below with `guidance_2` (default: `guidance`).
   """
   check_conditioning(image_conditioning, images is not None)
+  if (model_2 is None) != (boundary is None) or (model_2 is None and guidance_2 is not None):
+    raise ValueError("model_2, boundary and guidance_2 are for two experts: give model_2 with boundary")
+  guidance_2 = guidance if guidance_2 is None else guidance_2
   batch_size = batch_size or jax.device_count()
   encode_text = nnx.jit(lambda enc, ids, mask: enc.text(ids, mask))
   velocity = nnx.jit(lambda m, x, t, ctx, extra, token_mask: _velocity(m, x, t, ctx, extra, token_mask, prediction))
   decode = nnx.jit(lambda enc, z: enc.decode(z, tiled=True) if tiled else enc.decode(z))
-  if guidance != 1.0:  # guidance 1 is the conditional velocity alone: no unconditional pass
+  if guidance != 1.0 or guidance_2 != 1.0:  # guidance 1 is the conditional velocity alone: no unconditional pass
     neg_ids, neg_mask = tokenizer([negative_prompt])
     uncond = encode_text(encoders, jnp.asarray(neg_ids), jnp.asarray(neg_mask))
   noise_ids = list(range(len(prompts))) if noise_ids is None else noise_ids
@@ -90,13 +98,18 @@ def generate(
     )
     chunk_images = None if images is None else images[start : start + batch_size]
     extra, token_mask, first_frame = image_condition(encoders, chunk_images, shape, image_conditioning, model.cfg)
-    call = lambda x, t, ctx: velocity(model, x, t, ctx, extra, token_mask)
-    if guidance == 1.0:
-      fn = lambda x, t: call(x, t, cond)
-    else:
+
+    def guide(m, scale, cond=cond, extra=extra, token_mask=token_mask):
+      call = lambda x, t, ctx: velocity(m, x, t, ctx, extra, token_mask)
+      if scale == 1.0:
+        return lambda x, t: call(x, t, cond)
       context = jnp.concatenate([cond, jnp.broadcast_to(uncond, cond.shape)])
       cond_only = (lambda x, t: call(x, t, cond)) if cfg_cache else None
-      fn = diffusion.guided(lambda x, t: call(x, t, context), guidance, cond_only=cond_only)
+      return diffusion.guided(lambda x, t: call(x, t, context), scale, cond_only=cond_only)
+
+    fn = guide(model, guidance)
+    if model_2 is not None:
+      fn = diffusion.switched(fn, guide(model_2, guidance_2), boundary * diffusion.NUM_TRAIN_TIMESTEPS)
     report = (lambda i: print(f"  step {i + 1}/{steps}", end="\r", flush=True)) if progress else None
     latents = diffusion.sample(
       fn, noise, steps, shift=shift, sampler=sampler, callback=report, step_cache=step_cache, first_frame=first_frame
@@ -177,15 +190,25 @@ def load_image(image, height: int, width: int) -> np.ndarray:
 
 def folder_conditioning(folder: str, dit_cfg) -> str:
   """How the model of a diffusers Wan pipeline folder takes an image: "ti2v" when its model_index.json sets
-  expand_timesteps (Wan2.2 TI2V-5B), "concat" when the transformer has more input than output channels (I2V).
-  A two-expert folder (Wan2.2 A14B: boundary_ratio, transformer_2) is refused: one transformer is sampled."""
-  path = epath.Path(folder) / "model_index.json"
-  index = json.loads(path.read_text()) if path.exists() else {}
-  if index.get("boundary_ratio") is not None:
-    raise ValueError(f"{folder}: a two-expert Wan2.2 A14B pipeline (boundary_ratio); one transformer is supported")
-  if index.get("expand_timesteps"):
+  expand_timesteps (Wan2.2 TI2V-5B), "concat" when the transformer has more input than output channels (I2V)."""
+  if _model_index(folder).get("expand_timesteps"):
     return "ti2v"
   return "concat" if dit_cfg.in_channels != dit_cfg.out_channels else "none"
+
+
+def folder_boundary(folder: str) -> float | None:
+  """The boundary_ratio of a two-expert diffusers Wan pipeline folder (Wan2.2 A14B: transformer/ samples timesteps
+  >= 1000 boundary_ratio, transformer_2/ those below), None for one transformer; refuses one without transformer_2/."""
+  boundary = _model_index(folder).get("boundary_ratio")
+  if boundary is not None and not (epath.Path(folder) / "transformer_2").is_dir():
+    raise ValueError(f"{folder}: a two-expert Wan2.2 A14B pipeline (boundary_ratio) without transformer_2/")
+  return boundary
+
+
+def _model_index(folder: str) -> dict:
+  """The folder's model_index.json, {} where absent."""
+  path = epath.Path(folder) / "model_index.json"
+  return json.loads(path.read_text()) if path.exists() else {}
 
 
 def config_settings(c) -> dict:
@@ -210,6 +233,7 @@ def config_settings(c) -> dict:
 RULES = {
   "steps": (lambda v: v >= 1, "a whole number >= 1"),
   "guidance": (math.isfinite, "a finite number"),
+  "guidance_2": (math.isfinite, "a finite number"),
   "shift": (lambda v: math.isfinite(v) and v > 0, "a number > 0"),
   "step_cache": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0 (0: off)"),
   "fps": (lambda v: math.isfinite(v) and v > 0, "a number > 0"),
@@ -217,6 +241,7 @@ RULES = {
 CONFIG_KEYS = {
   "steps": "eval.sample_steps",
   "guidance": "eval.guidance",
+  "guidance_2": "eval.guidance_2",
   "shift": "diffusion.shift",
   "step_cache": "eval.step_cache",
   "fps": "eval.fps",
@@ -282,10 +307,12 @@ def pretrained_config(checkpoint: str, config=None):
 
 
 class Pipeline:
-  """A DiT with its frozen encoders and its config's sampling settings: pipe(prompts) -> videos."""
+  """A DiT with its frozen encoders and its config's sampling settings: pipe(prompts) -> videos. Two experts
+  (Wan2.2 A14B): `model_2` samples the timesteps below 1000 `boundary` (see `generate`)."""
 
-  def __init__(self, c, model, tokenizer, encoders):
+  def __init__(self, c, model, tokenizer, encoders, model_2=None, boundary: float | None = None):
     self.config, self.model, self.tokenizer, self.encoders = c, model, tokenizer, encoders
+    self.model_2, self.boundary = model_2, boundary
 
   @classmethod
   def from_workdir(cls, workdir: str, config=None) -> "Pipeline":
@@ -300,11 +327,15 @@ class Pipeline:
   @classmethod
   def from_pretrained(cls, checkpoint: str, config=None) -> "Pipeline":
     """A diffusers WanPipeline directory (transformer/, vae/, text_encoder/, tokenizer/: all four are
-    used; how it takes an image, `folder_conditioning`), or a DiT checkpoint alone (converted, exported or PyTorch)
-    with the encoders that `config` names (default configs/wan2_1.py, whose encoders are random unless its
-    init_froms are set)."""
+    used; how it takes an image, `folder_conditioning`; a two-expert folder's transformer_2/ too, `folder_boundary`),
+    or a DiT checkpoint alone (converted, exported or PyTorch) with the encoders that `config` names (default
+    configs/wan2_1.py, whose encoders are random unless its init_froms are set)."""
     config = pretrained_config(checkpoint, config)
-    return cls.build(config, factory.load_dit(config, checkpoint_dir=config.init_from))
+    pipe = cls.build(config, factory.load_dit(config, checkpoint_dir=config.init_from))
+    pipe.boundary = folder_boundary(checkpoint)
+    if pipe.boundary is not None:
+      pipe.model_2 = factory.load_dit(config, checkpoint_dir=os.path.join(checkpoint, "transformer_2"))
+    return pipe
 
   @classmethod
   def build(cls, c, model) -> "Pipeline":
@@ -324,8 +355,8 @@ class Pipeline:
     image=None,
     **settings,
   ) -> list[np.ndarray]:
-    """uint8 videos (F, H, W, 3), one per prompt. `settings` override the config's: steps,
-    guidance, shift, sampler, negative_prompt, batch_size, noise_ids, progress. `image`: the first frame to
+    """uint8 videos (F, H, W, 3), one per prompt. `settings` override the config's: steps, guidance, guidance_2
+    (two experts), shift, sampler, negative_prompt, batch_size, noise_ids, progress. `image`: the first frame to
     condition on (a path or uint8 (H, W, 3), fitted to the size by `load_image`), or a list of one per prompt."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     check_settings(settings, self.config)
@@ -346,5 +377,7 @@ class Pipeline:
       shape,
       seed=seed,
       images=images,
+      model_2=self.model_2,
+      boundary=self.boundary,
       **{**config_settings(self.config), **settings},
     )

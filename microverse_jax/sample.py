@@ -130,6 +130,8 @@ def check_flags(F, c) -> None:
       raise ValueError(f"--{name}={F[name].value}: expected a whole number >= 1")
   pipeline.check_settings({k: F[k].value for k in pipeline.RULES}, c, prefix="--")
   factory.latent_shape(c, F.num_frames, F.height, F.width)  # a size the autoencoder takes
+  if F.guidance_2 is not None and (not F.checkpoint or pipeline.folder_boundary(F.checkpoint) is None):
+    raise ValueError("--guidance_2: only for a two-expert (Wan2.2 A14B) diffusers folder given as --checkpoint")
 
 
 def main(argv):
@@ -155,6 +157,7 @@ def main(argv):
   flagged = dict(
     steps=F.steps,
     guidance=F.guidance,
+    guidance_2=F.guidance_2,
     shift=F.shift,
     sampler=F.sampler,
     negative_prompt=F.negative_prompt,
@@ -202,6 +205,9 @@ def define_flags() -> None:
   flags.DEFINE_string("negative_prompt", None, "Negative prompt for CFG (default: eval.negative_prompt).")
   flags.DEFINE_integer("steps", None, "Sampling steps (default: eval.sample_steps).")
   flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (default: eval.guidance).")
+  flags.DEFINE_float(
+    "guidance_2", None, "Guidance of a two-expert (Wan2.2 A14B) folder's low-noise transformer_2 (default: --guidance)."
+  )
   flags.DEFINE_float("shift", None, "Sigma shift (default: diffusion.shift).")
   flags.DEFINE_integer("seed", 42, "Noise seed.")
   flags.DEFINE_enum("sampler", None, ["euler", "unipc"], "ODE sampler (default: eval.sampler).")

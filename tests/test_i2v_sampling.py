@@ -276,15 +276,11 @@ def test_image_for_a_text_to_video_model_and_none_for_a_concat_model_are_refused
     pipe(["a cell"])
 
 
-def test_folder_conditioning_reads_the_folder_and_refuses_two_experts(folders, tmp_path):
+def test_folder_conditioning_reads_the_folder(folders, tmp_path):
+  """(Two-expert folders: tests/test_experts_sampling.py.)"""
   cfg = factory.dit_config(wan2_1.get_config("1.3b,full,runlocal"))  # in == out channels
   assert pipeline.folder_conditioning(folders["ti2v"], cfg) == "ti2v"
   assert pipeline.folder_conditioning(str(tmp_path), cfg) == "none"  # no model_index.json: the transformer's channels
-  (tmp_path / "model_index.json").write_text(
-    json.dumps({"_class_name": "WanImageToVideoPipeline", "boundary_ratio": 0.9})
-  )
-  with pytest.raises(ValueError, match=r"a two-expert Wan2.2 A14B pipeline \(boundary_ratio\)"):
-    pipeline.folder_conditioning(str(tmp_path), cfg)
 
 
 def test_load_image_fits_paths_and_arrays_and_names_bad_ones(tmp_path, capsys):
