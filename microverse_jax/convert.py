@@ -226,31 +226,9 @@ def _load_json(path: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Assigning into a model
+# Host weights and building a model
 # ---------------------------------------------------------------------------------------------
 BASE_PARAMS = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
-
-
-def assign(model: nnx.Module, arrays: Mapping[str, np.ndarray], source: str, dtype=jnp.float32) -> None:
-  """Sets every base parameter of `model` from `arrays`, keyed by dotted parameter path.
-
-  Raises ValueError listing missing and unexpected keys, or naming a key whose shape differs or one
-  that holds NaN or inf.
-  """
-  state = nnx.state(model, BASE_PARAMS)
-  flat = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(state)}
-  missing, unexpected = sorted(set(flat) - set(arrays)), sorted(set(arrays) - set(flat))
-  if missing or unexpected:
-    raise ValueError(
-      f"{source}: checkpoint does not match the model.\n  missing: {missing}\n  unexpected: {unexpected}"
-    )
-  for key, var in flat.items():
-    if tuple(arrays[key].shape) != tuple(var.shape):
-      raise ValueError(
-        f"{source}: shape mismatch at {key}: checkpoint {tuple(arrays[key].shape)}, model {tuple(var.shape)}"
-      )
-    var[...] = jnp.asarray(host_weight(source, key, arrays[key], np.float32), dtype)
-  nnx.update(model, state)
 
 
 def host_weight(source: str, key: str, value, dtype) -> np.ndarray:
@@ -262,132 +240,15 @@ def host_weight(source: str, key: str, value, dtype) -> np.ndarray:
   return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Wan DiT (the key table lives beside the model: models/wan_dit_keys.py)
-# ---------------------------------------------------------------------------------------------
-def _checked(fn):
-  """Turns a KeyError from a mapping function into a clear 'missing key' error."""
-
-  def wrapper(src, *args, **kwargs):
-    try:
-      return fn(src, *args, **kwargs)
-    except KeyError as e:
-      raise ValueError(f"{src}: checkpoint is missing key {e.args[0]!r}") from None
-    except ValueError as e:
-      raise _prefixed(src, e) from None
-
-  return wrapper
-
-
 def _prefixed(src: str, e: ValueError) -> ValueError:
   """`e`, its message starting with `src` (added unless it names `src` already)."""
   return e if str(e).startswith(str(src)) else ValueError(f"{src}: {e}")
 
 
-@_checked
-def wan_dit_from_diffusers(src: str, dtype=jnp.float32, **config_overrides):
-  """A WanDiT from a diffusers `WanTransformer3DModel.save_pretrained` directory, or an original
-  Wan2.1 release directory (`config.json` + `diffusion_pytorch_model*.safetensors`)."""
-  from microverse_jax.models.wan_dit import WanDiT
-  from microverse_jax.models.wan_dit_keys import wan_dit_arrays
-
-  cfg = _json_config("dit", src, **config_overrides)
-  model = nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0)))
-  model = _materialize(model)
-  assign(model, wan_dit_arrays(read_weights(src), cfg.num_layers), src, dtype)
-  return model
-
-
-def _materialize(abstract_model: nnx.Module) -> nnx.Module:
-  """Zero-filled concrete arrays for an `nnx.eval_shape` model (cheap; values are overwritten)."""
-  graphdef, state = nnx.split(abstract_model)
-  state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state)
-  return nnx.merge(graphdef, state)
-
-
-# ---------------------------------------------------------------------------------------------
-# Wan VAE and umT5 text encoder (the key mappings live beside the models)
-# ---------------------------------------------------------------------------------------------
 def _build(model_cls, cfg) -> nnx.Module:
-  return _materialize(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0))))
-
-
-@_checked
-def wan_vae_from_diffusers(src: str, dtype=jnp.float32, **config_overrides):
-  """A WanVAE from a diffusers `AutoencoderKLWan.save_pretrained` directory."""
-  from microverse_jax.models.wan_vae import WanVAE, wan_vae_arrays
-
-  model = _build(WanVAE, _json_config("vae", src, **config_overrides))
-  assign(model, wan_vae_arrays(model, read_weights(src), "diffusers"), src, dtype)
-  return model
-
-
-@_checked
-def wan_vae_from_original(src: str, dtype=jnp.float32, **config_overrides):
-  """A WanVAE from the original `Wan2.1_VAE.pth` / `Wan2.2_VAE.pth` (a file, or a directory holding one);
-  the config is that release's preset (told apart by the key names) unless overridden."""
-  from microverse_jax.models.wan_vae import WanVAE, wan_vae_arrays, wan_vae_config_from_original
-
-  if os.path.isdir(src):
-    src = _release_file(src, _VAE_PTHS) or os.path.join(src, _VAE_PTHS[0])
-  sd = read_weights(src)
-  model = _build(WanVAE, wan_vae_config_from_original(sd, **config_overrides))
-  assign(model, wan_vae_arrays(model, sd, "original"), src, dtype)
-  return model
-
-
-def _cast(model: nnx.Module, dtype) -> nnx.Module:
-  if jnp.dtype(dtype) != jnp.float32:
-    nnx.update(model, jax.tree.map(lambda x: x.astype(dtype), nnx.state(model, nnx.Param)))
-  return model
-
-
-def wan_vae_from_path(src: str, dtype=jnp.float32):
-  """A diffusers directory (has config.json), the original .pth file / directory, or a converted dir."""
-  if checkpoint_format(src) == "converted":
-    return _cast(from_checkpoint(src, "vae"), dtype)
-  if os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")) and not _release_file(src, _VAE_PTHS):
-    return wan_vae_from_diffusers(src, dtype)
-  return wan_vae_from_original(src, dtype)
-
-
-@_checked
-def umt5_from_transformers(src: str, dtype=jnp.float32, **config_overrides):
-  """A UMT5Encoder from a transformers `UMT5EncoderModel.save_pretrained` directory."""
-  from microverse_jax.models.umt5 import UMT5Encoder, umt5_arrays
-
-  cfg = _json_config("umt5", src, **config_overrides)
-  model = _build(UMT5Encoder, cfg)
-  assign(model, umt5_arrays(read_weights(src), cfg.num_layers, "transformers"), src, dtype)
-  return model
-
-
-@_checked
-def umt5_from_original(src: str, dtype=jnp.float32, **config_overrides):
-  """A UMT5Encoder from Wan's `models_t5_umt5-xxl-enc-bf16.pth` (a file, or a directory holding
-  it); the config is inferred from the tensor shapes."""
-  from microverse_jax.models.umt5 import UMT5Encoder, umt5_arrays, umt5_config_from_original
-
-  if os.path.isdir(src):
-    src = os.path.join(src, "models_t5_umt5-xxl-enc-bf16.pth")
-  sd = read_weights(src)
-  cfg = umt5_config_from_original(sd, **config_overrides)
-  model = _build(UMT5Encoder, cfg)
-  assign(model, umt5_arrays(sd, cfg.num_layers, "original"), src, dtype)
-  return model
-
-
-def umt5_from_path(src: str, dtype=jnp.float32):
-  """A transformers directory (has config.json), the original .pth file / directory, or a converted dir."""
-  if checkpoint_format(src) == "converted":
-    return _cast(from_checkpoint(src, "umt5"), dtype)
-  if (
-    os.path.isdir(src)
-    and os.path.exists(os.path.join(src, "config.json"))
-    and not os.path.exists(os.path.join(src, _UMT5_PTH))
-  ):
-    return umt5_from_transformers(src, dtype)
-  return umt5_from_original(src, dtype)
+  """`model_cls(cfg)` with zero-filled concrete arrays (cheap; `load_params` overwrites them)."""
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0))))
+  return nnx.merge(graphdef, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,15 +517,17 @@ def _kind_of(target) -> str:
   raise ValueError(f"cannot tell the model kind from parameters {sorted(top)[:8]}; pass kind=")
 
 
-def restore_params(src: str, target, kind: str | None = None):
+def restore_params(src: str, target, kind: str | None = None, cfg=None):
   """Weights of checkpoint `src` as a pure dict shaped like `target` (a pure dict of
   jax.ShapeDtypeStruct, optionally with `sharding`), each array placed in its target sharding.
 
   `src` is a converted dir (restored by Orbax directly into the shardings, each device reading
   only its shard) or a PyTorch checkpoint (read on the host, mapped to our names, then
   `jax.device_put` leaf by leaf). `kind` ("dit", "vae", "umt5") is checked against a converted
-  dir's config.json and inferred from `target` when None. Prints one line saying what it loaded.
-  A mismatch with `target` raises one ValueError listing missing / unexpected keys and shapes.
+  dir's config.json and inferred from `target` when None. `cfg` is the architecture whose key names a
+  PyTorch VAE / umT5 checkpoint is read by (default: the checkpoint's own, `checkpoint_config`). Prints
+  one line saying what it loaded. A mismatch with `target` raises one ValueError listing missing /
+  unexpected keys and shapes.
   """
   fmt = checkpoint_format(src)
   want = {k: tuple(v.shape) for k, v in _flat(target).items()}
@@ -681,7 +544,7 @@ def restore_params(src: str, target, kind: str | None = None):
   else:
     kind = kind or _kind_of(target)
     _check_kind(kind)
-    arrays, layout = pytorch_arrays(src, kind)
+    arrays, layout = pytorch_arrays(src, kind, cfg)
     check_match(src, {k: np.shape(v) for k, v in arrays.items()}, want)
     flat_target = _flat(target)
 
@@ -698,15 +561,16 @@ def restore_params(src: str, target, kind: str | None = None):
 
 
 def load_params(src: str, model: nnx.Module, kind: str | None = None) -> None:
-  """Restores checkpoint `src` (converted or PyTorch, see `restore_params`) into `model`'s base
-  parameters, keeping each array's sharding."""
+  """Restores checkpoint `src` (converted or PyTorch, see `restore_params`, read by `model.cfg`) into
+  `model`'s base parameters, keeping each array's sharding."""
   state = nnx.state(model, BASE_PARAMS)
 
   def abstract(x):
     sharding = x.sharding if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) else None
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
-  nnx.replace_by_pure_dict(state, restore_params(src, jax.tree.map(abstract, state.to_pure_dict()), kind))
+  target = jax.tree.map(abstract, state.to_pure_dict())
+  nnx.replace_by_pure_dict(state, restore_params(src, target, kind, model.cfg))
   nnx.update(model, state)
 
 

@@ -196,32 +196,29 @@ def load_encoder(src: str, kind: str, dtype="bfloat16", devices=None):
   converted Orbax dir (`python -m microverse_jax.convert`) or a PyTorch checkpoint (diffusers /
   transformers directory, original Wan2.1 .pth). The architecture is the checkpoint's own config
   (`convert.checkpoint_config`); floating-point weights are restored as `dtype`, replicated over
-  `devices` (default: this host's), without a host copy of the whole model for converted dirs.
-  Prints which format it loaded (`convert.restore_params`)."""
+  `devices` (default: this host's), without a host copy of the whole model for converted dirs. Loaded
+  by `factory.frozen_module`, as training and sampling load theirs; prints which format it loaded."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  from microverse_jax import convert  # pylint: disable=g-import-not-at-top
+  from microverse_jax import convert, factory  # pylint: disable=g-import-not-at-top
   from microverse_jax.models.umt5 import UMT5Encoder  # pylint: disable=g-import-not-at-top
   from microverse_jax.models.wan_vae import WanVAE  # pylint: disable=g-import-not-at-top
 
   classes = {"vae": WanVAE, "umt5": UMT5Encoder}
   if kind not in classes:
     raise ValueError(f"kind={kind!r}: expected one of {tuple(classes)}")
-  cfg = convert.checkpoint_config(src, kind)
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: classes[kind](cfg, rngs=nnx.Rngs(0))))
   mesh = jax.sharding.Mesh(np.array(list(devices or jax.local_devices())), ("data",))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  dtype = jnp.dtype(dtype)
-  target = jax.tree.map(
-    lambda s: jax.ShapeDtypeStruct(
-      s.shape, dtype if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype, sharding=replicated
-    ),
-    state.to_pure_dict(),
+  return factory.frozen_module(
+    classes[kind],
+    convert.checkpoint_config(src, kind),
+    init_from=src,
+    kind=kind,
+    seed=0,
+    mesh=mesh,
+    rules=(),
+    name=kind,
+    dtype=dtype,
   )
-  nnx.replace_by_pure_dict(state, convert.restore_params(src, target, kind=kind))
-  return nnx.merge(graphdef, state)
 
 
 def parser():

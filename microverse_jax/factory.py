@@ -205,16 +205,20 @@ def _divides(mesh, axes, dim: int) -> bool:
   return dim % size == 0
 
 
-def frozen_module(cls, cfg, *, init_from: str, kind: str, seed: int, mesh, rules, name: str):
+def frozen_module(cls, cfg, *, init_from: str, kind: str, seed: int, mesh, rules, name: str, dtype=None):
   """`cls(cfg)` with weights restored from `init_from` (converted or PyTorch) straight into their
-  shardings, or a seeded random init made sharded (said on stdout: never silently random)."""
+  shardings, floating-point ones as `dtype` if given, or a seeded random init made sharded (said on
+  stdout: never silently random). The one loader of frozen models: training, sampling and encoding."""
   abstract = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(seed)))
   graphdef, state = nnx.split(abstract)
   shard = shardings_of(state, mesh, rules)
   if init_from:
-    target = jax.tree.map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state.to_pure_dict(), shard
-    )
+
+    def leaf(s, sh):
+      floating = dtype is not None and jnp.issubdtype(s.dtype, jnp.floating)
+      return jax.ShapeDtypeStruct(s.shape, jnp.dtype(dtype) if floating else s.dtype, sharding=sh)
+
+    target = jax.tree.map(leaf, state.to_pure_dict(), shard)
     pure = convert.restore_params(init_from, target, kind=kind)
   else:
     print(f"{name}: seeded random weights (seed {seed}); set its init_from for real ones", flush=True)

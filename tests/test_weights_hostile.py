@@ -189,7 +189,7 @@ def test_a_config_that_builds_no_model_names_the_file_and_key(dit_dir, tmp_path,
   with pytest.raises(ValueError, match=message):
     convert.checkpoint_config(src, "dit")
   with pytest.raises(ValueError, match=message):
-    convert.wan_dit_from_diffusers(src)
+    convert.from_checkpoint(src, "dit")
   assert "config.json" in one_cli_line(capsys, src, tmp_path)
 
 
@@ -209,11 +209,11 @@ def test_fp8_weights_load_as_their_values(dit_dir, tmp_path):
     "blocks.1.ffn.net.2.weight": sd["blocks.1.ffn.net.2.weight"].astype(ml_dtypes.float8_e5m2),
   }
   src = copy_with(dit_dir, tmp_path / "fp8", fp8)
-  for model in (convert.from_checkpoint(src, "dit"), convert.wan_dit_from_diffusers(src)):
-    q, ffn = np.asarray(model.blocks.self_attn.q.kernel[...]), np.asarray(model.blocks.ffn_out.kernel[...])
-    np.testing.assert_array_equal(q[0], fp8["blocks.0.attn1.to_q.weight"].astype(np.float32).T)
-    np.testing.assert_array_equal(ffn[1], fp8["blocks.1.ffn.net.2.weight"].astype(np.float32).T)
-    np.testing.assert_array_equal(q[1], sd["blocks.1.attn1.to_q.weight"].T)
+  model = convert.from_checkpoint(src, "dit")
+  q, ffn = np.asarray(model.blocks.self_attn.q.kernel[...]), np.asarray(model.blocks.ffn_out.kernel[...])
+  np.testing.assert_array_equal(q[0], fp8["blocks.0.attn1.to_q.weight"].astype(np.float32).T)
+  np.testing.assert_array_equal(ffn[1], fp8["blocks.1.ffn.net.2.weight"].astype(np.float32).T)
+  np.testing.assert_array_equal(q[1], sd["blocks.1.attn1.to_q.weight"].T)
 
 
 @pytest.mark.parametrize(
@@ -233,11 +233,9 @@ def test_fp8_weights_load_as_their_values(dit_dir, tmp_path):
 def test_weights_no_float_parameter_should_take_are_refused(dit_dir, tmp_path, capsys, value, message):
   """Layer 0 of a stacked kernel: an int8 layer would be promoted to float by the stacking."""
   src = copy_with(dit_dir, tmp_path / "bad", {"blocks.0.attn1.to_q.weight": value})
-  with pytest.raises(ValueError) as from_checkpoint:
+  with pytest.raises(ValueError) as refused:
     convert.from_checkpoint(src, "dit")
-  with pytest.raises(ValueError) as direct:
-    convert.wan_dit_from_diffusers(src)
-  assert str(from_checkpoint.value) == str(direct.value) == f"{src}: {message}"
+  assert str(refused.value) == f"{src}: {message}"
   assert one_cli_line(capsys, src, tmp_path) == f"error: {src}: {message}"
 
 

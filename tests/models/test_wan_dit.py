@@ -34,7 +34,7 @@ def _torch_model(seed, **overrides):
 def _run_both(tmp_path, overrides, fhw, text_len, seed=0):
   tm = _torch_model(seed, **overrides)
   tm.save_pretrained(tmp_path)
-  jm = convert.wan_dit_from_diffusers(str(tmp_path))
+  jm = convert.from_checkpoint(str(tmp_path), "dit")
   cfg = jm.cfg
   rng = np.random.default_rng(seed)
   b = 2
@@ -107,10 +107,10 @@ def test_original_wan_layout_loads_identically(tmp_path):
       )
     )
   )
-  ours = convert.wan_dit_from_diffusers(str(tmp_path), rope_max_seq_len=32)
+  ours = convert.from_checkpoint(str(tmp_path), "dit", rope_max_seq_len=32)
   ref_dir = tmp_path / "ref"
   tm.save_pretrained(ref_dir)
-  want = convert.wan_dit_from_diffusers(str(ref_dir))
+  want = convert.from_checkpoint(str(ref_dir), "dit")
   a = nnx.to_flat_state(nnx.state(ours, nnx.Param))
   b = dict(nnx.to_flat_state(nnx.state(want, nnx.Param)))
   for path, v in a:
@@ -177,7 +177,7 @@ def test_converter_errors_and_cli_round_trip(tmp_path):
     rngs=nnx.Rngs(9),
   )
   convert.load_params(str(tmp_path / "dst"), fresh)
-  direct = convert.wan_dit_from_diffusers(str(tmp_path / "src"))
+  direct = convert.from_checkpoint(str(tmp_path / "src"), "dit")
   for (p, a), (_, b) in zip(
     nnx.to_flat_state(nnx.state(fresh, nnx.Param)), nnx.to_flat_state(nnx.state(direct, nnx.Param))
   ):
@@ -190,12 +190,12 @@ def test_converter_errors_and_cli_round_trip(tmp_path):
   del sd["blocks.1.ffn.net.2.bias"]
   save_file(sd, str(st))
   with pytest.raises(ValueError, match="blocks.1.ffn.net.2.bias"):
-    convert.wan_dit_from_diffusers(str(tmp_path / "src"))
+    convert.from_checkpoint(str(tmp_path / "src"), "dit")
   sd["blocks.1.ffn.net.2.bias"] = np.zeros((5,), np.float32)
   save_file(sd, str(st))
   with pytest.raises(ValueError, match=r"shape mismatch at blocks.\*.ffn_out.bias"):
-    convert.wan_dit_from_diffusers(str(tmp_path / "src"))
+    convert.from_checkpoint(str(tmp_path / "src"), "dit")
   sd["blocks.0.ffn.net.2.bias"] = np.zeros((5,), np.float32)
   save_file(sd, str(st))
   with pytest.raises(ValueError, match=r"blocks.ffn_out.bias: checkpoint \(2, 5\), model \(2, 32\)"):
-    convert.wan_dit_from_diffusers(str(tmp_path / "src"))
+    convert.from_checkpoint(str(tmp_path / "src"), "dit")

@@ -50,7 +50,7 @@ def _both(tmp_path, overrides, fhw, text_len, seed=0):
     for p in tm.parameters():
       p.add_(0.02 * torch.randn_like(p))
   tm.save_pretrained(tmp_path)
-  jm = convert.wan_dit_from_diffusers(str(tmp_path))
+  jm = convert.from_checkpoint(str(tmp_path), "dit")
   rng = np.random.default_rng(seed)
   x = rng.standard_normal((2, *fhw, jm.cfg.in_channels), dtype=np.float32)
   ctx = rng.standard_normal((2, text_len, jm.cfg.text_dim), dtype=np.float32)

@@ -19,7 +19,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from tiny_diffusers import TINY_WAN_VAE  # noqa: E402
 
-from microverse_jax.convert import wan_vae_from_diffusers, wan_vae_from_original  # noqa: E402
+from microverse_jax.convert import from_checkpoint  # noqa: E402
 from microverse_jax.models.wan_vae import WanVAE, WanVAEConfig  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def reference_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vae(reference_dir):
-  return wan_vae_from_diffusers(reference_dir[1])
+  return from_checkpoint(reference_dir[1], "vae")
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2), compiler_options={"xla_backend_optimization_level": 0})
@@ -100,7 +100,7 @@ def _check_topology(tmp_path, **config):
     }
   )
   ref.save_pretrained(str(tmp_path))
-  ours = wan_vae_from_diffusers(str(tmp_path))
+  ours = from_checkpoint(str(tmp_path), "vae")
   assert (ours.cfg.spatial_factor, ours.cfg.temporal_factor) == (8, 4)
   video = torch.rand(1, 3, 5, 16, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1
   with torch.no_grad():
@@ -160,7 +160,7 @@ def test_tiled_decode_matches_diffusers_tiling(reference_dir):
   latents = torch.randn(1, 4, 1, 8, 12, generator=torch.Generator().manual_seed(3))  # 2 x 3 tiles
   with torch.no_grad():
     expected = tiled_ref.decode(latents).sample
-  ours = wan_vae_from_diffusers(reference_dir[1], tile_sample_size=32, tile_sample_stride=16)
+  ours = from_checkpoint(reference_dir[1], "vae", tile_sample_size=32, tile_sample_stride=16)
   tiled = _decode(ours, jnp.asarray(_to_ours(latents)), tiled=True)
   assert tiled.shape == (1, 1, 32, 48, 3)
   np.testing.assert_allclose(np.asarray(tiled), _to_ours(expected), atol=1e-4, rtol=0)
@@ -208,7 +208,7 @@ def test_original_pth_loads_identically(reference_dir, vae, tmp_path):
   path = str(tmp_path / "Wan2.1_VAE.pth")
   torch.save(_original_names(ref.state_dict(), num_res_blocks=1), path)
   cfg = {k: v for k, v in dataclasses.asdict(vae.cfg).items()}
-  original = wan_vae_from_original(path, **cfg)
+  original = from_checkpoint(path, "vae", **cfg)
   a = nnx.state(vae, nnx.Param).to_pure_dict()
   b = nnx.state(original, nnx.Param).to_pure_dict()
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
@@ -235,13 +235,13 @@ def test_bad_inputs_give_clear_errors(reference_dir, vae, tmp_path):
   (bad / "config.json").write_text(json.dumps({**config, "base_dim": 16}))
   expected = r"shape mismatch at decoder\.conv_in\.bias: checkpoint \(16,\), model expects \(32,\)"
   with pytest.raises(ValueError, match=expected):
-    wan_vae_from_diffusers(str(bad))
+    from_checkpoint(str(bad), "vae")
   (bad / "config.json").write_text(json.dumps({**config, "num_res_blocks": 2}))
   with pytest.raises(ValueError, match=r"missing: \['decoder\.up_blocks\.0\.resnets\.2"):
-    wan_vae_from_diffusers(str(bad))
+    from_checkpoint(str(bad), "vae")
   (bad / "config.json").write_text(json.dumps({**config, "is_residual": True}))
   with pytest.raises(ValueError, match="is_residual"):
-    wan_vae_from_diffusers(str(bad))
+    from_checkpoint(str(bad), "vae")
 
 
 def test_latent_normalisation():

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from microverse_jax import factory  # noqa: E402
-from microverse_jax.convert import checkpoint_config, wan_vae_from_diffusers, wan_vae_from_original  # noqa: E402
+from microverse_jax.convert import checkpoint_config, from_checkpoint  # noqa: E402
 from microverse_jax.models.wan_vae import (  # noqa: E402
   WanVAE,
   WanVAEConfig,
@@ -90,7 +90,7 @@ def reference_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vae(reference_dir):
-  return wan_vae_from_diffusers(reference_dir[1])
+  return from_checkpoint(reference_dir[1], "vae")
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2), compiler_options={"xla_backend_optimization_level": 0})
@@ -250,7 +250,7 @@ def test_tiled_decode_matches_diffusers_and_full_decode(reference_dir):
       expected = ref.decode(latents).sample
   finally:
     ref.disable_tiling()
-  ours = wan_vae_from_diffusers(path, tile_sample_size=64, tile_sample_stride=32)
+  ours = from_checkpoint(path, "vae", tile_sample_size=64, tile_sample_stride=32)
   tiled = _decode(ours, _to_ours(latents), tiled=True)
   assert tiled.shape == (1, 5, 96, 128, 3)
   print(f"tiled decode vs diffusers tiled: max |diff| {_max_diff(tiled, _to_ours(expected)):.2e}")
@@ -304,7 +304,7 @@ def test_original_pth_loads_identically(reference_dir, vae, tmp_path):
   torch.save(_original_names(ref.state_dict(), num_res_blocks=1), str(release / "Wan2.2_VAE.pth"))
   arch = {k: v for k, v in dataclasses.asdict(vae.cfg).items()}
   assert checkpoint_config(str(release), "vae") == WanVAEConfig.preset("wan2.2")  # told apart by the key names
-  original = wan_vae_from_original(str(release), **arch)  # the release directory finds Wan2.2_VAE.pth
+  original = from_checkpoint(str(release), "vae", **arch)  # the release directory finds Wan2.2_VAE.pth
   a = nnx.state(vae, nnx.Param).to_pure_dict()
   b = nnx.state(original, nnx.Param).to_pure_dict()
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
@@ -325,7 +325,7 @@ def test_bad_inputs_give_clear_errors(reference_dir, vae, tmp_path):
   os.symlink(os.path.join(src, "diffusion_pytorch_model.safetensors"), bad / "diffusion_pytorch_model.safetensors")
   (bad / "config.json").write_text(json.dumps({**config, "in_channels": 3}))
   with pytest.raises(ValueError, match=r"in_channels=3 is not supported \(RGB video with patch_size=2 has 12"):
-    wan_vae_from_diffusers(str(bad))
+    from_checkpoint(str(bad), "vae")
   (bad / "config.json").write_text(json.dumps({**config, "is_residual": False}))  # Wan2.2 weights, Wan2.1 config
   with pytest.raises(ValueError, match=r"does not match the model config \(.*is_residual=False"):
-    wan_vae_from_diffusers(str(bad))
+    from_checkpoint(str(bad), "vae")
