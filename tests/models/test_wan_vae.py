@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import textwrap
@@ -18,6 +17,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from tiny_diffusers import TINY_WAN_VAE  # noqa: E402
+from vae_helpers import decode, encode, to_ours  # noqa: E402
 
 from microverse_jax.convert import from_checkpoint  # noqa: E402
 from microverse_jax.models.wan_vae import WanVAE, WanVAEConfig  # noqa: E402
@@ -32,10 +32,6 @@ def _reference(seed=0, **overrides):
       if name.endswith(("gamma", "bias")):
         p.add_(0.2 * torch.randn_like(p))
   return ref
-
-
-def _to_ours(x):  # torch (B, C, F, H, W) -> numpy (B, F, H, W, C)
-  return x.detach().numpy().transpose(0, 2, 3, 4, 1)
 
 
 def _to_torch(x):
@@ -55,22 +51,6 @@ def vae(reference_dir):
   return from_checkpoint(reference_dir[1], "vae")
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2), compiler_options={"xla_backend_optimization_level": 0})
-def _run(graphdef, method, kwargs, state, x):
-  # LLVM -O0: compiles ~3x faster on CPU; fp32 results agree with -O2 far below the 1e-4 bar.
-  return getattr(nnx.merge(graphdef, state), method)(x, **dict(kwargs))
-
-
-def _encode(model, video):
-  graphdef, state = nnx.split(model)
-  return _run(graphdef, "encode", (), state, video)
-
-
-def _decode(model, latents, **kwargs):
-  graphdef, state = nnx.split(model)
-  return _run(graphdef, "decode", tuple(kwargs.items()), state, latents)
-
-
 @pytest.mark.parametrize("frames", [1, 5, 9])
 def test_encode_and_decode_match_diffusers(reference_dir, vae, frames):
   ref, _ = reference_dir
@@ -78,14 +58,14 @@ def test_encode_and_decode_match_diffusers(reference_dir, vae, frames):
   with torch.no_grad():
     mean = ref.encode(video).latent_dist.mean
     decoded = ref.decode(mean).sample
-  ours = _encode(vae, jnp.asarray(_to_ours(video)))
+  ours = encode(vae, jnp.asarray(to_ours(video)))
   latent_frames = 1 + (frames - 1) // 2  # the tiny config compresses time 2x
   assert ours.shape == (2, latent_frames, 4, 6, 4)
-  np.testing.assert_allclose(np.asarray(ours), _to_ours(mean), atol=1e-4, rtol=0)
-  ours_decoded = _decode(vae, jnp.asarray(_to_ours(mean)))
+  np.testing.assert_allclose(np.asarray(ours), to_ours(mean), atol=1e-4, rtol=0)
+  ours_decoded = decode(vae, jnp.asarray(to_ours(mean)))
   assert ours_decoded.shape == (2, frames, 16, 24, 3)
-  np.testing.assert_allclose(np.asarray(ours_decoded), _to_ours(decoded), atol=1e-4, rtol=0)
-  assert np.abs(_to_ours(decoded)).max() > 0.05  # not a trivially zero comparison
+  np.testing.assert_allclose(np.asarray(ours_decoded), to_ours(decoded), atol=1e-4, rtol=0)
+  assert np.abs(to_ours(decoded)).max() > 0.05  # not a trivially zero comparison
 
 
 def _check_topology(tmp_path, **config):
@@ -106,12 +86,10 @@ def _check_topology(tmp_path, **config):
   with torch.no_grad():
     mean = ref.encode(video).latent_dist.mean
     decoded = ref.decode(mean).sample
-  latents = _encode(ours, jnp.asarray(_to_ours(video)))
+  latents = encode(ours, jnp.asarray(to_ours(video)))
   assert latents.shape == (1, 2, 2, 3, ours.cfg.z_dim)
-  np.testing.assert_allclose(np.asarray(latents), _to_ours(mean), atol=1e-4, rtol=0)
-  np.testing.assert_allclose(
-    np.asarray(_decode(ours, jnp.asarray(_to_ours(mean)))), _to_ours(decoded), atol=1e-4, rtol=0
-  )
+  np.testing.assert_allclose(np.asarray(latents), to_ours(mean), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(np.asarray(decode(ours, jnp.asarray(to_ours(mean)))), to_ours(decoded), atol=1e-4, rtol=0)
 
 
 def test_wan21_topology_matches_diffusers(tmp_path):
@@ -132,22 +110,22 @@ def _with_config(model, **changes):
 
 def test_chunked_encode_equals_one_shot(vae):
   video = jax.random.uniform(jax.random.key(1), (1, 17, 8, 12, 3), minval=-1, maxval=1)
-  chunked = _encode(vae, video)  # 2 frames per scan step
-  one_shot = _encode(_with_config(vae, encode_chunk_frames=16), video)  # all 16 in one step
-  uneven = _encode(_with_config(vae, encode_chunk_frames=6), video)  # 6, 6, then a 4-frame tail
+  chunked = encode(vae, video)  # 2 frames per scan step
+  one_shot = encode(_with_config(vae, encode_chunk_frames=16), video)  # all 16 in one step
+  uneven = encode(_with_config(vae, encode_chunk_frames=6), video)  # 6, 6, then a 4-frame tail
   assert chunked.shape == (1, 9, 2, 3, 4)
   np.testing.assert_allclose(np.asarray(chunked), np.asarray(one_shot), atol=1e-5, rtol=0)
   np.testing.assert_allclose(np.asarray(uneven), np.asarray(one_shot), atol=1e-5, rtol=0)
   # Causality: changing the last frames leaves the earlier latents untouched.
-  changed = _encode(vae, video.at[:, 13:].set(0.0))
+  changed = encode(vae, video.at[:, 13:].set(0.0))
   np.testing.assert_array_equal(np.asarray(changed[:, :7]), np.asarray(chunked[:, :7]))
   assert not np.allclose(np.asarray(changed[:, 7:]), np.asarray(chunked[:, 7:]))
 
 
 def test_chunked_decode_equals_one_shot(vae):
   latents = jax.random.normal(jax.random.key(2), (1, 5, 3, 4, 4))
-  one_shot = _decode(_with_config(vae, decode_chunk_latents=4), latents)
-  np.testing.assert_allclose(np.asarray(_decode(vae, latents)), np.asarray(one_shot), atol=1e-5, rtol=0)
+  one_shot = decode(_with_config(vae, decode_chunk_latents=4), latents)
+  np.testing.assert_allclose(np.asarray(decode(vae, latents)), np.asarray(one_shot), atol=1e-5, rtol=0)
 
 
 def test_tiled_decode_matches_diffusers_tiling(reference_dir):
@@ -161,9 +139,9 @@ def test_tiled_decode_matches_diffusers_tiling(reference_dir):
   with torch.no_grad():
     expected = tiled_ref.decode(latents).sample
   ours = from_checkpoint(reference_dir[1], "vae", tile_sample_size=32, tile_sample_stride=16)
-  tiled = _decode(ours, jnp.asarray(_to_ours(latents)), tiled=True)
+  tiled = decode(ours, jnp.asarray(to_ours(latents)), tiled=True)
   assert tiled.shape == (1, 1, 32, 48, 3)
-  np.testing.assert_allclose(np.asarray(tiled), _to_ours(expected), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(np.asarray(tiled), to_ours(expected), atol=1e-4, rtol=0)
 
 
 # Original Wan2.1 `WanVAE_` names, written independently of the converter (test-only rename).

@@ -4,7 +4,6 @@ latent normalisation as diffusers' pipelines do it, chunked and tiled decode, we
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import types
@@ -18,6 +17,8 @@ from flax import nnx
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
+
+from vae_helpers import decode, encode, to_ours  # noqa: E402
 
 from microverse_jax import factory  # noqa: E402
 from microverse_jax.convert import checkpoint_config, from_checkpoint  # noqa: E402
@@ -71,10 +72,6 @@ def _reference(seed=0, **overrides):
   return ref
 
 
-def _to_ours(x):  # torch (B, C, F, H, W) -> numpy (B, F, H, W, C)
-  return x.detach().numpy().transpose(0, 2, 3, 4, 1)
-
-
 def _video(frames, batch=1, height=32, width=48, seed=None):
   g = torch.Generator().manual_seed(frames if seed is None else seed)
   return torch.rand(batch, 3, frames, height, width, generator=g) * 2 - 1
@@ -91,21 +88,6 @@ def reference_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def vae(reference_dir):
   return from_checkpoint(reference_dir[1], "vae")
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2), compiler_options={"xla_backend_optimization_level": 0})
-def _run(graphdef, method, kwargs, state, x):
-  return getattr(nnx.merge(graphdef, state), method)(x, **dict(kwargs))
-
-
-def _encode(model, video):
-  graphdef, state = nnx.split(model)
-  return _run(graphdef, "encode", (), state, jnp.asarray(video))
-
-
-def _decode(model, latents, **kwargs):
-  graphdef, state = nnx.split(model)
-  return _run(graphdef, "decode", tuple(kwargs.items()), state, jnp.asarray(latents))
 
 
 def _with_config(model, **changes):
@@ -176,30 +158,30 @@ def test_encode_and_decode_match_diffusers(reference_dir, vae, frames):
     posterior = ref.encode(video).latent_dist
     decoded = ref.decode(posterior.mean).sample
   assert torch.equal(posterior.mode(), posterior.mean)
-  ours = _encode(vae, _to_ours(video))
+  ours = encode(vae, to_ours(video))
   assert ours.shape == (2, 1 + (frames - 1) // 4, 2, 3, 4)
-  enc_diff = _max_diff(ours, _to_ours(posterior.mean))
-  ours_decoded = _decode(vae, _to_ours(posterior.mean))
+  enc_diff = _max_diff(ours, to_ours(posterior.mean))
+  ours_decoded = decode(vae, to_ours(posterior.mean))
   assert ours_decoded.shape == (2, frames, 32, 48, 3)
-  dec_diff = _max_diff(ours_decoded, _to_ours(decoded))
+  dec_diff = _max_diff(ours_decoded, to_ours(decoded))
   print(f"frames={frames}: encode max |diff| {enc_diff:.2e}, decode max |diff| {dec_diff:.2e}")
   assert enc_diff <= 1e-4 and dec_diff <= 1e-4
-  assert np.abs(_to_ours(decoded)).mean() > 0.05  # not a trivially zero comparison
+  assert np.abs(to_ours(decoded)).mean() > 0.05  # not a trivially zero comparison
 
 
 def test_first_latent_frame_is_the_first_video_frame_alone(reference_dir, vae):
   """Image conditioning relies on it: latent frame 0 depends on video frame 0 only."""
   ref, _ = reference_dir
   video = _video(9)
-  whole = np.asarray(_encode(vae, _to_ours(video)))
-  alone = np.asarray(_encode(vae, _to_ours(video[:, :, :1])))
+  whole = np.asarray(encode(vae, to_ours(video)))
+  alone = np.asarray(encode(vae, to_ours(video[:, :, :1])))
   np.testing.assert_allclose(alone[:, 0], whole[:, 0], atol=1e-6, rtol=0)
-  changed = np.asarray(_encode(vae, _to_ours(torch.cat([video[:, :, :1], -video[:, :, 1:]], dim=2))))
+  changed = np.asarray(encode(vae, to_ours(torch.cat([video[:, :, :1], -video[:, :, 1:]], dim=2))))
   np.testing.assert_allclose(changed[:, 0], whole[:, 0], atol=1e-6, rtol=0)
   assert _max_diff(changed[:, 1:], whole[:, 1:]) > 1e-2
   with torch.no_grad():  # the reference agrees
     ref_alone = ref.encode(video[:, :, :1]).latent_dist.mean
-  np.testing.assert_allclose(alone, _to_ours(ref_alone), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(alone, to_ours(ref_alone), atol=1e-4, rtol=0)
 
 
 def test_latent_normalisation_matches_diffusers_pipelines(reference_dir, vae):
@@ -217,26 +199,26 @@ def test_latent_normalisation_matches_diffusers_pipelines(reference_dir, vae):
     _, condition, _ = diffusers.WanImageToVideoPipeline.prepare_latents(
       pipe, image, 1, 4, 32, 48, 5, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0)
     )
-  ours = vae.normalize_latents(_encode(vae, _to_ours(image[:, :, None])))
-  np.testing.assert_allclose(np.asarray(ours), _to_ours(condition), atol=1e-4, rtol=0)
+  ours = vae.normalize_latents(encode(vae, to_ours(image[:, :, None])))
+  np.testing.assert_allclose(np.asarray(ours), to_ours(condition), atol=1e-4, rtol=0)
   # pipeline_wan.py / pipeline_wan_i2v.py before vae.decode: latents / (1 / std) + mean.
   z = torch.randn(2, 4, 2, 2, 3, generator=torch.Generator().manual_seed(1))
   mean, inv_std = (torch.tensor(ref.config.latents_mean), 1.0 / torch.tensor(ref.config.latents_std))
   expected = z / inv_std.view(1, 4, 1, 1, 1) + mean.view(1, 4, 1, 1, 1)
-  np.testing.assert_allclose(np.asarray(vae.denormalize_latents(_to_ours(z))), _to_ours(expected), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(vae.denormalize_latents(to_ours(z))), to_ours(expected), atol=1e-6)
 
 
 def test_chunked_encode_and_decode_equal_one_shot(vae):
   video = jax.random.uniform(jax.random.key(1), (1, 17, 32, 16, 3), minval=-1, maxval=1)
-  chunked = _encode(vae, video)  # 4 frames per scan step
-  one_shot = _encode(_with_config(vae, encode_chunk_frames=16), video)
-  uneven = _encode(_with_config(vae, encode_chunk_frames=12), video)  # 12, then a 4-frame tail
+  chunked = encode(vae, video)  # 4 frames per scan step
+  one_shot = encode(_with_config(vae, encode_chunk_frames=16), video)
+  uneven = encode(_with_config(vae, encode_chunk_frames=12), video)  # 12, then a 4-frame tail
   assert chunked.shape == (1, 5, 2, 1, 4)
   np.testing.assert_allclose(np.asarray(chunked), np.asarray(one_shot), atol=1e-5, rtol=0)
   np.testing.assert_allclose(np.asarray(uneven), np.asarray(one_shot), atol=1e-5, rtol=0)
   latents = jax.random.normal(jax.random.key(2), (1, 5, 2, 1, 4))
-  one_shot = _decode(_with_config(vae, decode_chunk_latents=4), latents)
-  np.testing.assert_allclose(np.asarray(_decode(vae, latents)), np.asarray(one_shot), atol=1e-5, rtol=0)
+  one_shot = decode(_with_config(vae, decode_chunk_latents=4), latents)
+  np.testing.assert_allclose(np.asarray(decode(vae, latents)), np.asarray(one_shot), atol=1e-5, rtol=0)
 
 
 def test_tiled_decode_matches_diffusers_and_full_decode(reference_dir):
@@ -251,13 +233,13 @@ def test_tiled_decode_matches_diffusers_and_full_decode(reference_dir):
   finally:
     ref.disable_tiling()
   ours = from_checkpoint(path, "vae", tile_sample_size=64, tile_sample_stride=32)
-  tiled = _decode(ours, _to_ours(latents), tiled=True)
+  tiled = decode(ours, to_ours(latents), tiled=True)
   assert tiled.shape == (1, 5, 96, 128, 3)
-  print(f"tiled decode vs diffusers tiled: max |diff| {_max_diff(tiled, _to_ours(expected)):.2e}")
-  np.testing.assert_allclose(np.asarray(tiled), _to_ours(expected), atol=1e-4, rtol=0)
+  print(f"tiled decode vs diffusers tiled: max |diff| {_max_diff(tiled, to_ours(expected)):.2e}")
+  np.testing.assert_allclose(np.asarray(tiled), to_ours(expected), atol=1e-4, rtol=0)
   # Tiles see zero padding where the full decode sees neighbours (random weights: wide receptive fields), so
   # tiled only approximates full decoding; a misplaced or mis-blended tile would decorrelate them.
-  full = np.asarray(_decode(ours, _to_ours(latents)))
+  full = np.asarray(decode(ours, to_ours(latents)))
   diff, corr = np.abs(np.asarray(tiled) - full), np.corrcoef(np.asarray(tiled).ravel(), full.ravel())[0, 1]
   print(f"tiled vs full: mean |diff| {diff.mean():.3f} (mean |full| {np.abs(full).mean():.3f}), corr {corr:.4f}")
   assert diff.mean() < 0.15 * np.abs(full).mean() and corr > 0.95
