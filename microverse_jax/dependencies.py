@@ -60,8 +60,8 @@ def missing_module_line(error: ImportError) -> str:
   if not module:  # e.g. a compiled extension that failed to load
     return f"import failed: {' '.join(str(error).split())} (a broken install? reinstall the package named)"
   package = _package(module)
-  what = "missing module" if isinstance(error, ModuleNotFoundError) else f"cannot import from {module!r}:"
-  head = f"{what} {module!r}" if isinstance(error, ModuleNotFoundError) else f"{what} {error}"
+  missing = isinstance(error, ModuleNotFoundError)
+  head = f"missing module {module!r}" if missing else f"cannot import from {module!r}: {error}"
   where = declared(package)
   core = [p for p, extra in where if extra is None]
   if core:
