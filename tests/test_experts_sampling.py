@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from tiny_diffusers import TINY_WAN_DIT, TINY_WAN_VAE  # noqa: E402
+from tiny_diffusers import TINY_WAN_DIT, TINY_WAN_VAE, tiny_tokenizer, tiny_umt5  # noqa: E402
 
 from microverse_jax import diffusion, factory, pipeline  # noqa: E402
 from microverse_jax.configs import wan2_1  # noqa: E402
@@ -27,7 +27,6 @@ BOUNDARY = 0.875  # Wan2.2 T2V-A14B's; timesteps 1000, 937.5 | 833.3, 625 on the
 FRAMES, SIZE = 5, 32  # latents (3, 8, 8, 4)
 PROMPTS = ["a red cell divides in two", "a virus enters a cell"]
 NEGATIVE = "blurry static"
-WORDS = "a red cell divides in two virus enters blurry static".split()
 
 
 def _dit(seed):
@@ -42,31 +41,12 @@ def _dit(seed):
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
   """A tiny two-expert WanPipeline folder (save_pretrained), its experts seeded differently."""
-  from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
   root = tmp_path_factory.mktemp("wan_a14b_tiny")
   vae = diffusers.AutoencoderKLWan(
     **{**TINY_WAN_VAE, "latents_mean": [0.1, -0.2, 0.3, 0.0], "latents_std": [1.5, 0.8, 1.2, 1.0]}
   ).eval()
-  text = transformers.UMT5EncoderModel(
-    transformers.UMT5Config(
-      vocab_size=32,
-      d_model=32,
-      d_kv=8,
-      d_ff=48,
-      num_layers=2,
-      num_heads=4,
-      relative_attention_num_buckets=8,
-      relative_attention_max_distance=16,
-    )
-  ).eval()
-  vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(dict.fromkeys(WORDS))}}
-  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-  tok.pre_tokenizer = pre_tokenizers.Whitespace()
-  tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-  hf_tok = transformers.PreTrainedTokenizerFast(
-    tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-  )
+  text = tiny_umt5()
+  hf_tok = tiny_tokenizer()
   diffusers.WanPipeline(
     tokenizer=hf_tok,
     text_encoder=text,

@@ -25,7 +25,7 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
-from tiny_diffusers import TINY_WAN_DIT  # noqa: E402
+from tiny_diffusers import TINY_WAN_DIT, tiny_tokenizer, tiny_umt5  # noqa: E402
 
 from microverse_jax import diffusion, factory, pipeline, sample  # noqa: E402
 from microverse_jax.configs import microsim_tiny, wan2_1  # noqa: E402
@@ -34,7 +34,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIFT, STEPS, GUIDANCE, SEED, MAX_LEN, FRAMES = 5.0, 4, 3.0, 7, 12, 9
 PROMPTS = ["a red cell divides in two", "a virus enters a cell"]
 NEGATIVE = "blurry static"
-WORDS = "a red cell divides in two virus enters blurry static".split()
 STATS = dict(latents_mean=[0.3, -0.2, 0.1, 0.5], latents_std=[0.5, 1.5, 0.8, 2.0])
 # Wan2.2 VAE settings at a CPU size (16x spatial, 4x temporal, 2x2 patchify; WanVAEConfig "tiny-wan2.2").
 TINY_WAN22_VAE = dict(
@@ -75,31 +74,12 @@ def _perturbed(module, scale, names=("",)):
 def _save_folder(root, mechanism):
   """A tiny diffusers Wan pipeline folder: WanPipeline(expand_timesteps=True) for "ti2v" (as Wan2.2-TI2V-5B-Diffusers
   is), WanImageToVideoPipeline without image encoder for "concat"."""
-  from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
   vae_kwargs, in_channels, _, _ = CASES[mechanism]
   torch.manual_seed(0)
   dit = _perturbed(diffusers.WanTransformer3DModel(**{**TINY_WAN_DIT, "in_channels": in_channels}), 0.05)
   vae = _perturbed(diffusers.AutoencoderKLWan(**vae_kwargs), 0.2, ("gamma", "bias"))
-  text = transformers.UMT5EncoderModel(
-    transformers.UMT5Config(
-      vocab_size=32,
-      d_model=32,
-      d_kv=8,
-      d_ff=48,
-      num_layers=2,
-      num_heads=4,
-      relative_attention_num_buckets=8,
-      relative_attention_max_distance=16,
-    )
-  ).eval()
-  vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(dict.fromkeys(WORDS))}}
-  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-  tok.pre_tokenizer = pre_tokenizers.Whitespace()
-  tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-  hf_tok = transformers.PreTrainedTokenizerFast(
-    tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-  )
+  text = tiny_umt5()
+  hf_tok = tiny_tokenizer()
   sched = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=SHIFT)
   parts = dict(tokenizer=hf_tok, text_encoder=text, vae=vae, scheduler=sched, transformer=dit)
   if mechanism == "ti2v":

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from tiny_diffusers import TINY_WAN_DIT, TINY_WAN_VAE  # noqa: E402
+from tiny_diffusers import TINY_WAN_DIT, TINY_WAN_VAE, tiny_umt5, word_tokenizer  # noqa: E402
 
 from microverse_jax import convert, diffusion  # noqa: E402
 from microverse_jax.models.umt5 import UMT5Tokenizer  # noqa: E402
@@ -30,7 +30,6 @@ FRAMES, SIZE = 5, 32  # video; latents (3, 8, 8, 4): VAE 2x temporal, 4x spatial
 LATENT = (3, SIZE // 4, SIZE // 4, 4)
 PROMPTS = ["a red cell divides in two", "a virus enters a cell"]
 NEGATIVE = "blurry static"
-WORDS = "a red cell divides in two virus enters blurry static".split()
 
 
 class Encoders(nnx.Module):
@@ -51,8 +50,6 @@ class Encoders(nnx.Module):
 def parts(tmp_path_factory):
   """Tiny random diffusers/transformers parts saved with save_pretrained, a word-level tokenizer,
   and our models converted from those directories."""
-  from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
   root = tmp_path_factory.mktemp("wan_tiny")
   torch.manual_seed(0)
   dit = diffusers.WanTransformer3DModel(**TINY_WAN_DIT).eval()
@@ -62,26 +59,11 @@ def parts(tmp_path_factory):
   vae = diffusers.AutoencoderKLWan(
     **{**TINY_WAN_VAE, "latents_mean": [0.1, -0.2, 0.3, 0.0], "latents_std": [1.5, 0.8, 1.2, 1.0]}
   ).eval()
-  text = transformers.UMT5EncoderModel(
-    transformers.UMT5Config(
-      vocab_size=32,
-      d_model=32,
-      d_kv=8,
-      d_ff=48,
-      num_layers=2,
-      num_heads=4,
-      relative_attention_num_buckets=8,
-      relative_attention_max_distance=16,
-    )
-  ).eval()
+  text = tiny_umt5()
   for name, module in (("transformer", dit), ("vae", vae), ("text_encoder", text)):
     module.save_pretrained(root / name)
-  vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(dict.fromkeys(WORDS))}}
-  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-  tok.pre_tokenizer = pre_tokenizers.Whitespace()
-  tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
   os.makedirs(root / "tokenizer")
-  tok.save(str(root / "tokenizer" / "tokenizer.json"))
+  word_tokenizer().save(str(root / "tokenizer" / "tokenizer.json"))
   hf_tok = transformers.PreTrainedTokenizerFast(
     tokenizer_file=str(root / "tokenizer" / "tokenizer.json"), pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
   )

@@ -1,4 +1,4 @@
-"""Tiny random diffusers models the tests share (constructor kwargs): a Wan DiT and a Wan-VAE."""
+"""Tiny random models the tests share: a Wan DiT and a Wan-VAE (diffusers kwargs), a umT5 and its tokenizer."""
 
 TINY_WAN_DIT = dict(
   patch_size=(1, 2, 2),
@@ -23,3 +23,42 @@ TINY_WAN_VAE = dict(
   latents_mean=[0.0] * 4,
   latents_std=[1.0] * 4,
 )
+
+WORDS = "a red cell divides in two virus enters blurry static".split()  # the tiny tokenizer's vocabulary
+
+
+def tiny_umt5():
+  """A tiny random transformers UMT5EncoderModel (d_model 32, the tiny DiT's text_dim), in eval mode."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  config = transformers.UMT5Config(
+    vocab_size=32,
+    d_model=32,
+    d_kv=8,
+    d_ff=48,
+    num_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=16,
+  )
+  return transformers.UMT5EncoderModel(config).eval()
+
+
+def word_tokenizer():
+  """A word-level `tokenizers.Tokenizer` over WORDS that appends </s>, as umT5's does (pad 0, eos 1, unk 2)."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors  # pylint: disable=g-import-not-at-top
+
+  vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(dict.fromkeys(WORDS))}}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+  return tok
+
+
+def tiny_tokenizer():
+  """word_tokenizer() as a transformers fast tokenizer (what diffusers pipelines take)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  return transformers.PreTrainedTokenizerFast(
+    tokenizer_object=word_tokenizer(), pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+  )
