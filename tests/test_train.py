@@ -169,13 +169,15 @@ def test_init_from_a_converted_checkpoint_sets_the_base_weights(synth_data_dir, 
     assert jax.tree.leaves(base)
 
 
-def test_the_wan_cpu_smoke_command_trains_through_the_wan_vae(synth_data_dir, tmp_path):
-  """docs/training.md's smoke run of the real structure: Wan-VAE on the fly, umT5, LoRA (3 steps)."""
+@pytest.mark.parametrize("spec", ["14b,lora,runlocal", "1.3b,lora,official,runlocal"])
+def test_the_wan_cpu_smoke_command_trains_through_the_wan_vae(synth_data_dir, tmp_path, spec):
+  """docs/training.md's smoke run of the real structure: Wan-VAE on the fly, umT5, LoRA (3 steps); and
+  docs/recipe.md's official recipe (`1.3b,lora,official`) at the same tiny size."""
   cmd = [
     sys.executable,
     "-m",
     "microverse_jax.train",
-    "--config=configs/wan2_1.py:14b,lora,runlocal",
+    f"--config=configs/wan2_1.py:{spec}",
     f"--workdir={tmp_path}",
     f"--config.data.data_dir={synth_data_dir}",
   ]
