@@ -8,13 +8,16 @@ costs no slice.
   3. where the slice is known: the trainer's own `validate(config, num_devices)` (mesh vs the slice's
      devices, batch vs the data shards, model vs mesh, init_from checkpoints exist), and the global
      batch vs the slice's hosts (one process per host). Multislice (num_slices > 1): the mesh over
-     slices x devices, its dcn_* keys against the slice count, the batch over every slice's hosts.
+     slices x devices, its dcn_* keys against the slice count, the batch over every slice's hosts;
+  4. with --fit (one slice): the training step compiled ahead of time for the slice here (microverse_jax/fit.py,
+     cached) fits its HBM; if not, the error names the --config. overrides (remat policy, mesh, batch) that do.
 
 Every failure is a PreflightError with one line naming the file, the key or the value at fault.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
 from typing import Sequence
@@ -96,6 +99,38 @@ def load_config(spec: str, overrides: Sequence[str] = ()):
   raise PreflightError(f"--config={spec} with {' '.join(overrides)}: {_last_line(error)}") from None
 
 
+def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+  g = parser.add_argument_group("fit (ahead-of-time memory check, microverse_jax/fit.py)")
+  g.add_argument(
+    "--fit", action="store_true", help="compile the step for the slice here first; refuse a config that does not fit"
+  )
+  g.add_argument("--fit_hbm_fraction", type=float, default=1.0, help="the share of HBM the step may use")
+  g.add_argument("--fit_cache", default="~/.cache/microverse_jax/fit.json", help="compile results cache")
+
+
+def check_fit(config, accelerator_type: str, what: str, hbm_fraction: float = 1.0, cache: str | None = None) -> dict:
+  """The config's step compiled for one slice (through fit's cache) fits its HBM x hbm_fraction; else a
+  PreflightError naming the overrides of the first combination that fits (fit.Planner.suggest)."""
+  from microverse_jax import aot, fit  # pylint: disable=g-import-not-at-top  (compiles: imports jax)
+
+  planner = fit.Planner(config, cache or None, hbm_fraction)
+  own, better = planner.suggest(accelerator_type)
+  hbm = planner.hbm(aot.parse_topology(accelerator_type)) / 2**30
+  if fit.fits(own, hbm * 2**30):
+    return own
+  if "total_bytes" not in own and "skipped" not in own:
+    raise PreflightError(f"{what} on {accelerator_type}: --fit: the step does not compile: {own.get('error')}")
+  need = own.get("total_bytes", own.get("argument_bytes", 0)) / 2**30
+  head = f"{what} on {accelerator_type}: --fit: the step needs {need:.2f} GiB per device, over the {hbm:.2f} GiB of HBM"
+  if better is None:
+    raise PreflightError(f"{head}, and no remat policy, mesh or smaller per-device batch tried fits")
+  rec = better.record
+  raise PreflightError(
+    f"{head}; these overrides fit ({rec['total_bytes'] / 2**30:.2f} GiB, roofline {rec['roofline_s']:.3g} s per "
+    f"step): {' '.join(better.combo.overrides(config.optim.grad_accum))}"
+  )
+
+
 def _get(config, key: str):
   for part in key.split("."):
     config = config[part]
@@ -112,9 +147,11 @@ def check(
   remote: bool = True,
   where: str = "",
   num_slices: int = 1,
+  fit: argparse.Namespace | None = None,
 ):
   """Loads the config with its overrides and, when the devices are known (a TPU `slice` x `num_slices`,
-  or `devices` over `hosts` processes), validates it against them. Returns the config; raises PreflightError."""
+  or `devices` over `hosts` processes), validates it against them; `fit` (the --fit flags) with a slice:
+  check_fit. Returns the config; raises PreflightError."""
   check_config_file(spec, remote=remote)
   try:
     topologies.check_num_slices(num_slices)
@@ -141,4 +178,8 @@ def check(
       f"{what} on {on}: data.batch_size={config.data.batch_size} does not split over "
       f"{hosts} hosts (one trainer process each)"
     )
+  if fit is not None and fit.fit and slice is not None:
+    if num_slices > 1:
+      raise PreflightError(f"{what}: --fit checks one slice; compile multislice runs with python -m microverse_jax.aot")
+    check_fit(config, slice.accelerator_type, what, fit.fit_hbm_fraction, fit.fit_cache)
   return config

@@ -4,12 +4,13 @@ worker, train on all workers at once, collect each worker's log, delete the slic
   python -m microverse_jax.launch.tpu --name=mv-pod --zone=us-east5-a --project=PROJECT --accelerator_type=v5p-64 \
       --config=configs/wan2_1.py:1.3b,lora --workdir=gs://BUCKET/runs/lora --config.data.batch_size=32 \
       [--queued] [--num_slices=N] [--spot | --reserved] [--repo_url=URL --branch=B] [--include_untracked] \
-      [--steps=create,install,run,logs,delete] [--dry_run] [--config.optim.lr=2e-4 ...]
+      [--steps=create,install,run,logs,delete] [--dry_run] [--fit] [--config.optim.lr=2e-4 ...]
 
 Before any gcloud call the launcher checks the names, the config and its overrides, and the config
-against the slice (launch/preflight.py). --dry_run prints every command and runs none. Install copies
-the git-tracked files of the working tree to every worker (--include_untracked adds untracked files
-that .gitignore does not exclude, and lists them), or clones --repo_url there, then installs
+against the slice (launch/preflight.py; --fit: the step compiled here fits its HBM). --dry_run prints
+every command and runs none. Install copies the git-tracked files of the working tree to every worker
+(--include_untracked adds untracked files that .gitignore does not exclude, and lists them), or clones
+--repo_url there, then installs
 `-e ./bench -e '.[tpu]'` into a Python 3.11 venv made with uv (TPU VM images ship Python 3.10).
 A multi-host slice runs the trainer on every worker (`--worker=all`) with MICROVERSE_DISTRIBUTED=1,
 which makes it call jax.distributed.initialize(); its workdir must be shared: gs://.
@@ -449,6 +450,7 @@ def parser() -> argparse.ArgumentParser:
     __doc__, "gs://BUCKET/... (required for multi-host)", prog=shell.program(__spec__, "launch/tpu.py")
   )
   add_arguments(p)
+  preflight.add_fit_arguments(p)
   return p
 
 
@@ -459,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   run_name = shell.run_name(args.workdir)
   overrides = shell.check_override_flags(extra)
   config = preflight.check_config_file(args.config, remote=True)
-  preflight.check(args.config, overrides, slice=vm.slice, num_slices=vm.num_slices)
+  preflight.check(args.config, overrides, slice=vm.slice, num_slices=vm.num_slices, fit=args)
   train = train_command(args.config, args.workdir, overrides)
   runner = shell.Runner(args.dry_run)
   runner.note(

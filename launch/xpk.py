@@ -3,10 +3,10 @@ r"""GKE through XPK: one workload per run on an existing XPK cluster (v5e, v5p, 
   python -m microverse_jax.launch.xpk --cluster=CLUSTER --project=PROJECT --zone=us-east5-a --accelerator_type=v5p-64 \
       --workload=mv-lora --config=configs/wan2_1.py:1.3b,lora --workdir=gs://BUCKET/runs/lora \
       --config.data.batch_size=32 [--docker_image=python:3.11 | --docker_image=REGISTRY/IMAGE --noinstall] \
-      [--num_slices=N] [--max_restarts=N] [--steps=create,delete] [--dry_run] [--config.optim.lr=2e-4 ...]
+      [--num_slices=N] [--max_restarts=N] [--steps=create,delete] [--dry_run] [--fit] [--config.optim.lr=2e-4 ...]
 
 Before any xpk call the launcher checks the names, the config and its overrides, and the config
-against the slice (launch/preflight.py).
+against the slice (launch/preflight.py; --fit: the step compiled here fits its HBM).
 
 With a base image that is not in a registry (the default python:3.11) XPK builds this directory
 (--script_dir) on top of it (`--base-docker-image`, at /app); the workload then installs
@@ -197,6 +197,7 @@ def parser() -> argparse.ArgumentParser:
     __doc__, "gs://BUCKET/... (required for multi-host)", prog=shell.program(__spec__, "launch/xpk.py")
   )
   add_arguments(p)
+  preflight.add_fit_arguments(p)
   return p
 
 
@@ -205,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   workload = workload_from_args(args)
   tpu.check_workdir(workload.slice, args.workdir, workload.num_slices)
   overrides = shell.check_override_flags(extra)
-  preflight.check(args.config, overrides, slice=workload.slice, num_slices=workload.num_slices, remote=True)
+  preflight.check(args.config, overrides, slice=workload.slice, num_slices=workload.num_slices, remote=True, fit=args)
   train = train_command(args.config, args.workdir, overrides)
   launch(workload, train, args.steps.split(","), shell.Runner(args.dry_run))
 

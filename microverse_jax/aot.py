@@ -2,6 +2,7 @@
 
   python -m microverse_jax.aot --config=configs/wan2_1.py:1.3b,full --topology=v5p-8 [--config.key=value]
   python -m microverse_jax.aot --config=configs/wan2_1.py:14b,full --topology=v5p-64 --num_slices=2 [--dcn_axis=fsdp]
+  python -m microverse_jax.aot --fit --config=configs/wan2_1.py:14b,lora --topology=v5p-8,v6e-8 [--fit_policies=...]
 
 Needs libtpu (`pip install libtpu`; in the test extra). Prints per-device memory (arguments, temporaries,
 total vs the device's HBM) and the step's FLOPs, proving a run fits before a slice is rented.
@@ -10,6 +11,8 @@ Topologies: the accelerator types of microverse_jax/tpu_specs.py (`v4-N`, `v5p-N
 for N such slices joined by the DCN (multislice): the config's mesh block is per slice, and the slices go
 on --dcn_axis (data: the gradient all-reduce crosses the DCN once per step; fsdp: weights are gathered
 across it too). The report adds an estimate of the bytes that cross the DCN per step (see dcn_traffic).
+--fit: the planner (microverse_jax/fit.py) searches remat policy x mesh x per-device batch for each
+topology of a comma-separated --topology, cached, and prints what fits and the fastest's overrides.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class Topology:
   chips: int
   hbm_bytes: int  # per JAX device (a TPU7x chip is two devices)
   chip_config: str | None = None  # libtpu's chip config (v4: megacore, one device per chip as on a v4 VM)
+  peak_flops: float = float("nan")  # bf16 FLOP/s per JAX device
+  hbm_bandwidth: float = float("nan")  # HBM bytes/s per JAX device
 
 
 def parse_topology(spec: str) -> Topology:
@@ -56,7 +61,15 @@ def parse_topology(spec: str) -> Topology:
       gen, chips, grid = tpu_specs.slice_shape(spec)
     except ValueError as e:
       raise ValueError(f"--topology={e}; or a libtpu name such as v5p:2x2x1") from None
-  return Topology(f"{gen.libtpu_name}:{grid}", chips, gen.hbm_bytes // gen.devices_per_chip, gen.chip_config)
+  per = gen.devices_per_chip
+  return Topology(
+    f"{gen.libtpu_name}:{grid}",
+    chips,
+    gen.hbm_bytes // per,
+    gen.chip_config,
+    gen.peak_flops / per,
+    gen.hbm_bandwidth / per,
+  )
 
 
 def with_slices(c, num_slices: int, dcn_axis: str = "data"):
@@ -77,7 +90,7 @@ def with_slices(c, num_slices: int, dcn_axis: str = "data"):
   return c
 
 
-def _topology_devices(topology: Topology, num_slices: int = 1) -> list:
+def topology_devices(topology: Topology, num_slices: int = 1) -> list:
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
   if importlib.util.find_spec("libtpu") is None:  # JAX's own error is a traceback naming no package
@@ -90,7 +103,7 @@ def _topology_devices(topology: Topology, num_slices: int = 1) -> list:
 def _tpu_mesh(c, topology: Topology, num_slices: int = 1):
   """(mesh shape, Mesh over the topology's devices, rules) for the config; num_slices > 1: the config's
   mesh (with its dcn_* keys) over that many copies of the slice, laid out as the trainer does."""
-  devices = _topology_devices(topology, num_slices)
+  devices = topology_devices(topology, num_slices)
   shape = factory.validate(c, len(devices), num_slices)
   if num_slices > 1:
     mesh = sharding.make_mesh(shape, devices)  # create_hybrid_device_mesh: devices carry slice_index
@@ -138,6 +151,7 @@ def _report(compiled, topology: Topology, shape: dict, model_flops: float) -> di
     "output_bytes": mem.output_size_in_bytes,
     "temp_bytes": mem.temp_size_in_bytes,
     "alias_bytes": mem.alias_size_in_bytes,
+    "host_bytes": mem.host_argument_size_in_bytes + mem.host_output_size_in_bytes + mem.host_temp_size_in_bytes,
     "total_bytes": total,
     "hbm_bytes": topology.hbm_bytes,
     "fits": total <= topology.hbm_bytes,
@@ -162,7 +176,7 @@ def _array_bytes(text: str) -> int:
   return size * math.prod(int(d) for d in dims.split(",") if d)
 
 
-def _multiplicity(hlo: str) -> tuple[dict[str, list[str]], dict[str, int]]:
+def multiplicity(hlo: str) -> tuple[dict[str, list[str]], dict[str, int]]:
   """(computation -> its lines, computation -> times it runs per call of ENTRY): while bodies count
   their known_trip_count, or else the s32 constant their condition compares the counter with (a scan
   over layers: once per layer)."""
@@ -211,7 +225,7 @@ def hlo_dcn_transfers(hlo: str) -> dict[str, list[float]]:
   (`_xla_host_transfer_handler_name="xla_megascale_runtime"`, `_xla_megascale_transfer_type=ALL_REDUCE`,
   ...). Returns {transfer type: [sends, bytes]} per device per step: each send's buffer, times the
   trip count of the while loops around it (a scanned layer's sends count once per layer)."""
-  comps, mult = _multiplicity(hlo)
+  comps, mult = multiplicity(hlo)
   totals: dict[str, list[float]] = {}
   for name, lines in comps.items():
     for line in lines:
@@ -225,9 +239,9 @@ def hlo_dcn_transfers(hlo: str) -> dict[str, list[float]]:
   return totals
 
 
-def compile_train_step(c, topology: Topology, num_slices: int = 1, dcn_axis: str = "data"):
-  """Lowers and compiles the config's training step for `topology` (x `num_slices` over the DCN);
-  returns (compiled, info dict)."""
+def train_program(c, topology: Topology, num_slices: int = 1, dcn_axis: str = "data"):
+  """The config's training step for `topology` (x `num_slices` over the DCN), not yet compiled:
+  (jitted step, its abstract sharded arguments, mesh shape, mesh, rules, StateFactory)."""
   c = with_slices(c, num_slices, dcn_axis)
   shape, mesh, rules = _tpu_mesh(c, topology, num_slices)
   states = factory.StateFactory(c, mesh, rules)  # outside the mesh: optax runs init eagerly
@@ -239,12 +253,26 @@ def compile_train_step(c, topology: Topology, num_slices: int = 1, dcn_axis: str
       k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in factory.batch_spec(c).items()
     }
     step = train_step.jit_train_step(c, states, train_step.make_encode(c, enc_graphdef))
-    compiled = step.lower(state, frozen, enc_state, batch).compile()
+  return step, (state, frozen, enc_state, batch), shape, mesh, rules, states
+
+
+def argument_bytes(args) -> int:
+  """Per-device bytes of abstract sharded arguments (the largest shard of each): a lower bound on the step's memory."""
+  leaves = [x for x in jax.tree.leaves(args) if isinstance(x, jax.ShapeDtypeStruct)]
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize for x in leaves)
+
+
+def compile_train_step(c, topology: Topology, num_slices: int = 1, dcn_axis: str = "data"):
+  """Lowers and compiles the config's training step for `topology` (x `num_slices` over the DCN);
+  returns (compiled, info dict)."""
+  step, args, shape, mesh, rules, states = train_program(c, topology, num_slices, dcn_axis)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    compiled = step.lower(*args).compile()
   lat = factory.latent_shape(c)
   info = _report(
     compiled, topology, shape, flops.train_step_flops(states.cfg, c.data.batch_size, lat[:3], c.text.max_length)
   )
-  info.update(dcn_traffic(state["params"], shape))
+  info.update(dcn_traffic(args[0]["params"], shape))
   if num_slices > 1:
     info["hlo_dcn"] = hlo_dcn_transfers(compiled.as_text())
     info["hlo_dcn_bytes_per_device"] = sum(b for _, b in info["hlo_dcn"].values())
@@ -308,6 +336,15 @@ PROGRAMS = {"train_step": compile_train_step, "encoders": compile_encoders}
 def main(argv):
   del argv
   f = flags.FLAGS
+  if f.fit:
+    from microverse_jax import fit  # pylint: disable=g-import-not-at-top  (fit builds on this module)
+
+    specs = [s.strip() for s in f.topology.split(",") if s.strip()]
+    meshes = [tuple(int(x) for x in m.split("x")) for m in f.fit_meshes or ()]
+    planner = fit.Planner(f.config, f.fit_cache or None, f.fit_hbm_fraction)
+    results = planner.search(specs, f.fit_policies, meshes, [int(b) for b in f.fit_batches], f.fit_first)
+    print(fit.format_table(results, f.fit_hbm_fraction), fit.summary(planner, results, specs), sep="\n", flush=True)
+    return
   _, info = PROGRAMS[f.program](f.config, parse_topology(f.topology), f.num_slices, f.dcn_axis)
   print(format_report(info), flush=True)
 
@@ -317,7 +354,14 @@ if __name__ == "__main__":
     "config", None, "Training config (default: the --workdir's saved one).", lock_config=True
   )
   flags.DEFINE_string("workdir", None, "A training workdir whose saved config.json to compile.")
-  flags.DEFINE_string("topology", "v5p-8", "TPU topology, e.g. v5p-8, v5e-16, v6e-8, v7x-8, v5p:2x2x1.")
+  flags.DEFINE_string("topology", "v5p-8", "TPU topology, e.g. v5p-8, v5e-16, v6e-8, v7x-8, v5p:2x2x1 (--fit: a list).")
+  flags.DEFINE_bool("fit", False, "Plan: search remat policy x mesh x per-device batch (microverse_jax/fit.py).")
+  flags.DEFINE_list("fit_policies", None, "--fit: the remat policies to try (default: the whole menu).")
+  flags.DEFINE_list("fit_meshes", None, "--fit: meshes FSDPxTENSORxCONTEXT, e.g. 8x1x1,4x2x1 (default: all valid).")
+  flags.DEFINE_list("fit_batches", [str(b) for b in (1, 2, 4, 8)], "--fit: per-device batches to try.")
+  flags.DEFINE_string("fit_cache", "~/.cache/microverse_jax/fit.json", "--fit: the results cache ('' for none).")
+  flags.DEFINE_float("fit_hbm_fraction", 1.0, "--fit: the share of HBM a combination may use (headroom).")
+  flags.DEFINE_bool("fit_first", False, "--fit: stop each topology's search at its first combination that fits.")
   flags.DEFINE_enum(
     "program",
     "train_step",

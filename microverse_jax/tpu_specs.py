@@ -9,7 +9,7 @@ An accelerator type `PREFIX-N` counts TensorCores: two per chip on v4, v5p and T
 (`v5litepod-N`) and v6e. JAX sees one device per chip (a v4 / v5p megacore of two TensorCores, or the one
 core of v5e / v6e) except on TPU7x, which shows each of a chip's two TensorCores as a device.
 Figures per chip are Cloud TPU's published ones: https://cloud.google.com/tpu/docs/v4, .../v5e, .../v5p,
-.../v6e and .../tpu7x (peak bf16 compute, HBM capacity); software versions: .../tpu/docs/runtimes.
+.../v6e and .../tpu7x (peak bf16 compute, HBM capacity and bandwidth); software versions: .../tpu/docs/runtimes.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class Generation:
   cores_per_chip: int  # TensorCores: the unit of the N in PREFIX-N
   hbm_gib: int  # HBM per chip
   peak_tflops: float  # dense bf16 TFLOP/s per chip
+  hbm_gbps: float  # HBM bandwidth per chip, GB/s (the roofline's memory term: microverse_jax/fit.py)
   max_single_host_chips: int  # larger slices are multi-host, chips_per_host on each
   runtime_version: str | None  # TPU VM software version (None: GKE only)
   topologies: tuple[str, ...]  # chip grids of the standard slice shapes, as libtpu names them
@@ -43,6 +44,11 @@ class Generation:
   def peak_flops(self) -> float:
     return self.peak_tflops * 1e12
 
+  @property
+  def hbm_bandwidth(self) -> float:
+    """HBM bytes/s per chip."""
+    return self.hbm_gbps * 1e9
+
 
 GRID_2D = ("1x1", "2x2", "2x4", "4x4", "4x8", "8x8", "8x16", "16x16")
 GRID_3D = ("2x2x1", "2x2x2", "2x2x4", "2x4x4", "4x4x4", "4x4x8", "4x8x8", "8x8x8", "8x8x16", "8x16x16", "16x16x16")
@@ -51,12 +57,13 @@ GRID_3D = ("2x2x1", "2x2x2", "2x2x4", "2x4x4", "4x4x4", "4x4x8", "4x8x8", "8x8x8
 # TPU7x (Ironwood) is offered through GKE only; 2307 TFLOP/s is its bf16 peak (4614 fp8).
 # fmt: off
 GENERATIONS = {g.name: g for g in (
-  # name, prefix, libtpu, cores, HBM GiB, bf16 TFLOP/s, 1-host chips, TPU VM software, grids, device kinds
-  Generation("v4", "v4", "v4", 2, 32, 275, 4, "tpu-ubuntu2204-base", GRID_3D, ("TPU v4",), chip_config="megacore"),
-  Generation("v5e", "v5litepod", "v5e", 1, 16, 197, 8, "v2-alpha-tpuv5-lite", GRID_2D, ("TPU v5 lite", "TPU v5e")),
-  Generation("v5p", "v5p", "v5p", 2, 95, 459, 4, "v2-alpha-tpuv5", GRID_3D, ("TPU v5", "TPU v5p")),
-  Generation("v6e", "v6e", "v6e", 1, 32, 918, 8, "v2-alpha-tpuv6e", GRID_2D, ("TPU v6 lite", "TPU v6e")),
-  Generation("v7x", "tpu7x", "tpu7x", 2, 192, 2307, 4, None, GRID_3D, ("TPU7x",), devices_per_chip=2),
+  # name, prefix, libtpu, cores, HBM GiB, bf16 TFLOP/s, HBM GB/s, 1-host chips, TPU VM software, grids, device kinds
+  Generation("v4", "v4", "v4", 2, 32, 275, 1200, 4, "tpu-ubuntu2204-base", GRID_3D, ("TPU v4",),
+             chip_config="megacore"),
+  Generation("v5e", "v5litepod", "v5e", 1, 16, 197, 819, 8, "v2-alpha-tpuv5-lite", GRID_2D, ("TPU v5 lite", "TPU v5e")),
+  Generation("v5p", "v5p", "v5p", 2, 95, 459, 2765, 4, "v2-alpha-tpuv5", GRID_3D, ("TPU v5", "TPU v5p")),
+  Generation("v6e", "v6e", "v6e", 1, 32, 918, 1640, 8, "v2-alpha-tpuv6e", GRID_2D, ("TPU v6 lite", "TPU v6e")),
+  Generation("v7x", "tpu7x", "tpu7x", 2, 192, 2307, 7380, 4, None, GRID_3D, ("TPU7x",), devices_per_chip=2),
 )}
 # fmt: on
 _ALIASES = {"v5e": "v5litepod", "v7x": "tpu7x"}

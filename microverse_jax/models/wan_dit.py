@@ -20,6 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from microverse_jax import sharding
 from microverse_jax.kernels.attention.api import attention
@@ -46,7 +47,7 @@ class WanDiTConfig:
   # Beyond the architecture: how to run it.
   dtype: str = "float32"  # compute dtype; parameters stay fp32
   attention_impl: str = "auto"  # see microverse_jax.kernels.attention.api
-  remat_policy: str = "none"  # "none" or a name in jax.checkpoint_policies
+  remat_policy: str = "none"  # a name in REMAT_POLICIES
   lora_rank: int = 0  # 0 = no LoRA parameters
   lora_alpha: float = 32.0
   lora_targets: tuple[str, ...] = LORA_TARGETS
@@ -80,12 +81,41 @@ class WanDiTConfig:
     return cls(**{**presets[key], **overrides})
 
 
+# The remat (gradient checkpointing) menu for the scanned blocks, one place: what the backward pass keeps
+# from the forward of each block, and what it recomputes. BLOCK_OUTPUTS are the sub-layer outputs each
+# block names with checkpoint_name (self-attention, cross-attention and FFN, before their residual adds).
+BLOCK_OUTPUTS = ("self_attn_out", "cross_attn_out", "ffn_out")
+REMAT_POLICIES = {
+  "none": "keep every activation (no recompute; the most memory)",
+  "dots_saveable": "keep every matmul output, recompute the rest",
+  "nothing_saveable": "keep only each block's input, recompute the whole block (the least memory)",
+  "save_block_outputs": "keep the named sub-layer outputs (BLOCK_OUTPUTS), recompute inside each",
+  "offload_block_outputs": "as save_block_outputs, but the outputs wait in host memory (TPU: pinned_host)",
+}
+
+
+def remat_policy(name: str):
+  """The jax.checkpoint policy of a REMAT_POLICIES name (None for "none"); ValueError naming model.remat_policy."""
+  cp = jax.checkpoint_policies
+  if name == "save_block_outputs":
+    return cp.save_only_these_names(*BLOCK_OUTPUTS)
+  if name == "offload_block_outputs":
+    return cp.save_and_offload_only_these_names(
+      names_which_can_be_saved=[],
+      names_which_can_be_offloaded=list(BLOCK_OUTPUTS),
+      offload_src="device",
+      offload_dst="pinned_host",
+    )
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"model.remat_policy={name!r}: expected one of {', '.join(REMAT_POLICIES)}")
+  return None if name == "none" else getattr(cp, name)
+
+
 def _remat(fn, policy: str):
+  """fn under jax.checkpoint with the named policy (fn itself for "none")."""
   if policy == "none":
     return fn
-  if not hasattr(jax.checkpoint_policies, policy):
-    raise ValueError(f"remat_policy={policy!r}: expected 'none' or a jax.checkpoint_policies name")
-  return jax.checkpoint(fn, policy=getattr(jax.checkpoint_policies, policy), prevent_cse=False)
+  return jax.checkpoint(fn, policy=remat_policy(policy), prevent_cse=False)
 
 
 class Attention(nnx.Module):
@@ -140,11 +170,12 @@ class WanBlock(nnx.Module):
     """h: (B, T, E); context: (B, L, E); time_mod: (B, 1 or T, 6, E) fp32; returns (B, T, E)."""
     shift, scale, gate, c_shift, c_scale, c_gate = jnp.unstack(self.modulation[...] + time_mod, axis=2)
     x = (self.norm1(h) * (1 + scale) + shift).astype(self.dtype)
-    h = (h.astype(jnp.float32) + self.self_attn(x, rope=rope).astype(jnp.float32) * gate).astype(h.dtype)
+    attn = checkpoint_name(self.self_attn(x, rope=rope), BLOCK_OUTPUTS[0])
+    h = (h.astype(jnp.float32) + attn.astype(jnp.float32) * gate).astype(h.dtype)
     x = h if self.norm2 is None else self.norm2(h).astype(self.dtype)
-    h = h + self.cross_attn(x, context, kv_mask=context_mask).astype(h.dtype)
+    h = h + checkpoint_name(self.cross_attn(x, context, kv_mask=context_mask), BLOCK_OUTPUTS[1]).astype(h.dtype)
     x = (self.norm3(h) * (1 + c_scale) + c_shift).astype(self.dtype)
-    ff = self.ffn_out(jax.nn.gelu(self.ffn_in(x), approximate=True))
+    ff = checkpoint_name(self.ffn_out(jax.nn.gelu(self.ffn_in(x), approximate=True)), BLOCK_OUTPUTS[2])
     h = (h.astype(jnp.float32) + ff.astype(jnp.float32) * c_gate).astype(h.dtype)
     return sharding.constrain(h, ("batch", "tokens", "embed"))
 
@@ -156,6 +187,7 @@ class WanDiT(nnx.Module):
   """
 
   def __init__(self, cfg: WanDiTConfig, *, rngs: nnx.Rngs):
+    remat_policy(cfg.remat_policy)  # a bad name fails here, before any tracing
     self.cfg = cfg
     e, f32 = cfg.dim, jnp.float32
     with nnx.use_eager_sharding(False):  # sharding is applied by jit out_shardings (see train.py)

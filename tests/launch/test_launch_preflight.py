@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from microverse_jax.launch import local, shell, sweep, topologies, tpu, xpk
+from microverse_jax.launch import local, preflight, shell, sweep, topologies, tpu, xpk
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = "configs/microsim_tiny.py:test"
@@ -216,3 +216,34 @@ def test_old_spellings_still_work():
   assert args.install is False
   args, _ = tpu.parser().parse_known_args([*TPU, "--tpu_type=v5p-16", "--config=c.py"])
   assert args.accelerator_type == "v5p-16"
+
+
+# ---------------------------------------------------------------------------- --fit
+def test_fit_refuses_a_config_that_does_not_fit_and_names_overrides_that_do(cloud, tmp_path):
+  """--fit compiles the step for the slice here (microverse_jax/fit.py). A v5p chip whose HBM share lies
+  between what the tiny config needs as given (remat "none") and with nothing_saveable stands for a
+  chip too small: both launchers refuse before any cloud call and name overrides that fit."""
+  from microverse_jax import aot, fit
+  from microverse_jax.configs import microsim_tiny
+
+  cache = str(tmp_path / "fit.json")
+  c = microsim_tiny.get_config("test")
+  c.model.remat_policy = "none"
+  planner = fit.Planner(c, cache)
+  own, lean = (
+    planner.record(c, "v5p-8", "own"),
+    planner.record(fit.Combo("nothing_saveable", 4).apply(c), "v5p-8", "lean"),
+  )
+  assert lean["total_bytes"] < own["total_bytes"]
+  fraction = (lean["total_bytes"] + own["total_bytes"]) / 2 / aot.parse_topology("v5p-8").hbm_bytes
+  flags = [f"--config={TINY}", "--config.model.remat_policy=none", "--fit", f"--fit_hbm_fraction={fraction}"]
+  for launcher, argv in ((tpu, TPU), (xpk, XPK)):
+    with pytest.raises(preflight.PreflightError) as e:
+      launcher.main([*argv, *flags, f"--fit_cache={cache}"])
+    msg = str(e.value)
+    assert "\n" not in msg and "on v5p-8: --fit: the step needs" in msg and "these overrides fit" in msg, msg
+    overrides = msg.split("): ")[-1].split()
+    assert overrides[0].startswith("--config.model.remat_policy=") and overrides[-1] == "--config.data.batch_size=4"
+  assert cloud.calls() == []
+  tpu.main([*TPU, *flags[:2], *overrides, "--fit", f"--fit_hbm_fraction={fraction}", f"--fit_cache={cache}"])
+  assert len(cloud.calls()) == 1  # the named overrides pass the same preflight
