@@ -11,18 +11,15 @@ runlocal trains on raw procedural clips through a tiny random Wan-VAE and umT5 i
 docs/recipe.md lists every difference between `official` and the default, with its reason.
 """
 
+import dataclasses
+
 import ml_collections
 
+from microverse_jax.configs import base
 from microverse_jax.models.wan_dit import WanDiTConfig
 
 VARIANTS = {"1.3b", "14b", "lora", "full", "480p", "720p", "official", "runlocal"}
 RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}
-# The official negative prompt, exactly as MicroVerse's train/inference.py (DEFAULT_NEGATIVE_PROMPT) has it.
-NEGATIVE_PROMPT = (
-  "Overexposed, static, blurry details, subtitles, watermark, worst quality, low quality, "
-  "JPEG artifacts, ugly, deformed, extra fingers, poorly drawn hands, poorly drawn face, "
-  "mutated, fused fingers, frozen frame, cluttered background"
-)
 OFFICIAL_BATCH = 2  # the official runs: 2 GPUs x 1 clip (accelerate_2gpu.yaml, DataLoader batch 1)
 
 
@@ -36,112 +33,34 @@ def get_config(arg: str = "1.3b,lora") -> ml_collections.ConfigDict:
   official = "official" in variants
   height, width = RESOLUTIONS["720p" if "720p" in variants else "480p"]
 
-  c = ml_collections.ConfigDict()
+  c = base.get_config()
   c.init_from = ""  # python -m microverse_jax.convert dit --src <Wan2.1-T2V-*-Diffusers/transformer> --out DIR
-  base = WanDiTConfig.preset(size)
-  c.model = ml_collections.ConfigDict(
-    dict(
-      patch_size=base.patch_size,
-      num_heads=base.num_heads,
-      head_dim=base.head_dim,
-      in_channels=base.in_channels,
-      out_channels=base.out_channels,
-      text_dim=base.text_dim,
-      freq_dim=base.freq_dim,
-      ffn_dim=base.ffn_dim,
-      num_layers=base.num_layers,
-      eps=base.eps,
-      rope_max_seq_len=base.rope_max_seq_len,
-      qk_norm=base.qk_norm,
-      cross_attn_norm=base.cross_attn_norm,
-      dtype="bfloat16",
-      attention_impl="auto",
-      remat_policy="nothing_saveable",
-      lora_rank=32 if lora else 0,
-      lora_alpha=32.0,
-      lora_targets=("q", "k", "v", "o", "ffn_in", "ffn_out"),
-    )
-  )
-  c.autoencoder = ml_collections.ConfigDict(dict(kind="wan_vae", preset="wan2.1", init_from=""))
-  c.text = ml_collections.ConfigDict(dict(preset="umt5-xxl", tokenizer="", max_length=512, init_from=""))
-  c.data = ml_collections.ConfigDict(
-    dict(
-      name="microsim10k_latents",
-      data_dir="gs://YOUR_BUCKET/tensorflow_datasets",
-      source="latents",
-      batch_size=OFFICIAL_BATCH if official else 8,
-      num_frames=81,
-      height=height,
-      width=width,
-      frame_stride=1,
-      worker_count=4,
-      frame_buckets=(),  # () = every 4k + 1 from 5 to num_frames: short clips keep their largest 4k + 1
-      dataset_repeat=100 if lora else 1,
-    )
+  c.model.update(dataclasses.asdict(WanDiTConfig.preset(size)))
+  c.model.update(dtype="bfloat16", remat_policy="nothing_saveable", lora_rank=32 if lora else 0)
+  c.data.update(
+    data_dir="gs://YOUR_BUCKET/tensorflow_datasets",
+    batch_size=OFFICIAL_BATCH if official else 8,
+    height=height,
+    width=width,
+    dataset_repeat=100 if lora else 1,
   )  # official: LoRA repeats the data 100x per epoch, full 1x
   # optim.lr is the official rate at the official batch (reference_batch); data.batch_size scales it by
   # lr_scaling ("sqrt": lr * sqrt(B / 2), the Adam rule; "linear"; "none"). The official runs keep
   # bf16 weights and AdamW moments (param_dtype); the default keeps fp32 master weights.
-  c.optim = ml_collections.ConfigDict(
-    dict(
-      lr=1e-4 if lora else 1e-5,
-      lr_scaling="sqrt",
-      reference_batch=OFFICIAL_BATCH,
-      param_dtype="bfloat16" if official else "float32",
-      warmup_steps=0,
-      schedule="constant",
-      weight_decay=0.01,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
-      grad_clip=0.0,
-      grad_accum=1,
-      ema_decay=0.0,
-    )
-  )
-  # image_conditioning: Wan2.1 T2V takes no image ("none"); Wan2.2 TI2V-5B "ti2v", I2V "concat" (docs/sampling.md).
-  c.diffusion = ml_collections.ConfigDict(
-    dict(shift=5.0, prediction="velocity", weighting="wan", image_conditioning="none")
+  c.optim.update(
+    lr=1e-4 if lora else 1e-5,
+    lr_scaling="sqrt",
+    reference_batch=OFFICIAL_BATCH,
+    param_dtype="bfloat16" if official else "float32",
   )
   # num_steps=0: computed at start from the train split (the held-out 5% excluded), as the official
   # schedule: num_epochs x ceil(train clips x dataset_repeat / batch). LoRA 5 epochs, full 2.
-  c.train = ml_collections.ConfigDict(
-    dict(
-      num_steps=0,
-      num_epochs=5 if lora else 2,
-      log_every=10,
-      checkpoint_every=500,
-      keep_checkpoints=3,
-      seed=0,
-      profile_start=-1,
-      profile_steps=3,
-      caption_dropout=0.0,
-      on_nonfinite="stop",
-    )
-  )
+  c.train.update(num_epochs=5 if lora else 2)
   # same_noise: every prompt gets the noise of seed 42's first draw, as the official inference.py
   # (one seed per call); the default gives prompt i its own noise (fold_in(seed, i)).
-  c.eval = ml_collections.ConfigDict(
-    dict(
-      every=1000,
-      num_batches=4,
-      buckets=(100, 300, 500, 700, 900),
-      sample_every=0,
-      sample_steps=50,
-      guidance=5.0,
-      negative_prompt=NEGATIVE_PROMPT,
-      sampler="euler",
-      fps=15,
-      step_cache=0.0,
-      cfg_cache=False,  # sampling caches, off (docs/sampling.md)
-      physics=0,
-      same_noise=official,
-      tiled_decode=True,
-      prompts=("A red blood cell squeezes through a narrow capillary, deforming and recovering its shape.",),
-    )
-  )
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, context=1))
-  c.sharding_rules = ml_collections.ConfigDict()
+  c.sample.same_noise = official
+  prompt = "A red blood cell squeezes through a narrow capillary, deforming and recovering its shape."
+  c.evals.samples.prompts = (prompt,)
 
   if "runlocal" in variants:  # same structure, CPU sizes: random tiny VAE / umT5, procedural clips
     c.model.update(
@@ -173,7 +92,8 @@ def get_config(arg: str = "1.3b,lora") -> ml_collections.ConfigDict:
     )
     c.train.update(num_steps=3, log_every=1, checkpoint_every=3)
     c.optim.update(lr_scaling="none", param_dtype="float32")
-    c.eval.update(every=0, sample_every=0, sample_steps=4)
+    c.sample.steps = 4
+    c.evals.loss.every = 0
     c.mesh.update(data=-1, fsdp=1)
   return c
 

@@ -19,8 +19,12 @@ import json
 import sys
 import time
 
+import jax
 import tensorflow_datasets as tfds
 from etils import epath
+from jax.experimental import multihost_utils
+
+from microverse_jax import input_pipeline
 
 DATASETS = ("microsim10k", "microsim_synth")
 
@@ -171,6 +175,29 @@ def build(
       write_prompts(export_prompts, **builder.build_settings)
     return builder.data_path
   raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+
+
+def ensure_offline(name: str, data_dir: str) -> None:
+  """Builds the offline procedural dataset (microsim_synth, ~15 s) where `data_dir` lacks it, once for all JAX
+  processes (a process whose data_dir is its own local disk builds its own copy); other datasets: nothing."""
+  data_dir = str(epath.Path(data_dir).expanduser())
+
+  def present() -> bool:
+    try:
+      input_pipeline.load_source(name, "train", data_dir)
+      return True
+    except ValueError:
+      return False
+
+  if name != "microsim_synth" or present():
+    return
+  if jax.process_index() == 0:
+    print(f"building microsim_synth in {data_dir} ...", flush=True)
+    tfds.disable_progress_bar()  # our own progress line instead of TFDS's bars
+    build("microsim_synth", data_dir, progress=Progress("build microsim_synth"))
+  multihost_utils.sync_global_devices("microsim_synth built")
+  if not present():
+    build("microsim_synth", data_dir)
 
 
 def parser():

@@ -40,7 +40,7 @@ class FlowMatching:
   @classmethod
   def from_config(cls, d) -> "FlowMatching":
     """From a config's `diffusion` block (shift, prediction, weighting)."""
-    return cls(shift=d.shift, prediction=d.prediction, weighting=d.get("weighting", "wan"))
+    return cls(shift=d.shift, prediction=d.prediction, weighting=d.weighting)
 
   @property
   def sigmas(self) -> np.ndarray:
@@ -98,8 +98,8 @@ IMAGE_CONDITIONING = ("none", "ti2v", "concat")
 
 
 def image_conditioning(d) -> str:
-  """A config's `diffusion.image_conditioning` ("none" for runs saved before the key), checked."""
-  mode = d.get("image_conditioning", "none")
+  """A config's `diffusion.image_conditioning`, checked."""
+  mode = d.image_conditioning
   if mode not in IMAGE_CONDITIONING:
     raise ValueError(f"diffusion.image_conditioning={mode!r}: expected one of {IMAGE_CONDITIONING}")
   return mode

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import operator
 import os
 
@@ -19,7 +20,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from microverse_jax import checkpoint, convert, diffusion, input_pipeline, latent_cache, sharding
-from microverse_jax.models.umt5 import UMT5Config, UMT5Encoder
+from microverse_jax.models.umt5 import UMT5Config, UMT5Encoder, UMT5Tokenizer
 from microverse_jax.models.wan_dit import WanDiT, WanDiTConfig
 from microverse_jax.models.wan_vae import WanVAE, WanVAEConfig
 
@@ -87,11 +88,6 @@ def _choice(key: str, value, allowed) -> None:
     raise ValueError(f"{key}={value!r}: expected one of {tuple(allowed)}")
 
 
-def needs_encoders(c) -> bool:
-  """Whether training runs the frozen encoders: on videos, or to sample (a latent cache holds both encodings)."""
-  return c.data.source == "video" or c.eval.sample_every > 0
-
-
 def validate(c, num_devices: int, num_slices: int | None = None) -> dict[str, int]:
   """Checks the config against the devices and itself; returns the resolved mesh shape (global axes,
   with the slice split in `.dcn`). num_slices: of a multislice run; None: the running devices' own
@@ -112,16 +108,18 @@ def validate(c, num_devices: int, num_slices: int | None = None) -> dict[str, in
   _choice("diffusion.prediction", c.diffusion.prediction, diffusion.PREDICTIONS)
   _choice("optim.schedule", c.optim.schedule, ("constant", "cosine"))
   _choice("train.on_nonfinite", c.train.on_nonfinite, ("stop", "skip"))
-  _choice("optim.param_dtype", param_dtype(c), ("float32", "bfloat16"))
-  _choice("optim.lr_scaling", lr_scaling(c)[0], ("none", "linear", "sqrt"))
-  input_pipeline.bucket_sizes(c.data.num_frames, tuple(c.data.get("frame_buckets", ())))  # names a bad list
+  _choice("optim.param_dtype", c.optim.param_dtype, ("float32", "bfloat16"))
+  _choice("optim.lr_scaling", c.optim.lr_scaling, ("none", "linear", "sqrt"))
+  if c.optim.reference_batch < 1:
+    raise ValueError(f"optim.reference_batch={c.optim.reference_batch}: expected a batch >= 1")
+  input_pipeline.bucket_sizes(c.data.num_frames, tuple(c.data.frame_buckets))  # names a bad list
   if jax.process_count() > 1 and jax.process_index() == 0:
     print(
       f"{jax.process_count()} processes: one length bucket ({c.data.num_frames} frames); shorter clips "
       "are skipped and counted (docs/recipe.md)",
       flush=True,
     )
-  if c.train.num_steps <= 0 and num_epochs(c) <= 0:
+  if c.train.num_steps <= 0 and c.train.num_epochs <= 0:
     raise ValueError(
       f"train.num_steps={c.train.num_steps}: give it, or train.num_epochs > 0 to compute it from the train split"
     )
@@ -142,21 +140,10 @@ def validate(c, num_devices: int, num_slices: int | None = None) -> dict[str, in
       f"model.in_channels={cfg.in_channels}, but the {c.autoencoder.kind} autoencoder gives {lat[-1]}"
       + ("" if mode == "none" else f" (diffusion.image_conditioning={mode!r})")
     )
-  if needs_encoders(c) and text_config(c).d_model != cfg.text_dim:  # a latent cache: checked against the cache
-    raise ValueError(f"model.text_dim={cfg.text_dim}, but the text encoder gives {text_config(c).d_model}")
   if cfg.num_heads % mesh["tensor"] or cfg.num_heads % mesh["context"]:
     raise ValueError(f"model.num_heads={cfg.num_heads} must divide by mesh.tensor and mesh.context")
   if c.train.caption_dropout and c.data.source != "video":
     raise ValueError("train.caption_dropout needs data.source='video' (a latent cache stores encoded captions)")
-  if c.eval.physics and c.eval.sample_every:
-    if c.data.name != "microsim_synth":  # its validation records are the ground truth the scores need
-      raise ValueError(f"eval.physics={c.eval.physics} needs data.name='microsim_synth', not {c.data.name!r}")
-    try:
-      import microworldbench.physics  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-    except ImportError:
-      raise ValueError(
-        f"eval.physics={c.eval.physics} needs the scorer package: pip install -e ./bench (or --config.eval.physics=0)"
-      ) from None
   return mesh
 
 
@@ -227,27 +214,27 @@ def frozen_module(cls, cfg, *, init_from: str, kind: str, seed: int, mesh, rules
   return nnx.merge(graphdef, state)
 
 
-# text.tokenizer values that need no tokenizer files: UTF-8 bytes, and the procedural captions read
-# back into process and parameter tokens (structured conditioning, docs/physics.md).
-OFFLINE_TOKENIZERS = ("bytes", "microsim_params")
+# text.tokenizer values that need no tokenizer files, by name -> "module:class" (a class taking max_length):
+# UTF-8 bytes, and the procedural captions read back into process and parameter tokens (docs/physics.md).
+OFFLINE_TOKENIZERS = {
+  "bytes": "microverse_jax.input_pipeline:ByteTokenizer",
+  "microsim_params": "microverse_jax.datasets.microsim_synth.conditioning:ParamTokenizer",
+}
 
 
 def build_tokenizer(c):
-  """text.tokenizer: one of OFFLINE_TOKENIZERS, or a sentencepiece / tokenizer.json path."""
-  if c.text.tokenizer == "bytes":
-    return input_pipeline.ByteTokenizer(c.text.max_length)
-  if c.text.tokenizer == "microsim_params":
-    from microverse_jax.datasets.microsim_synth.conditioning import ParamTokenizer  # pylint: disable=g-import-not-at-top
-
-    return ParamTokenizer(c.text.max_length)
-  from microverse_jax.models.umt5 import UMT5Tokenizer  # pylint: disable=g-import-not-at-top
-
+  """text.tokenizer: a name in OFFLINE_TOKENIZERS, or a sentencepiece / tokenizer.json path."""
+  if c.text.tokenizer in OFFLINE_TOKENIZERS:
+    module, _, name = OFFLINE_TOKENIZERS[c.text.tokenizer].partition(":")
+    return getattr(importlib.import_module(module), name)(c.text.max_length)
   return UMT5Tokenizer(c.text.tokenizer, max_length=c.text.max_length)
 
 
 def build_encoders(c, mesh, rules) -> tuple[object, Encoders]:
   """(tokenizer, Encoders): umT5 sharded by the rules (embed over fsdp, heads/mlp over tensor), the
   VAE replicated; weights from text.init_from / autoencoder.init_from, else seeded random."""
+  if text_config(c).d_model != dit_config(c).text_dim:  # before any weights load
+    raise ValueError(f"model.text_dim={dit_config(c).text_dim}, but the text encoder gives {text_config(c).d_model}")
   seed = c.train.seed + 1
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     text = frozen_module(
@@ -302,28 +289,11 @@ def trainable_filter(cfg: WanDiTConfig):
   return nnx.LoRAParam if cfg.lora_rank else nnx.Param
 
 
-# =============================================================================================
-# The recipe's knobs with defaults for configs that predate them (saved config.json files too)
-# =============================================================================================
-def param_dtype(c) -> str:
-  """optim.param_dtype: dtype of the trained weights and AdamW moments (float32 master weights, or
-  bfloat16 as the official runs keep everything). Frozen weights follow it too."""
-  return c.optim.param_dtype if "param_dtype" in c.optim else "float32"
-
-
-def lr_scaling(c) -> tuple[str, int]:
-  """(optim.lr_scaling, optim.reference_batch): optim.lr is the rate at the reference batch."""
-  if "lr_scaling" not in c.optim:
-    return "none", c.data.batch_size
-  return c.optim.lr_scaling, c.optim.reference_batch
-
-
 def scaled_lr(c) -> float:
   """optim.lr scaled from optim.reference_batch to data.batch_size: "linear" lr * B / B_ref, "sqrt"
   lr * sqrt(B / B_ref) (the rule for Adam-type optimizers), "none" lr unchanged."""
-  rule, ref = lr_scaling(c)
-  ratio = c.data.batch_size / ref
-  return c.optim.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[rule]
+  ratio = c.data.batch_size / c.optim.reference_batch
+  return c.optim.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[c.optim.lr_scaling]
 
 
 def frame_buckets(c) -> tuple[int, ...]:
@@ -333,11 +303,7 @@ def frame_buckets(c) -> tuple[int, ...]:
   differ in shape: there the single bucket data.num_frames is used (short clips skipped, counted)."""
   if jax.process_count() > 1:
     return (c.data.num_frames,)
-  return tuple(c.data.frame_buckets) if "frame_buckets" in c.data else ()
-
-
-def num_epochs(c) -> int:
-  return c.train.num_epochs if "num_epochs" in c.train else 0
+  return tuple(c.data.frame_buckets)
 
 
 def resolve_num_steps(c, train_records: int) -> int:
@@ -345,8 +311,7 @@ def resolve_num_steps(c, train_records: int) -> int:
   data.batch_size), the official schedule (an epoch is dataset_repeat passes over the train split)."""
   if c.train.num_steps > 0:
     return int(c.train.num_steps)
-  repeat = c.data.dataset_repeat if "dataset_repeat" in c.data else 1
-  return num_epochs(c) * -(-train_records * repeat // c.data.batch_size)
+  return c.train.num_epochs * -(-train_records * c.data.dataset_repeat // c.data.batch_size)
 
 
 def make_optimizer(c):
@@ -393,7 +358,7 @@ class StateFactory:
   def _init(self, seed):
     model = WanDiT(self.cfg, rngs=nnx.Rngs(seed))
     _, params, frozen = nnx.split(model, trainable_filter(self.cfg), ...)
-    dtype = jnp.dtype(param_dtype(self.c))
+    dtype = jnp.dtype(self.c.optim.param_dtype)
     cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
     params, frozen = (jax.tree.map(cast, x.to_pure_dict()) for x in (params, frozen))
     state = {
@@ -526,27 +491,7 @@ def check_latent_cache(c, source, where: str) -> None:
 def load_batches(c, tokenizer, split: str, *, seed: int, shuffle: bool, num_epochs=None, drop_remainder=True):
   """This process's batch iterator over `split` (Grain; checkpointable)."""
   data_dir = os.path.expanduser(c.data.data_dir)
-  try:
-    source = input_pipeline.load_source(c.data.name, split, data_dir)
-  except ValueError:
-    if c.data.name != "microsim_synth":
-      raise
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-    from microverse_jax import build_dataset  # pylint: disable=g-import-not-at-top
-
-    if jax.process_index() == 0:  # the offline dataset builds on first use (~15 s)
-      print(f"building microsim_synth in {data_dir} ...", flush=True)
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-      tfds.disable_progress_bar()  # our own progress line instead of TFDS's bars
-      build_dataset.build("microsim_synth", data_dir, progress=build_dataset.Progress("build microsim_synth"))
-    multihost_utils.sync_global_devices("microsim_synth built")
-    try:
-      source = input_pipeline.load_source(c.data.name, split, data_dir)
-    except ValueError:  # a host whose data_dir is its own local disk builds its own copy
-      build_dataset.build("microsim_synth", data_dir)
-      source = input_pipeline.load_source(c.data.name, split, data_dir)
+  source = input_pipeline.load_source(c.data.name, split, data_dir)
   per_process = c.data.batch_size // jax.process_count()
   if c.data.source == "latents":
     check_latent_cache(c, source, os.path.join(data_dir, c.data.name))

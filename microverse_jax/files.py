@@ -117,12 +117,12 @@ def folder_kind(path) -> str | None:
     return "checkpoint"
   if "dataset_info.json" in names or any(n.endswith("_latents") for n in names):
     return "cache"
-  config = _json_object(path / "config.json", strict=False) if "config.json" in names else {}
-  if {"kind", "config"} <= set(config):
+  meta = _json_object(path / "config.json", strict=False) if "config.json" in names else {}
+  if {"kind", "config"} <= set(meta):
     return "checkpoint"
-  if {"train", "data", "model"} <= set(config):
+  if {"train", "data", "model"} <= set(meta):
     return "run"
-  if "_class_name" in config:
+  if "_class_name" in meta:
     return "diffusers"
   if "config.json" in names or any(n.endswith((".safetensors", ".pth", ".pt", ".bin")) for n in names):
     return "weights"

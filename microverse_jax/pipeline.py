@@ -212,18 +212,18 @@ def _model_index(folder: str) -> dict:
 
 
 def config_settings(c) -> dict:
-  """`generate` keyword arguments from a training config (eval.*, diffusion.*)."""
+  """`generate` keyword arguments from a run's config (sample.*, diffusion.*)."""
   return dict(
-    steps=c.eval.sample_steps,
-    guidance=c.eval.guidance,
+    steps=c.sample.steps,
+    guidance=c.sample.guidance,
     shift=c.diffusion.shift,
-    sampler=c.eval.sampler,
-    negative_prompt=c.eval.negative_prompt,
+    sampler=c.sample.sampler,
+    negative_prompt=c.sample.negative_prompt,
     prediction=c.diffusion.prediction,
-    same_noise=c.eval.same_noise if "same_noise" in c.eval else False,
-    tiled=c.eval.tiled_decode if "tiled_decode" in c.eval else False,
-    step_cache=c.eval.step_cache if "step_cache" in c.eval else 0.0,
-    cfg_cache=c.eval.cfg_cache if "cfg_cache" in c.eval else False,
+    same_noise=c.sample.same_noise,
+    tiled=c.sample.tiled_decode,
+    step_cache=c.sample.step_cache,
+    cfg_cache=c.sample.cfg_cache,
     image_conditioning=diffusion.image_conditioning(c.diffusion),
   )
 
@@ -238,14 +238,8 @@ RULES = {
   "step_cache": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0 (0: off)"),
   "fps": (lambda v: math.isfinite(v) and v > 0, "a number > 0"),
 }
-CONFIG_KEYS = {
-  "steps": "eval.sample_steps",
-  "guidance": "eval.guidance",
-  "guidance_2": "eval.guidance_2",
-  "shift": "diffusion.shift",
-  "step_cache": "eval.step_cache",
-  "fps": "eval.fps",
-}
+CONFIG_KEYS = {"steps": "sample.steps", "guidance": "sample.guidance", "shift": "diffusion.shift"}
+CONFIG_KEYS.update(step_cache="sample.step_cache", fps="sample.fps")  # guidance_2: given only, never configured
 
 
 def check_settings(settings: dict, c=None, prefix: str = "") -> None:
@@ -253,19 +247,11 @@ def check_settings(settings: dict, c=None, prefix: str = "") -> None:
   is checked as config `c` gives it, named by its config key."""
   for key, (ok, rule) in RULES.items():
     name, value = f"{prefix}{key}", settings.get(key)
-    if value is None and c is not None:
-      name, value = CONFIG_KEYS[key], _config_value(c, CONFIG_KEYS[key])
+    if value is None and c is not None and key in CONFIG_KEYS:
+      section, _, field = CONFIG_KEYS[key].partition(".")
+      name, value = CONFIG_KEYS[key], c[section][field]
     if value is not None and not ok(value):
       raise ValueError(f"{name}={value}: expected {rule}")
-
-
-def _config_value(c, key: str):
-  """The value of dotted `key` in config `c`, None where absent."""
-  for part in key.split("."):
-    if part not in c:
-      return None
-    c = c[part]
-  return c
 
 
 def save_video(frames: np.ndarray, path: str, *, fps: float = 15.0, strip: bool = False) -> None:
@@ -286,14 +272,14 @@ def filmstrip(frames: np.ndarray, count: int = 8) -> np.ndarray:
 
 
 def pretrained_config(checkpoint: str, config=None):
-  """`config` (default configs/wan2_1.py) pointed at `checkpoint`: its DiT, and for a diffusers WanPipeline folder
-  its VAE, text encoder, tokenizer and image conditioning (`folder_conditioning`)."""
+  """`config` (default configs/base.py: Wan2.1 T2V-1.3B) pointed at `checkpoint`: its DiT, and for a diffusers
+  WanPipeline folder its VAE, text encoder, tokenizer and image conditioning (`folder_conditioning`)."""
   if files.folder_kind(checkpoint) == "run":
     raise ValueError(f"--checkpoint={checkpoint}: {files.KINDS['run']}, not a checkpoint; give it as --workdir")
   if config is None:
-    from microverse_jax.configs import wan2_1  # pylint: disable=g-import-not-at-top
+    from microverse_jax import saved_config  # pylint: disable=g-import-not-at-top
 
-    config = wan2_1.get_config("1.3b,full")
+    config = saved_config.base()
   config = copy.deepcopy(config)
   parts = {k: os.path.join(checkpoint, k) for k in ("transformer", "vae", "text_encoder", "tokenizer")}
   folder = all(epath.Path(p).is_dir() for p in parts.values())
@@ -329,7 +315,7 @@ class Pipeline:
     """A diffusers WanPipeline directory (transformer/, vae/, text_encoder/, tokenizer/: all four are
     used; how it takes an image, `folder_conditioning`; a two-expert folder's transformer_2/ too, `folder_boundary`),
     or a DiT checkpoint alone (converted, exported or PyTorch) with the encoders that `config` names (default
-    configs/wan2_1.py, whose encoders are random unless its init_froms are set)."""
+    configs/base.py, whose encoders are random unless its init_froms are set)."""
     config = pretrained_config(checkpoint, config)
     pipe = cls.build(config, factory.load_dit(config, checkpoint_dir=config.init_from))
     pipe.boundary = folder_boundary(checkpoint)

@@ -18,6 +18,8 @@ import threading
 
 from etils import epath
 
+from microverse_jax import saved_config
+
 EXIT_PREEMPTED = 128 + signal.SIGTERM
 DATA_KEYS = ("num_frames", "height", "width", "frame_stride", "batch_size", "frame_buckets")
 
@@ -43,10 +45,8 @@ class SigtermFlag:
 
 
 def _data_shape(data) -> dict:
-  """The DATA_KEYS a config's `data` section (a ConfigDict or the saved JSON) has; no frame_buckets: ()."""
-  shape = {k: data[k] for k in DATA_KEYS if k in data}
-  shape["frame_buckets"] = tuple(data.get("frame_buckets", ()))
-  return shape
+  """The DATA_KEYS of a config's `data` section."""
+  return {k: tuple(data[k]) if k == "frame_buckets" else data[k] for k in DATA_KEYS}
 
 
 def _saved_data(workdir: str) -> dict | None:
@@ -59,7 +59,7 @@ def _saved_data(workdir: str) -> dict | None:
     saved = json.loads(path.read_text())
   except ValueError as e:
     raise ValueError(f"{path}: this run's saved config is broken JSON ({e}); a resume is checked against it") from None
-  return saved.get("data", {}) if isinstance(saved, dict) else {}
+  return saved_config.merged(saved).data if isinstance(saved, dict) else None  # not a config: nothing to check
 
 
 def check_data_unchanged(c, workdir: str) -> None:
@@ -68,7 +68,7 @@ def check_data_unchanged(c, workdir: str) -> None:
   if data is None:
     return
   saved, ours = _data_shape(data), _data_shape(c.data)
-  changed = [f"data.{k} {saved[k]} -> {ours[k]}" for k in DATA_KEYS if k in saved and k in ours and saved[k] != ours[k]]
+  changed = [f"data.{k} {saved[k]} -> {ours[k]}" for k in DATA_KEYS if saved[k] != ours[k]]
   if changed:
     raise ValueError(
       f"--workdir={workdir} resumes a run of another data shape: {', '.join(changed)}. Its checkpoint holds "

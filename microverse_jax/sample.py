@@ -179,7 +179,7 @@ def main(argv):
       **settings,
     )
     for frames, job in zip(videos, chunk):
-      pipeline.save_video(frames, job.path, fps=c.eval.fps if F.fps is None else F.fps)
+      pipeline.save_video(frames, job.path, fps=c.sample.fps if F.fps is None else F.fps)
       print(f"wrote {job.path}", flush=True)
 
 
@@ -202,19 +202,19 @@ def define_flags() -> None:
   flags.DEFINE_string(
     "out", None, "Output: the mp4 for --prompt (default out.mp4), a folder for --rubrics / --prompts."
   )
-  flags.DEFINE_string("negative_prompt", None, "Negative prompt for CFG (default: eval.negative_prompt).")
-  flags.DEFINE_integer("steps", None, "Sampling steps (default: eval.sample_steps).")
-  flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (default: eval.guidance).")
+  flags.DEFINE_string("negative_prompt", None, "Negative prompt for CFG (default: sample.negative_prompt).")
+  flags.DEFINE_integer("steps", None, "Sampling steps (default: sample.steps).")
+  flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (default: sample.guidance).")
   flags.DEFINE_float(
     "guidance_2", None, "Guidance of a two-expert (Wan2.2 A14B) folder's low-noise transformer_2 (default: --guidance)."
   )
   flags.DEFINE_float("shift", None, "Sigma shift (default: diffusion.shift).")
   flags.DEFINE_integer("seed", 42, "Noise seed.")
-  flags.DEFINE_enum("sampler", None, ["euler", "unipc"], "ODE sampler (default: eval.sampler).")
+  flags.DEFINE_enum("sampler", None, ["euler", "unipc"], "ODE sampler (default: sample.sampler).")
   flags.DEFINE_integer("num_frames", None, "Frames (default: data.num_frames).")
   flags.DEFINE_integer("height", None, "Height (default: data.height).")
   flags.DEFINE_integer("width", None, "Width (default: data.width).")
-  flags.DEFINE_float("fps", None, "Frames per second of the mp4 (default: eval.fps).")
+  flags.DEFINE_float("fps", None, "Frames per second of the mp4 (default: sample.fps).")
   flags.DEFINE_string("rubrics", None, "MicroWorldBench rubric file (MWBenchRubrics.json): one <index>.mp4 per task.")
   flags.DEFINE_string("indices", "", "Task indices for --rubrics, e.g. 1-459 or 3,5-9 (default: all).")
   flags.DEFINE_string(
@@ -229,10 +229,10 @@ def define_flags() -> None:
     "step_cache",
     None,
     "Reuse the last velocity while the input moved less than this "
-    "relative L1 distance, e.g. 0.05 (default: eval.step_cache, 0 = off).",
+    "relative L1 distance, e.g. 0.05 (default: sample.step_cache, 0 = off).",
   )
   flags.DEFINE_bool(
-    "cfg_cache", None, "Run the unconditional pass every other step only (default: eval.cfg_cache, off)."
+    "cfg_cache", None, "Run the unconditional pass every other step only (default: sample.cfg_cache, off)."
   )
   # Old spellings, kept for one release.
   flags.DEFINE_alias("output", "out")

@@ -5,7 +5,7 @@
 Rerunning the same command resumes from the latest checkpoint in DIR/checkpoints. SIGTERM saves
 at the current step and exits with status 143 (resume.py). A local workdir is locked while a run uses it.
 Projects fork a config, not this file; config -> objects lives in factory.py, the loss and the step in train_step.py,
-the periodic evaluations in evaluators.py.
+the periodic evaluations named in config.evals (microverse_jax/evaluators/).
 """
 
 from __future__ import annotations
@@ -25,7 +25,17 @@ from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
-from microverse_jax import checkpoint, cli, diffusion, evaluators, factory as factory_lib, files, flops, sharding
+from microverse_jax import (
+  build_dataset,
+  checkpoint,
+  cli,
+  diffusion,
+  evaluators,
+  factory as factory_lib,
+  files,
+  flops,
+  sharding,
+)
 from microverse_jax.resume import EXIT_PREEMPTED, SigtermFlag, check_data_unchanged
 from microverse_jax.train_step import jit_train_step, make_encode
 
@@ -134,6 +144,7 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
   sharding.maybe_initialize_distributed()
   workdir = str(epath.Path(workdir).expanduser())
   mesh_shape = factory_lib.validate(c, jax.device_count())
+  evaluators.check(c)
   if (mode := diffusion.image_conditioning(c.diffusion)) != "none":  # sampling takes a first frame; training not yet
     raise ValueError(f"diffusion.image_conditioning={mode!r}: training with a conditioning image is not built yet")
   files.require_kind(workdir, (None, "run", "other"), "--workdir")  # never a checkpoint, an export or a cache
@@ -154,7 +165,8 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
 
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules), SigtermFlag() as sigterm:
     # -------------------------------------------------------------- data
-    tokenizer, encoders = factory_lib.build_encoders(c, mesh, rules) if factory_lib.needs_encoders(c) else (None, None)
+    needs_encoders = c.data.source == "video" or evaluators.samples_videos(c)  # a cache holds both encodings
+    tokenizer, encoders = factory_lib.build_encoders(c, mesh, rules) if needs_encoders else (None, None)
     train_iter = factory_lib.load_batches(c, tokenizer, "train", seed=c.train.seed, shuffle=True)
     if c.train.num_steps <= 0:  # the official schedule: epochs over the train split (held-out excluded)
       c.train.num_steps = factory_lib.resolve_num_steps(c, train_iter.num_records)
@@ -181,8 +193,8 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
     # -------------------------------------------------------------- step
     encode = make_encode(c, enc_graphdef)
     train_step = jit_train_step(c, factory, encode)
-    eval_step = evaluators.make_eval_step(c, factory.graphdef)
-    encode_jit = jax.jit(encode)
+    run = evaluators.Run(c, workdir, mesh, rules, tokenizer, encoders, factory.graphdef, jax.jit(encode), enc_state)
+    evals = evaluators.build(c, run)
 
     # -------------------------------------------------------------- loop
     step = int(state["step"])
@@ -234,17 +246,11 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
             flush=True,
           )
         t0, t_steps = now, step
-      if c.eval.every and step % c.eval.every == 0:
-        held_out = evaluators.held_out_loss(c, tokenizer, eval_step, encode_jit, state, frozen, enc_state, mesh, rules)
-        writer.write(step, held_out)
-        print("held-out " + " ".join(f"{k[5:]}={v:.4g}" for k, v in held_out.items()), flush=True)
-      if c.eval.sample_every and step % c.eval.sample_every == 0:
-        model = evaluators.sample_model(state, frozen, factory.graphdef)
-        writer.images(step, evaluators.write_samples(c, workdir, step, model, tokenizer, encoders))
-        if c.eval.physics:
-          scores = evaluators.physics_scores(c, model, tokenizer, encoders)
-          writer.write(step, scores)
-          print("physics " + " ".join(f"{k[8:]}={v:.3g}" for k, v in scores.items() if k.count("/") == 1), flush=True)
+      for every, evaluate in evals:
+        if step % every == 0:
+          results = evaluate(step, state, frozen)
+          writer.write(step, evaluators.scalars(results))
+          writer.images(step, results.get("videos", []))
       if step % c.train.checkpoint_every == 0 or step == c.train.num_steps or sigterm.raised:
         check_finite(pending, ckpt)  # a non-finite update is never saved
         ckpt.save(step, state, train_iter, force=True)
@@ -272,6 +278,7 @@ def main(argv):
     raise ValueError(f"unexpected arguments: {argv[1:]}")
   if flags.FLAGS.workdir is None or flags.FLAGS.config is None:
     raise ValueError("--config and --workdir are required")
+  build_dataset.ensure_offline(flags.FLAGS.config.data.name, flags.FLAGS.config.data.data_dir)  # first use
   if train(flags.FLAGS.config, flags.FLAGS.workdir)["step"] < flags.FLAGS.config.train.num_steps:
     raise SystemExit(EXIT_PREEMPTED)  # saved, not finished: a launcher or a Job reruns it to resume
 

@@ -51,9 +51,10 @@ def test_a_four_step_run_is_quiet_and_tensorboard_gets_samples_config_and_scalar
   run = _train(
     [
       f"--config.data.data_dir={synth_data_dir}",
-      "--config.eval.sample_every=4",
-      "--config.eval.sample_steps=2",
-      "--config.eval.physics=2",
+      "--config.evals.samples.every=4",
+      "--config.sample.steps=2",
+      "--config.evals.physics.every=4",
+      "--config.evals.physics.num_clips=2",
     ],
     tmp_path,
   )
@@ -104,18 +105,26 @@ def test_the_batch_is_sharded_by_the_rules_table():
 
 def test_physics_eval_without_the_scorer_fails_before_compiling(monkeypatch):
   """After `pip install -e .` alone, the main job must not crash at its last step (then at every resume)."""
+  from microverse_jax import evaluators
   from microverse_jax.configs import microsim_tiny
 
   c = microsim_tiny.get_config("test")
-  c.eval.update(sample_every=4, physics=2)
+  c.evals.physics.every = 4
   monkeypatch.setitem(sys.modules, "microworldbench.physics", None)  # as if bench/ were not installed
-  with pytest.raises(ValueError, match=r"eval.physics=2 needs the scorer package: pip install -e ./bench"):
-    factory.validate(c, 1)
-  c.eval.physics = 0
-  factory.validate(c, 1)
-  c.eval.physics, c.data.name = 2, "microsim10k"  # no procedural ground truth to score against
-  with pytest.raises(ValueError, match=r"eval.physics=2 needs data.name='microsim_synth', not 'microsim10k'"):
-    factory.validate(c, 1)
+  with pytest.raises(
+    ValueError, match=r"evals.physics \(kind physics\) needs the scorer package: pip install -e ./bench"
+  ):
+    evaluators.check(c)
+  c.evals.physics.every = 0
+  evaluators.check(c)
+  c.evals.physics.every, c.data.name = 4, "microsim10k"  # no procedural ground truth to score against
+  with pytest.raises(
+    ValueError, match=r"evals.physics \(kind physics\) needs data.name='microsim_synth', not 'microsim10k'"
+  ):
+    evaluators.check(c)
+  c.evals.physics.kind = "physicz"
+  with pytest.raises(ValueError, match=r"evals.physics.kind='physicz': no such evaluator"):
+    evaluators.check(c)
 
 
 @pytest.mark.hostile

@@ -21,7 +21,41 @@ CONFIG_ARGS = {
 
 def test_every_config_file_is_covered():
   files = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))} - {"__init__"}
-  assert files == set(CONFIG_ARGS)
+  assert files == set(CONFIG_ARGS) | {"base"}
+
+
+def test_the_base_config_names_every_key_once_with_a_comment_and_recipes_only_override_it():
+  from microverse_jax.configs import base
+
+  keys = set(_leaf_keys(base.get_config()))
+  for name, args in CONFIG_ARGS.items():
+    for arg in args:
+      c = importlib.import_module(f"microverse_jax.configs.{name}").get_config(arg)
+      assert set(_leaf_keys(c)) == keys, (name, arg, set(_leaf_keys(c)) ^ keys)
+  lines = open(os.path.join(REPO, "configs", "base.py")).read().splitlines()
+  assigned = [line for line in lines if re.match(r"  c\.\w+(\.\w+)? = (?!ml_collections\.ConfigDict\(\)$)", line)]
+  assert len(assigned) > 60 and [line for line in assigned if "#" not in line] == []
+  assert set(base.get_config().model) == set(WanDiTConfig.__dataclass_fields__)
+
+
+def test_an_older_runs_saved_config_reads_onto_the_base(tmp_path):
+  """A config.json saved before a key existed (or with the old `eval` section) reads today's keys."""
+  import json
+
+  from microverse_jax import files, saved_config
+  from microverse_jax.configs import microsim_tiny
+
+  old = json.loads(microsim_tiny.get_config().to_json_best_effort())
+  old.pop("sample"), old.pop("evals"), old["data"].pop("frame_buckets"), old["optim"].pop("lr_scaling")
+  old["eval"] = dict(every=600, num_batches=2, buckets=[100, 900], sample_every=2400, sample_steps=25, guidance=4.0)
+  old["eval"].update(negative_prompt="", sampler="euler", fps=8, physics=16, prompts=["a cell"])
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  files.mark(str(tmp_path), "run")
+  c = saved_config.get_config(str(tmp_path))
+  assert set(_leaf_keys(c)) == set(_leaf_keys(microsim_tiny.get_config()))
+  assert (c.data.frame_buckets, c.optim.lr_scaling, c.sample.steps, c.sample.guidance) == ((), "none", 25, 4.0)
+  assert (c.evals.loss.every, c.evals.loss.buckets, c.evals.samples.prompts) == (600, (100, 900), ("a cell",))
+  assert (c.evals.samples.every, c.evals.physics.every, c.evals.physics.num_clips) == (2400, 2400, 16)
 
 
 @pytest.mark.parametrize("name,arg", [(n, a) for n, args in CONFIG_ARGS.items() for a in args])
@@ -58,9 +92,10 @@ def test_no_dead_config_keys():
     open(p).read() for p in glob.glob(os.path.join(REPO, "microverse_jax", "**", "*.py"), recursive=True)
   )
   fields = set(WanDiTConfig.__dataclass_fields__)
-  for name, args in CONFIG_ARGS.items():
+  for name, args in {**CONFIG_ARGS, "base": [""]}.items():
     for arg in args:
-      c = importlib.import_module(f"microverse_jax.configs.{name}").get_config(arg)
+      module = importlib.import_module(f"microverse_jax.configs.{name}")
+      c = module.get_config(arg) if arg else module.get_config()
       for key in _leaf_keys(c):
         section, _, leaf = key.rpartition(".")
         if section == "model":

@@ -1,6 +1,7 @@
 """The trainer's evaluators measure what their names say."""
 
 import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from microverse_jax import evaluators
+from microverse_jax.evaluators import loss, physics
 
 
 class _ZeroX0(nnx.Module):
@@ -26,7 +27,7 @@ class _ZeroX0(nnx.Module):
 def test_held_out_loss_t_b_is_the_loss_at_timestep_b(shift):
   c = ml_collections.ConfigDict(dict(diffusion=dict(shift=shift, prediction="x0", weighting="wan")))
   graphdef, params, frozen = nnx.split(_ZeroX0(), nnx.Param, ...)
-  step = evaluators.make_eval_step(c, graphdef)
+  step = loss.make_eval_step(c, graphdef)
   latents = jnp.full((2, 1, 4, 4, 3), 0.5)
   for t in (100, 300, 500, 700, 900):
     s, n = step(params, frozen, latents, None, jnp.ones(2), t, jax.random.key(0))
@@ -37,17 +38,18 @@ def test_held_out_loss_t_b_is_the_loss_at_timestep_b(shift):
 def test_physics_eval_scores_the_runs_validation_clips_each_against_its_own_record(synth_data_dir, monkeypatch):
   from microverse_jax import input_pipeline, pipeline
   from microverse_jax.configs import microsim_tiny
-  from microworldbench import physics
+  from microworldbench import physics as scorer
 
   source = input_pipeline.load_source("microsim_synth", "validation", synth_data_dir)
   records = [source[i] for i in range(len(source))]
   assert [r["id"] for r in records] != sorted(r["id"] for r in records)  # the premise: stored shuffled
   c = microsim_tiny.get_config("test")
-  c.data.data_dir, c.eval.physics = synth_data_dir, 3
+  c.data.data_dir, c.evals.physics.num_clips = synth_data_dir, 3
   got = {}
   monkeypatch.setattr(pipeline, "generate", lambda m, e, t, prompts, shape, **kw: got.update(prompts=prompts) or [])
-  monkeypatch.setattr(physics, "score_videos", lambda videos, rows: got.update(rows=rows) or {})
-  evaluators.physics_scores(c, None, None, None)
+  monkeypatch.setattr(scorer, "score_videos", lambda videos, rows: got.update(rows=rows) or {})
+  run = types.SimpleNamespace(c=c, tokenizer=None, encoders=None, model=lambda state, frozen: None)
+  physics.Evaluator(c.evals.physics, run)(0, None, None)
   first = sorted(records, key=lambda r: r["id"])[:3]  # the validation clips with the lowest clip numbers
   assert got["prompts"] == [r["caption"].decode() for r in first]
   for row, r in zip(got["rows"], first):

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from microverse_jax import factory, pipeline, sharding
-from microverse_jax.configs import microsim_tiny, wan2_1
+from microverse_jax.configs import base, microsim_tiny, wan2_1
 from microverse_jax.models.layers import Dense
 
 # MicroVerse train/inference.py, DEFAULT_NEGATIVE_PROMPT, verbatim.
@@ -36,22 +36,22 @@ def test_official_variant_matches_the_scripts():
     c = wan2_1.get_config(f"1.3b,{mode},official")
     assert (c.data.batch_size, c.optim.lr, factory.scaled_lr(c)) == (2, lr, lr)
     assert (c.data.dataset_repeat, c.train.num_epochs, c.train.num_steps) == (repeat, epochs, 0)
-    assert factory.param_dtype(c) == "bfloat16" and c.eval.same_noise and c.eval.tiled_decode
-    assert c.eval.negative_prompt == wan2_1.NEGATIVE_PROMPT == OFFICIAL_NEGATIVE_PROMPT
-    assert (c.eval.guidance, c.eval.sample_steps, c.diffusion.shift, c.eval.fps) == (5.0, 50, 5.0, 15)
+    assert c.optim.param_dtype == "bfloat16" and c.sample.same_noise and c.sample.tiled_decode
+    assert c.sample.negative_prompt == base.NEGATIVE_PROMPT == OFFICIAL_NEGATIVE_PROMPT
+    assert (c.sample.guidance, c.sample.steps, c.diffusion.shift, c.sample.fps) == (5.0, 50, 5.0, 15)
     settings = pipeline.config_settings(c)
     assert settings["same_noise"] and settings["tiled"] and settings["negative_prompt"] == OFFICIAL_NEGATIVE_PROMPT
   default = wan2_1.get_config("1.3b,lora")
-  assert factory.param_dtype(default) == "float32" and not default.eval.same_noise
+  assert default.optim.param_dtype == "float32" and not default.sample.same_noise
   # The learning-rate rule: lr is given at the official batch 2, scaled by sqrt(B / 2).
   assert default.data.batch_size == 8 and factory.scaled_lr(default) == pytest.approx(2e-4)
   default.optim.lr_scaling = "linear"
   assert factory.scaled_lr(default) == pytest.approx(4e-4)
   default.optim.lr_scaling = "none"
   assert factory.scaled_lr(default) == pytest.approx(1e-4)
-  # Configs without the keys (microsim_tiny, saved config.json files) keep their lr and fp32.
+  # The base config's defaults (microsim_tiny keeps them): lr as given, fp32 master weights.
   tiny = microsim_tiny.get_config("test")
-  assert factory.scaled_lr(tiny) == tiny.optim.lr and factory.param_dtype(tiny) == "float32"
+  assert factory.scaled_lr(tiny) == tiny.optim.lr and tiny.optim.param_dtype == "float32"
   assert pipeline.config_settings(tiny)["same_noise"] is False
 
 

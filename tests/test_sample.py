@@ -107,13 +107,13 @@ def test_the_workdir_describes_itself_and_overrides_apply(trained, tmp_path):
   """No --config: the saved config.json is used; --config.key=value still overrides it."""
   _, workdir = trained
   out = tmp_path / "one.mp4"
-  run = _run([f"--workdir={workdir}", "--prompt=cells divide", f"--out={out}", "--config.eval.fps=4"])
+  run = _run([f"--workdir={workdir}", "--prompt=cells divide", f"--out={out}", "--config.sample.fps=4"])
   assert run.returncode == 0, run.stderr[-2000:]
   with av.open(str(out)) as container:
     assert float(container.streams.video[0].average_rate) == 4
-  bad = _run([f"--workdir={workdir}", "--prompt=x", f"--out={out}", "--config.eval.fpz=4"])
+  bad = _run([f"--workdir={workdir}", "--prompt=x", f"--out={out}", "--config.sample.fpz=4"])
   assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) <= 2, bad.stderr
-  assert "--config.eval.fpz" in bad.stderr and "Traceback" not in bad.stderr
+  assert "--config.sample.fpz" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize(
@@ -160,7 +160,7 @@ def test_the_readme_python_example_runs(trained, tmp_path, monkeypatch):
     ("--steps=0", "--steps=0"),
     ("--fps=0", "--fps=0"),
     ("--num_frames=-3", "--num_frames=-3"),
-    ("--config.eval.guidance=nan", "eval.guidance=nan"),
+    ("--config.sample.guidance=nan", "sample.guidance=nan"),
   ],
 )
 def test_a_value_that_would_give_a_garbage_video_is_refused_before_anything_runs(trained, tmp_path, flag, named):
@@ -176,13 +176,13 @@ def test_a_value_that_would_give_a_garbage_video_is_refused_before_anything_runs
 @pytest.mark.hostile
 def test_the_pipeline_refuses_garbage_settings_from_its_config_or_its_arguments():
   c = microsim_tiny.get_config("test")
-  c.eval.guidance = float("nan")
+  c.sample.guidance = float("nan")
   pipe = pipeline.Pipeline(c, None, None, None)  # refused before the model is used
-  with pytest.raises(ValueError, match=r"eval\.guidance=nan: expected a finite number"):
+  with pytest.raises(ValueError, match=r"sample\.guidance=nan: expected a finite number"):
     pipe(["cells divide"])
-  c.eval.guidance = 5.0
-  c.eval.sample_steps = 0
-  with pytest.raises(ValueError, match=r"eval\.sample_steps=0"):
+  c.sample.guidance = 5.0
+  c.sample.steps = 0
+  with pytest.raises(ValueError, match=r"sample\.steps=0"):
     pipe(["cells divide"])
   with pytest.raises(ValueError, match=r"^shift=-1\.0: expected a number > 0"):
     pipe(["cells divide"], steps=2, shift=-1.0)

@@ -28,23 +28,24 @@ def module_files(repo: str) -> dict[str, str]:
   return out
 
 
+def imported_names(path: str) -> set[str]:
+  """Every dotted name a file imports anywhere in its body (function-level imports too)."""
+  names = set()
+  for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+    if isinstance(node, ast.Import):
+      names.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+      names.update([node.module] + [f"{node.module}.{a.name}" for a in node.names])
+  return names
+
+
 def import_graph(repo: str) -> dict[str, set[str]]:
   """Module -> the project modules it imports anywhere in its body (function-level imports too)."""
   files = module_files(repo)
-  graph = {}
-  for module, path in files.items():
-    tree = ast.parse(open(path, encoding="utf-8").read())
-    deps = set()
-    for node in ast.walk(tree):
-      if isinstance(node, ast.Import):
-        names = [a.name for a in node.names]
-      elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-        names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-      else:
-        continue
-      deps.update(n for n in names if n in files and n != module and not module.startswith(n + "."))
-    graph[module] = deps
-  return graph
+  return {
+    module: {n for n in imported_names(path) if n in files and n != module and not module.startswith(n + ".")}
+    for module, path in files.items()
+  }
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -106,3 +107,47 @@ def test_the_tree_is_formatted_and_lint_clean():
   for args in (["format", "--check", "."], ["check", "."]):
     run = subprocess.run([sys.executable, "-m", "ruff", *args], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-1000:]
+
+
+# The core library never reaches up into recipes, datasets or the benchmark; the loaders and evaluators reach
+# datasets only by name (evaluators/physics.py, factory.OFFLINE_TOKENIZERS); the pipeline never imports a recipe.
+UPWARD = ("microverse_jax.configs", "microverse_jax.datasets", "microworldbench", "bench")
+CORE = ("models", "kernels", "diffusion", "sharding", "input_pipeline", "train", "train_step", "latent_cache")
+NEVER = {
+  **{f"microverse_jax.{m}": UPWARD for m in CORE},
+  **{f"microverse_jax.{m}": UPWARD + ("microverse_jax.build_dataset",) for m in ("factory", "pipeline", "aot")},
+  **{f"microverse_jax.evaluators.{m}": UPWARD for m in ("__init__", "loss", "samples")},
+}
+
+
+def reaches_up(repo: str) -> list[tuple[str, str]]:
+  found = []
+  for module, path in module_files(repo).items():
+    rule = next(
+      (v for k, v in NEVER.items() if module == k.removesuffix(".__init__") or module.startswith(k + ".")), ()
+    )
+    found += [(module, n) for n in sorted(imported_names(path)) if any(n == u or n.startswith(u + ".") for u in rule)]
+  return found
+
+
+def test_the_core_library_never_imports_recipes_datasets_or_the_benchmark():
+  assert reaches_up(REPO) == []
+
+
+def test_the_never_imports_checker_sees_an_import_inside_a_function(tmp_path):
+  lib = tmp_path / "microverse_jax"
+  lib.mkdir()
+  (lib / "diffusion.py").write_text("def f():\n  from microverse_jax.configs import base\n")
+  assert [m for m, _ in reaches_up(str(tmp_path))] == ["microverse_jax.diffusion"] * 2  # configs, configs.base
+
+
+def test_the_library_never_asks_whether_a_config_key_exists():
+  """configs/base.py names every key: no `"key" in c.section`, no `c.section.get("key", default)`."""
+  import re
+
+  asks = re.compile(r"""["'][\w.]+["'] (not )?in (c|config|self\.config|self\.c)\b|\b(c|config)(\.\w+)+\.get\(""")
+  found = []
+  for path in module_files(REPO).values():
+    if os.sep + "microverse_jax" + os.sep in path or path.startswith(os.path.join(REPO, "microverse_jax")):
+      found += [f"{path}:{i}" for i, line in enumerate(open(path, encoding="utf-8"), 1) if asks.search(line)]
+  assert found == []

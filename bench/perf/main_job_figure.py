@@ -1,6 +1,6 @@
 """The main job's picture: for each of the run's sample prompts, the ground truth above the sample.
 
-Reads a workdir trained on the procedural dataset: its config's `eval.prompts` (full captions of
+Reads a workdir trained on the procedural dataset: its config's `evals.samples.prompts` (full captions of
 dataset clips) and the last `samples/step_N/<i>.mp4`. Ground truth is the stored clip of the record
 with that caption in the run's `data.data_dir`, reduced to the model's frames and size as the input
 pipeline does.
@@ -38,9 +38,9 @@ def figure(workdir: str, scale: int = 3) -> np.ndarray:
     (d for d in os.listdir(os.path.join(workdir, "samples")) if d.startswith("step_")), key=lambda d: int(d[5:])
   )
   if not sample_dirs:
-    raise FileNotFoundError(f"{workdir}/samples holds no step_N folder: train with eval.sample_every > 0")
+    raise FileNotFoundError(f"{workdir}/samples holds no step_N folder: train with evals.samples.every > 0")
   rows = []
-  for i, caption in enumerate(c.eval.prompts):
+  for i, caption in enumerate(c.evals.samples.prompts):
     with open(os.path.join(workdir, "samples", sample_dirs[-1], f"{i}.mp4"), "rb") as f:
       sample = video.decode_frames(f.read(), c.data.num_frames)
     truth = ground_truth(c.data.data_dir, caption, c.data.num_frames, c.data.height)

@@ -27,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from microverse_jax import checkpoint, diffusion, evaluators, factory, files, saved_config, sharding, video
+from microverse_jax import checkpoint, diffusion, factory, files, saved_config, sharding, video
 from microverse_jax.datasets.microsim_synth import DEFAULTS, PROCESSES, clip_spec
 from microverse_jax.datasets.microsim_synth.render import stored_clip
+from microverse_jax.evaluators import physics
 
 
 def held_out_specs(count: int, seed: int) -> list:
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
   parser.add_argument("--guidance", default="1,3,5")
   parser.add_argument("--steps", default="25")
   parser.add_argument("--shift", default="", help="default: the run's diffusion.shift")
-  parser.add_argument("--sampler", default="", help="default: the run's eval.sampler")
+  parser.add_argument("--sampler", default="", help="default: the run's sample.sampler")
   parser.add_argument("--denoise", default="", help="sigmas: score one-step estimates of noised ground truth instead")
   parser.add_argument("--out", help="also write the rows here (JSON lines)")
   args = parser.parse_args(argv)
@@ -92,10 +93,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     else:
       grid = itertools.product(
         args.weights.split(","),
-        floats(args.guidance, c.eval.guidance),
-        [int(x) for x in floats(args.steps, c.eval.sample_steps)],
+        floats(args.guidance, c.sample.guidance),
+        [int(x) for x in floats(args.steps, c.sample.steps)],
         floats(args.shift, c.diffusion.shift),
-        (args.sampler or c.eval.sampler).split(","),
+        (args.sampler or c.sample.sampler).split(","),
       )
     out = []
     for weights, guidance, steps, shift, sampler in grid:
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         scores = score_videos(denoised(c, model, encoders, tokenizer, specs, shift), rows)
       else:
         settings = dict(guidance=guidance, steps=steps, shift=shift, sampler=sampler)
-        scores = evaluators.score_rows(c, model, tokenizer, encoders, rows, seed=0, batch_size=len(rows), **settings)
+        scores = physics.score_rows(c, model, tokenizer, encoders, rows, seed=0, batch_size=len(rows), **settings)
       row = {"step": step, "weights": weights, **settings, "pass": round(scores["physics/pass_rate"], 3)}
       rate = lambda key: None if math.isnan(scores.get(key, math.nan)) else round(scores[key], 2)  # JSON: null
       row.update({p: rate(f"physics/{p}/pass_rate") for p in PROCESSES})

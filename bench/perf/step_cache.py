@@ -48,7 +48,7 @@ def prompts_for(args, pipe) -> tuple[list[str], list[dict] | None]:
   """The config's prompts, or with --physics the first validation clips (by id) of the procedural dataset
   in the config's data_dir and their records to score against."""
   if not args.physics:
-    return list(pipe.config.eval.prompts), None
+    return list(pipe.config.evals.samples.prompts), None
   from microverse_jax.datasets.microsim_synth import render  # pylint: disable=g-import-not-at-top
 
   rows = render.stored_rows(pipe.config.data.data_dir, "validation")[: args.physics]
@@ -87,8 +87,8 @@ def main(argv=None) -> None:
 
     scores = {name: score_videos(v, rows) for name, v in videos.items()}
   print(
-    f"{len(prompts)} prompts, {pipe.config.eval.sample_steps if args.steps is None else args.steps} steps, "
-    f"guidance {pipe.config.eval.guidance}"
+    f"{len(prompts)} prompts, {pipe.config.sample.steps if args.steps is None else args.steps} steps, "
+    f"guidance {pipe.config.sample.guidance}"
   )
   print("| setting | median s | speed-up | max abs diff (uint8) | PSNR dB | physics pass | flicker pass |")
   print("|---|---|---|---|---|---|---|")

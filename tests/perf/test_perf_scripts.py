@@ -216,12 +216,13 @@ def test_physics_sweep_and_the_main_job_figure(synth_data_dir, tmp_path):
   c = microsim_tiny.get_config("test")
   c.data.data_dir, c.optim.ema_decay, c.train.num_steps = synth_data_dir, 0.9, 2
   captions = tuple(r["caption"] for r in stored_rows(synth_data_dir, "validation")[:3])
-  c.eval.update(sample_every=2, sample_steps=2, prompts=captions)  # clips of the run's own dataset
+  c.evals.samples.update(every=2, prompts=captions)
+  c.sample.steps = 2  # clips of the run's own dataset
   train.train(c, str(tmp_path / "run"))
   _load("main_job_figure").main([f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'fig.png'}"])
   image = np.asarray(Image.open(tmp_path / "fig.png"))
-  strips = 2 * len(c.eval.prompts)  # ground truth over sample, per prompt: 16 px high, 5 frames, 2 px gaps, 3x
-  assert image.shape == (3 * (16 * strips + 2 * (len(c.eval.prompts) - 1)), 3 * 16 * 5, 3)
+  strips = 2 * len(c.evals.samples.prompts)  # ground truth over sample, per prompt: 16 px high, 5 frames, 2 px gaps, 3x
+  assert image.shape == (3 * (16 * strips + 2 * (len(c.evals.samples.prompts) - 1)), 3 * 16 * 5, 3)
   sweep = _load("physics_sweep")
   out = tmp_path / "rows.jsonl"
   argv = [f"--workdir={tmp_path / 'run'}", "--prompts=5", "--guidance=1,3", "--steps=2", f"--out={out}"]
