@@ -118,10 +118,14 @@ def check_fit(config, accelerator_type: str, what: str, hbm_fraction: float = 1.
   hbm = planner.hbm(aot.parse_topology(accelerator_type)) / 2**30
   if fit.fits(own, hbm * 2**30):
     return own
-  if "total_bytes" not in own and "skipped" not in own:
+  if not ("total_bytes" in own or "skipped" in own or own.get("oom")):
     raise PreflightError(f"{what} on {accelerator_type}: --fit: the step does not compile: {own.get('error')}")
   need = own.get("total_bytes", own.get("argument_bytes", 0)) / 2**30
-  head = f"{what} on {accelerator_type}: --fit: the step needs {need:.2f} GiB per device, over the {hbm:.2f} GiB of HBM"
+  head = f"{what} on {accelerator_type}: --fit: " + (
+    f"the compiler ran out of its {hbm:.2f} GiB of HBM per device"
+    if own.get("oom")
+    else f"the step needs {need:.2f} GiB per device, over the {hbm:.2f} GiB of HBM"
+  )
   if better is None:
     raise PreflightError(f"{head}, and no remat policy, mesh or smaller per-device batch tried fits")
   rec = better.record

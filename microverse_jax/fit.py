@@ -256,12 +256,15 @@ def cache_key(c, topology: aot.Topology) -> str:
 
 
 # ============================================================================ one combination
-_OOM = re.compile(r"RESOURCE_EXHAUSTED|[Oo]ut of memory|exceeds? .*memory|hbm", re.I)
+_OOM = re.compile(r"RESOURCE_EXHAUSTED|out of memory|exceed.*(memory|hbm)|hbm.*exceed", re.I)
 
 
-def _last_line(e: Exception) -> str:
-  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-  return (lines[-1] if lines else type(e).__name__)[:300]
+def _error(e: Exception) -> str:
+  """The line of a compile error that says what happened: one about memory if any, else the last one that
+  is not a link to the error's page."""
+  lines = [l.strip() for l in str(e).splitlines() if l.strip() and not l.strip().startswith("See http")]
+  line = next((l for l in lines if _OOM.search(l)), lines[-1] if lines else type(e).__name__)
+  return line[:400]
 
 
 def evaluate(c, topology: aot.Topology, hbm_bytes: float) -> dict:
@@ -276,7 +279,8 @@ def evaluate(c, topology: aot.Topology, hbm_bytes: float) -> dict:
     compiled, info = aot.compile_train_step(c, topology)
     cost = hlo_cost(compiled.as_text())
   except Exception as e:  # a combination XLA or the model rejects (an HBM overflow, a shape)
-    return {**record, "error": _last_line(e)}
+    error = _error(e)
+    return {**record, "error": error, **({"oom": True} if _OOM.search(error) else {})}
   info.pop("fits")
   record.update(info, hlo_flops=cost["flops"], hlo_bytes=cost["bytes"], uncounted_kernels=cost["uncounted_kernels"])
   record.update(roofline(record, topology, record["devices"]))
@@ -303,6 +307,8 @@ def _status(record: dict, hbm: float) -> str:
   if "total_bytes" in record:
     gib = record["total_bytes"] / 2**30
     return f"{'fits' if fits(record, hbm) else 'does not fit'}: {gib:.2f} GiB, roofline {record['roofline_s']:.3g} s"
+  if record.get("oom"):
+    return f"does not fit (the compiler ran out of HBM: {record['error']})"
   return record.get("skipped") or f"does not compile: {record.get('error')}"
 
 
@@ -322,7 +328,7 @@ class Planner:
     record, cached = self.cache.get(key), True
     if record is None or ("skipped" in record and record["argument_bytes"] <= self.hbm(topology)):
       record, cached = evaluate(c, topology, self.hbm(topology)), False
-      if "error" not in record or _OOM.search(record["error"]):  # other errors may be this host's: retried
+      if "error" not in record or record.get("oom"):  # other errors may be this host's: retried
         self.cache.put(key, {**record, "label": label})
     self.done += 1
     elapsed = time.time() - self.start
@@ -411,7 +417,7 @@ def format_table(results: Sequence[Result], hbm_fraction: float = 1.0) -> str:
         f"  {rec['hlo_flops'] / 1e12:>9.1f}  {rec['roofline_s']:>10.3g}  {rec['bound']:<7} {rec['mfu']:>5.1%}"
       )
     else:
-      row += "  " + (rec.get("skipped") or f"does not compile: {rec.get('error')}")
+      row += "  " + _status(rec, 0.0)
     lines.append(row)
   return "\n".join(lines)
 
