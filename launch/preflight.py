@@ -5,7 +5,7 @@ costs no slice.
      the workers run the trainer);
   2. the config loads and every --config.KEY=VALUE override applies, exactly as the trainer will parse
      them (ml_collections' config flags with a locked config);
-  3. where the slice is known: the trainer's own `validate(config, num_devices)` (mesh vs the slice's
+  3. where the slice is known: the trainer's own `plans.resolve(config, num_devices)` (mesh vs the slice's
      devices, batch vs the data shards, model vs mesh, init_from checkpoints exist), and the global
      batch vs the slice's hosts (one process per host). Multislice (num_slices > 1): the mesh over
      slices x devices, its dcn_* keys against the slice count, the batch over every slice's hosts;
@@ -167,14 +167,14 @@ def check(
   if devices is None:
     return config
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the launcher needs no accelerator of its own
-  from microverse_jax.factory import validate  # the trainer's own check  # pylint: disable=g-import-not-at-top
+  from microverse_jax import plans  # the trainer's own check  # pylint: disable=g-import-not-at-top
 
   what = where or f"--config={spec}"
   on = f"{slice.accelerator_type} ({devices} devices)" if slice else f"{devices} devices"
   if slice is not None and num_slices > 1:
     on = f"{num_slices} x {slice.accelerator_type} ({devices} devices)"
   try:
-    validate(config, devices, num_slices if slice is not None else None)
+    plans.resolve(config, devices, num_slices if slice is not None else None)
   except (ValueError, FileNotFoundError) as e:
     raise PreflightError(f"{what} on {on}: {e}") from None
   if config.data.batch_size % hosts:

@@ -2,7 +2,6 @@
 
   python -m microverse_jax.aot --config=configs/wan2_1.py:1.3b,full --topology=v5p-8 [--config.key=value]
   python -m microverse_jax.aot --config=configs/wan2_1.py:14b,full --topology=v5p-64 --num_slices=2 [--dcn_axis=fsdp]
-  python -m microverse_jax.aot --fit --config=configs/wan2_1.py:14b,lora --topology=v5p-8,v6e-8 [--fit_policies=...]
 
 Needs libtpu (`pip install libtpu`; in the test extra). Prints per-device memory (arguments, temporaries,
 total vs the device's HBM) and the step's FLOPs, proving a run fits before a slice is rented.
@@ -11,8 +10,7 @@ Topologies: the accelerator types of microverse_jax/tpu_specs.py (`v4-N`, `v5p-N
 for N such slices joined by the DCN (multislice): the config's mesh block is per slice, and the slices go
 on --dcn_axis (data: the gradient all-reduce crosses the DCN once per step; fsdp: weights are gathered
 across it too). The report adds an estimate of the bytes that cross the DCN per step (see dcn_traffic).
---fit: the planner (microverse_jax/fit.py) searches remat policy x mesh x per-device batch for each
-topology of a comma-separated --topology, cached, and prints what fits and the fastest's overrides.
+Which remat policy, mesh and batch fit a topology best: `python -m microverse_jax.fit` (built on this module).
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh
 from ml_collections import config_flags
 
-from microverse_jax import cli, factory, flops, sharding, tpu_specs, train_step
+from microverse_jax import batches, cli, encoders, flops, plans, sharding, tpu_specs, train_state, train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,10 +99,11 @@ def topology_devices(topology: Topology, num_slices: int = 1) -> list:
 
 
 def _tpu_mesh(c, topology: Topology, num_slices: int = 1):
-  """(mesh shape, Mesh over the topology's devices, rules) for the config; num_slices > 1: the config's
+  """(plans.Plan, Mesh over the topology's devices) for the config; num_slices > 1: the config's
   mesh (with its dcn_* keys) over that many copies of the slice, laid out as the trainer does."""
   devices = topology_devices(topology, num_slices)
-  shape = factory.validate(c, len(devices), num_slices)
+  plan = plans.resolve(c, len(devices), num_slices)
+  shape = plan.mesh_shape
   if num_slices > 1:
     mesh = sharding.make_mesh(shape, devices)  # create_hybrid_device_mesh: devices carry slice_index
   else:
@@ -113,7 +112,7 @@ def _tpu_mesh(c, topology: Topology, num_slices: int = 1):
       sharding.MESH_AXES,
       axis_types=(AxisType.Auto,) * len(sharding.MESH_AXES),
     )
-  return shape, mesh, sharding.logical_rules(c.sharding_rules.to_dict())
+  return plan, mesh
 
 
 def dcn_traffic(params, shape) -> dict:
@@ -243,16 +242,17 @@ def train_program(c, topology: Topology, num_slices: int = 1, dcn_axis: str = "d
   """The config's training step for `topology` (x `num_slices` over the DCN), not yet compiled:
   (jitted step, its abstract sharded arguments, mesh shape, mesh, rules, StateFactory)."""
   c = with_slices(c, num_slices, dcn_axis)
-  shape, mesh, rules = _tpu_mesh(c, topology, num_slices)
-  states = factory.StateFactory(c, mesh, rules)  # outside the mesh: optax runs init eagerly
+  plan, mesh = _tpu_mesh(c, topology, num_slices)
+  shape, rules = plan.mesh_shape, plan.rules
+  states = train_state.StateFactory(plan, mesh)  # outside the mesh: optax runs init eagerly
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     state, frozen = states.abstract()
-    enc_graphdef, enc_state = factory.abstract_encoders(c, mesh, rules) if c.data.source == "video" else (None, {})
-    batch_sharding = factory.batch_sharding(mesh, rules)
+    enc_graphdef, enc_state = encoders.abstract_encoders(plan, mesh) if c.data.source == "video" else (None, {})
+    batch_sharding = batches.batch_sharding(mesh, rules)
     batch = {
-      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in factory.batch_spec(c).items()
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in batches.batch_spec(plan).items()
     }
-    step = train_step.jit_train_step(c, states, train_step.make_encode(c, enc_graphdef))
+    step = train_step.jit_train_step(plan, states, train_step.make_encode(plan, enc_graphdef))
   return step, (state, frozen, enc_state, batch), shape, mesh, rules, states
 
 
@@ -268,7 +268,7 @@ def compile_train_step(c, topology: Topology, num_slices: int = 1, dcn_axis: str
   step, args, shape, mesh, rules, states = train_program(c, topology, num_slices, dcn_axis)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     compiled = step.lower(*args).compile()
-  lat = factory.latent_shape(c)
+  lat = states.plan.latent_shape
   info = _report(
     compiled, topology, shape, flops.train_step_flops(states.cfg, c.data.batch_size, lat[:3], c.text.max_length)
   )
@@ -284,15 +284,15 @@ def compile_encoders(c, topology: Topology, num_slices: int = 1, dcn_axis: str =
   global batch, weights sharded by the rules): what the raw-video path and the latent cache run."""
   c = with_slices(c, num_slices, dcn_axis)
   c.data.source = "video"
-  shape, mesh, rules = _tpu_mesh(c, topology, num_slices)
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    enc_graphdef, enc_state = factory.abstract_encoders(c, mesh, rules)
-    batch_sharding = factory.batch_sharding(mesh, rules)
+  plan, mesh = _tpu_mesh(c, topology, num_slices)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(plan.rules):
+    enc_graphdef, enc_state = encoders.abstract_encoders(plan, mesh)
+    batch_sharding = batches.batch_sharding(mesh, plan.rules)
     batch = {
-      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in factory.batch_spec(c).items()
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in batches.batch_spec(plan).items()
     }
-    compiled = jax.jit(train_step.make_encode(c, enc_graphdef)).lower(enc_state, batch).compile()
-  return compiled, _report(compiled, topology, shape, float("nan"))
+    compiled = jax.jit(train_step.make_encode(plan, enc_graphdef)).lower(enc_state, batch).compile()
+  return compiled, _report(compiled, topology, plan.mesh_shape, float("nan"))
 
 
 def format_report(info: dict) -> str:
@@ -336,15 +336,6 @@ PROGRAMS = {"train_step": compile_train_step, "encoders": compile_encoders}
 def main(argv):
   del argv
   f = flags.FLAGS
-  if f.fit:
-    from microverse_jax import fit  # pylint: disable=g-import-not-at-top  (fit builds on this module)
-
-    specs = [s.strip() for s in f.topology.split(",") if s.strip()]
-    meshes = [tuple(int(x) for x in m.split("x")) for m in f.fit_meshes or ()]
-    planner = fit.Planner(f.config, f.fit_cache or None, f.fit_hbm_fraction)
-    results = planner.search(specs, f.fit_policies, meshes, [int(b) for b in f.fit_batches], f.fit_first)
-    print(fit.format_table(results, f.fit_hbm_fraction), fit.summary(planner, results, specs), sep="\n", flush=True)
-    return
   _, info = PROGRAMS[f.program](f.config, parse_topology(f.topology), f.num_slices, f.dcn_axis)
   print(format_report(info), flush=True)
 
@@ -354,14 +345,7 @@ if __name__ == "__main__":
     "config", None, "Training config (default: the --workdir's saved one).", lock_config=True
   )
   flags.DEFINE_string("workdir", None, "A training workdir whose saved config.json to compile.")
-  flags.DEFINE_string("topology", "v5p-8", "TPU topology, e.g. v5p-8, v5e-16, v6e-8, v7x-8, v5p:2x2x1 (--fit: a list).")
-  flags.DEFINE_bool("fit", False, "Plan: search remat policy x mesh x per-device batch (microverse_jax/fit.py).")
-  flags.DEFINE_list("fit_policies", None, "--fit: the remat policies to try (default: the whole menu).")
-  flags.DEFINE_list("fit_meshes", None, "--fit: meshes FSDPxTENSORxCONTEXT, e.g. 8x1x1,4x2x1 (default: all valid).")
-  flags.DEFINE_list("fit_batches", [str(b) for b in (1, 2, 4, 8)], "--fit: per-device batches to try.")
-  flags.DEFINE_string("fit_cache", "~/.cache/microverse_jax/fit.json", "--fit: the results cache ('' for none).")
-  flags.DEFINE_float("fit_hbm_fraction", 1.0, "--fit: the share of HBM a combination may use (headroom).")
-  flags.DEFINE_bool("fit_first", False, "--fit: stop each topology's search at its first combination that fits.")
+  flags.DEFINE_string("topology", "v5p-8", "TPU topology, e.g. v5p-8, v5e-16, v6e-8, v7x-8, v5p:2x2x1.")
   flags.DEFINE_enum(
     "program",
     "train_step",

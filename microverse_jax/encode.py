@@ -197,10 +197,10 @@ def load_encoder(src: str, kind: str, dtype="bfloat16", devices=None):
   transformers directory, original Wan2.1 .pth). The architecture is the checkpoint's own config
   (`convert.checkpoint_config`); floating-point weights are restored as `dtype`, replicated over
   `devices` (default: this host's), without a host copy of the whole model for converted dirs. Loaded
-  by `factory.frozen_module`, as training and sampling load theirs; prints which format it loaded."""
+  by `encoders.frozen_module`, as training and sampling load theirs; prints which format it loaded."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from microverse_jax import convert, factory  # pylint: disable=g-import-not-at-top
+  from microverse_jax import convert, encoders  # pylint: disable=g-import-not-at-top
   from microverse_jax.models.umt5 import UMT5Encoder  # pylint: disable=g-import-not-at-top
   from microverse_jax.models.wan_vae import WanVAE  # pylint: disable=g-import-not-at-top
 
@@ -208,7 +208,7 @@ def load_encoder(src: str, kind: str, dtype="bfloat16", devices=None):
   if kind not in classes:
     raise ValueError(f"kind={kind!r}: expected one of {tuple(classes)}")
   mesh = jax.sharding.Mesh(np.array(list(devices or jax.local_devices())), ("data",))
-  return factory.frozen_module(
+  return encoders.frozen_module(
     classes[kind],
     convert.checkpoint_config(src, kind),
     init_from=src,

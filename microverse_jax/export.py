@@ -110,10 +110,12 @@ def check_out(workdir: str, dst: str, fmt: str) -> None:
 def export(c, workdir: str, dst: str, fmt: str = "orbax", layout: str = "comfyui"):
   """Loads the latest checkpoint of `workdir` (EMA when present) and writes `dst` in format `fmt`
   (a key of FORMATS); returns the model written (merged for orbax)."""
-  from microverse_jax import factory  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from microverse_jax import plans, train_state  # pylint: disable=g-import-not-at-top
 
   check_out(workdir, dst, fmt)
-  model = factory.load_dit(c, workdir=workdir)
+  model = train_state.load_dit(plans.resolve(c, jax.device_count()), workdir=workdir)
   if fmt == "lora":
     export_lora(model, dst, layout=layout)
     return model

@@ -1,6 +1,7 @@
 """What fits where: search remat policies x meshes x per-device batch for TPU topologies, ahead of time.
 
-  python -m microverse_jax.aot --fit --config=configs/wan2_1.py:14b,lora --topology=v5p-8,v6e-8
+  python -m microverse_jax.fit --config=configs/wan2_1.py:14b,lora --topology=v5p-8,v6e-8 [--policies=...]
+      [--meshes=8x1x1,4x2x1] [--batches=1,2] [--first] [--cache=fit.json] [--hbm_fraction=0.9]
 
 Each combination is the config with these overrides (aot.py compiles it for the topology on this host):
   model.remat_policy   a name of the menu (models/wan_dit.py, REMAT_POLICIES)
@@ -36,8 +37,10 @@ import time
 from typing import Callable, Iterable, Sequence
 
 import jax
+from absl import flags
+from ml_collections import config_flags
 
-from microverse_jax import aot
+from microverse_jax import aot, cli, plans
 from microverse_jax.models.wan_dit import REMAT_POLICIES
 
 DEFAULT_CACHE = "~/.cache/microverse_jax/fit.json"
@@ -339,9 +342,7 @@ class Planner:
   def search(self, specs: Sequence[str], policies=None, mesh_list=None, batches: Iterable[int] = BATCHES, first=False):
     """Every (topology, mesh, policy, batch) in that order; a batch larger than one that did not fit is not
     tried; first: a topology's search stops at its first combination that fits."""
-    from microverse_jax import factory  # pylint: disable=g-import-not-at-top
-
-    heads = factory.dit_config(self.c).num_heads
+    heads = plans.dit_config(self.c).num_heads
     policies, batches = list(policies or REMAT_POLICIES), sorted(batches)
     todo = []
     for spec in specs:
@@ -349,7 +350,7 @@ class Planner:
       valid = meshes(devices, heads)
       chosen = [m for m in mesh_list if m in valid] if mesh_list else valid
       if not chosen:
-        raise ValueError(f"--fit_meshes: none of {mesh_list} is a mesh of {devices} devices of {spec}: {valid}")
+        raise ValueError(f"--meshes: none of {mesh_list} is a mesh of {devices} devices of {spec}: {valid}")
       todo += [(spec, Combo(p, f, t, cx, b)) for f, t, cx in chosen for p in policies for b in batches]
     self.total += len(todo)
     results, too_big, found = [], set(), set()
@@ -383,9 +384,7 @@ class Planner:
     batch = max(1, self.c.data.batch_size // (fsdp * accum))
     order = ("none", "dots_saveable", "save_block_outputs", "offload_block_outputs", "nothing_saveable")
     stages = [[(fsdp, mesh["tensor"], mesh["context"])], None]
-    from microverse_jax import factory  # pylint: disable=g-import-not-at-top
-
-    all_meshes = meshes(math.prod(mesh.values()), factory.dit_config(self.c).num_heads)
+    all_meshes = meshes(math.prod(mesh.values()), plans.dit_config(self.c).num_heads)
     for b in [batch] + [batch >> i for i in range(1, batch.bit_length()) if batch >> i]:
       for stage in stages:
         for f, t, cx in stage or all_meshes:
@@ -436,3 +435,26 @@ def summary(planner: Planner, results: Sequence[Result], specs: Sequence[str]) -
       + " ".join(best.combo.overrides(planner.c.optim.grad_accum))
     )
   return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  specs = [s.strip() for s in f.topology if s.strip()]
+  mesh_list = [tuple(int(x) for x in m.split("x")) for m in f.meshes or ()]
+  planner = Planner(f.config, f.cache or None, f.hbm_fraction)
+  results = planner.search(specs, f.policies, mesh_list, [int(b) for b in f.batches], f.first)
+  print(format_table(results, f.hbm_fraction), summary(planner, results, specs), sep="\n", flush=True)
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "Training config.", lock_config=True)
+  flags.mark_flag_as_required("config")
+  flags.DEFINE_list("topology", ["v5p-8"], "TPU topologies, e.g. v5p-8,v6e-8 (accelerator types or v5p:2x2x1).")
+  flags.DEFINE_list("policies", None, "The remat policies to try (default: the whole menu, REMAT_POLICIES).")
+  flags.DEFINE_list("meshes", None, "Meshes FSDPxTENSORxCONTEXT, e.g. 8x1x1,4x2x1 (default: every valid one).")
+  flags.DEFINE_list("batches", [str(b) for b in BATCHES], "Per-device batches to try.")
+  flags.DEFINE_string("cache", DEFAULT_CACHE, "The results cache, JSON ('' for none).")
+  flags.DEFINE_float("hbm_fraction", 1.0, "The share of HBM a combination may use (headroom).")
+  flags.DEFINE_bool("first", False, "Stop each topology's search at its first combination that fits.")
+  cli.run(main)

@@ -24,7 +24,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from microverse_jax import diffusion, factory, files, sharding, video
+from microverse_jax import diffusion, encoders as encoders_lib, files, plans, sharding, train_state, video
 
 
 def generate(
@@ -55,7 +55,7 @@ def generate(
   guidance_2: float | None = None,
 ) -> list[np.ndarray]:
   """Videos for `prompts` as uint8 (F, H, W, 3); `shape` is the latent (F', H', W', C) to sample
-  (`factory.latent_shape`). Conditional and unconditional passes share a batch; guidance 1 runs
+  (`plans.Plan.latent_shape_of`). Conditional and unconditional passes share a batch; guidance 1 runs
   only the conditional one.
 
   Prompt i gets the noise of key fold_in(key(seed), noise_ids[i]) (default i): results do not depend
@@ -288,7 +288,7 @@ def pretrained_config(checkpoint: str, config=None):
     config.text.tokenizer = parts["tokenizer"]
   config.init_from = parts["transformer"] if folder else checkpoint  # the DiT's architecture: the checkpoint's own
   if folder:
-    config.diffusion.image_conditioning = folder_conditioning(checkpoint, factory.dit_config(config))
+    config.diffusion.image_conditioning = folder_conditioning(checkpoint, plans.dit_config(config))
   return config
 
 
@@ -296,8 +296,8 @@ class Pipeline:
   """A DiT with its frozen encoders and its config's sampling settings: pipe(prompts) -> videos. Two experts
   (Wan2.2 A14B): `model_2` samples the timesteps below 1000 `boundary` (see `generate`)."""
 
-  def __init__(self, c, model, tokenizer, encoders, model_2=None, boundary: float | None = None):
-    self.config, self.model, self.tokenizer, self.encoders = c, model, tokenizer, encoders
+  def __init__(self, plan, model, tokenizer, encoders, model_2=None, boundary: float | None = None):
+    self.plan, self.config, self.model, self.tokenizer, self.encoders = plan, plan.c, model, tokenizer, encoders
     self.model_2, self.boundary = model_2, boundary
 
   @classmethod
@@ -307,8 +307,8 @@ class Pipeline:
     from microverse_jax import saved_config  # pylint: disable=g-import-not-at-top
 
     files.require_kind(workdir, ("run",), "--workdir")
-    c = config or saved_config.get_config(workdir)
-    return cls.build(c, factory.load_dit(c, workdir=workdir))
+    plan = plans.resolve(config or saved_config.get_config(workdir), jax.device_count())
+    return cls.build(plan, train_state.load_dit(plan, workdir=workdir))
 
   @classmethod
   def from_pretrained(cls, checkpoint: str, config=None) -> "Pipeline":
@@ -316,19 +316,19 @@ class Pipeline:
     used; how it takes an image, `folder_conditioning`; a two-expert folder's transformer_2/ too, `folder_boundary`),
     or a DiT checkpoint alone (converted, exported or PyTorch) with the encoders that `config` names (default
     configs/base.py, whose encoders are random unless its init_froms are set)."""
-    config = pretrained_config(checkpoint, config)
-    pipe = cls.build(config, factory.load_dit(config, checkpoint_dir=config.init_from))
+    plan = plans.resolve(pretrained_config(checkpoint, config), jax.device_count())
+    pipe = cls.build(plan, train_state.load_dit(plan, checkpoint_dir=plan.c.init_from))
     pipe.boundary = folder_boundary(checkpoint)
     if pipe.boundary is not None:
-      pipe.model_2 = factory.load_dit(config, checkpoint_dir=os.path.join(checkpoint, "transformer_2"))
+      pipe.model_2 = train_state.load_dit(plan, checkpoint_dir=os.path.join(checkpoint, "transformer_2"))
     return pipe
 
   @classmethod
-  def build(cls, c, model) -> "Pipeline":
-    """A Pipeline around a DiT you already hold, with the encoders and settings of config `c`."""
-    mesh = sharding.make_mesh(factory.validate(c, jax.device_count()))
-    tokenizer, encoders = factory.build_encoders(c, mesh, sharding.logical_rules(c.sharding_rules.to_dict()))
-    return cls(c, model, tokenizer, encoders)
+  def build(cls, plan, model) -> "Pipeline":
+    """A Pipeline around a DiT you already hold, with the encoders and settings of a `plans.Plan` (or a config)."""
+    plan = plan if isinstance(plan, plans.Plan) else plans.resolve(plan, jax.device_count())
+    tokenizer, encoders = encoders_lib.build_encoders(plan, sharding.make_mesh(plan.mesh_shape))
+    return cls(plan, model, tokenizer, encoders)
 
   def __call__(
     self,
@@ -347,7 +347,7 @@ class Pipeline:
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     check_settings(settings, self.config)
     check_conditioning(diffusion.image_conditioning(self.config.diffusion), image is not None)
-    shape = factory.latent_shape(self.config, num_frames, height, width)
+    shape = self.plan.latent_shape_of(num_frames, height, width)
     images = None
     if image is not None:
       images = list(image) if isinstance(image, (list, tuple)) else [image] * len(prompts)

@@ -25,7 +25,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from microverse_jax import cli, diffusion, factory, files, pipeline
+from microverse_jax import cli, diffusion, files, pipeline, plans
 
 
 class Job(NamedTuple):
@@ -129,7 +129,7 @@ def check_flags(F, c) -> None:
     if F[name].value is not None and F[name].value < 1:
       raise ValueError(f"--{name}={F[name].value}: expected a whole number >= 1")
   pipeline.check_settings({k: F[k].value for k in pipeline.RULES}, c, prefix="--")
-  factory.latent_shape(c, F.num_frames, F.height, F.width)  # a size the autoencoder takes
+  plans.latent_shape(c, plans.vae_config(c), F.num_frames, F.height, F.width)  # a size the autoencoder takes
   if F.guidance_2 is not None and (not F.checkpoint or pipeline.folder_boundary(F.checkpoint) is None):
     raise ValueError("--guidance_2: only for a two-expert (Wan2.2 A14B) diffusers folder given as --checkpoint")
 

@@ -185,7 +185,7 @@ def device_array(sizes: MeshShape, devices: Sequence[jax.Device]) -> np.ndarray:
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A (data, fsdp, tensor, context) mesh with automatic axes over `devices` (default: all).
 
-  `shape`: a resolved MeshShape (factory.validate's) or a config's `mesh` block. Devices from several
+  `shape`: a resolved MeshShape (a plans.Plan's mesh_shape) or a config's `mesh` block. Devices from several
   slices with a shape that does not say how to span them: the slices go on data, then fsdp.
   """
   devices = list(jax.devices() if devices is None else devices)

@@ -4,8 +4,8 @@
 
 Rerunning the same command resumes from the latest checkpoint in DIR/checkpoints. SIGTERM saves
 at the current step and exits with status 143 (resume.py). A local workdir is locked while a run uses it.
-Projects fork a config, not this file; config -> objects lives in factory.py, the loss and the step in train_step.py,
-the periodic evaluations named in config.evals (microverse_jax/evaluators/).
+Projects fork a config, not this file. The config resolves once into a plans.Plan; the loss and the step live in
+train_step.py, the periodic evaluations named in config.evals in microverse_jax/evaluators/.
 """
 
 from __future__ import annotations
@@ -26,15 +26,18 @@ from flax import nnx
 from ml_collections import config_flags
 
 from microverse_jax import (
+  batches,
   build_dataset,
   checkpoint,
   cli,
   diffusion,
+  encoders as encoders_lib,
   evaluators,
-  factory as factory_lib,
   files,
   flops,
+  plans,
   sharding,
+  train_state,
 )
 from microverse_jax.resume import EXIT_PREEMPTED, SigtermFlag, check_data_unchanged
 from microverse_jax.train_step import jit_train_step, make_encode
@@ -143,7 +146,7 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) training; returns the last logged metrics and `step`, where it stopped (SIGTERM: early)."""
   sharding.maybe_initialize_distributed()
   workdir = str(epath.Path(workdir).expanduser())
-  mesh_shape = factory_lib.validate(c, jax.device_count())
+  plan = plans.resolve(c, jax.device_count(), num_processes=jax.process_count())
   evaluators.check(c)
   if (mode := diffusion.image_conditioning(c.diffusion)) != "none":  # sampling takes a first frame; training not yet
     raise ValueError(f"diffusion.image_conditioning={mode!r}: training with a conditioning image is not built yet")
@@ -152,35 +155,41 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
   lock = WorkdirLock(workdir)
   try:
     check_data_unchanged(c, workdir)  # before anything is restored, or config.json rewritten
-    return _train(c, workdir, mesh_shape)
+    return _train(plan, workdir)
   finally:
     lock.release()
 
 
-def _train(c, workdir: str, mesh_shape: dict) -> dict:
+def _train(plan: plans.Plan, workdir: str) -> dict:
   # ---------------------------------------------------------------- mesh
-  mesh = sharding.make_mesh(mesh_shape)
-  rules = sharding.logical_rules(c.sharding_rules.to_dict())
-  print(f"mesh {mesh_shape} over {jax.device_count()} devices ({jax.devices()[0].platform})", flush=True)
+  c, rules = plan.c, plan.rules
+  mesh = sharding.make_mesh(plan.mesh_shape)
+  print(f"mesh {plan.mesh_shape} over {jax.device_count()} devices ({jax.devices()[0].platform})", flush=True)
+  if jax.process_count() > 1 and jax.process_index() == 0:
+    print(
+      f"{jax.process_count()} processes: one length bucket ({c.data.num_frames} frames); shorter clips "
+      "are skipped and counted (docs/recipe.md)",
+      flush=True,
+    )
 
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules), SigtermFlag() as sigterm:
     # -------------------------------------------------------------- data
     needs_encoders = c.data.source == "video" or evaluators.samples_videos(c)  # a cache holds both encodings
-    tokenizer, encoders = factory_lib.build_encoders(c, mesh, rules) if needs_encoders else (None, None)
-    train_iter = factory_lib.load_batches(c, tokenizer, "train", seed=c.train.seed, shuffle=True)
-    if c.train.num_steps <= 0:  # the official schedule: epochs over the train split (held-out excluded)
-      c.train.num_steps = factory_lib.resolve_num_steps(c, train_iter.num_records)
-      print(f"train.num_steps = {c.train.num_steps:,} ({train_iter.num_records:,} train clips)", flush=True)
+    tokenizer, encoders = encoders_lib.build_encoders(plan, mesh) if needs_encoders else (None, None)
+    train_iter = batches.load_batches(plan, tokenizer, "train", seed=c.train.seed, shuffle=True)
+    if plan.num_steps <= 0:  # the official schedule: epochs over the train split (held-out excluded)
+      plan = plan.with_train_records(train_iter.num_records)
+      print(f"train.num_steps = {plan.num_steps:,} ({train_iter.num_records:,} train clips)", flush=True)
 
     # -------------------------------------------------------------- model and state
-    factory = factory_lib.StateFactory(c, mesh, rules)
+    states = train_state.StateFactory(plan, mesh)
     ckpt = checkpoint.Checkpointer(workdir, keep=c.train.keep_checkpoints)
     latest = ckpt.latest_step()
     if latest is None:
-      state, frozen = factory.create()
+      state, frozen = states.create()
     else:
-      abstract_state, _ = factory.abstract()
-      frozen = factory.create_frozen()
+      abstract_state, _ = states.abstract()
+      frozen = states.create_frozen()
       state = ckpt.restore(latest, abstract_state, train_iter)
       print(f"resumed from step {int(state['step'])}", flush=True)
     if jax.process_index() == 0:  # only now: a resume that fails leaves the run's own config
@@ -191,9 +200,9 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
     print(f"trainable parameters: {n_train:,}", flush=True)
 
     # -------------------------------------------------------------- step
-    encode = make_encode(c, enc_graphdef)
-    train_step = jit_train_step(c, factory, encode)
-    run = evaluators.Run(c, workdir, mesh, rules, tokenizer, encoders, factory.graphdef, jax.jit(encode), enc_state)
+    encode = make_encode(plan, enc_graphdef)
+    train_step = jit_train_step(plan, states, encode)
+    run = evaluators.Run(plan, workdir, mesh, tokenizer, encoders, states.graphdef, jax.jit(encode), enc_state)
     evals = evaluators.build(c, run)
 
     # -------------------------------------------------------------- loop
@@ -201,14 +210,13 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
     writer = MetricWriter(workdir, resume_step=step)
     if step == 0:
       writer.config(c)
-    lat = factory_lib.latent_shape(c)
-    step_flops = flops.train_step_flops(factory.cfg, c.data.batch_size, lat[:3], c.text.max_length)
+    step_flops = flops.train_step_flops(plan.dit, c.data.batch_size, plan.latent_shape[:3], c.text.max_length)
     peak = flops.peak_flops(jax.devices()[0])
     compiled = {}  # one compiled step per batch shape (length buckets: a few, each compiled once)
     profiling = c.train.profile_start >= 0 and jax.process_index() == 0
     last, t0, t_steps, t_start, first_step, pending = {}, time.time(), step, time.time(), step, None
-    while step < c.train.num_steps and not sigterm.raised:
-      batch = factory_lib.to_global(next(train_iter), mesh, rules)
+    while step < plan.num_steps and not sigterm.raised:
+      batch = batches.to_global(next(train_iter), mesh, rules)
       shape = tuple((k, v.shape) for k, v in sorted(batch.items()))
       if shape not in compiled:
         t_compile = time.time()
@@ -230,7 +238,7 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
       if c.train.on_nonfinite == "stop":  # checked one step late: the host never waits on the step in flight
         check_finite(pending, ckpt)
         pending = (step, metrics)
-      if step % c.train.log_every == 0 or step == c.train.num_steps:
+      if step % c.train.log_every == 0 or step == plan.num_steps:
         now = time.time()
         dt = (now - t0) / max(step - t_steps, 1)
         last = {k: float(v) for k, v in metrics.items() if k != "finite"}
@@ -241,8 +249,8 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
         if jax.process_index() == 0:
           rate = (step - first_step) / max(now - t_start, 1e-9)
           print(
-            f"step {step}/{c.train.num_steps} loss {last['loss']:.4g} {rate:.3g} steps/s "
-            f"ETA {cli.format_seconds((c.train.num_steps - step) / rate)}",
+            f"step {step}/{plan.num_steps} loss {last['loss']:.4g} {rate:.3g} steps/s "
+            f"ETA {cli.format_seconds((plan.num_steps - step) / rate)}",
             flush=True,
           )
         t0, t_steps = now, step
@@ -251,13 +259,13 @@ def _train(c, workdir: str, mesh_shape: dict) -> dict:
           results = evaluate(step, state, frozen)
           writer.write(step, evaluators.scalars(results))
           writer.images(step, results.get("videos", []))
-      if step % c.train.checkpoint_every == 0 or step == c.train.num_steps or sigterm.raised:
+      if step % c.train.checkpoint_every == 0 or step == plan.num_steps or sigterm.raised:
         check_finite(pending, ckpt)  # a non-finite update is never saved
         ckpt.save(step, state, train_iter, force=True)
     ckpt.close()
-  if step < c.train.num_steps:
-    print(f"SIGTERM at step {step}/{c.train.num_steps}, all saved: rerun the same command to resume", flush=True)
-  return {**last, "step": step}
+  if step < plan.num_steps:
+    print(f"SIGTERM at step {step}/{plan.num_steps}, all saved: rerun the same command to resume", flush=True)
+  return {**last, "step": step, "num_steps": plan.num_steps}
 
 
 def check_finite(pending, ckpt) -> None:
@@ -279,7 +287,7 @@ def main(argv):
   if flags.FLAGS.workdir is None or flags.FLAGS.config is None:
     raise ValueError("--config and --workdir are required")
   build_dataset.ensure_offline(flags.FLAGS.config.data.name, flags.FLAGS.config.data.data_dir)  # first use
-  if train(flags.FLAGS.config, flags.FLAGS.workdir)["step"] < flags.FLAGS.config.train.num_steps:
+  if (end := train(flags.FLAGS.config, flags.FLAGS.workdir))["step"] < end["num_steps"]:
     raise SystemExit(EXIT_PREEMPTED)  # saved, not finished: a launcher or a Job reruns it to resume
 
 

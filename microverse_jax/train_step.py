@@ -23,8 +23,9 @@ def flow_matching_loss(fm: diffusion.FlowMatching, model, x_t, t, target, contex
   return jnp.mean(jnp.square(v - target), axis=tuple(range(1, v.ndim)))
 
 
-def make_train_step(c, graphdef, tx, schedule):
+def make_train_step(plan, graphdef, tx, schedule):
   """step(state, frozen, encode, batch) -> (state, metrics); `encode(batch)` -> (latents, context)."""
+  c = plan.c
   fm = diffusion.FlowMatching.from_config(c.diffusion)
   accum, ema_decay = c.optim.grad_accum, c.optim.ema_decay
   skip_nonfinite = c.train.on_nonfinite == "skip"
@@ -94,22 +95,22 @@ def drop_captions(batch: dict, key, rate: float) -> dict:
   return {**batch, "text_ids": jnp.where(drop, first.astype(ids.dtype), ids), "text_mask": jnp.where(drop, first, mask)}
 
 
-def jit_train_step(c, factory, encode):
+def jit_train_step(plan, states, encode):
   """The jitted step(state, frozen, encoder_state, batch) -> (state, metrics); state is donated.
-  `factory`: a `factory.StateFactory` (graphdef, tx, schedule, state_shardings)."""
-  step_fn = make_train_step(c, factory.graphdef, factory.tx, factory.schedule)
+  `states`: a `train_state.StateFactory` (graphdef, tx, schedule, state_shardings)."""
+  step_fn = make_train_step(plan, states.graphdef, states.tx, states.schedule)
   return jax.jit(
     lambda s, f, e, b: step_fn(s, f, functools.partial(encode, e), b),
     donate_argnums=(0,),
-    out_shardings=(factory.state_shardings, None),
+    out_shardings=(states.state_shardings, None),
   )
 
 
-def make_encode(c, enc_graphdef):
+def make_encode(plan, enc_graphdef):
   """encode(enc_state, batch) -> (latents (B, F', H', W', C) fp32, context (B, L, D)); frozen (no gradient)."""
 
   def encode(enc_state, batch):
-    if c.data.source == "latents":
+    if plan.c.data.source == "latents":
       return batch["latents"], batch["context"]
     enc = nnx.merge(enc_graphdef, enc_state)
     latents = enc.encode(batch["video"])

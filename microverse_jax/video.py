@@ -34,11 +34,6 @@ def recipe_num_frames(available: int, max_frames: int) -> int:
   return 0 if n < 1 else n - (n - 1) % 4
 
 
-def frames_spanned(num_frames: int, stride: int) -> int:
-  """Source frames covered by `num_frames` frames taken every `stride` frames from the start."""
-  return (num_frames - 1) * stride + 1
-
-
 def usable_frames(available: int, stride: int) -> int:
   """How many frames a clip of `available` source frames gives when read every `stride` frames."""
   return 0 if available < 1 else (available - 1) // stride + 1

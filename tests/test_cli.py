@@ -11,7 +11,7 @@ import sys
 import jax
 import pytest
 
-from microverse_jax import factory, sharding
+from microverse_jax import batches, sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,9 +98,9 @@ def test_a_missing_config_file_is_named_and_verbose_shows_the_traceback(tmp_path
 
 def test_the_batch_is_sharded_by_the_rules_table():
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1])
-  assert factory.batch_sharding(mesh, sharding.logical_rules()).spec == jax.sharding.PartitionSpec(("data", "fsdp"))
+  assert batches.batch_sharding(mesh, sharding.logical_rules()).spec == jax.sharding.PartitionSpec(("data", "fsdp"))
   rules = sharding.logical_rules({"batch": ["data"]})
-  assert factory.batch_sharding(mesh, rules).spec == jax.sharding.PartitionSpec("data")
+  assert batches.batch_sharding(mesh, rules).spec == jax.sharding.PartitionSpec("data")
 
 
 def test_physics_eval_without_the_scorer_fails_before_compiling(monkeypatch):

@@ -22,7 +22,7 @@ import pytest
 from microverse_jax import build_dataset, cli, convert, encode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ABSL = ("train", "sample", "aot", "export")
+ABSL = ("train", "sample", "aot", "fit", "export")
 ARGPARSE = {"convert": convert, "encode": encode, "build_dataset": build_dataset}
 LAUNCHERS = ("tpu", "xpk", "local", "sweep")
 BENCH = ("evaluate", "aggregate", "physics", "rubrics", "agreement")

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from microverse_jax import aot, factory
+from microverse_jax import aot, plans
 from microverse_jax.models.wan_dit import WanDiTConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,9 +61,9 @@ def test_an_older_runs_saved_config_reads_onto_the_base(tmp_path):
 @pytest.mark.parametrize("name,arg", [(n, a) for n, args in CONFIG_ARGS.items() for a in args])
 def test_config_loads_and_is_consistent(name, arg):
   c = importlib.import_module(f"microverse_jax.configs.{name}").get_config(arg)
-  cfg = factory.dit_config(c)
+  cfg = plans.dit_config(c)
   assert isinstance(cfg, WanDiTConfig)
-  assert factory.latent_shape(c)[-1] == cfg.in_channels
+  assert plans.latent_shape(c, plans.vae_config(c))[-1] == cfg.in_channels
   assert c.model.text_dim == (4096 if c.text.preset == "umt5-xxl" else c.model.text_dim)
 
 

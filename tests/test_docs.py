@@ -23,7 +23,7 @@ import ml_collections
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 SHELL_FENCES = ("", "bash", "sh", "shell")
-ABSL = ("microverse_jax.train", "microverse_jax.sample", "microverse_jax.aot", "microverse_jax.export")
+ABSL = tuple(f"microverse_jax.{m}" for m in ("train", "sample", "aot", "fit", "export"))
 ANYWHERE = {"--help", "--helpfull", "--verbose"}  # absl's help and microverse_jax/cli.py's --verbose
 ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 SEPARATORS = {"&&", "||", ";", "|"}

@@ -27,7 +27,7 @@ class _ZeroX0(nnx.Module):
 def test_held_out_loss_t_b_is_the_loss_at_timestep_b(shift):
   c = ml_collections.ConfigDict(dict(diffusion=dict(shift=shift, prediction="x0", weighting="wan")))
   graphdef, params, frozen = nnx.split(_ZeroX0(), nnx.Param, ...)
-  step = loss.make_eval_step(c, graphdef)
+  step = loss.make_eval_step(c.diffusion, graphdef)
   latents = jnp.full((2, 1, 4, 4, 3), 0.5)
   for t in (100, 300, 500, 700, 900):
     s, n = step(params, frozen, latents, None, jnp.ones(2), t, jax.random.key(0))
@@ -36,7 +36,7 @@ def test_held_out_loss_t_b_is_the_loss_at_timestep_b(shift):
 
 
 def test_physics_eval_scores_the_runs_validation_clips_each_against_its_own_record(synth_data_dir, monkeypatch):
-  from microverse_jax import input_pipeline, pipeline
+  from microverse_jax import input_pipeline, pipeline, plans
   from microverse_jax.configs import microsim_tiny
   from microworldbench import physics as scorer
 
@@ -48,7 +48,9 @@ def test_physics_eval_scores_the_runs_validation_clips_each_against_its_own_reco
   got = {}
   monkeypatch.setattr(pipeline, "generate", lambda m, e, t, prompts, shape, **kw: got.update(prompts=prompts) or [])
   monkeypatch.setattr(scorer, "score_videos", lambda videos, rows: got.update(rows=rows) or {})
-  run = types.SimpleNamespace(c=c, tokenizer=None, encoders=None, model=lambda state, frozen: None)
+  run = types.SimpleNamespace(
+    c=c, plan=plans.resolve(c, 1), tokenizer=None, encoders=None, model=lambda state, frozen: None
+  )
   physics.Evaluator(c.evals.physics, run)(0, None, None)
   first = sorted(records, key=lambda r: r["id"])[:3]  # the validation clips with the lowest clip numbers
   assert got["prompts"] == [r["caption"].decode() for r in first]

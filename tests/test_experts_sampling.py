@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 from tiny_diffusers import TINY_WAN_DIT, TINY_WAN_VAE, tiny_tokenizer, tiny_umt5  # noqa: E402
 
-from microverse_jax import diffusion, factory, pipeline  # noqa: E402
+from microverse_jax import diffusion, encoders, pipeline  # noqa: E402
 from microverse_jax.configs import wan2_1  # noqa: E402
 
 SHIFT, STEPS, GUIDANCE, GUIDANCE_2, SEED, MAX_LEN = 5.0, 4, 3.0, 1.5, 7, 12
@@ -65,7 +65,7 @@ def _noise():
   return np.stack([np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(SEED), i), shape)) for i in (0, 1)])
 
 
-class Capturing(factory.Encoders):
+class Capturing(encoders.Encoders):
   """The pipeline's encoders, keeping the latents they decode."""
 
   def __init__(self, encoders, captured: list):

@@ -1,4 +1,4 @@
-"""The fit planner (`python -m microverse_jax.aot --fit`) at CPU size: tiny configs compiled for TPU topologies."""
+"""The fit planner (`python -m microverse_jax.fit`) at CPU size: tiny configs compiled for TPU topologies."""
 
 import json
 import os
@@ -48,9 +48,9 @@ def test_hlo_cost_counts_each_layer_of_a_scan():
 def test_aot_fit_searches_caches_and_names_the_fastest_overrides(tmp_path):
   cache = tmp_path / "fit.json"
   cmd = [
-    sys.executable, "-m", "microverse_jax.aot", "--fit", f"--config={TINY}", "--topology=v5p-8,v6e-8",
-    "--fit_policies=nothing_saveable,offload_block_outputs", "--fit_meshes=4x1x1,8x1x1", "--fit_batches=1,2",
-    f"--fit_cache={cache}",
+    sys.executable, "-m", "microverse_jax.fit", f"--config={TINY}", "--topology=v5p-8,v6e-8",
+    "--policies=nothing_saveable,offload_block_outputs", "--meshes=4x1x1,8x1x1", "--batches=1,2",
+    f"--cache={cache}",
   ]  # fmt: skip
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -76,5 +76,5 @@ def test_a_mesh_of_another_slice_is_named():
   from microverse_jax.configs import microsim_tiny
 
   planner = fit.Planner(microsim_tiny.get_config("test"), None)
-  with pytest.raises(ValueError, match=r"--fit_meshes: none of \[\(3, 1, 1\)\] is a mesh of 4 devices of v5p-8"):
+  with pytest.raises(ValueError, match=r"--meshes: none of \[\(3, 1, 1\)\] is a mesh of 4 devices of v5p-8"):
     planner.search(["v5p-8"], ["none"], [(3, 1, 1)], [1])

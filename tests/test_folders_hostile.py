@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from train_helpers import tiny_config
 
-from microverse_jax import convert, export, factory as factory_lib, files, pipeline, saved_config, train
+from microverse_jax import convert, export, files, pipeline, plans, saved_config, train
 from microverse_jax.models.wan_dit import WanDiT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +31,7 @@ def _copy(workdir: str, tmp_path) -> str:
 
 
 def _dit(c, seed: int) -> WanDiT:
-  return WanDiT(factory_lib.dit_config(c), rngs=nnx.Rngs(seed))
+  return WanDiT(plans.dit_config(c), rngs=nnx.Rngs(seed))
 
 
 def _contents(folder) -> dict[str, bytes]:

@@ -27,7 +27,7 @@ transformers = pytest.importorskip("transformers")
 from PIL import Image  # noqa: E402
 from tiny_diffusers import TINY_WAN_DIT, tiny_tokenizer, tiny_umt5  # noqa: E402
 
-from microverse_jax import diffusion, factory, pipeline, sample  # noqa: E402
+from microverse_jax import diffusion, encoders, pipeline, plans, sample  # noqa: E402
 from microverse_jax.configs import microsim_tiny, wan2_1  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,7 +123,7 @@ def _config():
   return c
 
 
-class Capturing(factory.Encoders):
+class Capturing(encoders.Encoders):
   """The pipeline's encoders, keeping the latents they decode."""
 
   def __init__(self, encoders, captured: list):
@@ -221,7 +221,7 @@ def test_ti2v_pipeline_equals_diffusers(folders, capsys, monkeypatch):
   ours_latents, ours_frames, pipe = _ours(folders["ti2v"], image, size)
   assert "image: 120x100 resized to 96x80, centre-cropped to 96x64" in capsys.readouterr().out
   assert pipe.config.diffusion.image_conditioning == "ti2v"  # from the folder's model_index.json
-  latent_shape = factory.latent_shape(pipe.config, FRAMES, *size)
+  latent_shape = pipe.plan.latent_shape_of(FRAMES, *size)
   assert latent_shape == (3, 4, 6, 4)
   ref = _diffusers(folders["ti2v"], _official_fit(image, *size), size, latent_shape, monkeypatch)
   _assert_parity((ours_latents, ours_frames), ref, "ti2v", size)
@@ -236,7 +236,7 @@ def test_concat_pipeline_equals_diffusers(folders, capsys, monkeypatch):
   ours_latents, ours_frames, pipe = _ours(folders["concat"], image, size)
   assert "resized" not in capsys.readouterr().out  # the image already has the video's size
   assert pipe.config.diffusion.image_conditioning == "concat"  # transformer in_channels 12 != out_channels 4
-  latent_shape = factory.latent_shape(pipe.config, FRAMES, *size)
+  latent_shape = pipe.plan.latent_shape_of(FRAMES, *size)
   assert latent_shape == (3, 6, 8, 4) and pipe.model.cfg.in_channels == 2 * 4 + 4
   ref = _diffusers(folders["concat"], Image.fromarray(image), size, latent_shape, monkeypatch)
   _assert_parity((ours_latents, ours_frames), ref, "concat", size)
@@ -245,7 +245,7 @@ def test_concat_pipeline_equals_diffusers(folders, capsys, monkeypatch):
 def test_image_for_a_text_to_video_model_and_none_for_a_concat_model_are_refused():
   c = microsim_tiny.get_config("test")
   assert diffusion.image_conditioning(c.diffusion) == "none"
-  pipe = pipeline.Pipeline(c, None, None, None)  # refused before the model is used
+  pipe = pipeline.Pipeline(plans.resolve(c, 1), None, None, None)  # refused before the model is used
   with pytest.raises(ValueError, match=r"^a conditioning image was given, but the model is text-to-video only"):
     pipe(["a cell"], image=_image(32, 32))
   c.diffusion.image_conditioning = "concat"
@@ -258,7 +258,7 @@ def test_image_for_a_text_to_video_model_and_none_for_a_concat_model_are_refused
 
 def test_folder_conditioning_reads_the_folder(folders, tmp_path):
   """(Two-expert folders: tests/test_experts_sampling.py.)"""
-  cfg = factory.dit_config(wan2_1.get_config("1.3b,full,runlocal"))  # in == out channels
+  cfg = plans.dit_config(wan2_1.get_config("1.3b,full,runlocal"))  # in == out channels
   assert pipeline.folder_conditioning(folders["ti2v"], cfg) == "ti2v"
   assert pipeline.folder_conditioning(str(tmp_path), cfg) == "none"  # no model_index.json: the transformer's channels
 

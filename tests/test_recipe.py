@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from microverse_jax import factory, pipeline, sharding
+from microverse_jax import pipeline, plans, sharding, train_state
 from microverse_jax.configs import base, microsim_tiny, wan2_1
 from microverse_jax.models.layers import Dense
 
@@ -34,7 +34,7 @@ def test_lora_init_is_peft():
 def test_official_variant_matches_the_scripts():
   for mode, lr, repeat, epochs in (("lora", 1e-4, 100, 5), ("full", 1e-5, 1, 2)):
     c = wan2_1.get_config(f"1.3b,{mode},official")
-    assert (c.data.batch_size, c.optim.lr, factory.scaled_lr(c)) == (2, lr, lr)
+    assert (c.data.batch_size, c.optim.lr, plans.resolve(c, 1).peak_lr) == (2, lr, lr)
     assert (c.data.dataset_repeat, c.train.num_epochs, c.train.num_steps) == (repeat, epochs, 0)
     assert c.optim.param_dtype == "bfloat16" and c.sample.same_noise and c.sample.tiled_decode
     assert c.sample.negative_prompt == base.NEGATIVE_PROMPT == OFFICIAL_NEGATIVE_PROMPT
@@ -44,37 +44,38 @@ def test_official_variant_matches_the_scripts():
   default = wan2_1.get_config("1.3b,lora")
   assert default.optim.param_dtype == "float32" and not default.sample.same_noise
   # The learning-rate rule: lr is given at the official batch 2, scaled by sqrt(B / 2).
-  assert default.data.batch_size == 8 and factory.scaled_lr(default) == pytest.approx(2e-4)
+  assert default.data.batch_size == 8 and plans.resolve(default, 1).peak_lr == pytest.approx(2e-4)
   default.optim.lr_scaling = "linear"
-  assert factory.scaled_lr(default) == pytest.approx(4e-4)
+  assert plans.resolve(default, 1).peak_lr == pytest.approx(4e-4)
   default.optim.lr_scaling = "none"
-  assert factory.scaled_lr(default) == pytest.approx(1e-4)
+  assert plans.resolve(default, 1).peak_lr == pytest.approx(1e-4)
   # The base config's defaults (microsim_tiny keeps them): lr as given, fp32 master weights.
   tiny = microsim_tiny.get_config("test")
-  assert factory.scaled_lr(tiny) == tiny.optim.lr and tiny.optim.param_dtype == "float32"
+  assert plans.resolve(tiny, 1).peak_lr == tiny.optim.lr and tiny.optim.param_dtype == "float32"
   assert pipeline.config_settings(tiny)["same_noise"] is False
 
 
 def test_steps_come_from_the_train_split_only():
   train_clips = 9121  # MicroSim-10K's 9,601 clips less the held-out 5% (480)
   lora, full = wan2_1.get_config("1.3b,lora,official"), wan2_1.get_config("14b,full,official")
-  assert factory.resolve_num_steps(lora, train_clips) == 5 * train_clips * 100 // 2 == 2_280_250
-  assert factory.resolve_num_steps(full, train_clips) == 2 * -(-train_clips // 2) == 9_122
+  steps = lambda c, n: plans.resolve(c, 1).with_train_records(n).num_steps
+  assert steps(lora, train_clips) == 5 * train_clips * 100 // 2 == 2_280_250
+  assert steps(full, train_clips) == 2 * -(-train_clips // 2) == 9_122
   lora.train.num_steps = 7
-  assert factory.resolve_num_steps(lora, train_clips) == 7
+  assert steps(lora, train_clips) == 7
   lora.train.update(num_steps=0, num_epochs=0)
   with pytest.raises(ValueError, match="train.num_epochs"):
-    factory.validate(lora, 1)
+    plans.resolve(lora, 1)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_param_dtype_sets_weights_and_adam_moments(dtype):
   c = microsim_tiny.get_config("test")
   c.optim.param_dtype = dtype
-  mesh = sharding.make_mesh(factory.validate(c, jax.device_count()))
-  rules = sharding.logical_rules(c.sharding_rules.to_dict())
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    state, frozen = factory.StateFactory(c, mesh, rules).abstract()
+  plan = plans.resolve(c, jax.device_count())
+  mesh = sharding.make_mesh(plan.mesh_shape)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(plan.rules):
+    state, frozen = train_state.StateFactory(plan, mesh).abstract()
   floats = [
     x.dtype
     for x in jax.tree.leaves((state["params"], state["opt_state"], frozen))
@@ -83,11 +84,11 @@ def test_param_dtype_sets_weights_and_adam_moments(dtype):
   assert floats and set(floats) == {jnp.dtype(dtype)}
   c.optim.param_dtype = "float16"
   with pytest.raises(ValueError, match="optim.param_dtype"):
-    factory.validate(c, jax.device_count())
+    plans.resolve(c, jax.device_count())
 
 
 def test_bad_frame_buckets_are_named():
   c = microsim_tiny.get_config("test")
   c.data.frame_buckets = (3,)
   with pytest.raises(ValueError, match="frame_buckets"):
-    factory.validate(c, jax.device_count())
+    plans.resolve(c, jax.device_count())

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from microverse_jax import factory, pipeline, sample, train
+from microverse_jax import pipeline, plans, sample, train, train_state
 from microverse_jax.configs import microsim_tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +31,7 @@ def test_same_seed_same_video_and_valid_mp4(trained, tmp_path):
   pipe = pipeline.Pipeline.from_workdir(workdir)
   model, tokenizer, encoders = pipe.model, pipe.tokenizer, pipe.encoders
   kwargs = dict(steps=3, guidance=4.0, shift=1.0, sampler="unipc", seed=7)
-  shape = factory.latent_shape(c)
+  shape = plans.resolve(c, 1).latent_shape
   a = pipeline.generate(model, encoders, tokenizer, ["cells divide", "beads diffuse"], shape, **kwargs)
   b = pipeline.generate(model, encoders, tokenizer, ["cells divide", "beads diffuse"], shape, batch_size=1, **kwargs)
   assert len(a) == 2 and a[0].shape == (5, 16, 16, 3) and a[0].dtype == np.uint8
@@ -53,7 +53,7 @@ def test_guidance_one_skips_the_unconditional_pass_with_the_same_result(trained)
   pipe = pipeline.Pipeline.from_workdir(workdir)
   model, tokenizer, encoders = pipe.model, pipe.tokenizer, pipe.encoders
   kwargs = dict(steps=3, shift=1.0, sampler="euler", seed=3)
-  args = (model, encoders, tokenizer, ["cells divide"], factory.latent_shape(c))
+  args = (model, encoders, tokenizer, ["cells divide"], plans.resolve(c, 1).latent_shape)
   alone = pipeline.generate(*args, guidance=1.0, **kwargs)[0]
   with_uncond = pipeline.generate(*args, guidance=1.0 + 1e-6, **kwargs)[0]  # the CFG path, same maths
   assert np.abs(alone.astype(int) - with_uncond.astype(int)).max() <= 1
@@ -92,15 +92,15 @@ def test_tasks_write_resume_and_feed_the_scorer(trained, synth_data_dir, tmp_pat
 def test_bad_input_is_named(trained, tmp_path):
   c, _ = trained
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
-    factory.load_dit(c, workdir=str(tmp_path))
+    train_state.load_dit(plans.resolve(c, 1), workdir=str(tmp_path))
   with pytest.raises(ValueError, match=r"tasks \[7\] are not in the task file"):
     sample.parse_indices("1-2,7", [1, 2, 3])
   from microverse_jax.configs import wan2_1
 
   wan = wan2_1.get_config("1.3b,lora")
   with pytest.raises(ValueError, match="4k \\+ 1"):
-    factory.latent_shape(wan, 80)
-  assert factory.latent_shape(wan) == (21, 60, 104, 16)
+    plans.resolve(wan, 8).latent_shape_of(80)
+  assert plans.resolve(wan, 8).latent_shape == (21, 60, 104, 16)
 
 
 def test_the_workdir_describes_itself_and_overrides_apply(trained, tmp_path):
@@ -177,7 +177,7 @@ def test_a_value_that_would_give_a_garbage_video_is_refused_before_anything_runs
 def test_the_pipeline_refuses_garbage_settings_from_its_config_or_its_arguments():
   c = microsim_tiny.get_config("test")
   c.sample.guidance = float("nan")
-  pipe = pipeline.Pipeline(c, None, None, None)  # refused before the model is used
+  pipe = pipeline.Pipeline(plans.resolve(c, 1), None, None, None)  # refused before the model is used
   with pytest.raises(ValueError, match=r"sample\.guidance=nan: expected a finite number"):
     pipe(["cells divide"])
   c.sample.guidance = 5.0

@@ -76,8 +76,19 @@ def test_the_checker_sees_a_loop():
 
 def test_the_library_and_aot_never_import_a_command_line_tool():
   graph = import_graph(REPO)
-  clis = {f"microverse_jax.{m}" for m in ("train", "sample", "encode", "aot", "export")}
-  library = ("factory", "evaluators", "pipeline", "train_step", "latent_cache", "input_pipeline", "aot")
+  clis = {f"microverse_jax.{m}" for m in ("train", "sample", "encode", "aot", "export", "fit")}
+  library = (
+    "plans",
+    "encoders",
+    "train_state",
+    "batches",
+    "evaluators",
+    "pipeline",
+    "train_step",
+    "latent_cache",
+    "input_pipeline",
+    "aot",
+  )
   for module in (f"microverse_jax.{m}" for m in library):
     assert not graph[module] & clis, (module, graph[module] & clis)
 
@@ -110,12 +121,15 @@ def test_the_tree_is_formatted_and_lint_clean():
 
 
 # The core library never reaches up into recipes, datasets or the benchmark; the loaders and evaluators reach
-# datasets only by name (evaluators/physics.py, factory.OFFLINE_TOKENIZERS); the pipeline never imports a recipe.
+# datasets only by name (evaluators/physics.py, encoders.OFFLINE_TOKENIZERS); the pipeline never imports a recipe.
 UPWARD = ("microverse_jax.configs", "microverse_jax.datasets", "microworldbench", "bench")
 CORE = ("models", "kernels", "diffusion", "sharding", "input_pipeline", "train", "train_step", "latent_cache")
 NEVER = {
   **{f"microverse_jax.{m}": UPWARD for m in CORE},
-  **{f"microverse_jax.{m}": UPWARD + ("microverse_jax.build_dataset",) for m in ("factory", "pipeline", "aot")},
+  **{
+    f"microverse_jax.{m}": UPWARD + ("microverse_jax.build_dataset",)
+    for m in ("plans", "encoders", "train_state", "batches", "pipeline", "aot", "fit")
+  },
   **{f"microverse_jax.evaluators.{m}": UPWARD for m in ("__init__", "loss", "samples")},
 }
 

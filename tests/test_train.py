@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 from train_helpers import losses, tiny_config
 
-from microverse_jax import checkpoint, factory as factory_lib, sharding, train
+from microverse_jax import checkpoint, plans, sharding, train, train_state
 from microverse_jax.models.lora import merge_lora
 from microverse_jax.models.wan_dit import WanDiT
 
@@ -86,11 +86,11 @@ def test_lora_changes_only_lora_params_and_merge_equals_base_plus_delta(synth_da
     synth_data_dir, **{"model.lora_rank": 4, "model.lora_alpha": 8.0, "train.num_steps": 2, "optim.lr": 1e-2}
   )
   train.train(c, str(tmp_path))
-  mesh = sharding.make_mesh(factory_lib.validate(c, jax.device_count()))
-  factory = factory_lib.StateFactory(c, mesh, sharding.DEFAULT_RULES)
+  mesh = sharding.make_mesh(plans.resolve(c, jax.device_count()).mesh_shape)
+  states = train_state.StateFactory(plans.resolve(c, jax.device_count()), mesh)
   with jax.set_mesh(mesh):
-    init_state, frozen = factory.create()
-    abstract, _ = factory.abstract()
+    init_state, frozen = states.create()
+    abstract, _ = states.abstract()
     ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
     state = ckpt.restore(2, abstract, None)
   leaves = jax.tree_util.tree_flatten_with_path(state["params"])[0]
@@ -99,7 +99,7 @@ def test_lora_changes_only_lora_params_and_merge_equals_base_plus_delta(synth_da
     not np.allclose(a, b) for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(init_state["params"]))
   ]
   assert any(changed)
-  model = nnx.merge(factory.graphdef, state["params"], frozen)
+  model = nnx.merge(states.graphdef, state["params"], frozen)
   merged = merge_lora(model)
   attn, merged_attn = model.blocks.self_attn.q, merged.blocks.self_attn.q
   delta = jnp.matmul(attn.lora_a[...], attn.lora_b[...]) * (8.0 / 4)
@@ -113,7 +113,7 @@ def test_lora_changes_only_lora_params_and_merge_equals_base_plus_delta(synth_da
   from microverse_jax import convert, export
 
   export.export(c, str(tmp_path), str(tmp_path / "merged"))
-  plain = WanDiT(dataclasses.replace(factory.cfg, lora_rank=0), rngs=nnx.Rngs(5))
+  plain = WanDiT(dataclasses.replace(states.cfg, lora_rank=0), rngs=nnx.Rngs(5))
   convert.load_params(str(tmp_path / "merged"), plain)
   np.testing.assert_allclose(plain.blocks.self_attn.q.kernel[...], merged_attn.kernel[...], rtol=1e-6)
 
@@ -153,17 +153,17 @@ def test_init_from_a_converted_checkpoint_sets_the_base_weights(synth_data_dir, 
   from microverse_jax import convert
 
   c = tiny_config(synth_data_dir)
-  source = WanDiT(factory_lib.dit_config(c), rngs=nnx.Rngs(123))
+  source = WanDiT(plans.dit_config(c), rngs=nnx.Rngs(123))
   convert.save_params(source, str(tmp_path / "ckpt"), "dit")
   want = nnx.state(source, nnx.Param).to_pure_dict()
   for lora_rank in (0, 4):
     c = tiny_config(synth_data_dir, **{"init_from": str(tmp_path / "ckpt"), "model.lora_rank": lora_rank})
-    mesh = sharding.make_mesh(factory_lib.validate(c, jax.device_count()))
-    factory = factory_lib.StateFactory(c, mesh, sharding.DEFAULT_RULES)
+    mesh = sharding.make_mesh(plans.resolve(c, jax.device_count()).mesh_shape)
+    states = train_state.StateFactory(plans.resolve(c, jax.device_count()), mesh)
     with jax.set_mesh(mesh):
-      state, frozen = factory.create()
+      state, frozen = states.create()
     base = frozen if lora_rank else state["params"]
-    got = nnx.state(nnx.merge(factory.graphdef, state["params"], frozen), convert.BASE_PARAMS).to_pure_dict()
+    got = nnx.state(nnx.merge(states.graphdef, state["params"], frozen), convert.BASE_PARAMS).to_pure_dict()
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert jax.tree.leaves(base)

@@ -15,16 +15,16 @@ import jax.numpy as jnp
 import pytest
 from train_helpers import tiny_config
 
-from microverse_jax import checkpoint, factory as factory_lib, resume, sharding, train
+from microverse_jax import checkpoint, plans, resume, sharding, train, train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _saved_params(c, workdir, step):
-  mesh = sharding.make_mesh(factory_lib.validate(c, jax.device_count()))
-  factory = factory_lib.StateFactory(c, mesh, sharding.DEFAULT_RULES)
+  mesh = sharding.make_mesh(plans.resolve(c, jax.device_count()).mesh_shape)
+  states = train_state.StateFactory(plans.resolve(c, jax.device_count()), mesh)
   with jax.set_mesh(mesh):
-    return checkpoint.Checkpointer(workdir, async_save=False).restore(step, factory.abstract()[0], None)
+    return checkpoint.Checkpointer(workdir, async_save=False).restore(step, states.abstract()[0], None)
 
 
 @pytest.mark.hostile

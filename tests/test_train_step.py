@@ -1,5 +1,7 @@
 """The training step: its loss is the flow-matching loss at the sampled timesteps; caption dropout."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -34,7 +36,7 @@ def test_the_step_loss_is_the_flow_matching_loss_at_the_sampled_timesteps():
   state = {"step": jnp.array(3), "rng": jax.random.key_data(jax.random.key(7)), "skipped": jnp.array(0)}
   state.update(params=params, opt_state=tx.init(params))
   latents = jnp.full((4, 1, 2, 2, 3), 0.5)
-  step = train_step.make_train_step(c, graphdef, tx, schedule)
+  step = train_step.make_train_step(types.SimpleNamespace(c=c), graphdef, tx, schedule)
   _, metrics = jax.jit(lambda s, b: step(s, frozen.to_pure_dict(), lambda x: (x, None), b))(state, latents)
   # the sampled timesteps: the step's key, split as the loss splits it
   key = jax.random.fold_in(jax.random.key(7), 3)

@@ -27,7 +27,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from microverse_jax import checkpoint, diffusion, factory, files, saved_config, sharding, video
+from microverse_jax import (
+  checkpoint,
+  diffusion,
+  encoders as encoders_lib,
+  files,
+  plans,
+  saved_config,
+  sharding,
+  train_state,
+  video,
+)
 from microverse_jax.datasets.microsim_synth import DEFAULTS, PROCESSES, clip_spec
 from microverse_jax.datasets.microsim_synth.render import stored_clip
 from microverse_jax.evaluators import physics
@@ -78,11 +88,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
   floats = lambda s, default: [float(x) for x in s.split(",")] if s else [default]
   specs = held_out_specs(args.prompts, args.seed)
   rows = [{"caption": s.caption, "process": s.process, "params": s.params, "size": DEFAULTS["size"]} for s in specs]
-  mesh = sharding.make_mesh(factory.validate(c, jax.device_count()))
-  rules = sharding.logical_rules(c.sharding_rules.to_dict())
+  plan = plans.resolve(c, jax.device_count())
+  mesh, rules = sharding.make_mesh(plan.mesh_shape), plan.rules
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    tokenizer, encoders = factory.build_encoders(c, mesh, rules)
-    states = factory.StateFactory(c, mesh, rules)
+    tokenizer, encoders = encoders_lib.build_encoders(plan, mesh)
+    states = train_state.StateFactory(plan, mesh)
     ckpt = checkpoint.Checkpointer(args.workdir, async_save=False)
     step = ckpt.latest_step()
     state = ckpt.restore(step, states.abstract()[0], None)
@@ -110,7 +120,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         scores = score_videos(denoised(c, model, encoders, tokenizer, specs, shift), rows)
       else:
         settings = dict(guidance=guidance, steps=steps, shift=shift, sampler=sampler)
-        scores = physics.score_rows(c, model, tokenizer, encoders, rows, seed=0, batch_size=len(rows), **settings)
+        scores = physics.score_rows(plan, model, tokenizer, encoders, rows, seed=0, batch_size=len(rows), **settings)
       row = {"step": step, "weights": weights, **settings, "pass": round(scores["physics/pass_rate"], 3)}
       rate = lambda key: None if math.isnan(scores.get(key, math.nan)) else round(scores[key], 2)  # JSON: null
       row.update({p: rate(f"physics/{p}/pass_rate") for p in PROCESSES})

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from microverse_jax import factory, pipeline
+from microverse_jax import pipeline, plans
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -41,7 +41,7 @@ def load(args) -> pipeline.Pipeline:
 
   from microverse_jax.models.wan_dit import WanDiT  # pylint: disable=g-import-not-at-top
 
-  return pipeline.Pipeline.build(c, WanDiT(factory.dit_config(c), rngs=nnx.Rngs(0)))
+  return pipeline.Pipeline.build(c, WanDiT(plans.dit_config(c), rngs=nnx.Rngs(0)))
 
 
 def prompts_for(args, pipe) -> tuple[list[str], list[dict] | None]:

@@ -38,11 +38,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from microverse_jax import diffusion, factory, flops, train_step
+from microverse_jax import diffusion, flops, plans, train_state, train_step
+from microverse_jax.configs import base
 from microverse_jax.models.wan_dit import WanDiT, WanDiTConfig
 
 COMMON = dict(
@@ -75,24 +75,23 @@ def model_config(size: str, **overrides) -> tuple[WanDiTConfig, tuple[int, int, 
   return cfg, fhw, text_len, batch
 
 
-def trainer_config(cfg: WanDiTConfig, batch: int) -> ml_collections.ConfigDict:
-  """The few trainer fields `train_step.make_train_step` / `make_optimizer` read."""
-  c = ml_collections.ConfigDict()
-  c.optim = ml_collections.ConfigDict(
-    dict(**OPTIM, warmup_steps=0, schedule="constant", grad_clip=0.0, grad_accum=1, ema_decay=0.0)
-  )
-  c.train = ml_collections.ConfigDict(dict(num_steps=1000, caption_dropout=0.0, on_nonfinite="stop"))
-  c.diffusion = ml_collections.ConfigDict(dict(shift=5.0, prediction="velocity"))
-  c.data = ml_collections.ConfigDict(dict(batch_size=batch))
-  return c
+def trainer_plan(cfg: WanDiTConfig, batch: int) -> plans.Plan:
+  """A plan over the base config with the few fields `train_step.make_train_step` / `make_optimizer` read."""
+  c = base.get_config()
+  c.optim.update(**OPTIM, warmup_steps=0, schedule="constant", grad_clip=0.0, grad_accum=1, ema_decay=0.0)
+  c.train.update(num_steps=1000, caption_dropout=0.0, on_nonfinite="stop")
+  c.diffusion.update(shift=5.0, prediction="velocity")
+  c.data.batch_size = batch
+  fields = dict(vae=None, text=None, latent_shape=(), frame_buckets=(), mesh_shape={}, rules=())
+  return plans.Plan(c=c, dit=cfg, num_steps=1000, peak_lr=c.optim.lr, **fields)
 
 
 def make_ours(cfg: WanDiTConfig, fhw, text_len: int, batch: int, return_compiled: bool = False, compiler_options=None):
   """() -> runs one jitted training step of ours (state donated and carried over); with
   `return_compiled`, (run, the compiled step) for its memory analysis. `compiler_options`: XLA
   DebugOptions for this executable only (e.g. {"xla_cpu_use_xnnpack": True})."""
-  c = trainer_config(cfg, batch)
-  tx, schedule = factory.make_optimizer(c)
+  plan = trainer_plan(cfg, batch)
+  tx, schedule = train_state.make_optimizer(plan)
   model = WanDiT(cfg, rngs=nnx.Rngs(0))
   graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
   params = params.to_pure_dict()
@@ -104,7 +103,7 @@ def make_ours(cfg: WanDiTConfig, fhw, text_len: int, batch: int, return_compiled
     "opt_state": tx.init(params),
   }
   frozen = frozen.to_pure_dict()
-  step_fn = train_step.make_train_step(c, graphdef, tx, schedule)
+  step_fn = train_step.make_train_step(plan, graphdef, tx, schedule)
   rng = np.random.default_rng(0)
   batch_arrays = {
     "latents": jnp.asarray(rng.standard_normal((batch, *fhw, cfg.in_channels), np.float32)),

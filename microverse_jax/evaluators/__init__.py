@@ -20,15 +20,18 @@ from flax import nnx
 class Run:
   """What evaluators share with the trainer. `encode`: jitted (enc_state, batch) -> (latents, context)."""
 
-  c: object
+  plan: object  # plans.Plan
   workdir: str
   mesh: object
-  rules: object
   tokenizer: object
   encoders: object
   graphdef: nnx.GraphDef
   encode: object
   enc_state: object
+
+  @property
+  def c(self):
+    return self.plan.c
 
   def model(self, state, frozen):
     """The DiT to sample: EMA weights when the run keeps them."""

@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from microverse_jax import diffusion, factory, train_step
+from microverse_jax import batches, diffusion, train_step
 
 
-def make_eval_step(c, graphdef):
+def make_eval_step(d, graphdef):
   """Held-out velocity loss (unweighted) at timestep t = `bucket` (sigma = t / 1000, high t = high noise)
-  with fixed noise: comparable across runs, whatever their shift."""
-  fm = diffusion.FlowMatching.from_config(c.diffusion)
+  with fixed noise: comparable across runs, whatever their shift. `d`: the config's diffusion section."""
+  fm = diffusion.FlowMatching.from_config(d)
 
   def eval_step(params, frozen, latents, context, valid, bucket, key):
     model = nnx.merge(graphdef, params, frozen)
@@ -33,19 +33,19 @@ class Evaluator:
 
   def __init__(self, settings, run):
     self.settings, self.run = settings, run
-    self.eval_step = make_eval_step(run.c, run.graphdef)
+    self.eval_step = make_eval_step(run.c.diffusion, run.graphdef)
 
   def __call__(self, step: int, state, frozen) -> dict:
     run, buckets = self.run, tuple(self.settings.buckets)
-    it = factory.load_batches(
-      run.c, run.tokenizer, "validation", seed=0, shuffle=False, num_epochs=1, drop_remainder=False
+    it = batches.load_batches(
+      run.plan, run.tokenizer, "validation", seed=0, shuffle=False, num_epochs=1, drop_remainder=False
     )
     sums = {b: [0.0, 0.0] for b in buckets}
     for i, raw in zip(range(self.settings.num_batches), it):
       valid = (raw["index"] >= 0).astype(np.float32)
-      batch = factory.to_global(raw, run.mesh, run.rules)
+      batch = batches.to_global(raw, run.mesh, run.plan.rules)
       latents, context = run.encode(run.enc_state, batch)
-      valid = jax.make_array_from_process_local_data(factory.batch_sharding(run.mesh, run.rules), valid)
+      valid = jax.make_array_from_process_local_data(batches.batch_sharding(run.mesh, run.plan.rules), valid)
       for b in buckets:
         key = jax.random.fold_in(jax.random.key(1234), i)
         s, n = self.eval_step(state["params"], frozen, latents, context, valid, b, key)

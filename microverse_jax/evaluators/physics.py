@@ -6,7 +6,7 @@ clips (by clip id) of the procedural dataset, each scored against its own record
 
 from __future__ import annotations
 
-from microverse_jax import factory, pipeline
+from microverse_jax import pipeline
 from microverse_jax.datasets.microsim_synth import render
 
 SAMPLES = True
@@ -23,7 +23,7 @@ def check(c, name: str, settings) -> None:
     ) from None
 
 
-def score_rows(c, model, tokenizer, encoders, rows, *, seed: int, **settings) -> dict:
+def score_rows(plan, model, tokenizer, encoders, rows, *, seed: int, **settings) -> dict:
   """All `microworldbench physics` scores of videos sampled for prompt rows (their captions), each scored
   against its own row (process, params, size), with the config's sampling settings unless `settings`
   override them."""
@@ -34,9 +34,9 @@ def score_rows(c, model, tokenizer, encoders, rows, *, seed: int, **settings) ->
     encoders,
     tokenizer,
     [r["caption"] for r in rows],
-    factory.latent_shape(c),
+    plan.latent_shape,
     seed=seed,
-    **{**pipeline.config_settings(c), **settings},
+    **{**pipeline.config_settings(plan.c), **settings},
   )
   return score_videos(videos, rows)
 
@@ -48,7 +48,7 @@ class Evaluator:
   def __call__(self, step: int, state, frozen) -> dict:
     run = self.run
     rows = render.stored_rows(run.c.data.data_dir, "validation")[: self.settings.num_clips]
-    scores = score_rows(run.c, run.model(state, frozen), run.tokenizer, run.encoders, rows, seed=run.c.train.seed)
+    scores = score_rows(run.plan, run.model(state, frozen), run.tokenizer, run.encoders, rows, seed=run.c.train.seed)
     print("physics " + " ".join(f"{k[8:]}={v:.3g}" for k, v in scores.items() if k.count("/") == 1), flush=True)
     # per process means and pass rates, and every check's pass rate (e.g. physics/check/temporal/flicker)
     return {k: v for k, v in scores.items() if k.count("/") <= 2 or k.startswith("physics/check/")}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 from etils import epath
 
-from microverse_jax import factory, pipeline
+from microverse_jax import pipeline
 
 SAMPLES = True
 
@@ -30,7 +30,7 @@ class Evaluator:
       run.encoders,
       run.tokenizer,
       list(self.settings.prompts),
-      factory.latent_shape(run.c),
+      run.plan.latent_shape,
       seed=run.c.train.seed,
       **pipeline.config_settings(run.c),
     )

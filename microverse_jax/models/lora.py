@@ -38,16 +38,6 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
   return merged
 
 
-def lora_delta_norm(model: nnx.Module) -> jax.Array:
-  """Global norm of all LoRA deltas (0 for a fresh LoRA model: lora_b starts at zero)."""
-  sq = [
-    jnp.sum(jnp.square(jnp.matmul(m.lora_a[...], m.lora_b[...])))
-    for _, m in nnx.iter_modules(model)
-    if isinstance(m, Dense) and m.lora_a is not None
-  ]
-  return jnp.sqrt(sum(sq)) if sq else jnp.zeros(())
-
-
 # ---------------------------------------------------------------------------------------------
 # PEFT LoRA files: DiffSynth / MicroVerse training outputs, diffusers, ComfyUI
 # ---------------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ def test_recipe_num_frames(available, max_frames, expected):
 def test_stride_arithmetic():
   assert video.usable_frames(10, 2) == 5  # frames 0, 2, 4, 6, 8
   assert video.usable_frames(9, 2) == 5 and video.usable_frames(0, 3) == 0
-  assert video.frames_spanned(5, 2) == 9
 
 
 def _gray_levels(num_frames: int, height: int = 32, width: int = 32) -> np.ndarray:

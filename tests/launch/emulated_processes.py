@@ -8,6 +8,7 @@ input pipeline as JAX process i of N would build it: the reference a multi-proce
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from unittest import mock
 
@@ -16,7 +17,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from microverse_jax import factory, train
+from microverse_jax import batches, train
 
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Workdir.")
@@ -56,18 +57,19 @@ class ConcatenatedShards:
 
 
 def main(argv):
-  real_load_batches, n = factory.load_batches, _PROCESSES.value
+  real_load_batches, n = batches.load_batches, _PROCESSES.value
 
-  def load_batches(c, tokenizer, split, **kwargs):
+  def load_batches(plan, tokenizer, split, **kwargs):
     if split != "train":
-      return real_load_batches(c, tokenizer, split, **kwargs)
+      return real_load_batches(plan, tokenizer, split, **kwargs)
+    plan = dataclasses.replace(plan, frame_buckets=(plan.c.data.num_frames,))  # as plans.resolve gives n processes
     iterators = []
     for i in range(n):  # what process i of n would read
       with mock.patch.object(jax, "process_count", lambda: n), mock.patch.object(jax, "process_index", lambda i=i: i):
-        iterators.append(real_load_batches(c, tokenizer, split, **kwargs))
+        iterators.append(real_load_batches(plan, tokenizer, split, **kwargs))
     return ConcatenatedShards(iterators)
 
-  with mock.patch.object(factory, "load_batches", load_batches):
+  with mock.patch.object(batches, "load_batches", load_batches):
     train.main(argv)
 
 

@@ -145,9 +145,9 @@ def test_preflight_checks_the_mesh_and_batch_against_slices_times_chips(monkeypa
   with pytest.raises(preflight.PreflightError, match=r"2 x v5p-64 \(64 devices\).*64 data shards"):
     preflight.check(CONFIG, ["--config.data.batch_size=32"], slice=v5p_64, num_slices=2)
   config = preflight.check(CONFIG, [BATCH], slice=v5p_64, num_slices=2)
-  from microverse_jax import factory
+  from microverse_jax import plans
 
-  shape = factory.validate(config, 64, 2)
+  shape = plans.resolve(config, 64, 2).mesh_shape
   assert dict(shape) == {"data": 2, "fsdp": 32, "tensor": 1, "context": 1} and shape.dcn["data"] == 2
   with pytest.raises(preflight.PreflightError, match=r"3 x v5p-64 \(96 devices\).*96 data shards"):
     preflight.check(CONFIG, [BATCH], slice=v5p_64, num_slices=3)

@@ -20,7 +20,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from vae_helpers import decode, encode, to_ours  # noqa: E402
 
-from microverse_jax import factory  # noqa: E402
+from microverse_jax import plans  # noqa: E402
 from microverse_jax.convert import checkpoint_config, from_checkpoint  # noqa: E402
 from microverse_jax.models.wan_vae import (  # noqa: E402
   WanVAE,
@@ -113,9 +113,10 @@ def test_config_presets_and_latent_shape():
       "data": {"num_frames": 121, "height": 704, "width": 1280},
     }
   )
-  assert factory.latent_shape(c) == (31, 44, 80, 48)  # TI2V-5B's 720p clip
+  vae = plans.vae_config(c)
+  assert plans.latent_shape(c, vae) == (31, 44, 80, 48)  # TI2V-5B's 720p clip
   with pytest.raises(ValueError, match="divisible by 16"):
-    factory.latent_shape(c, height=360)
+    plans.latent_shape(c, vae, height=360)
 
 
 def test_full_size_architecture_matches_diffusers():
