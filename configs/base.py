@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.cross_attn_norm = True  # norm before cross-attention
   c.model.dtype = "bfloat16"  # compute dtype; parameters stay in optim.param_dtype
   c.model.attention_impl = "auto"  # kernels/attention/api.py: auto, xla, cudnn, pallas_tpu, pallas_gpu, splash
-  c.model.remat_policy = "nothing_saveable"  # "none" or a jax.checkpoint_policies name
+  c.model.remat_policy = "nothing_saveable"  # one of models/wan_dit.py REMAT_POLICIES (docs/training.md)
   c.model.lora_rank = 0  # 0: full fine-tuning; > 0: LoRA of that rank on model.lora_targets
   c.model.lora_alpha = 32.0  # LoRA scale alpha / rank
   c.model.lora_targets = ("q", "k", "v", "o", "ffn_in", "ffn_out")  # the projections LoRA adapts
