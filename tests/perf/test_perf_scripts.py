@@ -234,6 +234,8 @@ def test_physics_sweep_and_the_main_job_figure(synth_data_dir, tmp_path):
   assert [r["denoise_sigma"] for r in rows] == [0.0, 0.5] and all(0 <= r["pass"] <= 1 for r in rows)
   with pytest.raises(ValueError, match="validation prompts must not be tuned on"):
     sweep.main([f"--workdir={tmp_path / 'run'}", "--seed=0"])
+  curves = _load("ideal_denoiser").main([f"--workdir={tmp_path / 'run'}", "--num_clips=3"])["x0_mse"]
+  assert len(curves["network"]) == len(curves["ideal"]) and all(np.isfinite(curves["network"]))
 
 
 def test_the_main_job_figure_pairs_each_caption_with_its_own_stored_clip(synth_data_dir):
@@ -245,3 +247,27 @@ def test_the_main_job_figure_pairs_each_caption_with_its_own_stored_clip(synth_d
     record = source[i]
     truth = figure.ground_truth(synth_data_dir, record["caption"].decode(), 5, 16)
     np.testing.assert_array_equal(truth, video.decode_frames(record["video"], 5, height=16, width=16))
+
+
+def test_ideal_denoiser_is_the_posterior_mean_and_sampling_with_it_gives_back_training_clips(synth_data_dir, tmp_path):
+  ideal = _load("ideal_denoiser")
+  rng = np.random.default_rng(0)
+  clips = rng.uniform(-1, 1, (5, 2, 4, 4, 3)).astype(np.float32)
+  x_t = rng.normal(size=(2, 2, 4, 4, 3)).astype(np.float32)
+  allowed = np.array([[1, 1, 0, 1, 1], [0, 1, 1, 1, 1]], bool)
+  sigma = np.array([0.3, 0.8], np.float32)
+  got = np.asarray(ideal.ideal_x0(x_t, sigma, clips, allowed))
+  for b in range(2):  # brute force: softmax over the allowed clips of -|x_t - (1 - s) x_i|^2 / (2 s^2)
+    d = np.array([np.sum((x_t[b] - (1 - sigma[b]) * x) ** 2) for x in clips]) / (2 * sigma[b] ** 2)
+    w = np.where(allowed[b], np.exp(-(d - d[allowed[b]].min())), 0.0)
+    np.testing.assert_allclose(got[b], np.tensordot(w / w.sum(), clips, 1), rtol=1e-4, atol=1e-5)
+
+  config = os.path.join(PERF, "..", "..", "configs", "microsim_tiny.py") + ":test"
+  plot = tmp_path / "ideal.png"
+  result = ideal.main([f"--config={config}", f"--data_dir={synth_data_dir}", "--num_clips=4", f"--plot={plot}"])
+  assert result["psnr_to_nearest_train_db"] > 60 and result["same_process"] == 1.0  # training clips, exactly
+  assert result["physics_pass_ideal"] == result["physics_pass_ground_truth"]
+  curves = result["x0_mse"]
+  assert len(curves["ideal"]) == len(curves["process_mean"]) == len(ideal.SIGMAS)
+  assert abs(curves["ideal"][-1] - curves["process_mean"][-1]) < 0.2 * curves["process_mean"][-1]  # s -> 1: the mean
+  assert Image.open(plot).size[0] > 100
