@@ -271,3 +271,13 @@ def test_ideal_denoiser_is_the_posterior_mean_and_sampling_with_it_gives_back_tr
   assert len(curves["ideal"]) == len(curves["process_mean"]) == len(ideal.SIGMAS)
   assert abs(curves["ideal"][-1] - curves["process_mean"][-1]) < 0.2 * curves["process_mean"][-1]  # s -> 1: the mean
   assert Image.open(plot).size[0] > 100
+
+
+def test_overfit_one_clip_trains_on_one_clip_and_scores_its_samples(tmp_path):
+  config = os.path.join(PERF, "..", "..", "configs", "microsim_tiny.py") + ":test"
+  strip = tmp_path / "strip.png"
+  argv = [f"--out={tmp_path}", f"--config={config}", "--steps=2", "--guidance=1,3", f"--strip={strip}"]
+  result = _load("overfit_one_clip").main(argv)
+  assert result["steps"] == 2 and set(result["psnr_db"]) == {1.0, 3.0}
+  assert all(0 < v < 60 for v in result["psnr_db"].values())  # 2 steps: a real score, far from the clip
+  assert Image.open(strip).size[1] == 3 * 3 * 16  # the clip over two samples, 16 px each at scale 3
