@@ -85,7 +85,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.shift = 5.0  # flow-matching timestep shift (Wan2.1 480p: 5)
   c.diffusion.prediction = "velocity"  # what the DiT outputs: "velocity" or "x0" (diffusion.PREDICTIONS)
-  c.diffusion.weighting = "wan"  # loss weight over timesteps: "wan" or "uniform"
+  c.diffusion.weighting = "wan"  # loss weight over noise levels: diffusion.WEIGHTINGS ("wan": Wan's recipe)
+  c.diffusion.sigma_sampling = "uniform"  # how training draws noise levels: "uniform" or "logit_normal" (SD3)
   c.diffusion.image_conditioning = "none"  # first frame: "none" (text-to-video), "ti2v", "concat" (docs/sampling.md)
 
   c.train = ml_collections.ConfigDict()

@@ -15,6 +15,18 @@ import jax.numpy as jnp
 import numpy as np
 
 NUM_TRAIN_TIMESTEPS = 1000
+# Loss weightings over noise levels (shared/notes/diffusion-objectives.md). The loss is the velocity MSE, which is
+# the x0 MSE times 1 / sigma^2; each weighting is given as the x0-space weight it implies:
+#   "wan": the recipe's bump exp(-2 ((t - 500) / 1000)^2) minus its minimum (times 1 / sigma^2): fine-tuning Wan
+#   "uniform": 1 / sigma^2 (the plain velocity loss, as SD3)
+#   "snr+1": SNR + 1 with SNR = ((1 - sigma) / sigma)^2 (v-prediction's weight: bounded below by 1 at high noise)
+#   "min_snr": min(SNR, 5) (min-SNR-gamma, Hang et al. 2023, gamma 5)
+#   "edm": (s^2 + 0.5^2) / (s 0.5)^2 at EDM's s = sigma / (1 - sigma), data std 0.5 (Karras et al. 2022)
+WEIGHTINGS = ("wan", "uniform", "snr+1", "min_snr", "edm")
+MIN_SNR_GAMMA, EDM_SIGMA_DATA = 5.0, 0.5
+# How training draws a noise level: "uniform" over the grid, or "logit_normal" (SD3: the unshifted sigma is
+# sigmoid(z), z ~ N(0, 1), then shifted as the grid is; mid noise is drawn most).
+SIGMA_SAMPLINGS = ("uniform", "logit_normal")
 
 
 def shift_sigmas(sigmas, shift: float):
@@ -25,22 +37,25 @@ def shift_sigmas(sigmas, shift: float):
 class FlowMatching:
   """The training grid: sigma = shift(linspace(1, 0, 1001)[:-1]), t = 1000 sigma, loss weights w(t).
 
-  `prediction`: what the model outputs ("velocity" or "x0", see `to_velocity`). `weighting`: "wan"
-  (the recipe's bump, zero at both ends: for fine-tuning a model that can already draw) or "uniform"
-  (every noise level alike: a model trained from scratch must learn the composition at high noise)."""
+  `prediction`: what the model outputs ("velocity" or "x0", see `to_velocity`). `weighting`: one of WEIGHTINGS
+  ("wan", the recipe's bump, zero at both ends, is for fine-tuning a model that can already draw; the others keep
+  high noise, where a model trained from scratch learns the composition). `sigma_sampling`: SIGMA_SAMPLINGS."""
 
   shift: float = 5.0
   prediction: str = "velocity"
   weighting: str = "wan"
+  sigma_sampling: str = "uniform"
 
   def __post_init__(self):
-    if self.weighting not in ("wan", "uniform"):
-      raise ValueError(f"diffusion.weighting={self.weighting!r}: expected 'wan' or 'uniform'")
+    if self.weighting not in WEIGHTINGS:
+      raise ValueError(f"diffusion.weighting={self.weighting!r}: expected one of {WEIGHTINGS}")
+    if self.sigma_sampling not in SIGMA_SAMPLINGS:
+      raise ValueError(f"diffusion.sigma_sampling={self.sigma_sampling!r}: expected one of {SIGMA_SAMPLINGS}")
 
   @classmethod
   def from_config(cls, d) -> "FlowMatching":
-    """From a config's `diffusion` block (shift, prediction, weighting)."""
-    return cls(shift=d.shift, prediction=d.prediction, weighting=d.weighting)
+    """From a config's `diffusion` block (shift, prediction, weighting, sigma_sampling)."""
+    return cls(shift=d.shift, prediction=d.prediction, weighting=d.weighting, sigma_sampling=d.sigma_sampling)
 
   @property
   def sigmas(self) -> np.ndarray:
@@ -52,14 +67,24 @@ class FlowMatching:
 
   @property
   def loss_weights(self) -> np.ndarray:
-    """ "wan": w(t) = exp(-2 ((t - 500) / 1000)^2), minus its minimum, normalised to mean 1 over the
-    grid; "uniform": 1."""
-    t = self.timesteps.astype(np.float64)
+    """The velocity loss's weight at each grid point (the x0-space weight of WEIGHTINGS times sigma^2).
+    "wan" is normalised to mean 1 over the grid; "uniform" is 1."""
+    if self.weighting == "wan":
+      t = self.timesteps.astype(np.float64)
+      y = np.exp(-2 * ((t - NUM_TRAIN_TIMESTEPS / 2) / NUM_TRAIN_TIMESTEPS) ** 2)
+      y = y - y.min()
+      return (y * (len(y) / y.sum())).astype(np.float32)
+    s = self.sigmas.astype(np.float64)
     if self.weighting == "uniform":
-      return np.ones_like(t, np.float32)
-    y = np.exp(-2 * ((t - NUM_TRAIN_TIMESTEPS / 2) / NUM_TRAIN_TIMESTEPS) ** 2)
-    y = y - y.min()
-    return (y * (len(y) / y.sum())).astype(np.float32)
+      return np.ones_like(s, np.float32)
+    snr = np.square((1 - s) / s)  # the grid's sigma is > 0 and at most 1
+    edm = np.square(s / np.maximum(1 - s, 1e-6))  # EDM's noise level, squared
+    x0_weight = {
+      "snr+1": snr + 1,
+      "min_snr": np.minimum(snr, MIN_SNR_GAMMA),
+      "edm": (edm + EDM_SIGMA_DATA**2) / (np.maximum(edm, 1e-12) * EDM_SIGMA_DATA**2),
+    }[self.weighting]
+    return (x0_weight * np.square(s)).astype(np.float32)
 
   def training_inputs(self, x0: jax.Array, noise: jax.Array, index: jax.Array):
     """Noisy input, timestep, velocity target and loss weight for grid indices `index` (B,).
@@ -81,8 +106,11 @@ class FlowMatching:
     return to_velocity(out, x_t, t / NUM_TRAIN_TIMESTEPS, self.prediction, min_sigma=0.05)
 
   def sample_index(self, key, batch: int) -> jax.Array:
-    """One uniform grid index per sample: (B,) int32 in [0, 1000)."""
-    return jax.random.randint(key, (batch,), 0, NUM_TRAIN_TIMESTEPS)
+    """One grid index per sample, (B,) int32 in [0, 1000): uniform, or at the unshifted sigma sigmoid(z)."""
+    if self.sigma_sampling == "uniform":
+      return jax.random.randint(key, (batch,), 0, NUM_TRAIN_TIMESTEPS)
+    sigma = jax.nn.sigmoid(jax.random.normal(key, (batch,)))  # grid point i is the unshifted sigma 1 - i / 1000
+    return jnp.clip(jnp.floor((1 - sigma) * NUM_TRAIN_TIMESTEPS), 0, NUM_TRAIN_TIMESTEPS - 1).astype(jnp.int32)
 
 
 def inference_sigmas(num_steps: int, shift: float = 5.0) -> np.ndarray:

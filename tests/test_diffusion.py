@@ -21,12 +21,41 @@ def test_training_grid_matches_the_recipe():
 
 
 def test_uniform_weighting_weighs_every_noise_level_and_bad_names_are_refused():
-  c = ml_collections.ConfigDict(dict(shift=1.0, prediction="x0", weighting="uniform"))
+  c = ml_collections.ConfigDict(dict(shift=1.0, prediction="x0", weighting="uniform", sigma_sampling="uniform"))
   fm = diffusion.FlowMatching.from_config(c)
   assert fm.prediction == "x0" and np.all(fm.loss_weights == 1.0)
   assert diffusion.FlowMatching(shift=5.0).loss_weights[0] == 0.0  # the recipe's bump: nothing at sigma = 1
   with pytest.raises(ValueError, match="diffusion.weighting='lognormal'"):
     diffusion.FlowMatching(weighting="lognormal")
+  with pytest.raises(ValueError, match="diffusion.sigma_sampling='lognormal'"):
+    diffusion.FlowMatching(sigma_sampling="lognormal")
+
+
+@pytest.mark.parametrize("weighting", ["snr+1", "min_snr", "edm"])
+def test_objectives_weigh_the_x0_error_as_their_papers_say(weighting):
+  """The velocity loss weight is the x0-space weight times sigma^2 (velocity error = x0 error / sigma)."""
+  fm = diffusion.FlowMatching(shift=3.0, weighting=weighting)
+  s = fm.sigmas.astype(np.float64)[1:]  # sigma 1 (pure noise) has SNR 0
+  snr = ((1 - s) / s) ** 2
+  edm_sigma = s / (1 - s)
+  want = {
+    "snr+1": snr + 1,
+    "min_snr": np.minimum(snr, 5.0),
+    "edm": (edm_sigma**2 + 0.25) / (edm_sigma**2 * 0.25),
+  }[weighting]
+  np.testing.assert_allclose(fm.loss_weights[1:], want * s**2, rtol=1e-5)
+  high, low = fm.loss_weights[np.argmin(np.abs(fm.sigmas - 0.9))], fm.loss_weights[np.argmin(np.abs(fm.sigmas - 0.1))]
+  if weighting != "min_snr":  # SNR + 1 and EDM keep high noise; min-SNR caps low noise and fades high noise
+    assert high > 0.5 * low
+
+
+def test_logit_normal_sampling_draws_mid_noise_most():
+  fm = diffusion.FlowMatching(shift=1.0, sigma_sampling="logit_normal")
+  sigma = fm.sigmas[np.asarray(fm.sample_index(jax.random.key(0), 200_000))]
+  # sigma = sigmoid(z), z ~ N(0, 1): median 0.5, 5th / 95th percentiles sigmoid(-/+1.645)
+  np.testing.assert_allclose(np.percentile(sigma, [5, 50, 95]), [0.162, 0.5, 0.838], atol=0.005)
+  shifted = diffusion.FlowMatching(shift=5.0, sigma_sampling="logit_normal")
+  assert np.median(shifted.sigmas[np.asarray(shifted.sample_index(jax.random.key(0), 10_000))]) > 0.8  # shifted up
 
 
 def test_training_inputs_interpolate_and_target_velocity():

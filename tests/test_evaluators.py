@@ -25,7 +25,9 @@ class _ZeroX0(nnx.Module):
 
 @pytest.mark.parametrize("shift", [1.0, 5.0])
 def test_held_out_loss_t_b_is_the_loss_at_timestep_b(shift):
-  c = ml_collections.ConfigDict(dict(diffusion=dict(shift=shift, prediction="x0", weighting="wan")))
+  c = ml_collections.ConfigDict(
+    dict(diffusion=dict(shift=shift, prediction="x0", weighting="wan", sigma_sampling="uniform"))
+  )
   graphdef, params, frozen = nnx.split(_ZeroX0(), nnx.Param, ...)
   step = loss.make_eval_step(c.diffusion, graphdef)
   latents = jnp.full((2, 1, 4, 4, 3), 0.5)
