@@ -99,6 +99,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.profile_start = -1  # a step to start a profiler trace at (WORKDIR/profile); -1: none
   c.train.profile_steps = 3  # steps traced
   c.train.caption_dropout = 0.0  # rate of empty captions (for classifier-free guidance); data.source "video"
+  c.train.text_only_rate = 0.0  # "ti2v": the fraction of examples trained text to video (no first frame)
   c.train.on_nonfinite = "stop"  # a NaN/inf update: "stop" (nothing saved) or "skip" it
 
   # Sampling: the run's defaults for `sample`, the Pipeline and the sampling evaluators.

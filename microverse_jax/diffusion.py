@@ -8,6 +8,7 @@ sigma' = s * sigma / (1 + (s - 1) * sigma).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import jax
@@ -137,6 +138,21 @@ def model_in_channels(mode: str, channels: int, temporal_factor: int) -> int:
   """The DiT's input channels for latents of `channels`: "concat" adds the frame mask (one channel per video
   frame a latent frame holds: the autoencoder's temporal factor) and the image's latents."""
   return 2 * channels + temporal_factor if mode == "concat" else channels
+
+
+def first_frame_tokens(latent_shape, patch_size) -> jax.Array:
+  """(T,) float32 over the DiT's tokens of latents (F', H', W', ...) and `patch_size` (1, ph, pw): 0 on latent
+  frame 0's tokens, 1 elsewhere. "ti2v": the per-token timestep is t times it (frame 0 is clean)."""
+  grid = [n // p for n, p in zip(latent_shape[:3], patch_size)]
+  return (jnp.arange(math.prod(grid)) >= grid[1] * grid[2]).astype(jnp.float32)
+
+
+def concat_condition(image_latents: jax.Array, temporal_factor: int) -> jax.Array:
+  """The "concat" DiT's extra input channels (B, F', H', W', t + C): a frame mask of t = `temporal_factor`
+  channels (one per video frame a latent frame holds), 1 on latent frame 0 and 0 elsewhere, then `image_latents`
+  (B, F', H', W', C), those of the first frame followed by blank frames (`Encoders.encode_first_frame`)."""
+  mask = jnp.zeros((*image_latents.shape[:-1], temporal_factor), jnp.float32).at[:, 0].set(1.0)
+  return jnp.concatenate([mask, image_latents.astype(jnp.float32)], axis=-1)
 
 
 def to_velocity(out: jax.Array, x_t: jax.Array, sigma: jax.Array, prediction: str, min_sigma: float = 0.0) -> jax.Array:

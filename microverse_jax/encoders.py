@@ -31,6 +31,17 @@ class Encoders(nnx.Module):
     """video (B, F, H, W, 3) in [-1, 1] -> latents (B, F', H', W', C), normalised."""
     return video if self.vae is None else self.vae.normalize_latents(self.vae.encode(video))
 
+  @property
+  def temporal_factor(self) -> int:
+    """Video frames per latent frame after the first (1 in pixel space)."""
+    return 1 if self.vae is None else self.vae.cfg.temporal_factor
+
+  def encode_first_frame(self, frames, num_latent_frames: int):
+    """Latents (B, F', H', W', C), F' = `num_latent_frames`, of first frames (B, 1, H, W, 3) followed by zero
+    frames: the image latents of a "concat" model (diffusion.concat_condition)."""
+    blank = (num_latent_frames - 1) * self.temporal_factor
+    return self.encode(jnp.pad(frames, ((0, 0), (0, blank), (0, 0), (0, 0), (0, 0))))
+
   def decode(self, latents, tiled: bool = False):
     """tiled: the Wan-VAE decodes overlapping spatial tiles one after another (bounded memory)."""
     return latents if self.vae is None else self.vae.decode(self.vae.denormalize_latents(latents), tiled=tiled)

@@ -129,6 +129,7 @@ def _velocity(model, x, t, context, extra, token_mask, prediction: str):
 
 
 _encode = nnx.jit(lambda enc, video: enc.encode(video))
+_encode_first_frame = nnx.jit(lambda enc, video, n: enc.encode_first_frame(video, n), static_argnums=2)
 
 
 def check_conditioning(mode: str, has_image: bool) -> None:
@@ -153,13 +154,9 @@ def image_condition(encoders, images, shape, mode: str, dit_cfg) -> tuple:
     return None, None, None
   video = jnp.asarray(np.asarray(images), jnp.float32)[:, None] / 127.5 - 1.0
   if mode == "ti2v":
-    grid = [n // p for n, p in zip(shape[:3], dit_cfg.patch_size)]
-    token_mask = (jnp.arange(math.prod(grid)) >= grid[1] * grid[2]).astype(jnp.float32)
-    return None, token_mask, _encode(encoders, video)
-  t = 1 if encoders.vae is None else encoders.vae.cfg.temporal_factor
-  latents = _encode(encoders, jnp.pad(video, ((0, 0), (0, (shape[0] - 1) * t), (0, 0), (0, 0), (0, 0))))
-  mask = jnp.zeros((*latents.shape[:-1], t), jnp.float32).at[:, 0].set(1.0)
-  return jnp.concatenate([mask, latents], axis=-1), None, None
+    return None, diffusion.first_frame_tokens(shape, dit_cfg.patch_size), _encode(encoders, video)
+  latents = _encode_first_frame(encoders, video, shape[0])
+  return diffusion.concat_condition(latents, encoders.temporal_factor), None, None
 
 
 def load_image(image, height: int, width: int) -> np.ndarray:

@@ -98,6 +98,7 @@ def resolve(c, num_devices: int, num_slices: int | None = None, num_processes: i
       f"model.in_channels={dit.in_channels}, but the {c.autoencoder.kind} autoencoder gives {lat[-1]}"
       + ("" if mode == "none" else f" (diffusion.image_conditioning={mode!r})")
     )
+  _check_image_conditioning(c, mode)
   if dit.num_heads % mesh["tensor"] or dit.num_heads % mesh["context"]:
     raise ValueError(f"model.num_heads={dit.num_heads} must divide by mesh.tensor and mesh.context")
   if c.train.caption_dropout and c.data.source != "video":
@@ -115,6 +116,22 @@ def resolve(c, num_devices: int, num_slices: int | None = None, num_processes: i
     num_steps=max(int(c.train.num_steps), 0),
     peak_lr=c.optim.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[c.optim.lr_scaling],
   )
+
+
+def _check_image_conditioning(c, mode: str) -> None:
+  """train.text_only_rate is a rate, read by "ti2v" only; "concat" needs the clip's first frame (data.source)."""
+  rate = c.train.text_only_rate
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f"train.text_only_rate={rate}: expected a fraction in [0, 1]")
+  if rate and mode != "ti2v":
+    raise ValueError(
+      f"train.text_only_rate={rate} is read with diffusion.image_conditioning='ti2v' only (it is {mode!r})"
+    )
+  if mode == "concat" and c.data.source != "video":
+    raise ValueError(
+      f"data.source={c.data.source!r} with diffusion.image_conditioning='concat': the image latents encode the "
+      "first frame followed by blank frames, which a latent cache does not hold; use data.source='video'"
+    )
 
 
 def _choice(key: str, value, allowed) -> None:

@@ -30,7 +30,6 @@ from microverse_jax import (
   build_dataset,
   checkpoint,
   cli,
-  diffusion,
   encoders as encoders_lib,
   evaluators,
   files,
@@ -148,8 +147,6 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = str(epath.Path(workdir).expanduser())
   plan = plans.resolve(c, jax.device_count(), num_processes=jax.process_count())
   evaluators.check(c)
-  if (mode := diffusion.image_conditioning(c.diffusion)) != "none":  # sampling takes a first frame; training not yet
-    raise ValueError(f"diffusion.image_conditioning={mode!r}: training with a conditioning image is not built yet")
   files.require_kind(workdir, (None, "run", "other"), "--workdir")  # never a checkpoint, an export or a cache
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   lock = WorkdirLock(workdir)

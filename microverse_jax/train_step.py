@@ -16,48 +16,76 @@ from flax import nnx
 from microverse_jax import diffusion
 
 
-def flow_matching_loss(fm: diffusion.FlowMatching, model, x_t, t, target, context) -> jax.Array:
-  """Per-sample mean squared velocity error (B,) of `model` at noisy latents x_t (B, F', H', W', C),
-  timesteps t (B,), velocity target like x_t, text states context (B, L, D) (`fm.noised` makes x_t, t, target)."""
-  v = fm.velocity(model(x_t, t, context), x_t, t)
-  return jnp.mean(jnp.square(v - target), axis=tuple(range(1, v.ndim)))
+def flow_matching_loss(
+  fm: diffusion.FlowMatching, model, x_t, t, target, context, *, extra=None, first_frame=None, conditioned=None
+) -> jax.Array:
+  """Per-sample mean squared velocity error (B,) of `model` at noisy latents x_t (B, F', H', W', C), timesteps
+  t (B,), velocity target like x_t, text states context (B, L, D) (`fm.noised` makes x_t, t, target).
+
+  The first frame (diffusion.IMAGE_CONDITIONING): "concat" passes `extra` (B, F', H', W', E), channels concatenated
+  to the input (`diffusion.concat_condition`). "ti2v" passes `first_frame` (B, 1, H', W', C), the clean latent
+  frame 0, and `conditioned` (B,) bool: in those examples frame 0 is clean, its tokens get timestep 0 and the
+  error is over frames 1.. ; the others are text to video (every frame noised, the error over all)."""
+  x_in, steps, frames = x_t, t, None
+  if extra is not None:
+    x_in = jnp.concatenate([x_t, extra.astype(x_t.dtype)], axis=-1)
+  if first_frame is not None:
+    cond = conditioned.reshape(-1, 1, 1, 1, 1)
+    x_t = x_t.at[:, :1].set(jnp.where(cond, first_frame.astype(x_t.dtype), x_t[:, :1]))
+    x_in = x_t
+    tokens = diffusion.first_frame_tokens(x_t.shape[1:], model.cfg.patch_size)
+    steps = t[:, None] * jnp.where(conditioned[:, None], tokens, 1.0)
+    frames = jnp.ones(x_t.shape[:2], jnp.float32).at[:, 0].set(jnp.where(conditioned, 0.0, 1.0))  # (B, F')
+  v = fm.velocity(model(x_in, steps, context), x_t, t)
+  if frames is None:
+    return jnp.mean(jnp.square(v - target), axis=tuple(range(1, v.ndim)))
+  per_frame = jnp.mean(jnp.square(v - target), axis=tuple(range(2, v.ndim)))  # (B, F')
+  return jnp.sum(per_frame * frames, axis=1) / jnp.sum(frames, axis=1)
 
 
 def make_train_step(plan, graphdef, tx, schedule):
-  """step(state, frozen, encode, batch) -> (state, metrics); `encode(batch)` -> (latents, context)."""
+  """step(state, frozen, encode, batch) -> (state, metrics); `encode(batch)` -> (latents, context, extra)
+  (`make_encode`)."""
   c = plan.c
   fm = diffusion.FlowMatching.from_config(c.diffusion)
   accum, ema_decay = c.optim.grad_accum, c.optim.ema_decay
   skip_nonfinite = c.train.on_nonfinite == "skip"
+  mode, text_only_rate = diffusion.image_conditioning(c.diffusion), c.train.text_only_rate
 
-  def loss_fn(params, frozen, latents, context, key):
-    """The loss-weighted mean over the batch, at one uniform grid timestep per sample."""
+  def loss_fn(params, frozen, latents, context, extra, key):
+    """The loss-weighted mean over the batch, at one uniform grid timestep per sample; "ti2v": each example
+    conditioned on its first frame with probability 1 - train.text_only_rate."""
     model = nnx.merge(graphdef, params, frozen)
     k_t, k_noise = jax.random.split(key)
     index = fm.sample_index(k_t, latents.shape[0])
     noise = jax.random.normal(k_noise, latents.shape, jnp.float32)
     x_t, t, target, weight = fm.training_inputs(latents, noise, index)
-    return jnp.mean(flow_matching_loss(fm, model, x_t, t, target, context) * weight)
+    image = {"extra": extra}
+    if mode == "ti2v":
+      conditioned = jax.random.bernoulli(jax.random.fold_in(key, 2), 1.0 - text_only_rate, (latents.shape[0],))
+      image = {"first_frame": latents[:, :1], "conditioned": conditioned}
+    return jnp.mean(flow_matching_loss(fm, model, x_t, t, target, context, **image) * weight)
 
   def step(state, frozen, encode, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     if c.train.caption_dropout > 0:
       key, k_drop = jax.random.split(key)
       batch = drop_captions(batch, k_drop, c.train.caption_dropout)
-    latents, context = encode(batch)
+    latents, context, extra = encode(batch)
     grad_fn = jax.value_and_grad(loss_fn)
     if accum == 1:
-      loss, grads = grad_fn(state["params"], frozen, latents, context, key)
+      loss, grads = grad_fn(state["params"], frozen, latents, context, extra, key)
     else:
       split = lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:])
 
       def micro(carry, xs):
-        lat, ctx, i = xs
-        loss, g = grad_fn(state["params"], frozen, lat, ctx, jax.random.fold_in(key, i))
+        lat, ctx, ext, i = xs
+        loss, g = grad_fn(state["params"], frozen, lat, ctx, ext, jax.random.fold_in(key, i))
         return jax.tree.map(jnp.add, carry, (loss, g)), None
 
       zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state["params"]))
-      (loss, grads), _ = jax.lax.scan(micro, zeros, (split(latents), split(context), jnp.arange(accum)))
+      xs = jax.tree.map(split, (latents, context, extra)) + (jnp.arange(accum),)
+      (loss, grads), _ = jax.lax.scan(micro, zeros, xs)
       loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -107,14 +135,20 @@ def jit_train_step(plan, states, encode):
 
 
 def make_encode(plan, enc_graphdef):
-  """encode(enc_state, batch) -> (latents (B, F', H', W', C) fp32, context (B, L, D)); frozen (no gradient)."""
+  """encode(enc_state, batch) -> (latents (B, F', H', W', C) fp32, context (B, L, D), extra); frozen (no gradient).
+  extra: "concat" models' input channels of the clip's first frame (`diffusion.concat_condition`), else None."""
+  concat = diffusion.image_conditioning(plan.c.diffusion) == "concat"  # plans.resolve: data.source "video"
 
   def encode(enc_state, batch):
     if plan.c.data.source == "latents":
-      return batch["latents"], batch["context"]
+      return batch["latents"], batch["context"], None
     enc = nnx.merge(enc_graphdef, enc_state)
     latents = enc.encode(batch["video"])
     context = enc.text(batch["text_ids"], batch["text_mask"])
-    return jax.lax.stop_gradient(latents.astype(jnp.float32)), jax.lax.stop_gradient(context)
+    extra = None
+    if concat:
+      image_latents = enc.encode_first_frame(batch["video"][:, :1], latents.shape[1])
+      extra = jax.lax.stop_gradient(diffusion.concat_condition(image_latents, enc.temporal_factor))
+    return jax.lax.stop_gradient(latents.astype(jnp.float32)), jax.lax.stop_gradient(context), extra
 
   return encode

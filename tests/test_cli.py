@@ -150,13 +150,13 @@ def test_only_a_config_lookup_is_called_a_config_key(tmp_path):
     sample.load_prompts(str(prompts))
 
 
-def test_a_config_with_image_conditioning_is_refused_by_the_trainer_before_anything_runs(tmp_path):
-  """Sampling takes a first frame (docs/sampling.md); training does not yet, and must not train text-to-video."""
+def test_a_config_the_trainer_cannot_train_with_an_image_is_refused_before_anything_runs(tmp_path):
+  """A "concat" model's image latents encode the first frame and blank frames: a latent cache lacks them."""
   from microverse_jax import train
   from microverse_jax.configs import microsim_tiny
 
   c = microsim_tiny.get_config("test")
-  c.diffusion.image_conditioning = "ti2v"
-  with pytest.raises(ValueError, match=r"diffusion.image_conditioning='ti2v': training with a conditioning image"):
+  c.diffusion.image_conditioning, c.model.in_channels, c.data.source = "concat", 7, "latents"
+  with pytest.raises(ValueError, match=r"data.source='latents' with diffusion.image_conditioning='concat'"):
     train.train(c, str(tmp_path / "wd"))
   assert not (tmp_path / "wd").exists()

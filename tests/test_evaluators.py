@@ -26,13 +26,15 @@ class _ZeroX0(nnx.Module):
 @pytest.mark.parametrize("shift", [1.0, 5.0])
 def test_held_out_loss_t_b_is_the_loss_at_timestep_b(shift):
   c = ml_collections.ConfigDict(
-    dict(diffusion=dict(shift=shift, prediction="x0", weighting="wan", sigma_sampling="uniform"))
+    dict(
+      diffusion=dict(shift=shift, prediction="x0", weighting="wan", sigma_sampling="uniform", image_conditioning="none")
+    )
   )
   graphdef, params, frozen = nnx.split(_ZeroX0(), nnx.Param, ...)
   step = loss.make_eval_step(c.diffusion, graphdef)
   latents = jnp.full((2, 1, 4, 4, 3), 0.5)
   for t in (100, 300, 500, 700, 900):
-    s, n = step(params, frozen, latents, None, jnp.ones(2), t, jax.random.key(0))
+    s, n = step(params, frozen, latents, None, None, jnp.ones(2), t, jax.random.key(0))
     # high t = high noise = small error: loss_t900 is the high-noise loss, loss_t100 the low-noise one
     np.testing.assert_allclose(float(s / n), 0.25 * (1000 / t) ** 2, rtol=1e-4)
 

@@ -25,9 +25,11 @@ class _ZeroX0(nnx.Module):
 def test_the_step_loss_is_the_flow_matching_loss_at_the_sampled_timesteps():
   c = ml_collections.ConfigDict(
     dict(
-      diffusion=dict(shift=5.0, prediction="x0", weighting="uniform", sigma_sampling="uniform"),
+      diffusion=dict(
+        shift=5.0, prediction="x0", weighting="uniform", sigma_sampling="uniform", image_conditioning="none"
+      ),
       optim=dict(grad_accum=1, ema_decay=0.0),
-      train=dict(on_nonfinite="stop", caption_dropout=0.0),
+      train=dict(on_nonfinite="stop", caption_dropout=0.0, text_only_rate=0.0),
     )
   )
   graphdef, params, frozen = nnx.split(_ZeroX0(), nnx.Param, ...)
@@ -37,7 +39,7 @@ def test_the_step_loss_is_the_flow_matching_loss_at_the_sampled_timesteps():
   state.update(params=params, opt_state=tx.init(params))
   latents = jnp.full((4, 1, 2, 2, 3), 0.5)
   step = train_step.make_train_step(types.SimpleNamespace(c=c), graphdef, tx, schedule)
-  _, metrics = jax.jit(lambda s, b: step(s, frozen.to_pure_dict(), lambda x: (x, None), b))(state, latents)
+  _, metrics = jax.jit(lambda s, b: step(s, frozen.to_pure_dict(), lambda x: (x, None, None), b))(state, latents)
   # the sampled timesteps: the step's key, split as the loss splits it
   key = jax.random.fold_in(jax.random.key(7), 3)
   index = diffusion.FlowMatching().sample_index(jax.random.split(key)[0], 4)

@@ -109,7 +109,7 @@ def make_ours(cfg: WanDiTConfig, fhw, text_len: int, batch: int, return_compiled
     "latents": jnp.asarray(rng.standard_normal((batch, *fhw, cfg.in_channels), np.float32)),
     "context": jnp.asarray(rng.standard_normal((batch, text_len, cfg.text_dim), np.float32)),
   }
-  encode = lambda b: (b["latents"], b["context"])
+  encode = lambda b: (b["latents"], b["context"], None)
   jitted = jax.jit(lambda s, f, b: step_fn(s, f, encode, b), donate_argnums=(0,))
   jitted = jitted.lower(state, frozen, batch_arrays).compile(compiler_options)
   holder = {"state": state}

@@ -15,14 +15,18 @@ from microverse_jax import batches, diffusion, train_step
 
 def make_eval_step(d, graphdef):
   """Held-out velocity loss (unweighted) at timestep t = `bucket` (sigma = t / 1000, high t = high noise)
-  with fixed noise: comparable across runs, whatever their shift. `d`: the config's diffusion section."""
-  fm = diffusion.FlowMatching.from_config(d)
+  with fixed noise: comparable across runs, whatever their shift. `d`: the config's diffusion section. A model
+  that takes a first frame (d.image_conditioning) is given the clip's, as sampling gives it one."""
+  fm, mode = diffusion.FlowMatching.from_config(d), diffusion.image_conditioning(d)
 
-  def eval_step(params, frozen, latents, context, valid, bucket, key):
+  def eval_step(params, frozen, latents, context, extra, valid, bucket, key):
     model = nnx.merge(graphdef, params, frozen)
     noise = jax.random.normal(key, latents.shape, jnp.float32)
     sigma = jnp.full((latents.shape[0],), bucket / diffusion.NUM_TRAIN_TIMESTEPS, jnp.float32)
-    per = train_step.flow_matching_loss(fm, model, *fm.noised(latents, noise, sigma), context)
+    image = {"extra": extra}
+    if mode == "ti2v":
+      image = {"first_frame": latents[:, :1], "conditioned": jnp.ones(latents.shape[:1], bool)}
+    per = train_step.flow_matching_loss(fm, model, *fm.noised(latents, noise, sigma), context, **image)
     return jnp.sum(per * valid), jnp.sum(valid)
 
   return jax.jit(eval_step)
@@ -44,11 +48,11 @@ class Evaluator:
     for i, raw in zip(range(self.settings.num_batches), it):
       valid = (raw["index"] >= 0).astype(np.float32)
       batch = batches.to_global(raw, run.mesh, run.plan.rules)
-      latents, context = run.encode(run.enc_state, batch)
+      latents, context, extra = run.encode(run.enc_state, batch)
       valid = jax.make_array_from_process_local_data(batches.batch_sharding(run.mesh, run.plan.rules), valid)
       for b in buckets:
         key = jax.random.fold_in(jax.random.key(1234), i)
-        s, n = self.eval_step(state["params"], frozen, latents, context, valid, b, key)
+        s, n = self.eval_step(state["params"], frozen, latents, context, extra, valid, b, key)
         sums[b][0] += float(s)
         sums[b][1] += float(n)
     out = {f"eval/loss_t{b}": s / max(n, 1) for b, (s, n) in sums.items()}
