@@ -88,6 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.weighting = "wan"  # loss weight over noise levels: diffusion.WEIGHTINGS ("wan": Wan's recipe)
   c.diffusion.sigma_sampling = "uniform"  # how training draws noise levels: "uniform" or "logit_normal" (SD3)
   c.diffusion.image_conditioning = "none"  # first frame: "none" (text-to-video), "ti2v", "concat" (docs/sampling.md)
+  c.diffusion.boundary_ratio = 0.0  # Wan2.2 A14B: experts switch at timestep 1000 x this; 0: one model
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 0  # 0: num_epochs x ceil(train clips x data.dataset_repeat / data.batch_size)
@@ -99,6 +100,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.profile_start = -1  # a step to start a profiler trace at (WORKDIR/profile); -1: none
   c.train.profile_steps = 3  # steps traced
   c.train.caption_dropout = 0.0  # rate of empty captions (for classifier-free guidance); data.source "video"
+  c.train.expert = ""  # "": every timestep; "high" / "low": the expert >= / < 1000 diffusion.boundary_ratio
   c.train.text_only_rate = 0.0  # "ti2v": the fraction of examples trained text to video (no first frame)
   c.train.on_nonfinite = "stop"  # a NaN/inf update: "stop" (nothing saved) or "skip" it
 

@@ -28,6 +28,9 @@ MIN_SNR_GAMMA, EDM_SIGMA_DATA = 5.0, 0.5
 # How training draws a noise level: "uniform" over the grid, or "logit_normal" (SD3: the unshifted sigma is
 # sigmoid(z), z ~ N(0, 1), then shifted as the grid is; mid noise is drawn most).
 SIGMA_SAMPLINGS = ("uniform", "logit_normal")
+# Which timesteps a run trains (Wan2.2 A14B's two experts, split at 1000 diffusion.boundary_ratio): "" all, "high"
+# those >= the boundary (diffusers WanPipeline's `transformer`), "low" those below (its `transformer_2`).
+EXPERTS = ("", "high", "low")
 
 
 def shift_sigmas(sigmas, shift: float):
@@ -106,12 +109,27 @@ class FlowMatching:
     """The velocity of model output `out` at timesteps t (B,), the x0 denominator clipped at 0.05."""
     return to_velocity(out, x_t, t / NUM_TRAIN_TIMESTEPS, self.prediction, min_sigma=0.05)
 
-  def sample_index(self, key, batch: int) -> jax.Array:
-    """One grid index per sample, (B,) int32 in [0, 1000): uniform, or at the unshifted sigma sigmoid(z)."""
+  def expert_indices(self, boundary_ratio: float, expert: str) -> tuple[int, int]:
+    """The grid indices [lo, hi) an expert (EXPERTS) trains: "high" those of timesteps t >= 1000 boundary_ratio
+    (compared in float32, as sampling switches, `switched`), "low" those below, "" all."""
+    if not expert:
+      return 0, NUM_TRAIN_TIMESTEPS
+    high = int(np.sum(self.timesteps >= np.float32(boundary_ratio * NUM_TRAIN_TIMESTEPS)))  # t falls along the grid
+    return (0, high) if expert == "high" else (high, NUM_TRAIN_TIMESTEPS)
+
+  def sample_index(self, key, batch: int, lo: int = 0, hi: int = NUM_TRAIN_TIMESTEPS) -> jax.Array:
+    """One grid index per sample, (B,) int32 in [lo, hi) (`expert_indices`; default all): uniform, or at the
+    unshifted sigma sigmoid(z), z normal (truncated to the z whose index is in [lo, hi))."""
     if self.sigma_sampling == "uniform":
-      return jax.random.randint(key, (batch,), 0, NUM_TRAIN_TIMESTEPS)
-    sigma = jax.nn.sigmoid(jax.random.normal(key, (batch,)))  # grid point i is the unshifted sigma 1 - i / 1000
-    return jnp.clip(jnp.floor((1 - sigma) * NUM_TRAIN_TIMESTEPS), 0, NUM_TRAIN_TIMESTEPS - 1).astype(jnp.int32)
+      return jax.random.randint(key, (batch,), lo, hi)
+    if (lo, hi) == (0, NUM_TRAIN_TIMESTEPS):
+      z = jax.random.normal(key, (batch,))
+    else:  # index i = floor((1 - sigma) 1000) lies in [lo, hi) for sigma in (1 - hi / 1000, 1 - lo / 1000]
+      logit = lambda p: -np.inf if p <= 0 else np.inf if p >= 1 else float(np.log(p / (1 - p)))
+      bounds = logit(1 - hi / NUM_TRAIN_TIMESTEPS), logit(1 - lo / NUM_TRAIN_TIMESTEPS)
+      z = jax.random.truncated_normal(key, *bounds, (batch,))
+    sigma = jax.nn.sigmoid(z)  # grid point i is the unshifted sigma 1 - i / 1000
+    return jnp.clip(jnp.floor((1 - sigma) * NUM_TRAIN_TIMESTEPS), lo, hi - 1).astype(jnp.int32)
 
 
 def inference_sigmas(num_steps: int, shift: float = 5.0) -> np.ndarray:

@@ -4,6 +4,10 @@
   python -m microverse_jax.export --workdir=DIR --format=diffusers --out=DIR
   python -m microverse_jax.export --workdir=DIR --format=lora --out=lora.safetensors [--layout=comfyui]
 
+A run that trained one Wan2.2 A14B expert (train.expert) exports as that expert: diffusers into --out's
+subfolder `transformer/` (high noise, timesteps >= 1000 diffusion.boundary_ratio) or `transformer_2/` (low noise),
+the names diffusers `WanPipeline` loads them by; the output line says which expert was written.
+
 The config is the workdir's saved config.json; `--config.key=value` overrides it and
 `--config=configs/FILE.py[:arg]` replaces it.
 
@@ -36,6 +40,7 @@ from microverse_jax.models.wan_dit_keys import diffusers_config, wan_dit_state_d
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
 FORMATS = {"orbax": "checkpoint", "diffusers": "diffusers", "lora": "file"}  # what each writes (files.KINDS)
+EXPERT_FOLDERS = {"high": "transformer", "low": "transformer_2"}  # WanPipeline: `transformer` runs t >= boundary
 
 
 def diffusers_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
@@ -107,13 +112,34 @@ def check_out(workdir: str, dst: str, fmt: str) -> None:
   )
 
 
+def destination(c, out: str, fmt: str) -> str:
+  """Where an export of format `fmt` goes: `out`, or for an expert run's diffusers export its subfolder of `out`
+  (EXPERT_FOLDERS)."""
+  return os.path.join(out, EXPERT_FOLDERS[c.train.expert]) if c.train.expert and fmt == "diffusers" else out
+
+
+def expert_note(c, fmt: str) -> str:
+  """Which Wan2.2 A14B expert an export of run config `c` is, for its output line; "" for a one-model run."""
+  if not c.train.expert:
+    return ""
+  boundary = f"{c.diffusion.boundary_ratio * 1000:g}"
+  if c.train.expert == "high":
+    note = f"the high-noise expert (timesteps >= {boundary}): WanPipeline's transformer"
+  else:
+    note = f"the low-noise expert (timesteps < {boundary}): WanPipeline's transformer_2"
+    if fmt == "lora":
+      note += " (load_lora_weights(..., load_into_transformer_2=True))"
+  return f", {note}"
+
+
 def export(c, workdir: str, dst: str, fmt: str = "orbax", layout: str = "comfyui"):
-  """Loads the latest checkpoint of `workdir` (EMA when present) and writes `dst` in format `fmt`
-  (a key of FORMATS); returns the model written (merged for orbax)."""
+  """Loads the latest checkpoint of `workdir` (EMA when present) and writes `destination(c, dst, fmt)` in format
+  `fmt` (a key of FORMATS); returns the model written (merged for orbax)."""
   import jax  # pylint: disable=g-import-not-at-top
 
   from microverse_jax import plans, train_state  # pylint: disable=g-import-not-at-top
 
+  dst = destination(c, dst, fmt)
   check_out(workdir, dst, fmt)
   model = train_state.load_dit(plans.resolve(c, jax.device_count()), workdir=workdir)
   if fmt == "lora":
@@ -131,7 +157,7 @@ def main(argv):
   del argv
   F = flags.FLAGS
   export(F.config, F.workdir, F.out, F.format, F.layout)
-  print(f"wrote {F.out} ({F.format})", flush=True)
+  print(f"wrote {destination(F.config, F.out, F.format)} ({F.format}{expert_note(F.config, F.format)})", flush=True)
 
 
 def define_flags() -> None:

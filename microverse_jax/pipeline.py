@@ -305,6 +305,12 @@ class Pipeline:
 
     files.require_kind(workdir, ("run",), "--workdir")
     plan = plans.resolve(config or saved_config.get_config(workdir), jax.device_count())
+    if expert := plan.c.train.expert:  # one Wan2.2 A14B expert: its partner is not in the run
+      print(
+        f"{workdir}: the {expert}-noise expert alone (train.expert={expert!r}) samples every step; export it "
+        "(--format=diffusers) beside its partner in a WanPipeline folder to sample both (--checkpoint)",
+        flush=True,
+      )
     return cls.build(plan, train_state.load_dit(plan, workdir=workdir))
 
   @classmethod

@@ -99,6 +99,7 @@ def resolve(c, num_devices: int, num_slices: int | None = None, num_processes: i
       + ("" if mode == "none" else f" (diffusion.image_conditioning={mode!r})")
     )
   _check_image_conditioning(c, mode)
+  _check_expert(c)
   if dit.num_heads % mesh["tensor"] or dit.num_heads % mesh["context"]:
     raise ValueError(f"model.num_heads={dit.num_heads} must divide by mesh.tensor and mesh.context")
   if c.train.caption_dropout and c.data.source != "video":
@@ -131,6 +132,22 @@ def _check_image_conditioning(c, mode: str) -> None:
     raise ValueError(
       f"data.source={c.data.source!r} with diffusion.image_conditioning='concat': the image latents encode the "
       "first frame followed by blank frames, which a latent cache does not hold; use data.source='video'"
+    )
+
+
+def _check_expert(c) -> None:
+  """train.expert trains one of two experts (Wan2.2 A14B), split at diffusion.boundary_ratio; its range is not empty."""
+  ratio, expert = c.diffusion.boundary_ratio, c.train.expert
+  _choice("train.expert", expert, diffusion.EXPERTS)
+  if not 0.0 <= ratio < 1.0:
+    raise ValueError(f"diffusion.boundary_ratio={ratio}: expected 0 (one model) or a ratio in (0, 1)")
+  if expert and not ratio:
+    raise ValueError(f"train.expert={expert!r} needs diffusion.boundary_ratio > 0 (where the two experts switch)")
+  lo, hi = diffusion.FlowMatching.from_config(c.diffusion).expert_indices(ratio, expert)
+  if lo >= hi:
+    raise ValueError(
+      f"train.expert={expert!r} with diffusion.boundary_ratio={ratio}: no timestep of the training grid "
+      f"(diffusion.shift={c.diffusion.shift}) is the expert's"
     )
 
 

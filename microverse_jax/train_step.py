@@ -51,13 +51,14 @@ def make_train_step(plan, graphdef, tx, schedule):
   accum, ema_decay = c.optim.grad_accum, c.optim.ema_decay
   skip_nonfinite = c.train.on_nonfinite == "skip"
   mode, text_only_rate = diffusion.image_conditioning(c.diffusion), c.train.text_only_rate
+  lo, hi = fm.expert_indices(c.diffusion.boundary_ratio, c.train.expert)  # plans.resolve: a non-empty range
 
   def loss_fn(params, frozen, latents, context, extra, key):
-    """The loss-weighted mean over the batch, at one uniform grid timestep per sample; "ti2v": each example
-    conditioned on its first frame with probability 1 - train.text_only_rate."""
+    """The loss-weighted mean over the batch, at one grid timestep per sample (in train.expert's range); "ti2v":
+    each example conditioned on its first frame with probability 1 - train.text_only_rate."""
     model = nnx.merge(graphdef, params, frozen)
     k_t, k_noise = jax.random.split(key)
-    index = fm.sample_index(k_t, latents.shape[0])
+    index = fm.sample_index(k_t, latents.shape[0], lo, hi)
     noise = jax.random.normal(k_noise, latents.shape, jnp.float32)
     x_t, t, target, weight = fm.training_inputs(latents, noise, index)
     image = {"extra": extra}

@@ -26,10 +26,15 @@ def test_the_step_loss_is_the_flow_matching_loss_at_the_sampled_timesteps():
   c = ml_collections.ConfigDict(
     dict(
       diffusion=dict(
-        shift=5.0, prediction="x0", weighting="uniform", sigma_sampling="uniform", image_conditioning="none"
+        shift=5.0,
+        prediction="x0",
+        weighting="uniform",
+        sigma_sampling="uniform",
+        image_conditioning="none",
+        boundary_ratio=0.0,
       ),
       optim=dict(grad_accum=1, ema_decay=0.0),
-      train=dict(on_nonfinite="stop", caption_dropout=0.0, text_only_rate=0.0),
+      train=dict(on_nonfinite="stop", caption_dropout=0.0, text_only_rate=0.0, expert=""),
     )
   )
   graphdef, params, frozen = nnx.split(_ZeroX0(), nnx.Param, ...)
