@@ -16,6 +16,8 @@ CONFIG_ARGS = {
   "microsim_tiny": ["", "test"],
   "wan2_1": [",".join(v) for v in itertools.product(("1.3b", "14b"), ("lora", "full"), ("480p", "720p"))]
   + ["14b,lora,runlocal", "1.3b,full,runlocal"],
+  "wan2_2": ["ti2v_5b,lora", "ti2v_5b,full", "t2v_a14b,lora,expert=high", "t2v_a14b,full,720p,expert=low"]
+  + ["ti2v_5b,lora,runlocal", "t2v_a14b,full,expert=high,runlocal"],
 }
 
 
