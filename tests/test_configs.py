@@ -40,26 +40,6 @@ def test_the_base_config_names_every_key_once_with_a_comment_and_recipes_only_ov
   assert set(base.get_config().model) == set(WanDiTConfig.__dataclass_fields__)
 
 
-def test_an_older_runs_saved_config_reads_onto_the_base(tmp_path):
-  """A config.json saved before a key existed (or with the old `eval` section) reads today's keys."""
-  import json
-
-  from microverse_jax import files, saved_config
-  from microverse_jax.configs import microsim_tiny
-
-  old = json.loads(microsim_tiny.get_config().to_json_best_effort())
-  old.pop("sample"), old.pop("evals"), old["data"].pop("frame_buckets"), old["optim"].pop("lr_scaling")
-  old["eval"] = dict(every=600, num_batches=2, buckets=[100, 900], sample_every=2400, sample_steps=25, guidance=4.0)
-  old["eval"].update(negative_prompt="", sampler="euler", fps=8, physics=16, prompts=["a cell"])
-  (tmp_path / "config.json").write_text(json.dumps(old))
-  files.mark(str(tmp_path), "run")
-  c = saved_config.get_config(str(tmp_path))
-  assert set(_leaf_keys(c)) == set(_leaf_keys(microsim_tiny.get_config()))
-  assert (c.data.frame_buckets, c.optim.lr_scaling, c.sample.steps, c.sample.guidance) == ((), "none", 25, 4.0)
-  assert (c.evals.loss.every, c.evals.loss.buckets, c.evals.samples.prompts) == (600, (100, 900), ("a cell",))
-  assert (c.evals.samples.every, c.evals.physics.every, c.evals.physics.num_clips) == (2400, 2400, 16)
-
-
 @pytest.mark.parametrize("name,arg", [(n, a) for n, args in CONFIG_ARGS.items() for a in args])
 def test_config_loads_and_is_consistent(name, arg):
   c = importlib.import_module(f"microverse_jax.configs.{name}").get_config(arg)
