@@ -216,7 +216,7 @@ def check_ids(ids: Iterable, what: str = "id") -> list[str]:
   if bad or dup:
     rows = bad + dup
     raise ValueError(
-      f"{len(rows)} bad {what}s (allowed: [A-Za-z0-9_.-]+, no leading dot, no duplicates): "
+      f"{what}: {len(rows)} bad (allowed: [A-Za-z0-9_.-]+, no leading dot, no duplicates): "
       + "; ".join(rows[:10])
       + (" ..." if len(rows) > 10 else "")
     )

@@ -156,13 +156,13 @@ def bucket_sizes(num_frames: int, buckets: Sequence[int] | None = None) -> tuple
   trained at the largest bucket it reaches, and clips under the smallest bucket are skipped ('too_short').
   """
   if num_frames < 1 or num_frames % 4 != 1:
-    raise ValueError(f"num_frames must be 4k + 1 (1, 5, 9, ..., 81), got {num_frames}")
+    raise ValueError(f"data.num_frames={num_frames}: expected 4k + 1 (1, 5, 9, ..., 81)")
   if not buckets:
     return tuple(range(5, num_frames + 1, 4)) or (num_frames,)
   out = tuple(sorted({int(b) for b in buckets}))
   bad = [b for b in out if b < 1 or b % 4 != 1 or b > num_frames]
   if bad:
-    raise ValueError(f"frame_buckets {list(buckets)}: {bad} not 4k + 1 in [1, num_frames={num_frames}]")
+    raise ValueError(f"data.frame_buckets={list(buckets)}: {bad} not 4k + 1 in [1, data.num_frames={num_frames}]")
   return out if out[-1] == num_frames else (*out, num_frames)
 
 

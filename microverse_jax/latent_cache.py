@@ -137,7 +137,9 @@ _SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<split>[^-.]+)\.array_record-(?P<shard
 
 
 def finalize(root: str, settings: dict) -> bool:
-  """Writes TFDS metadata for every split whose shards are all present; False if none is complete."""
+  """Writes TFDS metadata for every split once every split's shards are all present; False while any split is
+  partial (TFDS reads the folder's shards as the dataset: another process is still writing; the last to
+  finish finalizes, and metadata written before stays readable until then)."""
   dataset = settings["source_dataset"]
   split_dir = cache_dir(root, dataset)
   name = split_dir.parent.name
@@ -149,7 +151,7 @@ def finalize(root: str, settings: dict) -> bool:
       shards.setdefault(match["split"], {})[int(match["shard"])] = path
       totals[match["split"]] = int(match["total"])
   complete = {s: paths for s, paths in shards.items() if len(paths) == totals[s]}
-  if not complete:
+  if not complete or len(complete) < len(shards):
     return False
   template = tfds.core.ShardedFileTemplate(data_dir=split_dir, dataset_name=name, filetype_suffix="array_record")
   split_infos = []

@@ -28,7 +28,9 @@ def make_optimizer(plan):
   o = plan.c.optim
   peak = plan.peak_lr
   decay = max(plan.num_steps - o.warmup_steps, 1)
-  if o.schedule == "cosine":
+  if o.warmup_steps <= 0:  # the first step trains at the peak rate
+    lr = optax.cosine_decay_schedule(peak, decay) if o.schedule == "cosine" else optax.constant_schedule(peak)
+  elif o.schedule == "cosine":
     lr = optax.warmup_cosine_decay_schedule(0.0, peak, max(o.warmup_steps, 1), o.warmup_steps + decay)
   else:
     lr = optax.join_schedules(

@@ -156,8 +156,11 @@ def test_check_ids_returns_strings_and_names_every_bad_row():
   with pytest.raises(ValueError) as e:
     files.check_ids(["ok", "../x", ".hidden", "ok", "a b"], "task id")
   assert str(e.value) == (
-    "4 bad task ids (allowed: [A-Za-z0-9_.-]+, no leading dot, no duplicates): "
+    "task id: 4 bad (allowed: [A-Za-z0-9_.-]+, no leading dot, no duplicates): "
     "row 2: '../x'; row 3: '.hidden'; row 5: 'a b'; row 4: 'ok' (duplicate)"
   )
-  with pytest.raises(ValueError, match=r"12 bad ids .*row 10: '/10' \.\.\.$"):
+  with pytest.raises(ValueError, match=r"id: 12 bad .*row 10: '/10' \.\.\.$"):
     files.check_ids([f"/{i}" for i in range(1, 13)])
+  with pytest.raises(ValueError) as e:  # a `what` that ends in a path keeps the path as given
+    files.check_ids(["a b"], what="prompt id in /tmp/prompts.jsonl")
+  assert str(e.value).startswith("prompt id in /tmp/prompts.jsonl: 1 bad")

@@ -75,6 +75,19 @@ def test_a_split_with_a_missing_shard_gets_no_metadata(tmp_path):
   assert len(input_pipeline.load_source("toy_latents", "train", str(tmp_path))) == 4
 
 
+def test_a_complete_split_waits_for_a_partial_one_and_keeps_its_earlier_metadata(tmp_path):
+  """Process 0 of 2 finishing a second split first: no crash, no metadata yet; the last process finalizes both."""
+  assert write_cache(tmp_path, records(2), split="validation")  # the first split, finalized earlier
+  split_dir = latent_cache.cache_dir(str(tmp_path), "toy")
+  rows = [latent_cache.serialize(latent_cache.features(), *row) for row in records(3)]
+  latent_cache.write_shard(latent_cache.shard_path(split_dir, "train", 0, 2), rows)
+  assert not latent_cache.finalize(str(tmp_path), SETTINGS)
+  assert len(input_pipeline.load_source("toy_latents", "validation", str(tmp_path))) == 2  # still readable
+  latent_cache.write_shard(latent_cache.shard_path(split_dir, "train", 1, 2), rows)
+  assert latent_cache.finalize(str(tmp_path), SETTINGS)
+  assert len(input_pipeline.load_source("toy_latents", "train", str(tmp_path))) == 6
+
+
 def test_write_shard_leaves_only_the_whole_shard(tmp_path):
   path = latent_cache.epath.Path(tmp_path) / "toy_latents-train.array_record-00000-of-00001"
   latent_cache.write_shard(path, [b"one", b"two"])

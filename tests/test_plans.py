@@ -138,7 +138,7 @@ def test_a_bad_choice_is_refused_naming_its_key_and_the_choices(key):
     ({"mesh.data": 1, "mesh.tensor": 4}, 4, "model.num_heads=2 must divide by mesh.tensor and mesh.context"),
     ({"mesh.data": 1, "mesh.context": 4}, 4, "model.num_heads=2 must divide"),
     ({"data.source": "latents"}, 1, "train.caption_dropout needs data.source='video'"),
-    ({"data.frame_buckets": (5, 7)}, 1, "frame_buckets [5, 7]: [7] not 4k + 1"),
+    ({"data.frame_buckets": (5, 7)}, 1, "data.frame_buckets=[5, 7]: [7] not 4k + 1"),
     ({"train.text_only_rate": 1.5}, 1, "train.text_only_rate=1.5: expected a fraction in [0, 1]"),
     ({"train.text_only_rate": 0.5}, 1, "train.text_only_rate=0.5 is read with diffusion.image_conditioning='ti2v'"),
     ({"diffusion.boundary_ratio": 1.0}, 1, "diffusion.boundary_ratio=1.0: expected 0"),

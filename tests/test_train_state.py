@@ -37,6 +37,14 @@ def test_warmup_then_cosine_to_zero_at_the_last_step():
   assert got[-1] == pytest.approx(0.0, abs=1e-12) and float(lr(100)) == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_without_warmup_the_first_step_trains_at_the_peak_rate(schedule):
+  c = tiny_config("", **{"optim.warmup_steps": 0, "optim.schedule": schedule, "train.num_steps": 4})
+  _, lr = train_state.make_optimizer(plans.resolve(c, 1))
+  want = [1e-3] * 4 if schedule == "constant" else [1e-3 * 0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(4)]
+  np.testing.assert_allclose([float(lr(s)) for s in range(4)], want, rtol=1e-6)
+
+
 def test_warmup_then_constant_at_the_scaled_peak():
   c = tiny_config("", **{"optim.schedule": "constant", "optim.warmup_steps": 4, "optim.lr_scaling": "linear"})
   c.optim.reference_batch = 2  # batch 4: twice the reference, twice the rate
