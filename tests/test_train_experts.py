@@ -9,11 +9,11 @@ import types
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 from flax import nnx
+from test_train_step import ZeroX0, step_config
 from train_helpers import losses, tiny_config
 
 from microverse_jax import diffusion, export, plans, train, train_step
@@ -43,33 +43,10 @@ def test_each_expert_draws_every_timestep_of_its_range_and_none_outside(sigma_sa
   np.testing.assert_array_equal(whole, np.asarray(fm.sample_index(jax.random.key(0), 1000, *fm.expert_indices(0, ""))))
 
 
-class _ZeroX0(nnx.Module):
-  """Predicts x0 = 0: its loss at noise level sigma is mean(x0^2) / max(sigma, 0.05)^2."""
-
-  def __init__(self):
-    self.w = nnx.Param(jnp.zeros(()))
-
-  def __call__(self, x, t, context):
-    return x * self.w[...]
-
-
 @pytest.mark.parametrize("expert", ["high", "low"])
 def test_the_training_step_draws_the_experts_timesteps(expert):
-  c = ml_collections.ConfigDict(
-    dict(
-      diffusion=dict(
-        shift=5.0,
-        prediction="x0",
-        weighting="uniform",
-        sigma_sampling="uniform",
-        image_conditioning="none",
-        boundary_ratio=0.875,
-      ),
-      optim=dict(grad_accum=1, ema_decay=0.0),
-      train=dict(on_nonfinite="stop", caption_dropout=0.0, text_only_rate=0.0, expert=expert),
-    )
-  )
-  graphdef, params, frozen = nnx.split(_ZeroX0(), nnx.Param, ...)
+  c = step_config(expert, boundary_ratio=0.875)
+  graphdef, params, frozen = nnx.split(ZeroX0(), nnx.Param, ...)
   tx = optax.sgd(0.0)
   params = params.to_pure_dict()
   step = train_step.make_train_step(types.SimpleNamespace(c=c), graphdef, tx, optax.constant_schedule(0.0))

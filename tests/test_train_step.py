@@ -12,7 +12,19 @@ from flax import nnx
 from microverse_jax import diffusion, input_pipeline, train_step
 
 
-class _ZeroX0(nnx.Module):
+def step_config(expert: str = "", boundary_ratio: float = 0.0) -> ml_collections.ConfigDict:
+  """The few config keys `train_step.make_train_step` reads: x0 prediction, uniform weighting, shift 5."""
+  diffusion = dict(shift=5.0, prediction="x0", weighting="uniform", sigma_sampling="uniform")
+  return ml_collections.ConfigDict(
+    dict(
+      diffusion=dict(diffusion, image_conditioning="none", boundary_ratio=boundary_ratio),
+      optim=dict(grad_accum=1, ema_decay=0.0),
+      train=dict(on_nonfinite="stop", caption_dropout=0.0, text_only_rate=0.0, expert=expert),
+    )
+  )
+
+
+class ZeroX0(nnx.Module):
   """Predicts x0 = 0: its velocity error is x0 / sigma, its loss mean(x0^2) / max(sigma, 0.05)^2."""
 
   def __init__(self):
@@ -23,21 +35,8 @@ class _ZeroX0(nnx.Module):
 
 
 def test_the_step_loss_is_the_flow_matching_loss_at_the_sampled_timesteps():
-  c = ml_collections.ConfigDict(
-    dict(
-      diffusion=dict(
-        shift=5.0,
-        prediction="x0",
-        weighting="uniform",
-        sigma_sampling="uniform",
-        image_conditioning="none",
-        boundary_ratio=0.0,
-      ),
-      optim=dict(grad_accum=1, ema_decay=0.0),
-      train=dict(on_nonfinite="stop", caption_dropout=0.0, text_only_rate=0.0, expert=""),
-    )
-  )
-  graphdef, params, frozen = nnx.split(_ZeroX0(), nnx.Param, ...)
+  c = step_config()
+  graphdef, params, frozen = nnx.split(ZeroX0(), nnx.Param, ...)
   tx, schedule = optax.sgd(0.1), optax.constant_schedule(0.1)
   params = params.to_pure_dict()
   state = {"step": jnp.array(3), "rng": jax.random.key_data(jax.random.key(7)), "skipped": jnp.array(0)}
