@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from microverse_jax import diffusion, saved_config, video
+from microverse_jax import diffusion, pipeline, saved_config, video
 from microverse_jax.datasets.microsim_synth.render import stored_rows
 from microverse_jax.launch import preflight
 
@@ -77,18 +77,19 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
   return np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
-def network_x0(workdir: str, c, rows, x_t, sigma) -> np.ndarray:
-  """The trained DiT's one-step x0 estimate at x_t (B, ...) for the rows' captions (pixel-space configs)."""
-  from microverse_jax import encoders as encoders_lib, plans, sharding, train_state  # pylint: disable=g-import-not-at-top
+def network_denoiser(workdir: str, rows):
+  """x0(x_t (B, ...), sigma (B,)): a trained workdir's one-step x0 estimate for the rows' captions, its
+  model and encoders loaded once (pipeline.Pipeline; pixel-space configs)."""
+  pipe = pipeline.Pipeline.from_workdir(workdir)
+  context = pipe.encoders.text(*map(jnp.asarray, pipe.tokenizer([r["caption"] for r in rows])))
+  prediction = pipe.config.diffusion.prediction
 
-  plan = plans.resolve(c, jax.device_count())
-  model = train_state.load_dit(plan, workdir=workdir)
-  with jax.set_mesh(sharding.make_mesh(plan.mesh_shape)):
-    tokenizer, encoders = encoders_lib.build_encoders(plan, sharding.make_mesh(plan.mesh_shape))
-    context = encoders.text(*map(jnp.asarray, tokenizer([r["caption"] for r in rows])))
-    t = jnp.asarray(sigma) * diffusion.NUM_TRAIN_TIMESTEPS
-    v = diffusion.to_velocity(model(x_t, t, context), x_t, t / diffusion.NUM_TRAIN_TIMESTEPS, c.diffusion.prediction)
-    return np.asarray(x_t - jnp.asarray(sigma)[:, None, None, None, None] * v)
+  def x0(x_t, sigma):
+    t = sigma * diffusion.NUM_TRAIN_TIMESTEPS
+    v = diffusion.to_velocity(pipe.model(x_t, t, context), x_t, sigma, prediction)
+    return np.asarray(x_t - sigma[:, None, None, None, None] * v)
+
+  return x0
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
   means = {p: train[[r["process"] == p for r in train_rows]].mean(0) for p in {r["process"] for r in train_rows}}
   blurry = np.stack([means[r["process"]] for r in val_rows])
   curves = {"ideal": [], "process_mean": [], **({"network": []} if a.workdir else {})}
+  network = network_denoiser(a.workdir, val_rows) if a.workdir else None
   for k, s in enumerate(SIGMAS):
     n = np.asarray(jax.random.normal(jax.random.key(1000 + k), val.shape, jnp.float32))
     x_t = (1 - s) * val + s * n
@@ -149,9 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     curves["ideal"].append(float(np.mean(np.square(np.asarray(ideal_x0(jnp.asarray(x_t), sig, clips, same)) - val))))
     curves["process_mean"].append(float(np.mean(np.square(blurry - val))))
     if a.workdir:
-      curves["network"].append(
-        float(np.mean(np.square(network_x0(a.workdir, c, val_rows, jnp.asarray(x_t), sig) - val)))
-      )
+      curves["network"].append(float(np.mean(np.square(network(jnp.asarray(x_t), sig) - val))))
   print("x0 MSE of held-out clips per noise level s:")
   print("| s | " + " | ".join(curves) + " |")
   print("|---" * (len(curves) + 1) + "|")
