@@ -223,6 +223,11 @@ def test_physics_sweep_and_the_main_job_figure(synth_data_dir, tmp_path):
   image = np.asarray(Image.open(tmp_path / "fig.png"))
   strips = 2 * len(c.evals.samples.prompts)  # ground truth over sample, per prompt: 16 px high, 5 frames, 2 px gaps, 3x
   assert image.shape == (3 * (16 * strips + 2 * (len(c.evals.samples.prompts) - 1)), 3 * 16 * 5, 3)
+  _load("main_job_figure").main([f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'g.png'}", "--guidance=1,5"])
+  image = np.asarray(Image.open(tmp_path / "g.png"))  # ground truth over a strip per guidance scale, per prompt
+  assert image.shape == (3 * (16 * 3 * len(captions) + 2 * (len(captions) - 1)), 3 * 16 * 5, 3)
+  strip = 3 * 16  # the two guidance strips of the first prompt: the same noise, a different sample
+  assert not np.array_equal(image[strip : 2 * strip], image[2 * strip : 3 * strip])
   sweep = _load("physics_sweep")
   out = tmp_path / "rows.jsonl"
   argv = [f"--workdir={tmp_path / 'run'}", "--prompts=5", "--guidance=1,3", "--steps=2", f"--out={out}"]
