@@ -43,7 +43,8 @@ def to_global(batch: dict, mesh, rules) -> dict:
 
 def check_latent_cache(plan, source, where: str) -> None:
   """Refuses a latent cache (`microverse_jax.encode`) written for another size, text length or model
-  than the config's, naming both values: the step would otherwise crash or train at the cache's size.
+  than the config's, naming both values, or by another VAE (its latent grid): the step would otherwise crash or
+  train at the cache's size.
   Fewer frames than the cache's is fine (the causal VAE's first latents are those of the first frames)."""
   c, cache = plan.c, latent_cache.recorded(source)
   channels, text_dim = plan.latent_shape[-1], plan.dit.text_dim
@@ -62,6 +63,13 @@ def check_latent_cache(plan, source, where: str) -> None:
       raise ValueError(
         f"{key}={ours}, but the latent cache {where} holds {name} {cache[field]}: set it to {cache[field]}{more}"
       )
+  grid, ours = tuple(source[0]["latents"].shape[1:3]), tuple(plan.latent_shape[1:3])
+  if grid != ours:  # same size and channels, another VAE (e.g. Wan2.1's 8x against Wan2.2's 16x)
+    raise ValueError(
+      f"the latent cache {where} holds latents of {grid[0]}x{grid[1]} per frame, but the autoencoder "
+      f"(autoencoder.init_from={c.autoencoder.init_from or '(random)'}) makes {ours[0]}x{ours[1]} of "
+      f"{c.data.height}x{c.data.width}: it was encoded by another VAE; encode it with this one (encode --vae)"
+    )
 
 
 def load_batches(plan, tokenizer, split: str, *, seed: int, shuffle: bool, num_epochs=None, drop_remainder=True):

@@ -221,6 +221,16 @@ def load_encoder(src: str, kind: str, dtype="bfloat16", devices=None):
   )
 
 
+def check_size(vae_cfg, args) -> None:
+  """Refuses a clip size the VAE (`WanVAEConfig`) cannot encode, naming the flags and what it takes."""
+  t, s = vae_cfg.temporal_factor, vae_cfg.spatial_factor
+  if (args.num_frames - 1) % t or args.height % s or args.width % s:
+    raise ValueError(
+      f"--num_frames/--height/--width={args.num_frames}/{args.height}/{args.width}: the VAE of --vae={args.vae} "
+      f"takes 1 + {t}k frames and a height and width divisible by {s}"
+    )
+
+
 def parser():
   """The command line of `python -m microverse_jax.encode`."""
   from microverse_jax import cli  # pylint: disable=g-import-not-at-top
@@ -267,9 +277,9 @@ def main(argv: list[str] | None = None) -> None:
   )
   # before the encoders load: a mismatch costs nothing
   latent_cache.check_settings(latent_cache.cache_dir(args.out_dir, args.dataset), settings, write=False)
-  video_encoder, text_encoder = sharded_encoders(
-    load_encoder(args.vae, "vae", args.dtype), load_encoder(args.text_encoder, "umt5", args.dtype)
-  )
+  vae = load_encoder(args.vae, "vae", args.dtype)
+  check_size(vae.cfg, args)  # before the cache records its settings
+  video_encoder, text_encoder = sharded_encoders(vae, load_encoder(args.text_encoder, "umt5", args.dtype))
   tokenizer = UMT5Tokenizer(args.tokenizer, max_length=args.text_length)
   source = input_pipeline.load_source(args.dataset, args.split, args.data_dir)
   stats = encode_split(

@@ -324,6 +324,11 @@ class Pipeline:
     pipe.boundary = folder_boundary(checkpoint)
     if pipe.boundary is not None:
       pipe.model_2 = train_state.load_dit(plan, checkpoint_dir=os.path.join(checkpoint, "transformer_2"))
+      print(
+        f"two experts: transformer/ samples timesteps >= {pipe.boundary * diffusion.NUM_TRAIN_TIMESTEPS:g}, "
+        "transformer_2/ those below",
+        flush=True,
+      )
     return pipe
 
   @classmethod

@@ -5,7 +5,8 @@ COMMANDS holds each step's command as the docs print it, with the user's paths a
 sizes, the tests run it with TINY sizes, the variables set to temporary folders, and the TINY_EXTRA
 flags appended (steps, batch, task indices: what makes a CPU run of a few minutes).
 
-`Chain` runs steps as subprocesses, each after the steps it needs, at most `parallel` at a time.
+`Chain` runs steps as subprocesses, each after the steps it needs, at most `parallel` at a time. Another
+path's table (a module with COMMANDS, TINY, TINY_EXTRA and NEEDS, e.g. real_path_wan2_2) is given as `table`.
 """
 
 from __future__ import annotations
@@ -121,15 +122,17 @@ def shown(name: str) -> str:
   return COMMANDS[name].format(**REAL)
 
 
-def argv(name: str, paths: dict[str, str], steps: int = TRAIN_STEPS) -> list[str]:
+def argv(name: str, paths: dict[str, str], steps: int = TRAIN_STEPS, table=None) -> list[str]:
   """The command the tests run: tiny sizes, variables set to `paths`, the tiny extras appended."""
-  text = COMMANDS[name].format(**TINY)
+  table = table or sys.modules[__name__]
+  tiny = table.TINY
+  text = table.COMMANDS[name].format(**tiny)
   for var in sorted(paths, key=len, reverse=True):
     text = text.replace(f"${var}", paths[var])
   if "$" in text:
     raise KeyError(f"{name}: unset variable in {text}")
-  args = shlex.split(text) + [a.format(steps=steps, **TINY) for a in TINY_EXTRA.get(name, [])]
-  program = {"python": [sys.executable], "microworldbench": [sys.executable, "-m", "microworldbench"]}
+  args = shlex.split(text) + [a.format(steps=steps, **tiny) for a in table.TINY_EXTRA.get(name, [])]
+  program = {"python": [sys.executable], "microworldbench": [sys.executable, "-m", "microworldbench"], "cp": ["cp"]}
   return program[args[0]] + args[1:]
 
 
@@ -152,12 +155,20 @@ class Step:
 
 
 class Chain:
-  """Runs COMMANDS steps in subprocesses (cwd: the repo), each once, after the steps it NEEDS."""
+  """Runs COMMANDS steps in subprocesses (cwd: the repo), each once, after the steps it NEEDS (of `table`)."""
 
   def __init__(
-    self, paths: dict[str, str], *, parallel: int = 2, steps: int = TRAIN_STEPS, env=None, timeout: int = 900
+    self,
+    paths: dict[str, str],
+    *,
+    parallel: int = 2,
+    steps: int = TRAIN_STEPS,
+    env=None,
+    timeout: int = 900,
+    table=None,
   ):
     self.paths, self.steps, self.timeout = paths, steps, timeout
+    self.table = table or sys.modules[__name__]
     self.env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", **(env or {})}
     self.parallel, self.running, self.waiting = parallel, 0, []
     self.slot_free = threading.Condition()
@@ -175,7 +186,7 @@ class Chain:
     with self.lock:
       if name in self.runs:
         return self.runs[name]
-    needs = [self._start(n) for n in NEEDS.get(name, [])]
+    needs = [self._start(n) for n in self.table.NEEDS.get(name, [])]
     with self.lock:
       step = self.runs[name] = Step(name)
       step.priority = len(self.runs)
@@ -190,7 +201,7 @@ class Chain:
       if failed:
         step.stderr = f"not run: {failed} failed"
         return
-      step.argv = argv(step.name, self.paths, self.steps)
+      step.argv = argv(step.name, self.paths, self.steps, self.table)
       with self._slot(step.priority):
         t0 = time.time()
         if self.closed:

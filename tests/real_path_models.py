@@ -1,4 +1,4 @@
-"""A tiny random Wan2.1 pipeline in the real PyTorch formats, made offline for end-to-end tests.
+"""Tiny random Wan pipelines in the real PyTorch formats, made offline for end-to-end tests.
 
 `save_wan_pipeline(root)` writes what a user downloads from the Hub, at toy sizes: a diffusers
 `WanPipeline` folder with transformer/ (WanTransformer3DModel), vae/ (AutoencoderKLWan),
@@ -6,6 +6,11 @@ text_encoder/ (transformers UMT5EncoderModel), tokenizer/ (a sentencepiece unigr
 here on a few hundred generated sentences, saved as T5 tokenizer files) and scheduler/.
 Sizes match `configs/wan2_1.py:...,runlocal`: DiT 2 layers x 2 heads x 16, text_dim 32, 4 latent
 channels; VAE 2x temporal, 4x spatial; umT5 2 layers, d_model 32.
+
+The Wan2.2 folders, same DiT, umT5 and tokenizer: `save_wan22_ti2v_pipeline` (Wan2.2-TI2V-5B-Diffusers:
+`WanPipeline(expand_timesteps=True)` with the Wan2.2 VAE's structure, 16x spatial, 4x temporal) and
+`save_wan22_a14b_pipeline` (Wan2.2-T2V-A14B-Diffusers: transformer/ and transformer_2/, boundary_ratio 0.875,
+the Wan2.1 VAE).
 """
 
 from __future__ import annotations
@@ -94,14 +99,31 @@ def train_tokenizer(out_dir: str) -> str:
   return tok_dir
 
 
-def save_wan_pipeline(root: str, seed: int = 0) -> str:
-  """Writes a tiny random WanPipeline folder to `root` with save_pretrained; returns `root`."""
+# The Wan2.2 VAE's structure at a CPU size (WanVAEConfig "tiny-wan2.2"): a 2x2 patchify, then 8x spatial.
+TINY_WAN22_VAE = dict(
+  base_dim=4,
+  decoder_base_dim=6,
+  z_dim=4,
+  dim_mult=[1, 2, 4, 4],
+  num_res_blocks=1,
+  attn_scales=[],
+  temperal_downsample=[False, True, True],
+  is_residual=True,
+  in_channels=12,
+  out_channels=12,
+  patch_size=2,
+  scale_factor_spatial=16,
+  scale_factor_temporal=4,
+)
+STATS = dict(latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.8, 1.2, 1.0])
+BOUNDARY = 0.875  # Wan2.2 T2V-A14B's boundary_ratio
+
+
+def _dit():
+  """A tiny random WanTransformer3DModel (from the current torch seed), every weight perturbed."""
   import diffusers
   import torch
-  import transformers
-  from tiny_diffusers import TINY_WAN_VAE  # tests/ is on the path under pytest only
 
-  torch.manual_seed(seed)
   dit = diffusers.WanTransformer3DModel(
     patch_size=(1, 2, 2),
     num_attention_heads=2,
@@ -117,10 +139,13 @@ def save_wan_pipeline(root: str, seed: int = 0) -> str:
   with torch.no_grad():  # diffusers zero-initialises some projections: make every weight matter
     for p in dit.parameters():
       p.add_(0.05 * torch.randn_like(p))
-  vae = diffusers.AutoencoderKLWan(
-    **{**TINY_WAN_VAE, "latents_mean": [0.1, -0.2, 0.3, 0.0], "latents_std": [1.5, 0.8, 1.2, 1.0]}
-  ).eval()
-  text = transformers.UMT5EncoderModel(
+  return dit
+
+
+def _umt5():
+  import transformers
+
+  return transformers.UMT5EncoderModel(
     transformers.UMT5Config(
       vocab_size=VOCAB,
       d_model=TEXT_DIM,
@@ -132,12 +157,50 @@ def save_wan_pipeline(root: str, seed: int = 0) -> str:
       relative_attention_max_distance=16,
     )
   ).eval()
-  tok_dir = train_tokenizer(root)
-  tokenizer = transformers.AutoTokenizer.from_pretrained(tok_dir)
-  scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0)
-  pipe = diffusers.WanPipeline(tokenizer=tokenizer, text_encoder=text, vae=vae, transformer=dit, scheduler=scheduler)
-  pipe.save_pretrained(root)
+
+
+def _save(root: str, seed: int, vae_kwargs: dict, scheduler, experts: int = 1, **pipeline_kwargs) -> str:
+  """A tiny WanPipeline folder: `experts` DiTs, then the VAE and the umT5 drawn from torch seed `seed`."""
+  import diffusers
+  import torch
+  import transformers
+
+  torch.manual_seed(seed)
+  dits = [_dit() for _ in range(experts)]
+  vae = diffusers.AutoencoderKLWan(**vae_kwargs).eval()
+  text = _umt5()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(train_tokenizer(root))
+  if experts == 2:
+    pipeline_kwargs.update(transformer_2=dits[1], boundary_ratio=BOUNDARY)
+  parts = dict(tokenizer=tokenizer, text_encoder=text, vae=vae, transformer=dits[0], scheduler=scheduler)
+  diffusers.WanPipeline(**parts, **pipeline_kwargs).save_pretrained(root)
   return root
+
+
+def save_wan_pipeline(root: str, seed: int = 0) -> str:
+  """Writes a tiny random Wan2.1 WanPipeline folder to `root` with save_pretrained; returns `root`."""
+  import diffusers
+  from tiny_diffusers import TINY_WAN_VAE  # tests/ is on the path under pytest only
+
+  return _save(root, seed, {**TINY_WAN_VAE, **STATS}, diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0))
+
+
+def save_wan22_ti2v_pipeline(root: str, seed: int = 0) -> str:
+  """A tiny Wan2.2-TI2V-5B-Diffusers: WanPipeline(expand_timesteps=True), the Wan2.2 VAE's structure; returns `root`."""
+  import diffusers
+
+  sched = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+  return _save(root, seed, {**TINY_WAN22_VAE, **STATS}, sched, expand_timesteps=True)
+
+
+def save_wan22_a14b_pipeline(root: str, seed: int = 0) -> str:
+  """A tiny Wan2.2-T2V-A14B-Diffusers: two experts (transformer/ high noise, transformer_2/ low), the Wan2.1 VAE's
+  structure; returns `root`."""
+  import diffusers
+  from tiny_diffusers import TINY_WAN_VAE
+
+  sched = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=12.0)
+  return _save(root, seed, {**TINY_WAN_VAE, **STATS}, sched, experts=2)
 
 
 CAPTIONS = [

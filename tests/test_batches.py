@@ -102,3 +102,15 @@ def test_fewer_frames_and_the_channels_of_a_latent_cache(tmp_path):
   c.model.update(in_channels=4, out_channels=4)
   with pytest.raises(ValueError, match="^model.in_channels=4, but the latent cache here holds latent channels 3"):
     batches.check_latent_cache(plans.resolve(c, 1), source, "here")
+
+
+def test_a_latent_cache_of_another_vae_is_refused(tmp_path):
+  """Same size, text and channels, but another VAE's grid (Wan2.1's 8x where the run's is Wan2.2's 16x): refused,
+  not trained on at the cache's grid."""
+  write_cache(tmp_path, records(1, shape=(5, 16, 16, 4)))
+  source = input_pipeline.load_source("toy_latents", "train", str(tmp_path))
+  c = tiny_config(str(tmp_path), **LATENTS, **{"autoencoder.kind": "wan_vae", "autoencoder.preset": "tiny"})
+  c.model.update(in_channels=4, out_channels=4)
+  message = "the latent cache here holds latents of 16x16 per frame, but the autoencoder (autoencoder.init_from="
+  with pytest.raises(ValueError, match=f"^{re.escape(message)}.* makes 4x4 of 16x16: it was encoded by another VAE"):
+    batches.check_latent_cache(plans.resolve(c, 1), source, "here")
