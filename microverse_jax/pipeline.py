@@ -289,6 +289,20 @@ def pretrained_config(checkpoint: str, config=None):
   return config
 
 
+def check_same_shapes(model, model_2, folder: str) -> None:
+  """Refuses two experts whose parameters differ in shape, naming the first key and both shapes (Wan2.2 A14B's
+  experts share one architecture: the sampler feeds both the same latents and text)."""
+  shapes = [
+    {"/".join(map(str, k)): v.shape for k, v in nnx.to_flat_state(nnx.state(m, nnx.Param))} for m in (model, model_2)
+  ]
+  for key in sorted(shapes[0].keys() | shapes[1].keys()):
+    a, b = (s.get(key, "absent") for s in shapes)
+    if a != b:
+      raise ValueError(
+        f"{folder}: the experts differ at {key}: transformer/ {a}, transformer_2/ {b} (one architecture expected)"
+      )
+
+
 class Pipeline:
   """A DiT with its frozen encoders and its config's sampling settings: pipe(prompts) -> videos. Two experts
   (Wan2.2 A14B): `model_2` samples the timesteps below 1000 `boundary` (see `generate`)."""
@@ -324,6 +338,7 @@ class Pipeline:
     pipe.boundary = folder_boundary(checkpoint)
     if pipe.boundary is not None:
       pipe.model_2 = train_state.load_dit(plan, checkpoint_dir=os.path.join(checkpoint, "transformer_2"))
+      check_same_shapes(pipe.model, pipe.model_2, checkpoint)
       print(
         f"two experts: transformer/ samples timesteps >= {pipe.boundary * diffusion.NUM_TRAIN_TIMESTEPS:g}, "
         "transformer_2/ those below",

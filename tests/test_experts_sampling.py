@@ -195,3 +195,18 @@ def test_cli_guidance_2_needs_a_two_expert_folder(tmp_path):
   assert run.returncode == 2 and not (tmp_path / "x.mp4").exists(), run.stderr[-2000:]
   refusal = "error: --guidance_2: only for a two-expert (Wan2.2 A14B) diffusers folder given as --checkpoint"
   assert run.stderr.strip() == refusal, run.stderr[-2000:]
+
+
+def test_experts_of_different_shapes_are_refused_with_the_key_and_both_shapes(folder, tmp_path):
+  import shutil
+
+  odd = tmp_path / "odd"
+  shutil.copytree(folder, odd, symlinks=True)
+  shutil.rmtree(odd / "transformer_2")
+  torch.manual_seed(2)
+  diffusers.WanTransformer3DModel(**{**TINY_WAN_DIT, "ffn_dim": 2 * TINY_WAN_DIT["ffn_dim"]}).save_pretrained(
+    odd / "transformer_2"
+  )
+  ffn = TINY_WAN_DIT["ffn_dim"]
+  with pytest.raises(ValueError, match=rf"experts differ at blocks/ffn_in/bias: transformer/ \(2, {ffn}\), "):
+    pipeline.Pipeline.from_pretrained(str(odd))
