@@ -193,9 +193,23 @@ def folder_conditioning(folder: str, dit_cfg) -> str:
   return "concat" if dit_cfg.in_channels != dit_cfg.out_channels else "none"
 
 
+def check_pipeline_parts(folder: str) -> None:
+  """Refuses a folder with a WanPipeline's transformer/ or transformer_2/ but no model_index.json (an expert exported
+  alone, into a new folder): one line saying how to put it beside its partner."""
+  path = epath.Path(folder)
+  experts = [p for p in ("transformer", "transformer_2") if (path / p).is_dir()]
+  if experts and not (path / "model_index.json").exists():
+    raise ValueError(
+      f"{folder}: holds {' and '.join(f'{p}/' for p in experts)} but no model_index.json, not a WanPipeline folder: "
+      f"export an expert into a copy of its pipeline folder (cp -rs PIPELINE {folder} first: docs/wan2_2.md), "
+      "or give the transformer folder itself"
+    )
+
+
 def folder_boundary(folder: str) -> float | None:
   """The boundary_ratio of a two-expert diffusers Wan pipeline folder (Wan2.2 A14B: transformer/ samples timesteps
   >= 1000 boundary_ratio, transformer_2/ those below), None for one transformer; refuses one without transformer_2/."""
+  check_pipeline_parts(folder)
   boundary = _model_index(folder).get("boundary_ratio")
   if boundary is not None and not (epath.Path(folder) / "transformer_2").is_dir():
     raise ValueError(f"{folder}: a two-expert Wan2.2 A14B pipeline (boundary_ratio) without transformer_2/")
@@ -273,6 +287,7 @@ def pretrained_config(checkpoint: str, config=None):
   WanPipeline folder its VAE, text encoder, tokenizer and image conditioning (`folder_conditioning`)."""
   if files.folder_kind(checkpoint) == "run":
     raise ValueError(f"--checkpoint={checkpoint}: {files.KINDS['run']}, not a checkpoint; give it as --workdir")
+  check_pipeline_parts(checkpoint)
   if config is None:
     from microverse_jax import saved_config  # pylint: disable=g-import-not-at-top
 

@@ -2,6 +2,7 @@
 size on request), the settings it refuses naming each, conditioning images, folders it reads, and film strips."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -128,6 +129,20 @@ def test_pretrained_config_points_a_copy_at_the_checkpoint_and_refuses_a_run(tmp
   files.mark(tmp_path / "run", "run")
   with pytest.raises(ValueError, match=f"--checkpoint={tmp_path / 'run'}: a training run's workdir, not a checkpoint"):
     pipeline.pretrained_config(str(tmp_path / "run"), c)
+
+
+def test_an_expert_exported_alone_is_not_taken_for_a_pipeline(tmp_path):
+  """export of an A14B expert into a new folder writes FOLDER/transformer_2 only: sampling that folder says to export
+  into a copy of the pipeline (it said "no checkpoint in this directory", or with --guidance_2 "only for a two-expert
+  folder")."""
+  (tmp_path / "transformer_2").mkdir()
+  (tmp_path / "transformer_2" / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel"}))
+  message = f"{tmp_path}: holds transformer_2/ but no model_index.json, not a WanPipeline folder: export an expert "
+  message = "^" + re.escape(message + "into a copy of its pipeline folder (cp -rs PIPELINE")
+  for check in (pipeline.folder_boundary, lambda p: pipeline.pretrained_config(p, tiny_config(""))):
+    with pytest.raises(ValueError, match=message):
+      check(str(tmp_path))
+  assert pipeline.folder_boundary(str(tmp_path / "transformer_2")) is None  # the transformer folder itself
 
 
 def test_a_film_strip_is_evenly_spaced_frames_side_by_side():
