@@ -108,6 +108,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample = ml_collections.ConfigDict()
   c.sample.steps = 50  # sampler steps
   c.sample.guidance = 5.0  # classifier-free guidance scale
+  c.sample.guidance_2 = 0.0  # two experts (Wan2.2 A14B folder): the low-noise transformer_2's scale; 0: sample.guidance
   c.sample.negative_prompt = NEGATIVE_PROMPT  # the unconditional text of CFG
   c.sample.sampler = "euler"  # "euler" or "unipc"
   c.sample.fps = 15  # of the mp4

@@ -3,10 +3,12 @@
   --config=configs/wan2_2.py:ti2v_5b,lora                 (TI2V-5B: Wan2.2 VAE, 704x1280, 121 frames, 24 fps)
   --config=configs/wan2_2.py:t2v_a14b,full,expert=high    (T2V-A14B's high-noise expert, timesteps >= 875)
   --config=configs/wan2_2.py:i2v_a14b,lora,expert=low     (I2V-A14B's low-noise expert, timesteps < 900)
+  --config=configs/wan2_2.py:t2v_a14b                      (both A14B experts: sampling a two-expert folder)
   --config=configs/wan2_2.py:ti2v_5b,lora,runlocal        (any variant shrunk for a CPU smoke run)
 
 arg: comma-separated variants: model ti2v_5b | t2v_a14b | i2v_a14b; mode lora | full; expert=high | expert=low
-(A14B: each expert is its own run and checkpoint, `transformer/` and `transformer_2/` of the diffusers folder);
+(A14B: each expert is its own run and checkpoint, `transformer/` and `transformer_2/` of the diffusers folder;
+without expert=, the pair, which samples and does not train);
 480p | 720p (A14B); runlocal. The rest is configs/wan2_1.py's recipe (LoRA rank 32 at lr 1e-4, full at 1e-5,
 epochs, batch, lr scaling). Sizes, boundaries and sampling settings are the official Wan2.2 configs' (wan/configs/
 wan_ti2v_5B.py, wan_t2v_A14B.py, wan_i2v_A14B.py). Assumptions (no official training code): training uses the
@@ -38,11 +40,8 @@ def get_config(arg: str = "ti2v_5b,lora") -> ml_collections.ConfigDict:
   if len(models) != 1 or len(experts) > 1:
     raise ValueError(f"configs/wan2_2.py:{arg}: name one model of {MODELS} and at most one expert=high|low")
   model, expert = models[0], (experts or [""])[0]
-  if (model != "ti2v_5b") != bool(expert):
-    raise ValueError(
-      f"configs/wan2_2.py:{arg}: "
-      + ("TI2V-5B is one model, no expert=" if expert else f"{model} trains one expert: add expert=high or expert=low")
-    )
+  if model == "ti2v_5b" and expert:
+    raise ValueError(f"configs/wan2_2.py:{arg}: TI2V-5B is one model, no expert=")
   if model == "ti2v_5b" and {"480p", "720p"} & variants:
     raise ValueError(f"configs/wan2_2.py:{arg}: TI2V-5B trains at 704x1280 (no 480p / 720p variant)")
   mode, boundary, shift, steps, (guidance_high, guidance_low) = OFFICIAL[model]
@@ -52,6 +51,8 @@ def get_config(arg: str = "ti2v_5b,lora") -> ml_collections.ConfigDict:
   c.diffusion.update(image_conditioning=mode, boundary_ratio=boundary, shift=shift)
   c.train.update(expert=expert, text_only_rate=0.5 if mode == "ti2v" else 0.0)
   c.sample.update(steps=steps, guidance=guidance_low if expert == "low" else guidance_high)
+  if boundary and not expert:  # the pair: transformer/ at the high-noise scale, transformer_2/ at the low-noise one
+    c.sample.guidance_2 = guidance_low
   if "runlocal" in variants:  # wan2_1's tiny sizes; the Wan2.2 VAE's structure (16x spatial) for TI2V-5B
     vae = "tiny-wan2.2" if model == "ti2v_5b" else "tiny"
     temporal = {"tiny-wan2.2": 4, "tiny": 2}[vae]

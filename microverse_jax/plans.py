@@ -135,6 +135,16 @@ def _check_image_conditioning(c, mode: str) -> None:
     )
 
 
+def check_trainable(c) -> None:
+  """Refuses a two-expert pair (diffusion.boundary_ratio without train.expert: a config that samples both) as a
+  training config: a run trains one expert."""
+  if c.diffusion.boundary_ratio and not c.train.expert:
+    raise ValueError(
+      f"diffusion.boundary_ratio={c.diffusion.boundary_ratio} without train.expert: a two-expert pair samples; "
+      "a run trains one expert (train.expert=high or low; configs/wan2_2.py:...,expert=high)"
+    )
+
+
 def _check_expert(c) -> None:
   """train.expert trains one of two experts (Wan2.2 A14B), split at diffusion.boundary_ratio; its range is not empty."""
   ratio, expert = c.diffusion.boundary_ratio, c.train.expert

@@ -146,6 +146,7 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
   sharding.maybe_initialize_distributed()
   workdir = str(epath.Path(workdir).expanduser())
   plan = plans.resolve(c, jax.device_count(), num_processes=jax.process_count())
+  plans.check_trainable(c)
   evaluators.check(c)
   files.require_kind(workdir, (None, "run", "other"), "--workdir")  # never a checkpoint, an export or a cache
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)

@@ -59,8 +59,8 @@ COMMANDS = {
   "copy_a14b": "cp -rs $A14B $OUT/a14b_low",
   "export_a14b": "python -m microverse_jax.export --workdir=$RUNS/a14b_low --format=diffusers --out=$OUT/a14b_low",
   "sample_a14b": (
-    "python -m microverse_jax.sample --checkpoint=$OUT/a14b_low --config=configs/wan2_2.py:t2v_a14b,full,expert=high "
-    f"--guidance_2=3.0 {_RUBRICS} --out=$OUT/a14b_low_videos "
+    "python -m microverse_jax.sample --checkpoint=$OUT/a14b_low --config=configs/wan2_2.py:t2v_a14b "
+    f"{_RUBRICS} --out=$OUT/a14b_low_videos "
     "--num_frames={a14b_frames} --height={a14b_height} --width={a14b_width}"
   ),
 }

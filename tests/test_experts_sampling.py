@@ -167,6 +167,8 @@ def test_two_expert_pipeline_equals_diffusers(folder, capsys):
   finally:
     pipe.model_2 = model_2
   assert np.abs(_ours(pipe)[0] - ref_latents).max() > 1e-3
+  pipe.config.sample.guidance_2 = GUIDANCE_2  # the pair config's scale (configs/wan2_2.py:t2v_a14b) when none is given
+  np.testing.assert_array_equal(_ours(pipe)[0], ours_latents)
 
 
 def test_switched_picks_the_expert_by_timestep():

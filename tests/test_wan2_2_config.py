@@ -2,6 +2,8 @@
 (I2V-A14B is checked here: its DiT takes 36 channels, not the autoencoder's 16, so test_configs.py's
 generic check does not apply to it.)"""
 
+import os
+
 import pytest
 from train_helpers import losses
 
@@ -42,7 +44,6 @@ def test_the_official_wan2_2_shapes_and_switches():
 @pytest.mark.parametrize(
   "arg, message",
   [
-    ("t2v_a14b,lora", r"t2v_a14b trains one expert: add expert=high or expert=low"),
     ("ti2v_5b,lora,expert=high", r"TI2V-5B is one model, no expert="),
     ("ti2v_5b,t2v_a14b", r"name one model"),
     ("ti2v_5b,expert=middle", r"unknown variants \['expert=middle'\]"),
@@ -60,3 +61,12 @@ def test_runlocal_trains_on_cpu(arg, synth_data_dir, tmp_path):
   c.train.num_steps = 2
   train.train(c, str(tmp_path))
   assert sorted(losses(str(tmp_path))) == [1, 2]
+
+
+def test_the_a14b_pair_samples_with_both_scales_and_does_not_train(tmp_path):
+  pair = wan2_2.get_config("t2v_a14b")
+  assert (pair.train.expert, pair.sample.guidance, pair.sample.guidance_2) == ("", 4.0, 3.0)
+  assert wan2_2.get_config("t2v_a14b,full,expert=low").sample.guidance_2 == 0  # one expert: sample.guidance
+  with pytest.raises(ValueError, match=r"boundary_ratio=0.875 without train.expert: a two-expert pair samples"):
+    train.train(wan2_2.get_config("t2v_a14b,lora,runlocal"), str(tmp_path))
+  assert not os.listdir(tmp_path)  # refused before anything is written
