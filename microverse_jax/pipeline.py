@@ -383,7 +383,7 @@ class Pipeline:
     (two experts), shift, sampler, negative_prompt, batch_size, noise_ids, progress. `image`: the first frame to
     condition on (a path or uint8 (H, W, 3), fitted to the size by `load_image`), or a list of one per prompt."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if self.model_2 is not None and settings.get("guidance_2") is None and self.config.sample.get("guidance_2"):
+    if self.model_2 is not None and settings.get("guidance_2") is None and self.config.sample.guidance_2:
       settings["guidance_2"] = self.config.sample.guidance_2
     check_settings(settings, self.config)
     check_conditioning(diffusion.image_conditioning(self.config.diffusion), image is not None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import types
 
 import ml_dtypes
 import numpy as np
@@ -146,6 +147,7 @@ class PoolingVAE(nnx.Module):
   """A stand-in for WanVAE with its two methods: 2x temporal, 4x spatial pooling, a 1x1 mix, a shift."""
 
   def __init__(self):
+    self.cfg = types.SimpleNamespace(temporal_factor=2, spatial_factor=4)  # what encode.check_size reads
     self.mix = nnx.Param(np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32))
     self.mean = nnx.Param(np.full((4,), 0.5, np.float32))
 
