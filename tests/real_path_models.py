@@ -99,22 +99,8 @@ def train_tokenizer(out_dir: str) -> str:
   return tok_dir
 
 
-# The Wan2.2 VAE's structure at a CPU size (WanVAEConfig "tiny-wan2.2"): a 2x2 patchify, then 8x spatial.
-TINY_WAN22_VAE = dict(
-  base_dim=4,
-  decoder_base_dim=6,
-  z_dim=4,
-  dim_mult=[1, 2, 4, 4],
-  num_res_blocks=1,
-  attn_scales=[],
-  temperal_downsample=[False, True, True],
-  is_residual=True,
-  in_channels=12,
-  out_channels=12,
-  patch_size=2,
-  scale_factor_spatial=16,
-  scale_factor_temporal=4,
-)
+from tiny_diffusers import TINY_WAN22_VAE  # noqa: E402,F401  (the Wan2.2 VAE at a CPU size)
+
 STATS = dict(latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.8, 1.2, 1.0])
 BOUNDARY = 0.875  # Wan2.2 T2V-A14B's boundary_ratio
 

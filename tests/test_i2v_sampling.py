@@ -25,7 +25,12 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
-from tiny_diffusers import TINY_WAN_DIT, tiny_tokenizer, tiny_umt5  # noqa: E402
+from tiny_diffusers import (  # noqa: E402
+  TINY_WAN22_VAE as TINY_WAN22_BASE,  # noqa: E402
+  TINY_WAN_DIT,
+  tiny_tokenizer,
+  tiny_umt5,
+)
 
 from microverse_jax import diffusion, encoders, pipeline, plans, sample  # noqa: E402
 from microverse_jax.configs import microsim_tiny, wan2_1  # noqa: E402
@@ -37,19 +42,7 @@ NEGATIVE = "blurry static"
 STATS = dict(latents_mean=[0.3, -0.2, 0.1, 0.5], latents_std=[0.5, 1.5, 0.8, 2.0])
 # Wan2.2 VAE settings at a CPU size (16x spatial, 4x temporal, 2x2 patchify; WanVAEConfig "tiny-wan2.2").
 TINY_WAN22_VAE = dict(
-  base_dim=4,
-  decoder_base_dim=6,
-  z_dim=4,
-  dim_mult=[1, 2, 4, 4],
-  num_res_blocks=1,
-  attn_scales=[],
-  temperal_downsample=[False, True, True],
-  is_residual=True,
-  in_channels=12,
-  out_channels=12,
-  patch_size=2,
-  scale_factor_spatial=16,
-  scale_factor_temporal=4,
+  **TINY_WAN22_BASE,
   **STATS,
 )
 # Wan2.1 VAE settings at a CPU size (8x spatial, 4x temporal: four mask channels, as the real I2V models have).

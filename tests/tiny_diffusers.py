@@ -27,6 +27,25 @@ TINY_WAN_VAE = dict(
 WORDS = "a red cell divides in two virus enters blurry static".split()  # the tiny tokenizer's vocabulary
 
 
+# The Wan2.2 VAE's structure at a CPU size (WanVAEConfig "tiny-wan2.2"): a 2x2 patchify, then 8x spatial;
+# 16x spatial and 4x temporal in all.
+TINY_WAN22_VAE = dict(
+  base_dim=4,
+  decoder_base_dim=6,
+  z_dim=4,
+  dim_mult=[1, 2, 4, 4],
+  num_res_blocks=1,
+  attn_scales=[],
+  temperal_downsample=[False, True, True],
+  is_residual=True,
+  in_channels=12,
+  out_channels=12,
+  patch_size=2,
+  scale_factor_spatial=16,
+  scale_factor_temporal=4,
+)
+
+
 def tiny_umt5():
   """A tiny random transformers UMT5EncoderModel (d_model 32, the tiny DiT's text_dim), in eval mode."""
   import transformers  # pylint: disable=g-import-not-at-top

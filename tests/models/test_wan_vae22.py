@@ -18,6 +18,7 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+from tiny_diffusers import TINY_WAN22_VAE as TINY_WAN22_BASE  # noqa: E402
 from vae_helpers import decode, encode, to_ours  # noqa: E402
 
 from microverse_jax import plans  # noqa: E402
@@ -33,19 +34,7 @@ from microverse_jax.models.wan_vae22 import WAN22_LATENTS_MEAN, WAN22_LATENTS_ST
 # WanVAEConfig.preset("tiny-wan2.2") as diffusers kwargs (16x spatial, 4x temporal), with latent statistics
 # that are not the identity.
 TINY_WAN22_VAE = dict(
-  base_dim=4,
-  decoder_base_dim=6,
-  z_dim=4,
-  dim_mult=[1, 2, 4, 4],
-  num_res_blocks=1,
-  attn_scales=[],
-  temperal_downsample=[False, True, True],
-  is_residual=True,
-  in_channels=12,
-  out_channels=12,
-  patch_size=2,
-  scale_factor_spatial=16,
-  scale_factor_temporal=4,
+  **TINY_WAN22_BASE,
   latents_mean=[0.3, -0.2, 0.1, 0.5],
   latents_std=[0.5, 1.5, 0.8, 2.0],
 )
