@@ -13,7 +13,7 @@ from microverse_jax.models.wan_dit import WanDiTConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_ARGS = {
-  "microsim_tiny": ["", "test"],
+  "microsim_tiny": ["", "test", "long", "long,test"],
   "wan2_1": [",".join(v) for v in itertools.product(("1.3b", "14b"), ("lora", "full"), ("480p", "720p"))]
   + ["14b,lora,runlocal", "1.3b,full,runlocal"],
   "wan2_2": ["ti2v_5b,lora", "ti2v_5b,full", "t2v_a14b,lora,expert=high", "t2v_a14b,full,720p,expert=low"]
@@ -58,6 +58,16 @@ def test_wan_presets_match_the_paper():
   assert small.optim.lr == 1e-4 and big.optim.lr == 1e-5 and small.diffusion.shift == 5.0
   with pytest.raises(ValueError, match="unknown variants"):
     wan2_1.get_config("1.3b,lorra")
+
+
+def test_the_tiny_long_variant_is_the_physics_curve_run():
+  from microverse_jax.configs import microsim_tiny
+
+  short, long = microsim_tiny.get_config(""), microsim_tiny.get_config("long")
+  assert (long.train.num_steps, short.train.num_steps, long.evals.physics.every) == (19200, 2400, 2400)
+  assert (long.diffusion.weighting, long.optim.ema_decay, short.diffusion.weighting) == ("snr+1", 0.999, "wan")
+  with pytest.raises(ValueError, match="unknown arg"):
+    microsim_tiny.get_config("lnog")
 
 
 def _leaf_keys(c, prefix=""):
