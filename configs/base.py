@@ -16,6 +16,15 @@ NEGATIVE_PROMPT = (
 )
 
 
+def variants(arg: str, allowed: set[str], config_file: str) -> set[str]:
+  """The comma list `arg` of a recipe's get_config as a set (lower case); a word not in `allowed` is an error
+  naming the file and every allowed word."""
+  words = {v.strip().lower() for v in arg.split(",") if v.strip()}
+  if unknown := words - allowed:
+    raise ValueError(f"{config_file}: unknown variants {sorted(unknown)}; expected {sorted(allowed)}")
+  return words
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.init_from = ""  # a DiT checkpoint (python -m microverse_jax.convert dit); its own architecture wins

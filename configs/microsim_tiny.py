@@ -51,17 +51,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.evals.physics.update(every=2400, num_clips=16)
   c.mesh.update(data=-1, fsdp=1)
 
-  words = [w for w in arg.split(",") if w]
-  unknown = sorted(set(words) - {"long", "test"})
-  if unknown:
-    raise ValueError(f"configs/microsim_tiny.py: unknown arg {unknown}; expected a comma list of long, test")
-  if "long" in words:  # the physics-vs-steps curve: 8x the budget, physics every 1x
+  variants = base.variants(arg, {"long", "test"}, "configs/microsim_tiny.py")
+  if "long" in variants:  # the physics-vs-steps curve: 8x the budget, physics every 1x
+    budget = c.train.num_steps
     c.diffusion.weighting = "snr+1"
     c.optim.ema_decay = 0.999
-    c.train.num_steps = 8 * c.train.num_steps
-    c.evals.loss.every = c.evals.physics.every = 2400
-    c.evals.samples.every = 4800
-  if "test" in words:  # unit tests: seconds per run
+    c.train.num_steps = 8 * budget
+    c.evals.loss.every = c.evals.physics.every = budget
+    c.evals.samples.every = 2 * budget
+  if "test" in variants:  # unit tests: seconds per run
     c.model.update(patch_size=(1, 4, 4), num_heads=2, head_dim=16, ffn_dim=64, num_layers=2, text_dim=32, freq_dim=32)
     c.text.max_length = 32
     c.data.update(batch_size=4, num_frames=5, height=16, width=16)

@@ -24,10 +24,7 @@ OFFICIAL_BATCH = 2  # the official runs: 2 GPUs x 1 clip (accelerate_2gpu.yaml, 
 
 
 def get_config(arg: str = "1.3b,lora") -> ml_collections.ConfigDict:
-  variants = {v.strip().lower() for v in arg.split(",") if v.strip()}
-  unknown = variants - VARIANTS
-  if unknown:
-    raise ValueError(f"configs/wan2_1.py: unknown variants {sorted(unknown)}; expected {sorted(VARIANTS)}")
+  variants = base.variants(arg, VARIANTS, "configs/wan2_1.py")
   size = "14B" if "14b" in variants else "1.3B"
   lora = "full" not in variants
   official = "official" in variants

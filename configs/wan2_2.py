@@ -19,7 +19,7 @@ is the official scale of its noise range.
 import ml_collections
 
 from microverse_jax import diffusion
-from microverse_jax.configs import wan2_1
+from microverse_jax.configs import base, wan2_1
 
 MODELS = ("ti2v_5b", "t2v_a14b", "i2v_a14b")
 VARIANTS = {*MODELS, "lora", "full", "expert=high", "expert=low", "480p", "720p", "runlocal"}
@@ -32,9 +32,7 @@ OFFICIAL = {
 
 
 def get_config(arg: str = "ti2v_5b,lora") -> ml_collections.ConfigDict:
-  variants = {v.strip().lower() for v in arg.split(",") if v.strip()}
-  if unknown := variants - VARIANTS:
-    raise ValueError(f"configs/wan2_2.py: unknown variants {sorted(unknown)}; expected {sorted(VARIANTS)}")
+  variants = base.variants(arg, VARIANTS, "configs/wan2_2.py")
   models = [m for m in MODELS if m in variants]
   experts = [v.partition("=")[2] for v in variants if v.startswith("expert=")]
   if len(models) != 1 or len(experts) > 1:

@@ -66,7 +66,7 @@ def test_the_tiny_long_variant_is_the_physics_curve_run():
   short, long = microsim_tiny.get_config(""), microsim_tiny.get_config("long")
   assert (long.train.num_steps, short.train.num_steps, long.evals.physics.every) == (19200, 2400, 2400)
   assert (long.diffusion.weighting, long.optim.ema_decay, short.diffusion.weighting) == ("snr+1", 0.999, "wan")
-  with pytest.raises(ValueError, match="unknown arg"):
+  with pytest.raises(ValueError, match="unknown variants"):
     microsim_tiny.get_config("lnog")
 
 
