@@ -160,3 +160,23 @@ def test_a_config_the_trainer_cannot_train_with_an_image_is_refused_before_anyth
   with pytest.raises(ValueError, match=r"data.source='latents' with diffusion.image_conditioning='concat'"):
     train.train(c, str(tmp_path / "wd"))
   assert not (tmp_path / "wd").exists()
+
+
+def test_a_first_frame_model_is_scored_from_text_and_in_simulate_mode(synth_data_dir, tmp_path):
+  run = _train(
+    [
+      f"--config.data.data_dir={synth_data_dir}",
+      "--config.diffusion.image_conditioning=ti2v",
+      "--config.sample.steps=2",
+      "--config.evals.physics.every=4",
+      "--config.evals.physics.num_clips=2",
+    ],
+    tmp_path,
+  )
+  assert run.returncode == 0, run.stderr[-3000:]
+  lines = (run.stdout + run.stderr).splitlines()
+  assert any(l.startswith("physics pass_rate=") for l in lines), lines
+  assert any(l.startswith("physics simulate pass_rate=") for l in lines), lines
+  final = json.loads((tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()[-1])
+  for mode in ("physics", "physics_simulate"):
+    assert 0.0 <= final[f"{mode}/pass_rate"] <= 1.0 and f"{mode}/check/temporal/flicker" in final, final.keys()
