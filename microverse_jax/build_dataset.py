@@ -4,7 +4,7 @@
       [--metadata=NAME_OR_GLOB --video_key=K --caption_key=K --id_key=K --follow_symlinks
        --max_file_mb=512]
   python -m microverse_jax.build_dataset microsim_synth --data_dir=DIR [--num_clips=N --seed=S]
-      [--num_frames=F --size=S --export_prompts=PATH]
+      [--num_frames=F --size=S --extra_train_clips=N --export_prompts=PATH]
 
 `data_dir` may be a gs:// path. The dataset lands in DATA_DIR/<name>/<version>/ and reads back with
 `tfds.builder_from_directory` or `input_pipeline.load_source(name, split, data_dir)`. microsim10k lists
@@ -89,9 +89,12 @@ def _counted(generate, progress: Progress):
 
 
 def _existing_settings(path: epath.Path) -> dict | None:
+  """The build settings of the microsim_synth dataset at `path` (None: not built); datasets built before
+  extra_train_clips existed have none."""
   if not (path / "dataset_info.json").exists():
     return None
-  return dict(tfds.builder_from_directory(str(path)).info.metadata or {}).get("build_settings")
+  settings = dict(tfds.builder_from_directory(str(path)).info.metadata or {}).get("build_settings")
+  return None if settings is None else {"extra_train_clips": 0, **settings}
 
 
 def build(
@@ -110,6 +113,7 @@ def build(
   seed: int | None = None,
   num_frames: int | None = None,
   size: int | None = None,
+  extra_train_clips: int | None = None,
   overwrite: bool = False,
   export_prompts: str | None = None,
   log=None,
@@ -153,9 +157,8 @@ def build(
   if name == "microsim_synth":
     from microverse_jax.datasets.microsim_synth import MicrosimSynth, export_prompts as write_prompts
 
-    settings = {
-      k: v for k, v in dict(num_clips=num_clips, seed=seed, num_frames=num_frames, size=size).items() if v is not None
-    }
+    given = dict(num_clips=num_clips, seed=seed, num_frames=num_frames, size=size, extra_train_clips=extra_train_clips)
+    settings = {k: v for k, v in given.items() if v is not None}
     builder = MicrosimSynth(data_dir=data_dir, **settings)
     existing = _existing_settings(builder.data_path)
     if existing is not None and existing != builder.build_settings and not overwrite:
@@ -164,7 +167,7 @@ def build(
         f"{builder.build_settings}; pass --overwrite or another --data_dir"
       )
     if progress is not None:  # the builder has no progress hook: count what its generator yields
-      progress.start(builder.build_settings["num_clips"])
+      progress.start(builder.build_settings["num_clips"] + builder.build_settings["extra_train_clips"])
       builder._generate_examples = _counted(builder._generate_examples, progress)  # pylint: disable=protected-access
     try:
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
@@ -240,6 +243,11 @@ def parser():
   p.add_argument("--seed", type=int, help="microsim_synth: base seed (default 0)")
   p.add_argument("--num_frames", type=int, help="microsim_synth: frames per clip (default 17)")
   p.add_argument("--size", type=int, help="microsim_synth: frame height = width in px (default 64)")
+  p.add_argument(
+    "--extra_train_clips",
+    type=int,
+    help="microsim_synth: more training clips (numbers num_clips on); the validation split stays (default 0)",
+  )
   p.add_argument("--export_prompts", help="microsim_synth: also write prompts + ground truth as JSONL here")
   p.add_argument("--overwrite", action="store_true", help="rebuild even if the dataset exists")
   return p
@@ -263,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     seed=args.seed,
     num_frames=args.num_frames,
     size=args.size,
+    extra_train_clips=args.extra_train_clips,
     overwrite=args.overwrite,
     export_prompts=args.export_prompts,
     log=lambda line: print(f"{args.name}: {line}", flush=True),

@@ -1,7 +1,9 @@
 """TFDS builder for microsim_synth: procedurally generated micro-world clips (ArrayRecord).
 
-Deterministic in (num_clips, seed, num_frames, size, fps); these build settings are stored in the
-dataset's metadata. The last max(1, num_clips // 10) clips form the validation split.
+Deterministic in (num_clips, seed, num_frames, size, fps, extra_train_clips); these build settings are stored
+in the dataset's metadata. The last max(1, num_clips // 10) clips form the validation split; the others, and
+clips num_clips .. num_clips + extra_train_clips - 1 (more training data, the same validation clips), the
+train split.
 """
 
 from __future__ import annotations
@@ -31,18 +33,22 @@ class MicrosimSynth(tfds.core.GeneratorBasedBuilder):
     num_frames: int = DEFAULTS["num_frames"],
     size: int = DEFAULTS["size"],
     fps: float = DEFAULTS["fps"],
+    extra_train_clips: int = 0,
     **kwargs,
   ):
     if num_clips < 2:
       raise ValueError(f"num_clips must be >= 2 (train and validation splits), got {num_clips}")
     if num_frames < 1 or size < 8 or size % 2:
       raise ValueError(f"need num_frames >= 1 and an even size >= 8, got {num_frames} and {size}")
+    if extra_train_clips < 0:
+      raise ValueError(f"extra_train_clips must be >= 0, got {extra_train_clips}")
     self.build_settings = {
       "num_clips": int(num_clips),
       "seed": int(seed),
       "num_frames": int(num_frames),
       "size": int(size),
       "fps": float(fps),
+      "extra_train_clips": int(extra_train_clips),
     }
     super().__init__(**{"file_format": "array_record", **kwargs})
 
@@ -65,9 +71,9 @@ class MicrosimSynth(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    n = self.build_settings["num_clips"]
+    n, extra = self.build_settings["num_clips"], self.build_settings["extra_train_clips"]
     return {
-      split: self._generate_examples([i for i in range(n) if split_of(i, n) == split])
+      split: self._generate_examples([i for i in range(n + extra) if split_of(i, n) == split])
       for split in ("train", "validation")
     }
 

@@ -368,8 +368,9 @@ def clip_spec(index: int, *, seed: int, num_frames: int, size: int, fps: float) 
 
 
 def split_of(index: int, num_clips: int) -> str:
-  """'validation' for the last max(1, num_clips // 10) clips, 'train' for the rest."""
-  return "validation" if index >= num_clips - max(1, num_clips // 10) else "train"
+  """'validation' for the last max(1, num_clips // 10) of clips 0 .. num_clips - 1, 'train' for the rest (and
+  for the extra training clips from num_clips on)."""
+  return "validation" if num_clips - max(1, num_clips // 10) <= index < num_clips else "train"
 
 
 def export_prompts(
@@ -380,13 +381,16 @@ def export_prompts(
   num_frames: int = DEFAULTS["num_frames"],
   size: int = DEFAULTS["size"],
   fps: float = DEFAULTS["fps"],
+  extra_train_clips: int = 0,
 ) -> int:
   """Writes the dataset's prompts as JSONL without rendering; returns the number of rows.
 
   Each row: {"id", "split", "process", "params" (units px, frames), "caption", "seed" (render seed),
   "num_frames", "size", "fps"}: enough to re-render a clip with `render_clip` and compare physics.
   """
-  ids = files.check_ids([f"synth_{i:06d}" for i in range(num_clips)])  # they become mp4 names in sample
+  ids = files.check_ids(
+    [f"synth_{i:06d}" for i in range(num_clips + extra_train_clips)]
+  )  # they become mp4 names in sample
   rows = []
   for i, clip_id in enumerate(ids):
     spec = clip_spec(i, seed=seed, num_frames=num_frames, size=size, fps=fps)

@@ -177,3 +177,26 @@ def test_rebuild_with_other_settings_is_refused(synth_data_dir, synth_settings, 
   path = build_dataset.build("microsim_synth", synth_data_dir, export_prompts=str(prompts), **settings)
   assert (path / "dataset_info.json").exists()
   assert len(prompts.read_text().splitlines()) == settings["num_clips"]
+
+
+def test_extra_train_clips_add_training_data_and_keep_the_validation_clips(tmp_path):
+  common = dict(num_clips=10, num_frames=3, size=16)
+  plain = build_dataset.build("microsim_synth", str(tmp_path / "plain"), **common)
+  prompts = tmp_path / "prompts.jsonl"
+  extra = build_dataset.build(
+    "microsim_synth", str(tmp_path / "extra"), extra_train_clips=4, export_prompts=str(prompts), **common
+  )
+
+  def ids(path, split):
+    source = tfds.builder_from_directory(str(path)).as_data_source(split=split)
+    return sorted(source[i]["id"].decode() for i in range(len(source)))
+
+  assert ids(extra, "validation") == ids(plain, "validation") == ["synth_000009"]
+  assert ids(extra, "train") == ids(plain, "train") + [f"synth_{i:06d}" for i in range(10, 14)]
+  rows = [json.loads(line) for line in prompts.read_text().splitlines()]
+  assert [r["split"] for r in rows] == ["train"] * 9 + ["validation"] + ["train"] * 4
+  assert [r["caption"] for r in rows[10:]] == [
+    clip_spec(i, seed=0, num_frames=3, size=16, fps=8.0).caption for i in range(10, 14)
+  ]
+  with pytest.raises(ValueError, match="extra_train_clips.*--overwrite"):
+    build_dataset.build("microsim_synth", str(tmp_path / "plain"), extra_train_clips=4, **common)
