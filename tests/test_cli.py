@@ -16,14 +16,14 @@ from microverse_jax import batches, sharding
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _train(args, tmp_path, env_drop=("JAX_PLATFORMS", "TPU_ACCELERATOR_TYPE")):
+def _train(args, tmp_path, env_drop=("JAX_PLATFORMS", "TPU_ACCELERATOR_TYPE"), config="configs/microsim_tiny.py:test"):
   """The trainer CLI as a user runs it: no JAX_PLATFORMS set (libtpu is installed by the test extra)."""
   env = {k: v for k, v in os.environ.items() if k not in env_drop}
   cmd = [
     sys.executable,
     "-m",
     "microverse_jax.train",
-    "--config=configs/microsim_tiny.py:test",
+    f"--config={config}",
     f"--workdir={tmp_path / 'wd'}",
     *args,
   ]
@@ -180,3 +180,12 @@ def test_a_first_frame_model_is_scored_from_text_and_in_simulate_mode(synth_data
   final = json.loads((tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()[-1])
   for mode in ("physics", "physics_simulate"):
     assert 0.0 <= final[f"{mode}/pass_rate"] <= 1.0 and f"{mode}/check/temporal/flicker" in final, final.keys()
+
+
+def test_the_long_variant_runs_as_the_docs_give_it(synth_data_dir, tmp_path):
+  """configs/microsim_tiny.py:long (README, docs/training.md) at the test sizes: SNR+1 weighting and EMA weights."""
+  run = _train([f"--config.data.data_dir={synth_data_dir}"], tmp_path, config="configs/microsim_tiny.py:long,test")
+  assert run.returncode == 0, run.stderr[-3000:]
+  saved = json.loads((tmp_path / "wd" / "config.json").read_text())
+  assert (saved["diffusion"]["weighting"], saved["optim"]["ema_decay"]) == ("snr+1", 0.999)
+  assert "step 4/4 loss" in run.stdout + run.stderr
