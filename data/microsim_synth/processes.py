@@ -388,9 +388,8 @@ def export_prompts(
   Each row: {"id", "split", "process", "params" (units px, frames), "caption", "seed" (render seed),
   "num_frames", "size", "fps"}: enough to re-render a clip with `render_clip` and compare physics.
   """
-  ids = files.check_ids(
-    [f"synth_{i:06d}" for i in range(num_clips + extra_train_clips)]
-  )  # they become mp4 names in sample
+  # the ids become mp4 names in sample
+  ids = files.check_ids([f"synth_{i:06d}" for i in range(num_clips + extra_train_clips)])
   rows = []
   for i, clip_id in enumerate(ids):
     spec = clip_spec(i, seed=seed, num_frames=num_frames, size=size, fps=fps)
