@@ -253,7 +253,7 @@ def _train(plan: plans.Plan, workdir: str) -> dict:
           )
         t0, t_steps = now, step
       for every, evaluate in evals:
-        if step % every == 0 or step == plan.num_steps:  # the final weights are always evaluated
+        if step % every == 0:
           results = evaluate(step, state, frozen)
           writer.write(step, evaluators.scalars(results))
           writer.images(step, results.get("videos", []))

@@ -42,13 +42,6 @@ def test_main_writes_metrics_checkpoints_and_config(reference_run):
   assert any(f.startswith("events") for f in os.listdir(os.path.join(reference_run, "tensorboard")))
 
 
-def test_evaluators_run_every_n_steps_and_at_the_last_step(synth_data_dir, tmp_path):
-  c = tiny_config(synth_data_dir, **{"train.num_steps": 3, "evals.loss.every": 2})
-  train.train(c, str(tmp_path))
-  rows = [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
-  assert sorted(r["step"] for r in rows if "eval/loss" in r) == [2, 3]
-
-
 def test_kill_9_after_a_checkpoint_then_resume_gives_identical_losses(reference_run, synth_data_dir, tmp_path):
   workdir = str(tmp_path / "killed")
   cmd = [
